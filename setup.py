@@ -1,0 +1,48 @@
+"""setuptools glue: compile the BPF objects (build.py) before packaging them.
+
+Everything else about the package is in pyproject.toml.  The wheel is tagged
+for this platform (it carries BPF objects built for this architecture), not
+`any`.
+"""
+
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build as bpf_build  # noqa: E402  (the project's build.py)
+
+try:
+    from wheel.bdist_wheel import bdist_wheel
+except ImportError:  # pragma: no cover
+    bdist_wheel = None
+
+
+class BuildPy(build_py):
+    def run(self):
+        try:
+            bpf_build.build()
+        except bpf_build.BuildError as exc:
+            raise SystemExit(str(exc))
+        super().run()
+
+
+cmdclass = {"build_py": BuildPy}
+
+if bdist_wheel is not None:
+    class PlatformWheel(bdist_wheel):
+        """Pure Python, but the objects are per architecture: py3-none-<platform>."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.root_is_pure = False
+
+        def get_tag(self):
+            _, _, plat = super().get_tag()
+            return "py3", "none", plat
+
+    cmdclass["bdist_wheel"] = PlatformWheel
+
+setup(cmdclass=cmdclass)

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* events.h - the event ring buffer shared by every event-streaming tool. */
+#ifndef __PYTRACE_EVENTS_H
+#define __PYTRACE_EVENTS_H
+
+#include "pytrace.h"
+
+/*
+ * Event ring buffer with batched wakeups.
+ *
+ * The kernel's default ring-buffer policy wakes the reader whenever it has
+ * caught up, which under a connection storm means one IRQ-work self-IPI per
+ * event (very expensive on virtual machines).  Instead every record is
+ * submitted with BPF_RB_NO_WAKEUP and the reader drains the ring on a short
+ * timer (see core/ringbuf.py).  Two exceptions keep latency and loss bounded:
+ *
+ *  - the first record after an idle gap longer than rb_idle_ns wakes the
+ *    reader at once, so a lone event is printed immediately;
+ *  - a record that takes the unread data past rb_wake_bytes wakes the reader,
+ *    so a burst cannot overrun the ring between two timer ticks.
+ *
+ * Reserve failures are counted in lost_events (.bss), which the reader maps
+ * and reports: nothing is lost silently.
+ */
+const volatile __u64 rb_idle_ns = 5000000;
+const volatile __u64 rb_wake_bytes = 1 << 20;
+
+__u64 lost_events = 0;
+__u64 last_event_ns = 0;
+
+#define EVENT_RING(name, bytes)                                        \
+	struct {                                                       \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                    \
+		__uint(max_entries, bytes);                            \
+	} name SEC(".maps")
+
+EVENT_RING(events, 8 << 20);
+
+/* Reserve a record of the given type, or count the loss and return NULL. */
+#define event_reserve(type)                                            \
+	({                                                             \
+		type *__e = bpf_ringbuf_reserve(&events, sizeof(type), 0); \
+		if (!__e)                                              \
+			__sync_fetch_and_add(&lost_events, 1);         \
+		__e;                                                   \
+	})
+
+static __always_inline void event_submit(void *e, __u64 now)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 last = last_event_ns;
+
+	if (now - last > rb_idle_ns)
+		flags = BPF_RB_FORCE_WAKEUP;
+	else if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= rb_wake_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	/* Only write the shared cache line when it changes meaningfully: a
+	 * store per event from every CPU would bounce it between them. */
+	if (now - last > rb_idle_ns / 4)
+		last_event_ns = now;
+	bpf_ringbuf_submit(e, flags);
+}
+
+#endif /* __PYTRACE_EVENTS_H */

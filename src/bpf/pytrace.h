@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * pytrace.h - what every pytrace BPF program shares.
+ *
+ * - the includes (vmlinux.h for CO-RE, libbpf's helper headers);
+ * - (the event ring buffer lives in events.h, for tools that stream events);
+ * - small filters (port lists) whose settings are const volatile rodata,
+ *   written by the Python loader before load so the verifier sees constants.
+ */
+#ifndef __PYTRACE_H
+#define __PYTRACE_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef IPPROTO_TCP
+#define IPPROTO_TCP 6
+#endif
+#ifndef IPPROTO_UDP
+#define IPPROTO_UDP 17
+#endif
+#define TASK_COMM_LEN 16
+
+/*
+ * Port lists (-L/-D style filters): up to MAX_PORTS ports in rodata.
+ * n == 0 means "no filter".
+ */
+#define MAX_PORTS 16
+
+static __always_inline bool port_allowed(const volatile __u16 *ports, __u32 n,
+					 __u16 port)
+{
+	if (n == 0)
+		return true;
+#pragma unroll
+	for (int i = 0; i < MAX_PORTS; i++) {
+		if (i < n && ports[i] == port)
+			return true;
+	}
+	return false;
+}
+
+/* Copy a socket's addresses (v4 into the first 4 bytes) from sock_common. */
+static __always_inline void sk_read_addrs(const struct sock *sk, __u16 family,
+					  __u8 *saddr, __u8 *daddr)
+{
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO((struct in6_addr *)saddr, sk,
+				   __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)daddr, sk,
+				   __sk_common.skc_v6_daddr);
+	}
+}
+
+/*
+ * Local port in host order as the tracepoints report it: inet_sport stays set
+ * until the socket is freed, while skc_num is cleared when it is unhashed.
+ */
+static __always_inline __u16 sk_sport(const struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+/* Remote port in host order. */
+static __always_inline __u16 sk_dport(const struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/* log2 histogram slot for a value (0 and 1 share slot 0, like the BCC tools). */
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) { r += 1; }
+	return r;
+}
+
+#endif /* __PYTRACE_H */

@@ -1,0 +1,92 @@
+"""`pytrace <tool> [flags]`: dispatch, the flags every tool shares, and one-line errors.
+
+Only the chosen tool's module is imported (start-up time is part of the
+product: see bench/).  Every error a person can act on is one line on stderr
+with status 1 (2 for usage errors); tracebacks only with -v.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from . import __version__
+from . import tools as registry
+from .core.errors import PytraceError
+
+USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's options)
+       pytrace list | doctor | --version
+"""
+
+
+def _help() -> str:
+    return USAGE + "\ntools: " + ", ".join(registry.names()) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_help())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "--version":
+        print(f"pytrace {__version__}")
+        return 0
+    verbose = "-v" in rest or "--verbose" in rest
+    try:
+        if cmd == "list":
+            from .commands import listing
+            return listing.run(rest)
+        if cmd == "doctor":
+            from .commands import doctor
+            return doctor.run(rest)
+        if cmd not in registry.TOOLS:
+            sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
+            return 2
+        return _run_tool(cmd, rest)
+    except PytraceError as exc:
+        if verbose:
+            logging.exception("details")
+        sys.stderr.write(f"pytrace {cmd}: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        if verbose:
+            logging.exception("details")
+        sys.stderr.write(f"pytrace {cmd}: {exc}\n")
+        return 1
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    from .core import cliutil, objects
+
+    module = registry.load(name)
+    parser = cliutil.ArgParser(prog=f"pytrace {name}")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if getattr(args, "ebpf", False):
+        sys.stdout.write(objects.source(getattr(module, "OBJECT", name)))
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    if getattr(args, "btf", None):
+        objects.set_custom_btf(args.btf)
+    cliutil.install_signal_handlers()
+    try:
+        return module.run(args)
+    except cliutil.Terminate:
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

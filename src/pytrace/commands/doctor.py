@@ -1,0 +1,52 @@
+"""`pytrace doctor`: what this kernel and host allow, and which tool runs how."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from .. import __version__
+from ..core import features, libbpf, objects, privileges, tracefs
+from ..core.errors import PytraceError
+
+
+def run(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
+        return 0
+    w = sys.stdout.write
+    w(f"pytrace        {__version__}\n")
+    w(f"kernel         {platform.release()} ({platform.machine()})\n")
+    btf = "/sys/kernel/btf/vmlinux"
+    custom = os.environ.get("PYTRACE_BTF")
+    w(f"kernel BTF     {btf if os.path.exists(btf) else 'MISSING'}"
+      f"{f' (PYTRACE_BTF={custom})' if custom else ''}\n")
+    lacking = privileges.missing()
+    w(f"privileges     {'ok' if not lacking else 'missing ' + ', '.join(lacking)}"
+      f" (uid {os.getuid()})\n")
+    try:
+        version = libbpf.version()
+        w(f"libbpf         {version} from {libbpf.lib_path}\n")
+    except PytraceError as exc:
+        w(f"libbpf         MISSING: {exc}\n")
+        return 1
+    where = tracefs.mounted()
+    w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}\n")
+    try:
+        objects.path("probe")
+    except PytraceError as exc:
+        w(f"objects        {exc}\n")
+        return 1
+    w(f"objects        {objects.BPF_DIR}\n")
+    if lacking:
+        w("hook kinds     not probed: needs root (or CAP_BPF + CAP_PERFMON)\n")
+        return 1
+    w("hook kinds:\n")
+    results = features.probe_all()
+    for kind, (ok, why) in results.items():
+        w(f"  {kind:<12} {'yes' if ok else 'no ':<4} {'' if ok else why}\n")
+    w("\ntools:\n")
+    from . import listing
+    listing.run([])
+    return 0

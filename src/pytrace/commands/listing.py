@@ -1,0 +1,41 @@
+"""`pytrace list`: every tool, and the hook it would use on this kernel."""
+
+from __future__ import annotations
+
+import sys
+
+from .. import tools as registry
+from ..core import loader, privileges
+
+
+def _variants(module) -> list:
+    for value in vars(module).values():
+        variants = getattr(value, "VARIANTS", None)
+        if variants and isinstance(value, type):
+            return list(variants)
+    return list(getattr(module, "VARIANTS", ()))
+
+
+def run(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: pytrace list\n\nList the tools and the hook variant each would use on this kernel.")
+        return 0
+    can_probe = not privileges.missing()
+    rows = []
+    for name in registry.names():
+        module = registry.load(name)
+        variants = _variants(module)
+        hooks = ",".join(v.hook for v in variants) or "-"
+        if not variants:
+            here = "no BPF"
+        elif not can_probe:
+            here = "? (needs root to probe)"
+        else:
+            chosen, _ = loader.planned(variants)
+            here = chosen.hook + (f" ({chosen.note})" if chosen.note else "") if chosen else "NONE usable"
+        rows.append((name, here, hooks, getattr(module, "SUMMARY", "")))
+    w = max(len(r[0]) for r in rows)
+    sys.stdout.write(f"{'TOOL':<{w}}  {'HOOK HERE':<16} {'VARIANTS':<34} DESCRIPTION\n")
+    for name, here, hooks, summary in rows:
+        sys.stdout.write(f"{name:<{w}}  {here:<16} {hooks:<34} {summary}\n")
+    return 0

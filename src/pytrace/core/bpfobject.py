@@ -1,0 +1,237 @@
+"""A BPF object from package data: open, configure, load, attach, release.
+
+    with BpfObject("tcpstates", programs={"tcpstates_tp_btf"},
+                   rodata={"target_family": 2}) as obj:
+        obj.attach_all()
+        ring = obj.map("events")
+
+Everything the kernel holds for the object (programs, maps, links, tc hooks)
+is released by close(), which __exit__ calls on normal exit, on exceptions and
+on the KeyboardInterrupt/SystemExit that SIGINT/SIGTERM raise in the CLI.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+import struct
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from . import libbpf, objects
+from .btf import ObjectTypes, Var
+from .errors import PytraceError
+
+
+def _encode(var: Var, value: Any) -> bytes:
+    """Pack a Python value for a global variable of the given BTF shape."""
+    if var.fmt.endswith("s"):
+        raw = bytes(value)
+        if len(raw) > var.size:
+            raise ValueError(f"{var.name}: {len(raw)} bytes do not fit in {var.size}")
+        return raw.ljust(var.size, b"\0")
+    if var.count > 1:
+        values = list(value)
+        if len(values) > var.count:
+            raise ValueError(f"{var.name}: at most {var.count} values")
+        values += [0] * (var.count - len(values))
+        return struct.pack(f"<{var.count}{var.fmt}", *values)
+    return struct.pack("<" + var.fmt, value)
+
+
+class Map:
+    """A loaded map: fd, sizes and the BTF layouts of its key and value."""
+
+    def __init__(self, obj: "BpfObject", ptr: int, name: str):
+        lb = libbpf.lib()
+        self.obj, self.ptr, self.name = obj, ptr, name
+        self.fd = lb.bpf_map__fd(ptr)
+        self.type = lb.bpf_map__type(ptr)
+        self.key_size = lb.bpf_map__key_size(ptr)
+        self.value_size = lb.bpf_map__value_size(ptr)
+        self.max_entries = lb.bpf_map__max_entries(ptr)
+
+    def types(self) -> dict[str, str]:
+        return self.obj.types.map_types(self.name)
+
+    def keys(self) -> list[bytes]:
+        lb = libbpf.lib()
+        out: list[bytes] = []
+        cur = C.create_string_buffer(self.key_size)
+        nxt = C.create_string_buffer(self.key_size)
+        prev = None
+        while lb.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            out.append(nxt.raw)
+            C.memmove(cur, nxt, self.key_size)
+            prev = cur
+            if len(out) > self.max_entries:  # the map changed under us; stop
+                break
+        return out
+
+    def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
+        buf = C.create_string_buffer(value_size or self.value_size)
+        if libbpf.lib().bpf_map_lookup_elem(self.fd, key, buf) != 0:
+            return None
+        return buf.raw
+
+    def items(self, value_size: int | None = None) -> list[tuple[bytes, bytes]]:
+        out = []
+        for k in self.keys():
+            v = self.lookup(k, value_size)
+            if v is not None:
+                out.append((k, v))
+        return out
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")
+
+    def delete(self, key: bytes) -> None:
+        libbpf.lib().bpf_map_delete_elem(self.fd, key)
+
+    def clear(self) -> None:
+        for k in self.keys():
+            self.delete(k)
+
+
+class BpfObject:
+    def __init__(self, name: str, programs: Iterable[str] | None = None,
+                 rodata: dict[str, Any] | None = None,
+                 map_sizes: dict[str, int] | None = None):
+        self.name = name
+        self.path = objects.path(name)
+        self.types = ObjectTypes(self.path)
+        self.programs = set(programs) if programs is not None else None
+        self.rodata = dict(rodata or {})
+        self.map_sizes = dict(map_sizes or {})
+        self.ptr: int | None = None
+        self.links: list[int] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self._bss: int | None = None
+
+    # -- life cycle ---------------------------------------------------------
+    def open(self) -> "BpfObject":
+        lb = libbpf.lib()
+        opts = libbpf.OpenOpts(sz=C.sizeof(libbpf.OpenOpts))
+        btf = objects.custom_btf()
+        if btf:
+            opts.btf_custom_path = btf.encode()
+        self.ptr = libbpf.check_ptr(lb.bpf_object__open_file(str(self.path).encode(), C.byref(opts)),
+                                    f"open {self.path.name}")
+        if self.programs is not None:
+            known = set()
+            prog = lb.bpf_object__next_program(self.ptr, None)
+            while prog:
+                pname = lb.bpf_program__name(prog).decode()
+                known.add(pname)
+                lb.bpf_program__set_autoload(prog, pname in self.programs)
+                prog = lb.bpf_object__next_program(self.ptr, prog)
+            missing = self.programs - known
+            if missing:
+                raise PytraceError(f"{self.path.name} has no program {', '.join(sorted(missing))}")
+        for map_name, size in self.map_sizes.items():
+            libbpf.check(lb.bpf_map__set_max_entries(self._map_ptr(map_name), size), f"resize {map_name}")
+        if self.rodata:
+            self._write_section(".rodata", self.rodata)
+        return self
+
+    def load(self) -> "BpfObject":
+        if self.ptr is None:
+            self.open()
+        libbpf.check(libbpf.lib().bpf_object__load(self.ptr), f"load {self.path.name}")
+        return self
+
+    def close(self) -> None:
+        lb = libbpf.lib() if self.ptr is not None or self.links else None
+        while self.links:
+            lb.bpf_link__destroy(self.links.pop())
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except OSError:
+                pass
+        if self.ptr is not None:
+            lb.bpf_object__close(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> "BpfObject":
+        try:
+            return self.load()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run fn when the object is closed (tc hooks, mounts...), last in first out."""
+        self._cleanups.append(fn)
+
+    # -- programs -----------------------------------------------------------
+    def program(self, name: str) -> int:
+        return libbpf.check_ptr(libbpf.lib().bpf_object__find_program_by_name(self.ptr, name.encode()),
+                                f"find program {name}")
+
+    def program_fd(self, name: str) -> int:
+        return libbpf.lib().bpf_program__fd(self.program(name))
+
+    def attach(self, name: str) -> int:
+        """Attach by section name (tracepoints, tp_btf, raw_tp, fentry, kprobe...)."""
+        link = libbpf.check_ptr(libbpf.lib().bpf_program__attach(self.program(name)), f"attach {name}")
+        self.links.append(link)
+        return link
+
+    def keep_link(self, link: int) -> int:
+        """Own a link made by a specialised attach call (uprobe, cgroup, xdp...)."""
+        self.links.append(link)
+        return link
+
+    def attach_all(self) -> None:
+        for name in sorted(self.programs or ()):
+            self.attach(name)
+
+    # -- maps and globals -----------------------------------------------------
+    def _map_ptr(self, name: str) -> int:
+        return libbpf.check_ptr(libbpf.lib().bpf_object__find_map_by_name(self.ptr, name.encode()),
+                                f"find map {name}")
+
+    def map(self, name: str) -> Map:
+        return Map(self, self._map_ptr(name), name)
+
+    def _section_ptr(self, section: str) -> tuple[int, int]:
+        size = C.c_size_t()
+        ptr = libbpf.lib().bpf_map__initial_value(self._map_ptr(section), C.byref(size))
+        if not ptr:
+            raise PytraceError(f"{self.path.name}: {section} is not mapped")
+        return ptr, size.value
+
+    def _write_section(self, section: str, values: dict[str, Any]) -> None:
+        ptr, size = self._section_ptr(section)
+        known = self.types.vars(section)
+        for key, value in values.items():
+            var = known.get(key)
+            if var is None:
+                raise PytraceError(f"{self.path.name}: no setting {key} in {section}")
+            raw = _encode(var, value)
+            if var.offset + len(raw) > size:
+                raise PytraceError(f"{self.path.name}: {key} lies outside {section}")
+            C.memmove(ptr + var.offset, raw, len(raw))
+
+    def global_u64(self, name: str, section: str = ".bss") -> C.c_uint64:
+        """A live view of a u64 global (e.g. lost_events), mapped after load."""
+        ptr, _ = self._section_ptr(section)
+        var = self.types.var(section, name)
+        return C.c_uint64.from_address(ptr + var.offset)
+
+
+def ncpus_possible() -> int:
+    """Number of possible CPUs (per-CPU map values have one slot each)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n

@@ -1,0 +1,174 @@
+"""What every tool's command line shares: parser, argument types, output loop.
+
+Kept apart from cli.py so a tool module can import it without pulling in the
+whole dispatcher, and so the per-event path stays in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterable, TextIO
+
+from .errors import UsageError
+from .net import parse_addr, parse_ports
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def ports(flag: str) -> Callable[[str], list[int]]:
+    def conv(text: str) -> list[int]:
+        try:
+            return parse_ports(text, flag)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    conv.__name__ = "port list"
+    return conv
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)")
+    return int(text)
+
+
+def address(flag: str) -> Callable[[str], tuple[int, bytes]]:
+    def conv(text: str) -> tuple[int, bytes]:
+        try:
+            return parse_addr(text, flag)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    conv.__name__ = "address"
+    return conv
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be greater than 0")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
+    return value
+
+
+def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
+    g = p.add_argument_group("pytrace options")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.add_argument("--ebpf", action="store_true", help="print the BPF C source and exit")
+    g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
+    g.add_argument("--btf", metavar="FILE", help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
+    g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+
+
+LATENCY_NOTE = ("Events are read in batches: a line appears at most about 50 ms after "
+                "its event at low rates (at once after an idle gap), a little later "
+                "under heavy load.")
+
+
+class Terminate(Exception):
+    """SIGTERM turned into an exception so every context manager runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminate()
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+
+
+class Output:
+    """Where lines go: stdout by default; lost-event reports to stderr or the JSON stream."""
+
+    def __init__(self, json_mode: bool, stream: TextIO | None = None):
+        self.json = json_mode
+        self.stream = stream or sys.stdout
+        self.reported_lost = 0
+
+    def write(self, text: str) -> None:
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def record(self, obj: dict) -> None:
+        self.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def lost(self, total: int) -> None:
+        """Report records lost since the last report (total is cumulative)."""
+        new = total - self.reported_lost
+        if new <= 0:
+            return
+        self.reported_lost = total
+        if self.json:
+            self.record({"type": "lost", "count": new, "total": total})
+        else:
+            sys.stderr.write(f"{new} events lost\n")
+            sys.stderr.flush()
+
+
+def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str],
+                  duration: float | None = None) -> int:
+    """The CLI loop of every event tool: drain, render in bulk, write, report loss.
+
+    Ctrl-C and SIGTERM end it after a final drain, so nothing already queued
+    in the kernel is left unprinted.
+    """
+    try:
+        for batch in tracer.batches(duration):
+            if batch:
+                out.write(render(batch))
+            out.lost(tracer.lost)
+    except (KeyboardInterrupt, Terminate):
+        try:
+            rest = tracer.drain()
+            if rest:
+                out.write(render(rest))
+            out.lost(tracer.lost)
+        except (KeyboardInterrupt, Terminate):
+            pass
+    return 0
+
+
+class Clock:
+    """Kernel monotonic nanoseconds -> wall-clock text, cached per second."""
+
+    def __init__(self) -> None:
+        self.offset = time.time_ns() - time.monotonic_ns()
+        self._sec = -1
+        self._text = ""
+        self.start_ns = time.monotonic_ns()
+
+    def hms(self, mono_ns: int) -> str:
+        sec = (mono_ns + self.offset) // 1_000_000_000
+        if sec != self._sec:
+            self._sec = sec
+            self._text = time.strftime("%H:%M:%S", time.localtime(sec))
+        return self._text
+
+    def iso(self, mono_ns: int) -> str:
+        wall = mono_ns + self.offset
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(wall // 1_000_000_000)) + \
+            f".{wall % 1_000_000_000 // 1000:06d}"
+
+    def since_start(self, mono_ns: int) -> float:
+        return (mono_ns - self.start_ns) / 1e9

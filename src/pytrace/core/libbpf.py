@@ -1,0 +1,220 @@
+"""ctypes binding to libbpf.so.1: the only module that declares C prototypes.
+
+libbpf 1.1.2 (Debian 12) is the API floor: every function used here exists in
+its export list.  The library is found as, in order: $PYTRACE_LIBBPF, a copy
+bundled inside the package (pytrace/lib/libbpf.so.1, for hosts without one),
+the system's libbpf.so.1.
+
+libbpf's own log goes through Python logging (logger "pytrace.libbpf"),
+quiet unless -v raised the level.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import logging
+import os
+from pathlib import Path
+
+from .errors import PytraceError
+
+MIN_VERSION = (1, 1)
+log = logging.getLogger("pytrace.libbpf")
+
+_lib: C.CDLL | None = None
+_libc: C.CDLL | None = None
+lib_path: str = ""
+
+# libbpf_print_level
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+_PRINT_FN = C.CFUNCTYPE(C.c_int, C.c_int, C.c_char_p, C.c_void_p)
+
+
+class OpenOpts(C.Structure):
+    """struct bpf_object_open_opts as of libbpf 1.1 (sz lets newer libbpfs accept it)."""
+    _fields_ = [
+        ("sz", C.c_size_t),
+        ("object_name", C.c_char_p),
+        ("relaxed_maps", C.c_bool),
+        ("pin_root_path", C.c_char_p),
+        ("_attach_prog_fd", C.c_uint32),
+        ("kconfig", C.c_char_p),
+        ("btf_custom_path", C.c_char_p),
+        ("kernel_log_buf", C.c_char_p),
+        ("kernel_log_size", C.c_size_t),
+        ("kernel_log_level", C.c_uint32),
+    ]
+
+
+class TcHook(C.Structure):
+    """struct bpf_tc_hook."""
+    _fields_ = [("sz", C.c_size_t), ("ifindex", C.c_int), ("attach_point", C.c_int),
+                ("parent", C.c_uint32)]
+
+
+class TcOpts(C.Structure):
+    """struct bpf_tc_opts."""
+    _fields_ = [("sz", C.c_size_t), ("prog_fd", C.c_int), ("flags", C.c_uint32),
+                ("prog_id", C.c_uint32), ("handle", C.c_uint32), ("priority", C.c_uint32)]
+
+
+class UprobeOpts(C.Structure):
+    """struct bpf_uprobe_opts (libbpf 1.1)."""
+    _fields_ = [("sz", C.c_size_t), ("ref_ctr_offset", C.c_size_t), ("bpf_cookie", C.c_uint64),
+                ("retprobe", C.c_bool), ("func_name", C.c_char_p)]
+
+
+P = C.c_void_p
+_PROTOS: dict[str, tuple] = {
+    # name: (restype, argtypes)
+    "libbpf_major_version": (C.c_uint32, []),
+    "libbpf_minor_version": (C.c_uint32, []),
+    "libbpf_version_string": (C.c_char_p, []),
+    "libbpf_set_print": (P, [_PRINT_FN]),
+    "libbpf_strerror": (C.c_int, [C.c_int, C.c_char_p, C.c_size_t]),
+    "bpf_object__open_file": (P, [C.c_char_p, C.POINTER(OpenOpts)]),
+    "bpf_object__load": (C.c_int, [P]),
+    "bpf_object__close": (None, [P]),
+    "bpf_object__find_program_by_name": (P, [P, C.c_char_p]),
+    "bpf_object__find_map_by_name": (P, [P, C.c_char_p]),
+    "bpf_object__next_program": (P, [P, P]),
+    "bpf_object__next_map": (P, [P, P]),
+    "bpf_program__name": (C.c_char_p, [P]),
+    "bpf_program__section_name": (C.c_char_p, [P]),
+    "bpf_program__set_autoload": (C.c_int, [P, C.c_bool]),
+    "bpf_program__autoload": (C.c_bool, [P]),
+    "bpf_program__fd": (C.c_int, [P]),
+    "bpf_program__attach": (P, [P]),
+    "bpf_program__attach_uprobe_opts": (P, [P, C.c_int, C.c_char_p, C.c_size_t, C.POINTER(UprobeOpts)]),
+    "bpf_program__attach_cgroup": (P, [P, C.c_int]),
+    "bpf_program__attach_xdp": (P, [P, C.c_int]),
+    "bpf_program__attach_iter": (P, [P, P]),
+    "bpf_link__destroy": (C.c_int, [P]),
+    "bpf_link__fd": (C.c_int, [P]),
+    "bpf_map__name": (C.c_char_p, [P]),
+    "bpf_map__fd": (C.c_int, [P]),
+    "bpf_map__type": (C.c_int, [P]),
+    "bpf_map__key_size": (C.c_uint32, [P]),
+    "bpf_map__value_size": (C.c_uint32, [P]),
+    "bpf_map__max_entries": (C.c_uint32, [P]),
+    "bpf_map__set_max_entries": (C.c_int, [P, C.c_uint32]),
+    "bpf_map__initial_value": (P, [P, C.POINTER(C.c_size_t)]),
+    "bpf_map__set_autocreate": (C.c_int, [P, C.c_bool]),
+    "bpf_map_lookup_elem": (C.c_int, [C.c_int, P, P]),
+    "bpf_map_update_elem": (C.c_int, [C.c_int, P, P, C.c_uint64]),
+    "bpf_map_delete_elem": (C.c_int, [C.c_int, P]),
+    "bpf_map_get_next_key": (C.c_int, [C.c_int, P, P]),
+    "bpf_map_lookup_and_delete_elem": (C.c_int, [C.c_int, P, P]),
+    "bpf_map_create": (C.c_int, [C.c_int, C.c_char_p, C.c_uint32, C.c_uint32, C.c_uint32, P]),
+    "bpf_tc_hook_create": (C.c_int, [C.POINTER(TcHook)]),
+    "bpf_tc_hook_destroy": (C.c_int, [C.POINTER(TcHook)]),
+    "bpf_tc_attach": (C.c_int, [C.POINTER(TcHook), C.POINTER(TcOpts)]),
+    "bpf_tc_detach": (C.c_int, [C.POINTER(TcHook), C.POINTER(TcOpts)]),
+    "bpf_xdp_attach": (C.c_int, [C.c_int, C.c_int, C.c_uint32, P]),
+    "bpf_xdp_detach": (C.c_int, [C.c_int, C.c_uint32, P]),
+    "btf__load_vmlinux_btf": (P, []),
+    "btf__parse": (P, [C.c_char_p, P]),
+    "btf__free": (None, [P]),
+    "btf__find_by_name_kind": (C.c_int, [P, C.c_char_p, C.c_uint32]),
+    "btf__type_by_id": (P, [P, C.c_uint32]),
+    "btf__name_by_offset": (C.c_char_p, [P, C.c_uint32]),
+}
+
+
+def _candidates() -> list[str]:
+    env = os.environ.get("PYTRACE_LIBBPF")
+    if env:
+        return [env]
+    bundled = Path(__file__).resolve().parent.parent / "lib" / "libbpf.so.1"
+    out = ["libbpf.so.1"]
+    if bundled.exists():
+        out.append(str(bundled))
+    return out
+
+
+def _version_of(lib: C.CDLL) -> tuple[int, int]:
+    lib.libbpf_major_version.restype = C.c_uint32
+    lib.libbpf_minor_version.restype = C.c_uint32
+    return lib.libbpf_major_version(), lib.libbpf_minor_version()
+
+
+@_PRINT_FN
+def _print(level: int, fmt: bytes, va_list: int) -> int:
+    # Format with the C library's vsnprintf: libbpf hands us a va_list.
+    # (Registered only while the log is enabled: formatting costs time.)
+    buf = C.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, C.c_void_p(va_list))
+    msg = buf.value.decode(errors="replace").rstrip()
+    if msg:
+        log.log({LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO}.get(level, logging.DEBUG),
+                "%s", msg)
+    return 0
+
+
+def lib() -> C.CDLL:
+    """Load and bind libbpf once; raise PytraceError with what to install if impossible."""
+    global _lib, _libc, lib_path
+    if _lib is not None:
+        return _lib
+    tried = []
+    for cand in _candidates():
+        try:
+            handle = C.CDLL(cand, use_errno=True)
+        except OSError as exc:
+            tried.append(f"{cand}: {exc}")
+            continue
+        try:
+            version = _version_of(handle)
+        except AttributeError:
+            tried.append(f"{cand}: not libbpf 1.x")
+            continue
+        if version < MIN_VERSION:
+            tried.append(f"{cand}: version {version[0]}.{version[1]} is older than "
+                         f"{MIN_VERSION[0]}.{MIN_VERSION[1]}")
+            continue
+        _lib, lib_path = handle, cand
+        break
+    if _lib is None:
+        raise PytraceError("libbpf.so.1 (1.1 or newer) not found: install it (apt-get install libbpf1) "
+                           "or set PYTRACE_LIBBPF to its path [" + "; ".join(tried) + "]")
+    for name, (res, args) in _PROTOS.items():
+        fn = getattr(_lib, name, None)
+        if fn is None:  # optional in this libbpf build
+            continue
+        fn.restype, fn.argtypes = res, args
+    _libc = C.CDLL(None, use_errno=True)
+    _libc.vsnprintf.argtypes = [C.c_char_p, C.c_size_t, C.c_char_p, C.c_void_p]
+    set_log(log.isEnabledFor(logging.INFO))
+    return _lib
+
+
+def set_log(enabled: bool) -> None:
+    """Route libbpf's log to Python logging, or silence it (the default)."""
+    _lib.libbpf_set_print(_print if enabled else _PRINT_FN())
+
+
+def version() -> str:
+    lb = lib()
+    return lb.libbpf_version_string().decode()
+
+
+def strerror(err: int) -> str:
+    err = abs(err)
+    buf = C.create_string_buffer(256)
+    lib().libbpf_strerror(err, buf, len(buf))
+    return buf.value.decode()
+
+
+def check(ret: int, what: str) -> int:
+    """Raise OSError for a negative libbpf return (libbpf 1.x returns -errno)."""
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {strerror(ret)}")
+    return ret
+
+
+def check_ptr(ptr: int | None, what: str) -> int:
+    """Pointer-returning libbpf calls give NULL and set errno."""
+    if not ptr:
+        err = C.get_errno() or 22
+        raise OSError(err, f"{what}: {strerror(err)}")
+    return ptr

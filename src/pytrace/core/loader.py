@@ -1,0 +1,96 @@
+"""Pick the best hook variant of a tool that this kernel accepts, and load it.
+
+A tool's object carries one set of programs per hook kind (fentry, kprobe,
+tp_btf, raw_tp, tracepoint, ...).  Variants are listed best first; we load
+exactly one.  Kinds already known to fail on this boot are skipped at once
+(core/features.py); a variant that fails makes us probe its kind, so the next
+start skips it too.  `--hook KIND` forces one variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from . import features, objects, privileges, tracefs
+from .bpfobject import BpfObject
+from .errors import PytraceError, UsageError
+
+
+@dataclass(frozen=True)
+class Variant:
+    hook: str                   # fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
+    programs: tuple[str, ...]   # program names (C functions) in the object
+    note: str = ""              # shown by `pytrace list` (e.g. "approximation")
+
+
+Attach = Callable[[BpfObject, Variant], None]
+
+
+def _default_attach(obj: BpfObject, variant: Variant) -> None:
+    for name in variant.programs:
+        obj.attach(name)
+
+
+def hooks_of(variants: Sequence[Variant]) -> list[str]:
+    return [v.hook for v in variants]
+
+
+def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[str, Any] | None = None,
+         hook: str | None = None, map_sizes: dict[str, int] | None = None,
+         attach: Attach | None = None, need_net_admin: bool = False) -> BpfObject:
+    """Load and attach the best usable variant; the object records it as .variant."""
+    privileges.require(tool, need_net_admin)
+    objects.check_kernel_btf()
+    if hook is not None:
+        chosen = [v for v in variants if v.hook == hook]
+        if not chosen:
+            raise UsageError(f"--hook {hook}: {tool} has hooks {', '.join(hooks_of(variants))}")
+    else:
+        chosen = list(variants)
+    attach = attach or _default_attach
+    reasons: list[str] = []
+    for variant in chosen:
+        cached = None if hook else features.known_unusable(variant.hook)
+        if cached:
+            reasons.append(f"{variant.hook}: {cached}")
+            continue
+        obj = BpfObject(obj_name, programs=variant.programs, rodata=rodata, map_sizes=map_sizes)
+        try:
+            obj.open()
+            if variant.hook == "tracepoint" and tracefs.ensure():
+                obj.on_close(tracefs.unmount)
+            obj.load()
+            attach(obj, variant)
+        except OSError as exc:
+            obj.close()
+            reasons.append(f"{variant.hook}: {_why(variant.hook, exc)}")
+            continue
+        except BaseException:
+            obj.close()
+            raise
+        obj.variant = variant
+        return obj
+    raise PytraceError(f"{tool}: no hook usable on this kernel (tried {'; '.join(reasons)})")
+
+
+def _why(kind: str, exc: OSError) -> str:
+    """Why a variant failed: the kind itself (probed and cached) or this tool's program."""
+    if kind in features.PROBED_KINDS:
+        usable, reason = features.learn(kind)
+        if not usable:
+            return reason
+    return features.explain(kind, exc) + (f" [{exc.filename}]" if exc.filename else "")
+
+
+def planned(variants: Sequence[Variant]) -> tuple[Variant | None, list[str]]:
+    """Which variant would load here, judged by the feature probes (for `pytrace list`)."""
+    reasons = []
+    for v in variants:
+        entry = features.cached(v.hook)
+        if entry is None and v.hook in features.PROBED_KINDS:
+            entry = features.learn(v.hook)
+        if entry is None or entry[0]:
+            return v, reasons
+        reasons.append(f"{v.hook}: {entry[1]}")
+    return None, reasons

@@ -1,0 +1,101 @@
+"""Network vocabulary shared by the tools: TCP states, addresses, port lists."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import socket
+
+from .errors import UsageError
+
+AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+class TcpState(enum.IntEnum):
+    """include/net/tcp_states.h"""
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+    @classmethod
+    def of(cls, value: int) -> "TcpState | int":
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+# index -> name, for formatting without an enum lookup per event
+STATE_NAMES = tuple(TcpState(i).name if i in TcpState._value2member_map_ else str(i) for i in range(256))
+
+
+class AddrFormatter:
+    """(family, 16 raw bytes) -> text, memoised: the same few addresses recur
+    in almost every event, and inet_ntop per event is measurable."""
+
+    def __init__(self, limit: int = 65536):
+        self._cache: dict[tuple[int, bytes], str] = {}
+        self._limit = limit
+
+    def __call__(self, family: int, raw: bytes) -> str:
+        key = (family, raw)
+        text = self._cache.get(key)
+        if text is None:
+            text = addr_text(family, raw)
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            self._cache[key] = text
+        return text
+
+
+def addr_text(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return socket.inet_ntop(AF_INET, raw[:4])
+    if family == AF_INET6:
+        return socket.inet_ntop(AF_INET6, raw[:16])
+    return "?"
+
+
+def addr_obj(family: int, raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if family == AF_INET:
+        return ipaddress.IPv4Address(raw[:4])
+    if family == AF_INET6:
+        return ipaddress.IPv6Address(raw[:16])
+    return None
+
+
+def parse_ports(text: str, flag: str, limit: int = 16) -> list[int]:
+    """'80,443' -> [80, 443]; a bad list is a usage error naming the flag."""
+    ports = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 0 < int(part) < 65536:
+            raise UsageError(f"{flag} {text}: '{part}' is not a port number (1-65535)")
+        ports.append(int(part))
+    if len(ports) > limit:
+        raise UsageError(f"{flag}: at most {limit} ports")
+    return ports
+
+
+def parse_addr(text: str, flag: str) -> tuple[int, bytes]:
+    """An IPv4 or IPv6 address -> (family, 16 bytes, v4 in the first 4)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: not an IPv4 or IPv6 address") from None
+    if ip.version == 4:
+        return AF_INET, ip.packed.ljust(16, b"\0")
+    return AF_INET6, ip.packed
+
+
+def comm_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")

@@ -1,0 +1,138 @@
+"""Base of every event-streaming tool's library object.
+
+A subclass names its object, its event struct and its hook variants, turns
+its options into rodata, and turns a raw record (the tuple that the BTF
+layout decodes) into its frozen dataclass:
+
+    class TcpStates(EventTracer):
+        OBJECT, EVENT = "tcpstates", "tcpstates_event"
+        VARIANTS = (Variant("tp_btf", ("tcpstates_tp_btf",)), ...)
+        def rodata(self): ...
+        def make_event(self, raw): ...
+
+    with TcpStates(lports=[80]) as t:
+        for ev in t.events(duration=5):
+            print(ev.newstate)
+
+Two ways out: events() yields dataclasses; batches() yields lists of raw
+tuples (field order: `raw_fields`) for callers that format in bulk, like the
+CLI.  `lost` is the number of records the kernel could not queue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Iterator, Sequence
+
+from . import loader
+from .bpfobject import BpfObject
+from .loader import Variant
+from .ringbuf import DEFAULT_INTERVAL_MS, RingBuffer
+
+
+class EventTracer:
+    OBJECT: ClassVar[str]
+    EVENT: ClassVar[str]
+    VARIANTS: ClassVar[Sequence[Variant]]
+    TOOL: ClassVar[str] = ""
+
+    def __init__(self, *, hook: str | None = None, interval_ms: int = DEFAULT_INTERVAL_MS,
+                 ring_bytes: int | None = None):
+        self.hook = hook
+        self.interval_ms = interval_ms
+        self.ring_bytes = ring_bytes
+        self.obj: BpfObject | None = None
+        self.ring: RingBuffer | None = None
+        self.raw_fields: tuple[str, ...] = ()
+        self._lost = None
+
+    # -- what a tool provides -------------------------------------------------
+    def rodata(self) -> dict[str, Any]:
+        return {}
+
+    def make_event(self, raw: tuple) -> Any:
+        raise NotImplementedError
+
+    def attach(self, obj: BpfObject, variant: Variant) -> None:
+        """Attach the chosen variant (override for uprobes, tc, cgroups...)."""
+        for name in variant.programs:
+            obj.attach(name)
+
+    # -- life cycle -----------------------------------------------------------
+    def open(self) -> "EventTracer":
+        sizes = {"events": self.ring_bytes} if self.ring_bytes else None
+        self.obj = loader.load(self.TOOL or self.OBJECT, self.OBJECT, self.VARIANTS,
+                               rodata=self.rodata(), hook=self.hook, map_sizes=sizes,
+                               attach=self.attach)
+        try:
+            layout = self.obj.types.struct(self.EVENT)
+            events = self.obj.map("events")
+            self.ring = RingBuffer(events.fd, events.max_entries, layout.format, self.interval_ms)
+            self.raw_fields = layout.names
+            self._lost = self.obj.global_u64("lost_events")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        self._lost = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self) -> "EventTracer":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def variant(self) -> Variant | None:
+        return getattr(self.obj, "variant", None)
+
+    @property
+    def lost(self) -> int:
+        """Records the kernel dropped because the ring was full (since open)."""
+        return self._lost.value if self._lost is not None else 0
+
+    # -- reading ----------------------------------------------------------------
+    def batches(self, duration: float | None = None) -> Iterator[list[tuple]]:
+        """Raw record tuples, a batch per drain, until duration seconds pass (or forever).
+
+        Empty batches are yielded on idle ticks so callers can do periodic work.
+        """
+        ring = self.ring
+        deadline = None if duration is None else time.monotonic() + duration
+        while True:
+            batch = ring.drain()
+            yield batch
+            if deadline is not None and time.monotonic() >= deadline:
+                # what arrived up to the deadline
+                final = ring.drain()
+                if final:
+                    yield final
+                return
+            if len(batch) * ring.stride < (1 << 19):
+                timeout = None
+                if deadline is not None:
+                    timeout = max(0.0, min(ring.interval, deadline - time.monotonic()))
+                ring.wait(timeout)
+
+    def drain(self) -> list[tuple]:
+        """Whatever is queued now, without waiting (e.g. after Ctrl-C)."""
+        out: list[tuple] = []
+        while True:
+            batch = self.ring.drain()
+            if not batch:
+                return out
+            out.extend(batch)
+
+    def events(self, duration: float | None = None) -> Iterator[Any]:
+        make = self.make_event
+        for batch in self.batches(duration):
+            for raw in batch:
+                yield make(raw)
