@@ -54,6 +54,20 @@ class Map:
     def types(self) -> dict[str, str]:
         return self.obj.types.map_types(self.name)
 
+    def _decoder(self, part: str):
+        desc = self.types().get(part)
+        if desc is None:
+            raise PytraceError(f"map {self.name}: no BTF type for its {part}")
+        if desc in self.obj.types.struct_names():
+            return self.obj.types.struct(desc).decode
+        fmt = struct.Struct("<" + desc)
+        return lambda buf: fmt.unpack_from(buf)[0] if len(fmt.unpack_from(buf)) == 1 else fmt.unpack_from(buf)
+
+    def decoded_items(self) -> list[tuple[Any, Any]]:
+        """(key, value) pairs decoded by the BTF types of the map's key and value."""
+        dk, dv = self._decoder("key"), self._decoder("value")
+        return [(dk(k), dv(v)) for k, v in self.items()]
+
     def keys(self) -> list[bytes]:
         lb = libbpf.lib()
         out: list[bytes] = []

@@ -71,6 +71,19 @@ class Layout:
                 out.extend(f"{f.name}[{i}]" for i in range(f.count))
         return tuple(out)
 
+    def decode(self, buf: bytes) -> dict:
+        """bytes -> {field: value}; arrays of integers become tuples."""
+        vals = struct.unpack_from(self.format, buf)
+        out, k = {}, 0
+        for f in self.fields:
+            if f.count == 1:
+                out[f.name] = vals[k]
+                k += 1
+            else:
+                out[f.name] = vals[k:k + f.count]
+                k += f.count
+        return out
+
     def field(self, name: str) -> Field:
         for f in self.fields:
             if f.name == name:
@@ -321,6 +334,9 @@ class ObjectTypes:
             return Layout.from_json(name, self._info["structs"][name])
         except KeyError:
             raise BTFError(f"{self.path.name}: no struct {name} in its BTF") from None
+
+    def struct_names(self) -> set[str]:
+        return set(self._info["structs"])
 
     def map_types(self, map_name: str) -> dict[str, str]:
         return self._info["maps"].get(map_name, {})

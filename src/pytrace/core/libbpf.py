@@ -142,7 +142,7 @@ def _version_of(lib: C.CDLL) -> tuple[int, int]:
 def _print(level: int, fmt: bytes, va_list: int) -> int:
     # Format with the C library's vsnprintf: libbpf hands us a va_list.
     # (Registered only while the log is enabled: formatting costs time.)
-    buf = C.create_string_buffer(1024)
+    buf = C.create_string_buffer(1 << 17)  # verifier logs are long
     _libc.vsnprintf(buf, len(buf), fmt, C.c_void_p(va_list))
     msg = buf.value.decode(errors="replace").rstrip()
     if msg:

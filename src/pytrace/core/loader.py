@@ -9,6 +9,7 @@ start skips it too.  `--hook KIND` forces one variant.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -71,7 +72,7 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
             raise
         obj.variant = variant
         return obj
-    raise PytraceError(f"{tool}: no hook usable on this kernel (tried {'; '.join(reasons)})")
+    raise PytraceError(f"no hook usable on this kernel (tried {'; '.join(reasons)})")
 
 
 def _why(kind: str, exc: OSError) -> str:
@@ -80,7 +81,9 @@ def _why(kind: str, exc: OSError) -> str:
         usable, reason = features.learn(kind)
         if not usable:
             return reason
-    return features.explain(kind, exc) + (f" [{exc.filename}]" if exc.filename else "")
+    if exc.errno in (errno.EACCES, errno.EINVAL) and "load" in str(exc):
+        return f"the verifier rejected {kind} program ({exc.strerror}; -v shows its log)"
+    return features.explain(kind, exc)
 
 
 def planned(variants: Sequence[Variant]) -> tuple[Variant | None, list[str]]:

@@ -15,84 +15,53 @@ layout decodes) into its frozen dataclass:
             print(ev.newstate)
 
 Two ways out: events() yields dataclasses; batches() yields lists of raw
-tuples (field order: `raw_fields`) for callers that format in bulk, like the
-CLI.  `lost` is the number of records the kernel could not queue.
+tuples (field order: `raw_fields`, index by name: `idx`) for callers that
+format in bulk, like the CLI.  `lost` counts records the kernel could not
+queue because the ring was full.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator
 
-from . import loader
-from .bpfobject import BpfObject
-from .loader import Variant
 from .ringbuf import DEFAULT_INTERVAL_MS, RingBuffer
+from .tracer import Tracer
 
 
-class EventTracer:
-    OBJECT: ClassVar[str]
+class EventTracer(Tracer):
     EVENT: ClassVar[str]
-    VARIANTS: ClassVar[Sequence[Variant]]
-    TOOL: ClassVar[str] = ""
 
     def __init__(self, *, hook: str | None = None, interval_ms: int = DEFAULT_INTERVAL_MS,
                  ring_bytes: int | None = None):
-        self.hook = hook
+        super().__init__(hook=hook)
         self.interval_ms = interval_ms
         self.ring_bytes = ring_bytes
-        self.obj: BpfObject | None = None
         self.ring: RingBuffer | None = None
         self.raw_fields: tuple[str, ...] = ()
+        self.idx: dict[str, int] = {}
         self._lost = None
-
-    # -- what a tool provides -------------------------------------------------
-    def rodata(self) -> dict[str, Any]:
-        return {}
 
     def make_event(self, raw: tuple) -> Any:
         raise NotImplementedError
 
-    def attach(self, obj: BpfObject, variant: Variant) -> None:
-        """Attach the chosen variant (override for uprobes, tc, cgroups...)."""
-        for name in variant.programs:
-            obj.attach(name)
+    def map_sizes(self) -> dict[str, int] | None:
+        return {"events": self.ring_bytes} if self.ring_bytes else None
 
-    # -- life cycle -----------------------------------------------------------
-    def open(self) -> "EventTracer":
-        sizes = {"events": self.ring_bytes} if self.ring_bytes else None
-        self.obj = loader.load(self.TOOL or self.OBJECT, self.OBJECT, self.VARIANTS,
-                               rodata=self.rodata(), hook=self.hook, map_sizes=sizes,
-                               attach=self.attach)
-        try:
-            layout = self.obj.types.struct(self.EVENT)
-            events = self.obj.map("events")
-            self.ring = RingBuffer(events.fd, events.max_entries, layout.format, self.interval_ms)
-            self.raw_fields = layout.names
-            self._lost = self.obj.global_u64("lost_events")
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def setup(self) -> None:
+        layout = self.obj.types.struct(self.EVENT)
+        events = self.obj.map("events")
+        self.ring = RingBuffer(events.fd, events.max_entries, layout.format, self.interval_ms)
+        self.raw_fields = layout.names
+        self.idx = {n: i for i, n in enumerate(self.raw_fields)}
+        self._lost = self.obj.global_u64("lost_events")
 
     def close(self) -> None:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
         self._lost = None
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-
-    def __enter__(self) -> "EventTracer":
-        return self.open()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def variant(self) -> Variant | None:
-        return getattr(self.obj, "variant", None)
+        super().close()
 
     @property
     def lost(self) -> int:
@@ -111,8 +80,7 @@ class EventTracer:
             batch = ring.drain()
             yield batch
             if deadline is not None and time.monotonic() >= deadline:
-                # what arrived up to the deadline
-                final = ring.drain()
+                final = self.drain()  # what arrived up to the deadline
                 if final:
                     yield final
                 return

@@ -69,13 +69,8 @@ class TcpStates(EventTracer):
                 "lports": self.lports, "n_lports": len(self.lports),
                 "rports": self.rports, "n_rports": len(self.rports)}
 
-    def open(self) -> "TcpStates":
-        super().open()
-        self._idx = {n: i for i, n in enumerate(self.raw_fields)}
-        return self
-
     def make_event(self, raw: tuple) -> TcpStateChange:
-        i = self._idx
+        i = self.idx
         fam = raw[i["family"]]
         return TcpStateChange(
             raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
@@ -129,7 +124,7 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     out.write(head + f"{'SKADDR':<16} {'C-PID':<7} {'C-COMM':<16} {'LADDR':<{aw}} {'LPORT':<5} "
               f"{'RADDR':<{aw}} {'RPORT':<5} {'OLDSTATE':<11} -> {'NEWSTATE':<11} MS\n")
     fmt = f"%-16x %-7d %-16.16s %-{aw}s %-5d %-{aw}s %-5d %-11s -> %-11s %.3f\n"
-    i = tracer._idx
+    i = tracer.idx
     i_ts, i_sk, i_pid, i_comm, i_fam = i["ts_ns"], i["skaddr"], i["pid"], i["comm"], i["family"]
     i_sa, i_sp, i_da, i_dp = i["saddr"], i["sport"], i["daddr"], i["dport"]
     i_old, i_new, i_delta = i["oldstate"], i["newstate"], i["delta_us"]

@@ -1,0 +1,64 @@
+"""Base of every tool's library object: choose and load a hook variant,
+configure it, release it.  EventTracer (stream.py) adds the ring buffer;
+aggregating tools read their maps directly."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+from . import loader
+from .bpfobject import BpfObject
+from .loader import Variant
+
+
+class Tracer:
+    OBJECT: ClassVar[str]
+    VARIANTS: ClassVar[Sequence[Variant]]
+    TOOL: ClassVar[str] = ""            # name in messages, when not OBJECT
+    NEED_NET_ADMIN: ClassVar[bool] = False
+
+    def __init__(self, *, hook: str | None = None):
+        self.hook = hook
+        self.obj: BpfObject | None = None
+
+    # -- what a tool provides -------------------------------------------------
+    def rodata(self) -> dict[str, Any]:
+        return {}
+
+    def map_sizes(self) -> dict[str, int] | None:
+        return None
+
+    def attach(self, obj: BpfObject, variant: Variant) -> None:
+        """Attach the chosen variant (override for uprobes, tc, cgroups...)."""
+        for name in variant.programs:
+            obj.attach(name)
+
+    def setup(self) -> None:
+        """After load and attach: map readers, etc."""
+
+    # -- life cycle -----------------------------------------------------------
+    def open(self):
+        self.obj = loader.load(self.TOOL or self.OBJECT, self.OBJECT, self.VARIANTS,
+                               rodata=self.rodata(), hook=self.hook, map_sizes=self.map_sizes(),
+                               attach=self.attach, need_net_admin=self.NEED_NET_ADMIN)
+        try:
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def variant(self) -> Variant | None:
+        return getattr(self.obj, "variant", None)
