@@ -13,6 +13,7 @@ on the KeyboardInterrupt/SystemExit that SIGINT/SIGTERM raise in the CLI.
 from __future__ import annotations
 
 import ctypes as C
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -120,7 +121,7 @@ class BpfObject:
         self.ptr: int | None = None
         self.links: list[int] = []
         self._cleanups: list[Callable[[], None]] = []
-        self._bss: int | None = None
+        self._mmaps: dict[str, mmap.mmap] = {}
 
     # -- life cycle ---------------------------------------------------------
     def open(self) -> "BpfObject":
@@ -158,6 +159,9 @@ class BpfObject:
         lb = libbpf.lib() if self.ptr is not None or self.links else None
         while self.links:
             lb.bpf_link__destroy(self.links.pop())
+        for mm in self._mmaps.values():
+            mm.close()
+        self._mmaps.clear()
         while self._cleanups:
             try:
                 self._cleanups.pop()()
@@ -231,11 +235,32 @@ class BpfObject:
                 raise PytraceError(f"{self.path.name}: {key} lies outside {section}")
             C.memmove(ptr + var.offset, raw, len(raw))
 
-    def global_u64(self, name: str, section: str = ".bss") -> C.c_uint64:
-        """A live view of a u64 global (e.g. lost_events), mapped after load."""
-        ptr, _ = self._section_ptr(section)
-        var = self.types.var(section, name)
-        return C.c_uint64.from_address(ptr + var.offset)
+    def global_u64(self, name: str, section: str = ".bss") -> "GlobalU64":
+        """A live view of a u64 global (e.g. lost_events), after load.
+
+        libbpf 1.1 maps global data onto the kernel map only for skeletons,
+        so the section's map is mmap'ed here (it is BPF_F_MMAPABLE).
+        """
+        mm = self._mmaps.get(section)
+        if mm is None:
+            m = self.map(section)
+            size = (m.value_size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+            mm = self._mmaps[section] = mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        return GlobalU64(mm, self.types.var(section, name).offset)
+
+
+class GlobalU64:
+    __slots__ = ("_mm", "_off")
+
+    def __init__(self, mm: mmap.mmap, off: int):
+        self._mm, self._off = mm, off
+
+    @property
+    def value(self) -> int:
+        return _U64.unpack_from(self._mm, self._off)[0]
+
+
+_U64 = struct.Struct("<Q")
 
 
 def ncpus_possible() -> int:

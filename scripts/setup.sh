@@ -1,0 +1,36 @@
+#!/bin/bash
+# Set pytrace up on a fresh Debian 12 machine, as root:
+#  - the Debian packages it builds with (clang, llvm, libbpf-dev, bpftool) and
+#    runs or is tested with (libbpf1, iproute2, libbpf-tools for side-by-side
+#    checks, python3-venv);
+#  - a virtual environment at $PYTRACE_VENV (default /opt/pytrace) on Debian's
+#    own python3 (it starts in ~20 ms, which start-up latency depends on),
+#    holding pytrace installed from this tree (pip runs build.py, so the BPF
+#    objects are compiled and packaged) and pytest;
+#  - /usr/local/bin/pytrace.
+# Safe to run again: it only does what is missing, and reinstalls the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (apt-get, /opt, BPF)" >&2; exit 1; }
+
+PKGS=(clang llvm libbpf-dev libbpf1 bpftool iproute2 libbpf-tools python3 python3-venv python3-pip
+      gcc libc6-dev util-linux procps)
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "setup.sh: installing ${missing[*]}" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+VENV=${PYTRACE_VENV:-/opt/pytrace}
+if [ ! -x "$VENV/bin/python" ]; then
+	/usr/bin/python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check pytest pyelftools
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
+ln -sf "$VENV/bin/pytrace" /usr/local/bin/pytrace
+echo "setup.sh: pytrace $("$VENV/bin/pytrace" --version | cut -d' ' -f2) installed in $VENV; /usr/local/bin/pytrace" >&2

@@ -1,0 +1,173 @@
+"""Test helpers: real traffic on loopback or in test namespaces, and a CLI runner.
+
+Every helper here is bounded in count and time, and cleans up what it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterator
+
+PYTRACE = [sys.executable, "-m", "pytrace.cli"]
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Connection:
+    """What one loopback TCP connection looked like from both ends."""
+
+    def __init__(self, family: int, server_port: int, client_port: int, client_pid: int):
+        self.family, self.server_port, self.client_port, self.client_pid = family, server_port, client_port, client_pid
+
+
+def tcp_roundtrip(host: str = "127.0.0.1", port: int | None = None, send: bytes = b"ping",
+                  reply: bytes = b"pong", server_first_close: bool = False) -> Connection:
+    """One full TCP connection in this process: listen, connect, exchange, close.
+
+    The client closes first (so it goes FIN_WAIT1/2 and the server CLOSE_WAIT/LAST_ACK)
+    unless server_first_close.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port or 0))
+    srv.listen(8)
+    sport = srv.getsockname()[1]
+    cli = socket.create_connection((host, sport), timeout=5)
+    cport = cli.getsockname()[1]
+    acc, _ = srv.accept()
+    cli.sendall(send)
+    got = b""
+    while len(got) < len(send):
+        got += acc.recv(65536)
+    acc.sendall(reply)
+    got = b""
+    while len(got) < len(reply):
+        got += cli.recv(65536)
+    first, second = (acc, cli) if server_first_close else (cli, acc)
+    first.shutdown(socket.SHUT_WR)
+    second.recv(16)          # wait for the FIN
+    second.close()
+    first.recv(16)           # wait for the peer's FIN, then close
+    first.close()
+    srv.close()
+    return Connection(family, sport, cport, os.getpid())
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def has_bpf_link(pid: int) -> bool:
+    """True once the process holds a BPF link (or a perf-event tracepoint attachment)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
+                return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+class Cli:
+    """A pytrace command running in the background, its stdout read line by line."""
+
+    def __init__(self, *args: str, env: dict | None = None, ready: bool = True, prefix: list[str] | None = None):
+        self.proc = subprocess.Popen([*(prefix or []), *PYTRACE, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        if ready and not wait_until(lambda: has_bpf_link(self.proc.pid) or self.proc.poll() is not None, 15):
+            self.stop()
+            raise AssertionError(f"pytrace {' '.join(args)} did not attach in time")
+        if ready and self.proc.poll() is not None:
+            raise AssertionError(f"pytrace {' '.join(args)} exited: {self.proc.stderr.read()}")
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def read_until(self, pred: Callable[[str], bool], timeout: float = 5.0) -> str | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if pred(line):
+                return line
+        return None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int, list[str], str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        while True:
+            try:
+                line = self.lines.get(timeout=2)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+        return rc, self.seen, self.proc.stderr.read()
+
+    def json_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.seen if line.startswith("{")]
+
+
+def run_cli(*args: str, timeout: float = 30, env: dict | None = None,
+            prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), *PYTRACE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def bpf_prog_names() -> set[str]:
+    """Names of every BPF program loaded in the kernel right now (via bpftool)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return {p.get("name", "") for p in json.loads(out.stdout or "[]")}
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)

@@ -1,0 +1,178 @@
+"""tcprtt under real traffic, checked against the kernel's own tcp_probe records."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+
+import pytest
+
+from helpers import free_port, run_cli
+from pytrace.core.hist import Log2Histogram
+from pytrace.tools.tcprtt import TcpRtt
+from tracefs_counter import TraceCounter, field
+
+
+class PingPong:
+    """A loopback connection kept open, exchanging n request/response pairs on demand."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.srv = socket.socket(fam, socket.SOCK_STREAM)
+        self.srv.bind((host, 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.cli = socket.create_connection((host, self.port))
+        self.cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.acc, _ = self.srv.accept()
+        self.acc.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client_port = self.cli.getsockname()[1]
+
+    def exchange(self, n: int) -> None:
+        for _ in range(n):
+            self.cli.sendall(b"q" * 64)
+            self.acc.recv(64)
+            self.acc.sendall(b"a" * 64)
+            self.cli.recv(64)
+
+    def close(self) -> None:
+        for s in (self.cli, self.acc, self.srv):
+            s.close()
+
+
+def slots_of(srtts: list[int]) -> tuple[int, ...]:
+    slots = [0] * 27
+    for v in srtts:
+        slots[min(max(v, 1).bit_length() - 1, 26)] += 1
+    return tuple(slots)
+
+
+@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+def test_histogram_equals_the_kernels_tcp_probe_records(hook):
+    """Every tcp_probe hit on the server side of one connection lands in the
+    histogram, in the slot of its srtt: compared with a tracefs instance
+    filtered on the same port, which records the same hits with their srtt."""
+    pp = PingPong()
+    try:
+        with TcpRtt(lport=pp.port, hook=hook) as rtt:
+            with TraceCounter("tcp/tcp_probe", f"sport == {pp.port}") as tc:
+                pp.exchange(200)
+                time.sleep(0.05)
+                lines = tc.stop()
+            hists = rtt.histograms()
+    finally:
+        pp.close()
+    assert list(hists) == [None]
+    h = hists[None]
+    srtts = [field(line, "srtt") for line in lines]
+    assert len(srtts) >= 200
+    assert h.count == len(srtts)
+    assert h.slots == slots_of(srtts)
+    assert h.sum == sum(srtts)
+    # loopback: well under 10 ms
+    assert max(lo for lo, _, c in h.buckets() if c) < 10_000
+
+
+def test_rport_and_lport_filters_separate_two_connections():
+    a, b = PingPong(), PingPong()
+    try:
+        with TcpRtt(rport=a.port) as ra, TcpRtt(lport=b.port) as rb, TcpRtt() as rall:
+            with TraceCounter("tcp/tcp_probe", f"dport == {a.port}", "pt_a") as ta, \
+                    TraceCounter("tcp/tcp_probe", f"sport == {b.port}", "pt_b") as tb:
+                a.exchange(50)
+                b.exchange(150)
+                time.sleep(0.05)
+                na, nb = len(ta.stop()), len(tb.stop())
+            ha, hb, hall = ra.histograms()[None], rb.histograms()[None], rall.histograms()[None]
+    finally:
+        a.close()
+        b.close()
+    assert ha.count == na and hb.count == nb
+    assert 50 <= na < 150 <= nb
+    assert hall.count >= na + nb
+
+
+def test_per_remote_address_histograms_and_clear():
+    pp4, pp6 = PingPong("127.0.0.1"), PingPong("::1")
+    try:
+        with TcpRtt(by_raddr=True, rport=0) as rtt:
+            pp4.exchange(20)
+            pp6.exchange(20)
+            hists = rtt.histograms(clear=True)
+            after = rtt.histograms()
+    finally:
+        pp4.close()
+        pp6.close()
+    assert ipaddress.ip_address("127.0.0.1") in hists and ipaddress.ip_address("::1") in hists
+    assert after == {} or sum(h.count for h in after.values()) < 5
+
+
+def test_laddr_filter_v6_only():
+    pp4, pp6 = PingPong("127.0.0.1"), PingPong("::1")
+    try:
+        with TcpRtt(laddr="::1", lport=pp6.port) as r6, TcpRtt(laddr="::1", lport=pp4.port) as r4:
+            pp4.exchange(30)
+            pp6.exchange(30)
+            h6, h4 = r6.histograms(), r4.histograms()
+    finally:
+        pp4.close()
+        pp6.close()
+    assert h6[None].count >= 30
+    assert h4 == {}
+
+
+def test_histogram_rendering():
+    h = Log2Histogram((0, 3, 1) + (0,) * 24, "usecs", 4, 10)
+    text = h.render().splitlines()
+    assert text[0].split() == ["usecs", ":", "count", "distribution"]
+    assert text[1].split()[:5] == ["0", "->", "1", ":", "0"]
+    assert text[2].endswith("|" + "*" * 40 + "|") and text[2].split()[:5] == ["2", "->", "3", ":", "3"]
+    assert text[3].split()[:5] == ["4", "->", "7", ":", "1"]
+    assert len(text) == 4 and h.average == 2.5
+
+
+def test_cli_histogram_and_json():
+    pp = PingPong()
+    try:
+        import threading
+        t = threading.Timer(0.8, pp.exchange, args=(100,))
+        t.start()
+        r = run_cli("tcprtt", "-d", "2", "-p", str(pp.port), "-e")
+        t.join()
+        t = threading.Timer(0.8, pp.exchange, args=(100,))
+        t.start()
+        rj = run_cli("tcprtt", "-d", "2", "-p", str(pp.port), "--json")
+        t.join()
+    finally:
+        pp.close()
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0].startswith("Tracing TCP RTT")
+    assert out[1].startswith("All Addresses = ****** [AVG ")
+    assert "usecs" in out[2] and "distribution" in out[2]
+    counts = [int(line.split(":")[1].split("|")[0]) for line in out[3:] if "->" in line]
+    assert sum(counts) >= 100
+    rec = json.loads(rj.stdout.strip().splitlines()[-1])
+    assert rec["unit"] == "usecs" and rec["count"] >= 100
+    assert sum(b["count"] for b in rec["buckets"]) == rec["count"]
+
+
+@pytest.mark.parametrize("args", [["-i", "-1"], ["-p", "x"], ["-a", "not-an-ip"], ["-b", "-B"], ["--nope"]])
+def test_bad_input(args):
+    r = run_cli("tcprtt", *args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_kprobe_and_fentry_variants_are_built_and_reported():
+    """fentry/kprobe are the preferred variants on ordinary kernels. Where the
+    kernel lacks them, forcing them must fail with the probe's reason."""
+    from pytrace.core import features
+    for kind in ("fentry", "kprobe"):
+        usable, why = features.probe(kind)
+        r = run_cli("tcprtt", "--hook", kind, "-d", "1")
+        if usable:
+            assert r.returncode == 0, r.stderr
+        else:
+            assert r.returncode == 1 and kind in r.stderr and len(r.stderr.splitlines()) == 1

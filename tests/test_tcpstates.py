@@ -1,0 +1,247 @@
+"""tcpstates against real loopback connections: exact transitions, filters, CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import Cli, bpf_prog_names, free_port, run_cli, tcp_roundtrip, wait_until
+from pytrace.core.net import TcpState as S
+from pytrace.tools.tcpstates import TcpStates
+
+CLIENT = [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1),
+          (S.FIN_WAIT1, S.FIN_WAIT2), (S.FIN_WAIT2, S.CLOSE)]
+CHILD = [(S.LISTEN, S.SYN_RECV), (S.SYN_RECV, S.ESTABLISHED), (S.ESTABLISHED, S.CLOSE_WAIT),
+         (S.CLOSE_WAIT, S.LAST_ACK), (S.LAST_ACK, S.CLOSE)]
+LISTENER = [(S.CLOSE, S.LISTEN), (S.LISTEN, S.CLOSE)]
+MY_COMM = open("/proc/self/comm").read().strip()
+
+
+def collect(tracer: TcpStates, action, settle: float = 0.3) -> list:
+    """Run action() while the tracer is open; return every event seen."""
+    result = action()
+    return result, list(tracer.events(duration=settle))
+
+
+def by_socket(events) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for ev in events:
+        out.setdefault(ev.skaddr, []).append(ev)
+    return out
+
+
+def of_connection(events, conn) -> list:
+    ports = {conn.server_port, conn.client_port}
+    return [e for e in events if e.lport in ports or e.rport in ports]
+
+
+def check_connection(events, conn, host: str) -> None:
+    addr = ipaddress.ip_address(host)
+    socks = by_socket(of_connection(events, conn))
+    kinds = {}
+    for sk, evs in socks.items():
+        trans = [(e.oldstate, e.newstate) for e in evs]
+        kinds[tuple(trans)] = evs
+    assert set(kinds) == {tuple(CLIENT), tuple(CHILD), tuple(LISTENER)}, kinds.keys()
+
+    client = kinds[tuple(CLIENT)]
+    assert client[0].pid == os.getpid() and client[0].comm == MY_COMM   # CLOSE->SYN_SENT in connect()
+    assert client[0].lport == 0                                          # no port bound yet
+    for e in client[1:]:
+        assert (e.laddr, e.lport, e.raddr, e.rport) == (addr, conn.client_port, addr, conn.server_port)
+    assert all(e.rport == conn.server_port for e in client)
+
+    child = kinds[tuple(CHILD)]
+    for e in child:
+        assert (e.laddr, e.lport, e.raddr, e.rport) == (addr, conn.server_port, addr, conn.client_port)
+
+    listener = kinds[tuple(LISTENER)]
+    assert listener[0].pid == os.getpid()                               # listen() is a syscall
+    assert all(e.lport == conn.server_port and e.rport == 0 for e in listener)
+    for evs in kinds.values():
+        assert evs[0].family == (socket.AF_INET6 if addr.version == 6 else socket.AF_INET)
+        assert all(e.ms >= 0 for e in evs)
+        assert all(a.ts_ns <= b.ts_ns for a, b in zip(evs, evs[1:]))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_loopback_transitions_exact(host):
+    with TcpStates() as tracer:
+        conn, events = collect(tracer, lambda: tcp_roundtrip(host))
+        assert tracer.lost == 0
+    check_connection(events, conn, host)
+
+
+@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+def test_every_hook_variant_gives_the_same_events(hook):
+    with TcpStates(hook=hook) as tracer:
+        assert tracer.variant.hook == hook
+        conn, events = collect(tracer, lambda: tcp_roundtrip("127.0.0.1"))
+    check_connection(events, conn, "127.0.0.1")
+
+
+def test_lport_filter_excludes_other_ports():
+    keep, other = free_port(), free_port()
+    with TcpStates(lports=[keep]) as tracer:
+        (c1, c2), events = collect(tracer, lambda: (tcp_roundtrip("127.0.0.1", keep),
+                                                    tcp_roundtrip("127.0.0.1", other)))
+    assert events, "the filtered connection must still be seen"
+    assert {e.lport for e in events} == {keep}
+    # listener + accepted child of the kept server; the client sockets have other local ports
+    assert len(by_socket(events)) == 2
+
+
+def test_rport_filter_keeps_only_the_client_side():
+    keep, other = free_port(), free_port()
+    with TcpStates(rports=[keep]) as tracer:
+        (c1, c2), events = collect(tracer, lambda: (tcp_roundtrip("127.0.0.1", keep),
+                                                    tcp_roundtrip("127.0.0.1", other)))
+    assert [(e.oldstate, e.newstate) for e in events] == CLIENT
+    assert {e.rport for e in events} == {keep}
+
+
+@pytest.mark.parametrize("family,host,other", [(socket.AF_INET, "127.0.0.1", "::1"),
+                                               (socket.AF_INET6, "::1", "127.0.0.1")])
+def test_family_filter(family, host, other):
+    with TcpStates(family=family) as tracer:
+        (keep, drop), events = collect(tracer, lambda: (tcp_roundtrip(host), tcp_roundtrip(other)))
+    assert of_connection(events, drop) == []
+    check_connection(events, keep, host)
+    assert {e.family for e in events} == {family}
+
+
+def test_lost_events_are_counted_exactly():
+    """A one-page ring that is not read while 40 connections happen: what is
+    not delivered must be counted as lost, to the event."""
+    port = free_port()
+    with TcpStates(lports=[port], ring_bytes=4096) as tracer:
+        n = 40
+        for _ in range(n):
+            tcp_roundtrip("127.0.0.1", port)
+        time.sleep(0.05)
+        got = tracer.drain()
+        # 2 listener events + 5 child events per connection
+        expected = n * 7
+        assert tracer.lost > 0
+        assert len(got) + tracer.lost == expected
+
+
+def test_cli_json_carries_the_same_facts():
+    port = free_port()
+    cli = Cli("tcpstates", "--json", "-L", str(port))
+    conn = tcp_roundtrip("127.0.0.1", port)
+    assert cli.read_until(lambda l: '"LAST_ACK"' in l and '"CLOSE"' in l and "newstate" in l)
+    time.sleep(0.1)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    recs = [json.loads(line) for line in lines]
+    child = [(r["oldstate"], r["newstate"]) for r in recs if r["rport"] == conn.client_port]
+    assert child == [(a.name, b.name) for a, b in CHILD]
+    assert {r["lport"] for r in recs} == {port}
+    assert {r["laddr"] for r in recs} == {"127.0.0.1"}
+    assert all(r["ip"] == 4 and isinstance(r["ms"], float) for r in recs)
+
+
+def test_cli_text_columns_and_time_column():
+    port = free_port()
+    cli = Cli("tcpstates", "-T", "-L", str(port))
+    header = cli.read_until(lambda l: "SKADDR" in l)
+    assert header.split() == ["TIME", "SKADDR", "C-PID", "C-COMM", "LADDR", "LPORT", "RADDR", "RPORT",
+                              "OLDSTATE", "->", "NEWSTATE", "MS"]
+    tcp_roundtrip("127.0.0.1", port)
+    line = cli.read_until(lambda l: "CLOSE" in l and "LISTEN" in l and "->" in l)
+    cli.stop()
+    cols = line.split()
+    assert len(cols) == 12
+    time.strptime(cols[0], "%H:%M:%S")
+    assert cols[2] == str(os.getpid()) and cols[5] == str(port)
+    assert cols[8:11] == ["CLOSE", "->", "LISTEN"]
+
+
+def test_cli_wide_ipv6():
+    port = free_port(socket.AF_INET6)
+    cli = Cli("tcpstates", "-6", "-w", "-L", str(port))
+    tcp_roundtrip("::1", port)
+    line = cli.read_until(lambda l: "LISTEN" in l)
+    cli.stop()
+    assert line.split()[3] == "::1"
+
+
+def test_ebpf_prints_the_source():
+    r = run_cli("tcpstates", "--ebpf")
+    assert r.returncode == 0
+    assert 'SEC("tp_btf/inet_sock_set_state")' in r.stdout
+    assert "struct tcpstates_event" in r.stdout
+    assert "events.h" in r.stdout     # the shared ring-buffer header follows
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-L", "notaport"], "-L"),
+    (["-D", "70000"], "-D"),
+    (["--bogus"], "--bogus"),
+    (["-4", "-6"], "not allowed"),
+    (["--hook", "kprobe"], "--hook"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    r = run_cli("tcpstates", *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+
+
+def test_without_bpf_privileges_one_line_exit_1():
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-sys_admin,-bpf,-perfmon", "--"]
+    r = run_cli("tcpstates", prefix=drop)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CAP_BPF" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nothing_left_attached_after_exit(sig):
+    cli = Cli("tcpstates", "--hook", "tracepoint")
+    assert any(n.startswith("tcpstates_") for n in bpf_prog_names())
+    rc, _, err = cli.stop(sig)
+    assert rc == 0, err
+    assert wait_until(lambda: not any(n.startswith("tcpstates_") for n in bpf_prog_names()), 5)
+
+
+def test_library_exception_releases_programs():
+    with pytest.raises(RuntimeError):
+        with TcpStates():
+            assert any(n.startswith("tcpstates_") for n in bpf_prog_names())
+            raise RuntimeError("boom")
+    # the kernel frees a program asynchronously once its last reference is gone
+    assert wait_until(lambda: not any(n.startswith("tcpstates_") for n in bpf_prog_names()), 5)
+
+
+def test_lone_event_is_printed_promptly():
+    """Batched wakeups must not hold back an event that arrives after an idle gap."""
+    port = free_port()
+    with TcpStates(lports=[port]) as tracer:
+        time.sleep(0.1)
+        got = []
+
+        def later():
+            time.sleep(0.05)
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            s.listen(1)
+            s.close()
+        t = threading.Thread(target=later)
+        t.start()
+        start = time.monotonic()
+        for batch in tracer.batches(duration=2):
+            got += batch
+            if got:
+                break
+        t.join()
+        assert got and time.monotonic() - start < 1.0
