@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "doctor":
             from .commands import doctor
             return doctor.run(rest)
-        if cmd not in registry.TOOLS:
+        if not registry.exists(cmd):
             sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
             return 2
         return _run_tool(cmd, rest)

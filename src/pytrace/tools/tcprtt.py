@@ -21,9 +21,10 @@ import sys
 import time
 from typing import Any
 
-from ..core.cliutil import Clock, address, add_common, nonneg_int, port, positive_int
+from ..core.cliutil import Clock, address, add_common, port, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
+from ..core.periodic import ticks
 from ..core.net import AF_INET, addr_obj
 from ..core.tracer import Tracer
 
@@ -124,24 +125,13 @@ def to_json(hists: dict, args: argparse.Namespace, clock: Clock) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.cliutil import Terminate
     tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
                     by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook)
     clock = Clock()
     with tracer:
         if not args.json:
             print("Tracing TCP RTT... Hit Ctrl-C to end.", flush=True)
-        start = time.monotonic()
-        interval = args.interval or args.duration or 10 ** 9
-        stop = False
-        while not stop:
-            try:
-                left = interval if not args.duration else min(interval, start + args.duration - time.monotonic())
-                time.sleep(max(0.0, left))
-            except (KeyboardInterrupt, Terminate):
-                stop = True
-            if args.duration and time.monotonic() - start >= args.duration - 0.001:
-                stop = True
+        for _last in ticks(args.interval, duration=args.duration):
             hists = tracer.histograms(clear=True)
             if args.json:
                 sys.stdout.write(to_json(hists, args, clock))

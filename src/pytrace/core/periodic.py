@@ -1,0 +1,39 @@
+"""The loop of every tool that prints on an interval (tcprtt, tcptop, softirqs...).
+
+    for last in ticks(interval=1, count=5, duration=None):
+        print_snapshot()
+
+yields once per interval (and once at the end of a duration); Ctrl-C or
+SIGTERM ends the sleep early and yields a final tick, so the last partial
+interval is printed like the C tools do.  `last` is True on the final tick.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from .cliutil import Terminate
+
+
+def ticks(interval: float | None = None, count: int | None = None,
+          duration: float | None = None) -> Iterator[bool]:
+    start = time.monotonic()
+    end = start + duration if duration else None
+    n = 0
+    while True:
+        targets = [t for t in ((start + (n + 1) * interval) if interval else None, end) if t is not None]
+        wake = min(targets) if targets else None
+        try:
+            if wake is None:
+                while True:
+                    time.sleep(3600)
+            time.sleep(max(0.0, wake - time.monotonic()))
+        except (KeyboardInterrupt, Terminate):
+            yield True
+            return
+        n += 1
+        last = bool((count and n >= count) or (end is not None and time.monotonic() >= end - 1e-3))
+        yield last
+        if last:
+            return
