@@ -67,7 +67,7 @@ def _stale(obj: Path, deps: list[Path]) -> bool:
 
 def compile_one(src: Path, clang: str, strip: str | None, arch: tuple[str, str]) -> Path:
     obj = OUT / (src.name[: -len(".c")] + ".o")
-    tmp = obj.with_suffix(".o.tmp")
+    tmp = obj.with_name(f"{obj.name}.{os.getpid()}.tmp")  # unique: parallel builds
     vmlinux_dir = ROOT / "vmlinux" / arch[0]
     cmd = [
         clang, "-target", "bpf", "-g", "-O2", "-Wall", "-Wno-unused-function",

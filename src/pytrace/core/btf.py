@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +304,7 @@ def write_cache(obj: Path) -> dict:
     info = parse_object(obj)
     info["sha256"] = _digest(obj)
     info["version"] = CACHE_VERSION
-    tmp = _cache_path(obj).with_suffix(".tmp")
+    tmp = _cache_path(obj).with_name(f"{obj.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info, indent=0, sort_keys=True))
     tmp.replace(_cache_path(obj))
     return info
