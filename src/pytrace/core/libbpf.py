@@ -100,6 +100,7 @@ _PROTOS: dict[str, tuple] = {
     "bpf_map__set_max_entries": (C.c_int, [P, C.c_uint32]),
     "bpf_map__initial_value": (P, [P, C.POINTER(C.c_size_t)]),
     "bpf_map__set_autocreate": (C.c_int, [P, C.c_bool]),
+    "bpf_map__reuse_fd": (C.c_int, [P, C.c_int]),
     "bpf_map_lookup_elem": (C.c_int, [C.c_int, P, P]),
     "bpf_map_update_elem": (C.c_int, [C.c_int, P, P, C.c_uint64]),
     "bpf_map_delete_elem": (C.c_int, [C.c_int, P]),

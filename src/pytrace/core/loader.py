@@ -39,8 +39,13 @@ def hooks_of(variants: Sequence[Variant]) -> list[str]:
 
 def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[str, Any] | None = None,
          hook: str | None = None, map_sizes: dict[str, int] | None = None,
-         attach: Attach | None = None, need_net_admin: bool = False) -> BpfObject:
-    """Load and attach the best usable variant; the object records it as .variant."""
+         attach: Attach | None = None, need_net_admin: bool = False,
+         before_load: Callable[[BpfObject], None] | None = None) -> BpfObject:
+    """Load and attach the best usable variant; the object records it as .variant.
+
+    before_load(obj), if given, runs between open and load (e.g. to make the
+    object share a map that another object holds, via bpf_map__reuse_fd).
+    """
     privileges.require(tool, need_net_admin)
     objects.check_kernel_btf()
     if hook is not None:
@@ -61,6 +66,8 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
             obj.open()
             if variant.hook == "tracepoint" and tracefs.ensure():
                 obj.on_close(tracefs.unmount)
+            if before_load is not None:
+                before_load(obj)
             obj.load()
             attach(obj, variant)
         except OSError as exc:
