@@ -1,9 +1,14 @@
 """ctypes binding to libbpf.so.1: the only module that declares C prototypes.
 
 libbpf 1.1.2 (Debian 12) is the API floor: every function used here exists in
-its export list.  The library is found as, in order: $PYTRACE_LIBBPF, a copy
-bundled inside the package (pytrace/lib/libbpf.so.1, for hosts without one),
-the system's libbpf.so.1.
+its export list.  Which copy is used (`origin`, shown by `pytrace doctor`):
+  override  $PYTRACE_LIBBPF, and nothing else when it is set;
+  system    the system's libbpf.so.1, when present and 1.1 or newer (it gets
+            the distribution's fixes);
+  bundled   else the copy build.py put in the wheel (pytrace/lib/), with the
+            libraries it needs that a minimal host may lack (libelf.so.1):
+            those are loaded first, by absolute path, unless the system has
+            them, so the dynamic loader resolves libbpf's DT_NEEDED to them.
 
 libbpf's own log goes through Python logging (logger "pytrace.libbpf"),
 quiet unless -v raised the level.
@@ -23,7 +28,16 @@ log = logging.getLogger("pytrace.libbpf")
 
 _lib: C.CDLL | None = None
 _libc: C.CDLL | None = None
-lib_path: str = ""
+lib_path: str = ""          # the file loaded (symlinks resolved)
+origin: str = ""            # "override", "system" or "bundled"
+deps_bundled: list[str] = []  # bundled dependencies loaded for the bundled copy
+
+LIB_DIR = Path(__file__).resolve().parent.parent / "lib"
+# What libbpf.so.1 links besides libc: bundled by build.py only if listed in
+# BUNDLED_DEPS (libz is everywhere: dpkg, rpm and Python itself need it).
+BUNDLED_DEPS = ("libelf.so.1",)
+INSTALL_HINT = ("install libbpf 1.1 or newer (Debian/Ubuntu: apt-get install libbpf1; "
+                "Fedora/RHEL: dnf install libbpf) or set PYTRACE_LIBBPF to a libbpf.so.1")
 
 # libbpf_print_level
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
@@ -122,15 +136,52 @@ _PROTOS: dict[str, tuple] = {
 }
 
 
-def _candidates() -> list[str]:
+def _candidates() -> list[tuple[str, str]]:
+    """(origin, what to dlopen), best first."""
     env = os.environ.get("PYTRACE_LIBBPF")
     if env:
-        return [env]
-    bundled = Path(__file__).resolve().parent.parent / "lib" / "libbpf.so.1"
-    out = ["libbpf.so.1"]
+        return [("override", env)]
+    out = [("system", "libbpf.so.1")]
+    bundled = LIB_DIR / "libbpf.so.1"
     if bundled.exists():
-        out.append(str(bundled))
+        out.append(("bundled", str(bundled)))
     return out
+
+
+class _LinkMap(C.Structure):
+    """The head of glibc's struct link_map (dlinfo RTLD_DI_LINKMAP)."""
+    _fields_ = [("l_addr", C.c_void_p), ("l_name", C.c_char_p)]
+
+
+def loaded_file(handle: C.CDLL) -> str:
+    """The file the dynamic loader actually mapped for a handle, symlinks resolved."""
+    RTLD_DI_LINKMAP = 2
+    for where in (None, "libdl.so.2"):  # dlinfo moved into libc in glibc 2.34
+        try:
+            dlinfo = C.CDLL(where).dlinfo
+        except (OSError, AttributeError):
+            continue
+        dlinfo.argtypes = [C.c_void_p, C.c_int, C.c_void_p]
+        lm = C.POINTER(_LinkMap)()
+        if dlinfo(handle._handle, RTLD_DI_LINKMAP, C.byref(lm)) == 0 and lm and lm.contents.l_name:
+            return os.path.realpath(lm.contents.l_name.decode())
+    return handle._name
+
+
+def _preload_bundled_deps() -> list[str]:
+    """Make the bundled libbpf's dependencies resolvable: the system's if any, else ours."""
+    used = []
+    for soname in BUNDLED_DEPS:
+        try:
+            C.CDLL(soname)
+            continue
+        except OSError:
+            pass
+        copy = LIB_DIR / soname
+        if copy.exists():
+            C.CDLL(str(copy))  # by absolute path; its soname then satisfies libbpf's DT_NEEDED
+            used.append(soname)
+    return used
 
 
 def _version_of(lib: C.CDLL) -> tuple[int, int]:
@@ -154,30 +205,32 @@ def _print(level: int, fmt: bytes, va_list: int) -> int:
 
 def lib() -> C.CDLL:
     """Load and bind libbpf once; raise PytraceError with what to install if impossible."""
-    global _lib, _libc, lib_path
+    global _lib, _libc, lib_path, origin, deps_bundled
     if _lib is not None:
         return _lib
     tried = []
-    for cand in _candidates():
+    for kind, cand in _candidates():
         try:
+            deps = _preload_bundled_deps() if kind == "bundled" else []
             handle = C.CDLL(cand, use_errno=True)
         except OSError as exc:
-            tried.append(f"{cand}: {exc}")
+            tried.append(f"{kind} {cand}: {exc}")
             continue
         try:
             version = _version_of(handle)
         except AttributeError:
-            tried.append(f"{cand}: not libbpf 1.x")
+            tried.append(f"{kind} {cand}: not libbpf 1.x")
             continue
         if version < MIN_VERSION:
-            tried.append(f"{cand}: version {version[0]}.{version[1]} is older than "
+            tried.append(f"{kind} {cand}: version {version[0]}.{version[1]} is older than "
                          f"{MIN_VERSION[0]}.{MIN_VERSION[1]}")
             continue
-        _lib, lib_path = handle, cand
+        _lib, lib_path, origin, deps_bundled = handle, loaded_file(handle), kind, deps
         break
     if _lib is None:
-        raise PytraceError("libbpf.so.1 (1.1 or newer) not found: install it (apt-get install libbpf1) "
-                           "or set PYTRACE_LIBBPF to its path [" + "; ".join(tried) + "]")
+        if os.environ.get("PYTRACE_LIBBPF"):
+            raise PytraceError(f"PYTRACE_LIBBPF: cannot use {'; '.join(tried)}")
+        raise PytraceError(f"no usable libbpf.so.1: {INSTALL_HINT} (tried: {'; '.join(tried)})")
     for name, (res, args) in _PROTOS.items():
         fn = getattr(_lib, name, None)
         if fn is None:  # optional in this libbpf build
