@@ -4,6 +4,7 @@
     python3 build.py            # build what changed
     python3 build.py --force    # rebuild everything
     python3 build.py --clean    # remove the built objects
+    python3 build.py --bundle   # also copy libbpf into the package (setup.py does)
 
 Each object is built with clang as a CO-RE object (-target bpf -g -O2,
 against vmlinux/<arch>/vmlinux.h), stripped of DWARF but not of BTF.  The C
@@ -13,13 +14,23 @@ are cached beside each object (core/btf.py), so a tool's start needs neither
 clang nor an ELF parse.  Only this script needs clang; nothing at run time
 does.
 
+src/pytrace/bpf/manifest.json records the package version and architecture
+the objects were built for; core/objects.py refuses objects that do not match
+(one clear line instead of a libbpf or verifier error).  For a wheel,
+bundle_libs() copies this machine's libbpf.so.1 (and libelf.so.1, which a
+minimal host may lack) into src/pytrace/lib/: hosts without a usable libbpf
+load that copy (core/libbpf.py).
+
 On a compile error clang's own message is printed and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -29,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src" / "bpf"
 OUT = ROOT / "src" / "pytrace" / "bpf"
+LIB = ROOT / "src" / "pytrace" / "lib"
+MANIFEST = OUT / "manifest.json"
+MANIFEST_FORMAT = 1
 ARCHES = {"x86_64": ("x86", "__TARGET_ARCH_x86")}
 
 
@@ -107,6 +121,97 @@ def copy_sources() -> None:
             stale.unlink()
 
 
+def package_version() -> str:
+    text = (ROOT / "src" / "pytrace" / "__init__.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if not found:
+        raise BuildError("build.py: no __version__ in src/pytrace/__init__.py")
+    return found.group(1)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomic, and only on change: parallel builds share the output directory."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_manifest() -> None:
+    """What the objects in OUT were built for; checked at load by core/objects.py."""
+    info = {
+        "format": MANIFEST_FORMAT,
+        "package": "pytrace",
+        "version": package_version(),
+        "arch": platform.machine(),
+        "objects": sorted(p.name for p in OUT.glob("*.bpf.o")),
+    }
+    _write_if_changed(MANIFEST, json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def _debian_package(real: Path) -> tuple[str, str] | None:
+    """(package, version) owning a file, if this is a dpkg system."""
+    try:
+        owner = subprocess.run(["dpkg-query", "-S", str(real)], capture_output=True, text=True)
+        if owner.returncode != 0:
+            owner = subprocess.run(["dpkg-query", "-S", str(Path("/lib") / real.relative_to("/usr/lib"))],
+                                   capture_output=True, text=True)
+        pkg = owner.stdout.split(":")[0].strip()
+        ver = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
+    except (OSError, ValueError):
+        return None
+    return (pkg, ver.stdout.strip()) if pkg and ver.returncode == 0 else None
+
+
+def bundle_libs() -> list[Path]:
+    """Copy this machine's libbpf.so.1 and BUNDLED_DEPS into src/pytrace/lib/ for the wheel.
+
+    The real files (not the symlinks) are copied under their sonames, with
+    their Debian copyright files (they are LGPL/BSD-licensed and we redistribute
+    them); lib/bundled.json says where each came from, for `pytrace doctor`.
+    """
+    sys.path.insert(0, str(ROOT / "src"))
+    from pytrace.core import libbpf  # noqa: E402  (loaded_file, MIN_VERSION, BUNDLED_DEPS)
+
+    LIB.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for soname in ("libbpf.so.1", *libbpf.BUNDLED_DEPS):
+        try:
+            handle = ctypes.CDLL(soname)
+        except OSError as exc:
+            raise BuildError(f"build.py: cannot bundle {soname} ({exc}): install it on the build machine "
+                             "(apt-get install libbpf1)") from None
+        if soname == "libbpf.so.1":
+            have = (handle.libbpf_major_version(), handle.libbpf_minor_version())
+            if have < libbpf.MIN_VERSION:
+                raise BuildError(f"build.py: the build machine's libbpf is {have[0]}.{have[1]}; "
+                                 f"the wheel needs {libbpf.MIN_VERSION[0]}.{libbpf.MIN_VERSION[1]} or newer")
+        real = Path(libbpf.loaded_file(handle))
+        dest = LIB / soname
+        if not dest.exists() or dest.read_bytes() != real.read_bytes():
+            tmp = dest.with_name(f"{soname}.{os.getpid()}.tmp")
+            shutil.copyfile(real, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        entry = {"from": str(real)}
+        deb = _debian_package(real)
+        if deb:
+            entry["package"] = f"{deb[0]} {deb[1]}"
+            copyright_ = Path("/usr/share/doc") / deb[0] / "copyright"
+            if copyright_.exists():
+                shutil.copyfile(copyright_, LIB / f"{soname}.copyright")
+        info[soname] = entry
+    for stale in LIB.iterdir():
+        if stale.name.split(".copyright")[0] not in info and stale.name != "bundled.json":
+            stale.unlink()
+    _write_if_changed(LIB / "bundled.json", json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return [LIB / name for name in info]
+
+
 def build(force: bool = False, quiet: bool = False) -> list[Path]:
     arch = _arch()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -135,19 +240,24 @@ def build(force: bool = False, quiet: bool = False) -> list[Path]:
             obj.unlink()
             Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
+    write_manifest()
     return built
 
 
 def clean() -> None:
     for p in OUT.glob("*.bpf.o*"):
         p.unlink()
+    MANIFEST.unlink(missing_ok=True)
     shutil.rmtree(OUT / "src", ignore_errors=True)
+    shutil.rmtree(LIB, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Compile src/bpf/*.bpf.c into src/pytrace/bpf/*.bpf.o")
     ap.add_argument("--force", action="store_true", help="rebuild every object")
     ap.add_argument("--clean", action="store_true", help="remove built objects")
+    ap.add_argument("--bundle", action="store_true",
+                    help="also copy this machine's libbpf.so.1 (+ libelf) into the package, as for a wheel")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -155,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             clean()
         else:
             build(force=args.force, quiet=args.quiet)
+            if args.bundle:
+                bundle_libs()
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return 1
