@@ -97,6 +97,22 @@ class Map:
                 out.append((k, v))
         return out
 
+    def percpu_sum(self, key: bytes) -> Any:
+        """A per-CPU map's value for key, decoded by its BTF type and summed over
+        the CPUs (integers add, integer arrays add element-wise); None if absent.
+
+        The kernel returns one value per possible CPU, each padded to 8 bytes.
+        """
+        stride = (self.value_size + 7) // 8 * 8
+        raw = self.lookup(key, stride * ncpus_possible())
+        if raw is None:
+            return None
+        dv = self._decoder("value")
+        total = None
+        for off in range(0, len(raw), stride):
+            total = _add(total, dv(raw[off:off + self.value_size]))
+        return total
+
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")
 
@@ -106,6 +122,19 @@ class Map:
     def clear(self) -> None:
         for k in self.keys():
             self.delete(k)
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Sum of two decoded values of one type (for per-CPU maps); non-numbers keep a's."""
+    if a is None:
+        return b
+    if isinstance(a, dict):
+        return {k: _add(v, b[k]) for k, v in a.items()}
+    if isinstance(a, tuple):
+        return tuple(x + y for x, y in zip(a, b))
+    if isinstance(a, int) and not isinstance(a, bool):
+        return a + b
+    return a
 
 
 class BpfObject:

@@ -8,6 +8,7 @@ file (PYTRACE_BTF / --btf) like the loader does.
 from __future__ import annotations
 
 import ctypes as C
+import struct
 from functools import lru_cache
 
 from . import libbpf, objects
@@ -57,6 +58,75 @@ def enum_values(name: str) -> dict[int, str]:
             out[val] = lb.btf__name_by_offset(btf, m.name_off).decode()
         return out
     return {}
+
+
+@lru_cache(maxsize=None)
+def enum_with_member(member: str) -> dict[int, str]:
+    """{value: enumerator name} of the kernel enum, named or anonymous, that has
+    the enumerator `member` (NET_RX_SOFTIRQ's enum has no name); {} if none.
+
+    libbpf finds types by name only, and walking the ~100k types through ctypes
+    costs a tenth of a second at start-up; instead the raw BTF is searched for
+    the enumerator's string offset and the enum around that spot is checked.
+    """
+    path = objects.custom_btf() or "/sys/kernel/btf/vmlinux"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+    except (OSError, struct.error):
+        return {}
+    if magic != 0xEB9F:      # not raw BTF (e.g. an ELF file): caller falls back
+        return {}
+    t0, t1 = hdr_len + type_off, hdr_len + type_off + type_len
+    strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+    pos = strings.find(b"\0" + member.encode() + b"\0")
+    if pos < 0:
+        return {}
+    needle = struct.pack("<I", pos + 1)
+    hit = data.find(needle, t0, t1)
+    while hit >= 0:
+        if (hit - t0) % 4 == 0:
+            found = _enum_around(data, t0, t1, hit, strings)
+            if found:
+                return found
+        hit = data.find(needle, hit + 1, t1)
+    return {}
+
+
+def _enum_around(data: bytes, t0: int, t1: int, hit: int, strings: bytes) -> dict[int, str] | None:
+    """The enum whose k-th member name sits at `hit`, if the bytes before it are
+    an ENUM/ENUM64 header and every member names a string: else None."""
+    def name(off: int) -> str | None:
+        if off <= 0 or off >= len(strings) or strings[off - 1] != 0:
+            return None
+        return strings[off:strings.index(b"\0", off)].decode(errors="replace")
+
+    for kind, msize in ((BTF_KIND_ENUM, 8), (BTF_KIND_ENUM64, 12)):
+        for k in range(0, 4096):
+            hdr = hit - 12 - msize * k
+            if hdr < t0:
+                break
+            _name_off, info, _size = struct.unpack_from("<III", data, hdr)
+            vlen = info & 0xFFFF
+            if (info >> 24) & 0x1F != kind or k >= vlen or hdr + 12 + msize * vlen > t1:
+                continue
+            out = {}
+            for i in range(vlen):
+                m = hdr + 12 + msize * i
+                if kind == BTF_KIND_ENUM:
+                    off, val = struct.unpack_from("<Ii", data, m)
+                else:
+                    off, lo, hi = struct.unpack_from("<III", data, m)
+                    val = (hi << 32) | lo
+                text = name(off)
+                if text is None:
+                    break
+                out[val] = text
+            else:
+                return out
+    return None
 
 
 def drop_reasons() -> dict[int, str]:
