@@ -1,14 +1,14 @@
 """setuptools glue: compile the BPF objects (build.py) before packaging them.
 
 Everything else about the package is in pyproject.toml.  The wheel is tagged
-for this platform (it carries BPF objects built for this architecture), not
-`any`.
+for this platform (it carries BPF objects built for this architecture and a
+bundled libbpf.so.1 for hosts without one), not `any`.
 """
 
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,9 +24,19 @@ class BuildPy(build_py):
     def run(self):
         try:
             bpf_build.build()
+            # the package carries libbpf (+ libelf) for hosts that lack it: see core/libbpf.py
+            bpf_build.bundle_libs()
         except bpf_build.BuildError as exc:
             raise SystemExit(str(exc))
         super().run()
+
+
+class PlatformDistribution(Distribution):
+    """Platform-specific content: install into platlib, so the wheel's files sit at its root
+    (a pure root would move them under pytrace-<v>.data/purelib/)."""
+
+    def has_ext_modules(self):
+        return True
 
 
 cmdclass = {"build_py": BuildPy}
@@ -45,4 +55,4 @@ if bdist_wheel is not None:
 
     cmdclass["bdist_wheel"] = PlatformWheel
 
-setup(cmdclass=cmdclass)
+setup(cmdclass=cmdclass, distclass=PlatformDistribution)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -9,6 +10,19 @@ import sys
 from .. import __version__
 from ..core import features, libbpf, objects, privileges, tracefs
 from ..core.errors import PytraceError
+
+
+def _libbpf_origin() -> str:
+    """system / override / bundled, with what was bundled and where it came from."""
+    if libbpf.origin != "bundled":
+        return "override: PYTRACE_LIBBPF" if libbpf.origin == "override" else libbpf.origin
+    try:
+        info = json.loads((libbpf.LIB_DIR / "bundled.json").read_text())
+        source = info["libbpf.so.1"].get("package") or info["libbpf.so.1"]["from"]
+    except (OSError, ValueError, KeyError):
+        source = "unknown source"
+    extra = "".join(f", bundled {dep}" for dep in libbpf.deps_bundled)
+    return f"bundled, from the build host's {source}{extra}"
 
 
 def run(argv: list[str]) -> int:
@@ -20,17 +34,19 @@ def run(argv: list[str]) -> int:
     w(f"kernel         {platform.release()} ({platform.machine()})\n")
     btf = "/sys/kernel/btf/vmlinux"
     custom = os.environ.get("PYTRACE_BTF")
-    w(f"kernel BTF     {btf if os.path.exists(btf) else 'MISSING'}"
-      f"{f' (PYTRACE_BTF={custom})' if custom else ''}\n")
+    extra = ""
+    if custom:
+        extra = f" (PYTRACE_BTF={custom}: {'used for CO-RE' if os.path.isfile(custom) else 'MISSING'})"
+    w(f"kernel BTF     {btf if os.path.exists(btf) else 'MISSING'}{extra}\n")
     lacking = privileges.missing()
     w(f"privileges     {'ok' if not lacking else 'missing ' + ', '.join(lacking)}"
       f" (uid {os.getuid()})\n")
     try:
         version = libbpf.version()
-        w(f"libbpf         {version} from {libbpf.lib_path}\n")
     except PytraceError as exc:
         w(f"libbpf         MISSING: {exc}\n")
         return 1
+    w(f"libbpf         {version.lstrip('v')} ({_libbpf_origin()}) {libbpf.lib_path}\n")
     where = tracefs.mounted()
     w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}\n")
     try:
@@ -38,7 +54,9 @@ def run(argv: list[str]) -> int:
     except PytraceError as exc:
         w(f"objects        {exc}\n")
         return 1
-    w(f"objects        {objects.BPF_DIR}\n")
+    built = objects.manifest()
+    w(f"objects        {objects.BPF_DIR} ({len(built.get('objects', ()))} built for pytrace "
+      f"{built['version']} {built['arch']})\n")
     if lacking:
         w("hook kinds     not probed: needs root (or CAP_BPF + CAP_PERFMON)\n")
         return 1

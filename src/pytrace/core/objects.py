@@ -1,36 +1,81 @@
 """Where the precompiled BPF objects and their sources live, and their checks.
 
-The objects are package data (pytrace/bpf/*.bpf.o), built by build.py.  Before
-libbpf sees one we check that it is there, readable and a BPF ELF object, so a
-broken install gets one clear line instead of a libbpf error.
+The objects are package data (pytrace/bpf/*.bpf.o), built by build.py, which
+also writes pytrace/bpf/manifest.json: the package version and architecture
+they were built for, and their names.  Before libbpf sees an object we check
+that the manifest matches this package and machine, and that the object is
+listed, there, readable, and a BPF ELF object of this byte order, so a broken
+or mixed install gets one clear line instead of a libbpf or verifier error.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import sys
 from pathlib import Path
 
 from .errors import PytraceError
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SRC_DIR = BPF_DIR / "src"
+MANIFEST = BPF_DIR / "manifest.json"
 EM_BPF = 247
+ELFCLASS64 = 2
+ELFDATA = {"little": 1, "big": 2}[sys.byteorder]  # BPF objects are built in the host's byte order
+REINSTALL = "reinstall pytrace, or run python3 build.py in a source tree"
+
+_manifest: dict | None = None
 
 _btf_override: str | None = None
 
 
+def manifest() -> dict:
+    """The build manifest, checked once per process against this package and machine."""
+    global _manifest
+    if _manifest is not None:
+        return _manifest
+    from .. import __version__
+
+    try:
+        info = json.loads(MANIFEST.read_text())
+    except FileNotFoundError:
+        raise PytraceError(f"{MANIFEST} is missing: the BPF objects were not built for this install "
+                           f"({REINSTALL})") from None
+    except (OSError, ValueError) as exc:
+        raise PytraceError(f"{MANIFEST} is unreadable ({exc}): {REINSTALL}") from None
+    if not isinstance(info, dict) or info.get("package") != "pytrace":
+        raise PytraceError(f"{MANIFEST} is not a pytrace build manifest: {REINSTALL}")
+    if info.get("version") != __version__:
+        raise PytraceError(f"the BPF objects in {BPF_DIR} were built for pytrace {info.get('version')}, "
+                           f"this is pytrace {__version__}: {REINSTALL}")
+    machine = platform.machine()
+    if info.get("arch") != machine:
+        raise PytraceError(f"the BPF objects in {BPF_DIR} were built for {info.get('arch')}, "
+                           f"this machine is {machine}: install the pytrace wheel for {machine}")
+    _manifest = info
+    return info
+
+
 def path(name: str) -> Path:
     obj = BPF_DIR / f"{name}.bpf.o"
+    built = manifest()
     try:
         with open(obj, "rb") as fh:
             head = fh.read(20)
     except FileNotFoundError:
-        raise PytraceError(f"{obj} is missing: this install has no built BPF objects "
-                           "(reinstall pytrace, or run python3 build.py in a source tree)") from None
+        raise PytraceError(f"{obj} is missing: this install lacks the tool's BPF object ({REINSTALL})") from None
     except OSError as exc:
         raise PytraceError(f"{obj} is not readable: {exc.strerror}") from None
-    if head[:4] != b"\x7fELF" or int.from_bytes(head[18:20], "little") != EM_BPF:
-        raise PytraceError(f"{obj} is not a BPF object (damaged install? reinstall pytrace)")
+    if head[:4] != b"\x7fELF" or len(head) < 20:
+        raise PytraceError(f"{obj} is not an ELF file (damaged install? {REINSTALL})")
+    order = "little" if head[5] == 1 else "big"
+    if head[4] != ELFCLASS64 or head[5] != ELFDATA or int.from_bytes(head[18:20], order) != EM_BPF:
+        raise PytraceError(f"{obj} is not a 64-bit {sys.byteorder}-endian BPF object, as this machine needs "
+                           f"(damaged install? {REINSTALL})")
+    if obj.name not in built.get("objects", ()):
+        raise PytraceError(f"{obj} is not from this build (not in {MANIFEST.name}): {REINSTALL}")
     return obj
 
 
