@@ -72,6 +72,11 @@ class TcOpts(C.Structure):
                 ("prog_id", C.c_uint32), ("handle", C.c_uint32), ("priority", C.c_uint32)]
 
 
+class TracepointOpts(C.Structure):
+    """struct bpf_tracepoint_opts (libbpf 1.1): a cookie per attachment."""
+    _fields_ = [("sz", C.c_size_t), ("bpf_cookie", C.c_uint64)]
+
+
 class UprobeOpts(C.Structure):
     """struct bpf_uprobe_opts (libbpf 1.1)."""
     _fields_ = [("sz", C.c_size_t), ("ref_ctr_offset", C.c_size_t), ("bpf_cookie", C.c_uint64),
@@ -99,6 +104,7 @@ _PROTOS: dict[str, tuple] = {
     "bpf_program__autoload": (C.c_bool, [P]),
     "bpf_program__fd": (C.c_int, [P]),
     "bpf_program__attach": (P, [P]),
+    "bpf_program__attach_tracepoint_opts": (P, [P, C.c_char_p, C.c_char_p, C.POINTER(TracepointOpts)]),
     "bpf_program__attach_uprobe_opts": (P, [P, C.c_int, C.c_char_p, C.c_size_t, C.POINTER(UprobeOpts)]),
     "bpf_program__attach_cgroup": (P, [P, C.c_int]),
     "bpf_program__attach_xdp": (P, [P, C.c_int]),
