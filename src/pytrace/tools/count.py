@@ -1,0 +1,323 @@
+"""count: count hits of any tracepoints, per probe (and per field values) per interval.
+
+One precompiled program (src/bpf/count.bpf.c) serves every tracepoint: it is
+attached once per tracepoint, with the probe's index as the BPF cookie.  A
+filter and a key over the tracepoints' fields run in the kernel; the fields'
+offsets come from tracefs format files, so no compiler is involved:
+
+    pytrace count net:net_dev_xmit net:netif_receive_skb -i 1
+    pytrace count syscalls:sys_exit_connect --filter 'ret < 0' --by ret   # failed connects by errno
+
+Library:
+
+    from pytrace.tools.count import TracepointCount
+    with TracepointCount(["syscalls:sys_exit_connect"], by=["ret"], filters=["ret<0"]) as c:
+        time.sleep(5)
+        for pc in c.counts():              # ProbeCount, frozen
+            print(pc.tracepoint, pc.key, pc.count)
+
+`pytrace stackcount` uses the same class with kernel/user stacks in the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as C
+import errno
+import json
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..core import libbpf, tracefs, tracepoints as tp
+from ..core.bpfobject import BpfObject
+from ..core.cliutil import add_common, positive_int
+from ..core.errors import PytraceError, UsageError
+from ..core.loader import Variant
+from ..core.periodic import ticks
+from ..core.tracer import Tracer
+
+NAME = "count"
+SUMMARY = "count tracepoint hits per probe (and per field values), filter in the kernel"
+
+# as in src/bpf/count.bpf.c
+MAX_PROBES, MAX_CONDS, MAX_KEYS, VAL_LEN, MAX_STACK_DEPTH = 1024, 4, 4, 32, 127
+STACK_STORAGE = 8192
+KeyValue = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCount:
+    tracepoint: str                           # "category:name"
+    key: tuple[tuple[str, KeyValue], ...]     # (field, value) per --by field
+    count: int
+    pid: int | None = None                    # with per-process keys
+    comm: str | None = None
+    kstack: tuple[int, ...] | None = None     # kernel return addresses, innermost first
+    ustack: tuple[int, ...] | None = None
+    kstack_error: int = 0                     # errno when the stack could not be kept
+    ustack_error: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tracepoint": self.tracepoint, "count": self.count}
+        if self.key:
+            d["key"] = dict(self.key)
+        if self.pid is not None:
+            d["pid"], d["comm"] = self.pid, self.comm
+        return d
+
+
+class TracepointCount(Tracer):
+    OBJECT = "count"
+    TOOL = "count"
+    VARIANTS = (Variant("tracepoint", ("count_tracepoint",)),)
+
+    def __init__(self, tracepoints: Sequence[str], *, by: Sequence[str] = (),
+                 filters: Sequence[str] = (), pid: int = 0, per_process: bool = False,
+                 kernel_stack: bool = False, user_stack: bool = False, kstack_skip: int = 0,
+                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None):
+        super().__init__(hook=hook)
+        if not tracepoints:
+            raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
+        self.specs = list(tracepoints)
+        self.by = [b.strip() for b in by if b.strip()]
+        if len(self.by) > MAX_KEYS:
+            raise UsageError(f"--by: at most {MAX_KEYS} fields")
+        if len(set(self.by)) != len(self.by):
+            raise UsageError("--by: a field is named twice")
+        self.conds: list[tp.Cond] = [c for f in filters for c in tp.parse_filter(f)]
+        if len(self.conds) > MAX_CONDS:
+            raise UsageError(f"--filter: at most {MAX_CONDS} conditions")
+        self.pid = pid
+        self.kernel_stack, self.user_stack = kernel_stack, user_stack
+        # a user stack means nothing without its process: keep pids with them
+        self.per_process = per_process or user_stack
+        self.kstack_skip, self.stack_storage, self.max_keys = kstack_skip, stack_storage, max_keys
+        self.names: list[str] = []
+        self.key_fields: list[list[tp.TpField]] = []
+        self._mounted = False
+
+    # -- compile the command line against this kernel's tracepoints ---------------
+    def _compile(self) -> dict[str, Any]:
+        self.names = tp.resolve(self.specs)
+        if len(self.names) > MAX_PROBES:
+            raise UsageError(f"{len(self.names)} tracepoints match: at most {MAX_PROBES}")
+        cond_refs = [0] * (MAX_PROBES * MAX_CONDS)
+        key_refs = [0] * (MAX_PROBES * MAX_KEYS)
+        self.key_fields = []
+        for i, name in enumerate(self.names):
+            fields = tp.record_format(name)
+            for j, cond in enumerate(self.conds):
+                f = tp.field_for(cond.field, name, fields, f"filter '{cond.text}'")
+                tp.check_cond(cond, f, name)
+                cond_refs[i * MAX_CONDS + j] = f.ref()
+            kf = [tp.field_for(b, name, fields, "--by") for b in self.by]
+            for j, f in enumerate(kf):
+                key_refs[i * MAX_KEYS + j] = f.ref()
+            self.key_fields.append(kf)
+        strs = b"".join((c.value if isinstance(c.value, bytes) else b"").ljust(VAL_LEN, b"\0")
+                        for c in self.conds).ljust(MAX_CONDS * VAL_LEN, b"\0")
+        return {
+            "cond_refs": cond_refs, "key_refs": key_refs,
+            "n_conds": len(self.conds), "n_keys": len(self.by),
+            "cond_ops": bytes(tp.OP_CODES[c.op] for c in self.conds),
+            "cond_ints": [c.value if isinstance(c.value, int) else 0 for c in self.conds],
+            "cond_strs": list(struct.unpack(f"<{MAX_CONDS * VAL_LEN // 8}Q", strs)),
+            "targ_tgid": self.pid, "per_process": self.per_process,
+            "kernel_stacks": self.kernel_stack, "user_stacks": self.user_stack,
+            "kstack_skip": self.kstack_skip,
+        }
+
+    def rodata(self) -> dict[str, Any]:
+        return self._rodata
+
+    def map_sizes(self) -> dict[str, int]:
+        want_stacks = self.kernel_stack or self.user_stack
+        return {"stacks": self.stack_storage if want_stacks else 1, "counts": self.max_keys}
+
+    def attach(self, obj: BpfObject, variant: Variant) -> None:
+        lb = libbpf.lib()
+        prog = obj.program(variant.programs[0])
+        for i, name in enumerate(self.names):
+            cat, ev = name.split(":")
+            opts = libbpf.TracepointOpts(sz=C.sizeof(libbpf.TracepointOpts), bpf_cookie=i)
+            link = libbpf.check_ptr(lb.bpf_program__attach_tracepoint_opts(
+                prog, cat.encode(), ev.encode(), opts), f"attach to tracepoint {name}")
+            obj.keep_link(link)
+
+    def open(self):
+        # tracefs is needed before load: to list the tracepoints and read their formats
+        self._mounted = tracefs.ensure()
+        try:
+            self._rodata = self._compile()
+            super().open()
+        except BaseException:
+            self._unmount()
+            raise
+        return self
+
+    def setup(self) -> None:
+        self._counts = self.obj.map("counts")
+        self._stacks = self.obj.map("stacks")
+        self._dropped = self.obj.global_u64("dropped")
+        self._key_layout = self.obj.types.struct("count_key")
+
+    def close(self) -> None:
+        super().close()
+        self._unmount()
+
+    def _unmount(self) -> None:
+        if self._mounted:
+            tracefs.unmount()
+            self._mounted = False
+
+    @property
+    def dropped(self) -> int:
+        """Hits not counted because the key table was full (since open)."""
+        return self._dropped.value if self.obj else 0
+
+    # -- reading ---------------------------------------------------------------------
+    def _stack(self, sid: int) -> tuple[tuple[int, ...] | None, int]:
+        if sid == -1:
+            return None, 0
+        if sid < 0:
+            return (), -sid
+        raw = self._stacks.lookup(struct.pack("<I", sid))
+        if raw is None:
+            return (), errno.ENOENT
+        addrs = struct.unpack(f"<{MAX_STACK_DEPTH}Q", raw)
+        n = addrs.index(0) if 0 in addrs else len(addrs)
+        return addrs[:n], 0
+
+    def _key_values(self, probe: int, vals: bytes) -> tuple[tuple[str, KeyValue], ...]:
+        out = []
+        for j, f in enumerate(self.key_fields[probe]):
+            chunk = vals[j * VAL_LEN:(j + 1) * VAL_LEN]
+            if f.is_str:
+                out.append((f.name, chunk.split(b"\0", 1)[0].decode(errors="replace")))
+            else:
+                v = struct.unpack_from("<q", chunk)[0]
+                if not f.signed:
+                    v &= (1 << 64) - 1
+                out.append((f.name, v))
+        return tuple(out)
+
+    def counts(self, clear: bool = False) -> list[ProbeCount]:
+        """Every (probe, key) counted, fewest first; clear=True starts a new interval."""
+        items = self._counts.items()
+        out = []
+        for kraw, vraw in items:
+            k = self._key_layout.decode(kraw)
+            probe = k["probe"]
+            if probe >= len(self.names):
+                continue
+            kst, kerr = self._stack(k["kstack"])
+            ust, uerr = self._stack(k["ustack"])
+            out.append(ProbeCount(
+                self.names[probe], self._key_values(probe, k["vals"]), struct.unpack("<Q", vraw)[0],
+                k["pid"] if self.per_process else None,
+                k["comm"].split(b"\0", 1)[0].decode(errors="replace") if self.per_process else None,
+                kst, ust, kerr, uerr))
+        if clear:
+            for kraw, _ in items:
+                self._counts.delete(kraw)
+            if self.kernel_stack or self.user_stack:
+                self._stacks.clear()
+        out.sort(key=lambda pc: (pc.count, pc.tracepoint, pc.key))
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """{tracepoint: hits} over every key (without clearing)."""
+        out: dict[str, int] = {n: 0 for n in self.names}
+        for pc in self.counts():
+            out[pc.tracepoint] += pc.count
+        return out
+
+
+
+# -- command line (shared with stackcount) -------------------------------------------
+
+def add_probe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("tracepoints", nargs="*", metavar="TRACEPOINT",
+                   help="category:name (also t:category:name), shell wildcards allowed, "
+                        "e.g. net:net_dev_xmit 'syscalls:sys_exit_conn*'")
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC",
+                   help="print (and reset) every SEC seconds")
+    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-n", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    p.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                   help="count only hits whose fields satisfy EXPR, evaluated in the kernel: "
+                        "FIELD OP VALUE joined by &&, OP one of == != < <= > >= & ; VALUE a number, "
+                        "an errno name (-ECONNREFUSED) or a string (e.g. 'ret < 0', 'name == lo')")
+
+
+def errno_note(field: str, v: KeyValue) -> str:
+    """ret/err fields that are negative errnos get the errno's name."""
+    if isinstance(v, int) and v < 0 and field in ("ret", "err", "error", "rc") and -v in errno.errorcode:
+        return f"{v} ({errno.errorcode[-v]})"
+    return str(v)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Count hits of tracepoints per probe (and per field values with --by), "
+                     "printed at the end or every interval. Filters and keys run in the kernel.")
+    add_probe_arguments(p)
+    p.add_argument("--by", default="", metavar="FIELDS",
+                   help=f"also key the counts by these record fields (comma list, at most {MAX_KEYS})")
+    p.add_argument("-P", "--perpid", action="store_true", help="count per process too")
+    add_common(p, [v.hook for v in TracepointCount.VARIANTS])
+
+
+def print_loop(tracer: TracepointCount, args: argparse.Namespace, render, to_json) -> int:
+    """Print (and reset) on every tick: interval, duration or Ctrl-C."""
+    reported = 0
+    for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        counts = tracer.counts(clear=bool(args.interval))
+        if args.json:
+            ts = time.strftime("%Y-%m-%dT%H:%M:%S")
+            sys.stdout.write("".join(json.dumps({"ts": ts, **to_json(pc)}) + "\n" for pc in counts))
+        else:
+            if args.timestamp:
+                sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
+            sys.stdout.write(render(counts))
+        dropped = tracer.dropped
+        if dropped > reported:
+            sys.stderr.write(f"{dropped - reported} hits not counted: the key table is full\n")
+            reported = dropped
+        sys.stdout.flush()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    by = [b for b in args.by.split(",") if b.strip()]
+    tracer = TracepointCount(args.tracepoints, by=by, filters=args.filter, pid=args.pid,
+                             per_process=args.perpid, hook=args.hook)
+    with tracer:
+        if not args.json:
+            n = len(tracer.names)
+            print(f"Tracing {n} tracepoint{'s' if n != 1 else ''}"
+                  f"{' for ' + repr(' '.join(args.tracepoints)) if n != len(args.tracepoints) else ''}"
+                  "... Hit Ctrl-C to end.", flush=True)
+
+        def render(counts: list[ProbeCount]) -> str:
+            width = max([36, *(len(pc.tracepoint) for pc in counts)])
+            head = f"{'TRACEPOINT':<{width}}"
+            if args.perpid:
+                head += f" {'PID':>7} {'COMM':<16}"
+            for b in by:
+                head += f" {b.upper():<20}"
+            lines = [head + f" {'COUNT':>8}"]
+            for pc in counts:
+                line = f"{pc.tracepoint:<{width}}"
+                if args.perpid:
+                    line += f" {pc.pid:>7} {pc.comm:<16}"
+                for field, v in pc.key:
+                    line += f" {errno_note(field, v):<20}"
+                lines.append(line + f" {pc.count:>8}")
+            return "\n".join(lines) + "\n\n"
+
+        return print_loop(tracer, args, render, ProbeCount.to_dict)

@@ -1,0 +1,139 @@
+"""count over tracepoints the test fires a known number of times, filtered by
+its own pid (other tests run on this kernel at the same time)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+import pytest
+
+from helpers import Cli, free_port, run_cli
+from pytrace.core.tracepoints import parse_filter, parse_format, resolve
+from pytrace.tools.count import ProbeCount, TracepointCount
+
+ME = os.getpid()
+UDP_ON_LO = 14 + 20 + 8      # ethernet (lo has one) + IPv4 + UDP headers
+
+
+def failed_connects(n: int) -> None:
+    port = free_port()                       # nothing listens there: ECONNREFUSED
+    for _ in range(n):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
+def good_connects(n: int) -> None:
+    """n blocking connects that succeed (ret 0), plus one listening socket."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(n)
+        for _ in range(n):
+            with socket.socket() as s:
+                s.connect(srv.getsockname())
+
+
+def udp_sends(n: int, size: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        for _ in range(n):
+            tx.sendto(b"x" * size, rx.getsockname())
+
+
+def test_failed_connects_by_errno_exactly():
+    """The chapter's one-liner: count failed connects by errno, in the kernel."""
+    with TracepointCount(["syscalls:sys_exit_connect"], by=["ret"], filters=["ret < 0"], pid=ME) as c:
+        failed_connects(7)
+        good_connects(3)                      # ret == 0: filtered out in the kernel
+        got = c.counts()
+    assert got == [ProbeCount("syscalls:sys_exit_connect", (("ret", -errno.ECONNREFUSED),), 7)]
+
+
+def test_probes_are_told_apart_by_cookie_and_wildcards_expand():
+    with TracepointCount(["t:syscalls:sys_e*_connect", "syscalls:sys_enter_socket"], pid=ME) as c:
+        assert c.names == ["syscalls:sys_enter_connect", "syscalls:sys_exit_connect",
+                           "syscalls:sys_enter_socket"]
+        failed_connects(4)
+        good_connects(2)
+        totals = c.totals()
+    # socket() calls: free_port's, 4 failed, 2 good, 1 listener
+    assert totals == {"syscalls:sys_enter_connect": 6, "syscalls:sys_exit_connect": 6,
+                      "syscalls:sys_enter_socket": 8}
+
+
+def test_string_filter_and_keys_on_a_data_loc_field():
+    size = 321
+    with TracepointCount(["net:net_dev_xmit"], by=["name", "len"], filters=['name == "lo" && len > 300'],
+                         pid=ME) as c:
+        udp_sends(5, size)
+        udp_sends(3, 100)                     # len <= 300: filtered out
+        got = c.counts()
+    assert got == [ProbeCount("net:net_dev_xmit", (("name", "lo"), ("len", size + UDP_ON_LO)), 5)]
+
+    with TracepointCount(["net:net_dev_xmit"], filters=["name != lo"], pid=ME) as c:
+        udp_sends(4, size)
+        assert c.counts() == []
+
+
+def test_intervals_reset_and_a_full_key_table_is_reported():
+    with TracepointCount(["net:net_dev_xmit"], by=["len"], pid=ME, max_keys=2) as c:
+        for size in (10, 20, 30, 40):
+            udp_sends(2, size)
+        first = c.counts(clear=True)
+        assert sum(pc.count for pc in first) + c.dropped == 8
+        assert len(first) == 2 and c.dropped == 4
+        udp_sends(1, 50)
+        assert c.counts() == [ProbeCount("net:net_dev_xmit", (("len", 50 + UDP_ON_LO),), 1)]
+
+
+def test_cli_json_counts_failed_connects():
+    cli = Cli("count", "syscalls:sys_exit_connect", "--filter", "ret<0", "--by", "ret",
+              "-p", str(ME), "--json")
+    failed_connects(5)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    recs = cli.json_records()
+    assert [(r["tracepoint"], r["key"], r["count"]) for r in recs] == \
+        [("syscalls:sys_exit_connect", {"ret": -111}, 5)]
+
+
+def test_cli_text_table():
+    cli = Cli("count", "syscalls:sys_exit_connect", "--by", "ret", "-p", str(ME))
+    failed_connects(2)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines[0].startswith("Tracing 1 tracepoint")
+    assert lines[1].split() == ["TRACEPOINT", "RET", "COUNT"]
+    assert lines[2].split() == ["syscalls:sys_exit_connect", "-111", "(ECONNREFUSED)", "2"]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["net:net_dev_xmitt"], ["unknown tracepoint", "net:net_dev_xmit"]),
+    (["syscalls:sys_exit_conect"], ["near:", "syscalls:sys_exit_connect"]),
+    (["net:net_dev_xmit", "--by", "nosuch"], ["no field 'nosuch'", "len"]),
+    (["net:net_dev_xmit", "--filter", "len < lo"], ["not a number"]),
+    (["net:net_dev_xmit", "--filter", "name > lo"], ["== and !="]),
+    (["net:net_dev_xmit", "--filter", "len"], ["FIELD OP VALUE"]),
+    (["net:net_dev_xmit", "-i", "0"], ["greater than 0"]),
+    (["nocolon"], ["category:name"]),
+])
+def test_bad_input_exits_2_with_one_line(argv, words):
+    r = run_cli("count", *argv)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+def test_format_and_filter_parsing():
+    fmt = parse_format("\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
+                       "\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n"
+                       "\tfield:__data_loc char[] name;\toffset:24;\tsize:4;\tsigned:0;\n"
+                       "\tfield:long sysctl_mem[3];\toffset:32;\tsize:24;\tsigned:1;\n")
+    assert fmt["common_pid"].ref() == 4 | 4 << 16 | 1 << 24 | 1 << 28
+    assert fmt["comm"].is_str and fmt["name"].is_str and fmt["sysctl_mem"].kind == 0
+    c1, c2 = parse_filter("ret < 0 && ret != -EINPROGRESS")
+    assert (c1.op, c1.value, c2.op, c2.value) == ("<", 0, "!=", -errno.EINPROGRESS)
+    assert c1.matches(-111) and not c2.matches(-errno.EINPROGRESS)
+    assert resolve(["a:b*"], known=["a:b1", "a:b2", "a:c"]) == ["a:b1", "a:b2"]

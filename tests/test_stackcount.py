@@ -1,0 +1,78 @@
+"""stackcount: the stacks of tracepoint hits the test causes, a known number of times."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from helpers import Cli, run_cli
+from pytrace.tools.count import TracepointCount
+from pytrace.tools.stackcount import frames
+from test_count import UDP_ON_LO, failed_connects, udp_sends
+
+ME = os.getpid()
+
+
+def test_kernel_stacks_of_udp_transmits():
+    size = 333
+    with TracepointCount(["net:net_dev_xmit"], filters=[f"len == {size + UDP_ON_LO}"], pid=ME,
+                         kernel_stack=True) as c:
+        udp_sends(6, size)
+        got = c.counts()
+    assert sum(pc.count for pc in got) == 6
+    for pc in got:
+        k, u = frames(pc)
+        assert pc.ustack is None and u == []
+        assert k[0].startswith("dev_hard_start_xmit")      # the function that fires the tracepoint
+        assert any(f.startswith("udp_sendmsg") for f in k), k
+        assert k[-1].startswith("entry_SYSCALL_64")
+
+
+def test_user_stacks_of_connect_calls():
+    with TracepointCount(["syscalls:sys_enter_connect"], pid=ME, user_stack=True) as c:
+        failed_connects(4)
+        got = c.counts()
+    assert sum(pc.count for pc in got) == 4
+    for pc in got:
+        k, u = frames(pc)
+        assert (pc.pid, pc.kstack) == (ME, None)
+        assert "connect" in u[0], u                          # libc's connect() wrapper
+
+
+def test_cli_kernel_stacks_text_and_folded():
+    size = 444
+    filt = f"len == {size + UDP_ON_LO}"
+    cli = Cli("stackcount", "-K", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
+    udp_sends(3, size)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines[0] == "Tracing 1 tracepoint... Hit Ctrl-C to end."
+    assert lines[1].startswith("  dev_hard_start_xmit")
+    counts = [int(line) for line in lines if line.strip().isdigit()]
+    assert sum(counts) == 3
+
+    cli = Cli("stackcount", "-K", "-f", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
+    udp_sends(2, size)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines and all(line.startswith("net:net_dev_xmit;entry_SYSCALL_64") for line in lines)
+    assert all(line.rsplit(" ", 1)[0].split(";")[-1].startswith("dev_hard_start_xmit") for line in lines)
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in lines) == 2
+
+
+def test_cli_json_user_stacks():
+    cli = Cli("stackcount", "-U", "-p", str(ME), "--json", "syscalls:sys_enter_connect")
+    failed_connects(3)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    recs = cli.json_records()
+    assert sum(r["count"] for r in recs) == 3
+    assert all(r["pid"] == ME and "kstack" not in r and "connect" in r["ustack"][0] for r in recs)
+
+
+def test_unknown_tracepoint_exits_2_with_near_matches():
+    r = run_cli("stackcount", "net:net_dev_xmt")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "net:net_dev_xmit" in r.stderr
+    r = run_cli("stackcount", "-i", "-3", "net:net_dev_xmit")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
