@@ -13,6 +13,7 @@ on the KeyboardInterrupt/SystemExit that SIGINT/SIGTERM raise in the CLI.
 from __future__ import annotations
 
 import ctypes as C
+import errno
 import mmap
 import os
 import struct
@@ -112,6 +113,30 @@ class Map:
         for off in range(0, len(raw), stride):
             total = _add(total, dv(raw[off:off + self.value_size]))
         return total
+
+    def pop_decoded_items(self) -> list[tuple[Any, Any]]:
+        """Every (key, value), decoded, each deleted as it is read: in one step
+        with BPF_MAP_LOOKUP_AND_DELETE_ELEM where the kernel has it for this map
+        (hash maps: Linux 5.14+), else lookup then delete.  For tools that print
+        and reset per interval (tcptop) without losing what arrives meanwhile."""
+        lb = libbpf.lib()
+        dk, dv = self._decoder("key"), self._decoder("value")
+        buf = C.create_string_buffer(self.value_size)
+        out = []
+        for k in self.keys():
+            if getattr(self, "_pop_ok", True):
+                rc = lb.bpf_map_lookup_and_delete_elem(self.fd, k, buf)
+                if rc == 0:
+                    out.append((dk(k), dv(buf.raw)))
+                    continue
+                if rc == -errno.ENOENT:     # libbpf 1.x returns -errno
+                    continue
+                self._pop_ok = False    # not for this map type on this kernel
+            v = self.lookup(k)
+            if v is not None:
+                self.delete(k)
+                out.append((dk(k), dv(v)))
+        return out
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")
