@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tcptop - TCP bytes sent and received per process and connection, summed
+ * in the kernel per (pid, addresses, ports); user space reads and resets the
+ * table on every interval.
+ *
+ * Variants, best first: kprobes on tcp_sendmsg and tcp_cleanup_rbuf (BCC and
+ * libbpf-tools: the size asked to send, and what the reader consumed, which
+ * includes splice); then sock:sock_send_length and sock:sock_recv_length
+ * (Linux 6.3+; what sock_sendmsg()/sock_recvmsg() returned, so exact bytes,
+ * but receives that bypass sock_recvmsg such as splice are not seen) via
+ * tp_btf, raw_tp or the classic tracepoint.  Both run in the process that
+ * sends or reads, so the current task is the flow's owner.
+ */
+#include "pytrace.h"
+
+#define MSG_PEEK 2
+
+struct tcptop_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 pid;
+	__u16 family;
+	__u16 lport;
+	__u16 dport;
+	__u16 pad;
+};
+
+struct tcptop_val {
+	__u64 sent;
+	__u64 received;
+	char comm[TASK_COMM_LEN];	/* of the task that first moved bytes */
+};
+
+const volatile __u32 targ_pid = 0;	/* -p: tgid; 0 = all */
+const volatile __u16 targ_family = 0;	/* -4/-6; 0 = both */
+
+/* Sends/receives not counted because the flow table was full. */
+__u64 missed = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct tcptop_key);
+	__type(value, struct tcptop_val);
+} flows SEC(".maps");
+
+static __always_inline int account(const struct sock *sk, __s64 bytes, bool rx)
+{
+	struct tcptop_key key = {};
+	struct tcptop_val *v;
+	__u32 pid;
+	__u16 family;
+
+	if (!sk || bytes <= 0)
+		return 0;
+	pid = bpf_get_current_pid_tgid() >> 32;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (targ_family && family != targ_family)
+		return 0;
+
+	key.pid = pid;
+	key.family = family;
+	key.lport = sk_sport(sk);
+	key.dport = sk_dport(sk);
+	sk_read_addrs(sk, family, key.saddr, key.daddr);
+
+	v = bpf_map_lookup_elem(&flows, &key);
+	if (!v) {
+		struct tcptop_val zero = {};
+
+		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+		bpf_map_update_elem(&flows, &key, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&flows, &key);
+		if (!v) {
+			__sync_fetch_and_add(&missed, 1);
+			return 0;
+		}
+	}
+	if (rx)
+		__sync_fetch_and_add(&v->received, bytes);
+	else
+		__sync_fetch_and_add(&v->sent, bytes);
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(tcptop_kprobe_send, struct sock *sk, struct msghdr *msg, size_t size)
+{
+	return account(sk, size, false);
+}
+
+SEC("kprobe/tcp_cleanup_rbuf")
+int BPF_KPROBE(tcptop_kprobe_recv, struct sock *sk, int copied)
+{
+	return account(sk, copied, true);
+}
+
+/* sock_sendmsg/sock_recvmsg of any socket: keep TCP; a peek consumes nothing. */
+static __always_inline int from_tp(const struct sock *sk, int ret, int flags, bool rx)
+{
+	if (ret <= 0 || (rx && (flags & MSG_PEEK)))
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return account(sk, ret, rx);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tcptop_tp_btf_send, struct sock *sk, int ret, int flags)
+{
+	return from_tp(sk, ret, flags, false);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tcptop_tp_btf_recv, struct sock *sk, int ret, int flags)
+{
+	return from_tp(sk, ret, flags, true);
+}
+
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(tcptop_raw_tp_send, struct sock *sk, int ret, int flags)
+{
+	return from_tp(sk, ret, flags, false);
+}
+
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(tcptop_raw_tp_recv, struct sock *sk, int ret, int flags)
+{
+	return from_tp(sk, ret, flags, true);
+}
+
+static __always_inline int from_classic(struct trace_event_raw_sock_msg_length *ctx, bool rx)
+{
+	if (ctx->ret <= 0 || ctx->protocol != IPPROTO_TCP || (rx && (ctx->flags & MSG_PEEK)))
+		return 0;
+	return account(ctx->sk, ctx->ret, rx);
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int tcptop_tracepoint_send(struct trace_event_raw_sock_msg_length *ctx)
+{
+	return from_classic(ctx, false);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int tcptop_tracepoint_recv(struct trace_event_raw_sock_msg_length *ctx)
+{
+	return from_classic(ctx, true);
+}
+
+char LICENSE[] SEC("license") = "GPL";
