@@ -17,6 +17,8 @@ from .core.errors import PytraceError
 
 USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's options)
        pytrace list | doctor | --version
+       pytrace replay FILE [--since TIME] [--until TIME] [--where FIELD=VALUE] [--json]
+       pytrace exporter --config FILE [--listen HOST:PORT]
 """
 
 
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "doctor":
             from .commands import doctor
             return doctor.run(rest)
+        if cmd == "replay":
+            from .commands import replay
+            return replay.run(rest)
+        if cmd == "exporter":
+            from .commands import exporter
+            return exporter.run(rest)
         if not registry.exists(cmd):
             sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
             return 2
@@ -78,10 +86,27 @@ def _run_tool(name: str, argv: list[str]) -> int:
     if getattr(args, "btf", None):
         objects.set_custom_btf(args.btf)
     cliutil.install_signal_handlers()
+    sinks = None
+    if getattr(args, "record", None) or getattr(args, "influx", None):
+        from . import sinks as sinkmod
+        cliutil.share_epoch()       # so a recording replays -T/-t columns exactly
+        sinks = sinkmod.from_args(name, argv, args)
+        cliutil.set_sinks(sinks)
+    failed = True
     try:
-        return module.run(args)
+        rc = module.run(args)
+        failed = False
+        return rc
     except cliutil.Terminate:
+        failed = False
         return 0
+    finally:
+        if sinks is not None:
+            cliutil.set_sinks(None)
+            try:
+                sinks.close(failed)
+            except (KeyboardInterrupt, cliutil.Terminate):
+                pass    # a second Ctrl-C cuts the final flush short (sinks count what was left)
 
 
 def entry() -> None:

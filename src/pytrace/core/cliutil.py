@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -77,6 +78,53 @@ def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
     g.add_argument("--btf", metavar="FILE", help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
     g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+    # Sinks (src/pytrace/sinks/): cli.py opens them from these two flags before
+    # the tool runs; the tool itself never sees them (see stream_events/publish).
+    g.add_argument("--record", metavar="FILE", type=_new_file,
+                   help="also record every event (and lost count) to this SQLite file (pytrace replay FILE)")
+    g.add_argument("--influx", metavar="URL", type=_influx_url,
+                   help="also send events/snapshots to InfluxDB 1.x, e.g. http://127.0.0.1:8086/pytrace "
+                        "(credentials from INFLUX_USERNAME/INFLUX_PASSWORD)")
+
+
+def _new_file(text: str) -> str:
+    if os.path.lexists(text):
+        raise argparse.ArgumentTypeError(f"{text} exists: a recording is never overwritten, choose a new name")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text}: directory {parent} does not exist")
+    return text
+
+
+def _influx_url(text: str) -> str:
+    from ..sinks.influx import parse_url  # only when the flag is used
+    try:
+        parse_url(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# -- sinks of this process (set by cli.py from --record/--influx) ----------------
+
+_sinks: Any = None
+
+
+def set_sinks(sinks: Any) -> None:
+    """Attach the session's sinks (a pytrace.sinks.SinkSet, or None)."""
+    global _sinks
+    _sinks = sinks
+
+
+def active_sinks() -> Any:
+    return _sinks
+
+
+def publish(snapshot: Any) -> None:
+    """Hand one interval's snapshot (pytrace.sinks.Snapshot) of an aggregating
+    tool to the session's sinks; nothing happens when none are attached."""
+    if _sinks is not None:
+        _sinks.snapshot(snapshot)
 
 
 LATENCY_NOTE = ("Events are read in batches: a line appears at most about 50 ms after "
@@ -93,6 +141,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def install_signal_handlers() -> None:
+    # Explicitly, like the C tools: a shell starts background jobs with SIGINT
+    # ignored, and Python would keep it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
 
@@ -122,7 +173,7 @@ class Output:
         if self.json:
             self.record({"type": "lost", "count": new, "total": total})
         else:
-            sys.stderr.write(f"{new} events lost\n")
+            sys.stderr.write(f"lost {new} events (ring buffer full)\n")
             sys.stderr.flush()
 
 
@@ -131,32 +182,78 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     """The CLI loop of every event tool: drain, render in bulk, write, report loss.
 
     Ctrl-C and SIGTERM end it after a final drain, so nothing already queued
-    in the kernel is left unprinted.
+    in the kernel is left unprinted.  Attached sinks (--record, --influx) get
+    every batch of raw records and every lost count before the terminal does,
+    so whatever was printed has been recorded.
     """
+    sinks = _sinks
+    if sinks is not None:
+        sinks.begin(tracer)
     try:
         for batch in tracer.batches(duration):
             if batch:
+                if sinks is not None:
+                    sinks.events(batch)
                 out.write(render(batch))
-            out.lost(tracer.lost)
+            lost = tracer.lost
+            if sinks is not None:
+                sinks.lost(lost)
+            out.lost(lost)
     except (KeyboardInterrupt, Terminate):
         try:
             rest = tracer.drain()
             if rest:
+                if sinks is not None:
+                    sinks.events(rest)
                 out.write(render(rest))
-            out.lost(tracer.lost)
+            lost = tracer.lost
+            if sinks is not None:
+                sinks.lost(lost)
+            out.lost(lost)
         except (KeyboardInterrupt, Terminate):
             pass
     return 0
+
+
+_epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran
+
+
+def share_epoch(epoch: tuple[int, int] | None = None) -> None:
+    """Make every Clock of this process use one (offset, start_ns): the given
+    one (pytrace replay restores a recording's), or the first Clock's.  A
+    recording stores it so -T/-t columns replay byte for byte."""
+    global _epoch
+    _epoch = list(epoch) if epoch is not None else []
+
+
+def epoch() -> tuple[int, int] | None:
+    """The shared (offset, start_ns), fixed now if no Clock was made yet; None if not shared."""
+    if _epoch is None:
+        return None
+    if not _epoch:
+        Clock()
+    return _epoch[0], _epoch[1]
+
+
+def wall_iso(wall_ns: int) -> str:
+    """Wall-clock nanoseconds -> local ISO 8601 with microseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(wall_ns // 1_000_000_000)) + \
+        f".{wall_ns % 1_000_000_000 // 1000:06d}"
 
 
 class Clock:
     """Kernel monotonic nanoseconds -> wall-clock text, cached per second."""
 
     def __init__(self) -> None:
-        self.offset = time.time_ns() - time.monotonic_ns()
+        if _epoch:
+            self.offset, self.start_ns = _epoch
+        else:
+            self.offset = time.time_ns() - time.monotonic_ns()
+            self.start_ns = time.monotonic_ns()
+            if _epoch is not None:
+                _epoch.extend((self.offset, self.start_ns))
         self._sec = -1
         self._text = ""
-        self.start_ns = time.monotonic_ns()
 
     def hms(self, mono_ns: int) -> str:
         sec = (mono_ns + self.offset) // 1_000_000_000
@@ -166,9 +263,7 @@ class Clock:
         return self._text
 
     def iso(self, mono_ns: int) -> str:
-        wall = mono_ns + self.offset
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(wall // 1_000_000_000)) + \
-            f".{wall % 1_000_000_000 // 1000:06d}"
+        return wall_iso(mono_ns + self.offset)
 
     def since_start(self, mono_ns: int) -> float:
         return (mono_ns - self.start_ns) / 1e9

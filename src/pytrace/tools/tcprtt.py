@@ -21,12 +21,13 @@ import sys
 import time
 from typing import Any
 
-from ..core.cliutil import Clock, address, add_common, port, positive_int
+from ..core.cliutil import address, add_common, port, positive_int, publish, wall_iso
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.periodic import ticks
 from ..core.net import AF_INET, addr_obj
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "tcprtt"
 SUMMARY = "histogram of TCP round-trip time (srtt)"
@@ -111,11 +112,11 @@ def render(hists: dict, args: argparse.Namespace) -> str:
     return "\n".join(parts)
 
 
-def to_json(hists: dict, args: argparse.Namespace, clock: Clock) -> str:
+def to_json(hists: dict, args: argparse.Namespace, wall_ns: int) -> str:
     import json
     recs = []
     for addr, h in hists.items():
-        rec = {"ts": clock.iso(time.monotonic_ns()), **h.to_dict()}
+        rec = {"ts": wall_iso(wall_ns), **h.to_dict()}
         if args.lhist:
             rec["laddr"] = str(addr)
         elif args.rhist:
@@ -124,20 +125,40 @@ def to_json(hists: dict, args: argparse.Namespace, clock: Clock) -> str:
     return "".join(r + "\n" for r in recs)
 
 
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing TCP RTT... Hit Ctrl-C to end.\n"
+
+
+def snapshot(hists: dict, args: argparse.Namespace) -> Snapshot:
+    key = "laddr" if args.lhist else "raddr" if args.rhist else None
+    return Snapshot.now(NAME, [Series.of({key: str(a)} if key and a is not None else {}, hist=h)
+                               for a, h in hists.items()], args.interval)
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    key = "laddr" if args.lhist else "raddr" if args.rhist else None
+    hists = {}
+    for s in snap.series:
+        label = s.label(key) if key else None
+        hists[ipaddress.ip_address(label) if label else None] = s.hist
+    if args.json:
+        return to_json(hists, args, snap.time_ns)
+    head = time.strftime("%H:%M:%S", time.localtime(snap.time_ns // 1_000_000_000)) + "\n" \
+        if args.timestamp else ""
+    return head + render(hists, args) + ("\n" if hists else "")
+
+
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
                     by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook)
-    clock = Clock()
     with tracer:
-        if not args.json:
-            print("Tracing TCP RTT... Hit Ctrl-C to end.", flush=True)
+        sys.stdout.write(intro(args))
+        sys.stdout.flush()
         for _last in ticks(args.interval, duration=args.duration):
-            hists = tracer.histograms(clear=True)
-            if args.json:
-                sys.stdout.write(to_json(hists, args, clock))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write(render(hists, args) + ("\n" if hists else ""))
+            snap = snapshot(tracer.histograms(clear=True), args)
+            publish(snap)
+            sys.stdout.write(render_snapshot(snap, args))
             sys.stdout.flush()
     return 0

@@ -99,8 +99,14 @@ def run(args: argparse.Namespace) -> int:
                        lports=args.localport, rports=args.remoteport, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpStates, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records.  source is the live
+    tracer, or a recording standing in for it (`pytrace replay`): only its
+    raw_fields/idx/make_event are used."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: TcpStates):

@@ -1,0 +1,205 @@
+"""`pytrace replay FILE`: print a recording (--record FILE) as the live tool did.
+
+The records are decoded back into the raw tuples the live tool had and fed
+to the tool's own renderer, with the tool's recorded flags and clock epoch,
+so the output is the live output byte for byte (lost-event reports
+included).  --json switches a text recording to the tool's JSON.  Filters:
+--since/--until on the event's time and --where FIELD=VALUE (or FIELD!=VALUE)
+on the fields the tool's --json shows (for aggregating tools: the labels of
+each series, e.g. raddr).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+from .. import tools as registry
+from ..core import cliutil
+from ..core.errors import PytraceError, UsageError
+
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
+
+def parse_time(text: str, start_ns: int, flag: str) -> int:
+    """TIME -> wall-clock ns.  Forms: +SECONDS[s|m|h] (after the recording
+    started), HH:MM[:SS[.frac]] (on the day it started, local time), an ISO
+    8601 date-time (local unless it has an offset), or Unix seconds."""
+    t = text.strip()
+    m = re.fullmatch(r"\+(\d+(?:\.\d*)?)([smh]?)", t)
+    if m:
+        return start_ns + int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] * 1e9)
+    if re.fullmatch(r"\d{9,}(\.\d*)?", t):
+        return int(float(t) * 1e9)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2})(\.\d+)?)?", t)
+    if m:
+        day = datetime.datetime.fromtimestamp(start_ns / 1e9).date()
+        hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+        try:
+            moment = datetime.datetime.combine(day, datetime.time(hh, mm, ss))
+        except ValueError:
+            raise UsageError(f"{flag} {text}: not a time of day") from None
+        return int(moment.timestamp()) * 1_000_000_000 + int(float(m.group(4) or 0) * 1e9)
+    try:
+        moment = datetime.datetime.fromisoformat(t)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: expected +SECONDS, HH:MM[:SS], an ISO date-time "
+                         "or Unix seconds") from None
+    return int(moment.timestamp() * 1e6) * 1000
+
+
+def _plain(value: Any) -> Any:
+    return value.name if isinstance(value, enum.Enum) else value
+
+
+def _matches(value: Any, want: str) -> bool:
+    value = _plain(value)
+    if str(value) == want:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(want) == value
+        except ValueError:
+            return False
+    return False
+
+
+def parse_where(items: list[str]) -> list[tuple[str, bool, str]]:
+    out = []
+    for item in items:
+        m = re.fullmatch(r"([A-Za-z_][\w.\[\]]*)\s*(!=|=)(.*)", item)
+        if not m:
+            raise UsageError(f"--where {item}: expected FIELD=VALUE or FIELD!=VALUE")
+        out.append((m.group(1), m.group(2) == "=", m.group(3)))
+    return out
+
+
+def event_filter(source: Any, conds: list[tuple[str, bool, str]]) -> Callable[[tuple], bool]:
+    make = source.make_event
+
+    def keep(raw: tuple) -> bool:
+        ev = make(raw)
+        d = ev.to_dict() if hasattr(ev, "to_dict") else {}
+        for name, equal, want in conds:
+            if name in d:
+                value = d[name]
+            elif hasattr(ev, name):
+                value = getattr(ev, name)
+            else:
+                known = sorted(set(d) | set(getattr(ev, "__dataclass_fields__", {})))
+                raise UsageError(f"--where {name}: no such field (fields: {', '.join(known)})")
+            if _matches(value, want) != equal:
+                return False
+        return True
+    return keep
+
+
+def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
+    make = getattr(module, "renderer", None)
+    if make is not None:
+        return make(source, args, out)
+    if getattr(args, "json", False) and hasattr(module, "_json_renderer"):
+        return module._json_renderer(source)
+    if hasattr(module, "_text_renderer"):
+        return module._text_renderer(source, args, out)
+    raise PytraceError(f"{module.NAME} has no renderer that replay can use")
+
+
+def run(argv: list[str]) -> int:
+    p = cliutil.ArgParser(prog="pytrace replay", description=DESCRIPTION)
+    p.add_argument("file", metavar="FILE", help="a recording made with --record FILE")
+    p.add_argument("--since", metavar="TIME", help="only from this time on (+SECONDS, HH:MM:SS, ISO, Unix)")
+    p.add_argument("--until", metavar="TIME", help="only up to this time")
+    p.add_argument("--where", metavar="FIELD=VALUE", action="append", default=[],
+                   help="only events whose FIELD equals (or, with !=, differs from) VALUE; repeatable")
+    p.add_argument("--json", action="store_true", help="print the tool's JSON (one object per line)")
+    args = p.parse_args(argv)
+    conds = parse_where(args.where)
+
+    from ..sinks.record import Recording
+    rec = Recording(args.file)
+    try:
+        since = parse_time(args.since, rec.start_ns, "--since") if args.since else None
+        until = parse_time(args.until, rec.start_ns, "--until") if args.until else None
+        if not registry.exists(rec.tool):
+            raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
+        module = registry.load(rec.tool)
+        tool_parser = cliutil.ArgParser(prog=f"pytrace {rec.tool}")
+        module.add_arguments(tool_parser)
+        try:
+            targs = tool_parser.parse_args(_without_sink_flags(rec.argv))
+        except SystemExit:
+            raise PytraceError(f"{args.file}: its flags {' '.join(rec.argv)} do not parse any more") from None
+        if args.json:
+            targs.json = True
+        if rec.tz and rec.tz != os.environ.get("TZ"):
+            os.environ["TZ"] = rec.tz      # the recording's local time, for HH:MM:SS columns
+            time.tzset()
+        if rec.epoch:
+            cliutil.share_epoch(rec.epoch)
+        out = cliutil.Output(targs.json)
+        if rec.kind == "snapshots":
+            return _replay_snapshots(rec, module, targs, out, since, until, conds)
+        if rec.kind != "events":
+            return 0   # the tool never started streaming: nothing was recorded
+        source = rec.source()
+        render = _tool_renderer(module, source, targs, out)
+        keep = event_filter(source, conds) if conds else None
+        for batch, losts in rec.batches(since, until):
+            if keep is not None:
+                batch = [r for r in batch if keep(r)]
+            if batch:
+                out.write(render(batch))
+            for count, total in losts:
+                out.reported_lost = total - count
+                out.lost(total)
+        return 0
+    finally:
+        rec.close()
+
+
+def _without_sink_flags(argv: list[str]) -> list[str]:
+    """The recorded flags minus --record/--influx (their files and servers are not replay's business)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--record", "--influx"):
+            skip = True
+            continue
+        if a.startswith(("--record=", "--influx=")):
+            continue
+        out.append(a)
+    return out
+
+
+def _replay_snapshots(rec: Any, module: Any, targs: Any, out: cliutil.Output, since: int | None,
+                      until: int | None, conds: list[tuple[str, bool, str]]) -> int:
+    from dataclasses import replace
+    render = getattr(module, "render_snapshot", None)
+    intro = getattr(module, "intro", None)
+    if render is not None and intro is not None:
+        out.write(intro(targs))
+    for snap in rec.snapshots(since, until):
+        if conds:
+            series = []
+            for s in snap.series:
+                labels = dict(s.labels)
+                for name, equal, want in conds:
+                    if name not in labels:
+                        raise UsageError(f"--where {name}: the series have no label {name}"
+                                         f" (labels: {', '.join(sorted(labels)) or 'none'})")
+                if all((labels[n] == w) == e for n, e, w in conds):
+                    series.append(s)
+            snap = replace(snap, series=tuple(series))
+        if render is not None:
+            out.write(render(snap, targs))
+        else:
+            out.record(snap.to_json())
+    return 0

@@ -1,0 +1,189 @@
+"""Where events go besides the terminal: recordings, InfluxDB, Prometheus.
+
+Every sink implements one interface, `Sink`, and a tool never knows which are
+attached:
+
+- an event-streaming tool runs core/cliutil.stream_events(tracer, out, render);
+  that loop hands the session's sinks the tracer once (begin), then every
+  batch of raw record tuples (events) and the cumulative lost count (lost);
+- an aggregating tool builds a `Snapshot` per interval and calls
+  core/cliutil.publish(snapshot) (see tools/tcprtt.py);
+- cli.py opens the session's sinks from --record/--influx (`from_args`) before
+  the tool runs, and closes them afterwards, also on Ctrl-C/SIGTERM/errors.
+
+The sinks: record.Recorder (SQLite file, read back by `pytrace replay`),
+influx.InfluxSink (over the reusable influx.InfluxWriter), and
+prometheus.EventCounter (events counted for `pytrace exporter`, which also
+reads the tools' in-kernel maps at scrape time).
+
+Replay protocol.  `pytrace replay` re-runs a tool's own renderer on the
+stored records.  An event tool module provides
+
+    renderer(source, args, out) -> render(batch: list[tuple]) -> str
+
+(or the pair _json_renderer(source) / _text_renderer(source, args, out)),
+where `source` is the live tracer or, on replay, an unopened instance of the
+same tracer class whose raw_fields/idx come from the recording: so render()
+and make_event() may use only raw_fields, idx, make_event and constructor
+defaults.  Clocks made with cliutil.Clock() replay with the recorded epoch.
+An aggregating tool provides render_snapshot(snapshot, args) -> str and,
+optionally, intro(args) -> str for what it prints once before the first one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .snapshot import Series, Snapshot
+
+__all__ = ["Sink", "SinkSet", "Session", "EventSource", "Snapshot", "Series", "from_args", "notice"]
+
+
+def notice(text: str) -> None:
+    """One line on stderr from a sink (outages, drops), never on stdout."""
+    sys.stderr.write(f"pytrace: {text}\n")
+    sys.stderr.flush()
+
+
+def local_tz() -> str:
+    """The local time zone's name (TZ, or /etc/localtime's zoneinfo path), for replay elsewhere."""
+    tz = os.environ.get("TZ")
+    if tz:
+        return tz
+    try:
+        target = os.path.realpath("/etc/localtime")
+        return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else ""
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Session:
+    """What ran: a recording's header, and what every sink can tag with."""
+    tool: str
+    argv: tuple[str, ...]
+    host: str
+    kernel: str
+    start_ns: int          # wall clock
+    version: str
+    tz: str
+
+    @classmethod
+    def current(cls, tool: str, argv: Sequence[str]) -> "Session":
+        from .. import __version__
+        return cls(tool, tuple(argv), socket.gethostname(), platform.release(), time.time_ns(),
+                   __version__, local_tz())
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """An event tracer as the sinks see it: record layout and decoder."""
+    tool: str
+    tracer_class: str                 # "module:QualName", to rebuild make_event on replay
+    event: str                        # the C struct of a record
+    fields: tuple[str, ...]           # one name per value of a raw tuple
+    record_format: str                # struct format of one record (from the object's BTF)
+    hook: str
+    epoch: tuple[int, int]            # (wall - monotonic offset, start) in ns, as cliutil.Clock
+    make_event: Callable[[tuple], Any]
+
+    @classmethod
+    def of(cls, tracer: Any, tool: str) -> "EventSource":
+        from ..core import cliutil
+        ep = cliutil.epoch()
+        if ep is None:
+            clock = cliutil.Clock()
+            ep = (clock.offset, clock.start_ns)
+        kind = type(tracer)
+        variant = getattr(tracer, "variant", None)
+        return cls(tool, f"{kind.__module__}:{kind.__qualname__}", tracer.EVENT, tuple(tracer.raw_fields),
+                   tracer.obj.types.struct(tracer.EVENT).format, getattr(variant, "hook", ""), ep,
+                   tracer.make_event)
+
+    @property
+    def time_index(self) -> int | None:
+        """Index of the record's kernel monotonic timestamp, when it has one."""
+        for name in ("ts_ns", "ts"):
+            if name in self.fields:
+                return self.fields.index(name)
+        return None
+
+
+class Sink:
+    """One destination.  Every method has a do-nothing default."""
+
+    def begin(self, source: EventSource) -> None:
+        """An event tool starts streaming (once, before any events)."""
+
+    def events(self, batch: list[tuple]) -> None:
+        """A batch of raw record tuples, in the order the tool prints them."""
+
+    def lost(self, total: int) -> None:
+        """Cumulative records the kernel could not queue; called after every batch."""
+
+    def snapshot(self, snap: Snapshot) -> None:
+        """An aggregating tool's interval."""
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and release; report what could not be delivered (notice())."""
+
+
+class SinkSet(Sink):
+    """The session's sinks, fanned out in order."""
+
+    def __init__(self, session: Session, sinks: Sequence[Sink]):
+        self.session = session
+        self.sinks = list(sinks)
+
+    def begin(self, tracer: Any) -> None:  # type: ignore[override]
+        source = tracer if isinstance(tracer, EventSource) else EventSource.of(tracer, self.session.tool)
+        for s in self.sinks:
+            s.begin(source)
+
+    def events(self, batch: list[tuple]) -> None:
+        for s in self.sinks:
+            s.events(batch)
+
+    def lost(self, total: int) -> None:
+        for s in self.sinks:
+            s.lost(total)
+
+    def snapshot(self, snap: Snapshot) -> None:
+        for s in self.sinks:
+            s.snapshot(snap)
+
+    def close(self, failed: bool = False) -> None:
+        first: BaseException | None = None
+        for s in self.sinks:
+            try:
+                s.close(failed)
+            except Exception as exc:  # close the others anyway
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+def from_args(tool: str, argv: Sequence[str], args: Any) -> SinkSet | None:
+    """The sinks the common flags ask for (None when there are none)."""
+    record, influx = getattr(args, "record", None), getattr(args, "influx", None)
+    if not record and not influx:
+        return None
+    session = Session.current(tool, argv)
+    sinks: list[Sink] = []
+    try:
+        if record:
+            from .record import Recorder
+            sinks.append(Recorder(record, session))
+        if influx:
+            from .influx import InfluxSink
+            sinks.append(InfluxSink(influx, session))
+    except BaseException:
+        SinkSet(session, sinks).close(failed=True)
+        raise
+    return SinkSet(session, sinks)

@@ -1,0 +1,248 @@
+"""--record FILE: every event and lost count of a run, in a SQLite file.
+
+Layout (format_version 1):
+
+    header     one row: tool, argv (JSON list), host, kernel, start_ns, tz,
+               pytrace version, kind ('events' or 'snapshots'), and for
+               events the record's C struct, field names (JSON), struct
+               format, hook, tracer class and the clock epoch
+    events     id, batch, t_ns (wall clock of the event), rec (the raw record,
+               packed with the struct format: exact, and decodable without
+               the BPF object)
+    lost       id, batch, t_ns, count (new losses), total (cumulative)
+    snapshots  id, t_ns, data (Snapshot JSON)
+
+Each batch is one transaction in WAL mode, committed before the batch is
+printed: a SIGKILL loses at most the batch being written, and the file
+stays readable (SQLite replays its WAL on the next open).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+import time
+from typing import Any, Iterator
+
+from ..core.errors import PytraceError, UsageError
+from . import EventSource, Session, Sink
+from .snapshot import Snapshot
+
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE header (
+    format_version INTEGER NOT NULL,
+    tool TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    host TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    tz TEXT NOT NULL,
+    pytrace TEXT NOT NULL,
+    kind TEXT,
+    event TEXT,
+    fields TEXT,
+    record_format TEXT,
+    hook TEXT,
+    tracer_class TEXT,
+    clock_offset_ns INTEGER,
+    clock_start_ns INTEGER,
+    end_ns INTEGER
+);
+CREATE TABLE events (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGER NOT NULL,
+                     rec BLOB NOT NULL);
+CREATE INDEX events_t ON events (t_ns);
+CREATE TABLE lost (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGER NOT NULL,
+                   count INTEGER NOT NULL, total INTEGER NOT NULL);
+CREATE TABLE snapshots (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, data TEXT NOT NULL);
+"""
+
+
+class Recorder(Sink):
+    def __init__(self, path: str, session: Session):
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never overwrite
+            os.close(fd)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
+        except FileExistsError:
+            raise UsageError(f"--record {path}: exists; a recording is never overwritten") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise PytraceError(f"--record {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.db.execute(
+            "INSERT INTO header (format_version, tool, argv, host, kernel, start_ns, tz, pytrace) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (FORMAT_VERSION, session.tool, json.dumps(list(session.argv)), session.host, session.kernel,
+             session.start_ns, session.tz, session.version))
+        self.batch = 0
+        self.reported_lost = 0
+        self.used = False
+        self._pack = None
+        self._ti: int | None = None
+        self._offset = 0
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany(sql, rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise PytraceError(f"--record {self.path}: {exc}") from None
+
+    def begin(self, source: EventSource) -> None:
+        self._pack = struct.Struct(source.record_format).pack
+        self._ti = source.time_index
+        self._offset = source.epoch[0]
+        self.used = True
+        self.db.execute(
+            "UPDATE header SET kind='events', event=?, fields=?, record_format=?, hook=?, tracer_class=?, "
+            "clock_offset_ns=?, clock_start_ns=?",
+            (source.event, json.dumps(list(source.fields)), source.record_format, source.hook,
+             source.tracer_class, source.epoch[0], source.epoch[1]))
+
+    def events(self, batch: list[tuple]) -> None:
+        self.batch += 1
+        pack, ti, off, b = self._pack, self._ti, self._offset, self.batch
+        if ti is None:
+            now = time.time_ns()
+            rows = [(b, now, pack(*r)) for r in batch]
+        else:
+            rows = [(b, r[ti] + off, pack(*r)) for r in batch]
+        self._write("INSERT INTO events (batch, t_ns, rec) VALUES (?, ?, ?)", rows)
+
+    def lost(self, total: int) -> None:
+        new = total - self.reported_lost
+        if new <= 0:
+            return
+        self.reported_lost = total
+        self._write("INSERT INTO lost (batch, t_ns, count, total) VALUES (?, ?, ?, ?)",
+                    [(self.batch, time.time_ns(), new, total)])
+
+    def snapshot(self, snap: Snapshot) -> None:
+        if not self.used:
+            self.used = True
+            self.db.execute("UPDATE header SET kind='snapshots'")
+        self._write("INSERT INTO snapshots (t_ns, data) VALUES (?, ?)",
+                    [(snap.time_ns, json.dumps(snap.to_json(), separators=(",", ":")))])
+
+    def close(self, failed: bool = False) -> None:
+        if self.db is None:
+            return
+        try:
+            self.db.execute("UPDATE header SET end_ns=?", (time.time_ns(),))
+            self.db.close()
+        except sqlite3.Error:
+            pass
+        self.db = None
+        if failed and not self.used:
+            # the tool never started (no privilege, bad hook...): leave no empty recording
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self.path + suffix)
+                except OSError:
+                    pass
+
+
+class Recording:
+    """A recording opened for reading (what `pytrace replay` uses)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file")
+        try:
+            self.db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+            self.db.row_factory = sqlite3.Row
+            row = self.db.execute("SELECT * FROM header").fetchone()
+        except sqlite3.Error as exc:
+            raise UsageError(f"{path}: not a pytrace recording ({exc})") from None
+        if row is None:
+            raise UsageError(f"{path}: not a pytrace recording (empty header)")
+        if row["format_version"] > FORMAT_VERSION:
+            raise UsageError(f"{path}: recording format {row['format_version']} is newer than this pytrace")
+        self.header = dict(row)
+        self.tool: str = row["tool"]
+        self.argv: list[str] = json.loads(row["argv"])
+        self.kind: str | None = row["kind"]
+        self.start_ns: int = row["start_ns"]
+        self.tz: str = row["tz"]
+        self.fields: tuple[str, ...] = tuple(json.loads(row["fields"])) if row["fields"] else ()
+        self.epoch = (row["clock_offset_ns"], row["clock_start_ns"]) if row["clock_offset_ns"] is not None \
+            else None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _range(self, since_ns: int | None, until_ns: int | None) -> tuple[str, list[int]]:
+        cond, params = [], []
+        if since_ns is not None:
+            cond.append("t_ns >= ?")
+            params.append(since_ns)
+        if until_ns is not None:
+            cond.append("t_ns <= ?")
+            params.append(until_ns)
+        return (" WHERE " + " AND ".join(cond)) if cond else "", params
+
+    def batches(self, since_ns: int | None = None, until_ns: int | None = None,
+                chunk: int = 4096) -> Iterator[tuple[list[tuple], list[tuple[int, int]]]]:
+        """(records, [(lost count, lost total)...]) in recording order, the
+        records decoded back into the raw tuples the live tool had."""
+        unpack = struct.Struct(self.header["record_format"]).unpack
+        where, params = self._range(since_ns, until_ns)
+        losts = self.db.execute(f"SELECT batch, count, total FROM lost{where} ORDER BY id", params).fetchall()
+        li = 0
+        cur = self.db.execute(f"SELECT batch, rec FROM events{where} ORDER BY id", params)
+        pending: list[tuple] = []
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                break
+            for batch, rec in rows:
+                # lost counts reported after an earlier batch go out before this one's records
+                if li < len(losts) and losts[li][0] < batch:
+                    if pending:
+                        yield pending, []
+                        pending = []
+                    out = []
+                    while li < len(losts) and losts[li][0] < batch:
+                        out.append((losts[li][1], losts[li][2]))
+                        li += 1
+                    yield [], out
+                pending.append(unpack(rec))
+            if len(pending) >= chunk:
+                yield pending, []
+                pending = []
+        rest = [(c, t) for _, c, t in losts[li:]]
+        if pending or rest:
+            yield pending, rest
+
+    def snapshots(self, since_ns: int | None = None, until_ns: int | None = None) -> Iterator[Snapshot]:
+        where, params = self._range(since_ns, until_ns)
+        for (data,) in self.db.execute(f"SELECT data FROM snapshots{where} ORDER BY id", params):
+            yield Snapshot.from_json(json.loads(data))
+
+    def source(self) -> Any:
+        """An unopened instance of the recorded tracer class, set up to decode
+        these records: it stands in for the live tracer in the tool's renderer."""
+        import importlib
+        mod_name, _, qual = (self.header["tracer_class"] or ":").partition(":")
+        try:
+            kind: Any = importlib.import_module(mod_name)
+            for part in qual.split("."):
+                kind = getattr(kind, part)
+        except (ImportError, AttributeError, ValueError):
+            raise PytraceError(f"{self.path}: this pytrace has no {self.header['tracer_class']} "
+                               "to decode the records") from None
+        try:
+            src = kind()
+        except TypeError:  # the constructor wants arguments: the defaults will do for decoding
+            src = kind.__new__(kind)
+        src.raw_fields = self.fields
+        src.idx = {n: i for i, n in enumerate(self.fields)}
+        return src
