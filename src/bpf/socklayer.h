@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * socklayer.h - what the socket-layer tools (sockstat, sofamily, soprotocol,
+ * soconnect, soaccept, soconnlat, so1stbyte, socketio, socksize, sockrmem,
+ * udpconnect) share.  They see sockets from the system-call side, where only
+ * an fd and a user pointer are at hand:
+ *
+ *  - a struct sockaddr from user memory, as family / port / address;
+ *  - the family, type and protocol of the socket behind an fd (sockfd.h walk);
+ *  - connect() followed from sys_enter_connect to sys_exit_connect, per thread
+ *    (the map is declared by each tool with CONNECT_CALLS(), so a tool that
+ *    does not pair calls does not carry it);
+ *  - the current process as a filter and as a key;
+ *  - log2 histograms kept in a hash map, one per key.
+ */
+#ifndef __PYTRACE_SOCKLAYER_H
+#define __PYTRACE_SOCKLAYER_H
+
+#include "sockfd.h"
+
+#ifndef AF_UNSPEC
+#define AF_UNSPEC 0
+#endif
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#endif
+#ifndef SOCK_DGRAM
+#define SOCK_DGRAM 2
+#endif
+#ifndef EINPROGRESS
+#define EINPROGRESS 115
+#endif
+
+/* A socket address as the tools report it: port in host order, v4 in addr[0..3]. */
+struct pt_sockaddr {
+	__u16 family;
+	__u16 port;
+	__u8 addr[16];
+};
+
+/*
+ * Read a user struct sockaddr.  Returns its family (AF_INET and AF_INET6 are
+ * decoded, other families leave port/addr zero), or -1 if unreadable.
+ */
+static __always_inline int read_user_sockaddr(const void *uaddr, struct pt_sockaddr *out)
+{
+	__u16 family = 0;
+
+	if (!uaddr || bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return -1;
+	out->family = family;
+	if (family == AF_INET) {
+		struct sockaddr_in sa = {};
+
+		if (bpf_probe_read_user(&sa, sizeof(sa), uaddr))
+			return -1;
+		out->port = bpf_ntohs(sa.sin_port);
+		__builtin_memcpy(out->addr, &sa.sin_addr, 4);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 sa = {};
+
+		if (bpf_probe_read_user(&sa, sizeof(sa), uaddr))
+			return -1;
+		out->port = bpf_ntohs(sa.sin6_port);
+		__builtin_memcpy(out->addr, &sa.sin6_addr, 16);
+	}
+	return family;
+}
+
+/* The same from a kernel struct sockaddr (kprobe arguments). */
+static __always_inline int read_kernel_sockaddr(const void *kaddr, struct pt_sockaddr *out)
+{
+	__u16 family = 0;
+
+	if (!kaddr || bpf_probe_read_kernel(&family, sizeof(family), kaddr))
+		return -1;
+	out->family = family;
+	if (family == AF_INET) {
+		const struct sockaddr_in *sa = kaddr;
+
+		out->port = bpf_ntohs(BPF_CORE_READ(sa, sin_port));
+		bpf_probe_read_kernel(out->addr, 4, &sa->sin_addr);
+	} else if (family == AF_INET6) {
+		const struct sockaddr_in6 *sa = kaddr;
+
+		out->port = bpf_ntohs(BPF_CORE_READ(sa, sin6_port));
+		bpf_probe_read_kernel(out->addr, 16, &sa->sin6_addr);
+	}
+	return family;
+}
+
+/* The peer of a connected socket, from the socket itself. */
+static __always_inline void sk_peer(const struct sock *sk, struct pt_sockaddr *out)
+{
+	__u8 local[16];
+
+	out->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	out->port = sk_dport(sk);
+	if (out->family == AF_INET || out->family == AF_INET6)
+		sk_read_addrs(sk, out->family, local, out->addr);
+}
+
+struct sock_info {
+	__u16 family;
+	__u16 type;		/* SOCK_STREAM, SOCK_DGRAM, ... */
+	__u16 protocol;		/* IPPROTO_TCP, IPPROTO_UDP, ... */
+	__u16 lport;		/* host order, 0 if none */
+	char proto_name[16];	/* sk->sk_prot->name: "TCP", "UDPv6", "UNIX"... */
+};
+
+/* Facts about a socket, from its struct socket (may be NULL) and struct sock. */
+static __always_inline void sock_facts(const struct socket *sock, const struct sock *sk,
+				       struct sock_info *out)
+{
+	const struct proto *prot;
+
+	if (sock)
+		out->type = BPF_CORE_READ(sock, type);
+	else
+		out->type = BPF_CORE_READ(sk, sk_type);
+	out->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	out->protocol = BPF_CORE_READ(sk, sk_protocol);
+	if (out->family == AF_INET || out->family == AF_INET6)
+		out->lport = sk_sport(sk);
+	prot = BPF_CORE_READ(sk, __sk_common.skc_prot);
+	if (prot)
+		bpf_probe_read_kernel_str(out->proto_name, sizeof(out->proto_name), prot->name);
+}
+
+/* The socket behind fd in the current task: false if fd is not a socket. */
+static __always_inline bool fd_sock_info(int fd, struct sock_info *out)
+{
+	struct socket *sock = fd_to_socket(fd);
+	struct sock *sk;
+
+	if (!sock)
+		return false;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return false;
+	sock_facts(sock, sk, out);
+	return true;
+}
+
+/* -- the current process ------------------------------------------------------ */
+
+/* -p PID: the process (thread group) to trace, 0 for all; each tool declares
+ * `const volatile __u32 targ_tgid` and passes it here. */
+static __always_inline bool tgid_wanted(__u32 targ)
+{
+	return !targ || (bpf_get_current_pid_tgid() >> 32) == targ;
+}
+
+/* -- connect() from enter to exit ---------------------------------------------- */
+
+struct connect_call {
+	__u64 ts_ns;		/* sys_enter_connect */
+	__s32 fd;
+	__s32 ustack;		/* user stack id, if the tool keeps one */
+	struct pt_sockaddr sa;	/* the address the caller passed */
+};
+
+/* Calls in flight by thread id; LRU so a thread killed mid-call cannot leak. */
+#define CONNECT_CALLS(name)                                    \
+	struct {                                               \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);           \
+		__uint(max_entries, 16384);                    \
+		__type(key, __u32);                            \
+		__type(value, struct connect_call);            \
+	} name SEC(".maps")
+
+static __always_inline __u32 current_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
+/*
+ * At sys_enter_connect: read the address the caller passed; record the call
+ * if its family is IPv4 or IPv6 (the chapter's tools trace IP connects).
+ * Returns the recorded call (in the map) or NULL.
+ */
+static __always_inline struct connect_call *connect_enter(void *calls, int fd, const void *uaddr)
+{
+	struct connect_call c = {};
+	__u32 tid = current_tid();
+	int family = read_user_sockaddr(uaddr, &c.sa);
+
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	c.ts_ns = bpf_ktime_get_ns();
+	c.fd = fd;
+	c.ustack = -1;
+	if (bpf_map_update_elem(calls, &tid, &c, BPF_ANY))
+		return NULL;
+	return bpf_map_lookup_elem(calls, &tid);
+}
+
+/* -- log2 histograms -------------------------------------------------------------- */
+
+#define HIST_SLOTS 32
+
+struct log2_hist {
+	__u64 slots[HIST_SLOTS];
+	__u64 count;
+	__u64 sum;
+};
+
+static const struct log2_hist zero_log2_hist;
+
+/* Add value v to the histogram of key in a hash map of struct log2_hist. */
+static __always_inline void hist_add(void *hists, const void *key, __u64 v)
+{
+	struct log2_hist *h = bpf_map_lookup_elem(hists, key);
+	__u32 slot;
+
+	if (!h) {
+		bpf_map_update_elem(hists, key, &zero_log2_hist, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(hists, key);
+		if (!h)
+			return;
+	}
+	slot = log2_slot(v);
+	if (slot >= HIST_SLOTS)
+		slot = HIST_SLOTS - 1;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum, v);
+}
+
+#endif /* __PYTRACE_SOCKLAYER_H */

@@ -1,0 +1,109 @@
+"""What the socket-layer tools share on the Python side (src/bpf/socklayer.h
+is the kernel half): names of families, protocols and socket types, the
+result texts of connect()/accept(), histogram maps, per-CPU counters, and
+tracefs for variants that mix classic tracepoints with other hooks."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any, Callable
+
+from . import tracefs
+from .bpfobject import BpfObject, Map, ncpus_possible
+from .hist import Log2Histogram
+from .loader import Variant
+
+HIST_SLOTS = 32   # as socklayer.h
+
+
+def family_name(family: int) -> str:
+    try:
+        return socket.AddressFamily(family).name
+    except ValueError:
+        return f"AF_{family}"
+
+
+_PROTOS = {v: k for k, v in vars(socket).items() if k.startswith("IPPROTO_") and isinstance(v, int)
+           and k not in ("IPPROTO_IP", "IPPROTO_HOPOPTS", "IPPROTO_MAX")}
+_PROTOS.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
+
+
+def protocol_name(protocol: int) -> str:
+    return _PROTOS.get(protocol, f"IPPROTO_{protocol}")
+
+
+def type_name(sock_type: int) -> str:
+    try:
+        return socket.SocketKind(sock_type & 0xF).name
+    except ValueError:
+        return f"SOCK_{sock_type}"
+
+
+def cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+# The result texts of the book's soconnect.bt and soaccept.bt.
+CONNECT_RESULTS = {
+    0: "Success", errno.EPERM: "Permission denied", errno.EINTR: "Interrupted",
+    errno.EBADF: "Invalid sockfd", errno.EAGAIN: "Routing cache insuff.",
+    errno.EACCES: "Perm. denied (firewall)", errno.EFAULT: "Sock struct addr invalid",
+    errno.ENOTSOCK: "FD not a socket", errno.EPROTOTYPE: "Socket protocol error",
+    errno.EAFNOSUPPORT: "Address family invalid", errno.EADDRINUSE: "Local addr in use",
+    errno.EADDRNOTAVAIL: "No port available", errno.ENETUNREACH: "Network unreachable",
+    errno.EISCONN: "Already connected", errno.ETIMEDOUT: "Timeout",
+    errno.ECONNREFUSED: "Connect refused", errno.EALREADY: "Not yet completed",
+    errno.EINPROGRESS: "In progress",
+}
+ACCEPT_RESULTS = {
+    0: "Success", errno.EPERM: "Permission denied", errno.EINTR: "Interrupted",
+    errno.EBADF: "Invalid sockfd", errno.EAGAIN: "None to accept", errno.ENOMEM: "Out of memory",
+    errno.EFAULT: "Sock struct addr invalid", errno.EINVAL: "Args invalid",
+    errno.ENFILE: "System FD limit", errno.EMFILE: "Process FD limit", errno.EPROTO: "Protocol error",
+    errno.ENOTSOCK: "FD not a socket", errno.EOPNOTSUPP: "Not SOCK_STREAM",
+    errno.ECONNABORTED: "Aborted", errno.ENOBUFS: "Memory (ENOBUFS)",
+}
+
+
+def result_text(table: dict[int, str], err: int) -> str:
+    """err is 0 or a positive errno."""
+    return table.get(err) or errno.errorcode.get(err, str(err))
+
+
+# -- maps ------------------------------------------------------------------------------
+
+def percpu_u64(m: Map, key: bytes) -> int:
+    """Sum of a per-CPU u64 value over every possible CPU (0 if absent)."""
+    n = ncpus_possible()
+    raw = m.lookup(key, value_size=8 * n)
+    return sum(struct.unpack(f"<{n}Q", raw)) if raw else 0
+
+
+def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = False) -> dict[Any, Log2Histogram]:
+    """{key_of(decoded key): Log2Histogram} from a hash map of struct log2_hist."""
+    items = m.items()
+    kdec = m._decoder("key")
+    out: dict[Any, Log2Histogram] = {}
+    for kraw, vraw in items:
+        vals = struct.unpack(f"<{HIST_SLOTS + 2}Q", vraw[:8 * (HIST_SLOTS + 2)])
+        h = Log2Histogram(tuple(vals[:HIST_SLOTS]), unit, vals[HIST_SLOTS], vals[HIST_SLOTS + 1])
+        k = key_of(kdec(kraw))
+        out[k] = out[k] + h if k in out else h
+    if clear:
+        for kraw, _ in items:
+            m.delete(kraw)
+    return out
+
+
+# -- attaching ---------------------------------------------------------------------------
+
+def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
+    """Attach every program of a variant, mounting tracefs first (and unmounting
+    it on close) when the variant is not itself 'tracepoint' but includes
+    classic tracepoints, e.g. syscall tracepoints next to kprobes."""
+    if variant.hook != "tracepoint" and tracefs.ensure():
+        obj.on_close(tracefs.unmount)
+    for name in variant.programs:
+        obj.attach(name)

@@ -1,0 +1,121 @@
+"""sockstat: counts of socket system calls and socket sends/receives per interval.
+
+Library:
+
+    from pytrace.tools.sockstat import SockStat
+    with SockStat(pid=1234) as s:
+        time.sleep(1)
+        snap = s.snapshot(clear=True)     # SockStatSnapshot
+        print(snap.counts["connect"], snap.probes["send"])
+
+The syscalls (socket, socketpair, bind, connect, accept, accept4) are counted
+at their sys_enter tracepoints, so a call is counted whether it succeeds or
+not.  send/recv count calls through sock_sendmsg()/sock_recvmsg() (every
+socket send and receive system call, plus kernel users of sockets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.bpfobject import ncpus_possible
+from ..core.cliutil import add_common, positive_int
+from ..core.loader import Variant
+from ..core.periodic import ticks
+from ..core.socklayer import attach_with_tracefs, percpu_u64
+from ..core.tracer import Tracer
+
+NAME = "sockstat"
+SUMMARY = "socket syscall and send/recv counts per interval"
+
+COUNTERS = ("socket", "socketpair", "bind", "connect", "accept", "accept4", "send", "recv")
+_SYSCALLS = tuple(f"sockstat_{c}" for c in COUNTERS[:6])
+_PROBES = {c: f"tracepoint:syscalls:sys_enter_{c}" for c in COUNTERS[:6]}
+_SENDRECV = {
+    "tp_btf": ("tp_btf:sock:sock_send_length", "tp_btf:sock:sock_recv_length"),
+    "tracepoint": ("tracepoint:sock:sock_send_length", "tracepoint:sock:sock_recv_length"),
+    "kprobe": ("kprobe:sock_sendmsg", "kprobe:sock_recvmsg"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SockStatSnapshot:
+    ts: float                     # time.time() when read
+    counts: dict[str, int]        # counter -> calls (socket, bind, ..., send, recv)
+    probes: dict[str, str]        # counter -> the probe that counted it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ts)), **self.counts}
+
+
+class SockStat(Tracer):
+    OBJECT = "sockstat"
+    VARIANTS = (
+        Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv")),
+        Variant("tracepoint", (*_SYSCALLS, "sockstat_tp_send", "sockstat_tp_recv")),
+        Variant("kprobe", (*_SYSCALLS, "sockstat_kprobe_send", "sockstat_kprobe_recv")),
+    )
+
+    def __init__(self, *, pid: int = 0, hook: str | None = None):
+        super().__init__(hook=hook)
+        self.pid = pid
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid}
+
+    attach = staticmethod(attach_with_tracefs)
+
+    def setup(self) -> None:
+        self._counters = self.obj.map("counters")
+        send, recv = _SENDRECV[self.obj.variant.hook]
+        self.probes = {**_PROBES, "send": send, "recv": recv}
+
+    def snapshot(self, clear: bool = False) -> SockStatSnapshot:
+        counts = {}
+        for i, name in enumerate(COUNTERS):
+            key = struct.pack("<I", i)
+            counts[name] = percpu_u64(self._counters, key)
+        if clear:
+            zero = bytes(8 * ncpus_possible())
+            for i in range(len(COUNTERS)):
+                self._counters.update(struct.pack("<I", i), zero)
+        return SockStatSnapshot(time.time(), counts, dict(self.probes))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Count socket system calls and socket sends/receives, printed every interval."
+    p.add_argument("-i", "--interval", type=positive_int, default=1, metavar="SEC",
+                   help="print every SEC seconds (default 1)")
+    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-z", "--zeros", action="store_true", help="also print counters that are 0")
+    add_common(p, [v.hook for v in SockStat.VARIANTS])
+
+
+def render(snap: SockStatSnapshot, zeros: bool) -> str:
+    lines = [time.strftime("%H:%M:%S", time.localtime(snap.ts))]
+    for name in COUNTERS:
+        n = snap.counts[name]
+        if n or zeros:
+            lines.append(f"@[{snap.probes[name]}]: {n}")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = SockStat(pid=args.pid, hook=args.hook)
+    with tracer:
+        if not args.json:
+            print(f"Tracing sock statistics. Output every {args.interval} second"
+                  f"{'s' if args.interval != 1 else ''}.", flush=True)
+        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+            snap = tracer.snapshot(clear=True)
+            sys.stdout.write(json.dumps(snap.to_dict()) + "\n" if args.json else render(snap, args.zeros))
+            sys.stdout.flush()
+    return 0
