@@ -1,0 +1,173 @@
+"""tcplife: one line per TCP session when it closes, with its bytes and lifespan.
+
+Library:
+
+    from pytrace.tools.tcplife import TcpLife
+    with TcpLife(lports=[8080]) as tracer:
+        for s in tracer.events(duration=10):
+            print(s.pid, s.comm, s.raddr, s.rport, s.tx_bytes, s.rx_bytes, s.ms)
+
+tx_bytes/rx_bytes are payload bytes (what the application sent and got;
+SYN and FIN are taken out of the kernel's sequence-space counters, see
+src/bpf/tcplife.bpf.c).  PID/COMM are the socket's owner, learned at the
+connect()/close()/shutdown() that changed its state, else (a session that
+ended by a reset before its owner touched it) the task current at close.
+ms runs from the last of SYN_SENT/SYN_RECV/ESTABLISHED to CLOSE, as in BCC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.loader import Variant
+from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.stream import EventTracer
+
+NAME = "tcplife"
+SUMMARY = "TCP sessions at close: owner, addresses, bytes each way, lifespan"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSession:
+    ts_ns: int                 # CLOCK_MONOTONIC of the close
+    pid: int
+    comm: str
+    family: int                # AF_INET or AF_INET6
+    laddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    lport: int
+    raddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    rport: int
+    tx_bytes: int              # payload sent (and acknowledged)
+    rx_bytes: int              # payload received
+    ms: float                  # lifespan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm,
+                "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
+                "raddr": str(self.raddr), "rport": self.rport, "tx_bytes": self.tx_bytes,
+                "rx_bytes": self.rx_bytes, "ms": round(self.ms, 3)}
+
+
+class TcpLife(EventTracer):
+    OBJECT = "tcplife"
+    EVENT = "tcplife_event"
+    VARIANTS = (
+        Variant("tp_btf", ("tcplife_tp_btf",)),
+        Variant("raw_tp", ("tcplife_raw_tp",)),
+        Variant("tracepoint", ("tcplife_tracepoint",)),
+    )
+
+    def __init__(self, *, family: int = 0, pid: int = 0, lports: list[int] | None = None,
+                 rports: list[int] | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.family, self.pid = family, pid
+        self.lports, self.rports = lports or [], rports or []
+
+    def rodata(self) -> dict[str, Any]:
+        return {"target_family": self.family, "target_pid": self.pid,
+                "lports": self.lports, "n_lports": len(self.lports),
+                "rports": self.rports, "n_rports": len(self.rports)}
+
+    def make_event(self, raw: tuple) -> TcpSession:
+        i = self.idx
+        fam = raw[i["family"]]
+        return TcpSession(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
+                          addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
+                          addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
+                          raw[i["tx_b"]], raw[i["rx_b"]], raw[i["span_us"]] / 1000.0)
+
+
+# -- command line ---------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace the lifespan of TCP sessions and summarize. {LATENCY_NOTE}"
+    p.add_argument("-T", "--time", action="store_true", help="include a time column (HH:MM:SS)")
+    p.add_argument("-t", "--timestamp", action="store_true", help="include a timestamp column (seconds)")
+    p.add_argument("-w", "--wide", action="store_true", help="wide column output (fits IPv6 addresses)")
+    p.add_argument("-s", "--csv", action="store_true", help="comma separated values output")
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-L", "--localport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
+    p.add_argument("-D", "--remoteport", type=ports("-D"), metavar="PORTS",
+                   help="only these remote ports (comma list)")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_common(p, [v.hook for v in TcpLife.VARIANTS])
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = TcpLife(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, pid=args.pid,
+                     lports=args.localport, rports=args.remoteport, hook=args.hook)
+    out = Output(args.json)
+    with tracer:
+        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
+        return stream_events(tracer, out, render)
+
+
+def _json_renderer(tracer: TcpLife):
+    import json
+    make = tracer.make_event
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def render(batch: list[tuple]) -> str:
+        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
+    return render
+
+
+def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
+    """BCC tcplife's columns, formatted straight from the raw tuples (the hot path)."""
+    if args.csv:
+        head, fmt = "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s", "%d,%s,%s,%s,%d,%s,%d,%d,%d,%.2f\n"
+    elif args.wide:
+        head = "%-5s %-16.16s %-2s %-26s %-5s %-26s %-5s %6s %6s %s"
+        fmt = "%-5d %-16.16s %-2s %-26s %-5d %-26s %-5d %6d %6d %.2f\n"
+    else:
+        head = "%-5s %-10.10s %s%-15s %-5s %-15s %-5s %5s %5s %s"
+        fmt = "%-5d %-10.10s %s%-15s %-5d %-15s %-5d %5d %5d %.2f\n"
+    show_ip = args.wide or args.csv
+    pre = ""
+    if args.time:
+        pre += "TIME," if args.csv else f"{'TIME':<8} "
+    if args.timestamp:
+        pre += "TIME(s)," if args.csv else f"{'TIME(s)':<9} "
+    out.write(pre + head % ("PID", "COMM", "IP" if show_ip else "", "LADDR", "LPORT", "RADDR", "RPORT",
+                            "TX_KB", "RX_KB", "MS") + "\n")
+    i = tracer.idx
+    i_ts, i_pid, i_comm, i_fam = i["ts_ns"], i["pid"], i["comm"], i["family"]
+    i_sa, i_lp, i_da, i_rp = i["saddr"], i["lport"], i["daddr"], i["rport"]
+    i_tx, i_rx, i_span = i["tx_b"], i["rx_b"], i["span_us"]
+    addr, clock = AddrFormatter(), Clock()
+    ipcol = {AF_INET: "4", AF_INET6: "6"} if show_ip else {AF_INET: "", AF_INET6: ""}
+    comms: dict[bytes, str] = {}
+    first_ts: list[int] = []
+
+    def comm(raw: bytes) -> str:
+        text = comms.get(raw)
+        if text is None:
+            if len(comms) > 4096:
+                comms.clear()
+            text = comms[raw] = comm_text(raw)
+        return text
+
+    def render(batch: list[tuple]) -> str:
+        lines = []
+        append = lines.append
+        for r in batch:
+            fam = r[i_fam]
+            line = fmt % (r[i_pid], comms.get(r[i_comm]) or comm(r[i_comm]), ipcol.get(fam, "?"),
+                          addr(fam, r[i_sa]), r[i_lp], addr(fam, r[i_da]), r[i_rp],
+                          r[i_tx] // 1024, r[i_rx] // 1024, r[i_span] / 1000)
+            if args.timestamp:
+                if not first_ts:
+                    first_ts.append(r[i_ts])
+                secs = (r[i_ts] - first_ts[0]) / 1e9
+                line = (f"{secs:.6f}," if args.csv else f"{secs:<9.6f} ") + line
+            if args.time:
+                line = (clock.hms(r[i_ts]) + ("," if args.csv else " ")) + line
+            append(line)
+        return "".join(lines)
+    return render
