@@ -10,8 +10,8 @@
  *  - connect() followed from sys_enter_connect to sys_exit_connect, per thread
  *    (the map is declared by each tool with CONNECT_CALLS(), so a tool that
  *    does not pair calls does not carry it);
- *  - the current process as a filter and as a key;
- *  - log2 histograms kept in a hash map, one per key.
+ *  - the current process as a filter;
+ *  - counts and log2 histograms kept in hash maps, one per key.
  */
 #ifndef __PYTRACE_SOCKLAYER_H
 #define __PYTRACE_SOCKLAYER_H
@@ -149,6 +149,20 @@ static __always_inline bool fd_sock_info(int fd, struct sock_info *out)
 static __always_inline bool tgid_wanted(__u32 targ)
 {
 	return !targ || (bpf_get_current_pid_tgid() >> 32) == targ;
+}
+
+/* Add 1 to the u64 count of key in a hash map. */
+static __always_inline void count_key(void *map, const void *key)
+{
+	__u64 one = 1, *v = bpf_map_lookup_elem(map, key);
+
+	if (v) {
+		__sync_fetch_and_add(v, 1);
+	} else if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST)) {
+		v = bpf_map_lookup_elem(map, key);	/* another CPU made it */
+		if (v)
+			__sync_fetch_and_add(v, 1);
+	}
 }
 
 /* -- connect() from enter to exit ---------------------------------------------- */

@@ -81,6 +81,17 @@ def percpu_u64(m: Map, key: bytes) -> int:
     return sum(struct.unpack(f"<{n}Q", raw)) if raw else 0
 
 
+def counted(m: Map, clear: bool = False) -> list[tuple[dict, int]]:
+    """(decoded key, count) of every entry of a hash map of u64 counts."""
+    items = m.items()
+    kdec = m._decoder("key")
+    out = [(kdec(k), struct.unpack_from("<Q", v)[0]) for k, v in items]
+    if clear:
+        for k, _ in items:
+            m.delete(k)
+    return out
+
+
 def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = False) -> dict[Any, Log2Histogram]:
     """{key_of(decoded key): Log2Histogram} from a hash map of struct log2_hist."""
     items = m.items()

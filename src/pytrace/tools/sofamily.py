@@ -1,0 +1,108 @@
+"""sofamily: new sockets, connects and accepts by address family and process.
+
+Library:
+
+    from pytrace.tools.sofamily import SoFamily
+    with SoFamily() as sf:
+        time.sleep(5)
+        for c in sf.counts():            # FamilyCount, frozen
+            print(c.kind, c.pid, c.comm, c.family_name, c.count)
+
+kind is "socket" (socket() calls, by the family asked for), "connect" (by
+the family of the address passed to connect()) or "accept" (by the family
+of the accepted socket).  Counted in the kernel at the syscall tracepoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import add_common, positive_int
+from ..core.loader import Variant
+from ..core.periodic import ticks
+from ..core.socklayer import counted, cstr, family_name
+from ..core.tracer import Tracer
+
+NAME = "sofamily"
+SUMMARY = "new sockets, connects and accepts by address family and process"
+
+KINDS = ("socket", "connect", "accept")   # as src/bpf/sofamily.bpf.c
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyCount:
+    kind: str            # socket, connect or accept
+    pid: int
+    comm: str
+    family: int          # AF_* number
+    count: int
+
+    @property
+    def family_name(self) -> str:
+        return family_name(self.family)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": self.pid, "comm": self.comm, "family": self.family,
+                "family_name": self.family_name, "count": self.count}
+
+
+class SoFamily(Tracer):
+    OBJECT = "sofamily"
+    VARIANTS = (Variant("tracepoint", ("sofamily_socket", "sofamily_connect", "sofamily_accept4",
+                                       "sofamily_accept")),)
+
+    def __init__(self, *, pid: int = 0, hook: str | None = None):
+        super().__init__(hook=hook)
+        self.pid = pid
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid}
+
+    def setup(self) -> None:
+        self._counts = self.obj.map("counts")
+
+    def counts(self, clear: bool = False) -> list[FamilyCount]:
+        out = [FamilyCount(KINDS[k["kind"]] if k["kind"] < len(KINDS) else str(k["kind"]), k["pid"],
+                           cstr(k["comm"]), k["family"], n)
+               for k, n in counted(self._counts, clear)]
+        return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.family))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Count new sockets (socket()), connects and accepts by address family and "
+                     "process; printed at Ctrl-C or every interval.")
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
+    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_common(p, [v.hook for v in SoFamily.VARIANTS])
+
+
+def render(counts: list[FamilyCount]) -> str:
+    lines = [f"{'KIND':<8} {'PID':>7} {'COMM':<16} {'FAM':>3} {'FAMILY':<12} {'COUNT':>8}"]
+    for c in counts:
+        lines.append(f"{c.kind:<8} {c.pid:>7} {c.comm:<16} {c.family:>3} {c.family_name:<12} {c.count:>8}")
+    return "\n".join(lines) + "\n\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    with SoFamily(pid=args.pid, hook=args.hook) as tracer:
+        if not args.json:
+            print("Tracing socket()/connect()/accept() address families. Ctrl-C to end.", flush=True)
+        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+            counts = tracer.counts(clear=bool(args.interval))
+            if args.json:
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
+                sys.stdout.write("".join(json.dumps({"ts": ts, **c.to_dict()}) + "\n" for c in counts))
+            else:
+                if args.timestamp:
+                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
+                sys.stdout.write(render(counts))
+            sys.stdout.flush()
+    return 0
