@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -66,8 +67,9 @@ def test_net_rx_runs_counted_while_traffic_moves(hook):
     net_rx = stats["net_rx"]
     assert net_rx.vec == 3
     # every segment we sent was received in a NET_RX run of its own; the
-    # kernel's own counter, read around our period, bounds it from above
-    assert SENDS <= net_rx.count <= after - before
+    # kernel's own counter (bumped as a run starts), read around our period,
+    # bounds it from above, give or take one run per CPU already under way
+    assert SENDS <= net_rx.count <= after - before + os.cpu_count()
     assert net_rx.total_ns > 0 and net_rx.hist is None
     assert all(st.count > 0 and st.total_ns >= 0 for st in stats.values())
 
@@ -85,7 +87,7 @@ def test_periods_are_differences():
         second = by_name(s.read())["net_rx"].count
         after = proc_softirqs("net_rx")
     assert 100 <= peek <= first
-    assert 100 <= second <= after - before
+    assert 100 <= second <= after - before + os.cpu_count()
 
 
 @pytest.mark.parametrize("ns", [False, True])
@@ -113,7 +115,8 @@ def test_names_come_from_the_kernel():
     softirq_entry tracepoint format prints them (read in a private mount
     namespace so the host's tracefs is left alone)."""
     fmt = subprocess.run(
-        ["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing && "
+        ["unshare", "-m", "sh", "-c", "[ -e /sys/kernel/tracing/events ] || "
+         "mount -t tracefs nodev /sys/kernel/tracing; "
          "cat /sys/kernel/tracing/events/irq/softirq_entry/format"],
         capture_output=True, text=True, check=True).stdout
     table = dict(re.findall(r'\{ (\d+), "(\w+)" \}', fmt))
@@ -188,6 +191,7 @@ def test_bad_input(args):
 def test_interrupt_prints_the_period_and_leaves_nothing(sig):
     cli = Cli("softirqs")
     assert any(n.startswith("softirqs_") for n in bpf_prog_names())
+    assert cli.read_until(lambda line: line.startswith("Tracing"))    # set up and waiting
     pingpong(50)
     rc, lines, err = cli.stop(sig)
     assert rc == 0, err

@@ -264,7 +264,8 @@ def test_bad_input(args):
 def test_nothing_left_attached(sig):
     c = Cli("tcpsubnet")
     assert any(n.startswith("tcpsubnet_") for n in bpf_prog_names())
+    assert c.read_until(lambda line: line.startswith("Tracing..."))   # set up and waiting
     rc, lines, err = c.stop(sig)
     assert rc == 0, err
-    assert lines[0].startswith("Tracing...")
+    assert lines[0].startswith("Tracing...") and len(lines) > 1     # the last period is printed
     assert wait_until(lambda: not any(n.startswith("tcpsubnet_") for n in bpf_prog_names()), 5)

@@ -253,7 +253,8 @@ def test_bad_input(args):
 def test_nothing_left_attached(sig):
     cli = Cli("tcptop", "-C")
     assert any(n.startswith("tcptop_") for n in bpf_prog_names())
+    assert cli.read_until(lambda line: line.startswith("Tracing..."))   # set up and waiting
     rc, lines, err = cli.stop(sig)
     assert rc == 0, err
-    assert lines[0].startswith("Tracing...")
+    assert lines[0].startswith("Tracing...") and len(lines) > 1     # the last period is printed
     assert wait_until(lambda: not any(n.startswith("tcptop_") for n in bpf_prog_names()), 5)
