@@ -154,6 +154,29 @@ def run_cli(*args: str, timeout: float = 30, env: dict | None = None,
                           env={**os.environ, **(env or {})})
 
 
+def bpf_progs() -> list[dict]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def bpf_prog_ids(pid: int | None = None) -> set[int]:
+    """IDs of the BPF programs loaded now, or of those a process holds an fd to."""
+    if pid is None:
+        return {p["id"] for p in bpf_progs()}
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                for line in fh:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
 def bpf_prog_names() -> set[str]:
     """Names of every BPF program loaded in the kernel right now (via bpftool)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)

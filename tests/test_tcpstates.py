@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_names, free_port, run_cli, tcp_roundtrip, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, run_cli, tcp_roundtrip, wait_until
 from pytrace.core.net import TcpState as S
 from pytrace.tools.tcpstates import TcpStates
 
@@ -208,19 +208,21 @@ def test_without_bpf_privileges_one_line_exit_1():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
     cli = Cli("tcpstates", "--hook", "tracepoint")
-    assert any(n.startswith("tcpstates_") for n in bpf_prog_names())
+    mine = bpf_prog_ids(cli.proc.pid)
+    assert mine, "the tracer holds its program"
     rc, _, err = cli.stop(sig)
     assert rc == 0, err
-    assert wait_until(lambda: not any(n.startswith("tcpstates_") for n in bpf_prog_names()), 5)
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
 
 
 def test_library_exception_releases_programs():
     with pytest.raises(RuntimeError):
         with TcpStates():
-            assert any(n.startswith("tcpstates_") for n in bpf_prog_names())
+            mine = bpf_prog_ids(os.getpid())
+            assert mine
             raise RuntimeError("boom")
     # the kernel frees a program asynchronously once its last reference is gone
-    assert wait_until(lambda: not any(n.startswith("tcpstates_") for n in bpf_prog_names()), 5)
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
 
 
 def test_lone_event_is_printed_promptly():

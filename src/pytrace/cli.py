@@ -97,7 +97,9 @@ def _run_tool(name: str, argv: list[str]) -> int:
         rc = module.run(args)
         failed = False
         return rc
-    except cliutil.Terminate:
+    except (KeyboardInterrupt, cliutil.Terminate):
+        # Ctrl-C / SIGTERM is how a tracer is stopped, even while it starts
+        # up; everything it held was released on the way out.
         failed = False
         return 0
     finally:

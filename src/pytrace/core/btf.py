@@ -61,6 +61,13 @@ class Layout:
             out.append(f"{self.size - pos}x")
         return "".join(out)
 
+    def projection(self, keep: set[str]) -> tuple[str, tuple[str, ...]]:
+        """(format, names) decoding only the fields in keep: the others become
+        padding, so struct builds no Python object for them."""
+        fields = tuple(f for f in self.fields if f.name in keep)
+        sub = Layout(self.name, self.size, fields)
+        return sub.format, sub.names
+
     @property
     def names(self) -> tuple[str, ...]:
         """One name per value that struct.unpack yields (arrays repeat as name[i])."""

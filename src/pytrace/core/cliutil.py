@@ -156,10 +156,21 @@ class Output:
         self.stream = stream or sys.stdout
         self.reported_lost = 0
 
-    def write(self, text: str) -> None:
-        if text:
-            self.stream.write(text)
-            self.stream.flush()
+    def write(self, text: str | bytes) -> None:
+        """Write and flush (so the event-to-line delay stays bounded).  Bytes go
+        straight to the binary buffer: the hot text renderers produce bytes."""
+        if not text:
+            return
+        if isinstance(text, bytes):
+            buf = getattr(self.stream, "buffer", None)
+            if buf is not None:
+                self.stream.flush()
+                buf.write(text)
+                buf.flush()
+                return
+            text = text.decode()
+        self.stream.write(text)
+        self.stream.flush()
 
     def record(self, obj: dict) -> None:
         self.write(json.dumps(obj, separators=(",", ":")) + "\n")

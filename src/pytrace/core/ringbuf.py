@@ -46,15 +46,21 @@ class RingBuffer:
         body = struct.calcsize(record_format)
         self.stride = (HDR + body + 7) & ~7
         self.record_size = body
-        fmt = record_format.lstrip("<")
-        pad = self.stride - HDR - body
-        self._struct = struct.Struct(f"<{HDR}x{fmt}{pad}x" if pad else f"<{HDR}x{fmt}")
+        self.set_format(record_format)
         self._u64 = struct.Struct("<Q")
         self._u32 = struct.Struct("<I")
         self.interval = interval_ms / 1000.0
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN | select.EPOLLET)
         self.records = 0
+
+    def set_format(self, record_format: str) -> None:
+        """Decode records with another format of the same size (e.g. a projection)."""
+        if struct.calcsize(record_format) != self.record_size:
+            raise ValueError("record format size differs from the ring's records")
+        fmt = record_format.lstrip("<")
+        pad = self.stride - HDR - self.record_size
+        self._struct = struct.Struct(f"<{HDR}x{fmt}{pad}x" if pad else f"<{HDR}x{fmt}")
 
     def close(self) -> None:
         for obj in (self._ep, self._cons_mm, self._data_mm):

@@ -49,12 +49,23 @@ class EventTracer(Tracer):
         return {"events": self.ring_bytes} if self.ring_bytes else None
 
     def setup(self) -> None:
-        layout = self.obj.types.struct(self.EVENT)
+        self.layout = self.obj.types.struct(self.EVENT)
         events = self.obj.map("events")
-        self.ring = RingBuffer(events.fd, events.max_entries, layout.format, self.interval_ms)
-        self.raw_fields = layout.names
-        self.idx = {n: i for i, n in enumerate(self.raw_fields)}
+        self.ring = RingBuffer(events.fd, events.max_entries, self.layout.format, self.interval_ms)
+        self._set_fields(self.layout.names)
         self._lost = self.obj.global_u64("lost_events")
+
+    def _set_fields(self, names: tuple[str, ...]) -> None:
+        self.raw_fields = names
+        self.idx = {n: i for i, n in enumerate(names)}
+
+    def project(self, fields: set[str]) -> None:
+        """Decode only these fields from now on (a text renderer that needs few
+        fields pays for no others).  make_event() needs every field: library
+        users do not project."""
+        fmt, names = self.layout.projection(fields)
+        self.ring.set_format(fmt)
+        self._set_fields(names)
 
     def close(self) -> None:
         if self.ring is not None:
