@@ -59,6 +59,14 @@ class KernelSymbols:
     def address(self, name: str) -> int | None:
         return self._by_name.get(name)
 
+    def span(self, name: str) -> tuple[int, int] | None:
+        """[start, end) of a function's text: up to the next higher symbol."""
+        start = self._by_name.get(name)
+        if start is None:
+            return None
+        i = bisect.bisect_right(self._addrs, start)
+        return start, (self._addrs[i] if i < len(self._addrs) else start + 1)
+
     def stack(self, addrs: tuple[int, ...] | list[int]) -> list[str]:
         """Symbolize a stack as bpf_get_stack() fills it (stops at the first 0)."""
         out = []

@@ -1,0 +1,217 @@
+"""tcpretrans: TCP retransmissions and tail loss probes, traced or counted per flow.
+
+Library:
+
+    from pytrace.tools.tcpretrans import TcpRetrans
+    with TcpRetrans(lossprobe=True) as tracer:
+        for ev in tracer.events(duration=10):
+            print(ev.kind, ev.laddr, ev.lport, ev.raddr, ev.rport, ev.state.name, ev.seq)
+
+    with TcpRetrans(count=True) as tracer:
+        time.sleep(10)
+        for flow, c in tracer.counts().items():
+            print(flow.laddr, flow.lport, flow.raddr, flow.rport, c.retransmits, c.tlps)
+
+kind is "R" for a retransmitted segment and "L" for a tail loss probe; a
+probe that resends a segment is an "L" followed by its "R", as in BCC.  PID
+is the task current when the segment went out: the sender for a fast
+retransmit triggered from its own send path, often 0 or an unrelated task
+when a timer or an incoming ACK sent it.  See src/bpf/tcpretrans.bpf.c for
+what each hook variant sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, Terminate, add_common, stream_events
+from ..core.errors import PytraceError
+from ..core.loader import Variant
+from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
+from ..core.stream import EventTracer
+
+NAME = "tcpretrans"
+SUMMARY = "TCP retransmits and tail loss probes, traced or counted per flow"
+
+RETRANSMIT, TLP = 1, 2
+KINDS = {RETRANSMIT: "R", TLP: "L"}
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Retransmit:
+    ts_ns: int                 # CLOCK_MONOTONIC
+    skaddr: int
+    pid: int
+    family: int
+    laddr: Addr
+    lport: int
+    raddr: Addr
+    rport: int
+    state: TcpState
+    kind: str                  # "R" retransmit, "L" tail loss probe
+    seq: int                   # first sequence number of the segment (0 for a kprobe TLP)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "skaddr": f"{self.skaddr:x}", "pid": self.pid,
+                "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
+                "raddr": str(self.raddr), "rport": self.rport, "type": self.kind,
+                "state": getattr(self.state, "name", str(self.state)), "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    family: int
+    laddr: Addr
+    lport: int
+    raddr: Addr
+    rport: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowCount:
+    retransmits: int           # retransmitted segments (TLP retransmissions included)
+    tlps: int                  # of which sent by a tail loss probe (kprobe: probe calls)
+
+
+class TcpRetrans(EventTracer):
+    OBJECT = "tcpretrans"
+    EVENT = "tcpretrans_event"
+    VARIANTS = (
+        Variant("tp_btf", ("tcpretrans_tp_btf",)),
+        Variant("raw_tp", ("tcpretrans_raw_tp",)),
+        Variant("tracepoint", ("tcpretrans_tracepoint",)),
+        Variant("kprobe", ("tcpretrans_kprobe", "tcpretrans_kprobe_tlp")),
+    )
+
+    def __init__(self, *, family: int = 0, lossprobe: bool = False, count: bool = False, **kw: Any):
+        super().__init__(**kw)
+        self.family, self.lossprobe, self.count = family, lossprobe, count
+
+    def rodata(self) -> dict[str, Any]:
+        ro: dict[str, Any] = {"target_family": self.family, "lossprobe": self.lossprobe,
+                              "count_mode": self.count}
+        if self.lossprobe or self.count:
+            # The tracepoint variants recognise a TLP by this function on the stack.
+            from ..core.ksyms import kernel_symbols
+            span = kernel_symbols().span("tcp_send_loss_probe")
+            if span is None:
+                if self.lossprobe:
+                    raise PytraceError("-l: tcp_send_loss_probe is not in /proc/kallsyms, "
+                                       "so tail loss probes cannot be recognised on this kernel")
+            else:
+                ro["tlp_start"], ro["tlp_end"] = span
+        return ro
+
+    def setup(self) -> None:
+        super().setup()
+        self._flows = self.obj.map("flows")
+
+    def make_event(self, raw: tuple) -> Retransmit:
+        i = self.idx
+        fam = raw[i["family"]]
+        return Retransmit(raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], fam,
+                          addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
+                          addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
+                          TcpState.of(raw[i["state"]]), KINDS.get(raw[i["type"]], "?"), raw[i["seq"]])
+
+    def counts(self, clear: bool = False) -> dict[Flow, FlowCount]:
+        """Per-flow totals of count mode (count=True); clear=True resets them."""
+        out: dict[Flow, FlowCount] = {}
+        for key, val in self._flows.decoded_items():
+            fam = key["family"]
+            out[Flow(fam, addr_obj(fam, key["saddr"]), key["lport"], addr_obj(fam, key["daddr"]),
+                     key["rport"])] = FlowCount(val["retrans"], val["tlp"])
+        if clear:
+            self._flows.clear()
+        return out
+
+
+# -- command line ---------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace TCP retransmits. {LATENCY_NOTE}"
+    p.add_argument("-s", "--sequence", action="store_true", help="display TCP sequence numbers")
+    p.add_argument("-l", "--lossprobe", action="store_true", help="include tail loss probe attempts")
+    p.add_argument("-c", "--count", action="store_true",
+                   help="count retransmits per flow, printed at Ctrl-C")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    add_common(p, [v.hook for v in TcpRetrans.VARIANTS])
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = TcpRetrans(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+                        lossprobe=args.lossprobe, count=args.count, hook=args.hook)
+    out = Output(args.json)
+    with tracer:
+        if args.count:
+            return _count(tracer, args, out)
+        if not args.json:
+            out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
+        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
+        return stream_events(tracer, out, render)
+
+
+def _count(tracer: TcpRetrans, args: argparse.Namespace, out: Output) -> int:
+    if not args.json:
+        out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, Terminate):
+        pass
+    counts = sorted(tracer.counts().items(), key=lambda kv: (kv[1].retransmits, kv[1].tlps))
+    if args.json:
+        for flow, c in counts:
+            out.record({"ip": 4 if flow.family == AF_INET else 6, "laddr": str(flow.laddr), "lport": flow.lport,
+                        "raddr": str(flow.raddr), "rport": flow.rport, "retransmits": c.retransmits,
+                        "tlps": c.tlps})
+        return 0
+    head = "\n%-25s %-25s %-10s" % ("LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS")
+    lines = [head + (" TLPS" if args.lossprobe else "")]
+    for flow, c in counts:
+        line = "%-20s <-> %-20s %10d" % (f"[{flow.laddr}]#{flow.lport}", f"[{flow.raddr}]#{flow.rport}",
+                                         c.retransmits)
+        lines.append(line + (" %4d" % c.tlps if args.lossprobe else ""))
+    out.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _json_renderer(tracer: TcpRetrans):
+    make = tracer.make_event
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def render(batch: list[tuple]) -> str:
+        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
+    return render
+
+
+def _text_renderer(tracer: TcpRetrans, args: argparse.Namespace, out: Output):
+    """BCC tcpretrans's columns, formatted from the raw tuples."""
+    head = "%-8s %-7s %-2s %-20s %1s> %-20s" % ("TIME", "PID", "IP", "LADDR:LPORT", "T", "RADDR:RPORT")
+    out.write(head + (" %-12s %-10s" % ("STATE", "SEQ") if args.sequence else " %-4s" % "STATE") + "\n")
+    fmt = "%-8s %-7d %-2d %-20s %1s> %-20s" + (" %-12s %d\n" if args.sequence else " %s\n")
+    seq = args.sequence
+    i = tracer.idx
+    i_ts, i_pid, i_fam, i_sa, i_lp = i["ts_ns"], i["pid"], i["family"], i["saddr"], i["lport"]
+    i_da, i_rp, i_state, i_type, i_seq = i["daddr"], i["rport"], i["state"], i["type"], i["seq"]
+    addr, clock, states = AddrFormatter(), Clock(), STATE_NAMES
+    ipver = {AF_INET: 4, AF_INET6: 6}
+
+    def render(batch: list[tuple]) -> str:
+        lines = []
+        for r in batch:
+            fam = r[i_fam]
+            cols = (clock.hms(r[i_ts]), r[i_pid], ipver.get(fam, 0), f"{addr(fam, r[i_sa])}:{r[i_lp]}",
+                    KINDS.get(r[i_type], "?"), f"{addr(fam, r[i_da])}:{r[i_rp]}", states[r[i_state]])
+            lines.append(fmt % (cols + (r[i_seq],) if seq else cols))
+        return "".join(lines)
+    return render
+
