@@ -1,0 +1,111 @@
+"""soaccept: IP accept() calls with the peer's address and port, and the result.
+
+Library:
+
+    from pytrace.tools.soaccept import SoAccept
+    with SoAccept(pid=1234) as t:
+        for ev in t.events(duration=10):          # AcceptCall, frozen
+            print(ev.comm, ev.addr, ev.port, ev.lport, ev.result)
+
+The peer is read from the accepted socket, so it is known even when the
+caller passes no address buffer.  Failed calls (e.g. "None to accept" for a
+non-blocking accept) are reported with the listening socket's family.
+io_uring accepts do not pass through the system calls and are not seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.loader import Variant
+from ..core.net import AF_INET, addr_obj, comm_text
+from ..core.socklayer import ACCEPT_RESULTS, result_text
+from ..core.stream import EventTracer
+
+NAME = "soaccept"
+SUMMARY = "IP accept() calls with peer address, port and result"
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptCall:
+    ts_ns: int
+    pid: int
+    comm: str
+    listen_fd: int
+    family: int
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None   # peer (unspecified on failure)
+    port: int                  # peer port (0 on failure)
+    lport: int                 # listening port
+    ret: int                   # new fd, or -errno
+
+    @property
+    def error(self) -> int:
+        return -self.ret if self.ret < 0 else 0
+
+    @property
+    def result(self) -> str:
+        return result_text(ACCEPT_RESULTS, self.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm, "listen_fd": self.listen_fd,
+                "ip": 4 if self.family == AF_INET else 6, "addr": str(self.addr), "port": self.port,
+                "lport": self.lport, "ret": self.ret, "result": self.result}
+
+
+class SoAccept(EventTracer):
+    OBJECT = "soaccept"
+    EVENT = "soaccept_event"
+    VARIANTS = (Variant("tracepoint", ("soaccept_enter4", "soaccept_enter", "soaccept_exit4",
+                                       "soaccept_exit")),)
+
+    def __init__(self, *, pid: int = 0, lports: list[int] | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.pid, self.lports = pid, lports or []
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid, "lports": self.lports, "n_lports": len(self.lports)}
+
+    def make_event(self, raw: tuple) -> AcceptCall:
+        i = self.idx
+        fam = raw[i["family"]]
+        return AcceptCall(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["listen_fd"]],
+                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace IP accept() calls with the peer's address and port and the result. {LATENCY_NOTE}"
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these listening ports")
+    p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
+    add_common(p, [v.hook for v in SoAccept.VARIANTS])
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = SoAccept(pid=args.pid, lports=args.port, hook=args.hook)
+    out = Output(args.json)
+    clock = Clock()
+    with tracer:
+        make = tracer.make_event
+        if args.json:
+            import json
+
+            def render(batch: list[tuple]) -> str:
+                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        else:
+            out.write(("TIME     " if args.timestamp else "") +
+                      f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} {'LPORT':<5} RESULT\n")
+
+            def render(batch: list[tuple]) -> str:
+                lines = []
+                for r in batch:
+                    ev = make(r)
+                    addr = str(ev.addr) if ev.ret >= 0 else "-"
+                    line = (f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {addr:<16} {ev.port:<5} "
+                            f"{ev.lport:<5} {ev.result}\n")
+                    lines.append(f"{clock.hms(ev.ts_ns)} " + line if args.timestamp else line)
+                return "".join(lines)
+        return stream_events(tracer, out, render)

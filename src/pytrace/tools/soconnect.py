@@ -1,0 +1,110 @@
+"""soconnect: IP connect() calls with address, port, latency and result.
+
+Library:
+
+    from pytrace.tools.soconnect import SoConnect
+    with SoConnect(pid=1234) as t:
+        for ev in t.events(duration=10):          # ConnectCall, frozen
+            print(ev.comm, ev.addr, ev.port, ev.lat_us, ev.result)
+
+LAT(us) is the time spent in the connect() call: the whole handshake for a
+blocking connect, the call alone for a non-blocking one (result "In
+progress"; soconnlat follows those to poll/select/epoll).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.loader import Variant
+from ..core.net import AF_INET, addr_obj, comm_text
+from ..core.socklayer import CONNECT_RESULTS, result_text
+from ..core.stream import EventTracer
+
+NAME = "soconnect"
+SUMMARY = "IP connect() calls with address, port, latency and result"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectCall:
+    ts_ns: int                 # CLOCK_MONOTONIC when connect() returned
+    pid: int
+    tid: int
+    comm: str
+    fd: int
+    family: int                # of the address passed: AF_INET or AF_INET6
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    lat_us: float              # time in connect()
+    ret: int                   # 0 or -errno
+
+    @property
+    def error(self) -> int:
+        return -self.ret if self.ret < 0 else 0
+
+    @property
+    def result(self) -> str:
+        return result_text(CONNECT_RESULTS, self.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm, "fd": self.fd,
+                "ip": 4 if self.family == AF_INET else 6, "addr": str(self.addr), "port": self.port,
+                "lat_us": round(self.lat_us, 3), "ret": self.ret, "result": self.result}
+
+
+class SoConnect(EventTracer):
+    OBJECT = "soconnect"
+    EVENT = "soconnect_event"
+    VARIANTS = (Variant("tracepoint", ("soconnect_enter", "soconnect_exit")),)
+
+    def __init__(self, *, pid: int = 0, rports: list[int] | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.pid, self.rports = pid, rports or []
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid, "rports": self.rports, "n_rports": len(self.rports)}
+
+    def make_event(self, raw: tuple) -> ConnectCall:
+        i = self.idx
+        fam = raw[i["family"]]
+        return ConnectCall(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]),
+                           raw[i["fd"]], fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]],
+                           raw[i["lat_ns"]] / 1000.0, raw[i["ret"]])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace IP connect() calls with address, port, latency and result. {LATENCY_NOTE}"
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these destination ports")
+    p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
+    add_common(p, [v.hook for v in SoConnect.VARIANTS])
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = SoConnect(pid=args.pid, rports=args.port, hook=args.hook)
+    out = Output(args.json)
+    clock = Clock()
+    with tracer:
+        make = tracer.make_event
+        if args.json:
+            import json
+
+            def render(batch: list[tuple]) -> str:
+                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        else:
+            out.write(("TIME     " if args.timestamp else "") +
+                      f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} {'LAT(us)':>8} RESULT\n")
+
+            def render(batch: list[tuple]) -> str:
+                lines = []
+                for r in batch:
+                    ev = make(r)
+                    line = (f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {str(ev.addr):<16} {ev.port:<5} "
+                            f"{int(ev.lat_us):>8} {ev.result}\n")
+                    lines.append(f"{clock.hms(ev.ts_ns)} " + line if args.timestamp else line)
+                return "".join(lines)
+        return stream_events(tracer, out, render)

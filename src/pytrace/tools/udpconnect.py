@@ -1,0 +1,100 @@
+"""udpconnect: connect() calls on UDP sockets, with the destination.
+
+Library:
+
+    from pytrace.tools.udpconnect import UdpConnect
+    with UdpConnect() as t:
+        for ev in t.events(duration=10):          # UdpConnectCall, frozen
+            print(ev.pid, ev.comm, ev.raddr, ev.rport)
+
+Reported when the call starts, whatever its result (as the book's kprobe
+on ip4/ip6_datagram_connect does); disconnects (AF_UNSPEC) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.loader import Variant
+from ..core.net import AF_INET, addr_obj, comm_text
+from ..core.stream import EventTracer
+
+NAME = "udpconnect"
+SUMMARY = "connect() on UDP sockets, with the destination"
+
+
+@dataclass(frozen=True, slots=True)
+class UdpConnectCall:
+    ts_ns: int
+    pid: int
+    tid: int
+    comm: str
+    family: int                # of the destination: AF_INET or AF_INET6
+    raddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    rport: int
+    lport: int                 # 0 when the socket was not bound yet
+    protocol: int              # 17 UDP, 136 UDP-Lite
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm,
+                "ip": 4 if self.family == AF_INET else 6, "raddr": str(self.raddr), "rport": self.rport,
+                "lport": self.lport, "protocol": self.protocol}
+
+
+class UdpConnect(EventTracer):
+    OBJECT = "udpconnect"
+    EVENT = "udpconnect_event"
+    VARIANTS = (
+        Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),
+        Variant("tracepoint", ("udpconnect_tracepoint",)),
+    )
+
+    def __init__(self, *, pid: int = 0, rports: list[int] | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.pid, self.rports = pid, rports or []
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid, "rports": self.rports, "n_rports": len(self.rports)}
+
+    def make_event(self, raw: tuple) -> UdpConnectCall:
+        i = self.idx
+        fam = raw[i["family"]]
+        return UdpConnectCall(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]), fam,
+                              addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]],
+                              raw[i["protocol"]])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace connect() calls on UDP sockets. {LATENCY_NOTE}"
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these destination ports")
+    add_common(p, [v.hook for v in UdpConnect.VARIANTS])
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = UdpConnect(pid=args.pid, rports=args.port, hook=args.hook)
+    out = Output(args.json)
+    clock = Clock()
+    with tracer:
+        make = tracer.make_event
+        if args.json:
+            import json
+
+            def render(batch: list[tuple]) -> str:
+                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        else:
+            out.write(f"{'TIME':<8} {'PID':<6} {'COMM':<16} {'IP':<2} {'RADDR':<16} {'RPORT':<5}\n")
+
+            def render(batch: list[tuple]) -> str:
+                lines = []
+                for r in batch:
+                    ev = make(r)
+                    ip = 4 if ev.family == AF_INET else 6
+                    lines.append(f"{clock.hms(ev.ts_ns):<8} {ev.pid:<6} {ev.comm:<16} {ip:<2} "
+                                 f"{str(ev.raddr):<16} {ev.rport:<5}\n")
+                return "".join(lines)
+        return stream_events(tracer, out, render)
