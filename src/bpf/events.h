@@ -16,8 +16,9 @@
  *
  *  - the first record after an idle gap longer than rb_idle_ns wakes the
  *    reader at once, so a lone event is printed immediately;
- *  - a record that takes the unread data past rb_wake_bytes wakes the reader,
- *    so a burst cannot overrun the ring between two timer ticks.
+ *  - a record that takes the unread data across a multiple of rb_wake_bytes
+ *    wakes the reader, so a burst cannot overrun the ring between two timer
+ *    ticks (once per crossing: never one wakeup per record).
  *
  * Reserve failures are counted in lost_events (.bss), which the reader maps
  * and reports: nothing is lost silently.
@@ -45,15 +46,25 @@ EVENT_RING(events, 8 << 20);
 		__e;                                                   \
 	})
 
-static __always_inline void event_submit(void *e, __u64 now)
+/* Submit a reserved record; now is bpf_ktime_get_ns() (the caller has it). */
+#define event_submit(e, now) __event_submit((e), (now), sizeof(*(e)) + 8)
+
+static __always_inline void __event_submit(void *e, __u64 now, __u64 rec_bytes)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	__u64 last = last_event_ns;
+	__u64 avail, mask = ~(rb_wake_bytes - 1);
 
-	if (now - last > rb_idle_ns)
+	if (now - last > rb_idle_ns) {
 		flags = BPF_RB_FORCE_WAKEUP;
-	else if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= rb_wake_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
+	} else {
+		/* Wake once each time the unread data crosses a multiple of
+		 * rb_wake_bytes (a power of two), not for every record above it:
+		 * a reader that is behind would otherwise get an IPI per event. */
+		avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		if ((avail & mask) != ((avail - rec_bytes) & mask))
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
 	/* Only write the shared cache line when it changes meaningfully: a
 	 * store per event from every CPU would bounce it between them. */
 	if (now - last > rb_idle_ns / 4)
