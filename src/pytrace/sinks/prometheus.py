@@ -1,0 +1,201 @@
+"""Prometheus metrics from the tools' library objects (for `pytrace exporter`).
+
+Two kinds of collector, both registered with a prometheus_client registry:
+
+- map collectors read a tool's in-kernel aggregate when Prometheus scrapes,
+  never on a timer (tcprtt: its log2 srtt histograms, as native Prometheus
+  histograms: slot i of a log2 histogram holds the integers up to 2^(i+1)-1,
+  which becomes the bucket le=(2^(i+1)-1) in the metric's base unit; the
+  kernel's last slot also takes every larger value, so it is only +Inf);
+- EventCounter, a Sink like the recorder and InfluxDB, counts an
+  event-streaming tool's events by chosen event fields as they stream (fed
+  by an EventPump thread), plus the events the kernel lost.
+
+MAP_COLLECTORS names the tools with an in-kernel aggregate; every other
+event-streaming tool is counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from ..core.hist import Log2Histogram
+from . import EventSource, Sink
+
+
+def log2_buckets(hist: Log2Histogram, divisor: float) -> tuple[list[tuple[str, int]], int]:
+    """Cumulative Prometheus buckets of a kernel log2 histogram (values divided
+    by divisor to reach the base unit), and the count they add up to.
+
+    Every slot but the last gets its finite upper bound, empty or not, so the
+    bucket set stays the same from scrape to scrape (rate() needs that)."""
+    out, acc = [], 0
+    slots = hist.slots
+    for i in range(len(slots) - 1):
+        acc += slots[i]
+        out.append((floatToGoString(Log2Histogram.bounds(i)[1] / divisor), acc))
+    acc += slots[-1] if slots else 0
+    out.append(("+Inf", acc))
+    return out, acc
+
+
+def label_text(value: Any) -> str:
+    """An event attribute as a label value (enums by name)."""
+    if isinstance(value, enum.Enum):
+        return value.name
+    return "" if value is None else str(value)
+
+
+class MapCollector:
+    """Base of the scrape-time collectors: one tool object, one metric family."""
+    TOOL: ClassVar[str]
+    NAME: ClassVar[str]
+    HELP: ClassVar[str]
+
+    def __init__(self, tracer: Any, name: str | None, help_text: str | None, labels: dict[str, str]):
+        self.tracer = tracer
+        self.name = name or self.NAME
+        self.help = help_text or self.HELP
+        self.const = labels
+
+    @classmethod
+    def dynamic_labels(cls, options: dict[str, Any]) -> list[str]:
+        """Labels the collector adds itself, given the tool's options."""
+        return []
+
+    def describe(self) -> list:
+        return []   # nothing to collect at registration: the tool may not be open yet
+
+    def collect(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class TcpRttCollector(MapCollector):
+    TOOL = "tcprtt"
+    NAME = "pytrace_tcp_rtt_seconds"
+    HELP = ("TCP smoothed RTT (srtt) of every segment received on an established connection, "
+            "from tcprtt's in-kernel log2 histogram")
+
+    @classmethod
+    def dynamic_labels(cls, options: dict[str, Any]) -> list[str]:
+        return ["laddr"] if options.get("by_laddr") else ["raddr"] if options.get("by_raddr") else []
+
+    def collect(self) -> Iterator[Any]:
+        t = self.tracer
+        dyn = ["laddr"] if t.by_laddr else ["raddr"] if t.by_raddr else []
+        fam = HistogramMetricFamily(self.name, self.help, labels=[*self.const, *dyn])
+        divisor = 1e3 if t.ms else 1e6
+        hists = t.histograms()
+        for addr, h in sorted(hists.items(), key=lambda kv: str(kv[0])):
+            buckets, _count = log2_buckets(h, divisor)
+            values = [*self.const.values(), *([str(addr)] if dyn else [])]
+            fam.add_metric(values, buckets, (h.sum or 0) / divisor)
+        yield fam
+
+
+MAP_COLLECTORS: dict[str, type[MapCollector]] = {c.TOOL: c for c in (TcpRttCollector,)}
+
+
+class EventCounter(Sink):
+    """Events counted by the values of some of their fields (count_by)."""
+
+    def __init__(self, tool: str, name: str, help_text: str, count_by: Sequence[str], labels: dict[str, str]):
+        self.tool, self.name, self.help = tool, name, help_text
+        self.count_by = list(count_by)
+        self.const = labels
+        self.counts: dict[tuple[str, ...], int] = {}
+        self.lost_total = 0
+        self._lock = threading.Lock()
+        self._key: Callable[[tuple], tuple[str, ...]] = lambda raw: ()
+
+    def begin(self, source: EventSource) -> None:
+        make, names = source.make_event, self.count_by
+        if not names:
+            return
+
+        def from_event(raw: tuple) -> tuple[str, ...]:
+            ev = make(raw)
+            return tuple(label_text(getattr(ev, n)) for n in names)
+        self._key = from_event
+        idx = [source.fields.index(n) for n in names if n in source.fields]
+        if len(idx) == len(names):
+            # every label is a raw field of the same name: decode each distinct raw value once
+            memo: dict[tuple, tuple[str, ...]] = {}
+
+            def memoised(raw: tuple) -> tuple[str, ...]:
+                rk = tuple(raw[i] for i in idx)
+                key = memo.get(rk)
+                if key is None:
+                    if len(memo) > 65536:
+                        memo.clear()
+                    key = memo[rk] = from_event(raw)
+                return key
+            self._key = memoised
+
+    def events(self, batch: list[tuple]) -> None:
+        key = self._key
+        local: dict[tuple[str, ...], int] = {}
+        for raw in batch:
+            k = key(raw)
+            local[k] = local.get(k, 0) + 1
+        with self._lock:
+            counts = self.counts
+            for k, n in local.items():
+                counts[k] = counts.get(k, 0) + n
+
+    def lost(self, total: int) -> None:
+        self.lost_total = total
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            items = sorted(self.counts.items())
+        fam = CounterMetricFamily(self.name, self.help, labels=[*self.const, *self.count_by])
+        for key, n in items:
+            fam.add_metric([*self.const.values(), *key], n)
+        yield fam
+        lost = CounterMetricFamily(self.lost_name, f"{self.tool} events the kernel could not queue (ring "
+                                   "buffer full): not in the count above", labels=list(self.const))
+        lost.add_metric(list(self.const.values()), self.lost_total)
+        yield lost
+
+    @property
+    def lost_name(self) -> str:
+        base = self.name[:-6] if self.name.endswith("_total") else self.name
+        return base + "_lost"
+
+
+class EventPump:
+    """A thread that streams an opened event tracer into a sink until stopped."""
+
+    def __init__(self, tracer: Any, sink: Sink, tool: str, on_error: Callable[[str], None]):
+        self.tracer, self.sink, self.tool, self.on_error = tracer, sink, tool, on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pump-{tool}", daemon=True)
+
+    def start(self) -> None:
+        self.sink.begin(EventSource.of(self.tracer, self.tool))
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for batch in self.tracer.batches():
+                if batch:
+                    self.sink.events(batch)
+                self.sink.lost(self.tracer.lost)
+                if self._stop.is_set():
+                    return
+        except Exception as exc:  # reported once; the other metrics keep being served
+            self.on_error(f"{self.tool}: event stream stopped: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)

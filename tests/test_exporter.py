@@ -1,0 +1,271 @@
+"""`pytrace exporter`: /metrics after known traffic equals the exporter's own
+in-kernel map (read back with bpftool), event counts equal the connections
+made, a real Prometheus server (Debian's) scrapes it and answers queries,
+and a config it cannot use exits 2 naming the line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import Cli, free_port, run_cli, tcp_roundtrip, wait_until
+
+prometheus_client = pytest.importorskip("prometheus_client", reason="the exporter needs prometheus_client "
+                                        "(scripts/setup.sh installs it)")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+
+class PingPong:
+    """One loopback connection exchanging request/response pairs on demand."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.cli = socket.create_connection(("127.0.0.1", self.port))
+        self.cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.acc, _ = self.srv.accept()
+        self.acc.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(self, n: int) -> None:
+        for _ in range(n):
+            self.cli.sendall(b"q" * 32)
+            self.acc.recv(32)
+            self.acc.sendall(b"a" * 32)
+            self.cli.recv(32)
+
+    def close(self) -> None:
+        for s in (self.cli, self.acc, self.srv):
+            s.close()
+
+
+class Exporter:
+    def __init__(self, tmp_path: Path, config: str):
+        self.port = free_port()
+        self.config = tmp_path / "exporter.toml"
+        self.config.write_text(config)
+        self.cli = Cli("exporter", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}")
+        assert wait_until(lambda: self._get() is not None, 10), "exporter not serving"
+
+    def _get(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    def scrape(self) -> dict[str, list]:
+        """metric family name -> samples"""
+        text = self._get()
+        assert text is not None
+        return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+    def map_dump(self, name: str) -> list[dict]:
+        """The exporter's own BPF map `name`, read by bpftool (found through its fds)."""
+        pid = self.cli.proc.pid
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-map":
+                    continue
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            map_id = next(int(l.split()[1]) for l in info.splitlines() if l.startswith("map_id:"))
+            show = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
+                                             capture_output=True, text=True, check=True).stdout)
+            if show.get("name") == name:
+                out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
+                                     capture_output=True, text=True, check=True).stdout
+                return [e["formatted"] for e in json.loads(out)]
+        raise AssertionError(f"exporter holds no map {name}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        rc, _, err = self.cli.stop(sig)
+        return rc, err
+
+
+def histogram(samples: list, **labels: str) -> tuple[list[tuple[float, float]], float, float]:
+    """(cumulative buckets [(le, count)], count, sum) of one labelled histogram."""
+    mine = [s for s in samples if all(s.labels.get(k) == v for k, v in labels.items())]
+    buckets = sorted((float(s.labels["le"]), s.value) for s in mine if s.name.endswith("_bucket"))
+    count = next(s.value for s in mine if s.name.endswith("_count"))
+    total = next(s.value for s in mine if s.name.endswith("_sum"))
+    return buckets, count, total
+
+
+def settle(exp: Exporter) -> None:
+    """Wait until the connection is quiet (the peer's delayed ACK can still
+    arrive after the last exchange) so the map holds still while compared."""
+    def still() -> bool:
+        before = exp.map_dump("hists")
+        time.sleep(0.3)
+        return exp.map_dump("hists") == before
+    assert wait_until(still, 10, 0)
+
+
+def check_against_map(exp: Exporter, port_label: str) -> int:
+    settle(exp)
+    fams = exp.scrape()
+    entries = exp.map_dump("hists")
+    assert len(entries) == 1
+    kernel = entries[0]["value"]
+    buckets, count, total = histogram(fams["pytrace_tcp_rtt_seconds"], service=port_label)
+    slots = kernel["slots"]
+    # bucket le = 2^(i+1)-1 usecs for slot i; the last slot is open-ended (+Inf only)
+    assert [le for le, _ in buckets[:-1]] == [((1 << (i + 1)) - 1) / 1e6 for i in range(len(slots) - 1)]
+    assert buckets[-1][0] == float("inf")
+    assert [c for _, c in buckets] == [sum(slots[:i + 1]) for i in range(len(slots))]
+    assert count == kernel["cnt"] == sum(slots)
+    assert total == pytest.approx(kernel["latency"] / 1e6, rel=1e-12, abs=1e-12)
+    return int(count)
+
+
+def test_histogram_counts_equal_the_in_kernel_map_at_scrape_time(tmp_path):
+    pp = PingPong()
+    exp = Exporter(tmp_path, f"""
+[[metric]]
+tool = "tcprtt"
+labels = {{ service = "web" }}
+options = {{ lport = {pp.port} }}
+""")
+    try:
+        pp.exchange(200)
+        first = check_against_map(exp, "web")
+        assert first >= 200
+        pp.exchange(100)      # no timer: the next scrape reads the map as it is now
+        assert check_against_map(exp, "web") >= first + 100
+    finally:
+        rc, err = exp.stop()
+        pp.close()
+    assert rc == 0, err
+
+
+def test_event_tool_counts_by_field(tmp_path):
+    port = free_port()
+    exp = Exporter(tmp_path, f"""
+[[metric]]
+tool = "tcpstates"
+count_by = ["newstate"]
+labels = {{ team = "net" }}
+options = {{ lports = [{port}] }}
+""")
+    try:
+        for _ in range(3):
+            tcp_roundtrip("127.0.0.1", port)
+
+        def counts() -> dict[str, float]:
+            return {s.labels["newstate"]: s.value for s in exp.scrape()["pytrace_tcpstates_events"]
+                    if s.name.endswith("_total")}
+        assert wait_until(lambda: sum(counts().values()) >= 21, 10)
+        got = counts()
+        fams = exp.scrape()
+    finally:
+        rc, err = exp.stop()
+    assert rc == 0, err
+    assert got == {"LISTEN": 3, "SYN_RECV": 3, "ESTABLISHED": 3, "CLOSE_WAIT": 3, "LAST_ACK": 3, "CLOSE": 6}
+    assert {s.labels["team"] for s in fams["pytrace_tcpstates_events"]} == {"net"}
+    assert [s.value for s in fams["pytrace_tcpstates_events_lost"] if s.name.endswith("_total")] == [0]
+
+
+def test_prometheus_server_scrapes_and_answers_queries(tmp_path):
+    pp = PingPong()
+    exp = Exporter(tmp_path, f"""
+[exporter]
+listen = "127.0.0.1:1"            # --listen wins over this
+
+[[metric]]
+tool = "tcprtt"
+name = "pt_test_rtt_seconds"
+labels = {{ service = "prom" }}
+options = {{ lport = {pp.port} }}
+""")
+    prom_port = free_port()
+    (tmp_path / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: pytrace
+    static_configs:
+      - targets: ["127.0.0.1:{exp.port}"]
+""")
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path}/prometheus.yml",
+                             f"--storage.tsdb.path={tmp_path}/tsdb", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+    try:
+        pp.exchange(150)
+        settle(exp)
+        want = histogram(exp.scrape()["pt_test_rtt_seconds"], service="prom")[1]
+        assert want >= 150
+
+        def query() -> list:
+            q = urllib.parse.urlencode({"query": 'pt_test_rtt_seconds_count{service="prom"}'})
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/query?{q}", timeout=2) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                return []
+            return body["data"]["result"] if body.get("status") == "success" else []
+        assert wait_until(lambda: [float(r["value"][1]) for r in query()] == [want], 30), \
+            (query(), (tmp_path / "prometheus.log").read_text()[-1500:])
+        result = query()[0]["metric"]
+        assert result["job"] == "pytrace" and result["service"] == "prom"
+        q = urllib.parse.urlencode({"query": 'pt_test_rtt_seconds_bucket{service="prom",le="+Inf"}'})
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/query?{q}", timeout=5) as r:
+            assert float(json.loads(r.read())["data"]["result"][0]["value"][1]) == want
+    finally:
+        prom.terminate()
+        prom.wait(15)
+        exp.stop()
+        pp.close()
+
+
+BAD_CONFIGS = [
+    ("[[metric]]\ntool = \"tcprtt\"\noptions = { lport = }\n", 3, "Invalid"),
+    ("\n[[metric]]\ntool = \"nosuchtool\"\n", 3, "nosuchtool"),
+    ("[[metric]]\ntool = \"tcprtt\"\n\n[[metric]]\ntool = \"tcprtt\"\nname = \"b\"\noptions = { rport = \"https\" }\n", 7,
+     "rport"),
+    ("[[metric]]\ntool = \"tcprtt\"\n[metric.options]\nlport = 80\nnosuch = 1\n", 5, "nosuch"),
+    ("[[metric]]\ntool = \"tcprtt\"\ncolour = \"blue\"\n", 3, "colour"),
+    ("[[metric]]\ntool = \"tcpstates\"\ncount_by = [\"newstate\", \"flavour\"]\n", 3, "flavour"),
+    ("[[metric]]\ntool = \"tcprtt\"\nlabels = { \"bad-name\" = \"x\" }\n", 3, "bad-name"),
+    ("[[metric]]\ntool = \"tcprtt\"\n[[metric]]\ntool = \"tcprtt\"\n", 3, "already exported"),
+    ("[exporter]\nlisten = \"nowhere\"\n", 2, "HOST:PORT"),
+    ("[exporter]\n", 1, "no [[metric]]"),
+    ("[[metric]]\ntool = \"tcprtt\"\ncount_by = [\"x\"]\n", 3, "count_by"),
+    ("[[metric]]\ntool = \"tcprtt\"\noptions = { by_raddr = true }\nlabels = { raddr = \"x\" }\n", 4, "raddr"),
+]
+
+
+@pytest.mark.parametrize("text,line,needle", BAD_CONFIGS)
+def test_malformed_config_exits_2_naming_the_line(tmp_path, text, line, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    r = run_cli("exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"line {line}:" in r.stderr and needle in r.stderr, r.stderr
+
+
+def test_bad_flags_and_busy_port(tmp_path):
+    r = run_cli("exporter", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text('[[metric]]\ntool = "tcprtt"\n')
+    r = run_cli("exporter", "--config", str(cfg), "--listen", "127.0.0.1:notaport")
+    assert r.returncode == 2 and "--listen" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r = run_cli("exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{busy.getsockname()[1]}")
+    assert r.returncode == 1 and "cannot listen" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr

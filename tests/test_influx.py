@@ -1,0 +1,257 @@
+"""--influx URL against a real InfluxDB 1.x server (Debian's influxd) that
+this module starts on loopback, with authentication on, and stops.
+
+Exact: what the server holds equals what the live --json stream printed; an
+outage within the buffer bound loses nothing; a longer one drops exactly the
+points that did not fit, and says how many."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import Cli, free_port, run_cli, tcp_roundtrip, wait_until
+
+PER_CONNECTION = 7     # tcpstates -L port: 2 listener + 5 accepted-socket changes
+USER = "pt_admin"
+PASSWORD = secrets.token_hex(12)
+ENV = {"INFLUX_USERNAME": USER, "INFLUX_PASSWORD": PASSWORD}
+
+
+class InfluxServer:
+    """influxd with its own directories and loopback ports; restartable on the same data."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port, self.rpc = free_port(), free_port()
+        self.config = root / "influxdb.conf"
+        self.config.write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc}"
+[meta]
+  dir = "{root}/meta"
+  logging-enabled = false
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = true
+  log-enabled = false
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        log = open(self.root / "influxd.log", "ab")
+        self.proc = subprocess.Popen(["influxd", "run", "-config", str(self.config)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        assert wait_until(self.ping, 20), (self.root / "influxd.log").read_text()[-2000:]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=1) as r:
+                return r.status == 204
+        except OSError:
+            return False
+
+    def url(self, db: str, **params: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{db}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+
+    def query(self, q: str, db: str | None = None, auth: bool = True) -> list[dict]:
+        data = urllib.parse.urlencode({"q": q, "epoch": "ns", **({"db": db} if db else {})}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/query", data=data)
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+        with urllib.request.urlopen(req, timeout=10) as r:
+            res = json.loads(r.read())["results"][0]
+        assert "error" not in res, res
+        out = []
+        for s in res.get("series", []):
+            out += [dict(zip(s["columns"], v)) for v in s["values"]]
+        return out
+
+    def count(self, db: str, measurement: str = "tcpstates") -> int:
+        try:
+            rows = self.query(f'SELECT count("pid") FROM "{measurement}"', db)
+        except (OSError, AssertionError):   # server down, or no database yet
+            return -1
+        return rows[0]["count"] if rows else 0
+
+
+@pytest.fixture(scope="module")
+def influx(tmp_path_factory):
+    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
+    server.start()
+    # with no user yet, InfluxDB lets the first admin be created without credentials
+    server.query(f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}' WITH ALL PRIVILEGES", auth=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def events_of(rows: list[dict]) -> list[dict]:
+    """Influx rows -> the live JSON's shape (time is the point's, not a field)."""
+    return sorted(({k: v for k, v in r.items() if k != "time"} for r in rows), key=lambda d: d["ts_ns"])
+
+
+def live_events(lines: list[str]) -> list[dict]:
+    return sorted((json.loads(l) for l in lines), key=lambda d: d["ts_ns"])
+
+
+def wait_printed(cli: Cli, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(cli.seen) < n:
+        cli.read_until(lambda l: True, 0.2)
+    assert len(cli.seen) == n, cli.seen
+
+
+def test_influx_holds_exactly_the_events_printed(influx):
+    db = "pt_events"
+    port = free_port()
+    cli = Cli("tcpstates", "--json", "-L", str(port), "--influx", influx.url(db, flush="0.2"), env=ENV)
+    cmdline = Path(f"/proc/{cli.proc.pid}/cmdline").read_bytes()
+    for _ in range(3):
+        tcp_roundtrip("127.0.0.1", port)
+    wait_printed(cli, 3 * PER_CONNECTION)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert PASSWORD.encode() not in cmdline and USER.encode() not in cmdline
+    assert "dropped" not in err and "rejected" not in err, err
+    rows = influx.query("SELECT * FROM tcpstates", db)
+    assert events_of(rows) == live_events(lines)
+    # strings are tags (GROUP BY-able), numbers fields; the time is the event's own
+    tags = influx.query("SHOW TAG KEYS FROM tcpstates", db)
+    assert {t["tagKey"] for t in tags} == {"comm", "laddr", "raddr", "oldstate", "newstate", "skaddr"}
+    offsets = {r["time"] - r["ts_ns"] for r in rows}
+    assert len(offsets) == 1 and abs(offsets.pop() - (time.time_ns() - time.monotonic_ns())) < 1e9
+
+
+def test_short_outage_loses_nothing(influx):
+    db = "pt_short"
+    port = free_port()
+    cli = Cli("tcpstates", "--json", "-L", str(port), "--influx", influx.url(db, flush="0.2", buffer="1000"),
+              env=ENV)
+    try:
+        tcp_roundtrip("127.0.0.1", port)
+        wait_printed(cli, PER_CONNECTION)
+        assert wait_until(lambda: influx.count(db) == PER_CONNECTION, 15)
+        influx.stop()
+        for _ in range(5):
+            tcp_roundtrip("127.0.0.1", port)
+        wait_printed(cli, 6 * PER_CONNECTION)
+        time.sleep(1.0)             # several flush intervals: the writer meets the outage
+    finally:
+        influx.start()
+    assert wait_until(lambda: influx.count(db) == 6 * PER_CONNECTION, 20)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert "cannot write" in err and "reachable again" in err, err
+    assert "dropped" not in err, err
+    assert events_of(influx.query("SELECT * FROM tcpstates", db)) == live_events(lines)
+
+
+def test_long_outage_drops_the_oldest_and_says_exactly_how_many(influx):
+    db = "pt_long"
+    port = free_port()
+    bound = 20
+    cli = Cli("tcpstates", "--json", "-L", str(port), "--influx",
+              influx.url(db, flush="0.2", buffer=str(bound), batch="5"), env=ENV)
+    try:
+        tcp_roundtrip("127.0.0.1", port)
+        wait_printed(cli, PER_CONNECTION)
+        assert wait_until(lambda: influx.count(db) == PER_CONNECTION, 15)
+        influx.stop()
+        for _ in range(10):
+            tcp_roundtrip("127.0.0.1", port)
+        wait_printed(cli, 11 * PER_CONNECTION)
+        time.sleep(1.0)
+    finally:
+        influx.start()
+    assert wait_until(lambda: influx.count(db) == PER_CONNECTION + bound, 20)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    m = re.search(r"(\d+) points dropped", err)
+    assert m, err
+    dropped = int(m.group(1))
+    assert dropped == 10 * PER_CONNECTION - bound
+    live = [json.loads(l) for l in lines]
+    stored = events_of(influx.query("SELECT * FROM tcpstates", db))
+    assert len(stored) == len(live) - dropped
+    # what survived: everything before the outage, and the newest `bound` of it
+    assert stored == sorted(live[:PER_CONNECTION] + live[-bound:], key=lambda d: d["ts_ns"])
+
+
+def test_tcprtt_intervals_become_fields(influx):
+    db = "pt_rtt"
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = srv.accept()
+    import threading
+
+    def talk():
+        for _ in range(100):
+            c.sendall(b"q")
+            a.recv(1)
+            a.sendall(b"a")
+            c.recv(1)
+    t = threading.Timer(0.8, talk)
+    t.start()
+    r = run_cli("tcprtt", "-d", "2", "-p", str(port), "--json", "--influx", influx.url(db, flush="0.2"), env=ENV)
+    t.join()
+    for s in (c, a, srv):
+        s.close()
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    rows = influx.query("SELECT * FROM tcprtt", db)
+    assert len(rows) == len(recs) == 1
+    row, rec = rows[0], recs[0]
+    assert row["count"] == rec["count"] >= 100 and row["sum"] == rec["sum"] and row["unit"] == "usecs"
+    buckets = {k: v for k, v in row.items() if k.startswith("bucket_") and v is not None}
+    assert buckets == {f"bucket_{b['low']}_{b['high']}": b["count"] for b in rec["buckets"]}
+
+
+@pytest.mark.parametrize("url,needle", [
+    ("http://someone:secret@127.0.0.1:8086/db", "INFLUX_USERNAME"),
+    ("ftp://127.0.0.1/db", "--influx"),
+    ("http://127.0.0.1:8086/db?buffer=0", "buffer"),
+    ("http://127.0.0.1:8086/db?bogus=1", "bogus"),
+])
+def test_bad_url_is_one_line_and_exit_2(url, needle):
+    r = run_cli("tcpstates", "--influx", url)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+    assert "secret" not in r.stderr
