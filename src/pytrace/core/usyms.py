@@ -1,5 +1,6 @@
-"""User-space symbols: a process's code addresses to `function+0xoff` (or
-`library+0xoff` where the ELF file has no symbol for it).
+"""Stacks: read from a BPF stack-trace map, and user-space symbols: a
+process's code addresses to `function+0xoff` (or `library+0xoff` where the
+ELF file has no symbol for it).  Kernel symbols are in ksyms.py.
 
 The process's mappings are read from /proc/PID/maps when first asked (so a
 process that has exited by then gets hex addresses only); each ELF file's
@@ -10,7 +11,9 @@ kept for the life of the process.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
+import struct
 from functools import lru_cache
 
 
@@ -110,3 +113,22 @@ def process_symbols(pid: int) -> ProcessSymbols:
             _procs.clear()
         ps = _procs[pid] = ProcessSymbols(pid)
     return ps
+
+
+def read_stack(stacks, sid: int, depth: int = 127) -> tuple[tuple[int, ...] | None, int]:
+    """A stack id as bpf_get_stackid() returned it -> (return addresses, 0).
+
+    -1 means "not collected": (None, 0).  Another negative id is -errno from
+    the kernel (e.g. EEXIST, a hash collision in a full table): ((), errno).
+    `stacks` is the BPF_MAP_TYPE_STACK_TRACE map (core.bpfobject.Map).
+    """
+    if sid == -1:
+        return None, 0
+    if sid < 0:
+        return (), -sid
+    raw = stacks.lookup(struct.pack("<I", sid))
+    if raw is None:
+        return (), errno.ENOENT
+    addrs = struct.unpack(f"<{depth}Q", raw[:8 * depth])
+    n = addrs.index(0) if 0 in addrs else depth
+    return addrs[:n], 0

@@ -38,6 +38,7 @@ from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.periodic import ticks
 from ..core.tracer import Tracer
+from ..core.usyms import read_stack
 
 NAME = "count"
 SUMMARY = "count tracepoint hits per probe (and per field values), filter in the kernel"
@@ -180,16 +181,7 @@ class TracepointCount(Tracer):
 
     # -- reading ---------------------------------------------------------------------
     def _stack(self, sid: int) -> tuple[tuple[int, ...] | None, int]:
-        if sid == -1:
-            return None, 0
-        if sid < 0:
-            return (), -sid
-        raw = self._stacks.lookup(struct.pack("<I", sid))
-        if raw is None:
-            return (), errno.ENOENT
-        addrs = struct.unpack(f"<{MAX_STACK_DEPTH}Q", raw)
-        n = addrs.index(0) if 0 in addrs else len(addrs)
-        return addrs[:n], 0
+        return read_stack(self._stacks, sid, MAX_STACK_DEPTH)
 
     def _key_values(self, probe: int, vals: bytes) -> tuple[tuple[str, KeyValue], ...]:
         out = []

@@ -1,0 +1,138 @@
+"""soconnlat: IP connect() latency histograms, per calling user stack and process.
+
+Library:
+
+    from pytrace.tools.soconnlat import SoConnLat
+    with SoConnLat() as t:
+        time.sleep(10)
+        for h in t.histograms():           # ConnLatHistogram, frozen
+            print(h.comm, h.pid, h.frames(), h.hist.count, h.hist.average)
+            print(h.hist.render())
+
+A blocking connect is timed to its return; a non-blocking one (EINPROGRESS)
+to the thread's next poll/select/epoll wait that returns ready descriptors.
+User stacks go past the first frame only in code built with frame pointers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.bpfobject import BpfObject
+from ..core.cliutil import add_common, positive_int
+from ..core.hist import Log2Histogram
+from ..core.loader import Variant
+from ..core.periodic import ticks
+from ..core.socklayer import cstr, histograms
+from ..core.tracer import Tracer
+from ..core.usyms import process_symbols, read_stack
+
+NAME = "soconnlat"
+SUMMARY = "IP connect() latency histograms with the caller's user stack"
+
+WAITS = ("poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2")
+OPTIONAL = {"soconnlat_epoll_pwait2"}   # Linux 5.11+
+
+
+@dataclass(frozen=True, slots=True)
+class ConnLatHistogram:
+    pid: int
+    comm: str
+    ustack: tuple[int, ...] | None     # return addresses, innermost first (None: stacks off)
+    ustack_error: int                  # errno when the stack could not be kept
+    hist: Log2Histogram
+
+    def frames(self) -> list[str]:
+        if self.ustack is None:
+            return []
+        if not self.ustack:
+            return [f"[missed user stack: {errno.errorcode.get(self.ustack_error, self.ustack_error)}]"]
+        return process_symbols(self.pid).stack(self.ustack)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"pid": self.pid, "comm": self.comm, **self.hist.to_dict()}
+        if self.ustack is not None:
+            d["ustack"] = self.frames()
+        return d
+
+
+class SoConnLat(Tracer):
+    OBJECT = "soconnlat"
+    VARIANTS = (Variant("tracepoint", ("soconnlat_enter", "soconnlat_exit",
+                                       *(f"soconnlat_{w}" for w in WAITS))),)
+
+    def __init__(self, *, pid: int = 0, stacks: bool = True, ms: bool = False, hook: str | None = None):
+        super().__init__(hook=hook)
+        self.pid, self.stacks, self.ms = pid, stacks, ms
+
+    def rodata(self) -> dict[str, Any]:
+        return {"targ_tgid": self.pid, "user_stacks": self.stacks, "targ_ms": self.ms}
+
+    def map_sizes(self) -> dict[str, int] | None:
+        return None if self.stacks else {"stacks": 1}
+
+    def attach(self, obj: BpfObject, variant: Variant) -> None:
+        for name in variant.programs:
+            try:
+                obj.attach(name)
+            except OSError as exc:
+                if name not in OPTIONAL or exc.errno != errno.ENOENT:
+                    raise
+
+    def setup(self) -> None:
+        self._hists = self.obj.map("hists")
+        self._stacks = self.obj.map("stacks")
+
+    def histograms(self, clear: bool = False) -> list[ConnLatHistogram]:
+        """One histogram per (user stack, process), most connects last."""
+        unit = "msecs" if self.ms else "usecs"
+        raw = histograms(self._hists, unit, lambda k: (k["ustack"], k["pid"], cstr(k["comm"])), clear)
+        out = []
+        for (sid, pid, comm), h in raw.items():
+            addrs, err = read_stack(self._stacks, sid)
+            out.append(ConnLatHistogram(pid, comm, addrs, err, h))
+        return sorted(out, key=lambda c: (c.hist.count, c.pid))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Summarize IP connect() latency as histograms per calling user stack and "
+                     "process; printed at Ctrl-C or every interval.")
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
+    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
+    p.add_argument("-S", "--no-stacks", action="store_true", help="do not key by user stack")
+    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_common(p, [v.hook for v in SoConnLat.VARIANTS])
+
+
+def render(hists: list[ConnLatHistogram]) -> str:
+    parts = []
+    for h in hists:
+        head = "".join(f"  {f}\n" for f in h.frames())
+        parts.append(f"{head}  {h.comm} [{h.pid}]\n{h.hist.render()}")
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook) as t:
+        if not args.json:
+            print("Tracing IP connect() latency with ustacks. Ctrl-C to end.", flush=True)
+        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+            hists = t.histograms(clear=bool(args.interval))
+            if args.json:
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
+                sys.stdout.write("".join(json.dumps({"ts": ts, **h.to_dict()}) + "\n" for h in hists))
+            else:
+                if args.timestamp:
+                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
+                sys.stdout.write(render(hists))
+            sys.stdout.flush()
+    return 0
