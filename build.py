@@ -234,6 +234,7 @@ def build(force: bool = False, quiet: bool = False) -> list[Path]:
             obj = compile_one(src, clang, strip, arch)
             write_layouts(obj)
             built.append(obj)
+            write_manifest()  # at once: a parallel user of this checkout may load the new object
     known = {s.name[:-2] + ".o" for s in sources}
     for obj in OUT.glob("*.bpf.o"):
         if obj.name not in known:

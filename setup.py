@@ -15,15 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build as bpf_build  # noqa: E402  (the project's build.py)
 
 try:
-    from wheel.bdist_wheel import bdist_wheel
-except ImportError:  # pragma: no cover
-    bdist_wheel = None
+    from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
+except ImportError:
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:  # pragma: no cover
+        bdist_wheel = None
 
 
 class BuildPy(build_py):
     def run(self):
         try:
             bpf_build.build()
+            __import__("build_web").build()  # the web views' npm bundle (build_web.py)
             # the package carries libbpf (+ libelf) for hosts that lack it: see core/libbpf.py
             bpf_build.bundle_libs()
         except bpf_build.BuildError as exc:
