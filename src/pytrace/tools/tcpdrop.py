@@ -1,0 +1,187 @@
+"""tcpdrop: TCP packets dropped by the kernel, with the drop reason and kernel stack.
+
+Library:
+
+    from pytrace.tools.tcpdrop import TcpDrop
+    with TcpDrop() as tracer:
+        for d in tracer.events(duration=10):
+            print(d.saddr, d.sport, ">", d.daddr, d.dport, d.reason, d.flags, d.stack[:3])
+
+Addresses and ports are the dropped packet's own (source > destination),
+so an incoming packet shows the remote end first.  state is the TCP state
+of the socket it belonged to, None when it reached none (NO_SOCKET: nothing
+listens).  reason is the kernel's enum skb_drop_reason name, read from this
+kernel's BTF.  stack is symbolized from /proc/kallsyms, innermost first,
+starting at the function that freed the packet.  PID is the task current
+at the drop (often 0 or unrelated: most drops happen in softirq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, positive_int, stream_events
+from ..core.errors import UsageError
+from ..core.loader import Variant
+from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
+from ..core.stream import EventTracer
+
+NAME = "tcpdrop"
+SUMMARY = "TCP packets dropped by the kernel: addresses, state, flags, reason, stack"
+
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# include/net/tcp.h TCPHDR_*, in BCC's order
+_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"),
+               (0x10, "ACK"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))
+FLAGS_TEXT = tuple("|".join(n for bit, n in _FLAG_NAMES if f & bit) for f in range(256))
+
+# Frames of the tracing machinery itself, above the function that dropped
+# the packet: removed from the top of every stack (names differ by hook).
+_TRACING_PREFIXES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_call_bpf",
+                     "perf_trace_", "perf_tp_event", "perf_swevent", "__perf_", "bpf_get_stack",
+                     "bpf_overflow_handler", "trace_kfree_skb", "__probestub_")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpDropEvent:
+    ts_ns: int                 # CLOCK_MONOTONIC
+    pid: int
+    family: int
+    saddr: Addr
+    sport: int
+    daddr: Addr
+    dport: int
+    state: TcpState | None     # None: the packet reached no socket
+    flags: str                 # "SYN", "ACK|PSH"... as BCC prints them
+    reason: str                # enum skb_drop_reason name without SKB_DROP_REASON_
+    stack: tuple[str, ...]     # "function+0xoff", innermost first
+    skaddr: int
+    netns: int                 # inode number of the network namespace
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts_ns": self.ts_ns, "pid": self.pid, "ip": 4 if self.family == AF_INET else 6,
+                "saddr": str(self.saddr), "sport": self.sport, "daddr": str(self.daddr), "dport": self.dport,
+                "state": None if self.state is None else getattr(self.state, "name", str(self.state)),
+                "flags": self.flags, "reason": self.reason, "stack": list(self.stack),
+                "skaddr": f"{self.skaddr:x}", "netns": self.netns}
+
+
+class TcpDrop(EventTracer):
+    OBJECT = "tcpdrop"
+    EVENT = "tcpdrop_event"
+    VARIANTS = (
+        Variant("tp_btf", ("tcpdrop_tp_btf",)),
+        Variant("raw_tp", ("tcpdrop_raw_tp",)),
+        Variant("tracepoint", ("tcpdrop_tracepoint",)),
+    )
+
+    def __init__(self, *, family: int = 0, netns: int = 0, **kw: Any):
+        super().__init__(**kw)
+        self.family, self.netns = family, netns
+
+    def rodata(self) -> dict[str, Any]:
+        return {"target_family": self.family, "target_netns": self.netns}
+
+    def setup(self) -> None:
+        super().setup()
+        from ..core.kernel_btf import drop_reasons
+        from ..core.ksyms import kernel_symbols
+        self.reasons = drop_reasons()
+        self.ksyms = kernel_symbols()
+        i = self.idx
+        self._stack_at = i["stack[0]"]
+
+    def reason_name(self, value: int) -> str:
+        return self.reasons.get(value) or str(value)
+
+    def stack_of(self, raw: tuple) -> list[str]:
+        """The symbolized stack of a raw record, tracing frames removed."""
+        n = max(0, raw[self.idx["stack_bytes"]]) // 8
+        at = self._stack_at
+        names = self.ksyms.stack(raw[at:at + n])
+        k = 0
+        while k < len(names) and names[k].startswith(_TRACING_PREFIXES):
+            k += 1
+        return names[k:]
+
+    def make_event(self, raw: tuple) -> TcpDropEvent:
+        i = self.idx
+        fam = raw[i["family"]]
+        state = raw[i["state"]]
+        return TcpDropEvent(raw[i["ts_ns"]], raw[i["pid"]], fam, addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
+                            addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]],
+                            TcpState.of(state) if state else None, FLAGS_TEXT[raw[i["tcpflags"]]],
+                            self.reason_name(raw[i["reason"]]), tuple(self.stack_of(raw)), raw[i["skaddr"]],
+                            raw[i["netns"]])
+
+
+# -- command line ---------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"Trace TCP drops by the kernel. {LATENCY_NOTE}"
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    ns = p.add_mutually_exclusive_group()
+    ns.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+                    help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)")
+    ns.add_argument("--pid-netns", type=positive_int, default=0, metavar="PID",
+                    help="only the network namespace of this process")
+    add_common(p, [v.hook for v in TcpDrop.VARIANTS])
+
+
+def _netns(args: argparse.Namespace) -> int:
+    if args.pid_netns:
+        try:
+            return os.stat(f"/proc/{args.pid_netns}/ns/net").st_ino
+        except OSError:
+            raise UsageError(f"--pid-netns {args.pid_netns}: no such process") from None
+    return args.netns_id
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = TcpDrop(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, netns=_netns(args),
+                     hook=args.hook)
+    out = Output(args.json)
+    with tracer:
+        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, out)
+        return stream_events(tracer, out, render)
+
+
+def _json_renderer(tracer: TcpDrop):
+    import json
+    make = tracer.make_event
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def render(batch: list[tuple]) -> str:
+        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
+    return render
+
+
+def _text_renderer(tracer: TcpDrop, out: Output):
+    """BCC tcpdrop's lines (plus REASON), each followed by its stack and a blank line."""
+    out.write("%-8s %-7s %-2s %-20s > %-20s %s (%s) %s\n" % ("TIME", "PID", "IP", "SADDR:SPORT", "DADDR:DPORT",
+                                                           "STATE", "FLAGS", "REASON"))
+    i = tracer.idx
+    i_ts, i_pid, i_fam, i_sa, i_sp = i["ts_ns"], i["pid"], i["family"], i["saddr"], i["sport"]
+    i_da, i_dp, i_state, i_flags, i_reason = i["daddr"], i["dport"], i["state"], i["tcpflags"], i["reason"]
+    addr, clock, states = AddrFormatter(), Clock(), STATE_NAMES
+    ipver = {AF_INET: 4, AF_INET6: 6}
+
+    def render(batch: list[tuple]) -> str:
+        lines = []
+        for r in batch:
+            fam, state = r[i_fam], r[i_state]
+            lines.append("%-8s %-7d %-2d %-20s > %-20s %s (%s) %s\n" % (
+                clock.hms(r[i_ts]), r[i_pid], ipver.get(fam, 0), f"{addr(fam, r[i_sa])}:{r[i_sp]}",
+                f"{addr(fam, r[i_da])}:{r[i_dp]}", states[state] if state else "-", FLAGS_TEXT[r[i_flags]],
+                tracer.reason_name(r[i_reason])))
+            lines.extend(f"\t{frame}\n" for frame in tracer.stack_of(r))
+            lines.append("\n")
+        return "".join(lines)
+    return render
