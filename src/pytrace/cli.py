@@ -89,7 +89,9 @@ def _run_tool(name: str, argv: list[str]) -> int:
     sinks = None
     if getattr(args, "record", None) or getattr(args, "influx", None):
         from . import sinks as sinkmod
+        from .core.stream import EventTracer
         cliutil.share_epoch()       # so a recording replays -T/-t columns exactly
+        EventTracer.projection_allowed = False     # sinks store and decode whole records
         sinks = sinkmod.from_args(name, argv, args)
         cliutil.set_sinks(sinks)
     failed = True

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import enum
+import inspect
+import json
 import os
 import re
 import sys
@@ -99,15 +101,36 @@ def event_filter(source: Any, conds: list[tuple[str, bool, str]]) -> Callable[[t
     return keep
 
 
+def _call(fn: Callable, source: Any, args: Any, out: cliutil.Output) -> Any:
+    """Call a tool's renderer factory, passing what its parameters name."""
+    by_name = {"tracer": source, "source": source, "args": args, "out": out}
+    params = list(inspect.signature(fn).parameters)
+    if not all(p in by_name for p in params):
+        raise PytraceError(f"cannot call {fn.__module__}.{fn.__name__}{inspect.signature(fn)} to replay")
+    return fn(*(by_name[p] for p in params))
+
+
+def _generic_json(source: Any):
+    make = source.make_event
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def render(batch: list[tuple]) -> str:
+        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
+    return render
+
+
 def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
-    make = getattr(module, "renderer", None)
-    if make is not None:
-        return make(source, args, out)
-    if getattr(args, "json", False) and hasattr(module, "_json_renderer"):
-        return module._json_renderer(source)
+    """The tool's own renderer for these args (see the protocol in pytrace.sinks)."""
+    json_mode = getattr(args, "json", False)
+    if hasattr(module, "renderer"):
+        return _call(module.renderer, source, args, out)
+    if json_mode:
+        fn = getattr(module, "_json_renderer", None)
+        return _call(fn, source, args, out) if fn else _generic_json(source)
     if hasattr(module, "_text_renderer"):
-        return module._text_renderer(source, args, out)
-    raise PytraceError(f"{module.NAME} has no renderer that replay can use")
+        return _call(module._text_renderer, source, args, out)
+    raise PytraceError(f"{module.NAME} has no renderer replay can use for its text output "
+                       "(replay --json prints its events)")
 
 
 def run(argv: list[str]) -> int:
@@ -147,17 +170,23 @@ def run(argv: list[str]) -> int:
             return _replay_snapshots(rec, module, targs, out, since, until, conds)
         if rec.kind != "events":
             return 0   # the tool never started streaming: nothing was recorded
+        from ..core.stream import EventTracer
+        EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
         source = rec.source()
-        render = _tool_renderer(module, source, targs, out)
-        keep = event_filter(source, conds) if conds else None
-        for batch, losts in rec.batches(since, until):
-            if keep is not None:
-                batch = [r for r in batch if keep(r)]
-            if batch:
-                out.write(render(batch))
-            for count, total in losts:
-                out.reported_lost = total - count
-                out.lost(total)
+        try:
+            render = _tool_renderer(module, source, targs, out)
+            keep = event_filter(source, conds) if conds else None
+            for batch, losts in rec.batches(since, until):
+                if keep is not None:
+                    batch = [r for r in batch if keep(r)]
+                if batch:
+                    out.write(render(batch))
+                for count, total in losts:
+                    out.reported_lost = total - count
+                    out.lost(total)
+        except AttributeError as exc:   # make_event wants what only a loaded tracer has
+            raise PytraceError(f"{rec.tool} cannot decode its records without loading it ({exc}); "
+                               "its tracer needs a prepare_replay() (see pytrace.sinks)") from None
         return 0
     finally:
         rec.close()

@@ -59,10 +59,16 @@ class EventTracer(Tracer):
         self.raw_fields = names
         self.idx = {n: i for i, n in enumerate(names)}
 
+    # Sinks (--record, --influx) and `pytrace replay` need whole records: they
+    # turn projection off for the process, and project() then keeps every field.
+    projection_allowed: ClassVar[bool] = True
+
     def project(self, fields: set[str]) -> None:
         """Decode only these fields from now on (a text renderer that needs few
         fields pays for no others).  make_event() needs every field: library
         users do not project."""
+        if not EventTracer.projection_allowed:
+            return
         fmt, names = self.layout.projection(fields)
         self.ring.set_format(fmt)
         self._set_fields(names)

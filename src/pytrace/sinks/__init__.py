@@ -22,10 +22,14 @@ stored records.  An event tool module provides
     renderer(source, args, out) -> render(batch: list[tuple]) -> str
 
 (or the pair _json_renderer(source) / _text_renderer(source, args, out)),
-where `source` is the live tracer or, on replay, an unopened instance of the
-same tracer class whose raw_fields/idx come from the recording: so render()
-and make_event() may use only raw_fields, idx, make_event and constructor
-defaults.  Clocks made with cliutil.Clock() replay with the recorded epoch.
+(parameters are passed by name: tracer or source, args, out), where `source`
+is the live tracer or, on replay, an unopened instance of the same tracer
+class whose raw_fields/idx come from the recording: so render() and
+make_event() may use only raw_fields, idx, make_event and constructor
+defaults, plus whatever an optional prepare_replay() method of the tracer
+sets up (kernel symbol or enum tables that setup() would load).  Clocks made
+with cliutil.Clock() replay with the recorded epoch.  Without a usable
+renderer, replay --json prints make_event(raw).to_dict() per record.
 An aggregating tool provides render_snapshot(snapshot, args) -> str and,
 optionally, intro(args) -> str for what it prints once before the first one.
 """
@@ -102,9 +106,13 @@ class EventSource:
             ep = (clock.offset, clock.start_ns)
         kind = type(tracer)
         variant = getattr(tracer, "variant", None)
+        layout = tracer.obj.types.struct(tracer.EVENT)
+        if tuple(tracer.raw_fields) != layout.names:
+            # a renderer projected the records (EventTracer.project) although sinks need them whole
+            raise RuntimeError(f"{tool}: records are projected to {len(tracer.raw_fields)} fields; "
+                               "sinks need every field (EventTracer.projection_allowed)")
         return cls(tool, f"{kind.__module__}:{kind.__qualname__}", tracer.EVENT, tuple(tracer.raw_fields),
-                   tracer.obj.types.struct(tracer.EVENT).format, getattr(variant, "hook", ""), ep,
-                   tracer.make_event)
+                   layout.format, getattr(variant, "hook", ""), ep, tracer.make_event)
 
     @property
     def time_index(self) -> int | None:

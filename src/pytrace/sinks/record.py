@@ -245,4 +245,7 @@ class Recording:
             src = kind.__new__(kind)
         src.raw_fields = self.fields
         src.idx = {n: i for i, n in enumerate(self.fields)}
+        prepare = getattr(src, "prepare_replay", None)
+        if prepare is not None:   # a tool whose make_event needs kernel tables loads them here
+            prepare()
         return src
