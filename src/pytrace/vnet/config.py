@@ -73,7 +73,12 @@ class Point:
     netns: str | None          # as written: name, path or inode; None: our namespace
     direction: str             # ingress | egress
     method: str                # tc | xdp | tracepoint
-    where: str = ""            # "file:line" or "ctl", for messages
+    where: str = ""            # "file:line" of the point's table (or "ctl"), for messages
+    locs: tuple[tuple[str, str], ...] = ()     # (key, "file:line") of its keys
+
+    def at(self, key: str) -> str:
+        """Where a key of this point was written (its table if not known)."""
+        return dict(self.locs).get(key, self.where)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "device": self.device, "netns": self.netns,
@@ -262,7 +267,8 @@ def point_from_dict(raw: Any, where=lambda key: "ctl") -> Point:
                           "net_dev_queue or netif_receive_skb")
     if method == "xdp" and direction != "ingress":
         raise ConfigError(f"{where('direction')}: {name}: XDP sees ingress packets only")
-    return Point(label, device, netns, direction, method, where(""))
+    return Point(label, device, netns, direction, method, where(""),
+                 tuple((key, where(key)) for key in ("device", "netns") if key in raw))
 
 
 def selector_from_dict(sel: dict, where) -> Selector:
@@ -330,9 +336,12 @@ def resolve(point: Point) -> Resolved:
     try:
         ns = netattach.netns_path(point.netns)
         inode = netattach.netns_inode(point.netns)
+    except UsageError as exc:
+        raise ConfigError(f"{point.at('netns')}: point '{point.label}': {exc}") from None
+    try:
         idx = netattach.ifindex(point.device, point.netns)
     except UsageError as exc:
-        raise ConfigError(f"{point.where}: point '{point.label}': {exc}") from None
+        raise ConfigError(f"{point.at('device')}: point '{point.label}': {exc}") from None
     return Resolved(ns, inode, idx, _link_type(point.device, point.netns) in (ARPHRD_ETHER, ARPHRD_LOOPBACK))
 
 

@@ -150,7 +150,7 @@ class Topology:
 
     # -- traffic ----------------------------------------------------------------------
     def udp_echo(self, count: int, size: int = 200, burst: int = 1, port: int = ECHO_PORT,
-                 timeout: float = 5.0) -> "EchoResult":
+                 client_port: int = 0, timeout: float = 5.0) -> "EchoResult":
         """count datagrams cA -> cB, each echoed back; sent `burst` at a time.
 
         Each payload starts with its sequence number, so no two packets share
@@ -163,7 +163,7 @@ class Topology:
         try:
             srv.bind((ADDR["cB"], port))
             srv.settimeout(timeout)
-            cli.bind((ADDR["cA"], 0))
+            cli.bind((ADDR["cA"], client_port))
             cli.settimeout(timeout)
             echoed = [0]
 

@@ -1,0 +1,445 @@
+"""vnet on the demo topology (two hosts, two containers, VXLAN between them):
+exact records at every hop, the packet ID across the tunnel, in-kernel
+selection and sampling, tbf delay attributed to its segment, clock skew
+recovered, points added and removed at run time, bad configs, cleanup.
+
+Every namespace here is created by the test with a unique tag and removed
+afterwards; nothing is attached outside them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from helpers import Cli, run_cli, wait_until
+from pytrace.core.netattach import ifindex
+from pytrace.vnet import config, report, store
+from pytrace.vnet.config import ROLE_ANY, ROLE_DST, ROLE_SRC, Point, Selector
+from pytrace.vnet.demo import ADDR, Topology
+from pytrace.vnet.store import Row
+from pytrace.vnet.tracer import VnetTracer
+
+A, B = ipaddress.ip_address(ADDR["cA"]), ipaddress.ip_address(ADDR["cB"])
+VXLAN_OVERHEAD = 50          # outer Ethernet + IPv4 + UDP + VXLAN
+
+
+def tag(name: str) -> str:
+    return f"{name}{os.getpid()}"
+
+
+@pytest.fixture
+def topo(request):
+    with Topology(tag(request.node.name[5:12].replace("_", ""))) as t:
+        yield t
+
+
+def inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def expected_len(label: str, ip_len: int) -> int:
+    """Bytes each hook sees: tc, XDP and net_dev_queue see the Ethernet header,
+    netif_receive_skb does not; the underlay devices carry the VXLAN packet."""
+    if label in ("cA.eth0.in", "cB.eth0.in"):
+        return ip_len
+    if ".ul0." in label:
+        return ip_len + 14 + VXLAN_OVERHEAD
+    return ip_len + 14
+
+
+def traced(topo, points, selector, action, **kw):
+    with VnetTracer(points, selector, host="t", **kw) as tr:
+        result = action()
+        time.sleep(0.1)
+        rows = [Row(*r) for r in tr.rows(tr.drain())]
+        assert tr.lost == 0
+    return result, rows
+
+
+# -- the records ---------------------------------------------------------------------------
+
+def test_every_packet_at_every_hop_exactly(topo):
+    """16 points, all four methods: each of 40 datagrams (and its echo) is seen
+    once at each of the 8 points on its way, with the same ID before, inside
+    and after the VXLAN tunnel, and exact flow, lengths, netns and ifindex."""
+    n, size = 40, 300
+    echo, rows = traced(topo, topo.points(), topo.selector(), lambda: topo.udp_echo(n, size=size))
+    assert (echo.sent, echo.received) == (n, n)
+    ip_len = size + 28
+    ab, ba = Topology.path_ab(), Topology.path_ba()
+    by_point: dict[str, list] = {}
+    for r in rows:
+        by_point.setdefault(r.point, []).append(r)
+    assert sorted(by_point) == sorted(ab + ba)
+    where = {p.label: p for p in topo.points()}
+    for label, recs in by_point.items():
+        assert len(recs) == n, label
+        p = where[label]
+        forward = label in ab
+        flow = (17, str(A), echo.client_port, str(B), echo.server_port) if forward else \
+               (17, str(B), echo.server_port, str(A), echo.client_port)
+        for r in recs:
+            assert (r.proto, r.saddr, r.sport, r.daddr, r.dport) == flow, label
+            assert r.ip_len == ip_len and r.length == expected_len(label, ip_len), label
+            assert r.netns == inode(p.netns) and r.ifindex == ifindex(p.device, p.netns), label
+            assert r.encap == (".ul0." in label), label
+            assert 0 <= r.cpu < os.cpu_count()
+    # one ID per packet, the same at every point of its path
+    for path in (ab, ba):
+        ids = [sorted(r.pkt_id for r in by_point[lbl]) for lbl in path]
+        assert all(i == ids[0] for i in ids) and len(set(ids[0])) == n
+    assert not set(r.pkt_id for r in by_point[ab[0]]) & set(r.pkt_id for r in by_point[ba[0]])
+
+    rep = report.analyze(rows)
+    assert rep.packets == 2 * n
+    assert dict(rep.paths) == {tuple(ab): n, tuple(ba): n}
+    assert [s.name for s in rep.segments] == [f"{a} -> {b}" for path in (ab, ba) for a, b in zip(path, path[1:])]
+    for s in rep.segments:
+        assert s.stats.count == n and s.stats.min >= 0
+        assert s.stats.min <= s.stats.p50 <= s.stats.p90 <= s.stats.p99 <= s.stats.max
+        assert list(s.flows.values())[0].count == n
+
+
+def test_selector_ports_and_direction(topo):
+    """Selected in the kernel: only the port asked for (both ways, 'port'), or
+    only one direction ('src')."""
+    pts = [p for p in topo.points() if p.label in ("cA.eth0.out", "cA.eth0.in")]
+
+    def both():
+        return topo.udp_echo(5, port=7000), topo.udp_echo(5, port=7001)
+    sel = Selector(protocol=17, ports=((ROLE_ANY, 7001),))
+    (e0, e1), rows = traced(topo, pts, sel, both)
+    assert len(rows) == 10
+    assert {(r.point, r.sport, r.dport) for r in rows} == {("cA.eth0.out", e1.client_port, 7001),
+                                                           ("cA.eth0.in", 7001, e1.client_port)}
+    sel = Selector(prefixes=((ROLE_SRC, ipaddress.ip_network(f"{A}/32")),
+                             (ROLE_DST, ipaddress.ip_network("198.51.100.0/25"))))
+    (e0, e1), rows = traced(topo, pts, sel, both)
+    assert len(rows) == 10 and {r.point for r in rows} == {"cA.eth0.out"}
+    assert {r.dport for r in rows} == {7000, 7001}
+    sel = Selector(protocol=6)           # TCP only: the UDP echo is not selected
+    _, rows = traced(topo, pts, sel, both)
+    assert rows == []
+
+
+def test_sampling_keeps_whole_flows_both_ways(topo):
+    """1 in 4 flows, decided in the kernel by a hash symmetric in the two ends:
+    a sampled flow is complete in both directions at every point; others absent."""
+    pts = [p for p in topo.points() if p.label in ("cA.eth0.out", "hB.ul0.in", "cB.eth0.out", "cA.eth0.in")]
+    ports = list(range(41000, 41032))
+
+    def flows():
+        return [topo.udp_echo(3, client_port=cp).client_port for cp in ports]
+    _, rows = traced(topo, pts, topo.selector(sample=4), flows)
+    sampled = {r.sport for r in rows if r.point == "cA.eth0.out"}
+    assert 0 < len(sampled) < len(ports)
+    for cp in sampled:
+        fwd = [r for r in rows if r.sport == cp]
+        back = [r for r in rows if r.dport == cp]
+        assert sorted(r.point for r in fwd) == sorted(["cA.eth0.out", "hB.ul0.in"] * 3)
+        assert sorted(r.point for r in back) == sorted(["cB.eth0.out", "cA.eth0.in"] * 3)
+    assert {r.sport for r in rows if r.point == "cA.eth0.out"} == {r.dport for r in rows if r.point == "cA.eth0.in"}
+    # the same flows are chosen every time: the choice is a function of the flow
+    _, again = traced(topo, pts, topo.selector(sample=4), flows)
+    assert {r.sport for r in again if r.point == "cA.eth0.out"} == sampled
+
+
+# -- latency attribution ---------------------------------------------------------------------
+
+def _burst_run(tbf: bool) -> report.Report:
+    with Topology(tag("tb" + ("y" if tbf else "n"))) as t:
+        if tbf:   # 1 Mbit/s on host A's underlay: each 1092-byte VXLAN frame waits ~8.7 ms behind the last
+            t.tbf("hA", "ul0", rate="1mbit", burst="1600", limit="200kb")
+        _, rows = traced(t, t.points(), t.selector(), lambda: t.udp_echo(30, size=1000, burst=10))
+    return report.analyze(rows)
+
+
+def test_tbf_delay_is_attributed_to_its_segment():
+    slow, fast = _burst_run(True), _burst_run(False)
+    hop = "hA.ul0.out -> hB.ul0.in"     # net_dev_queue fires before the qdisc
+    for rep in (slow, fast):
+        assert rep.packets == 60 and all(s.stats.count == 30 for s in rep.segments)
+    assert slow.bottleneck.name == hop and slow.bottleneck.share > 0.9
+    s, f = slow.segment("hA.ul0.out", "hB.ul0.in"), fast.segment("hA.ul0.out", "hB.ul0.in")
+    # the k-th packet of a burst of 10 waits k * 8.7 ms: median ~35 ms, max ~78 ms
+    assert s.stats.p50 > 20_000_000 and s.stats.max > 60_000_000
+    assert f.stats.p50 < 1_000_000
+    for seg in slow.segments:
+        if seg.name != hop:      # every other hop stays at its no-tbf level (microseconds)
+            assert seg.stats.p50 < 1_000_000, seg.name
+    text = slow.render()
+    assert f"Most of the latency: {hop}" in text
+
+
+# -- two agents, two clocks ----------------------------------------------------------------------
+
+def _config(path, host: str, points: list[Point], extra: str = "") -> str:
+    lines = [f'host = "{host}"', "[select]", 'protocol = "udp"', 'net = ["198.51.100.0/24"]', extra]
+    for p in points:
+        lines += ["[[point]]", f'label = "{p.label}"', f'device = "{p.device}"', f'netns = "{p.netns}"',
+                  f'direction = "{p.direction}"', f'method = "{p.method}"']
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _stop(cli: Cli) -> list[str]:
+    rc, _, err = cli.stop(signal.SIGINT)
+    assert rc == 0, err
+    return err.splitlines()
+
+
+def test_clock_skew_of_two_agents_is_recovered(topo, tmp_path):
+    """Agent nodeA traces host A and its container, agent nodeB host B and its
+    container with its clock 7 ms ahead (--clock-offset).  The report recovers
+    the offset from the echo traffic within 50 us (the delays over the
+    underlay link are symmetric here to about a microsecond) and then orders
+    every packet's path correctly across the two hosts."""
+    pts = topo.points()
+    side_a = [p for p in pts if p.label[1] == "A"]
+    side_b = [p for p in pts if p.label[1] == "B"]
+    db_a, db_b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    a = _recorder(tmp_path, "a", "nodeA", side_a, "-o", db_a)
+    b = _recorder(tmp_path, "b", "nodeB", side_b, "-o", db_b, "--clock-offset", "7ms")
+    try:
+        echo = topo.udp_echo(30)
+    finally:
+        for agent in (a, b):
+            _stop(agent)
+    res = run_cli("vnet", "report", db_a, db_b, "--json")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    offs = {o["host"]: o for o in rep["offsets"]}
+    assert offs["nodeA"]["source"] == "reference" and offs["nodeA"]["offset_ns"] == 0
+    assert offs["nodeB"]["source"] == "estimated"
+    assert abs(offs["nodeB"]["offset_ns"] - 7_000_000) < 50_000, offs
+    assert {tuple(p["path"]): p["count"] for p in rep["paths"]} == \
+        {tuple(Topology.path_ab()): echo.sent, tuple(Topology.path_ba()): echo.sent}
+    cross = {s["segment"]: s for s in rep["segments"]}
+    for seg in ("hA.ul0.out -> hB.ul0.in", "hB.ul0.out -> hA.ul0.in"):
+        assert 0 <= cross[seg]["p50_ns"] < 100_000
+    # a manual offset overrides the estimate, and the report says so
+    res = run_cli("vnet", "report", db_a, db_b, "--offset", "nodeB=7ms")
+    assert res.returncode == 0, res.stderr
+    assert "nodeB" in res.stdout and "+7000.0 us  manual" in res.stdout
+    # without correction the cross-host segments would be off by 7 ms: the raw stores show it
+    raw = report.analyze(store.read_sqlite(db_a) + store.read_sqlite(db_b), manual={"nodeB": 0})
+    assert raw.offsets["nodeB"].source == "manual"
+    assert raw.segment("hA.ul0.out", "hB.ul0.in") is None or \
+        raw.segment("hA.ul0.out", "hB.ul0.in").stats.p50 > 6_000_000
+
+
+def _recorder(tmp_path, name: str, host: str, points: list[Point], *args: str) -> Cli:
+    """`pytrace vnet record`, returned once every point is attached: the
+    control socket appears only then."""
+    sock = str(tmp_path / f"{name}.sock")
+    rec = Cli("vnet", "record", "-q", "-c", _config(tmp_path / f"{name}.toml", host, points), "--ctl", sock,
+              *args, ready=False)
+    if not wait_until(lambda: os.path.exists(sock) or rec.proc.poll() is not None, 15) or rec.proc.poll() is not None:
+        rc, _, err = rec.stop()
+        raise AssertionError(f"recorder {name} did not start: {rc} {err}")
+    rec.sock = sock
+    return rec
+
+
+def _attached(topo, role: str) -> bool:
+    out = subprocess.run(["ip", "-n", topo.ns[role], "link", "show", "ul0"], capture_output=True, text=True).stdout
+    return "xdp" in out
+
+
+# -- points added and removed at run time -----------------------------------------------------------
+
+def test_points_added_and_removed_while_recording(topo, tmp_path):
+    """A point added over the control socket records exactly the packets sent
+    after it was added and before it was removed; the other points never stop
+    (every packet of every phase is there), and the recorder's SIGHUP reload
+    adds a point from the edited config."""
+    pts = {p.label: p for p in topo.points()}
+    base = [pts["cA.eth0.out"], pts["cB.eth0.in"]]
+    cfg = tmp_path / "p.toml"      # written by _recorder, edited below
+    db = str(tmp_path / "p.db")
+    rec = _recorder(tmp_path, "p", "n", base, "-o", db)
+    sock = rec.sock
+    try:
+        p1 = topo.udp_echo(6, client_port=42001)
+        res = run_cli("vnet", "ctl", "-s", sock, "--json", "add", "mid", "--device", "vx0",
+                      "--netns", topo.ns["hB"], "--direction", "ingress", "--method", "tc")
+        assert res.returncode == 0, res.stderr
+        added = json.loads(res.stdout)
+        assert added["ok"] and added["hook"] == "tc"
+        p2 = topo.udp_echo(7, client_port=42002)
+        res = run_cli("vnet", "ctl", "-s", sock, "--json", "remove", "mid")
+        assert res.returncode == 0, res.stderr
+        removed = json.loads(res.stdout)
+        p3 = topo.udp_echo(8, client_port=42003)
+        # SIGHUP: the edited file adds a point (the two others keep running)
+        _config(cfg, "n", base + [pts["hA.ul0.out"]])
+        rec.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "hA.ul0.out" in run_cli("vnet", "ctl", "-s", sock, "list").stdout, 10)
+        p4 = topo.udp_echo(9, client_port=42004)
+        res = run_cli("vnet", "ctl", "-s", sock, "remove", "nosuch")
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nosuch" in res.stderr
+    finally:
+        err = _stop(rec)
+    assert any("reloaded" in line for line in err)
+    rows = store.read_sqlite(db)
+    fwd = lambda p: [r for r in rows if r.sport == p.client_port]   # noqa: E731
+    for phase in (p1, p2, p3, p4):
+        got = fwd(phase)
+        assert sorted(r.point for r in got if r.point in ("cA.eth0.out", "cB.eth0.in")) == \
+            sorted(["cA.eth0.out", "cB.eth0.in"] * phase.sent)
+    mid = [r for r in rows if r.point == "mid"]
+    assert sorted(r.pkt_id for r in mid) == sorted(r.pkt_id for r in fwd(p2) if r.point == "cA.eth0.out")
+    assert all(r.ts_ns < removed["removed_ns"] for r in mid)
+    new = [r for r in rows if r.point == "hA.ul0.out"]
+    assert sorted(r.pkt_id for r in new) == sorted(r.pkt_id for r in fwd(p4) if r.point == "cA.eth0.out")
+    points = store.read_points(db)
+    assert [(p["label"], p["removed_ns"] is not None) for p in points] == \
+        [("cA.eth0.out", False), ("cB.eth0.in", False), ("mid", True), ("hA.ul0.out", False)]
+
+
+# -- bad input, and the kernel left as found -----------------------------------------------------------
+
+def _clean(topo) -> None:
+    """No tc filter, clsact qdisc or XDP program on any device of the topology."""
+    for ns in topo.ns.values():
+        links = subprocess.run(["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True).stdout
+        assert "xdp" not in links, links
+        qd = subprocess.run(["tc", "-n", ns, "qdisc", "show"], capture_output=True, text=True).stdout
+        assert "clsact" not in qd, qd
+        for line in links.splitlines():
+            dev = line.split(":")[1].strip().split("@")[0]
+            for d in ("ingress", "egress"):
+                f = subprocess.run(["tc", "-n", ns, "filter", "show", "dev", dev, d], capture_output=True,
+                                   text=True).stdout
+                assert f.strip() == "", (ns, dev, f)
+
+
+@pytest.mark.parametrize("case,line,needle", [
+    ("device", 14, "point 'bad': device nope0 in netns pt-vnet-cA-"),
+    ("netns", 15, "point 'bad': netns pt-vnet-none-"),
+    ("selector", 4, "net: '198.51.100.300/24' is not an address or subnet"),
+    ("method", 17, "point 'bad': method 'kprobe'"),
+    ("syntax", None, "(at line"),
+])
+def test_bad_config_exits_2_with_one_line(topo, tmp_path, case, line, needle):
+    good = (f'[[point]]\nlabel = "ok"\ndevice = "veth0"\nnetns = "{topo.ns["hA"]}"\n'
+            'direction = "ingress"\nmethod = "tc"\n')
+    net, dev, ns, method = '"198.51.100.0/24"', "eth0", topo.ns["cA"], "tc"
+    if case == "device":
+        dev = "nope0"
+    elif case == "netns":
+        ns = f"pt-vnet-none-{os.getpid()}"
+    elif case == "selector":
+        net = '"198.51.100.300/24"'
+    elif case == "method":
+        method = "kprobe"
+    text = (f'host = "x"\n[select]\nprotocol = "udp"\nnet = [{net}]\n'
+            + ("port = [1,\n" if case == "syntax" else "") + "\n" + good
+            + f'[[point]]\nlabel = "bad"\ndevice = "{dev}"\n'
+            f'netns = "{ns}"\ndirection = "egress"\nmethod = "{method}"\n')
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    res = run_cli("vnet", "record", "-c", str(path), "-o", str(tmp_path / "x.db"), "-d", "1")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stdout == ""
+    assert needle in res.stderr
+    if line is not None:
+        assert f"{path}:{line}:" in res.stderr
+    _clean(topo)         # the good point before the bad one was never attached
+
+
+def test_sigterm_leaves_no_tc_filter_or_xdp(topo, tmp_path):
+    pts = [p for p in topo.points() if p.method in ("tc", "xdp")]
+    rec = _recorder(tmp_path, "t", "n", pts, "-o", str(tmp_path / "t.db"))
+    assert _attached(topo, "hA") and _attached(topo, "hB")
+    qd = subprocess.run(["tc", "-n", topo.ns["hA"], "qdisc", "show", "dev", "vx0"], capture_output=True, text=True)
+    assert "clsact" in qd.stdout
+    topo.udp_echo(3)
+    rc, _, err = rec.stop(signal.SIGTERM)
+    assert rc == 0, err
+    _clean(topo)
+    # the last records before SIGTERM were stored: each point saw its direction's 3 packets
+    assert len(store.read_sqlite(str(tmp_path / "t.db"))) == 3 * len(pts)
+
+
+def test_demo_builds_traces_reports_and_removes_everything_even_on_sigterm(tmp_path):
+    res = run_cli("vnet", "demo", "-n", "20", "--json", "--plot", str(tmp_path / "d.svg"), timeout=60)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["traffic"]["sent"] == rep["traffic"]["received"] == 20
+    assert {tuple(p["path"]): p["count"] for p in rep["paths"]} == \
+        {tuple(Topology.path_ab()): 20, tuple(Topology.path_ba()): 20}
+    assert len(rep["segments"]) == 14 and rep["bottleneck"]["segment"] in [s["segment"] for s in rep["segments"]]
+    import xml.etree.ElementTree as ET
+    svg = ET.parse(tmp_path / "d.svg").getroot()
+    assert svg.tag.endswith("svg") and sum(1 for e in svg.iter() if e.tag.endswith("rect")) == 15
+    # a long demo stopped by SIGTERM: the namespaces (with every device and filter) go
+    demo = Cli("vnet", "demo", "-n", "1000000", ready=False)
+    pid = demo.proc.pid
+    mine = lambda: [n for n in os.listdir("/run/netns") if n.endswith(f"-{pid}")]   # noqa: E731
+    assert wait_until(lambda: len(mine()) == 4 and has_link(pid), 15)
+    rc, _, err = demo.stop(signal.SIGTERM)
+    assert rc == 0, err
+    assert mine() == []
+
+
+def has_link(pid: int) -> bool:
+    from helpers import has_bpf_link
+    return has_bpf_link(pid)
+
+
+# -- the config file ---------------------------------------------------------------------------
+
+def test_config_parsing_names_lines():
+    text = """host = "h"
+[select]
+protocol = "tcp"
+net = ["192.0.2.0/24", "2001:db8::/32"]
+sport = [80]
+sample = 3
+
+[[point]]
+label = "one"
+device = "eth0"
+direction = "ingress"
+method = "netif_receive_skb"
+
+[[point]]
+label = "two"
+device = "eth1"
+netns = 4026531840
+direction = "egress"
+method = "tc"
+"""
+    cfg = config.parse(text, "f.toml")
+    assert cfg.host == "h" and [p.label for p in cfg.points] == ["one", "two"]
+    assert cfg.points[0].method == "tracepoint" and cfg.points[1].netns == "4026531840"
+    sel = cfg.selector
+    assert sel.protocol == 6 and sel.sample == 3 and sel.ports == ((ROLE_SRC, 80),)
+    ro = sel.rodata()
+    assert ro["n_pfx"] == 2 and ro["pfx_family"][:2] == bytes([socket.AF_INET, socket.AF_INET6])
+    assert ro["pfx_addr"][:1] == [int.from_bytes(bytes([192, 0, 2, 0]), "little")]
+    assert ro["pfx_mask"][:8] == [0x00ffffff, 0, 0, 0, 0xffffffff, 0, 0, 0]
+    assert ro["n_port"] == 1 and ro["port_roles"] == ROLE_SRC and ro["sample_n"] == 3
+    bad = [(text.replace('direction = "egress"', 'direction = "out"'), 'f.toml:18: point \'two\': direction'),
+           (text.replace('method = "netif_receive_skb"', 'method = "net_dev_queue"'), "f.toml:12: point 'one'"),
+           (text.replace('label = "two"', 'label = "one"'), "f.toml:15: point label 'one' is already used"),
+           (text.replace("sample = 3", "sample = 0"), "f.toml:6: sample"),
+           (text.replace('sport = [80]', 'sport = [80, 70000]'), "f.toml:5: sport: '70000'"),
+           (text.replace('device = "eth1"\n', ''), "f.toml:14: point 'two': 'device' is missing"),
+           (text.replace('method = "tc"', 'method = "xdp"'), "f.toml:18: point 'two': XDP sees ingress"),
+           (text + "colour = 1\n", "f.toml:20: point 'two': unknown key 'colour'"),
+           (text.replace("[select]", "[selec]"), "f.toml:2: unknown setting 'selec'")]
+    for t, msg in bad:
+        with pytest.raises(config.ConfigError) as exc:
+            config.parse(t, "f.toml")
+        assert str(exc.value).startswith(msg), (str(exc.value), msg)
+        assert "\n" not in str(exc.value)
