@@ -241,4 +241,91 @@ static __always_inline void hist_add(void *hists, const void *key, __u64 v)
 	__sync_fetch_and_add(&h->sum, v);
 }
 
+/* -- socket sends and receives ------------------------------------------------ */
+
+#define IO_SEND 0
+#define IO_RECV 1
+
+/*
+ * SOCK_IO_PROGRAMS(tool) defines the programs of every hook variant that sees
+ * socket sends and receives (socketio, socksize), calling the tool's
+ *     static __always_inline int on_io(struct sock *sk, int dir, long ret)
+ * with ret = bytes or -errno:
+ *   tool_tp_btf_send/recv   tp_btf sock_send_length / sock_recv_length (6.3+)
+ *   tool_tp_send/recv       the same tracepoints, classic
+ *   tool_kprobe_send/recv + tool_kretprobe_send/recv
+ *                           the book's sock_sendmsg / sock_recvmsg, for older
+ *                           kernels (the socket is remembered per thread)
+ * All fire once per call through sock_sendmsg()/sock_recvmsg(): every socket
+ * send/receive system call, and kernel users of sockets.
+ */
+#define SOCK_IO_PROGRAMS(tool)                                                  \
+	struct {                                                                \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                            \
+		__uint(max_entries, 16384);                                     \
+		__type(key, __u32);                                             \
+		__type(value, __u64);                                           \
+	} tool##_io_calls SEC(".maps");                                         \
+                                                                                \
+	SEC("tp_btf/sock_send_length")                                          \
+	int BPF_PROG(tool##_tp_btf_send, struct sock *sk, int ret, int flags)   \
+	{                                                                       \
+		return on_io(sk, IO_SEND, ret);                                 \
+	}                                                                       \
+	SEC("tp_btf/sock_recv_length")                                          \
+	int BPF_PROG(tool##_tp_btf_recv, struct sock *sk, int ret, int flags)   \
+	{                                                                       \
+		return on_io(sk, IO_RECV, ret);                                 \
+	}                                                                       \
+	SEC("tracepoint/sock/sock_send_length")                                 \
+	int tool##_tp_send(struct trace_event_raw_sock_msg_length *ctx)         \
+	{                                                                       \
+		return on_io(ctx->sk, IO_SEND, ctx->ret);                       \
+	}                                                                       \
+	SEC("tracepoint/sock/sock_recv_length")                                 \
+	int tool##_tp_recv(struct trace_event_raw_sock_msg_length *ctx)         \
+	{                                                                       \
+		return on_io(ctx->sk, IO_RECV, ctx->ret);                       \
+	}                                                                       \
+	static __always_inline int tool##_io_begin(struct socket *sock)         \
+	{                                                                       \
+		__u32 tid = current_tid();                                      \
+		__u64 sk = (__u64)BPF_CORE_READ(sock, sk);                      \
+                                                                                \
+		if (sk)                                                         \
+			bpf_map_update_elem(&tool##_io_calls, &tid, &sk, BPF_ANY); \
+		return 0;                                                       \
+	}                                                                       \
+	static __always_inline int tool##_io_end(int dir, long ret)             \
+	{                                                                       \
+		__u32 tid = current_tid();                                      \
+		__u64 *sk = bpf_map_lookup_elem(&tool##_io_calls, &tid);        \
+                                                                                \
+		if (!sk)                                                        \
+			return 0;                                               \
+		on_io((struct sock *)*sk, dir, ret);                            \
+		bpf_map_delete_elem(&tool##_io_calls, &tid);                    \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("kprobe/sock_sendmsg")                                              \
+	int BPF_KPROBE(tool##_kprobe_send, struct socket *sock)                 \
+	{                                                                       \
+		return tool##_io_begin(sock);                                   \
+	}                                                                       \
+	SEC("kretprobe/sock_sendmsg")                                           \
+	int BPF_KRETPROBE(tool##_kretprobe_send, int ret)                       \
+	{                                                                       \
+		return tool##_io_end(IO_SEND, ret);                             \
+	}                                                                       \
+	SEC("kprobe/sock_recvmsg")                                              \
+	int BPF_KPROBE(tool##_kprobe_recv, struct socket *sock)                 \
+	{                                                                       \
+		return tool##_io_begin(sock);                                   \
+	}                                                                       \
+	SEC("kretprobe/sock_recvmsg")                                           \
+	int BPF_KRETPROBE(tool##_kretprobe_recv, int ret)                       \
+	{                                                                       \
+		return tool##_io_end(IO_RECV, ret);                             \
+	}
+
 #endif /* __PYTRACE_SOCKLAYER_H */

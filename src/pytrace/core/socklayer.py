@@ -108,6 +108,21 @@ def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = Fa
     return out
 
 
+def sock_io_variants(tool: str) -> tuple[Variant, ...]:
+    """The hook variants of a tool built on SOCK_IO_PROGRAMS (socklayer.h), best first:
+    the sock_send_length/sock_recv_length tracepoints (Linux 6.3+) by tp_btf or
+    classic, then the book's kprobes on sock_sendmsg/sock_recvmsg for older kernels."""
+    return (
+        Variant("tp_btf", (f"{tool}_tp_btf_send", f"{tool}_tp_btf_recv")),
+        Variant("tracepoint", (f"{tool}_tp_send", f"{tool}_tp_recv")),
+        Variant("kprobe", (f"{tool}_kprobe_send", f"{tool}_kretprobe_send",
+                           f"{tool}_kprobe_recv", f"{tool}_kretprobe_recv")),
+    )
+
+
+DIRS = ("send", "recv")   # IO_SEND, IO_RECV in socklayer.h
+
+
 # -- attaching ---------------------------------------------------------------------------
 
 def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
