@@ -89,12 +89,16 @@ class TcpDrop(EventTracer):
 
     def setup(self) -> None:
         super().setup()
+        self.prepare_replay()
+
+    def prepare_replay(self) -> None:
+        """The kernel's tables that records are read with: drop reason names
+        (this kernel's BTF) and symbols (/proc/kallsyms).  Also called by
+        `pytrace replay`, which can only be right on the recording's boot."""
         from ..core.kernel_btf import drop_reasons
         from ..core.ksyms import kernel_symbols
         self.reasons = drop_reasons()
         self.ksyms = kernel_symbols()
-        i = self.idx
-        self._stack_at = i["stack[0]"]
 
     def reason_name(self, value: int) -> str:
         return self.reasons.get(value) or str(value)
@@ -102,7 +106,7 @@ class TcpDrop(EventTracer):
     def stack_of(self, raw: tuple) -> list[str]:
         """The symbolized stack of a raw record, tracing frames removed."""
         n = max(0, raw[self.idx["stack_bytes"]]) // 8
-        at = self._stack_at
+        at = self.idx["stack[0]"]
         names = self.ksyms.stack(raw[at:at + n])
         k = 0
         while k < len(names) and names[k].startswith(_TRACING_PREFIXES):
@@ -149,8 +153,13 @@ def run(args: argparse.Namespace) -> int:
                      hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpDrop, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, out)
 
 
 def _json_renderer(tracer: TcpDrop):

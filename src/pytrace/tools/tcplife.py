@@ -104,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
                      lports=args.localport, rports=args.remoteport, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpLife, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: TcpLife):
@@ -119,15 +124,19 @@ def _json_renderer(tracer: TcpLife):
 
 
 def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
-    """BCC tcplife's columns, formatted straight from the raw tuples (the hot path)."""
+    """BCC tcplife's columns, formatted in bytes straight from the raw tuples:
+    the CLI's hot path (this tool is benchmarked against libbpf-tools).  Only
+    the shown fields are decoded; addresses and command names are formatted
+    once and memoised; one bytes %-format per line."""
     if args.csv:
-        head, fmt = "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s", "%d,%s,%s,%s,%d,%s,%d,%d,%d,%.2f\n"
+        head, fmt = "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s", "%d,%s,%s,%s,%d,%s,%d,%d,%d,%d.%02d\n"
     elif args.wide:
         head = "%-5s %-16.16s %-2s %-26s %-5s %-26s %-5s %6s %6s %s"
-        fmt = "%-5d %-16.16s %-2s %-26s %-5d %-26s %-5d %6d %6d %.2f\n"
+        fmt = "%-5d %-16.16s %-2s %-26s %-5d %-26s %-5d %6d %6d %d.%02d\n"
     else:
         head = "%-5s %-10.10s %s%-15s %-5s %-15s %-5s %5s %5s %s"
-        fmt = "%-5d %-10.10s %s%-15s %-5d %-15s %-5d %5d %5d %.2f\n"
+        fmt = "%-5d %-10.10s %s%-15s %-5d %-15s %-5d %5d %5d %d.%02d\n"
+    bfmt = fmt.encode()
     show_ip = args.wide or args.csv
     pre = ""
     if args.time:
@@ -136,38 +145,56 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         pre += "TIME(s)," if args.csv else f"{'TIME(s)':<9} "
     out.write(pre + head % ("PID", "COMM", "IP" if show_ip else "", "LADDR", "LPORT", "RADDR", "RPORT",
                             "TX_KB", "RX_KB", "MS") + "\n")
+    shown = {"pid", "comm", "family", "saddr", "lport", "daddr", "rport", "tx_b", "rx_b", "span_us"}
+    if args.time or args.timestamp:
+        shown.add("ts_ns")
+    if hasattr(tracer, "project"):
+        tracer.project(shown)
     i = tracer.idx
-    i_ts, i_pid, i_comm, i_fam = i["ts_ns"], i["pid"], i["comm"], i["family"]
+    i_pid, i_comm, i_fam = i["pid"], i["comm"], i["family"]
     i_sa, i_lp, i_da, i_rp = i["saddr"], i["lport"], i["daddr"], i["rport"]
-    i_tx, i_rx, i_span = i["tx_b"], i["rx_b"], i["span_us"]
-    addr, clock = AddrFormatter(), Clock()
-    ipcol = {AF_INET: "4", AF_INET6: "6"} if show_ip else {AF_INET: "", AF_INET6: ""}
-    comms: dict[bytes, str] = {}
+    i_tx, i_rx, i_span, i_ts = i["tx_b"], i["rx_b"], i["span_us"], i.get("ts_ns")
+    ipcol = ({AF_INET: b"4", AF_INET6: b"6"} if show_ip else {AF_INET: b"", AF_INET6: b""})
+    fmt_addr, clock = AddrFormatter(), Clock()
+    addrs: dict[tuple[int, bytes], bytes] = {}
+    comms: dict[bytes, bytes] = {}
     first_ts: list[int] = []
+    secs_fmt, time_sep = ("%.6f," if args.csv else "%-9.6f "), ("," if args.csv else " ")
 
-    def comm(raw: bytes) -> str:
-        text = comms.get(raw)
-        if text is None:
-            if len(comms) > 4096:
-                comms.clear()
-            text = comms[raw] = comm_text(raw)
+    def addr(fam: int, raw: bytes) -> bytes:
+        if len(addrs) > 65536:
+            addrs.clear()
+        text = addrs[fam, raw] = fmt_addr(fam, raw).encode()
         return text
 
-    def render(batch: list[tuple]) -> str:
+    def comm(raw: bytes) -> bytes:
+        if len(comms) > 4096:
+            comms.clear()
+        text = comms[raw] = comm_text(raw).encode(errors="replace")
+        return text
+
+    def prefix(ts: int) -> bytes:
+        text = ""
+        if args.time:
+            text += clock.hms(ts) + time_sep
+        if args.timestamp:      # seconds since the first event, as BCC
+            if not first_ts:
+                first_ts.append(ts)
+            text += secs_fmt % ((ts - first_ts[0]) / 1e9)
+        return text.encode()
+
+    def render(batch: list[tuple]) -> bytes:
+        aget, cget, ip = addrs.get, comms.get, ipcol.get
         lines = []
         append = lines.append
         for r in batch:
-            fam = r[i_fam]
-            line = fmt % (r[i_pid], comms.get(r[i_comm]) or comm(r[i_comm]), ipcol.get(fam, "?"),
-                          addr(fam, r[i_sa]), r[i_lp], addr(fam, r[i_da]), r[i_rp],
-                          r[i_tx] // 1024, r[i_rx] // 1024, r[i_span] / 1000)
-            if args.timestamp:
-                if not first_ts:
-                    first_ts.append(r[i_ts])
-                secs = (r[i_ts] - first_ts[0]) / 1e9
-                line = (f"{secs:.6f}," if args.csv else f"{secs:<9.6f} ") + line
-            if args.time:
-                line = (clock.hms(r[i_ts]) + ("," if args.csv else " ")) + line
-            append(line)
-        return "".join(lines)
+            fam, sa, da, c = r[i_fam], r[i_sa], r[i_da], r[i_comm]
+            cms = (r[i_span] + 5) // 10        # MS to 2 decimals, rounded: 1235 us -> 1.24
+            append(bfmt % (r[i_pid], cget(c) or comm(c), ip(fam, b"?"),
+                           aget((fam, sa)) or addr(fam, sa), r[i_lp],
+                           aget((fam, da)) or addr(fam, da), r[i_rp],
+                           r[i_tx] >> 10, r[i_rx] >> 10, cms // 100, cms % 100))
+        if i_ts is not None:
+            lines = [prefix(r[i_ts]) + line for r, line in zip(batch, lines)]
+        return b"".join(lines)
     return render

@@ -39,6 +39,7 @@ NAME = "tcpretrans"
 SUMMARY = "TCP retransmits and tail loss probes, traced or counted per flow"
 
 RETRANSMIT, TLP = 1, 2
+_TP_NOTE = "-l: only probes that resend a segment"
 KINDS = {RETRANSMIT: "R", TLP: "L"}
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,9 +84,9 @@ class TcpRetrans(EventTracer):
     OBJECT = "tcpretrans"
     EVENT = "tcpretrans_event"
     VARIANTS = (
-        Variant("tp_btf", ("tcpretrans_tp_btf",)),
-        Variant("raw_tp", ("tcpretrans_raw_tp",)),
-        Variant("tracepoint", ("tcpretrans_tracepoint",)),
+        Variant("tp_btf", ("tcpretrans_tp_btf",), note=_TP_NOTE),
+        Variant("raw_tp", ("tcpretrans_raw_tp",), note=_TP_NOTE),
+        Variant("tracepoint", ("tcpretrans_tracepoint",), note=_TP_NOTE),
         Variant("kprobe", ("tcpretrans_kprobe", "tcpretrans_kprobe_tlp")),
     )
 
@@ -153,10 +154,16 @@ def run(args: argparse.Namespace) -> int:
     with tracer:
         if args.count:
             return _count(tracer, args, out)
-        if not args.json:
-            out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpRetrans, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`)."""
+    if args.json:
+        return _json_renderer(source)
+    out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
+    return _text_renderer(source, args, out)
 
 
 def _count(tracer: TcpRetrans, args: argparse.Namespace, out: Output) -> int:
