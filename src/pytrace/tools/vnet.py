@@ -27,12 +27,13 @@ from typing import Any
 from ..core import cliutil
 from ..core.cliutil import add_common, positive_int
 from ..core.errors import PytraceError, UsageError
-from ..vnet.tracer import VARIANTS, flow_text  # noqa: F401  (VARIANTS: for pytrace list)
+from ..vnet.tracer import EGRESS_TP, TC, XDP, flow_text
 
 NAME = "vnet"
 SUMMARY = "per-hop packet latency across veth, bridges, VXLAN and hosts (vNetTracer-style)"
 OBJECT = "vnet"
 HOOKS = ("tp_btf", "raw_tp", "tracepoint")     # --hook applies to the tracepoint points
+VARIANTS = (*TC, *XDP, *EGRESS_TP)             # one per hook kind, for `pytrace list`
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)$")
 _UNIT = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("record", help="trace the points of a config file, store the records",
                        description="Trace the points of a TOML config file; store every record (SQLite, "
                                    "and InfluxDB with --influx). SIGHUP re-reads the config file.")
-    r.add_argument("-c", "--config", required=True, metavar="FILE", help="trace points and selector (TOML)")
+    r.add_argument("-c", "--config", metavar="FILE", help="trace points and selector (TOML; required)")
     r.add_argument("-o", "--db", default="vnet.db", metavar="FILE", help="SQLite store (default vnet.db; appended)")
     r.add_argument("--host", metavar="NAME", help="host label of the records (default: config host, else hostname)")
     r.add_argument("--clock-offset", type=duration_ns, default=0, metavar="DUR",
@@ -186,6 +187,8 @@ def _record(args: argparse.Namespace) -> int:
     from ..vnet.store import SqliteStore
     from ..vnet.tracer import VnetTracer
 
+    if not args.config:
+        raise UsageError("record needs -c/--config FILE (the trace points)")
     cfg = config.load(args.config)
     host = args.host or cfg.host or os.uname().nodename
     tracer = VnetTracer(cfg.points, cfg.selector, host=host, clock_offset_ns=args.clock_offset,
