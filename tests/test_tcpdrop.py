@@ -15,7 +15,7 @@ import time
 import pytest
 
 from dropper import Dropper, TwoHosts
-from helpers import Cli, bpf_prog_names, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core.kernel_btf import drop_reasons
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpdrop import TcpDrop
@@ -179,7 +179,8 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
     cli = Cli("tcpdrop", "--hook", "tracepoint")
-    assert any(n.startswith("tcpdrop_") for n in bpf_prog_names())
+    mine = bpf_prog_ids(cli.proc.pid)
+    assert mine, "the tracer holds its program"
     rc, _, err = cli.stop(sig)
     assert rc == 0, err
-    assert wait_until(lambda: not any(n.startswith("tcpdrop_") for n in bpf_prog_names()), 5)
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)

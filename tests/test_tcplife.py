@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_names, free_port, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
 from pytrace.tools.tcplife import TcpLife
 
 MY_COMM = open("/proc/self/comm").read().strip()
@@ -262,7 +262,17 @@ def test_ebpf_prints_the_source():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
     cli = Cli("tcplife", "--hook", "tracepoint")
-    assert any(n.startswith("tcplife_") for n in bpf_prog_names())
+    mine = bpf_prog_ids(cli.proc.pid)
+    assert mine, "the tracer holds its program"
     rc, _, err = cli.stop(sig)
     assert rc == 0, err
-    assert wait_until(lambda: not any(n.startswith("tcplife_") for n in bpf_prog_names()), 5)
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
+
+
+def test_library_exception_releases_programs():
+    with pytest.raises(RuntimeError):
+        with TcpLife():
+            mine = bpf_prog_ids(os.getpid())
+            assert mine
+            raise RuntimeError("boom")
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)

@@ -9,12 +9,13 @@ import json
 import random
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
 from dropper import Dropper, TwoHosts, netstat, total_retrans
-from helpers import Cli, bpf_prog_names, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpretrans import Flow, TcpRetrans
 
@@ -150,6 +151,10 @@ def test_family_filter():
         assert total_retrans(c4.cli) == 1 and total_retrans(c6.cli) == 1
         c4.close()
         c6.close()
+        # the droppers took their tc filter and clsact qdisc with them
+        qdiscs = subprocess.run(["tc", "-n", net.ns_b, "qdisc", "show", "dev", net.dev_b],
+                                capture_output=True, text=True, check=True).stdout
+        assert "clsact" not in qdiscs
     assert [e.kind for e in got6] == ["R"] and got4 == []
 
 
@@ -246,7 +251,8 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
     cli = Cli("tcpretrans", "--hook", "tracepoint", "-l")
-    assert any(n.startswith("tcpretrans_") for n in bpf_prog_names())
+    mine = bpf_prog_ids(cli.proc.pid)
+    assert mine, "the tracer holds its program"
     rc, _, err = cli.stop(sig)
     assert rc == 0, err
-    assert wait_until(lambda: not any(n.startswith("tcpretrans_") for n in bpf_prog_names()), 5)
+    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
