@@ -243,6 +243,10 @@ BAD_CONFIGS = [
     ("[exporter]\n", 1, "no [[metric]]"),
     ("[[metric]]\ntool = \"tcprtt\"\ncount_by = [\"x\"]\n", 3, "count_by"),
     ("[[metric]]\ntool = \"tcprtt\"\noptions = { by_raddr = true }\nlabels = { raddr = \"x\" }\n", 4, "raddr"),
+    ("[[metric]]\ntool = \"tcplife\"\n\nobserve = \"comm\"\n", 4, "not a number"),
+    ("[[metric]]\ntool = \"tcplife\"\nscale = 0.001\n", 3, "scale goes with observe"),
+    ("[[metric]]\ntool = \"tcptop\"\ncount_by = [\"colour\"]\n", 3, "colour"),
+    ("[[metric]]\ntool = \"tcptop\"\n\n[[metric]]\ntool = \"tcpstates\"\nhelp = 7\n", 6, "help"),
 ]
 
 
@@ -269,3 +273,123 @@ def test_bad_flags_and_busy_port(tmp_path):
         r = run_cli("exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{busy.getsockname()[1]}")
     assert r.returncode == 1 and "cannot listen" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         r.stderr
+
+
+def test_tcpsubnet_and_tcptop_bytes(tmp_path):
+    """Bytes to an address only this test uses (127.0.0.77, still loopback) and
+    per port of this process: exact, and tcptop's totals keep adding up across
+    scrapes although the kernel table is emptied by each read."""
+    port = free_port()
+    exp = Exporter(tmp_path, f"""
+[[metric]]
+tool = "tcpsubnet"
+options = {{ subnets = "127.0.0.77/32,0.0.0.0/0" }}
+
+[[metric]]
+tool = "tcptop"
+count_by = ["lport"]
+options = {{ pid = {os.getpid()} }}
+""")
+    try:
+        conn = tcp_roundtrip("127.0.0.77", port, send=b"x" * 3000, reply=b"y" * 700)
+
+        def by_port(fams, name) -> dict[str, float]:
+            return {s.labels["lport"]: s.value for s in fams[name] if s.name.endswith("_total")}
+        first = exp.scrape()
+        tcp_roundtrip("127.0.0.77", port, send=b"x" * 1000, reply=b"y" * 100)
+        second = exp.scrape()
+    finally:
+        rc, err = exp.stop()
+    assert rc == 0, err
+    subnet = {s.labels["subnet"]: s.value for s in second["pytrace_tcp_subnet_sent_bytes"]
+              if s.name.endswith("_total")}
+    assert subnet["127.0.0.77/32"] == 4000
+    sent1, recv1 = by_port(first, "pytrace_tcp_sent_bytes"), by_port(first, "pytrace_tcp_received_bytes")
+    assert (sent1[str(port)], recv1[str(port)]) == (700, 3000)                       # the server side
+    assert (sent1[str(conn.client_port)], recv1[str(conn.client_port)]) == (3000, 700)
+    sent2, recv2 = by_port(second, "pytrace_tcp_sent_bytes"), by_port(second, "pytrace_tcp_received_bytes")
+    assert (sent2[str(port)], recv2[str(port)]) == (800, 4000)
+
+
+def percpu_totals(dump: list[dict]) -> dict[int, int]:
+    """softirqs' per-CPU stats map (bpftool's formatted dump) -> {vec: runs over all CPUs}."""
+    return {e["key"]: sum(v["value"]["count"] for v in e["values"]) for e in dump}
+
+
+def test_softirqs_counts_are_the_maps(tmp_path):
+    """Soft IRQs never stop, so the scrape is bracketed by two reads of the
+    exporter's own map: before <= scraped <= after, per vector."""
+    exp = Exporter(tmp_path, """
+[[metric]]
+tool = "softirqs"
+options = { dist = true }
+""")
+    try:
+        tcp_roundtrip("127.0.0.1")            # some NET_RX at least
+        before = percpu_totals(exp.map_dump("stats"))
+        fams = exp.scrape()
+        after = percpu_totals(exp.map_dump("stats"))
+    finally:
+        rc, err = exp.stop()
+    assert rc == 0, err
+    runs = {s.labels["softirq"]: s.value for s in fams["pytrace_softirq_runs"] if s.name.endswith("_total")}
+    hist_counts = {s.labels["softirq"]: s.value for s in fams["pytrace_softirq_duration_seconds"]
+                   if s.name.endswith("_count")}
+    from pytrace.tools.softirqs import vec_names
+    names = vec_names()
+    assert runs and runs["net_rx"] >= 1
+    for vec, n_after in after.items():
+        if not n_after:
+            continue
+        name = names[vec]
+        assert before.get(vec, 0) <= runs.get(name, 0) <= n_after
+        assert hist_counts.get(name, 0) == runs.get(name, 0)
+
+
+def test_tcplife_durations_as_a_histogram(tmp_path):
+    """observe: each session's lifespan (ms) lands in the power-of-two bucket
+    the same kernel events give to a library TcpLife beside the exporter."""
+    from pytrace.tools.tcplife import TcpLife
+    port = free_port()
+    exp = Exporter(tmp_path, f"""
+[[metric]]
+tool = "tcplife"
+name = "pt_session_seconds"
+observe = "ms"
+scale = 0.001
+count_by = ["lport"]
+options = {{ lports = [{port}] }}
+""")
+    try:
+        with TcpLife(lports=[port]) as lib:
+            for hold in (0.003, 0.012, 0.045):
+                srv = socket.socket()
+                srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                srv.bind(("127.0.0.1", port))
+                srv.listen(1)
+                c = socket.create_connection(("127.0.0.1", port))
+                a, _ = srv.accept()
+                time.sleep(hold)
+                c.close()
+                a.recv(1)
+                a.close()
+                srv.close()
+            events = list(lib.events(duration=0.5))
+        assert len(events) == 3
+
+        def hist():
+            samples = exp.scrape().get("pt_session_seconds", [])
+            return [s for s in samples if s.labels.get("lport") == str(port)]
+        assert wait_until(lambda: any(s.name.endswith("_count") and s.value == 3 for s in hist()), 10)
+        samples = hist()
+    finally:
+        rc, err = exp.stop()
+    assert rc == 0, err
+    ms = [e.ms for e in events]
+    buckets = sorted((float(s.labels["le"]), s.value) for s in samples if s.name.endswith("_bucket"))
+    for i, (le, count) in enumerate(buckets[:-1]):
+        assert le == (1 << i) / 1000
+        assert count == sum(1 for v in ms if v <= (1 << i)), (i, ms)
+    assert buckets[-1] == (float("inf"), 3)
+    total = next(s.value for s in samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(sum(ms) / 1000, abs=1e-3)

@@ -16,11 +16,26 @@ The config (TOML) names which tools run and what becomes a metric:
     count_by = ["newstate"]            # event fields that become labels
     options = { lports = [8080] }
 
-Tools with an in-kernel aggregate are read when Prometheus scrapes /metrics
-(see sinks/prometheus.py MAP_COLLECTORS); any event-streaming tool can be
-counted (metric <name>_total, default pytrace_<tool>_events_total, plus
-<name>_lost_total for events the kernel dropped).  A config the exporter
-cannot use exits with status 2 and names the line at fault.
+    [[metric]]
+    tool = "tcplife"                   # an event field as a histogram
+    observe = "ms"                     # buckets le = 2^i ms ...
+    scale = 0.001                      # ... exposed in seconds
+    name = "tcp_session_seconds"
+
+Read when Prometheus scrapes /metrics (sinks/prometheus.py MAP_COLLECTORS):
+  tcprtt     histogram pytrace_tcp_rtt_seconds (labels laddr/raddr with by_laddr/by_raddr)
+  softirqs   pytrace_softirq_runs_total, _time_seconds_total, and with dist=true the
+             histogram pytrace_softirq_duration_seconds (label softirq)
+  tcpsubnet  pytrace_tcp_subnet_sent_bytes_total (label subnet)
+  tcptop     pytrace_tcp_sent_bytes_total, _received_bytes_total (labels: count_by
+             among pid, comm, laddr, lport, raddr, rport), pytrace_tcp_missed_calls_total
+(`name` replaces the pytrace_... prefix.)  Any event-streaming tool (tcpstates,
+tcpconnect, tcpaccept, tcpretrans, tcpdrop, tcplife, tcpconnlat, ...) streams
+into the exporter, which counts its events: <name>_total, default
+pytrace_<tool>_events_total, labelled by the count_by fields (e.g. tcpdrop's
+reason), or with observe a histogram of one numeric field; plus <name>_lost_total
+for events the kernel could not queue.  A config the exporter cannot use
+exits with status 2 and names the line at fault.
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ from ..core.errors import PytraceError, UsageError
 DEFAULT_LISTEN = "127.0.0.1:9435"
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-METRIC_KEYS = {"tool", "name", "help", "labels", "options", "count_by"}
+METRIC_KEYS = {"tool", "name", "help", "labels", "options", "count_by", "observe", "scale"}
 EXPORTER_KEYS = {"listen"}
 
 
@@ -61,6 +76,8 @@ class Entry:
     labels: dict[str, str]
     count_by: list[str] = field(default_factory=list)
     collector_cls: Any = None     # a MapCollector class, or None for counted events
+    observe: str | None = None    # event tools: a numeric field -> histogram
+    scale: float = 1.0
 
 
 @dataclass
@@ -113,15 +130,28 @@ def _tracer_class(module: Any) -> type | None:
     return None
 
 
-def _event_fields(cls: type) -> set[str] | None:
-    """Attribute names of the events a tracer class yields (from make_event's annotation)."""
+def _event_type(cls: type) -> type | None:
+    """The dataclass a tracer class's make_event returns (from its annotation)."""
     try:
         kind = typing.get_type_hints(cls.make_event).get("return")
     except Exception:
         return None
-    if kind is not None and dataclasses.is_dataclass(kind):
-        return {f.name for f in dataclasses.fields(kind)}
-    return None
+    return kind if kind is not None and dataclasses.is_dataclass(kind) else None
+
+
+def _event_fields(cls: type) -> set[str] | None:
+    """Attribute names of the events a tracer class yields."""
+    kind = _event_type(cls)
+    return {f.name for f in dataclasses.fields(kind)} if kind else None
+
+
+def _numeric_field(cls: type, name: str) -> bool:
+    kind = _event_type(cls)
+    try:
+        hint = typing.get_type_hints(kind).get(name) if kind else None
+    except Exception:
+        hint = None
+    return hint is None or hint in (int, float)
 
 
 def load_config(path: str) -> Config:
@@ -213,16 +243,33 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
         if not isinstance(lv, str):
             raise fail(at("labels", lk), f"label {lk} must be a string")
     count_by = m.get("count_by", [])
-    if collector_cls is not None and "count_by" in m:
-        raise fail(at("count_by"), f"count_by is for event tools; {tool} exports its in-kernel aggregate")
     if not isinstance(count_by, list) or not all(isinstance(x, str) for x in count_by):
-        raise fail(at("count_by"), "count_by must be a list of event field names")
-    if collector_cls is None:
+        raise fail(at("count_by"), "count_by must be a list of field names")
+    if collector_cls is not None:
+        known: set[str] | None = set(collector_cls.GROUP_FIELDS)
+        if count_by and not known:
+            raise fail(at("count_by"), f"count_by is for event tools and tcptop; {tool} exports "
+                       "its in-kernel aggregate as it is")
+        for key in ("observe", "scale"):
+            if key in m:
+                raise fail(at(key), f"{key} is for event tools; {tool} exports its in-kernel aggregate")
+    else:
         known = _event_fields(cls)
-        for f in count_by:
-            if known is not None and f not in known:
-                raise fail(at("count_by"), f"{tool} events have no field '{f}' (fields: {', '.join(sorted(known))})")
-    dynamic = collector_cls.dynamic_labels(options) if collector_cls else count_by
+    for f in count_by:
+        if known is not None and f not in known:
+            raise fail(at("count_by"), f"{tool} has no field '{f}' to count by (fields: {', '.join(sorted(known))})")
+    observe = m.get("observe")
+    if observe is not None and (not isinstance(observe, str) or (known is not None and observe not in known)):
+        raise fail(at("observe"), f"observe: {tool} events have no field {observe!r}"
+                   + (f" (fields: {', '.join(sorted(known))})" if known else ""))
+    if observe is not None and not _numeric_field(cls, observe):
+        raise fail(at("observe"), f"observe: {tool}'s {observe} is not a number")
+    scale = m.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise fail(at("scale"), "scale must be a positive number (e.g. 0.001 for ms -> seconds)")
+    if "scale" in m and observe is None:
+        raise fail(at("scale"), "scale goes with observe")
+    dynamic = collector_cls.dynamic_labels(options, count_by) if collector_cls else count_by
     clash = set(labels) & set(dynamic)
     if clash:
         raise fail(at("labels"), f"label {sorted(clash)[0]} is already set by the metric itself")
@@ -231,12 +278,14 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
 
     if collector_cls is not None:
         default_name = collector_cls.NAME
+    elif observe is not None:
+        default_name = f"pytrace_{tool}_{observe}"
     else:
         default_name = f"pytrace_{tool}_events_total"
     name = m.get("name", default_name)
     if not isinstance(name, str) or not METRIC_NAME.match(name):
         raise fail(at("name"), f"'{name}' is not a valid Prometheus metric name")
-    if collector_cls is None and not name.endswith("_total"):
+    if collector_cls is None and observe is None and not name.endswith("_total"):
         name += "_total"           # counters are exposed as <name>_total anyway
     if name in names:
         raise fail(at("name") if "name" in m else at(), f"metric {name} is already exported by the "
@@ -260,7 +309,8 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
                    f"{tool} options: {bad.group(1) + ' is not an option' if bad else exc}") from None
     except (PytraceError, ValueError) as exc:
         raise fail(at("options"), f"{tool} options: {exc}") from None
-    return Entry(k, tool, cls, dict(options), name, help_text, dict(labels), list(count_by), collector_cls)
+    return Entry(k, tool, cls, dict(options), name, help_text, dict(labels), list(count_by), collector_cls,
+                 observe, float(scale))
 
 
 _TYPE_WORDS = {int: "an integer", bool: "true or false", str: "a string", float: "a number", list: "a list"}
@@ -332,11 +382,12 @@ class Exporter:
             tracer = e.cls(**e.options).open()
             self.tracers.append(tracer)
             if e.collector_cls is not None:
-                self.registry.register(e.collector_cls(tracer, e.name, e.help, e.labels))
+                self.registry.register(e.collector_cls(tracer, e.name, e.help, e.labels, e.count_by))
             else:
-                counter = EventCounter(e.tool, e.name, e.help or f"{e.tool} events"
+                what = f"{e.tool} events' {e.observe}" if e.observe else f"{e.tool} events"
+                counter = EventCounter(e.tool, e.name, e.help or what
                                        + (f" by {', '.join(e.count_by)}" if e.count_by else ""),
-                                       e.count_by, e.labels)
+                                       e.count_by, e.labels, e.observe, e.scale)
                 pump = EventPump(tracer, counter, e.tool, self._error)
                 pump.start()
                 self.pumps.append(pump)
@@ -392,9 +443,11 @@ def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTT
 
 
 def run(argv: list[str]) -> int:
-    p = cliutil.ArgParser(prog="pytrace exporter",
+    import argparse
+    p = cliutil.ArgParser(prog="pytrace exporter", formatter_class=argparse.RawDescriptionHelpFormatter,
                           description="Serve tools' in-kernel aggregates and event counts as Prometheus "
-                                      "metrics (maps are read at scrape time).")
+                                      "metrics (maps are read at scrape time).\n\n"
+                                      + __doc__.split("\n\n", 1)[1])
     p.add_argument("--config", metavar="FILE", required=True, help="TOML file naming the tools and metrics")
     p.add_argument("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default {DEFAULT_LISTEN})")
     p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log and each request")

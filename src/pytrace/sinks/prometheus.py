@@ -11,13 +11,16 @@ Two kinds of collector, both registered with a prometheus_client registry:
   event-streaming tool's events by chosen event fields as they stream (fed
   by an EventPump thread), plus the events the kernel lost.
 
-MAP_COLLECTORS names the tools with an in-kernel aggregate; every other
-event-streaming tool is counted.
+MAP_COLLECTORS names the tools with an in-kernel aggregate (tcprtt, softirqs,
+tcpsubnet, tcptop); every other event-streaming tool is counted, and one
+numeric event field can be observed as a histogram (tcplife's ms, tcpconnlat's
+delta_ns...).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import threading
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -57,16 +60,20 @@ class MapCollector:
     NAME: ClassVar[str]
     HELP: ClassVar[str]
 
-    def __init__(self, tracer: Any, name: str | None, help_text: str | None, labels: dict[str, str]):
+    GROUP_FIELDS: ClassVar[tuple[str, ...]] = ()     # what count_by may name (tcptop's flow fields)
+
+    def __init__(self, tracer: Any, name: str | None, help_text: str | None, labels: dict[str, str],
+                 count_by: Sequence[str] = ()):
         self.tracer = tracer
         self.name = name or self.NAME
         self.help = help_text or self.HELP
         self.const = labels
+        self.count_by = list(count_by)
 
     @classmethod
-    def dynamic_labels(cls, options: dict[str, Any]) -> list[str]:
+    def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
         """Labels the collector adds itself, given the tool's options."""
-        return []
+        return list(count_by)
 
     def describe(self) -> list:
         return []   # nothing to collect at registration: the tool may not be open yet
@@ -82,7 +89,7 @@ class TcpRttCollector(MapCollector):
             "from tcprtt's in-kernel log2 histogram")
 
     @classmethod
-    def dynamic_labels(cls, options: dict[str, Any]) -> list[str]:
+    def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
         return ["laddr"] if options.get("by_laddr") else ["raddr"] if options.get("by_raddr") else []
 
     def collect(self) -> Iterator[Any]:
@@ -98,23 +105,134 @@ class TcpRttCollector(MapCollector):
         yield fam
 
 
-MAP_COLLECTORS: dict[str, type[MapCollector]] = {c.TOOL: c for c in (TcpRttCollector,)}
+class SoftIrqsCollector(MapCollector):
+    """softirqs: runs and time per vector (counters); with dist, time per run (histogram)."""
+    TOOL = "softirqs"
+    NAME = "pytrace_softirq"
+    HELP = "soft IRQ handling per vector, from softirqs' per-CPU in-kernel sums"
+
+    @classmethod
+    def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
+        return ["softirq"]
+
+    def collect(self) -> Iterator[Any]:
+        t, labels, const = self.tracer, [*self.const, "softirq"], list(self.const.values())
+        stats = t.read(reset=False)
+        runs = CounterMetricFamily(f"{self.name}_runs", f"{self.help}: handler runs", labels=labels)
+        secs = CounterMetricFamily(f"{self.name}_time_seconds", f"{self.help}: time in the handlers",
+                                   labels=labels)
+        for st in stats:
+            runs.add_metric([*const, st.name], st.count)
+            secs.add_metric([*const, st.name], st.total_ns / 1e9)
+        yield runs
+        yield secs
+        if t.dist:
+            hist = HistogramMetricFamily(f"{self.name}_duration_seconds", f"{self.help}: time per run",
+                                         labels=labels)
+            divisor = 1e9 if t.ns else 1e6
+            for st in stats:
+                if st.hist is not None:
+                    buckets, _ = log2_buckets(st.hist, divisor)
+                    hist.add_metric([*const, st.name], buckets, st.total_ns / 1e9)
+            yield hist
+
+
+class TcpSubnetCollector(MapCollector):
+    """tcpsubnet: bytes sent per destination subnet (a counter per subnet, zero included)."""
+    TOOL = "tcpsubnet"
+    NAME = "pytrace_tcp_subnet_sent_bytes"
+    HELP = "TCP payload bytes accepted by send calls, by destination subnet (first match), from tcpsubnet"
+
+    @classmethod
+    def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
+        return ["subnet"]
+
+    def collect(self) -> Iterator[Any]:
+        t = self.tracer
+        got = {r.index: r.bytes for r in t.read(reset=False)}
+        fam = CounterMetricFamily(self.name, self.help, labels=[*self.const, "subnet"])
+        for i, sub in enumerate(t.subnets):
+            fam.add_metric([*self.const.values(), sub.text], got.get(i, 0))
+        yield fam
+
+
+class TcpTopCollector(MapCollector):
+    """tcptop: bytes sent and received, summed by the flow fields in count_by.
+
+    The kernel's flow table is emptied as it is read, so each scrape adds what
+    it takes out to the running totals kept here (one per label set)."""
+    TOOL = "tcptop"
+    NAME = "pytrace_tcp"
+    HELP = "TCP payload bytes per process and connection, from tcptop's in-kernel flow table"
+    GROUP_FIELDS = ("pid", "comm", "laddr", "lport", "raddr", "rport")
+
+    def __init__(self, *a: Any, **kw: Any):
+        super().__init__(*a, **kw)
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, ...], list[int]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        names = self.count_by
+        with self._lock:
+            for f in self.tracer.read():
+                key = tuple(label_text(getattr(f, n)) for n in names)
+                acc = self._totals.setdefault(key, [0, 0])
+                acc[0] += f.tx_bytes
+                acc[1] += f.rx_bytes
+            items = sorted(self._totals.items())
+            missed = self.tracer.missed
+        labels, const = [*self.const, *names], list(self.const.values())
+        sent = CounterMetricFamily(f"{self.name}_sent_bytes", f"{self.help}: sent", labels=labels)
+        recv = CounterMetricFamily(f"{self.name}_received_bytes", f"{self.help}: received", labels=labels)
+        for key, (tx, rx) in items:
+            sent.add_metric([*const, *key], tx)
+            recv.add_metric([*const, *key], rx)
+        yield sent
+        yield recv
+        m = CounterMetricFamily(f"{self.name}_missed_calls", "sends/receives not counted: the flow table was full",
+                                labels=list(self.const))
+        m.add_metric(const, missed)
+        yield m
+
+
+MAP_COLLECTORS: dict[str, type[MapCollector]] = {
+    c.TOOL: c for c in (TcpRttCollector, SoftIrqsCollector, TcpSubnetCollector, TcpTopCollector)}
+
+
+OBSERVE_SLOTS = 41      # power-of-two buckets 2^0 .. 2^40 of the field's own unit
+
+
+def pow2_slot(v: float) -> int:
+    """Smallest i with v <= 2^i (0 for v <= 1); OBSERVE_SLOTS for larger than 2^40."""
+    if v <= 1:
+        return 0
+    m, e = math.frexp(v)           # v = m * 2^e, 0.5 <= m < 1
+    i = e - 1 if m == 0.5 else e
+    return min(i, OBSERVE_SLOTS)
 
 
 class EventCounter(Sink):
-    """Events counted by the values of some of their fields (count_by)."""
+    """Events counted by the values of some of their fields (count_by); with
+    observe, one numeric field of each event goes into a histogram instead
+    (buckets le = 2^i of the field's unit, times scale: e.g. tcplife's ms with
+    scale 0.001 gives seconds)."""
 
-    def __init__(self, tool: str, name: str, help_text: str, count_by: Sequence[str], labels: dict[str, str]):
+    def __init__(self, tool: str, name: str, help_text: str, count_by: Sequence[str], labels: dict[str, str],
+                 observe: str | None = None, scale: float = 1.0):
         self.tool, self.name, self.help = tool, name, help_text
         self.count_by = list(count_by)
         self.const = labels
+        self.observe, self.scale = observe, scale
         self.counts: dict[tuple[str, ...], int] = {}
+        self.hists: dict[tuple[str, ...], list] = {}     # key -> [slot counts..., sum]
         self.lost_total = 0
         self._lock = threading.Lock()
         self._key: Callable[[tuple], tuple[str, ...]] = lambda raw: ()
+        self._make: Callable[[tuple], Any] | None = None
 
     def begin(self, source: EventSource) -> None:
         make, names = source.make_event, self.count_by
+        self._make = make
         if not names:
             return
 
@@ -139,6 +257,9 @@ class EventCounter(Sink):
 
     def events(self, batch: list[tuple]) -> None:
         key = self._key
+        if self.observe is not None:
+            self._observe(batch)
+            return
         local: dict[tuple[str, ...], int] = {}
         for raw in batch:
             k = key(raw)
@@ -148,6 +269,20 @@ class EventCounter(Sink):
             for k, n in local.items():
                 counts[k] = counts.get(k, 0) + n
 
+    def _observe(self, batch: list[tuple]) -> None:
+        key, make, field = self._key, self._make, self.observe
+        rows = []
+        for raw in batch:
+            v = getattr(make(raw), field)
+            rows.append((key(raw), v))
+        with self._lock:
+            for k, v in rows:
+                h = self.hists.get(k)
+                if h is None:
+                    h = self.hists[k] = [0] * (OBSERVE_SLOTS + 2)
+                h[pow2_slot(v)] += 1
+                h[-1] += v
+
     def lost(self, total: int) -> None:
         self.lost_total = total
 
@@ -155,12 +290,26 @@ class EventCounter(Sink):
         return []
 
     def collect(self) -> Iterator[Any]:
-        with self._lock:
-            items = sorted(self.counts.items())
-        fam = CounterMetricFamily(self.name, self.help, labels=[*self.const, *self.count_by])
-        for key, n in items:
-            fam.add_metric([*self.const.values(), *key], n)
-        yield fam
+        labels = [*self.const, *self.count_by]
+        if self.observe is not None:
+            with self._lock:
+                items = sorted((k, list(h)) for k, h in self.hists.items())
+            fam = HistogramMetricFamily(self.name, self.help, labels=labels)
+            for key, h in items:
+                buckets, acc = [], 0
+                for i in range(OBSERVE_SLOTS):
+                    acc += h[i]
+                    buckets.append((floatToGoString((1 << i) * self.scale), acc))
+                buckets.append(("+Inf", acc + h[OBSERVE_SLOTS]))
+                fam.add_metric([*self.const.values(), *key], buckets, h[-1] * self.scale)
+            yield fam
+        else:
+            with self._lock:
+                items = sorted(self.counts.items())
+            fam = CounterMetricFamily(self.name, self.help, labels=labels)
+            for key, n in items:
+                fam.add_metric([*self.const.values(), *key], n)
+            yield fam
         lost = CounterMetricFamily(self.lost_name, f"{self.tool} events the kernel could not queue (ring "
                                    "buffer full): not in the count above", labels=list(self.const))
         lost.add_metric(list(self.const.values()), self.lost_total)
