@@ -443,3 +443,87 @@ method = "tc"
             config.parse(t, "f.toml")
         assert str(exc.value).startswith(msg), (str(exc.value), msg)
         assert "\n" not in str(exc.value)
+
+
+# -- hooks, namespaces by path and inode, IPv6 ----------------------------------------------------
+
+@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+def test_device_tracepoint_variants(topo, hook):
+    """Each way of reaching net_dev_queue / netif_receive_skb gives the same
+    records; namespaces may be named by path or by inode."""
+    cA = Point("a", "eth0", f"/run/netns/{topo.ns['cA']}", "egress", "tracepoint")
+    cB = Point("b", "eth0", str(inode(topo.ns["cB"])), "ingress", "tracepoint")
+    with VnetTracer([cA, cB], topo.selector(), hook=hook) as tr:
+        assert {ap.hook for ap in tr.points.values()} == {hook}
+        echo = topo.udp_echo(5, size=100)
+        time.sleep(0.1)
+        rows = [Row(*r) for r in tr.rows(tr.drain())]
+    assert sorted((r.point, r.sport, r.length, r.netns) for r in rows) == sorted(
+        [("a", echo.client_port, 142, inode(topo.ns["cA"]))] * 5 + [("b", echo.client_port, 128,
+                                                                      inode(topo.ns["cB"]))] * 5)
+    assert sorted(r.pkt_id for r in rows if r.point == "a") == sorted(r.pkt_id for r in rows if r.point == "b")
+
+
+def test_ipv6_packets(tmp_path):
+    """IPv6 over a veth pair: addresses, ports, lengths and one ID per packet."""
+    x, y = f"pt-vnet6-x-{os.getpid()}", f"pt-vnet6-y-{os.getpid()}"
+    made = []
+    try:
+        for ns in (x, y):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+        subprocess.run(["ip", "link", "add", "eth0", "netns", x, "address", "02:00:00:00:06:01", "type", "veth",
+                        "peer", "name", "eth0", "netns", y, "address", "02:00:00:00:06:02"], check=True)
+        for ns, me, peer, mac in ((x, "2001:db8:6::1", "2001:db8:6::2", "02:00:00:00:06:02"),
+                                  (y, "2001:db8:6::2", "2001:db8:6::1", "02:00:00:00:06:01")):
+            subprocess.run(["ip", "-n", ns, "-batch", "-"], check=True, text=True, input="\n".join([
+                "link set lo up", f"addr add {me}/64 dev eth0 nodad", "link set eth0 up",
+                f"neigh add {peer} lladdr {mac} dev eth0 nud permanent"]) + "\n")
+        pts = [Point("x.out", "eth0", x, "egress", "tc"), Point("y.xdp", "eth0", y, "ingress", "xdp"),
+               Point("y.in", "eth0", y, "ingress", "tracepoint")]
+        sel = Selector(protocol=17, prefixes=((ROLE_ANY, ipaddress.ip_network("2001:db8:6::/64")),))
+        from pytrace.core.netattach import in_netns
+        with in_netns(y):
+            srv = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with in_netns(x):
+            cli = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with srv, cli:
+            srv.bind(("2001:db8:6::2", 7006))
+            srv.settimeout(5)
+            cli.bind(("2001:db8:6::1", 0))
+            with VnetTracer(pts, sel) as tr:
+                for i in range(6):
+                    cli.sendto(i.to_bytes(8, "big") + bytes(92), ("2001:db8:6::2", 7006))
+                    srv.recvfrom(2048)
+                time.sleep(0.1)
+                rows = [Row(*r) for r in tr.rows(tr.drain())]
+            cport = cli.getsockname()[1]
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns])
+    ip_len = 100 + 8 + 40
+    assert sorted((r.point, r.saddr, r.sport, r.daddr, r.dport, r.ip_len, r.length) for r in rows) == sorted(
+        [(p, "2001:db8:6::1", cport, "2001:db8:6::2", 7006, ip_len, ip_len + (0 if p == "y.in" else 14))
+         for p in ("x.out", "y.xdp", "y.in") for _ in range(6)])
+    ids = {p: sorted(r.pkt_id for r in rows if r.point == p) for p in ("x.out", "y.xdp", "y.in")}
+    assert ids["x.out"] == ids["y.xdp"] == ids["y.in"] and len(set(ids["x.out"])) == 6
+
+
+# -- the analysis on its own ----------------------------------------------------------------------
+
+def test_report_splits_shared_ids_and_qualifies_shared_labels():
+    """Two packets with one ID (a point seen twice) are two packets; a label
+    used on two hosts is named host:label; percentiles are nearest-rank."""
+    def row(host, ts, point, pid, sport=1000):
+        return Row(host, ts, point, pid, 17, "192.0.2.1", sport, "192.0.2.2", 2000, 100, 86, 1, 2, 0, 0)
+    rows = [row("h1", 1_000, "out", 7), row("h2", 3_000, "out", 7), row("h1", 10_000, "out", 7),
+            row("h2", 14_000, "out", 7)]
+    rows += [row("h1", 100_000 + 1000 * i, "out", 100 + i) for i in range(10)]
+    rows += [row("h2", 100_000 + 1000 * i + 500 * (i + 1), "out", 100 + i) for i in range(10)]
+    rep = report.analyze(rows, manual={"h2": 0})
+    assert rep.packets == 12
+    seg = rep.segment("h1:out", "h2:out")
+    assert seg is not None and [s.name for s in rep.segments] == ["h1:out -> h2:out"]
+    # deltas: 2000, 4000 and 500..5000 in steps of 500
+    assert (seg.stats.count, seg.stats.min, seg.stats.p50, seg.stats.p90, seg.stats.max) == (12, 500, 2500, 4500, 5000)
+    assert rep.offsets["h2"].source == "manual"

@@ -122,11 +122,19 @@ class SqliteStore:
                         "AND removed_ns IS NULL", (ts_ns, host, label, point_id))
 
 
-def read_sqlite(path: str, since_ns: int | None = None, until_ns: int | None = None) -> list[Row]:
+def _open_ro(path: str) -> sqlite3.Connection:
+    """For reading.  A writable store is opened normally, so that closing it
+    checkpoints the WAL (a read-only connection would leave -wal/-shm files)."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such store")
+    if os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return sqlite3.connect(path)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def read_sqlite(path: str, since_ns: int | None = None, until_ns: int | None = None) -> list[Row]:
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = _open_ro(path)
         try:
             sql, args = "SELECT * FROM records", []
             conds = []
@@ -147,7 +155,7 @@ def read_sqlite(path: str, since_ns: int | None = None, until_ns: int | None = N
 
 def read_points(path: str) -> list[dict[str, Any]]:
     """The points table: when each point was added and removed."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = _open_ro(path)
     try:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM points ORDER BY added_ns")]
@@ -156,7 +164,7 @@ def read_points(path: str) -> list[dict[str, Any]]:
 
 
 def read_agents(path: str) -> list[dict[str, Any]]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = _open_ro(path)
     try:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM agents ORDER BY start_ns")]

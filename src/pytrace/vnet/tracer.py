@@ -197,14 +197,21 @@ class VnetTracer:
         self._wall = time.time_ns() - self._start + self.clock_offset_ns
 
     def close(self) -> None:
+        # every point is detached even if one fails (e.g. its namespace is gone)
+        failed: BaseException | None = None
         for label in list(self.points):
-            self._detach(label)
+            try:
+                self._detach(label)
+            except (PytraceError, OSError) as exc:
+                failed = failed or exc
         if self.ring is not None:
             self.ring.close()
             self.ring = None
         if self._ring_fd >= 0:
             os.close(self._ring_fd)
             self._ring_fd = -1
+        if failed is not None:
+            raise failed
 
     def __enter__(self) -> "VnetTracer":
         return self.open()
@@ -304,7 +311,15 @@ class VnetTracer:
             view = self._lost_views.pop(ap.id, None)
             if view is not None:
                 self._lost_closed += view.value
-            ap.obj.close()
+            # An undo fails (PytraceError) when the point's namespace is gone:
+            # the kernel took the device and its filters with it.  close()
+            # stops at such a failure, so call it again for the rest.
+            for _ in range(16):
+                try:
+                    ap.obj.close()
+                    break
+                except PytraceError:
+                    continue
 
     # -- reading ---------------------------------------------------------------------
     @property
