@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, netns, run_cli, wait_until
+from pytrace.core.netattach import in_netns
 from pytrace.tools.tcplife import TcpLife
 
 MY_COMM = open("/proc/self/comm").read().strip()
@@ -189,6 +191,54 @@ def test_port_and_family_filters_exclude_what_they_must():
     assert [(e.lport, e.rport, e.tx_bytes) for e in got_r] == [(s1.client_port, keep, 10)]
     assert sorted((e.lport, e.tx_bytes) for e in got_6) == [(keep6, 60)]
     assert s2.port == other
+
+
+def test_sessions_beyond_the_map_are_counted_as_lost():
+    """With room for 4 open sessions, 6 concurrent client sockets: 4 reported, 2 counted lost."""
+    port = free_port()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen(8)
+    with TcpLife(rports=[port], max_sessions=4) as tracer:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+        accepted = [srv.accept()[0] for _ in clients]
+        for s in clients + accepted:
+            s.close()
+        evs = list(tracer.events(duration=0.3))
+        assert (len(evs), tracer.lost) == (4, 2)
+    assert {e.rport for e in evs} == {port}
+    srv.close()
+
+
+def test_client_filtered_by_its_ephemeral_port():
+    """With -L a client is skipped at SYN_SENT (no local port yet) and followed from
+    ESTABLISHED: its bytes are still exact, and map overflow still counts once per session.
+    The ephemeral ports are made known by a 6-port ip_local_port_range in a test netns."""
+    with netns(f"pt-tcplife-{os.getpid()}") as ns:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        first = random.randint(20000, 60000)
+        eph = list(range(first, first + 6))
+        with in_netns(ns):
+            with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as fh:
+                fh.write(f"{eph[0]} {eph[-1]}")
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 5000))
+            srv.listen(8)
+            with TcpLife(lports=eph, max_sessions=4) as tracer:
+                clients = [socket.create_connection(("127.0.0.1", 5000), timeout=5) for _ in eph]
+                accepted = [srv.accept()[0] for _ in clients]
+                for c, a in zip(clients, accepted):
+                    c.sendall(b"e" * 100)
+                    recv_exact(a, 100)
+                    a.sendall(b"f" * 7)
+                    recv_exact(c, 7)
+                for s in clients + accepted:
+                    s.close()
+                evs = list(tracer.events(duration=0.3))
+                assert (len(evs), tracer.lost) == (4, 2)
+            srv.close()
+    assert {e.lport for e in evs} <= set(eph) and len({e.lport for e in evs}) == 4
+    assert {(e.rport, e.tx_bytes, e.rx_bytes, e.pid) for e in evs} == {(5000, 100, 7, os.getpid())}
 
 
 def test_cli_text_columns():

@@ -138,7 +138,14 @@ static __always_inline int on_change(const struct sock *sk, int oldstate,
 			fresh.flags = CONN_ACTIVE;
 		if (newstate == TCP_SYN_SENT)
 			take_owner(&fresh);
-		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+		/* A full map means this session's record will never be sent:
+		 * count it with the ring's losses, so it is not lost silently;
+		 * once, at its first chance (ESTABLISHED tries again, and is the
+		 * first chance only of a client that -L skipped at SYN_SENT). */
+		if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY) &&
+		    (newstate != TCP_ESTABLISHED ||
+		     (oldstate == TCP_SYN_SENT && n_lports)))
+			__sync_fetch_and_add(&lost_events, 1);
 		return 0;
 	}
 

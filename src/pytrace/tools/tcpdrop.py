@@ -9,8 +9,9 @@ Library:
 
 Addresses and ports are the dropped packet's own (source > destination),
 so an incoming packet shows the remote end first.  state is the TCP state
-of the socket it belonged to, None when it reached none (NO_SOCKET: nothing
-listens).  reason is the kernel's enum skb_drop_reason name, read from this
+of the socket that received it or, before any socket lookup, of the one
+that sent it if the packet still carries it (transmit path, veth); None
+when there is neither (NO_SOCKET: nothing listens).  reason is the kernel's enum skb_drop_reason name, read from this
 kernel's BTF.  stack is symbolized from /proc/kallsyms, innermost first,
 starting at the function that freed the packet.  PID is the task current
 at the drop (often 0 or unrelated: most drops happen in softirq).

@@ -62,10 +62,19 @@ class TcpLife(EventTracer):
     )
 
     def __init__(self, *, family: int = 0, pid: int = 0, lports: list[int] | None = None,
-                 rports: list[int] | None = None, **kw: Any):
+                 rports: list[int] | None = None, max_sessions: int | None = None, **kw: Any):
+        """max_sessions: how many open sessions the kernel can follow at once (65536);
+        a session beyond that is counted in `lost` when it starts."""
         super().__init__(**kw)
         self.family, self.pid = family, pid
         self.lports, self.rports = lports or [], rports or []
+        self.max_sessions = max_sessions
+
+    def map_sizes(self) -> dict[str, int] | None:
+        sizes = dict(super().map_sizes() or {})
+        if self.max_sessions:
+            sizes["conns"] = self.max_sessions
+        return sizes or None
 
     def rodata(self) -> dict[str, Any]:
         return {"target_family": self.family, "target_pid": self.pid,
