@@ -11,7 +11,8 @@
  * Hooks, one per method of a point:
  *  - tc clsact ingress/egress (vnet_tc): returns TC_ACT_UNSPEC, so filters
  *    after ours (other points on the same hook) still run;
- *  - XDP (vnet_xdp, ingress only): returns XDP_PASS;
+ *  - XDP (vnet_xdp, ingress only; bpf_xdp_load_bytes needs Linux 5.18):
+ *    returns XDP_PASS;
  *  - the device tracepoints net_dev_queue (egress) and netif_receive_skb
  *    (ingress), as tp_btf, raw_tp or classic tracepoint: they fire for every
  *    device of every namespace, so the point's ifindex and netns inode are
@@ -177,8 +178,25 @@ static __always_inline int parse_ip(int kind, struct src *s, __u32 off, __be16 e
 		p->ip_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
 		p->ipid = ((__u32)(ip6.flow_lbl[0] & 0x0f) << 16) |
 			  ((__u32)ip6.flow_lbl[1] << 8) | ip6.flow_lbl[2];
-		p->proto = ip6.nexthdr;
 		l4off = off + sizeof(ip6);
+		p->proto = ip6.nexthdr;
+		/* skip hop-by-hop, routing, fragment and destination options */
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			struct { __u8 next; __u8 len; __be16 frag_off; } ext;
+
+			if (p->proto != 0 && p->proto != 43 && p->proto != 44 && p->proto != 60)
+				break;
+			if (load(kind, s, l4off, &ext, sizeof(ext)))
+				return -1;
+			if (p->proto == 44) {
+				frag = bpf_ntohs(ext.frag_off) & 0xfff8;
+				l4off += 8;
+			} else {
+				l4off += (ext.len + 1) * 8;
+			}
+			p->proto = ext.next;
+		}
 	} else {
 		return -1;
 	}
