@@ -27,6 +27,7 @@ class BuildPy(build_py):
     def run(self):
         try:
             bpf_build.build()
+            __import__("build_web").build()  # the web views' npm bundle (build_web.py)
             # the package carries libbpf (+ libelf) for hosts that lack it: see core/libbpf.py
             bpf_build.bundle_libs()
         except bpf_build.BuildError as exc:

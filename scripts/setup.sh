@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (apt-get, /opt, BPF)" >&2; exit 1; }
 
 PKGS=(clang llvm libbpf-dev libbpf1 bpftool iproute2 libbpf-tools python3 python3-venv python3-pip
-      gcc libc6-dev util-linux procps debootstrap)
+      gcc libc6-dev util-linux procps debootstrap
+      nodejs $(command -v npm >/dev/null || echo npm) chromium)  # npm: unless nodejs brings its own (NodeSource)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
