@@ -9,12 +9,13 @@ import socket
 
 import pytest
 
-from helpers import Cli, free_port, run_cli
+from helpers import Cli, free_port, netns, run_cli, sh
+from pytrace.core.netattach import in_netns
 from pytrace.core.tracepoints import parse_filter, parse_format, resolve
 from pytrace.tools.count import ProbeCount, TracepointCount
 
 ME = os.getpid()
-UDP_ON_LO = 14 + 20 + 8      # ethernet (lo has one) + IPv4 + UDP headers
+UDP_HDRS = 14 + 20 + 8       # ethernet (lo and dummy devices have one) + IPv4 + UDP headers
 
 
 def failed_connects(n: int) -> None:
@@ -34,12 +35,37 @@ def good_connects(n: int) -> None:
                 s.connect(srv.getsockname())
 
 
-def udp_sends(n: int, size: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        rx.bind(("127.0.0.1", 0))
+class DummyNet:
+    """A namespace of the test's own with a veth pair whose far end is a static
+    neighbour: datagrams sent there pass net_dev_xmit under a device name no one
+    else uses (and are dropped by the peer, which is not their destination)."""
+
+    def __init__(self) -> None:
+        self.ns = f"pt-count-{ME}"
+        self.dev = f"ptc{ME % 100000}"
+
+    def __enter__(self) -> "DummyNet":
+        self._ns = netns(self.ns)
+        self._ns.__enter__()
+        try:
+            n, d = self.ns, self.dev
+            sh(f"ip -n {n} link add {d} type veth peer name {d}p && ip -n {n} addr add 192.0.2.1/24 dev {d} && "
+               f"ip -n {n} link set {d} up && ip -n {n} link set {d}p up && "
+               f"ip -n {n} neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev {d} nud permanent")
+            with in_netns(self.ns):
+                self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except BaseException:
+            self._ns.__exit__(None, None, None)
+            raise
+        return self
+
+    def send(self, n: int, size: int) -> None:
         for _ in range(n):
-            tx.sendto(b"x" * size, rx.getsockname())
+            self.sock.sendto(b"x" * size, ("192.0.2.2", 9))
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+        self._ns.__exit__(*exc)
 
 
 def test_failed_connects_by_errno_exactly():
@@ -65,27 +91,29 @@ def test_probes_are_told_apart_by_cookie_and_wildcards_expand():
 
 def test_string_filter_and_keys_on_a_data_loc_field():
     size = 321
-    with TracepointCount(["net:net_dev_xmit"], by=["name", "len"], filters=['name == "lo" && len > 300'],
-                         pid=ME) as c:
-        udp_sends(5, size)
-        udp_sends(3, 100)                     # len <= 300: filtered out
-        got = c.counts()
-    assert got == [ProbeCount("net:net_dev_xmit", (("name", "lo"), ("len", size + UDP_ON_LO)), 5)]
+    with DummyNet() as net:
+        filt = f'name == "{net.dev}" && len > 300'
+        with TracepointCount(["net:net_dev_xmit"], by=["name", "len"], filters=[filt], pid=ME) as c:
+            net.send(5, size)
+            net.send(3, 100)                  # len <= 300: filtered out
+            got = c.counts()
+        assert got == [ProbeCount("net:net_dev_xmit", (("name", net.dev), ("len", size + UDP_HDRS)), 5)]
 
-    with TracepointCount(["net:net_dev_xmit"], filters=["name != lo"], pid=ME) as c:
-        udp_sends(4, size)
-        assert c.counts() == []
+        with TracepointCount(["net:net_dev_xmit"], by=["name"], filters=[f"name != {net.dev}"], pid=ME) as c:
+            net.send(4, size)
+            assert [pc for pc in c.counts() if pc.key[0][1] == net.dev] == []
 
 
 def test_intervals_reset_and_a_full_key_table_is_reported():
-    with TracepointCount(["net:net_dev_xmit"], by=["len"], pid=ME, max_keys=2) as c:
+    with DummyNet() as net, TracepointCount(["net:net_dev_xmit"], by=["len"], filters=[f"name == {net.dev}"],
+                                            pid=ME, max_keys=2) as c:
         for size in (10, 20, 30, 40):
-            udp_sends(2, size)
+            net.send(2, size)
         first = c.counts(clear=True)
         assert sum(pc.count for pc in first) + c.dropped == 8
         assert len(first) == 2 and c.dropped == 4
-        udp_sends(1, 50)
-        assert c.counts() == [ProbeCount("net:net_dev_xmit", (("len", 50 + UDP_ON_LO),), 1)]
+        net.send(1, 50)
+        assert c.counts() == [ProbeCount("net:net_dev_xmit", (("len", 50 + UDP_HDRS),), 1)]
 
 
 def test_cli_json_counts_failed_connects():

@@ -8,16 +8,16 @@ import socket
 from helpers import Cli, run_cli
 from pytrace.tools.count import TracepointCount
 from pytrace.tools.stackcount import frames
-from test_count import UDP_ON_LO, failed_connects, udp_sends
+from test_count import UDP_HDRS, DummyNet, failed_connects
 
 ME = os.getpid()
 
 
 def test_kernel_stacks_of_udp_transmits():
     size = 333
-    with TracepointCount(["net:net_dev_xmit"], filters=[f"len == {size + UDP_ON_LO}"], pid=ME,
-                         kernel_stack=True) as c:
-        udp_sends(6, size)
+    with DummyNet() as net, TracepointCount(["net:net_dev_xmit"], filters=[f"name == {net.dev}"], pid=ME,
+                                            kernel_stack=True) as c:
+        net.send(6, size)
         got = c.counts()
     assert sum(pc.count for pc in got) == 6
     for pc in got:
@@ -40,10 +40,14 @@ def test_user_stacks_of_connect_calls():
 
 
 def test_cli_kernel_stacks_text_and_folded():
-    size = 444
-    filt = f"len == {size + UDP_ON_LO}"
+    with DummyNet() as net:
+        text_and_folded(net)
+
+
+def text_and_folded(net: DummyNet) -> None:
+    filt = f"name == {net.dev}"
     cli = Cli("stackcount", "-K", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
-    udp_sends(3, size)
+    net.send(3, 444)
     rc, lines, err = cli.stop()
     assert rc == 0, err
     assert lines[0] == "Tracing 1 tracepoint... Hit Ctrl-C to end."
@@ -52,7 +56,7 @@ def test_cli_kernel_stacks_text_and_folded():
     assert sum(counts) == 3
 
     cli = Cli("stackcount", "-K", "-f", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
-    udp_sends(2, size)
+    net.send(2, 444)
     rc, lines, err = cli.stop()
     assert rc == 0, err
     assert lines and all(line.startswith("net:net_dev_xmit;entry_SYSCALL_64") for line in lines)

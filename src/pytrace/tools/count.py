@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..core import libbpf, tracefs, tracepoints as tp
+from ..core import libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
 from ..core.errors import PytraceError, UsageError
@@ -150,6 +150,7 @@ class TracepointCount(Tracer):
 
     def open(self):
         # tracefs is needed before load: to list the tracepoints and read their formats
+        privileges.require(self.TOOL)
         self._mounted = tracefs.ensure()
         try:
             self._rodata = self._compile()
