@@ -163,8 +163,10 @@ static __always_inline void count(const struct origin *o, bool retrans, bool tlp
 	if (!c) {
 		bpf_map_update_elem(&flows, &key, &zero_count, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&flows, &key);
-		if (!c)
+		if (!c) {	/* map full: not counted, so say so */
+			__sync_fetch_and_add(&lost_events, 1);
 			return;
+		}
 	}
 	if (retrans)
 		__sync_fetch_and_add(&c->retrans, 1);

@@ -90,9 +90,19 @@ class TcpRetrans(EventTracer):
         Variant("kprobe", ("tcpretrans_kprobe", "tcpretrans_kprobe_tlp")),
     )
 
-    def __init__(self, *, family: int = 0, lossprobe: bool = False, count: bool = False, **kw: Any):
+    def __init__(self, *, family: int = 0, lossprobe: bool = False, count: bool = False,
+                 max_flows: int | None = None, **kw: Any):
+        """count=True counts per flow in the kernel (counts()) and streams nothing; up to
+        max_flows flows (10240), retransmits of further flows are counted in `lost`."""
         super().__init__(**kw)
         self.family, self.lossprobe, self.count = family, lossprobe, count
+        self.max_flows = max_flows
+
+    def map_sizes(self) -> dict[str, int] | None:
+        sizes = dict(super().map_sizes() or {})
+        if self.max_flows:
+            sizes["flows"] = self.max_flows
+        return sizes or None
 
     def rodata(self) -> dict[str, Any]:
         ro: dict[str, Any] = {"target_family": self.family, "lossprobe": self.lossprobe,
@@ -175,6 +185,7 @@ def _count(tracer: TcpRetrans, args: argparse.Namespace, out: Output) -> int:
     except (KeyboardInterrupt, Terminate):
         pass
     counts = sorted(tracer.counts().items(), key=lambda kv: (kv[1].retransmits, kv[1].tlps))
+    out.lost(tracer.lost)       # retransmits of flows the full map could not take
     if args.json:
         for flow, c in counts:
             out.record({"ip": 4 if flow.family == AF_INET else 6, "laddr": str(flow.laddr), "lport": flow.lport,
