@@ -1,0 +1,408 @@
+"""tcpconnect against real connects: exact tuples, PID/UID, refused and timed-out
+attempts, filters, count mode, UDP, CLI."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
+from pytrace.core.bpfobject import BpfObject
+from pytrace.core.errors import PytraceError
+from pytrace.core.netattach import in_netns
+from pytrace.tools.tcpconnect import TcpConnect
+
+ME = os.getpid()
+MY_COMM = open("/proc/self/comm").read().strip()
+NOBODY = 65534
+# /root (and the venv python inside it) is closed to other users: a child
+# running as another uid uses the system python, which needs nothing of ours
+SYS_PYTHON = "/usr/bin/python3"
+
+# connect once `go` arrives on stdin, print the local port, exit
+CHILD = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+sys.stdin.readline()
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam)
+s.connect((host, port))
+print(s.getsockname()[1], flush=True)
+s.close()
+"""
+
+
+def listener(host: str, backlog: int = 16) -> socket.socket:
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    srv.bind((host, 0))
+    srv.listen(backlog)
+    return srv
+
+
+def connect(host: str, port: int) -> int:
+    """One connect from this process; its local port."""
+    c = socket.create_connection((host, port), timeout=5)
+    lport = c.getsockname()[1]
+    c.close()
+    return lport
+
+
+def refused(host: str, port: int) -> int:
+    """A connect to a port nobody listens on, from a known local port."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam)
+    s.bind((host, 0))
+    lport = s.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        s.connect((host, port))
+    s.close()
+    return lport
+
+
+def child(host: str, port: int, uid: int | None = None) -> subprocess.Popen:
+    prefix = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    py = sys.executable if uid is None else SYS_PYTHON
+    return subprocess.Popen([*prefix, py, "-c", CHILD, host, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def run_child(proc: subprocess.Popen) -> int:
+    out, _ = proc.communicate("go\n", timeout=10)
+    assert proc.returncode == 0
+    return int(out)
+
+
+def mine(events, *rports) -> list:
+    return [e for e in events if e.rport in rports]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_connect_and_refused_exact(host):
+    srv = listener(host)
+    port, closed = srv.getsockname()[1], free_port(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    addr = ipaddress.ip_address(host)
+    with TcpConnect() as tracer:
+        t0 = time.monotonic_ns()
+        ok_port = connect(host, port)
+        bad_port = refused(host, closed)
+        t1 = time.monotonic_ns()
+        events = mine(tracer.events(duration=0.3), port, closed)
+        assert tracer.lost == 0
+    srv.close()
+    fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    assert [(e.pid, e.uid, e.comm, e.family, e.proto, e.laddr, e.lport, e.raddr, e.rport, e.ok, e.error, e.result)
+            for e in events] == [
+        (ME, 0, MY_COMM, fam, 6, addr, ok_port, addr, port, True, 0, "OK"),
+        (ME, 0, MY_COMM, fam, 6, addr, bad_port, addr, closed, False, errno.ECONNREFUSED, "ECONNREFUSED"),
+    ]
+    for e in events:
+        assert t0 <= e.start_ns <= e.ts_ns <= t1
+
+
+def test_timed_out_connect_is_reported_as_etimedout():
+    """SYNs into a veth whose peer drops them (unknown MAC): the attempt times
+    out after TCP_USER_TIMEOUT (checked at the first SYN retransmit, 1 s)."""
+    ns = f"pt-tcpconnect-{os.getpid()}"
+    ip = ["ip", "-n", ns]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (["link", "add", "a0", "type", "veth", "peer", "name", "b0"],
+                    ["addr", "add", "192.0.2.1/24", "dev", "a0"], ["link", "set", "a0", "up"],
+                    ["link", "set", "b0", "up"],
+                    ["neigh", "add", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "a0", "nud", "permanent"]):
+            subprocess.run(ip + cmd, check=True)
+        with in_netns(ns):
+            s = socket.socket()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 200)
+        s.bind(("192.0.2.1", 0))
+        lport = s.getsockname()[1]
+        with TcpConnect(dports=[8443]) as tracer:
+            with pytest.raises(TimeoutError):
+                s.connect(("192.0.2.2", 8443))
+            s.close()
+            events = list(tracer.events(duration=0.3))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert [(e.pid, e.laddr, e.lport, e.raddr, e.rport, e.ok, e.error, e.result) for e in events] == [
+        (ME, ipaddress.ip_address("192.0.2.1"), lport, ipaddress.ip_address("192.0.2.2"), 8443,
+         False, errno.ETIMEDOUT, "ETIMEDOUT")]
+
+
+def test_aborted_connect():
+    """A non-blocking connect closed before the handshake: no error, ABORTED."""
+    srv = listener("127.0.0.1", backlog=0)
+    port = srv.getsockname()[1]
+    held = socket.create_connection(("127.0.0.1", port))   # fills the accept queue: next SYN dropped
+    with TcpConnect(dports=[port]) as tracer:
+        s = socket.socket()
+        s.setblocking(False)
+        assert s.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS
+        lport = s.getsockname()[1]
+        s.close()
+        events = list(tracer.events(duration=0.3))
+    held.close()
+    srv.close()
+    assert [(e.pid, e.lport, e.ok, e.error, e.result) for e in events] == [(ME, lport, False, 0, "ABORTED")]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_other_uid_and_pid_and_uid_filter(host):
+    srv = listener(host)
+    port = srv.getsockname()[1]
+    with TcpConnect(uid=NOBODY) as tracer:
+        proc = child(host, port, uid=NOBODY)
+        theirs = run_child(proc)
+        connect(host, port)                                   # uid 0: excluded
+        events = mine(tracer.events(duration=0.3), port)
+    srv.close()
+    assert [(e.pid, e.uid, e.comm, e.lport, e.rport, e.ok) for e in events] == [
+        (proc.pid, NOBODY, "python3", theirs, port, True)]
+
+
+def test_pid_filter():
+    srv = listener("127.0.0.1")
+    port = srv.getsockname()[1]
+    proc = child("127.0.0.1", port)
+    with TcpConnect(pid=proc.pid) as tracer:
+        connect("127.0.0.1", port)                            # this process: excluded
+        theirs = run_child(proc)
+        events = mine(tracer.events(duration=0.3), port)
+    srv.close()
+    assert [(e.pid, e.lport) for e in events] == [(proc.pid, theirs)]
+
+
+def test_port_and_family_filters():
+    s6, x6 = listener("::1"), listener("::1")
+    p6, px = s6.getsockname()[1], x6.getsockname()[1]
+    s4 = socket.socket()
+    s4.bind(("127.0.0.1", p6))            # same port number, other family
+    s4.listen(4)
+    with TcpConnect(dports=[p6], family=socket.AF_INET6) as tracer:
+        connect("127.0.0.1", p6)          # wrong family
+        connect("::1", px)                # wrong port
+        lport = connect("::1", p6)
+        events = mine(tracer.events(duration=0.3), p6, px)
+    for s in (s4, s6, x6):
+        s.close()
+    assert [(e.family, e.lport, e.rport) for e in events] == [(socket.AF_INET6, lport, p6)]
+
+
+@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+def test_every_usable_hook_gives_the_same_events(hook):
+    srv = listener("127.0.0.1")
+    port, closed = srv.getsockname()[1], free_port()
+    with TcpConnect(hook=hook) as tracer:
+        assert tracer.variant.hook == hook
+        ok_port = connect("127.0.0.1", port)
+        bad_port = refused("127.0.0.1", closed)
+        events = mine(tracer.events(duration=0.3), port, closed)
+    srv.close()
+    assert [(e.pid, e.lport, e.rport, e.result) for e in events] == [
+        (ME, ok_port, port, "OK"), (ME, bad_port, closed, "ECONNREFUSED")]
+
+
+def test_kprobe_variant_passes_the_verifier_and_traces_where_kprobes_exist():
+    progs = set(TcpConnect.VARIANTS[0].programs)
+    obj = BpfObject("tcpconnect", programs=progs)
+    try:
+        obj.load()                      # the verifier accepts the kprobe variant here too
+    finally:
+        obj.close()
+    srv = listener("127.0.0.1")
+    port = srv.getsockname()[1]
+    try:
+        tracer = TcpConnect(hook="kprobe").open()
+    except PytraceError as exc:
+        srv.close()
+        pytest.skip(f"kprobe (tcp_v4_connect) cannot attach on this kernel: {exc}")
+    try:
+        lport = connect("127.0.0.1", port)
+        events = mine(tracer.events(duration=0.3), port)
+    finally:
+        tracer.close()
+        srv.close()
+    assert [(e.pid, e.lport, e.result) for e in events] == [(ME, lport, "OK")]
+
+
+def test_count_mode_counts_every_attempt():
+    a, b = listener("127.0.0.1"), listener("::1")
+    pa, pb, closed = a.getsockname()[1], b.getsockname()[1], free_port()
+    with TcpConnect(count=True, dports=[pa, pb, closed]) as tracer:
+        for _ in range(3):
+            connect("127.0.0.1", pa)
+        connect("::1", pb)
+        refused("127.0.0.1", closed)
+        refused("127.0.0.1", closed)
+        time.sleep(0.05)
+        assert tracer.drain() == []           # count mode streams nothing
+        rows = [(str(r.laddr), str(r.raddr), r.rport, r.connects) for r in tracer.counts()]
+    a.close()
+    b.close()
+    assert rows == [("127.0.0.1", "127.0.0.1", pa, 3), ("127.0.0.1", "127.0.0.1", closed, 2), ("::1", "::1", pb, 1)]
+
+
+def test_count_per_source_port():
+    a = listener("127.0.0.1")
+    pa = a.getsockname()[1]
+    with TcpConnect(count=True, count_sport=True, dports=[pa]) as tracer:
+        ports = sorted(connect("127.0.0.1", pa) for _ in range(2))
+        rows = sorted((r.lport, r.connects) for r in tracer.counts())
+    a.close()
+    assert rows == [(ports[0], 1), (ports[1], 1)]
+
+
+def test_udp_connects_succeeded_and_failed():
+    """UDP connect() is immediate: connected, or failed with connect()'s errno
+    (here no route, in an empty namespace), with the destination as given."""
+    port = free_port()
+    ns = f"pt-tcpconnect-udp-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        with in_netns(ns):
+            lonely = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with TcpConnect(udp=True, dports=[port]) as tracer:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.connect(("127.0.0.1", port))
+            lport = u.getsockname()[1]
+            u.close()
+            u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            u6.connect(("::1", port))
+            lport6 = u6.getsockname()[1]
+            u6.close()
+            with pytest.raises(OSError) as exc:
+                lonely.connect(("198.51.100.7", port))
+            assert exc.value.errno == errno.ENETUNREACH
+            lonely_port = lonely.getsockname()[1]     # bound on the way, before the failure
+            lonely.close()
+            events = list(tracer.events(duration=0.3))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert [(e.pid, e.proto, str(e.laddr), e.lport, str(e.raddr), e.rport, e.result) for e in events] == [
+        (ME, 17, "127.0.0.1", lport, "127.0.0.1", port, "OK"),
+        (ME, 17, "::1", lport6, "::1", port, "OK"),
+        (ME, 17, "0.0.0.0", lonely_port, "198.51.100.7", port, "ENETUNREACH"),
+    ]
+
+
+def test_udp_is_off_by_default():
+    port = free_port()
+    with TcpConnect(dports=[port]) as tracer:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(("127.0.0.1", port))
+        u.close()
+        assert list(tracer.events(duration=0.2)) == []
+
+
+# -- CLI ------------------------------------------------------------------------
+
+def test_cli_columns_with_uid_lport_and_time():
+    srv = listener("127.0.0.1")
+    port, closed = srv.getsockname()[1], free_port()
+    cli = Cli("tcpconnect", "-t", "-U", "-L", "-P", f"{port},{closed}")
+    header = cli.read_until(lambda l: "RESULT" in l)
+    assert header.split() == ["TIME(s)", "UID", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT", "RESULT"]
+    lport = connect("127.0.0.1", port)
+    bad = refused("127.0.0.1", closed)
+    line = cli.read_until(lambda l: "ECONNREFUSED" in l)
+    rc, lines, err = cli.stop()
+    srv.close()
+    assert rc == 0, err
+    rows = [l.split() for l in lines if l.split() and l.split()[0][0].isdigit()]
+    assert line and [r[1:] for r in rows] == [
+        ["0", str(ME), MY_COMM[:12], "4", "127.0.0.1", str(lport), "127.0.0.1", str(port), "OK"],
+        ["0", str(ME), MY_COMM[:12], "4", "127.0.0.1", str(bad), "127.0.0.1", str(closed), "ECONNREFUSED"]]
+    assert float(rows[0][0]) == 0.0 and float(rows[1][0]) >= 0.0
+
+
+def test_cli_json():
+    srv = listener("::1")
+    port = srv.getsockname()[1]
+    cli = Cli("tcpconnect", "--json", "-P", str(port))
+    lport = connect("::1", port)
+    assert cli.read_until(lambda l: '"OK"' in l)
+    rc, _, err = cli.stop()
+    srv.close()
+    assert rc == 0, err
+    recs = cli.json_records()
+    assert len(recs) == 1
+    r = recs[0]
+    assert (r["pid"], r["uid"], r["ip"], r["proto"], r["laddr"], r["lport"], r["raddr"], r["rport"], r["ok"],
+            r["error"], r["result"]) == (ME, 0, 6, "TCP", "::1", lport, "::1", port, True, 0, "OK")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_count_prints_table_at_exit(sig):
+    srv = listener("127.0.0.1")
+    port = srv.getsockname()[1]
+    cli = Cli("tcpconnect", "-c", "-P", str(port))
+    for _ in range(2):
+        connect("127.0.0.1", port)
+    time.sleep(0.1)
+    rc, lines, err = cli.stop(sig)
+    srv.close()
+    assert rc == 0, err
+    i = next(n for n, l in enumerate(lines) if l.split() == ["LADDR", "RADDR", "RPORT", "CONNECTS"])
+    assert [l.split() for l in lines[i + 1:] if l.strip()] == [["127.0.0.1", "127.0.0.1", str(port), "2"]]
+
+
+def test_cli_udp_column():
+    port = free_port()
+    cli = Cli("tcpconnect", "--udp", "-P", str(port))
+    header = cli.read_until(lambda l: "RESULT" in l)
+    assert header.split()[-2:] == ["PROTO", "RESULT"]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(("127.0.0.1", port))
+    u.close()
+    line = cli.read_until(lambda l: "UDP" in l)
+    cli.stop()
+    assert line.split() == [str(ME), MY_COMM[:12], "4", "127.0.0.1", "127.0.0.1", str(port), "UDP", "OK"]
+
+
+def test_ebpf_prints_the_source():
+    r = run_cli("tcpconnect", "--ebpf")
+    assert r.returncode == 0
+    assert 'SEC("kprobe/tcp_v4_connect")' in r.stdout and "conntrack.h" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-P", "notaport"], "-P"),
+    (["-p", "0"], "-p"),
+    (["-u", "-5"], "-u"),
+    (["-4", "-6"], "not allowed"),
+    (["--hook", "fentry"], "--hook"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    r = run_cli("tcpconnect", *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nothing_left_loaded_after_exit(sig):
+    cli = Cli("tcpconnect", "--udp")
+    held = bpf_prog_ids(cli.proc.pid)
+    assert len(held) >= 3, "a state hook and the two connect syscall hooks"
+    rc, _, err = cli.stop(sig)
+    assert rc == 0, err
+    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+
+
+def test_library_exception_releases_programs():
+    with pytest.raises(RuntimeError):
+        with TcpConnect():
+            held = bpf_prog_ids(os.getpid())
+            assert held
+            raise RuntimeError("boom")
+    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
