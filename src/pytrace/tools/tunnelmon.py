@@ -38,7 +38,8 @@ from typing import Any, Iterator
 
 from ..core import netattach
 from ..core.bpfobject import BpfObject, ncpus_possible
-from ..core.cliutil import add_common, nonneg_int, port, positive_int, publish, wall_iso
+from ..core.aggregate import print_loop
+from ..core.cliutil import add_common, nonneg_int, port, positive_int, wall_iso
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -394,17 +395,17 @@ def run(args: argparse.Namespace) -> int:
                                 "hook": mon.variant.hook})
             web.start()
         try:
-            sys.stdout.write(intro(args))
             if web:
                 sys.stdout.write(json.dumps({"type": "web", "url": web.url}) + "\n" if args.json
                                  else f"Web view: {web.url}\n")
-            sys.stdout.flush()
-            for total, delta in mon.deltas(args.interval, args.count, args.duration):
-                snap = snapshot(total if args.cumulative else delta, args)
-                publish(snap)
-                sys.stdout.write(render_snapshot(snap, args))
-                sys.stdout.flush()
+            last = [mon.snapshot()]
+
+            def interval() -> SinkSnapshot:
+                total = mon.snapshot()
+                shown = total if args.cumulative else total - last[0]
+                last[0] = total
+                return snapshot(shown, args)
+            return print_loop(args, interval, render_snapshot, intro)
         finally:
             if web:
                 web.close()
-    return 0
