@@ -206,13 +206,18 @@ def test_cli_count_mode_prints_flows_at_exit():
     with TwoHosts("clic") as net:
         conn = Conn(net, socket.AF_INET6)
         cli = Cli("tcpretrans", "-c")
+        cli_json = Cli("tcpretrans", "-c", "--json", "-6")
         with Dropper(conn.port, skip=2, count=2, dev=net.dev_b, ns=net.ns_b):
             conn.send(10)
         time.sleep(0.05)
         expected = total_retrans(conn.cli)
         rc, lines, err = cli.stop()
+        rcj, _, errj = cli_json.stop()
         conn.close()
-    assert rc == 0, err
+    assert rc == 0 and rcj == 0, err + errj
+    recs = [r for r in cli_json.json_records() if r.get("rport") == conn.port]
+    assert recs == [{"ip": 6, "laddr": conn.a, "lport": conn.cport, "raddr": conn.b, "rport": conn.port,
+                     "retransmits": expected, "tlps": 0}]
     assert lines[0].startswith("Tracing retransmits")
     assert lines[2].split() == ["LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS"]
     row = [line for line in lines if f"[{conn.b}]#{conn.port}" in line]
