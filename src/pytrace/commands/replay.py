@@ -173,6 +173,9 @@ def run(argv: list[str]) -> int:
         from ..core.stream import EventTracer
         EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
         source = rec.source()
+        intro = getattr(module, "intro", None)
+        if intro is not None:           # what the tool prints once, before its renderer's header
+            out.write(intro(targs))
         try:
             render = _tool_renderer(module, source, targs, out)
             keep = event_filter(source, conds) if conds else None

@@ -29,7 +29,9 @@ make_event() may use only raw_fields, idx, make_event and constructor
 defaults, plus whatever an optional prepare_replay() method of the tracer
 sets up (kernel symbol or enum tables that setup() would load).  Clocks made
 with cliutil.Clock() replay with the recorded epoch.  Without a usable
-renderer, replay --json prints make_event(raw).to_dict() per record.
+renderer, replay --json prints make_event(raw).to_dict() per record.  A tool
+that prints something before its renderer's header (a "Tracing ..." line)
+provides it as intro(args) -> str, which replay prints first.
 An aggregating tool provides render_snapshot(snapshot, args) -> str and,
 optionally, intro(args) -> str for what it prints once before the first one.
 """

@@ -240,6 +240,9 @@ class InfluxWriter:
             self._closing = True
             self._deadline = time.monotonic() + self.close_timeout
             self._cond.notify_all()
+            if self._outage and self._buf:
+                self.report(f"influx {self.url.display}: {len(self._buf)} points not written yet; retrying for "
+                            f"up to {self.close_timeout:g} s (interrupt again to give up)")
         try:
             self._thread.join()
         except BaseException:           # interrupted again: stop waiting, count what is left

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import struct
 import time
+import urllib.parse
 from typing import Any, Iterator
 
 from ..core.errors import PytraceError, UsageError
@@ -156,12 +157,20 @@ class Recording:
         self.path = path
         if not os.path.isfile(path):
             raise UsageError(f"{path}: no such file")
-        try:
-            self.db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
-            self.db.row_factory = sqlite3.Row
-            row = self.db.execute("SELECT * FROM header").fetchone()
-        except sqlite3.Error as exc:
-            raise UsageError(f"{path}: not a pytrace recording ({exc})") from None
+        row, error = None, None
+        # read-only first (replay needs no privilege); a recording cut short by a
+        # kill still has its WAL, which only a writable open can fold back in
+        for mode in ("ro", "rw"):
+            try:
+                self.db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}",
+                                          uri=True)
+                self.db.row_factory = sqlite3.Row
+                row = self.db.execute("SELECT * FROM header").fetchone()
+                break
+            except sqlite3.Error as exc:
+                error = exc
+        else:
+            raise UsageError(f"{path}: not a pytrace recording ({error})") from None
         if row is None:
             raise UsageError(f"{path}: not a pytrace recording (empty header)")
         if row["format_version"] > FORMAT_VERSION:
