@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (apt-get, /opt, BPF)" >&2; exit 1; }
 
-PKGS=(clang llvm libbpf-dev libbpf1 bpftool iproute2 libbpf-tools python3 python3-venv python3-pip
+PKGS=(clang llvm libbpf-dev libbpf1 bpftool iproute2 libbpf-tools python3 python3-venv python3-pip influxdb prometheus
       gcc libc6-dev util-linux procps debootstrap
       nodejs $(command -v npm >/dev/null || echo npm) chromium)  # npm: unless nodejs brings its own (NodeSource)
 missing=()
@@ -31,7 +31,7 @@ VENV=${PYTRACE_VENV:-/opt/pytrace}
 if [ ! -x "$VENV/bin/python" ]; then
 	/usr/bin/python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check pytest pyelftools
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check pytest pyelftools prometheus_client
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 ln -sf "$VENV/bin/pytrace" /usr/local/bin/pytrace
 echo "setup.sh: pytrace $("$VENV/bin/pytrace" --version | cut -d' ' -f2) installed in $VENV; /usr/local/bin/pytrace" >&2
