@@ -1,0 +1,223 @@
+"""tcpconnlat against real connects: latency inside the test's own timestamps,
+a handshake slowed by a dropped SYN, the minimum-latency filter, CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
+from pytrace.core.bpfobject import BpfObject
+from pytrace.core.errors import PytraceError
+from pytrace.tools.tcpconnlat import TcpConnLat
+
+ME = os.getpid()
+MY_COMM = open("/proc/self/comm").read().strip()
+
+
+def listener(host: str, backlog: int = 8) -> socket.socket:
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    srv.bind((host, 0))
+    srv.listen(backlog)
+    return srv
+
+
+def timed_connect(host: str, port: int) -> tuple[int, int, int]:
+    """(local port, monotonic ns before connect(), after it returned)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    t0 = time.monotonic_ns()
+    s.connect((host, port))
+    t1 = time.monotonic_ns()
+    lport = s.getsockname()[1]
+    s.close()
+    return lport, t0, t1
+
+
+def slow_connect(host: str) -> tuple[socket.socket, int, int, int]:
+    """A connect whose first SYN is dropped: the listener's accept queue is
+    full (backlog 1, two connections waiting), so the SYN is dropped and
+    resent after the initial RTO (1 s); a slot is freed meanwhile."""
+    srv = listener(host, backlog=1)
+    port = srv.getsockname()[1]
+    held = [socket.create_connection((host, port)) for _ in range(2)]
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(timed_connect(host, port)))
+    t.start()
+    time.sleep(0.2)
+    srv.accept()[0].close()                 # room for the retransmitted SYN
+    t.join(10)
+    for s in held:
+        s.close()
+    return srv, port, *result[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_latency_inside_the_tests_own_timestamps(host):
+    srv = listener(host)
+    port = srv.getsockname()[1]
+    addr = ipaddress.ip_address(host)
+    with TcpConnLat() as tracer:
+        conns = [timed_connect(host, port) for _ in range(3)]
+        events = [e for e in tracer.events(duration=0.3) if e.rport == port]
+        assert tracer.lost == 0
+    srv.close()
+    fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    assert [(e.pid, e.comm, e.family, e.laddr, e.lport, e.raddr, e.rport) for e in events] == [
+        (ME, MY_COMM, fam, addr, lport, addr, port) for lport, _, _ in conns]
+    for e, (_, t0, t1) in zip(events, conns):
+        assert 0 < e.delta_ns <= t1 - t0
+        assert t0 <= e.ts_ns - e.delta_ns and e.ts_ns <= t1
+
+
+def test_slow_handshake_and_minimum_latency():
+    with TcpConnLat(min_ms=500) as tracer:
+        fast = listener("127.0.0.1")
+        timed_connect("127.0.0.1", fast.getsockname()[1])           # microseconds: below the minimum
+        srv, port, lport, t0, t1 = slow_connect("127.0.0.1")
+        events = [e for e in tracer.events(duration=0.3) if e.rport in (port, fast.getsockname()[1])]
+    srv.close()
+    fast.close()
+    assert [(e.pid, e.lport, e.rport) for e in events] == [(ME, lport, port)]
+    e = events[0]
+    assert 900_000_000 <= e.delta_ns <= t1 - t0    # one SYN timeout (1 s initial RTO), inside our timestamps
+    assert e.ms == e.delta_ns / 1e6
+
+
+def test_failed_connects_pid_and_family_filters():
+    s4, s6 = listener("127.0.0.1"), listener("::1")
+    p4, p6, closed = s4.getsockname()[1], s6.getsockname()[1], free_port()
+    with TcpConnLat(pid=ME, family=socket.AF_INET6) as tracer:
+        timed_connect("127.0.0.1", p4)                  # other family
+        bad = socket.socket()
+        assert bad.connect_ex(("127.0.0.1", closed)) != 0
+        bad.close()
+        lport, _, _ = timed_connect("::1", p6)
+        events = [e for e in tracer.events(duration=0.3) if e.rport in (p4, p6, closed)]
+    with TcpConnLat(pid=1) as tracer:                   # init does not connect here
+        timed_connect("::1", p6)
+        others = [e for e in tracer.events(duration=0.2) if e.rport == p6]
+    s4.close()
+    s6.close()
+    assert [(e.family, e.lport, e.rport) for e in events] == [(socket.AF_INET6, lport, p6)]
+    assert others == []
+
+
+def test_refused_connect_is_not_shown():
+    closed = free_port()
+    with TcpConnLat() as tracer:
+        s = socket.socket()
+        assert s.connect_ex(("127.0.0.1", closed)) != 0
+        s.close()
+        assert [e for e in tracer.events(duration=0.2) if e.rport == closed] == []
+
+
+@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+def test_every_usable_hook_gives_the_same_events(hook):
+    srv = listener("127.0.0.1")
+    port = srv.getsockname()[1]
+    with TcpConnLat(hook=hook) as tracer:
+        assert tracer.variant.hook == hook
+        lport, t0, t1 = timed_connect("127.0.0.1", port)
+        events = [e for e in tracer.events(duration=0.3) if e.rport == port]
+    srv.close()
+    assert [(e.pid, e.lport) for e in events] == [(ME, lport)]
+    assert 0 < events[0].delta_ns <= t1 - t0
+
+
+@pytest.mark.parametrize("hook", ["fentry", "kprobe"])
+def test_fentry_and_kprobe_variants(hook):
+    variant = next(v for v in TcpConnLat.VARIANTS if v.hook == hook)
+    obj = BpfObject("tcpconnlat", programs=set(variant.programs))
+    try:
+        obj.load()
+    except OSError as exc:
+        obj.close()
+        if hook == "fentry":
+            pytest.skip(f"fentry (tcp_v4_connect) is refused by this kernel: {exc}")
+        raise
+    obj.close()
+    srv = listener("127.0.0.1")
+    try:
+        tracer = TcpConnLat(hook=hook).open()
+    except PytraceError as exc:
+        srv.close()
+        pytest.skip(f"{hook} (tcp_v4_connect) cannot attach on this kernel: {exc}")
+    try:
+        lport, t0, t1 = timed_connect("127.0.0.1", srv.getsockname()[1])
+        events = [e for e in tracer.events(duration=0.3) if e.rport == srv.getsockname()[1]]
+    finally:
+        tracer.close()
+        srv.close()
+    assert [(e.pid, e.lport) for e in events] == [(ME, lport)]
+    assert 0 < events[0].delta_ns <= t1 - t0
+
+
+# -- CLI ------------------------------------------------------------------------
+
+def test_cli_columns_lport_and_time():
+    srv = listener("127.0.0.1")
+    port = srv.getsockname()[1]
+    cli = Cli("tcpconnlat", "-t", "-L", "-p", str(ME))
+    header = cli.read_until(lambda l: "LAT(ms)" in l)
+    assert header.split() == ["TIME(s)", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT", "LAT(ms)"]
+    lport, t0, t1 = timed_connect("127.0.0.1", port)
+    line = cli.read_until(lambda l: f" {port} " in l)
+    rc, _, err = cli.stop()
+    srv.close()
+    assert rc == 0, err
+    cols = line.split()
+    assert cols[:8] == ["0.000", str(ME), MY_COMM[:12], "4", "127.0.0.1", str(lport), "127.0.0.1", str(port)]
+    assert 0 <= float(cols[8]) <= (t1 - t0) / 1e6 + 0.005      # printed with 2 decimals
+
+
+def test_cli_positional_minimum_and_json():
+    fast = listener("127.0.0.1")
+    cli = Cli("tcpconnlat", "--json", "0.5", "-p", str(ME))
+    timed_connect("127.0.0.1", fast.getsockname()[1])
+    srv, port, lport, t0, t1 = slow_connect("127.0.0.1")
+    assert cli.read_until(lambda l: '"lat_ms"' in l)
+    rc, _, err = cli.stop()
+    srv.close()
+    fast.close()
+    assert rc == 0, err
+    recs = cli.json_records()
+    assert [(r["pid"], r["ip"], r["lport"], r["rport"]) for r in recs] == [(ME, 4, lport, port)]
+    assert 900 <= recs[0]["lat_ms"] <= (t1 - t0) / 1e6
+
+
+def test_ebpf_prints_the_source():
+    r = run_cli("tcpconnlat", "--ebpf")
+    assert r.returncode == 0
+    assert 'SEC("fentry/tcp_v4_connect")' in r.stdout and "conntrack.h" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["abc"], "abc"),
+    (["nan"], "nan"),
+    (["1", "2"], "2"),
+    (["-p", "-3"], "-p"),
+    (["-4", "-6"], "not allowed"),
+    (["--hook", "raw_tp"], "--hook"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    r = run_cli("tcpconnlat", *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nothing_left_loaded_after_exit(sig):
+    cli = Cli("tcpconnlat")
+    held = bpf_prog_ids(cli.proc.pid)
+    assert held
+    rc, _, err = cli.stop(sig)
+    assert rc == 0, err
+    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
