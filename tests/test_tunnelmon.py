@@ -29,30 +29,29 @@ PING = 100                       # ICMP payload bytes
 ETH, IP4, IP6, UDP, VXLAN, ICMP = 14, 20, 40, 8, 8, 8
 
 
-def frame_bytes(ipv6_underlay: bool) -> int:
-    """One ping frame on the underlay: outer Ethernet/IP/UDP/VXLAN + inner Ethernet/IPv4/ICMP."""
-    return ETH + (IP6 if ipv6_underlay else IP4) + UDP + VXLAN + ETH + IP4 + ICMP + PING
+def frame_bytes(ipv6_underlay: bool, ipv6_inner: bool = False) -> int:
+    """One ping frame on the underlay: outer Ethernet/IP/UDP/VXLAN + inner Ethernet/IP/ICMP."""
+    return ETH + (IP6 if ipv6_underlay else IP4) + UDP + VXLAN + ETH + (IP6 if ipv6_inner else IP4) + ICMP + PING
 
 
 def expected(sim: Simulation, results: list[FlowResult], host: int = 0, rx_only: bool = False) -> dict:
     """What a monitor on `host`'s underlay device must count, per key, from the plan:
     requests src->dst and as many replies dst->src, for flows that cross it."""
-    size = frame_bytes(sim.ipv6)
     acc: dict[tuple, list[int]] = {}
     me = sim.hosts[host].addr
     for r in results:
         f: Flow = r.flow
         assert r.sent == r.received == f.count, f"{f.src.name}->{f.dst.name}: {r}"
         if f.src.host == host:       # our client asks: requests out, replies in
-            key = (me, sim.hosts[f.dst.host].addr, f.src.vni, f.src.addr, f.dst.addr)
+            key = (me, sim.hosts[f.dst.host].addr, f.src.vni, f.src_addr, f.dst_addr)
         elif f.dst.host == host:     # our client answers: requests in, replies out
-            key = (me, sim.hosts[f.src.host].addr, f.src.vni, f.dst.addr, f.src.addr)
+            key = (me, sim.hosts[f.src.host].addr, f.src.vni, f.dst_addr, f.src_addr)
         else:
             continue                 # between two other hosts: never on our device
-        pkts = acc.setdefault(key, [0, 0])
+        pkts = acc.setdefault(key, [0, 0, frame_bytes(sim.ipv6, f.ipv6)])
         pkts[0] += 0 if rx_only else r.sent
         pkts[1] += r.sent
-    return {k: (tx, tx * size, rx, rx * size) for k, (tx, rx) in acc.items()}
+    return {k: (tx, tx * size, rx, rx * size) for k, (tx, rx, size) in acc.items()}
 
 
 def counts(snap) -> dict:
@@ -67,7 +66,8 @@ def sim4():
 
 @pytest.fixture(scope="module")
 def sim6():
-    with Simulation(hosts=3, clients=2, vnis=(300, 400, 500), ipv6=True, name=f"pt-tm{os.getpid()}b") as sim:
+    with Simulation(hosts=3, clients=2, vnis=(300, 400, 500), ipv6=True, inner_ipv6=True,
+                    name=f"pt-tm{os.getpid()}b") as sim:
         yield sim
 
 
@@ -105,16 +105,20 @@ def test_deltas_between_snapshots(sim4):
     assert counts(delta) == {key: (5, 5 * size, 5, 5 * size)} == expected(sim4, results)
 
 
-def test_ipv6_underlay(sim6):
-    flows = sim6.plan(rate=400, count=3, size=PING, loud="h1c0", loud_factor=4)
+def test_ipv6_underlay_with_ipv4_and_ipv6_overlay(sim6):
     with TunnelMon("eth0", sim6.hosts[0].netns) as mon:
-        results = sim6.run(flows)
+        results = sim6.run(sim6.plan(rate=400, count=3, size=PING, loud="h1c0", loud_factor=4))
+        results += sim6.run(sim6.plan(rate=400, count=2, size=PING, ipv6=True, rates={"h2c1": 100}))
         snap = mon.snapshot()
     want = expected(sim6, results)
     assert counts(snap) == want
     assert {k[2] for k in want} == {300, 400}       # clients c0, c1 per host: VNIs 300 and 400
     assert all(isinstance(k[0], ipaddress.IPv6Address) for k in want)
-    assert all(v[1] == v[0] * (ETH + IP6 + UDP + VXLAN + ETH + IP4 + ICMP + PING) for v in want.values())
+    inner6 = {k: v for k, v in want.items() if k[3].version == 6}
+    assert len(inner6) == len(want) // 2 == 4
+    assert all(v[1] == v[0] * (ETH + IP6 + UDP + VXLAN + ETH + IP6 + ICMP + PING) for v in inner6.values())
+    assert all(v[1] == v[0] * (ETH + IP6 + UDP + VXLAN + ETH + IP4 + ICMP + PING)
+               for k, v in want.items() if k not in inner6)
     # IPv6 underlay: the only non-VXLAN frames are ICMPv6 (neighbour/listener), if any
     assert not any(snap.malformed.values())
     assert snap.skipped["not_ip"] == snap.skipped["other_port"] == snap.skipped["fragment"] == 0
@@ -161,7 +165,8 @@ def vxlan(vni: int, flags: int = 0x08) -> bytes:
     return struct.pack("!B3xI", flags, vni << 8)
 
 
-def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4):
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4, hook):
     """Frames crafted on h1's underlay device, sent to h0, with pings going on."""
     h0, h1 = sim4.hosts[0], sim4.hosts[1]
     eth = _mac(h0.mac) + _mac(h1.mac)
@@ -181,7 +186,8 @@ def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4):
         "trunc_ip": (eth + b"\x08\x00" + b"\x45" + b"\0" * 9, 6),             # 10 of 20 IPv4 bytes
     }
     flows = sim4.plan(rate=400, count=3, size=PING, sources=["h0c0", "h1c1", "h2c0"])
-    with TunnelMon("eth0", h0.netns) as mon:
+    with TunnelMon("eth0", h0.netns, hook=hook) as mon:
+        assert mon.variant.hook == hook
         with in_netns(h1.netns):
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         try:
@@ -193,7 +199,7 @@ def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4):
             raw.close()
         results = sim4.run(flows)
         snap = mon.snapshot()
-    assert counts(snap) == expected(sim4, results)
+    assert counts(snap) == expected(sim4, results, rx_only=hook == "xdp")
     want_malformed = {k: 0 for k in snap.malformed}
     want_malformed.update({k: n for k, (_, n) in crafted.items() if k != "other_port"})
     assert snap.malformed == want_malformed

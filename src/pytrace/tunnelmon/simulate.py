@@ -13,19 +13,21 @@ Topology (every name starts with the simulation's name, default pt-tm<pid>):
                    vx<v> in a bridge br<v> with the host's clients in that VNI
                    (ports c<j>)
   <name>-h<i>c<j>  client j of host i: eth0 in VNI vnis[j % len(vnis)],
-                   203.0.113.<10+n>/24
+                   203.0.113.<10+n>/24 (and 2001:db8:1::<10+n>/64 with
+                   inner_ipv6=True)
 
 Everything that would otherwise be learned is written up front: neighbours,
 underlay and overlay bridge entries, VXLAN forwarding entries (no flooding:
 the VXLAN devices do not learn and have no default destination), and IPv6 is
-off everywhere but an IPv6 underlay.  So the underlay carries the generated
+off everywhere but an IPv6 underlay (and an IPv6 overlay, whose multicast
+the VXLAN devices do not forward).  So the underlay carries the generated
 traffic and nothing else an observer would have to guess at (an IPv6
 underlay adds the kernel's own ICMPv6 multicast listener reports), and what
 a monitor on a host's eth0 counts can be predicted exactly.
 
-The traffic generator sends ICMP echo requests (payload `size` bytes, like
-`ping -s`) from raw sockets opened inside the client namespaces; the peers'
-kernels answer.  Each flow is bounded by a count, a duration, or both.
+The traffic generator sends ICMP (or ICMPv6) echo requests (payload `size`
+bytes, like `ping -s`) from raw sockets opened inside the client namespaces;
+the peers' kernels answer.  Each flow is bounded by a count, a duration, or both.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..core.errors import PytraceError, UsageError
 from ..core.netattach import in_netns
@@ -51,10 +53,12 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNDERLAY_V4 = ipaddress.ip_network("192.0.2.0/24")
 UNDERLAY_V6 = ipaddress.ip_network("2001:db8::/64")
 OVERLAY = ipaddress.ip_network("203.0.113.0/24")
+OVERLAY_V6 = ipaddress.ip_network("2001:db8:1::/64")
 OVERLAY_FIRST = 10                  # first client address: 203.0.113.10
 MAX_CLIENTS = 240
 CLIENT_MTU = 1400                   # under the VXLAN MTU for either underlay
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -76,6 +80,7 @@ class Client:
     netns: str
     vni: int
     addr: ipaddress.IPv4Address
+    addr6: ipaddress.IPv6Address    # configured only with inner_ipv6=True
     mac: str
 
 
@@ -88,6 +93,15 @@ class Flow:
     count: int | None
     size: int               # ICMP payload bytes
     ident: int              # ICMP echo identifier (unique in a run)
+    ipv6: bool = False      # ICMPv6 between the clients' IPv6 addresses
+
+    @property
+    def src_addr(self) -> Addr:
+        return self.src.addr6 if self.ipv6 else self.src.addr
+
+    @property
+    def dst_addr(self) -> Addr:
+        return self.dst.addr6 if self.ipv6 else self.dst.addr
 
 
 @dataclass
@@ -103,7 +117,8 @@ def _mac(*parts: int) -> str:
 
 class Simulation:
     def __init__(self, hosts: int = 3, clients: int = 3, vnis: Sequence[int] = (100, 200),
-                 ipv6: bool = False, port: int = 4789, name: str | None = None):
+                 ipv6: bool = False, port: int = 4789, name: str | None = None,
+                 inner_ipv6: bool = False):
         if hosts < 2:
             raise UsageError("a simulation needs at least 2 hosts")
         if clients < 1:
@@ -115,13 +130,14 @@ class Simulation:
         if not 0 < port < 65536:
             raise UsageError(f"port {port}: not a UDP port number (1-65535)")
         self.name = name or f"pt-tm{os.getpid()}"
-        self.ipv6, self.port, self.vnis = ipv6, port, tuple(vnis)
+        self.ipv6, self.inner_ipv6, self.port, self.vnis = ipv6, inner_ipv6, port, tuple(vnis)
         self.underlay_ns = f"{self.name}-ul"
         net = UNDERLAY_V6 if ipv6 else UNDERLAY_V4
         self.hosts = [Host(i, f"h{i}", f"{self.name}-h{i}", "eth0", net[i + 1], _mac(0, 0, i, 1))
                       for i in range(hosts)]
         self.clients = [Client(i, j, f"h{i}c{j}", f"{self.name}-h{i}c{j}", self.vnis[j % len(self.vnis)],
-                               OVERLAY[OVERLAY_FIRST + i * clients + j], _mac(1, i, j, 1))
+                               OVERLAY[OVERLAY_FIRST + i * clients + j],
+                               OVERLAY_V6[OVERLAY_FIRST + i * clients + j], _mac(1, i, j, 1))
                         for i in range(hosts) for j in range(clients)]
         self._made: list[str] = []
 
@@ -193,9 +209,7 @@ class Simulation:
         plen = (UNDERLAY_V6 if self.ipv6 else UNDERLAY_V4).prefixlen
         for h in self.hosts:
             if self.ipv6:
-                for key, value in (("disable_ipv6", "0"), ("accept_ra", "0"),
-                                   ("router_solicitations", "0"), ("accept_dad", "0")):
-                    _sysctl(h.netns, f"net/ipv6/conf/{h.dev}/{key}", value)
+                _ipv6_quiet(h.netns, h.dev)
             cmds = [f"addr add {h.addr}/{plen} dev {h.dev}" + (" nodad" if self.ipv6 else ""),
                     f"link set {h.dev} up"]
             cmds += [f"neigh add {o.addr} lladdr {o.mac} dev {h.dev} nud permanent"
@@ -218,10 +232,15 @@ class Simulation:
             _bridge(h.netns, fdb)
 
         for c in self.clients:
-            cmds = [f"link set eth0 mtu {CLIENT_MTU}", f"addr add {c.addr}/{OVERLAY.prefixlen} dev eth0",
-                    "link set eth0 up"]
-            cmds += [f"neigh add {o.addr} lladdr {o.mac} dev eth0 nud permanent"
-                     for o in self.clients if o.vni == c.vni and o is not c]
+            peers = [o for o in self.clients if o.vni == c.vni and o is not c]
+            cmds = [f"link set eth0 mtu {CLIENT_MTU}", f"addr add {c.addr}/{OVERLAY.prefixlen} dev eth0"]
+            if self.inner_ipv6:
+                _ipv6_quiet(c.netns, "eth0")
+                cmds.append(f"addr add {c.addr6}/{OVERLAY_V6.prefixlen} dev eth0 nodad")
+            cmds.append("link set eth0 up")
+            cmds += [f"neigh add {o.addr} lladdr {o.mac} dev eth0 nud permanent" for o in peers]
+            if self.inner_ipv6:
+                cmds += [f"neigh add {o.addr6} lladdr {o.mac} dev eth0 nud permanent" for o in peers]
             _ip(c.netns, cmds)
 
     # -- traffic ------------------------------------------------------------------------
@@ -238,21 +257,29 @@ class Simulation:
 
     def plan(self, rate: float = 5.0, count: int | None = None, size: int = 56,
              loud: str | None = None, loud_factor: int = 10,
-             sources: Iterable[str] | None = None) -> list[Flow]:
+             sources: Iterable[str] | None = None, rates: Mapping[str, float] | None = None,
+             ipv6: bool = False) -> list[Flow]:
         """Every client (or those named in sources) pings every peer: `rate`
-        per second, `count` each; the loud client `loud_factor` times more."""
-        if rate <= 0:
+        per second (or its own from `rates`, by client name), `count` each;
+        the loud client sends `loud_factor` times as often and as many.
+        ipv6: ICMPv6 between the clients' IPv6 addresses (needs inner_ipv6)."""
+        if ipv6 and not self.inner_ipv6:
+            raise UsageError("IPv6 traffic needs a simulation with inner_ipv6=True (--inner-ipv6)")
+        rates = dict(rates or {})
+        for name in rates:
+            self.client(name)
+        if rate <= 0 or any(r <= 0 for r in rates.values()):
             raise UsageError("rate: must be greater than 0")
-        if not 0 <= size <= CLIENT_MTU - 28:
-            raise UsageError(f"size: 0 to {CLIENT_MTU - 28} bytes")
+        if not 0 <= size <= CLIENT_MTU - 48:
+            raise UsageError(f"size: 0 to {CLIENT_MTU - 48} bytes")
         loud_client = self.client(loud) if loud else None
         srcs = [self.client(n) for n in sources] if sources is not None else self.clients
         flows: list[Flow] = []
         for src in srcs:
             factor = loud_factor if src is loud_client else 1
             for dst in self.peers(src):
-                flows.append(Flow(src, dst, rate * factor, None if count is None else count * factor,
-                                  size, len(flows) + 1))
+                flows.append(Flow(src, dst, rates.get(src.name, rate) * factor,
+                                  None if count is None else count * factor, size, len(flows) + 1, ipv6))
         if len(flows) > 0xFFFF:
             raise UsageError("too many flows for distinct ICMP identifiers")
         return flows
@@ -265,16 +292,17 @@ class Simulation:
         until interrupted.  Ctrl-C / SIGTERM propagate (the sockets are closed).
         """
         results = {f.ident: FlowResult(f) for f in flows}
-        socks: dict[str, socket.socket] = {}
+        socks: dict[tuple[str, bool], socket.socket] = {}
         sel = selectors.DefaultSelector()
         try:
             for f in flows:
-                if f.src.netns not in socks:
+                if (f.src.netns, f.ipv6) not in socks:
                     with in_netns(f.src.netns):
-                        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                        s = (socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if f.ipv6
+                             else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
                     s.setblocking(False)
-                    socks[f.src.netns] = s
-                    sel.register(s, selectors.EVENT_READ)
+                    socks[f.src.netns, f.ipv6] = s
+                    sel.register(s, selectors.EVENT_READ, f.ipv6)
             start = time.monotonic()
             end = start + duration if duration else None
             # staggered starts, so equal rates do not all fire at once
@@ -290,21 +318,22 @@ class Simulation:
                     heapq.heappop(heap)
                     r = results[ident]
                     f = r.flow
-                    socks[f.src.netns].sendto(_echo(f.ident, r.sent & 0xFFFF, f.size), (str(f.dst.addr), 0))
+                    socks[f.src.netns, f.ipv6].sendto(_echo(f.ident, r.sent & 0xFFFF, f.size, f.ipv6),
+                                                      (str(f.dst_addr), 0))
                     r.sent += 1
                     if f.count is None or r.sent < f.count:
                         heapq.heappush(heap, (max(when + 1.0 / f.rate, now - 1.0), ident))
                     continue
                 wake = when if end is None else min(when, end)
                 for key, _ in sel.select(max(0.0, wake - now)):
-                    _drain(key.fileobj, results)
+                    _drain(key.fileobj, key.data, results)
             deadline = time.monotonic() + settle
             while any(r.received < r.sent for r in results.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 for key, _ in sel.select(left):
-                    _drain(key.fileobj, results)
+                    _drain(key.fileobj, key.data, results)
         finally:
             sel.close()
             for s in socks.values():
@@ -321,25 +350,26 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _echo(ident: int, seq: int, size: int) -> bytes:
+def _echo(ident: int, seq: int, size: int, ipv6: bool = False) -> bytes:
     payload = bytes((i & 0xFF for i in range(size)))
+    if ipv6:    # the kernel fills in an ICMPv6 raw socket's checksum (pseudo-header)
+        return struct.pack("!BBHHH", ICMPV6_ECHO, 0, 0, ident, seq) + payload
     head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
     return struct.pack("!BBHHH", ICMP_ECHO, 0, _checksum(head + payload), ident, seq) + payload
 
 
-def _drain(sock: socket.socket, results: dict[int, FlowResult]) -> None:
+def _drain(sock: socket.socket, ipv6: bool, results: dict[int, FlowResult]) -> None:
     """Count the echo replies waiting on a raw socket (it also sees requests: skipped)."""
     while True:
         try:
-            data = sock.recv(65535)
+            data, peer = sock.recvfrom(65535)
         except BlockingIOError:
             return
-        ihl = (data[0] & 0x0F) * 4
-        if len(data) < ihl + 8 or data[ihl] != ICMP_ECHOREPLY:
+        off = 0 if ipv6 else (data[0] & 0x0F) * 4     # ICMPv6 raw sockets get no IP header
+        if len(data) < off + 8 or data[off] != (ICMPV6_ECHOREPLY if ipv6 else ICMP_ECHOREPLY):
             continue
-        ident = struct.unpack_from("!H", data, ihl + 4)[0]
-        r = results.get(ident)
-        if r is not None and data[12:16] == r.flow.dst.addr.packed:
+        r = results.get(struct.unpack_from("!H", data, off + 4)[0])
+        if r is not None and r.flow.ipv6 == ipv6 and ipaddress.ip_address(peer[0]) == r.flow.dst_addr:
             r.received += 1
 
 
@@ -358,6 +388,13 @@ def _ip(ns: str | None, lines: list[str]) -> None:
 
 def _bridge(ns: str, lines: list[str]) -> None:
     _run(["bridge", "-n", ns, "-batch", "-"], lines)
+
+
+def _ipv6_quiet(ns: str, dev: str) -> None:
+    """IPv6 on for dev, without router solicitations or duplicate address detection."""
+    for key, value in (("accept_ra", "0"), ("router_solicitations", "0"), ("accept_dad", "0"),
+                       ("disable_ipv6", "0")):
+        _sysctl(ns, f"net/ipv6/conf/{dev}/{key}", value)
 
 
 def _sysctl(ns: str, key: str, value: str, missing_ok: bool = False) -> None:
@@ -393,6 +430,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _client_rate(text: str) -> tuple[str, float]:
+    name, sep, rate = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"'{text}': expected CLIENT=PPS, e.g. h0c1=50")
+    return name, _rate(rate)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..core.cliutil import positive_int, nonneg_int, port
     from ..tools.tunnelmon import web_address
@@ -404,6 +448,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vnis", type=_vni_list, default=[100, 200], metavar="LIST",
                    help="VNIs, clients spread over them in turn (default 100,200)")
     p.add_argument("--ipv6", action="store_true", help="IPv6 underlay (2001:db8::/64) instead of 192.0.2.0/24")
+    p.add_argument("--inner-ipv6", action="store_true",
+                   help="IPv6 overlay too (2001:db8:1::/64): the clients ping each other with ICMPv6")
     p.add_argument("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)")
     p.add_argument("--rate", type=_rate, default=5.0, metavar="PPS", help="pings per second per flow (default 5)")
     p.add_argument("--count", type=positive_int, metavar="N", help="pings per flow (default: until the duration ends)")
@@ -412,6 +458,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=nonneg_int, default=56, metavar="BYTES", help="ICMP payload (default 56)")
     p.add_argument("--loud", metavar="CLIENT", help="this client (e.g. h0c1) sends --loud-factor times more")
     p.add_argument("--loud-factor", type=positive_int, default=10, metavar="N", help="default 10")
+    p.add_argument("--client-rate", type=_client_rate, action="append", default=[], metavar="CLIENT=PPS",
+                   help="this client's pings per second per flow, instead of --rate (repeatable)")
     p.add_argument("--from", dest="sources", metavar="CLIENTS",
                    help="only these clients send (comma-separated, e.g. h0c0,h0c1; default all)")
     p.add_argument("--name", metavar="NAME", help="namespace name prefix (default pt-tm<pid>)")
@@ -421,13 +469,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sim = Simulation(args.hosts, args.clients, args.vnis, ipv6=args.ipv6, port=args.port, name=args.name)
+    sim = Simulation(args.hosts, args.clients, args.vnis, ipv6=args.ipv6, port=args.port, name=args.name,
+                     inner_ipv6=args.inner_ipv6)
     sources = [s.strip() for s in args.sources.split(",")] if args.sources else None
+    rates = dict(args.client_rate)
     # validate the traffic options before building anything
-    for name in (sources or []) + ([args.loud] if args.loud else []):
-        sim.client(name)
+    sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates, args.inner_ipv6)
     with sim:
-        flows = sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources)
+        flows = sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates,
+                         args.inner_ipv6)
         h0 = sim.hosts[0]
         print(describe(sim), flush=True)
         monitor = web = None
@@ -446,8 +496,11 @@ def run(args: argparse.Namespace) -> int:
                       f"{'' if args.port == 4789 else f' --port {args.port}'} [--web 8080]", flush=True)
             bound = [f"{args.count} pings per flow" if args.count else "",
                      f"{args.duration} s" if args.duration else ""]
-            print(f"Sending {len(flows)} flows at {args.rate:g}/s each"
-                  f"{f' ({args.loud} x{args.loud_factor})' if args.loud else ''}, "
+            special = [f"{n} {r:g}/s" for n, r in rates.items()] + \
+                ([f"{args.loud} x{args.loud_factor}"] if args.loud else [])
+            note = f" ({', '.join(special)})" if special else ""
+            print(f"Sending {len(flows)} {'ICMPv6' if args.inner_ipv6 else 'ICMP'} flows at {args.rate:g}/s each"
+                  f"{note}, "
                   f"{' or '.join(b for b in bound if b) or 'until Ctrl-C'}...", flush=True)
             interrupted = False
             try:
@@ -473,10 +526,12 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(sim: Simulation) -> str:
     lines = [f"Simulated VXLAN overlay {sim.name}: {len(sim.hosts)} hosts, {len(sim.clients)} clients, "
-             f"VNIs {','.join(map(str, sim.vnis))}, IPv{6 if sim.ipv6 else 4} underlay, UDP {sim.port}"]
+             f"VNIs {','.join(map(str, sim.vnis))}, IPv{6 if sim.ipv6 else 4} underlay, "
+             f"{'IPv4+IPv6' if sim.inner_ipv6 else 'IPv4'} overlay, UDP {sim.port}"]
     w = max(len(h.netns) for h in sim.hosts)
     for h in sim.hosts:
-        clients = " ".join(f"{c.name}={c.addr}/vni{c.vni}" for c in sim.clients if c.host == h.index)
+        clients = " ".join(f"{c.name}={c.addr}{f',{c.addr6}' if sim.inner_ipv6 else ''}/vni{c.vni}"
+                           for c in sim.clients if c.host == h.index)
         lines.append(f"  {h.name:<4} {h.netns:<{w}} {h.dev} {str(h.addr):<15} {clients}")
     return "\n".join(lines)
 
