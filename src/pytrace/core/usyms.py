@@ -115,6 +115,13 @@ def process_symbols(pid: int) -> ProcessSymbols:
     return ps
 
 
+def remember(pids) -> None:
+    """Read the mappings of these processes now, while they still exist, so
+    their stacks can be symbolized later (stacks are printed at the end)."""
+    for pid in pids:
+        process_symbols(pid)
+
+
 def read_stack(stacks, sid: int, depth: int = 127) -> tuple[tuple[int, ...] | None, int]:
     """A stack id as bpf_get_stackid() returned it -> (return addresses, 0).
 

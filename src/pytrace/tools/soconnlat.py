@@ -31,7 +31,7 @@ from ..core.loader import Variant
 from ..core.periodic import ticks
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
-from ..core.usyms import process_symbols, read_stack
+from ..core.usyms import process_symbols, read_stack, remember
 
 NAME = "soconnlat"
 SUMMARY = "IP connect() latency histograms with the caller's user stack"
@@ -125,7 +125,14 @@ def run(args: argparse.Namespace) -> int:
     with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook) as t:
         if not args.json:
             print("Tracing IP connect() latency with ustacks. Ctrl-C to end.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        # Printing only at the end: wake every second anyway to read the mappings
+        # of the processes seen so far, while they still exist (see core/usyms).
+        poll = t.stacks and not args.interval
+        for last in ticks(1 if poll else args.interval, count=None if poll else args.count,
+                          duration=args.duration):
+            if poll and not last:
+                remember({h.pid for h in t.histograms()})
+                continue
             hists = t.histograms(clear=bool(args.interval))
             if args.json:
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S")
