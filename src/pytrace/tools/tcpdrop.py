@@ -41,13 +41,6 @@ _FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"),
                (0x10, "ACK"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))
 FLAGS_TEXT = tuple("|".join(n for bit, n in _FLAG_NAMES if f & bit) for f in range(256))
 
-# Frames of the tracing machinery itself, above the function that dropped
-# the packet: removed from the top of every stack (names differ by hook).
-_TRACING_PREFIXES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_call_bpf",
-                     "perf_trace_", "perf_tp_event", "perf_swevent", "__perf_", "bpf_get_stack",
-                     "bpf_overflow_handler", "trace_kfree_skb", "__probestub_")
-
-
 @dataclass(frozen=True, slots=True)
 class TcpDropEvent:
     ts_ns: int                 # CLOCK_MONOTONIC
@@ -96,23 +89,17 @@ class TcpDrop(EventTracer):
         """The kernel's tables that records are read with: drop reason names
         (this kernel's BTF) and symbols (/proc/kallsyms).  Also called by
         `pytrace replay`, which can only be right on the recording's boot."""
-        from ..core.kernel_btf import drop_reasons
-        from ..core.ksyms import kernel_symbols
-        self.reasons = drop_reasons()
-        self.ksyms = kernel_symbols()
+        from ..core.drops import DropNames
+        self.names = DropNames()
 
     def reason_name(self, value: int) -> str:
-        return self.reasons.get(value) or str(value)
+        return self.names.reason(value)
 
     def stack_of(self, raw: tuple) -> list[str]:
-        """The symbolized stack of a raw record, tracing frames removed."""
+        """The symbolized stack of a raw record, tracing frames removed (core/drops.py)."""
         n = max(0, raw[self.idx["stack_bytes"]]) // 8
         at = self.idx["stack[0]"]
-        names = self.ksyms.stack(raw[at:at + n])
-        k = 0
-        while k < len(names) and names[k].startswith(_TRACING_PREFIXES):
-            k += 1
-        return names[k:]
+        return self.names.stack(raw[at:at + n])
 
     def make_event(self, raw: tuple) -> TcpDropEvent:
         i = self.idx

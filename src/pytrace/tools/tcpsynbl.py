@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..core.aggregate import add_interval_args, json_lines, print_loop, timestamp_line
+from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
 from ..core.cliutil import add_common, ports
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
@@ -101,6 +101,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_interval_args(args)
     tracer = TcpSynBl(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, lports=args.lport,
                       hook=args.hook)
     with tracer:

@@ -1,0 +1,43 @@
+"""What the packet-drop tools (tcpdrop, skbdrop) share on the Python side;
+src/bpf/kfreeskb.h is the kernel half.
+
+- drop reason names: enum skb_drop_reason of the running kernel (its BTF),
+  without the SKB_DROP_REASON_ prefix;
+- kernel stacks of the drop, symbolized, with the frames of the tracing
+  machinery above the function that freed the packet removed (the stack is
+  taken whole in the kernel: how many frames the hook adds differs between
+  tp_btf, raw_tp and classic tracepoints).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .kernel_btf import drop_reasons
+from .ksyms import kernel_symbols
+
+TRACING_PREFIXES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_call_bpf",
+                    "perf_trace_", "perf_tp_event", "perf_swevent", "__perf_", "bpf_get_stack",
+                    "bpf_overflow_handler", "trace_kfree_skb", "__probestub_")
+
+
+def trim_tracing(frames: list[str]) -> list[str]:
+    """frames (innermost first) from the first one outside the tracing machinery."""
+    k = 0
+    while k < len(frames) and frames[k].startswith(TRACING_PREFIXES):
+        k += 1
+    return frames[k:]
+
+
+class DropNames:
+    """Reason numbers and stack addresses to text, for one kernel."""
+
+    def __init__(self) -> None:
+        self.reasons = drop_reasons()
+        self.ksyms = kernel_symbols()
+
+    def reason(self, value: int) -> str:
+        return self.reasons.get(value) or str(value)
+
+    def stack(self, addrs: Iterable[int]) -> list[str]:
+        return trim_tracing(self.ksyms.stack(list(addrs)))
