@@ -71,6 +71,24 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high]: IDs that land in
+    fixed-width rodata (a PID, a UID, a netns inode) must fit it."""
+    def conv(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"'{text}' is not in {low}..{high}")
+        return value
+    conv.__name__ = "number"
+    return conv
+
+
+PID_MAX_LIMIT = 4194304    # include/linux/threads.h: no kernel has larger PIDs
+
+
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
