@@ -3,7 +3,8 @@
  * skbinfo.h - facts about a packet from its struct sk_buff, for the hooks
  * that are handed an skb (tracepoints, tp_btf, raw_tp, kprobes) rather than a
  * packet context (tc, XDP): its IP header, transport ports, device and
- * network namespace.  Shared by superping, ipecn, skbdrop and tcpdrop.
+ * network namespace.  Shared by superping, ipecn, skbdrop, tcpdrop and the
+ * device tools (netsize, nettxlat, qdisclat).
  *
  * Where the network header is depends on the hook point:
  *  - on the transmit path (ip_send_skb, net_dev_queue, ...) and from ip_rcv
@@ -142,6 +143,47 @@ static __always_inline void dev_name(const struct net_device *dev, char *name)
 	name[0] = 0;
 	if (dev)
 		bpf_probe_read_kernel_str(name, PT_IFNAMSIZ, dev->name);
+}
+
+/* A device as the device tools key it: name and network namespace (ifindex is per namespace). */
+struct dev_id {
+	char name[PT_IFNAMSIZ];
+	__u32 netns;
+};
+
+static __always_inline void dev_id_of(const struct net_device *dev, struct dev_id *id)
+{
+	dev_name(dev, id->name);
+	id->netns = dev_netns(dev);
+}
+
+/* A classic tracepoint's __data_loc string (e.g. the device name) into buf[PT_IFNAMSIZ]. */
+static __always_inline void tp_data_loc_str(const void *ctx, __u32 loc, char *buf)
+{
+	buf[0] = 0;
+	bpf_probe_read_kernel_str(buf, PT_IFNAMSIZ, (const char *)ctx + (loc & 0xFFFF));
+}
+
+/*
+ * --dev NAME / --netns-id filters: a tool declares them as
+ *   const volatile char targ_dev[PT_IFNAMSIZ]; const volatile __u32 targ_netns;
+ * (empty name / 0: any).
+ */
+static __always_inline bool dev_wanted(const volatile char *want, __u32 want_netns,
+				       const struct dev_id *id)
+{
+	if (want_netns && id->netns != want_netns)
+		return false;
+	if (!want[0])
+		return true;
+#pragma unroll
+	for (int i = 0; i < PT_IFNAMSIZ; i++) {
+		if (want[i] != id->name[i])
+			return false;
+		if (!want[i])
+			break;
+	}
+	return true;
 }
 
 #endif /* __PYTRACE_SKBINFO_H */
