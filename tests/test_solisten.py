@@ -211,6 +211,8 @@ def test_ebpf_prints_the_source():
 @pytest.mark.parametrize("args,needle", [
     (["-p", "x"], "-p"),
     (["-n", "-1"], "-n"),
+    (["-n", "99999999999"], "-n"),
+    (["-p", "0"], "-p"),
     (["--hook", "raw_tp"], "--hook"),
     (["-4"], "-4"),
 ])

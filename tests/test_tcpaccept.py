@@ -188,6 +188,7 @@ def test_ebpf_prints_the_source():
 @pytest.mark.parametrize("args,needle", [
     (["-P", "80,x"], "-P"),
     (["-p", "abc"], "-p"),
+    (["-p", "99999999999"], "-p"),
     (["-4", "-6"], "not allowed"),
     (["--hook", "tp_btf"], "--hook"),
     (["extra"], "extra"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -377,6 +376,8 @@ def test_ebpf_prints_the_source():
     (["-P", "notaport"], "-P"),
     (["-p", "0"], "-p"),
     (["-u", "-5"], "-u"),
+    (["-u", "4294967295"], "-u"),
+    (["-p", "99999999999"], "-p"),
     (["-4", "-6"], "not allowed"),
     (["--hook", "fentry"], "--hook"),
     (["--bogus"], "--bogus"),
@@ -406,3 +407,25 @@ def test_library_exception_releases_programs():
             assert held
             raise RuntimeError("boom")
     assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+
+
+@pytest.mark.parametrize("count", [False, True])
+def test_record_replays_the_live_output(tmp_path, count):
+    srv = listener("127.0.0.1")
+    port, closed = srv.getsockname()[1], free_port()
+    rec = tmp_path / "tcpconnect.db"
+    flags = ["-c"] if count else ["-t", "-L"]
+    cli = Cli("tcpconnect", *flags, "-P", f"{port},{closed}", "--record", str(rec))
+    connect("127.0.0.1", port)
+    refused("127.0.0.1", closed)
+    if not count:
+        assert cli.read_until(lambda l: "ECONNREFUSED" in l)
+    time.sleep(0.1)
+    rc, lines, err = cli.stop()
+    srv.close()
+    assert rc == 0, err
+    live = "".join(line + "\n" for line in lines)
+    assert ("ECONNREFUSED" in live) != count and live.startswith("Tracing connect")
+    replayed = run_cli("replay", str(rec))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live

@@ -202,6 +202,7 @@ def test_ebpf_prints_the_source():
     (["nan"], "nan"),
     (["1", "2"], "2"),
     (["-p", "-3"], "-p"),
+    (["-p", "4194305"], "-p"),
     (["-4", "-6"], "not allowed"),
     (["--hook", "raw_tp"], "--hook"),
 ])

@@ -237,6 +237,7 @@ def test_ebpf_prints_the_source():
 
 @pytest.mark.parametrize("args,needle", [
     (["-N", "x"], "-N"),
+    (["-N", "4294967296"], "-N"),
     (["-p", "0"], "-p"),
     (["-4", "-6"], "not allowed"),
     (["--hook", "tp_btf"], "--hook"),
@@ -258,3 +259,21 @@ def test_nothing_left_loaded_after_exit(sig):
     rc, _, err = cli.stop(sig)
     assert rc == 0, err
     assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+
+
+def test_record_replays_the_live_output(tmp_path):
+    srv = Server("127.0.0.1")
+    rec = tmp_path / "tcptracer.db"
+    cli = Cli("tcptracer", "-t", "-p", str(srv.proc.pid), "--record", str(rec))
+    c = srv.connect()
+    c.close()
+    srv.close()
+    srv.wait()
+    assert cli.read_until(lambda l: l.split()[1:2] == ["X"])
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    live = "".join(line + "\n" for line in lines)
+    assert live.startswith("Tracing TCP established connections.")
+    replayed = run_cli("replay", str(rec))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live

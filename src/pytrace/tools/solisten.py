@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, nonneg_int, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -90,8 +90,8 @@ def netns_inode(pid: int | str = "self") -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace listen() on TCP sockets. {LATENCY_NOTE}"
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME column (HH:MM:SS)")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
-    p.add_argument("-n", "--netns", type=nonneg_int, default=0,
+    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-n", "--netns", type=int_range(0, 0xffffffff), default=0,
                    help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     p.add_argument("--show-netns", action="store_true", help="include a NETNS column")
     p.add_argument("--ret", action="store_true", help="include a RET column (listen()'s result)")
@@ -102,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
     tracer = SoListen(pid=args.pid, netns=args.netns, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: SoListen, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the tracer, or a
+    recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: SoListen):

@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, ports,
+                            stream_events)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -79,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP accepts. {LATENCY_NOTE}"
     p.add_argument("-T", "--time", action="store_true", help="include a TIME column (HH:MM:SS)")
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these local ports (comma list)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
@@ -92,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
                        lports=args.port, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpAccept, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the tracer, or a
+    recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: TcpAccept):

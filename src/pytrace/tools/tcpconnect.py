@@ -30,16 +30,17 @@ import argparse
 import errno
 import ipaddress
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from ..core import tracefs
-from ..core.cliutil import LATENCY_NOTE, Output, add_common, nonneg_int, ports, positive_int, stream_events
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, ports, publish,
+                            stream_events)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.periodic import ticks
 from ..core.stream import EventTracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "tcpconnect"
 SUMMARY = "TCP connects with PID, UID and result (refused, timed out...)"
@@ -172,7 +173,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "ETIMEDOUT, ..., ABORTED); a line appears when the outcome is known. "
                      + LATENCY_NOTE)
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS",
                    help="only these destination ports (comma list)")
     fam = p.add_mutually_exclusive_group()
@@ -180,7 +181,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
     p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
     p.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
-    p.add_argument("-u", "--uid", type=nonneg_int, help="trace this UID only")
+    p.add_argument("-u", "--uid", type=int_range(0, 0xfffffffe), help="trace this UID only")
     p.add_argument("-c", "--count", action="store_true",
                    help="count connects per source address and destination address/port; print at exit")
     p.add_argument("-s", "--source-port", action="store_true", help="with -c: count per source port too")
@@ -194,27 +195,52 @@ def run(args: argparse.Namespace) -> int:
                         hook=args.hook)
     out = Output(args.json)
     with tracer:
-        if args.count:
-            return _run_count(tracer, args, out)
-        if not args.json:
-            out.write("Tracing connect ... Hit Ctrl-C to end\n")
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        out.write(intro(args))
+        if not args.count:
+            return stream_events(tracer, out, renderer(tracer, args, out))
+        for _ in ticks():           # until Ctrl-C / SIGTERM, like BCC
+            pass
+        snap = snapshot(tracer.counts(), args)
+        publish(snap)
+        out.write(render_snapshot(snap, args))
+    return 0
 
 
-def _run_count(tracer: TcpConnect, args: argparse.Namespace, out: Output) -> int:
-    if not args.json:
-        out.write("Tracing connect ... Hit Ctrl-C to end\n")
-    for _ in ticks():
-        pass
-    rows = tracer.counts()
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing connect ... Hit Ctrl-C to end\n"
+
+
+def renderer(source: TcpConnect, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the tracer, or a
+    recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
+
+
+# -- count mode: one snapshot at exit (what the sinks get and replay renders) ----
+
+def snapshot(rows: list[ConnectCount], args: argparse.Namespace) -> Snapshot:
+    series = []
+    for r in rows:
+        labels: dict[str, Any] = {"laddr": r.laddr, "raddr": r.raddr, "rport": r.rport}
+        if args.source_port:
+            labels["lport"] = r.lport
+        labels["proto"] = PROTO_NAMES.get(r.proto, str(r.proto))
+        series.append(Series.of(labels, {"connects": r.connects}))
+    return Snapshot.now(NAME, series)
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    """BCC's table (LADDR RADDR [LPORT] RPORT CONNECTS, then PROTO with --udp), or JSON lines."""
+    rows = [(dict(s.labels), dict(s.values)["connects"]) for s in snap.series]
     if args.json:
-        for r in rows:
-            rec = r.to_dict()
-            if not args.source_port:
-                del rec["lport"]
-            out.record(rec)
-        return 0
+        out = []
+        for labels, n in rows:
+            rec: dict[str, Any] = {"laddr": labels["laddr"], "raddr": labels["raddr"], "rport": int(labels["rport"])}
+            if "lport" in labels:
+                rec["lport"] = int(labels["lport"])
+            rec.update(proto=labels["proto"], connects=n)
+            out.append(json.dumps(rec, separators=(",", ":")) + "\n")
+        return "".join(out)
     head = f"\n{'LADDR':<25} {'RADDR':<25} "
     if args.source_port:
         head += f"{'LPORT':<20} "
@@ -222,16 +248,15 @@ def _run_count(tracer: TcpConnect, args: argparse.Namespace, out: Output) -> int
     if args.udp:
         head += " PROTO"
     lines = [head.rstrip() + "\n"]
-    for r in rows:
-        line = f"{str(r.laddr):<25} {str(r.raddr):<25} "
+    for labels, n in rows:
+        line = f"{labels['laddr']:<25} {labels['raddr']:<25} "
         if args.source_port:
-            line += f"{r.lport:<20} "
-        line += f"{r.rport:<20} {r.connects:<10}"
+            line += f"{labels['lport']:<20} "
+        line += f"{labels['rport']:<20} {n:<10}"
         if args.udp:
-            line += " " + PROTO_NAMES.get(r.proto, str(r.proto))
+            line += " " + labels["proto"]
         lines.append(line.rstrip() + "\n")
-    out.write("".join(lines))
-    return 0
+    return "".join(lines)
 
 
 def _json_renderer(tracer: TcpConnect):

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Output, add_common, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -96,7 +96,7 @@ def min_latency(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP connects and show their latency (SYN sent to established). {LATENCY_NOTE}"
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
@@ -111,8 +111,13 @@ def run(args: argparse.Namespace) -> int:
                         min_ms=args.duration_ms, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def renderer(source: TcpConnLat, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the tracer, or a
+    recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: TcpConnLat):

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Output, add_common, nonneg_int, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -87,8 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(TYPE words, NETNS column, TIME(ns)); --libbpf-log shows libbpf's log. " + LATENCY_NOTE)
     p.add_argument("-t", "--timestamp", action="store_true",
                    help="include a TIME(s) column (TIME(ns) with -v), since the first event")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
-    p.add_argument("-N", "--netns", type=nonneg_int, default=0,
+    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-N", "--netns", type=int_range(0, 0xffffffff), default=0,
                    help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
@@ -104,8 +104,19 @@ def run(args: argparse.Namespace) -> int:
                        family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, hook=args.hook)
     out = Output(args.json)
     with tracer:
-        render = _json_renderer(tracer) if args.json else _text_renderer(tracer, args, out)
-        return stream_events(tracer, out, render)
+        out.write(intro(args))
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
+def intro(args: argparse.Namespace) -> str:
+    """What the CLI prints once, before the renderer's header."""
+    return "" if args.json else "Tracing TCP established connections. Ctrl-C to end.\n"
+
+
+def renderer(source: TcpTracer, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the tracer, or a
+    recording standing in for it in `pytrace replay`)."""
+    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _json_renderer(tracer: TcpTracer):
@@ -121,7 +132,6 @@ def _text_renderer(tracer: TcpTracer, args: argparse.Namespace, out: Output):
     """BCC's columns: [TIME(s)] T PID COMM IP SADDR DADDR SPORT DPORT; with -v
     [TIME(ns)] TYPE ... [NETNS].  IPv6 addresses are bracketed, as in BCC."""
     verbose, show_netns = args.verbose, args.verbose and not args.netns
-    out.write("Tracing TCP established connections. Ctrl-C to end.\n")
     if verbose:
         head = f"{'TIME(ns)':<14}" if args.timestamp else ""
         head += "%-12s %-6s %-16s %-2s %-16s %-16s %-6s %-7s" % ("TYPE", "PID", "COMM", "IP", "SADDR", "DADDR",
