@@ -3,10 +3,12 @@ a handshake slowed by a dropped SYN, the minimum-latency filter, CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -15,6 +17,7 @@ import pytest
 from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
+from pytrace.core.netattach import in_netns
 from pytrace.tools.tcpconnlat import TcpConnLat
 
 ME = os.getpid()
@@ -39,22 +42,49 @@ def timed_connect(host: str, port: int) -> tuple[int, int, int]:
     return lport, t0, t1
 
 
-def slow_connect(host: str) -> tuple[socket.socket, int, int, int]:
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows of this thread's network namespace."""
+    with open("/proc/thread-self/net/netstat") as fh:
+        names, values = [line.split() for line in fh if line.startswith("TcpExt:")][:2]
+    return int(values[names.index("ListenOverflows")])
+
+
+@contextlib.contextmanager
+def slow_connect():
     """A connect whose first SYN is dropped: the listener's accept queue is
     full (backlog 1, two connections waiting), so the SYN is dropped and
-    resent after the initial RTO (1 s); a slot is freed meanwhile."""
-    srv = listener(host, backlog=1)
-    port = srv.getsockname()[1]
-    held = [socket.create_connection((host, port)) for _ in range(2)]
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(timed_connect(host, port)))
-    t.start()
-    time.sleep(0.2)
-    srv.accept()[0].close()                 # room for the retransmitted SYN
-    t.join(10)
-    for s in held:
-        s.close()
-    return srv, port, *result[0]
+    resent after the initial RTO (1 s), once a slot has been freed.  In a
+    namespace of its own, whose ListenOverflows counter tells when the drop
+    happened.  Yields (listener port, local port, ns before connect(), after)."""
+    ns = f"pt-tcpconnlat-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        with in_netns(ns):
+            srv, held, slow = socket.socket(), [socket.socket(), socket.socket()], socket.socket()
+            before = listen_overflows()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        for s in held:
+            s.connect(("127.0.0.1", port))
+        result: list = []
+
+        def run() -> None:
+            t0 = time.monotonic_ns()
+            slow.connect(("127.0.0.1", port))
+            result.append((slow.getsockname()[1], t0, time.monotonic_ns()))
+        t = threading.Thread(target=run)
+        t.start()
+        with in_netns(ns):
+            assert wait_until(lambda: listen_overflows() > before, 5), "the SYN was not dropped"
+        srv.accept()[0].close()             # room for the retransmitted SYN
+        t.join(10)
+        for s in (*held, slow, srv):
+            s.close()
+        yield (port, *result[0])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -76,12 +106,10 @@ def test_latency_inside_the_tests_own_timestamps(host):
 
 
 def test_slow_handshake_and_minimum_latency():
-    with TcpConnLat(min_ms=500) as tracer:
-        fast = listener("127.0.0.1")
+    fast = listener("127.0.0.1")
+    with TcpConnLat(min_ms=500) as tracer, slow_connect() as (port, lport, t0, t1):
         timed_connect("127.0.0.1", fast.getsockname()[1])           # microseconds: below the minimum
-        srv, port, lport, t0, t1 = slow_connect("127.0.0.1")
         events = [e for e in tracer.events(duration=0.3) if e.rport in (port, fast.getsockname()[1])]
-    srv.close()
     fast.close()
     assert [(e.pid, e.lport, e.rport) for e in events] == [(ME, lport, port)]
     e = events[0]
@@ -180,10 +208,9 @@ def test_cli_positional_minimum_and_json():
     fast = listener("127.0.0.1")
     cli = Cli("tcpconnlat", "--json", "0.5", "-p", str(ME))
     timed_connect("127.0.0.1", fast.getsockname()[1])
-    srv, port, lport, t0, t1 = slow_connect("127.0.0.1")
-    assert cli.read_until(lambda l: '"lat_ms"' in l)
+    with slow_connect() as (port, lport, t0, t1):
+        assert cli.read_until(lambda l: '"lat_ms"' in l)
     rc, _, err = cli.stop()
-    srv.close()
     fast.close()
     assert rc == 0, err
     recs = cli.json_records()

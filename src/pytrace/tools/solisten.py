@@ -62,8 +62,8 @@ class SoListen(EventTracer):
     VARIANTS = (
         Variant("fentry", ("solisten_fexit",)),
         Variant("kprobe", ("solisten_kprobe", "solisten_kretprobe")),
-        Variant("tracepoint", ("solisten_tp_enter", "solisten_tp_exit"), "misses io_uring listens"),
-        Variant("tp_btf", ("solisten_tp_btf",), "new listeners only"),
+        Variant("tracepoint", ("solisten_tp_enter", "solisten_tp_exit"), "no io_uring"),
+        Variant("tp_btf", ("solisten_tp_btf",), "new only"),
     )
 
     def __init__(self, *, pid: int = 0, netns: int = 0, **kw: Any):

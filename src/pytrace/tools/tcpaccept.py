@@ -55,7 +55,7 @@ class TcpAccept(EventTracer):
     EVENT = "tcpaccept_event"
     VARIANTS = (
         Variant("kprobe", ("tcpaccept_kretprobe",)),
-        Variant("tracepoint", ("tcpaccept_tp_accept4", "tcpaccept_tp_accept"), "misses io_uring accepts"),
+        Variant("tracepoint", ("tcpaccept_tp_accept4", "tcpaccept_tp_accept"), "no io_uring"),
     )
 
     def __init__(self, *, pid: int = 0, family: int = 0, lports: list[int] | None = None, **kw: Any):

@@ -62,7 +62,7 @@ class TcpTracer(EventTracer):
         Variant("kprobe", ("tcptracer_kprobe_v4", "tcptracer_kprobe_v6", "tcptracer_kretprobe_accept",
                            "tcptracer_raw_tp")),
         Variant("tracepoint", ("tcptracer_tracepoint", "tcptracer_tp_accept4", "tcptracer_tp_accept"),
-                "misses io_uring accepts"),
+                "no io_uring"),
     )
 
     def __init__(self, *, pid: int = 0, netns: int = 0, family: int = 0, **kw: Any):
