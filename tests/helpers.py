@@ -177,6 +177,12 @@ def bpf_prog_ids(pid: int | None = None) -> set[int]:
     return ids
 
 
+def released(progs: set[int], timeout: float = 5.0) -> bool:
+    """True once none of these program IDs is loaded (the kernel frees a
+    program asynchronously after its last reference goes)."""
+    return wait_until(lambda: not progs & bpf_prog_ids(), timeout, 0.05)
+
+
 def bpf_prog_names() -> set[str]:
     """Names of every BPF program loaded in the kernel right now (via bpftool)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)

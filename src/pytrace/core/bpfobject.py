@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from . import libbpf, objects
 from .btf import ObjectTypes, Var
-from .errors import PytraceError
+from .errors import PytraceError, UsageError
 
 
 def _encode(var: Var, value: Any) -> bytes:
@@ -284,7 +284,11 @@ class BpfObject:
             var = known.get(key)
             if var is None:
                 raise PytraceError(f"{self.path.name}: no setting {key} in {section}")
-            raw = _encode(var, value)
+            try:
+                raw = _encode(var, value)
+            except (struct.error, ValueError, TypeError, OverflowError) as exc:
+                # a value from the command line that cannot fit its field
+                raise UsageError(f"{key}={value!r} does not fit its {var.size}-byte field ({exc})") from None
             if var.offset + len(raw) > size:
                 raise PytraceError(f"{self.path.name}: {key} lies outside {section}")
             C.memmove(ptr + var.offset, raw, len(raw))
