@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, stream_events
 from ..core.loader import Variant
+from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj, comm_text
 from ..core.stream import EventTracer
 
@@ -123,8 +124,9 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     """Format straight from raw tuples, in bytes: this is the CLI's hot path.
 
     Per event it does one tuple build (only the shown fields are decoded),
-    a few dict/tuple lookups (addresses, command names and state pairs are
-    formatted once and memoised) and one bytes %-format.
+    unpacks it in a compiled comprehension (core/rows.py), does a few dict
+    lookups (addresses, command names and state pairs are formatted once and
+    memoised) and one bytes %-format.
     """
     aw = 39 if (args.wide or args.ipv6) else 15
     head = ""
@@ -140,38 +142,37 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     if args.timestamp or args.time:
         shown.add("ts_ns")
     tracer.project(shown)
-    i = tracer.idx
-    i_sk, i_pid, i_comm, i_fam = i["skaddr"], i["pid"], i["comm"], i["family"]
-    i_sa, i_sp, i_da, i_dp = i["saddr"], i["sport"], i["daddr"], i["dport"]
-    i_old, i_new, i_delta, i_ts = i["oldstate"], i["newstate"], i["delta_us"], i.get("ts_ns")
     trans = tuple(f"{STATE_NAMES[k >> 8]:<11} -> {STATE_NAMES[k & 0xFF]:<11}".encode()
                   for k in range(1 << 16))
     fmt_addr, clock = AddrFormatter(), Clock()
-    addrs: dict[tuple[int, bytes], bytes] = {}
+    addrs4: dict[bytes, bytes] = {}       # raw address -> text, per family
+    addrs6: dict[bytes, bytes] = {}
     comms: dict[bytes, bytes] = {}
 
     def addr(fam: int, raw: bytes) -> bytes:
-        if len(addrs) > 65536:
-            addrs.clear()
-        text = addrs[fam, raw] = fmt_addr(fam, raw).encode()
+        cache = addrs4 if fam == AF_INET else addrs6
+        if len(cache) > 65536:
+            cache.clear()
+        text = cache[raw] = fmt_addr(fam, raw).encode()
         return text
 
-    def comm(raw: bytes) -> bytes:
+    def comm_of(raw: bytes) -> bytes:
         if len(comms) > 4096:
             comms.clear()
         text = comms[raw] = comm_text(raw).encode(errors="replace")
         return text
 
+    rows = compile_rows(tracer.raw_fields, (
+        "fmt % (skaddr, pid, cget(comm) or comm_of(comm),"
+        " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), sport,"
+        " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), dport,"
+        " trans[oldstate << 8 | newstate], delta_us // 1000, delta_us % 1000)"),
+        {"fmt": fmt, "cget": comms.get, "comm_of": comm_of, "a4get": addrs4.get, "a6get": addrs6.get,
+         "addr": addr, "trans": trans})
+    i_ts = tracer.idx.get("ts_ns")
+
     def render(batch: list[tuple]) -> bytes:
-        aget, cget = addrs.get, comms.get
-        lines = []
-        append = lines.append
-        for r in batch:
-            fam, sa, da, c, d = r[i_fam], r[i_sa], r[i_da], r[i_comm], r[i_delta]
-            append(fmt % (r[i_sk], r[i_pid], cget(c) or comm(c),
-                          aget((fam, sa)) or addr(fam, sa), r[i_sp],
-                          aget((fam, da)) or addr(fam, da), r[i_dp],
-                          trans[r[i_old] << 8 | r[i_new]], d // 1000, d % 1000))
+        lines = rows(batch)
         if i_ts is not None:
             lines = [_time_prefix(clock, r[i_ts], args) + line for r, line in zip(batch, lines)]
         return b"".join(lines)
