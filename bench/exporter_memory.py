@@ -182,20 +182,22 @@ options = {{ lports = [{tport}] }}
 
 
 def write_readme(report: str, args: argparse.Namespace) -> None:
+    import textwrap
     path = HERE / "README.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     uname = os.uname()
+    wrap = lambda t: textwrap.fill(t, 90)  # noqa: E731
     body = (f"{SECTION}\n\n"
-            "What it measures: the resident memory of `pytrace exporter` while /metrics is scraped "
-            f"{args.rate:g} times a second for {args.duration:g} s over one keep-alive connection. "
-            "The config exercises every collector kind: tcprtt histograms per remote address and "
-            "softirqs histograms (maps read at each scrape), and tcpstates events counted by state "
-            "(a reader thread); a loopback ping-pong with a new connection every 0.2 s keeps the maps "
-            "changing.  Memory is VmRSS of the exporter process, sampled every "
-            f"{args.sample:g} s.\n\n"
-            f"Run: `sudo python3 bench/exporter_memory.py --readme` "
-            f"({time.strftime('%Y-%m-%d')}, kernel {uname.release}, {os.cpu_count()} CPUs, "
-            f"Python {sys.version.split()[0]}).\n\n{report}\n")
+            + wrap("What it measures: the resident memory of `pytrace exporter` while /metrics is scraped "
+                   f"{args.rate:g} times a second for {args.duration:g} s over one keep-alive connection. "
+                   "The config exercises every collector kind: tcprtt histograms per remote address and "
+                   "softirqs histograms (maps read at each scrape), and tcpstates events counted by state "
+                   "(a reader thread); a loopback ping-pong with a new connection every 0.2 s keeps the "
+                   "maps changing.  Memory is VmRSS of the exporter process, sampled every "
+                   f"{args.sample:g} s.") + "\n\n"
+            + wrap(f"Run: `sudo python3 bench/exporter_memory.py --readme` ({time.strftime('%Y-%m-%d')}, "
+                   f"kernel {uname.release}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+                   f"load average {os.getloadavg()[0]:.1f} at the start).") + f"\n\n{report}\n")
     if SECTION in text:
         head, rest = text.split(SECTION, 1)
         nxt = rest.find("\n## ")
