@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import platform
 import signal
 import socket
 import sqlite3
 import struct
+import subprocess
 import time
 
 import pytest
@@ -66,7 +66,7 @@ def addr(family: int, raw: bytes) -> str:
     return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
 
 
-def replay(*args: str) -> "subprocess.CompletedProcess":  # noqa: F821
+def replay(*args: str) -> subprocess.CompletedProcess:
     r = run_cli("replay", *args)
     assert r.returncode == 0, r.stderr
     return r

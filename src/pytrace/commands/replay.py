@@ -169,7 +169,9 @@ def run(argv: list[str]) -> int:
         if rec.kind == "snapshots":
             return _replay_snapshots(rec, module, targs, out, since, until, conds)
         if rec.kind != "events":
-            return 0   # the tool never started streaming: nothing was recorded
+            sys.stderr.write(f"pytrace replay: {args.file} holds no events ({rec.tool} "
+                             f"{' '.join(rec.argv)} did not stream any)\n")
+            return 0
         from ..core.stream import EventTracer
         EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
         source = rec.source()
