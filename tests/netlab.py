@@ -62,6 +62,11 @@ class QuietHosts(TwoHosts):
         with netattach.in_netns(ns):
             return socket.socket(family, socket.SOCK_DGRAM)
 
+    def qdisc_a(self, *spec: str) -> None:
+        """Give a0 (in A) a root qdisc, e.g. qdisc_a("tbf", "rate", "1mbit", ...)."""
+        subprocess.run(["tc", "-n", self.ns_a, "qdisc", "replace", "dev", self.dev_a, "root", *spec], check=True,
+                       capture_output=True)
+
     def raw_icmp(self, ns: str, family: int = socket.AF_INET) -> socket.socket:
         proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
         with netattach.in_netns(ns):
@@ -77,18 +82,23 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ping(sock: socket.socket, dst: str, ident: int, seq: int, payload: bytes = b"pytrace-ping",
-         timeout: float = 2.0) -> float:
-    """Send one ICMP echo request on a raw socket, wait for its reply; return the
-    user-space round trip in seconds.  IPv6: the kernel fills in the checksum."""
+def echo_request(sock: socket.socket, dst: str, ident: int, seq: int, payload: bytes = b"pytrace-ping") -> None:
+    """Send one ICMP echo request on a raw socket.  IPv6: the kernel fills in the checksum."""
     v6 = sock.family == socket.AF_INET6
     kind = 128 if v6 else 8
     hdr = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
     csum = 0 if v6 else _csum(hdr + payload)
-    pkt = struct.pack("!BBHHH", kind, 0, csum, ident, seq) + payload
+    sock.sendto(struct.pack("!BBHHH", kind, 0, csum, ident, seq) + payload, (dst, 0))
+
+
+def ping(sock: socket.socket, dst: str, ident: int, seq: int, payload: bytes = b"pytrace-ping",
+         timeout: float = 2.0) -> float:
+    """Send one ICMP echo request on a raw socket, wait for its reply; return the
+    user-space round trip in seconds."""
+    v6 = sock.family == socket.AF_INET6
     sock.settimeout(timeout)
     t0 = time.monotonic()
-    sock.sendto(pkt, (dst, 0))
+    echo_request(sock, dst, ident, seq, payload)
     while True:
         data = sock.recv(2048)
         if not v6:

@@ -6,7 +6,6 @@ token bucket makes it.  pfifo_fast's bypass path is not seen, as documented."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -20,13 +19,8 @@ FRAME = PAYLOAD + 8 + 20 + 14          # what tbf counts (skb->len)
 RATE, BURST = 125_000, 3000            # 1mbit in bytes/s, bucket size in bytes
 
 
-def qdisc(net: QuietHosts, *spec: str) -> None:
-    subprocess.run(["tc", "-n", net.ns_a, "qdisc", "replace", "dev", net.dev_a, "root", *spec], check=True,
-                   capture_output=True)
-
-
 def tbf(net: QuietHosts) -> None:
-    qdisc(net, "handle", "10:", "tbf", "rate", "1mbit", "burst", str(BURST), "latency", "2s")
+    net.qdisc_a("handle", "10:", "tbf", "rate", "1mbit", "burst", str(BURST), "latency", "2s")
 
 
 def blast(net: QuietHosts, n: int = N) -> None:
@@ -69,7 +63,7 @@ def test_tbf_queueing(hook):
 
 def test_bypass_path_is_not_seen():
     with QuietHosts("qlatb", ipv6=False) as net:
-        qdisc(net, "pfifo_fast")
+        net.qdisc_a("pfifo_fast")
         with QdiscLat(netns=net.inode(net.ns_a)) as t:
             s = net.udp_socket(net.ns_a)
             for _ in range(5):

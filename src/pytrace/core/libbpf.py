@@ -109,6 +109,7 @@ _PROTOS: dict[str, tuple] = {
     "bpf_program__attach_cgroup": (P, [P, C.c_int]),
     "bpf_program__attach_xdp": (P, [P, C.c_int]),
     "bpf_program__attach_iter": (P, [P, P]),
+    "bpf_iter_create": (C.c_int, [C.c_int]),
     "bpf_link__destroy": (C.c_int, [P]),
     "bpf_link__fd": (C.c_int, [P]),
     "bpf_map__name": (C.c_char_p, [P]),
