@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * gethostlatency - latency of host name lookups through libc:
+ * getaddrinfo(), gethostbyname() and gethostbyname2(), timed from entry
+ * (uprobe: the name asked for) to return (uretprobe), per thread.
+ *
+ * The same two programs are attached to each of the three functions by
+ * user space (bpf_program__attach_uprobe_opts with the function's name and
+ * its index as the attach cookie), which finds the libc to probe.
+ * Resolvers that bypass libc (static binaries, Go's own resolver, ...) are
+ * not seen.
+ */
+#include "events.h"
+
+#define HOST_LEN 80
+
+struct gethostlatency_event {
+	__u64 ts_ns;		/* return */
+	__u64 latency_ns;
+	__u32 pid;
+	__u32 tid;
+	__s32 ret;		/* the return value (getaddrinfo: 0 or EAI_*; the others: a pointer's low half) */
+	__u32 func;		/* which function: the attach cookie user space gave it */
+	char comm[TASK_COMM_LEN];
+	char host[HOST_LEN];
+};
+
+struct lookup {
+	__u64 ts_ns;
+	__u32 func;
+	__u32 pad;
+	char host[HOST_LEN];
+};
+
+const volatile __u32 targ_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);	/* a thread killed in the call must not leak */
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, struct lookup);
+} lookups SEC(".maps");
+
+struct gethostlatency_event _event_type = {};
+
+SEC("uprobe")
+int BPF_KPROBE(gethostlatency_entry, const char *name)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct lookup l = {};
+
+	if (targ_tgid && (id >> 32) != targ_tgid)
+		return 0;
+	l.ts_ns = bpf_ktime_get_ns();
+	l.func = bpf_get_attach_cookie(ctx);
+	bpf_probe_read_user_str(l.host, sizeof(l.host), name);
+	bpf_map_update_elem(&lookups, &tid, &l, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(gethostlatency_return, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid(), now;
+	__u32 tid = (__u32)id;
+	struct gethostlatency_event *e;
+	struct lookup *l = bpf_map_lookup_elem(&lookups, &tid);
+
+	if (!l)
+		return 0;
+	now = bpf_ktime_get_ns();
+	e = event_reserve(struct gethostlatency_event);
+	if (e) {
+		e->ts_ns = now;
+		e->latency_ns = now - l->ts_ns;
+		e->pid = id >> 32;
+		e->tid = tid;
+		e->ret = (__s32)ret;
+		e->func = l->func;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		__builtin_memcpy(e->host, l->host, sizeof(e->host));
+		event_submit(e, now);
+	}
+	bpf_map_delete_elem(&lookups, &tid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
