@@ -247,3 +247,18 @@ def test_lone_event_is_printed_promptly():
                 break
         t.join()
         assert got and time.monotonic() - start < 1.0
+
+
+def test_small_ring_wraps_without_corruption():
+    """Records that straddle the end of the ring (the reader maps the data
+    area once and joins the two pieces) decode exactly."""
+    port = free_port()
+    with TcpStates(lports=[port], ring_bytes=8192) as tracer:
+        for _ in range(30):                      # 30 x 7 records of 96 bytes: ~2.5 laps
+            conn = tcp_roundtrip("127.0.0.1", port)
+            time.sleep(0.01)
+            got = [tracer.make_event(r) for r in tracer.drain()]
+            child = [(e.oldstate, e.newstate) for e in got if e.rport == conn.client_port]
+            assert child == CHILD
+            assert [(e.oldstate, e.newstate) for e in got if e.rport == 0] == LISTENER
+        assert tracer.lost == 0

@@ -35,12 +35,24 @@ __u64 last_event_ns = 0;
 		__uint(max_entries, bytes);                            \
 	} name SEC(".maps")
 
+/* 8 MiB.  Head room matters more than the reader's speed: the kernel reads
+ * the consumer position before it takes the ring's lock, so a producer that
+ * is preempted (or whose vCPU is descheduled) in between compares against a
+ * stale position and may find the ring "full".  The reader maps the data
+ * once (core/ringbuf.py), so this costs it 8 MiB of resident memory. */
 EVENT_RING(events, 8 << 20);
 
-/* Reserve a record of the given type, or count the loss and return NULL. */
+/*
+ * Reserve a record of the given type, or count the loss and return NULL.
+ * One retry: on kernels whose ring lock is a resilient spinlock (6.15+) a
+ * reservation can fail under contention although the ring has room; under a
+ * connection storm about a third of such failures succeed when retried.
+ */
 #define event_reserve(type)                                            \
 	({                                                             \
 		type *__e = bpf_ringbuf_reserve(&events, sizeof(type), 0); \
+		if (!__e)                                              \
+			__e = bpf_ringbuf_reserve(&events, sizeof(type), 0); \
 		if (!__e)                                              \
 			__sync_fetch_and_add(&lost_events, 1);         \
 		__e;                                                   \

@@ -318,7 +318,7 @@ class GlobalU64:
         return _U64.unpack_from(self._mm, self._off)[0]
 
 
-_U64 = struct.Struct("<Q")
+_U64 = struct.Struct("Q")   # native: one 8-byte load, never a torn read
 
 
 def ncpus_possible() -> int:

@@ -7,16 +7,16 @@ field names, so user space decodes records exactly as the C declares them and
 can never drift from it.
 
 Parsing an ELF file and its BTF costs tens of milliseconds, so the result is
-cached beside the object as `<obj>.layout.json`, keyed by the object's SHA-256:
+cached beside the object as `<obj>.layout.json`, keyed by the object's size and CRC:
 build.py writes it, and a stale or missing cache is rebuilt on first use.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20
 _MODIFIERS = {TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG}
 _INT_FMT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
             (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class BTFError(Exception):
@@ -300,7 +300,12 @@ def parse_object(path: Path) -> dict:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Identity of an object's contents for the cache: size and CRC-32.
+
+    (Not hashlib: it loads OpenSSL's libcrypto, 3+ MiB of resident memory
+    for a check that needs no cryptographic strength.)"""
+    data = path.read_bytes()
+    return f"{len(data)}:{zlib.crc32(data):08x}"
 
 
 def _cache_path(obj: Path) -> Path:
@@ -309,7 +314,7 @@ def _cache_path(obj: Path) -> Path:
 
 def write_cache(obj: Path) -> dict:
     info = parse_object(obj)
-    info["sha256"] = _digest(obj)
+    info["digest"] = _digest(obj)
     info["version"] = CACHE_VERSION
     tmp = _cache_path(obj).with_name(f"{obj.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info, indent=0, sort_keys=True))
@@ -326,7 +331,7 @@ class ObjectTypes:
         cache = _cache_path(obj)
         try:
             info = json.loads(cache.read_text())
-            if info.get("version") != CACHE_VERSION or info.get("sha256") != _digest(obj):
+            if info.get("version") != CACHE_VERSION or info.get("digest") != _digest(obj):
                 info = None
         except (OSError, ValueError):
             info = None

@@ -2,9 +2,10 @@
 
 No ctypes callback per record: the ring's pages are mmap'ed into Python (the
 consumer position page read-write, the producer page and the data area
-read-only; the kernel maps the data area twice in a row, so a record that
-wraps around the end is still contiguous), and a whole batch of fixed-size
-records is decoded by one struct.iter_unpack call.
+read-only) and a whole batch of fixed-size records is decoded by one
+struct.iter_unpack call.  The kernel offers the data area twice in a row so a
+wrapping record looks contiguous, but every mapped page is resident: we map
+it once (half the memory) and join the two pieces of a batch that wraps.
 
 Wakeups are batched (see src/bpf/events.h): the kernel side submits without
 waking us, except after an idle gap or when the ring fills past a threshold.
@@ -30,7 +31,7 @@ HDR = 8
 _NOT_READY = bytes(1 if b & 0xC0 else 0 for b in range(256))
 
 DEFAULT_INTERVAL_MS = 20
-MAX_BATCH_BYTES = 1 << 20
+MAX_BATCH_BYTES = 256 << 10   # per drain: bounds the memory a batch takes in Python
 
 
 class RingBuffer:
@@ -41,13 +42,17 @@ class RingBuffer:
         self.size = size
         self.mask = size - 1
         self._cons_mm = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._data_mm = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data_mm = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._page = page
         body = struct.calcsize(record_format)
         self.stride = (HDR + body + 7) & ~7
         self.record_size = body
         self.set_format(record_format)
-        self._u64 = struct.Struct("<Q")
+        # Native format on purpose: with an explicit byte order, struct packs
+        # 8-byte integers one byte at a time, and the kernel could then read a
+        # torn consumer position (and fail reservations on a ring it thinks
+        # full); native 'Q' is one aligned 8-byte load/store.
+        self._u64 = struct.Struct("Q")
         self._u32 = struct.Struct("<I")
         self.interval = interval_ms / 1000.0
         self._ep = select.epoll()
@@ -76,27 +81,34 @@ class RingBuffer:
         except InterruptedError:
             pass
 
+    def _read(self, pos: int, length: int) -> bytes:
+        """length bytes of the data area from ring position pos, across the wrap."""
+        off = self._page + (pos & self.mask)
+        end = off + length
+        limit = self._page + self.size
+        if end <= limit:
+            return self._data_mm[off:end]
+        return self._data_mm[off:limit] + self._data_mm[self._page:self._page + end - limit]
+
     def drain(self, max_bytes: int = MAX_BATCH_BYTES) -> list[tuple]:
         """Decode every committed record (up to max_bytes) and release its space."""
         cons = self._u64.unpack_from(self._cons_mm, 0)[0]
         prod = self._u64.unpack_from(self._data_mm, 0)[0]
         avail = prod - cons
-        if avail <= 0:
-            return []
         stride = self.stride
-        n = min(avail, max_bytes) // stride
-        if n == 0:
-            n = 1 if avail >= stride else 0
-        start = self._page + (cons & self.mask)
-        buf = self._data_mm[start:start + n * stride]
-        # Stop at the first record that is still being written (or discarded).
-        hdr_bytes = buf[3::stride]
-        first_bad = hdr_bytes.translate(_NOT_READY).find(1)
+        if avail < stride:
+            return []
+        n = min(avail, max(max_bytes, stride)) // stride
+        # Which records are committed: stop at the first one still being
+        # written (or discarded).  The headers come from one copy and the
+        # records from a second one, so every record read was committed
+        # before it was read (a bulk copy may load out of order).
+        first_bad = self._read(cons, n * stride)[3::stride].translate(_NOT_READY).find(1)
         if first_bad >= 0:
             if first_bad == 0:
                 return self._drain_slow(cons, prod)
             n = first_bad
-            buf = buf[:n * stride]
+        buf = self._read(cons, n * stride)
         # Every record must be of our fixed size; anything else means a layout bug.
         if self._u32.unpack_from(buf, 0)[0] != self.record_size:
             raise RuntimeError(f"ring record of {self._u32.unpack_from(buf, 0)[0]} bytes, "
@@ -110,14 +122,14 @@ class RingBuffer:
         """Head record busy or discarded: skip discarded ones, stop at busy."""
         out = []
         while cons < prod:
-            off = self._page + (cons & self.mask)
-            hdr = self._u32.unpack_from(self._data_mm, off)[0]
+            hdr = self._u32.unpack_from(self._data_mm, self._page + (cons & self.mask))[0]
             if hdr & BUSY_BIT:
                 break
             length = hdr & ~(BUSY_BIT | DISCARD_BIT)
+            total = (HDR + length + 7) & ~7
             if not hdr & DISCARD_BIT:
-                out.append(self._struct.unpack_from(self._data_mm, off))
-            cons += (HDR + length + 7) & ~7
+                out.append(self._struct.unpack(self._read(cons, total)))
+            cons += total
         self._u64.pack_into(self._cons_mm, 0, cons)
         self.records += len(out)
         return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, Iterator
 
-from .ringbuf import DEFAULT_INTERVAL_MS, RingBuffer
+from .ringbuf import DEFAULT_INTERVAL_MS, MAX_BATCH_BYTES, RingBuffer
 from .tracer import Tracer
 
 
@@ -101,7 +101,7 @@ class EventTracer(Tracer):
                 if final:
                     yield final
                 return
-            if len(batch) * ring.stride < (1 << 19):
+            if len(batch) * ring.stride <= MAX_BATCH_BYTES // 2:   # caught up: sleep
                 timeout = None
                 if deadline is not None:
                     timeout = max(0.0, min(ring.interval, deadline - time.monotonic()))

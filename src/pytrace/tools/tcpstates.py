@@ -142,8 +142,8 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     if args.timestamp or args.time:
         shown.add("ts_ns")
     tracer.project(shown)
-    trans = tuple(f"{STATE_NAMES[k >> 8]:<11} -> {STATE_NAMES[k & 0xFF]:<11}".encode()
-                  for k in range(1 << 16))
+    # "OLD -> NEW" for every pair of states (TCP states are < 16)
+    trans = tuple(f"{STATE_NAMES[k >> 4]:<11} -> {STATE_NAMES[k & 15]:<11}".encode() for k in range(256))
     fmt_addr, clock = AddrFormatter(), Clock()
     addrs4: dict[bytes, bytes] = {}       # raw address -> text, per family
     addrs6: dict[bytes, bytes] = {}
@@ -166,7 +166,7 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
         "fmt % (skaddr, pid, cget(comm) or comm_of(comm),"
         " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), sport,"
         " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), dport,"
-        " trans[oldstate << 8 | newstate], delta_us // 1000, delta_us % 1000)"),
+        " trans[(oldstate & 15) << 4 | (newstate & 15)], delta_us // 1000, delta_us % 1000)"),
         {"fmt": fmt, "cget": comms.get, "comm_of": comm_of, "a4get": addrs4.get, "a6get": addrs6.get,
          "addr": addr, "trans": trans})
     i_ts = tracer.idx.get("ts_ns")
