@@ -34,8 +34,8 @@ def run(argv: list[str]) -> int:
             chosen, _ = loader.planned(variants)
             here = chosen.hook + (f" ({chosen.note})" if chosen.note else "") if chosen else "NONE usable"
         rows.append((name, here, hooks, getattr(module, "SUMMARY", "")))
-    w = max(len(r[0]) for r in rows)
-    sys.stdout.write(f"{'TOOL':<{w}}  {'HOOK HERE':<16} {'VARIANTS':<34} DESCRIPTION\n")
+    w = [max(len(r[i]) for r in rows + [("TOOL", "HOOK HERE", "VARIANTS", "")]) for i in range(3)]
+    sys.stdout.write(f"{'TOOL':<{w[0]}}  {'HOOK HERE':<{w[1]}}  {'VARIANTS':<{w[2]}}  DESCRIPTION\n")
     for name, here, hooks, summary in rows:
-        sys.stdout.write(f"{name:<{w}}  {here:<16} {hooks:<34} {summary}\n")
+        sys.stdout.write(f"{name:<{w[0]}}  {here:<{w[1]}}  {hooks:<{w[2]}}  {summary}\n")
     return 0
