@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from helpers import Cli, free_port, netns, run_cli, sh
+from helpers import free_port, netns, run_cli, sh
+from ready import started
 from pytrace.core.netattach import in_netns
 from pytrace.core.tracepoints import parse_filter, parse_format, resolve
 from pytrace.tools.count import ProbeCount, TracepointCount
@@ -117,8 +118,8 @@ def test_intervals_reset_and_a_full_key_table_is_reported():
 
 
 def test_cli_json_counts_failed_connects():
-    cli = Cli("count", "syscalls:sys_exit_connect", "--filter", "ret<0", "--by", "ret",
-              "-p", str(ME), "--json")
+    cli = started("count", "syscalls:sys_exit_connect", "--filter", "ret<0", "--by", "ret",
+              "-p", str(ME), "--json", links=1)
     failed_connects(5)
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -128,7 +129,7 @@ def test_cli_json_counts_failed_connects():
 
 
 def test_cli_text_table():
-    cli = Cli("count", "syscalls:sys_exit_connect", "--by", "ret", "-p", str(ME))
+    cli = started("count", "syscalls:sys_exit_connect", "--by", "ret", "-p", str(ME), links=1)
     failed_connects(2)
     rc, lines, err = cli.stop()
     assert rc == 0, err

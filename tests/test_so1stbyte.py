@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from helpers import Cli
+from ready import n_programs, started
 from pytrace.tools.so1stbyte import So1stByte
 
 ME = os.getpid()
@@ -69,7 +69,7 @@ def test_first_byte_time_is_at_least_the_servers_delay():
 
 def test_cli_text():
     delay = 0.05
-    cli = Cli("so1stbyte", "-p", str(ME))
+    cli = started("so1stbyte", "-p", str(ME), links=n_programs(So1stByte, "tracepoint"))
     srv, th = delayed_server(delay)
     elapsed = first_byte(srv)
     th.join(5)

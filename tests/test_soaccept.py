@@ -7,7 +7,7 @@ import ipaddress
 import os
 import socket
 
-from helpers import Cli
+from ready import n_programs, started
 from pytrace.tools.soaccept import SoAccept
 
 ME = os.getpid()
@@ -49,7 +49,7 @@ def test_cli_json_and_lport_filter():
         other.bind(("127.0.0.1", 0))
         other.listen(2)
         port = srv.getsockname()[1]
-        cli = Cli("soaccept", "-p", str(ME), "-P", str(port), "--json")
+        cli = started("soaccept", "-p", str(ME), "-P", str(port), "--json", links=n_programs(SoAccept, "tracepoint"))
         for s in (other, srv):
             with socket.create_connection(s.getsockname()) as c:
                 cport = c.getsockname()[1]

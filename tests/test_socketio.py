@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from helpers import Cli
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.socketio import SocketIO
 from pytrace.tools.socksize import SockSize
@@ -91,7 +91,7 @@ def test_socksize_histograms_exact(hook):
 
 
 def test_cli_socketio_json_and_socksize_text():
-    cli = Cli("socketio", "-p", str(ME), "--json")
+    cli = started("socketio", "-p", str(ME), "--json", links=n_programs(SocketIO, "tp_btf"))
     ports = workload()
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -99,7 +99,7 @@ def test_cli_socketio_json_and_socksize_text():
     sent = [r for r in recs if r["dir"] == "send" and r["proto"] == "TCP"]
     assert [(r["rport"], r["calls"], r["bytes"]) for r in sent] == [(ports["server"], 3, 600)]
 
-    cli = Cli("socksize", "-p", str(ME))
+    cli = started("socksize", "-p", str(ME), links=n_programs(SockSize, "tp_btf"))
     workload()
     rc, lines, err = cli.stop()
     assert rc == 0, err

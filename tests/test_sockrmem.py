@@ -7,7 +7,8 @@ import os
 import socket
 import struct
 
-from helpers import Cli, netns, sh
+from helpers import netns, sh
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.netattach import in_netns
 from pytrace.tools.sockrmem import EVENTS, SockRmem
@@ -76,7 +77,7 @@ def test_kprobe_variant_passes_the_verifier():
 
 
 def test_cli_json_histograms():
-    cli = Cli("sockrmem", "-p", str(ME), "--json")
+    cli = started("sockrmem", "-p", str(ME), "--json", links=n_programs(SockRmem, "tracepoint"))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         rx.bind(("127.0.0.1", 0))

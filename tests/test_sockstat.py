@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
 import pytest
 
-from helpers import Cli, free_port, run_cli
+from helpers import free_port, run_cli
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.sockstat import COUNTERS, SockStat
 
@@ -59,7 +59,7 @@ def test_kprobe_variant_passes_the_verifier():
 
 
 def test_cli_json_interval():
-    cli = Cli("sockstat", "-p", str(ME), "--json", "-i", "1")
+    cli = started("sockstat", "-p", str(ME), "--json", "-i", "1", links=n_programs(SockStat, "tp_btf"))
     expected = workload()
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -69,7 +69,7 @@ def test_cli_json_interval():
 
 
 def test_cli_text_and_bad_interval():
-    cli = Cli("sockstat", "-p", str(ME))
+    cli = started("sockstat", "-p", str(ME), links=n_programs(SockStat, "tp_btf"))
     a, b = socket.socketpair()
     a.send(b"1")
     b.recv(1)

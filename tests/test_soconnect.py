@@ -8,7 +8,8 @@ import os
 import socket
 import time
 
-from helpers import Cli, free_port, run_cli
+from helpers import free_port, run_cli
+from ready import n_programs, started
 from pytrace.tools.soconnect import SoConnect
 
 ME = os.getpid()
@@ -71,7 +72,7 @@ def test_port_filter():
 
 def test_cli_text_and_json():
     port = free_port()
-    cli = Cli("soconnect", "-p", str(ME))
+    cli = started("soconnect", "-p", str(ME), links=n_programs(SoConnect, "tracepoint"))
     with socket.socket() as s:
         s.connect_ex(("127.0.0.1", port))
     assert cli.read_until(lambda line: str(port) in line)
@@ -81,7 +82,7 @@ def test_cli_text_and_json():
     f = lines[1].split()
     assert f[0] == str(ME) and f[2:5] == ["2", "127.0.0.1", str(port)] and f[6:] == ["Connect", "refused"]
 
-    cli = Cli("soconnect", "-p", str(ME), "--json")
+    cli = started("soconnect", "-p", str(ME), "--json", links=n_programs(SoConnect, "tracepoint"))
     with socket.socket(socket.AF_INET6) as s:
         s.connect_ex(("::1", port))
     assert cli.read_until(lambda line: str(port) in line)

@@ -8,7 +8,8 @@ import select
 import socket
 import time
 
-from helpers import Cli, free_port
+from helpers import free_port
+from ready import n_programs, started
 from pytrace.tools.soconnlat import SoConnLat
 
 ME = os.getpid()
@@ -60,7 +61,7 @@ def test_nonblocking_connect_ends_at_poll():
 
 
 def test_cli_json():
-    cli = Cli("soconnlat", "-p", str(ME), "--json")
+    cli = started("soconnlat", "-p", str(ME), "--json", links=n_programs(SoConnLat, "tracepoint"))
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(2)

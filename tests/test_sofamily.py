@@ -6,7 +6,8 @@ import os
 import socket
 from collections import Counter
 
-from helpers import Cli, run_cli
+from helpers import run_cli
+from ready import n_programs, started
 from pytrace.tools.sofamily import SoFamily
 
 ME = os.getpid()
@@ -48,7 +49,7 @@ def test_families_of_the_tests_sockets():
 
 
 def test_cli_json_and_text():
-    cli = Cli("sofamily", "-p", str(ME), "--json")
+    cli = started("sofamily", "-p", str(ME), "--json", links=n_programs(SoFamily, "tracepoint"))
     expected = workload()
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -58,7 +59,7 @@ def test_cli_json_and_text():
         assert r["pid"] == ME
     assert got == expected
 
-    cli = Cli("sofamily", "-p", str(ME))
+    cli = started("sofamily", "-p", str(ME), links=n_programs(SoFamily, "tracepoint"))
     with socket.socket(AF_INET6):
         pass
     rc, lines, err = cli.stop()

@@ -6,9 +6,7 @@ import os
 import socket
 from collections import Counter
 
-import pytest
-
-from helpers import Cli
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.soprotocol import SoProtocol
 
@@ -63,7 +61,7 @@ def test_kprobe_variant_passes_the_verifier():
 
 
 def test_cli_json():
-    cli = Cli("soprotocol", "-p", str(ME), "--json")
+    cli = started("soprotocol", "-p", str(ME), "--json", links=n_programs(SoProtocol, "tracepoint"))
     expected = workload()
     rc, lines, err = cli.stop()
     assert rc == 0, err

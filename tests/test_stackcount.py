@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
-from helpers import Cli, run_cli
+from helpers import run_cli
+from ready import started
 from pytrace.tools.count import TracepointCount
 from pytrace.tools.stackcount import frames
-from test_count import UDP_HDRS, DummyNet, failed_connects
+from test_count import DummyNet, failed_connects
 
 ME = os.getpid()
 
@@ -46,7 +46,7 @@ def test_cli_kernel_stacks_text_and_folded():
 
 def text_and_folded(net: DummyNet) -> None:
     filt = f"name == {net.dev}"
-    cli = Cli("stackcount", "-K", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
+    cli = started("stackcount", "-K", "-p", str(ME), "--filter", filt, "net:net_dev_xmit", links=1)
     net.send(3, 444)
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -55,7 +55,7 @@ def text_and_folded(net: DummyNet) -> None:
     counts = [int(line) for line in lines if line.strip().isdigit()]
     assert sum(counts) == 3
 
-    cli = Cli("stackcount", "-K", "-f", "-p", str(ME), "--filter", filt, "net:net_dev_xmit")
+    cli = started("stackcount", "-K", "-f", "-p", str(ME), "--filter", filt, "net:net_dev_xmit", links=1)
     net.send(2, 444)
     rc, lines, err = cli.stop()
     assert rc == 0, err
@@ -65,7 +65,7 @@ def text_and_folded(net: DummyNet) -> None:
 
 
 def test_cli_json_user_stacks():
-    cli = Cli("stackcount", "-U", "-p", str(ME), "--json", "syscalls:sys_enter_connect")
+    cli = started("stackcount", "-U", "-p", str(ME), "--json", "syscalls:sys_enter_connect", links=1)
     failed_connects(3)
     rc, lines, err = cli.stop()
     assert rc == 0, err

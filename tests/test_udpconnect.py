@@ -6,7 +6,8 @@ import ipaddress
 import os
 import socket
 
-from helpers import Cli, free_port
+from helpers import free_port
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.udpconnect import UdpConnect
 
@@ -45,7 +46,7 @@ def test_kprobe_variant_passes_the_verifier():
 
 
 def test_cli_text():
-    cli = Cli("udpconnect", "-p", str(ME))
+    cli = started("udpconnect", "-p", str(ME), links=n_programs(UdpConnect, "tracepoint"))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.connect(("127.0.0.1", 7777))
     assert cli.read_until(lambda line: "7777" in line)

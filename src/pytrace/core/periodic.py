@@ -11,7 +11,7 @@ interval is printed like the C tools do.  `last` is True on the final tick.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .cliutil import Terminate
 
@@ -37,3 +37,21 @@ def ticks(interval: float | None = None, count: int | None = None,
         yield last
         if last:
             return
+
+
+def each_tick(emit: Callable[[bool], None], interval: float | None = None, count: int | None = None,
+              duration: float | None = None, start: Callable[[], None] | None = None) -> None:
+    """start() once (e.g. print a header), then emit(last) on every tick of
+    ticks().  A Ctrl-C or SIGTERM that lands outside the sleep, while start or
+    emit runs, still ends with one final emit(True): the data of the last
+    interval is printed, not lost."""
+    try:
+        if start is not None:
+            start()
+        for last in ticks(interval, count, duration):
+            emit(last)
+    except (KeyboardInterrupt, Terminate):
+        try:
+            emit(True)
+        except (KeyboardInterrupt, Terminate):
+            pass

@@ -34,9 +34,10 @@ from typing import Any, Sequence
 from ..core import libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import UsageError
+from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack, remember
 
@@ -204,22 +205,35 @@ class TracepointCount(Tracer):
                 out.append((f.name, v))
         return tuple(out)
 
+    def _kernel_stack(self, sid: int) -> tuple[tuple[int, ...] | None, int]:
+        addrs, err = self._stack(sid)
+        if addrs:
+            # With more than one probe on a tracepoint (another tracer's tp_btf,
+            # say) the kernel calls ours through __traceiter_<tp>, which then
+            # tops the stack: drop it, so the firing function comes first either way.
+            ksyms = kernel_symbols()
+            while addrs and ksyms.function(addrs[0]).startswith("__traceiter_"):
+                addrs = addrs[1:]
+        return addrs, err
+
     def counts(self, clear: bool = False) -> list[ProbeCount]:
         """Every (probe, key) counted, fewest first; clear=True starts a new interval."""
         items = self._counts.items()
-        out = []
+        merged: dict[tuple, list] = {}
         for kraw, vraw in items:
             k = self._key_layout.decode(kraw)
             probe = k["probe"]
             if probe >= len(self.names):
                 continue
-            kst, kerr = self._stack(k["kstack"])
+            kst, kerr = self._kernel_stack(k["kstack"])
             ust, uerr = self._stack(k["ustack"])
-            out.append(ProbeCount(
-                self.names[probe], self._key_values(probe, k["vals"]), struct.unpack("<Q", vraw)[0],
-                k["pid"] if self.per_process else None,
-                k["comm"].split(b"\0", 1)[0].decode(errors="replace") if self.per_process else None,
-                kst, ust, kerr, uerr))
+            pid = k["pid"] if self.per_process else None
+            comm = k["comm"].split(b"\0", 1)[0].decode(errors="replace") if self.per_process else None
+            ident = (self.names[probe], self._key_values(probe, k["vals"]), pid, comm, kst, ust, kerr, uerr)
+            # stacks that differ only in the dropped frames count as one
+            merged.setdefault(ident, [0])[0] += struct.unpack("<Q", vraw)[0]
+        out = [ProbeCount(tpn, key, n, pid, comm, kst, ust, kerr, uerr)
+               for (tpn, key, pid, comm, kst, ust, kerr, uerr), (n,) in merged.items()]
         if clear:
             for kraw, _ in items:
                 self._counts.delete(kraw)
@@ -272,17 +286,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 
 
-def print_loop(tracer: TracepointCount, args: argparse.Namespace, render, to_json) -> int:
-    """Print (and reset) on every tick: interval, duration or Ctrl-C."""
+def print_loop(tracer: TracepointCount, args: argparse.Namespace, render, to_json, header: str = "") -> int:
+    """Print the header, then the counts (reset each interval) on every tick:
+    interval, duration or Ctrl-C."""
     reported = 0
     # Printing only at the end with user stacks: wake every second anyway to read
     # the mappings of the processes seen so far, while they still exist.
     poll = tracer.user_stack and not args.interval
-    for last in ticks(1 if poll else args.interval, count=None if poll else args.count,
-                      duration=args.duration):
+
+    def emit(last: bool) -> None:
+        nonlocal reported
         if poll and not last:
             remember({pc.pid for pc in tracer.counts() if pc.pid})
-            continue
+            return
         counts = tracer.counts(clear=bool(args.interval))
         if args.json:
             ts = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -296,6 +312,11 @@ def print_loop(tracer: TracepointCount, args: argparse.Namespace, render, to_jso
             sys.stderr.write(f"{dropped - reported} hits not counted: the key table is full\n")
             reported = dropped
         sys.stdout.flush()
+    def start() -> None:
+        if header:
+            print(header, flush=True)
+
+    each_tick(emit, 1 if poll else args.interval, None if poll else args.count, args.duration, start=start)
     if len(tracer.names) > 50:
         sys.stderr.write(f"detaching {len(tracer.names)} tracepoints (the kernel takes a while)...\n")
     return 0
@@ -306,11 +327,11 @@ def run(args: argparse.Namespace) -> int:
     tracer = TracepointCount(args.tracepoints, by=by, filters=args.filter, pid=args.pid,
                              per_process=args.perpid, hook=args.hook)
     with tracer:
-        if not args.json:
-            n = len(tracer.names)
-            print(f"Tracing {n} tracepoint{'s' if n != 1 else ''}"
-                  f"{' for ' + repr(' '.join(args.tracepoints)) if n != len(args.tracepoints) else ''}"
-                  "... Hit Ctrl-C to end.", flush=True)
+        n = len(tracer.names)
+        header = "" if args.json else (
+            f"Tracing {n} tracepoint{'s' if n != 1 else ''}"
+            f"{' for ' + repr(' '.join(args.tracepoints)) if n != len(args.tracepoints) else ''}"
+            "... Hit Ctrl-C to end.")
 
         def render(counts: list[ProbeCount]) -> str:
             width = max([36, *(len(pc.tracepoint) for pc in counts)])
@@ -329,4 +350,4 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(line + f" {pc.count:>8}")
             return "\n".join(lines) + "\n\n"
 
-        return print_loop(tracer, args, render, ProbeCount.to_dict)
+        return print_loop(tracer, args, render, ProbeCount.to_dict, header)

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 from ..core.cliutil import positive_int
 from ..core.errors import PytraceError
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 
 NAME = "nstat"
 SUMMARY = "deltas of the kernel's SNMP/netstat counters (no BPF), key counters marked"
@@ -221,12 +221,17 @@ def run(args: argparse.Namespace) -> int:
     if args.absolute:
         out.write(to_json(first) if args.json else "#kernel\n" + render(first, args.timestamp))
         return 0
-    if not args.json:
-        out.write(f"#kernel: counter changes every {args.interval} s "
-                  "(* = retransmits, listen overflows/drops, resets, errors). Ctrl-C to end.\n")
-        out.flush()
-    for _last in ticks(args.interval, count=args.count, duration=args.duration):
+
+    def start() -> None:
+        if not args.json:
+            out.write(f"#kernel: counter changes every {args.interval} s "
+                      "(* = retransmits, listen overflows/drops, resets, errors). Ctrl-C to end.\n")
+            out.flush()
+
+    def emit(_last: bool) -> None:
         sample = ns.sample()
         out.write(to_json(sample) if args.json else render(sample, args.timestamp))
         out.flush()
+
+    each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
 
@@ -70,9 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with So1stByte(pid=args.pid, ms=args.milliseconds, hook=args.hook) as t:
-        if not args.json:
-            print("Tracing IP socket first-read-byte latency. Ctrl-C to end.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        def start() -> None:
+            if not args.json:
+                print("Tracing IP socket first-read-byte latency. Ctrl-C to end.", flush=True)
+
+        def emit(_last: bool) -> None:
             hists = t.histograms(clear=bool(args.interval))
             order = sorted(hists.items(), key=lambda kv: (kv[1].count, kv[0]))
             if args.json:
@@ -84,4 +86,6 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
                 sys.stdout.write("".join(f"{comm} [{pid}]\n{h.render()}\n" for (pid, comm), h in order))
             sys.stdout.flush()
+
+        each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core.cliutil import add_common, positive_int
 from ..core.net import AF_INET, AF_INET6
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import DIRS, cstr, sock_io_variants
 from ..core.tracer import Tracer
 
@@ -110,9 +110,11 @@ def render(flows: list[SocketIOCount], lport: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     family = AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0
     with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook) as t:
-        if not args.json:
-            print("Tracing socket I/O. Ctrl-C to end.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        def start() -> None:
+            if not args.json:
+                print("Tracing socket I/O. Ctrl-C to end.", flush=True)
+
+        def emit(_last: bool) -> None:
             flows = t.flows(clear=bool(args.interval))
             if args.json:
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -122,4 +124,6 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
                 sys.stdout.write(render(flows, args.lport))
             sys.stdout.flush()
+
+        each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
 from ..core.tracer import Tracer
 
@@ -73,9 +73,11 @@ def render(hists: dict[tuple[int, str, str], Log2Histogram], by_comm: bool) -> s
 
 def run(args: argparse.Namespace) -> int:
     with SockSize(pid=args.pid, per_pid=not args.by_comm, hook=args.hook) as t:
-        if not args.json:
-            print("Tracing socket I/O size. Ctrl-C to end.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        def start() -> None:
+            if not args.json:
+                print("Tracing socket I/O size. Ctrl-C to end.", flush=True)
+
+        def emit(_last: bool) -> None:
             hists = t.histograms(clear=bool(args.interval))
             if args.json:
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -86,4 +88,6 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
                 sys.stdout.write(render(hists, args.by_comm))
             sys.stdout.flush()
+
+        each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

@@ -27,7 +27,7 @@ from typing import Any
 from ..core.bpfobject import ncpus_possible
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import attach_with_tracefs, percpu_u64
 from ..core.tracer import Tracer
 
@@ -111,11 +111,15 @@ def render(snap: SockStatSnapshot, zeros: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     tracer = SockStat(pid=args.pid, hook=args.hook)
     with tracer:
-        if not args.json:
-            print(f"Tracing sock statistics. Output every {args.interval} second"
-                  f"{'s' if args.interval != 1 else ''}.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        def start() -> None:
+            if not args.json:
+                print(f"Tracing sock statistics. Output every {args.interval} second"
+                      f"{'s' if args.interval != 1 else ''}.", flush=True)
+
+        def emit(_last: bool) -> None:
             snap = tracer.snapshot(clear=True)
             sys.stdout.write(json.dumps(snap.to_dict()) + "\n" if args.json else render(snap, args.zeros))
             sys.stdout.flush()
+
+        each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

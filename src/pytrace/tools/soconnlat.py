@@ -28,7 +28,7 @@ from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
 from ..core.usyms import process_symbols, read_stack, remember
@@ -123,16 +123,17 @@ def render(hists: list[ConnLatHistogram]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook) as t:
-        if not args.json:
-            print("Tracing IP connect() latency with ustacks. Ctrl-C to end.", flush=True)
+        def start() -> None:
+            if not args.json:
+                print("Tracing IP connect() latency with ustacks. Ctrl-C to end.", flush=True)
         # Printing only at the end: wake every second anyway to read the mappings
         # of the processes seen so far, while they still exist (see core/usyms).
         poll = t.stacks and not args.interval
-        for last in ticks(1 if poll else args.interval, count=None if poll else args.count,
-                          duration=args.duration):
+
+        def emit(last: bool) -> None:
             if poll and not last:
                 remember({h.pid for h in t.histograms()})
-                continue
+                return
             hists = t.histograms(clear=bool(args.interval))
             if args.json:
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -142,4 +143,6 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
                 sys.stdout.write(render(hists))
             sys.stdout.flush()
+
+        each_tick(emit, 1 if poll else args.interval, None if poll else args.count, args.duration, start=start)
     return 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.periodic import ticks
+from ..core.periodic import each_tick
 from ..core.socklayer import counted, cstr, family_name
 from ..core.tracer import Tracer
 
@@ -93,9 +93,11 @@ def render(counts: list[FamilyCount]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     with SoFamily(pid=args.pid, hook=args.hook) as tracer:
-        if not args.json:
-            print("Tracing socket()/connect()/accept() address families. Ctrl-C to end.", flush=True)
-        for _last in ticks(args.interval, count=args.count, duration=args.duration):
+        def start() -> None:
+            if not args.json:
+                print("Tracing socket()/connect()/accept() address families. Ctrl-C to end.", flush=True)
+
+        def emit(_last: bool) -> None:
             counts = tracer.counts(clear=bool(args.interval))
             if args.json:
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -105,4 +107,6 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
                 sys.stdout.write(render(counts))
             sys.stdout.flush()
+
+        each_tick(emit, args.interval, args.count, args.duration, start=start)
     return 0

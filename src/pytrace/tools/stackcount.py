@@ -105,9 +105,8 @@ def run(args: argparse.Namespace) -> int:
                              stack_storage=args.stack_storage_size, hook=args.hook)
     with tracer:
         many = len(tracer.names) > 1
-        if not args.json and not args.folded:
-            print(f"Tracing {len(tracer.names)} tracepoint{'s' if many else ''}... Hit Ctrl-C to end.",
-                  flush=True)
+        header = "" if args.json or args.folded else \
+            f"Tracing {len(tracer.names)} tracepoint{'s' if many else ''}... Hit Ctrl-C to end."
         if args.folded:
-            return print_loop(tracer, args, lambda counts: render_folded(counts, args), to_json)
-        return print_loop(tracer, args, lambda counts: render_text(counts, args, many), to_json)
+            return print_loop(tracer, args, lambda counts: render_folded(counts, args), to_json, header)
+        return print_loop(tracer, args, lambda counts: render_text(counts, args, many), to_json, header)

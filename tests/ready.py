@@ -1,0 +1,39 @@
+"""Start a pytrace command in the background and return once ALL its programs
+are attached: a tool with many programs holds its first link well before its
+last one, and traffic made in between would be missed."""
+
+from __future__ import annotations
+
+import os
+
+from helpers import Cli, wait_until
+
+
+def bpf_links(pid: int) -> int:
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link"
+            except OSError:
+                continue
+    except FileNotFoundError:
+        pass
+    return n
+
+
+def started(*args: str, links: int) -> Cli:
+    """Cli(*args) once the process holds `links` BPF links (one per attached program)."""
+    cli = Cli(*args, ready=False)
+    pid = cli.proc.pid
+    if not wait_until(lambda: bpf_links(pid) >= links or cli.proc.poll() is not None, 20):
+        cli.stop()
+        raise AssertionError(f"pytrace {' '.join(args)}: {links} links not attached in time")
+    if cli.proc.poll() is not None:
+        raise AssertionError(f"pytrace {' '.join(args)} exited: {cli.proc.stderr.read()}")
+    return cli
+
+
+def n_programs(cls, hook: str) -> int:
+    """How many programs (links) the hook variant of a tool class attaches."""
+    return len(next(v for v in cls.VARIANTS if v.hook == hook).programs)
