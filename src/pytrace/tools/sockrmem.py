@@ -146,11 +146,10 @@ def run(args: argparse.Namespace) -> int:
         return f"{head}@rmem_alloc:\n{alloc.render()}\n@rmem_limit:\n{limit.render()}\n"
 
     with tracer:
-        if not args.json:
-            out.write("Tracing socket receive buffer size. Hit Ctrl-C to end.\n")
-        start = time.monotonic()
-        next_print = start + args.interval if args.interval else None
+        next_print = time.monotonic() + args.interval if args.interval else None
         try:
+            if not args.json:
+                out.write("Tracing socket receive buffer size. Hit Ctrl-C to end.\n")
             for batch in tracer.batches(args.duration):
                 if batch:
                     out.write(events(batch))
