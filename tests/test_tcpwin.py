@@ -97,7 +97,7 @@ def test_cli_csv_and_json():
         cli = Cli("tcpwin", "-L", str(c.port))
         cj = Cli("tcpwin", "-L", str(c.port), "--json")
         c.send(5)
-        line = cli.read_until(lambda s: s.startswith("rcv,"))
+        assert cli.read_until(lambda s: s.startswith("rcv,"))
         jline = cj.read_until(lambda s: s.startswith("{"))
     finally:
         rc, lines, err = cli.stop()
