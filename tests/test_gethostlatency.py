@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from helpers import Cli, run_cli
+from helpers import run_cli
 from netlab import bad_input, released_after_exit
+from ready import started
 from pytrace.tools.gethostlatency import GetHostLatency, find_libc
 
 LIBC = ctypes.CDLL("libc.so.6")
@@ -95,8 +96,8 @@ def test_a_library_without_getaddrinfo_is_one_line_and_status_1():
 
 def test_cli_text_and_json():
     me = str(os.getpid())
-    cli = Cli("gethostlatency", "-p", me)
-    cj = Cli("gethostlatency", "-p", me, "--json")
+    cli = started("gethostlatency", "-p", me, links=6)
+    cj = started("gethostlatency", "-p", me, "--json", links=6)
     try:
         socket.getaddrinfo("localhost", None)
         line = cli.read_until(lambda s: s.endswith(" localhost"))

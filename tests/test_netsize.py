@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from helpers import Cli
 from netlab import QuietHosts, bad_input, released_after_exit
+from ready import started
 from pytrace.core import netattach
 from pytrace.tools.netsize import NetSize
 
@@ -142,8 +142,8 @@ def test_dev_filter_and_clear():
 def test_cli_text_and_json():
     with QuietHosts("nsizec", ipv6=False) as net:
         ino = net.inode(net.ns_a)
-        cli = Cli("netsize", "--netns-id", str(ino), "-D", "a0")
-        cj = Cli("netsize", "--netns-id", str(ino), "--json")
+        cli = started("netsize", "--netns-id", str(ino), "-D", "a0", links=4)
+        cj = started("netsize", "--netns-id", str(ino), "--json", links=4)
         send_udp(net, (100, 300))
         time.sleep(0.2)
         rc, lines, err = cli.stop()

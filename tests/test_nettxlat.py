@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from helpers import Cli, run_cli
+from helpers import run_cli
 from netlab import QuietHosts, bad_input, ping, released_after_exit
+from ready import started
 from pytrace.tools.nettxlat import NO_COMPLETION, NetTxLat
 
 N = 5
@@ -67,8 +68,8 @@ def test_help_says_veth_and_lo_have_no_completion():
 def test_cli_text_and_json():
     with QuietHosts("txlatcli", ipv6=False) as net:
         ino = net.inode(net.ns_a)
-        cli = Cli("nettxlat", "--netns-id", str(ino), "-D", "a0")
-        cj = Cli("nettxlat", "--netns-id", str(ino), "--json", "-i", "1", "-c", "2")
+        cli = started("nettxlat", "--netns-id", str(ino), "-D", "a0", links=3)
+        cj = started("nettxlat", "--netns-id", str(ino), "--json", "-i", "1", "-c", "2", links=3)
         pings(net, 3)
         time.sleep(0.1)
         rc, lines, err = cli.stop()

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from helpers import Cli
 from netlab import QuietHosts, bad_input, released_after_exit
+from ready import started
 from pytrace.tools.qdisclat import QdiscLat, handle_text
 
 N, PAYLOAD = 10, 1000
@@ -97,8 +97,8 @@ def test_cli_text_and_json():
     with QuietHosts("qlatc", ipv6=False) as net:
         tbf(net)
         ino = net.inode(net.ns_a)
-        cli = Cli("qdisclat", "--netns-id", str(ino), "-T")
-        cj = Cli("qdisclat", "-D", "a0", "--netns-id", str(ino), "--json")
+        cli = started("qdisclat", "--netns-id", str(ino), "-T", links=2)
+        cj = started("qdisclat", "-D", "a0", "--netns-id", str(ino), "--json", links=2)
         blast(net, 4)
         time.sleep(0.3)
         rc, lines, err = cli.stop()

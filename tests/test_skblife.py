@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from helpers import Cli
 from netlab import QuietHosts, bad_input, echo_request, released_after_exit
+from ready import started
 from pytrace.core import ksyms
 from pytrace.tools.skblife import SkbLife
 
@@ -95,8 +95,8 @@ def test_clear():
 def test_cli_text_and_json():
     with QuietHosts("skblcli", ipv6=False) as net:
         net.qdisc_a("tbf", "rate", "1mbit", "burst", str(BURST), "latency", "2s")
-        cli = Cli("skblife", "-p", str(os.getpid()), "-u")
-        cj = Cli("skblife", "-p", str(os.getpid()), "--json")
+        cli = started("skblife", "-p", str(os.getpid()), "-u", links=2)
+        cj = started("skblife", "-p", str(os.getpid()), "--json", links=2)
         queued_pings(net)
         time.sleep(0.1)
         rc, lines, err = cli.stop()

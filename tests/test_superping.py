@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from helpers import Cli
 from netlab import (QuietHosts, bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, ping,
                     released_after_exit)
+from ready import started
 from pytrace.tools.superping import SuperPing
 
 
@@ -67,8 +67,8 @@ def test_cli_text_and_json():
     ident = random.randint(1, 0xFFFF)
     with QuietHosts("spingc") as net:
         sock = net.raw_icmp(net.ns_a)
-        cli = Cli("superping", "-w", "-4")
-        cj = Cli("superping", "--json")
+        cli = started("superping", "-w", "-4", links=2)
+        cj = started("superping", "--json", links=2)
         try:
             for seq in (7, 8):
                 ping(sock, net.V4[1], ident, seq)
