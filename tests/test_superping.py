@@ -19,12 +19,13 @@ from ready import started
 from pytrace.tools.superping import SuperPing
 
 
-def replies(tracer: SuperPing, ident: int, n: int, timeout: float = 3.0) -> list:
+def replies(tracer: SuperPing, ident: int, n: int, netns: int, timeout: float = 3.0) -> list:
+    """The replies to the test's own pings (its id, from its namespace)."""
     got: list = []
     end = time.monotonic() + timeout
     while time.monotonic() < end and len(got) < n:
-        got += [e for e in tracer.events(duration=0.05) if e.id == ident]
-    return got + [e for e in tracer.events(duration=0.1) if e.id == ident]
+        got += [e for e in tracer.events(duration=0.05) if (e.id, e.netns) == (ident, netns)]
+    return got + [e for e in tracer.events(duration=0.1) if (e.id, e.netns) == (ident, netns)]
 
 
 @pytest.mark.parametrize("hook", ["tp_btf", "raw_tp"])
@@ -37,9 +38,9 @@ def test_ping_between_namespaces(hook, family):
         with SuperPing(hook=hook) as tracer:
             assert tracer.variant.hook == hook
             rtts = [ping(sock, b, ident, seq) for seq in range(4)]
-            evs = replies(tracer, ident, 4)
+            ns_a = net.inode(net.ns_a)
+            evs = replies(tracer, ident, 4, ns_a)
         sock.close()
-        ns_a = net.inode(net.ns_a)
     assert [e.seq for e in evs] == [0, 1, 2, 3]
     for e, rtt in zip(evs, rtts):
         assert (e.family, str(e.saddr), str(e.daddr), e.netns, e.pid) == (family, a, b, ns_a, os.getpid())
@@ -55,8 +56,9 @@ def test_pid_and_family_filters():
         with SuperPing(pid=os.getpid(), family=socket.AF_INET6) as mine6, SuperPing(pid=1) as other:
             ping(s4, net.V4[1], ident, 1)
             ping(s6, net.V6[1], ident, 2)
-            got6 = replies(mine6, ident, 1)
-            got_other = replies(other, ident, 0, timeout=0.2)
+            ns_a = net.inode(net.ns_a)
+            got6 = replies(mine6, ident, 1, ns_a)
+            got_other = replies(other, ident, 0, ns_a, timeout=0.2)
         s4.close()
         s6.close()
     assert [(e.family, e.seq) for e in got6] == [(socket.AF_INET6, 2)]
