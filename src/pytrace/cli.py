@@ -7,7 +7,6 @@ with status 1 (2 for usage errors); tracebacks only with -v.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_tool(cmd, rest)
     except PytraceError as exc:
         if verbose:
-            logging.exception("details")
+            _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
@@ -66,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:
         if verbose:
-            logging.exception("details")
+            _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return 1
+
+
+def _show_traceback() -> None:
+    import traceback
+    traceback.print_exc()
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
@@ -81,8 +85,9 @@ def _run_tool(name: str, argv: list[str]) -> int:
     if getattr(args, "ebpf", False):
         sys.stdout.write(objects.source(getattr(module, "OBJECT", name)))
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    if args.verbose:    # logging costs start-up time: only when asked for
+        import logging
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     if getattr(args, "btf", None):
         objects.set_custom_btf(args.btf)
     cliutil.install_signal_handlers()

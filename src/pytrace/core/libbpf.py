@@ -17,14 +17,26 @@ quiet unless -v raised the level.
 from __future__ import annotations
 
 import ctypes as C
-import logging
 import os
+import sys
 from pathlib import Path
 
 from .errors import PytraceError
 
 MIN_VERSION = (1, 1)
-log = logging.getLogger("pytrace.libbpf")
+LOGGER = "pytrace.libbpf"
+
+
+def _logger():
+    # logging is imported only when the log is wanted: it costs ~15 ms of start-up
+    import logging
+    return logging.getLogger(LOGGER)
+
+
+def _log_wanted() -> bool:
+    """True when the program configured logging so that libbpf's INFO shows."""
+    logging = sys.modules.get("logging")
+    return logging is not None and logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
 
 _lib: C.CDLL | None = None
 _libc: C.CDLL | None = None
@@ -205,7 +217,8 @@ def _print(level: int, fmt: bytes, va_list: int) -> int:
     _libc.vsnprintf(buf, len(buf), fmt, C.c_void_p(va_list))
     msg = buf.value.decode(errors="replace").rstrip()
     if msg:
-        log.log({LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO}.get(level, logging.DEBUG),
+        import logging
+        _logger().log({LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO}.get(level, logging.DEBUG),
                 "%s", msg)
     return 0
 
@@ -245,7 +258,7 @@ def lib() -> C.CDLL:
         fn.restype, fn.argtypes = res, args
     _libc = C.CDLL(None, use_errno=True)
     _libc.vsnprintf.argtypes = [C.c_char_p, C.c_size_t, C.c_char_p, C.c_void_p]
-    set_log(log.isEnabledFor(logging.INFO))
+    set_log(_log_wanted())
     return _lib
 
 

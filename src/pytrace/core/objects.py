@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def manifest() -> dict:
     if info.get("version") != __version__:
         raise PytraceError(f"the BPF objects in {BPF_DIR} were built for pytrace {info.get('version')}, "
                            f"this is pytrace {__version__}: {REINSTALL}")
-    machine = platform.machine()
+    machine = os.uname().machine
     if info.get("arch") != machine:
         raise PytraceError(f"the BPF objects in {BPF_DIR} were built for {info.get('arch')}, "
                            f"this machine is {machine}: install the pytrace wheel for {machine}")

@@ -12,19 +12,18 @@ one tool does not pay for importing the others.  A tool module provides:
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from pathlib import Path
+import os
 from types import ModuleType
 
-_HERE = Path(__file__).resolve().parent
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(_HERE)]) if not m.name.startswith("_"))
+    return sorted(f[:-3] for f in os.listdir(_HERE) if f.endswith(".py") and not f.startswith("_"))
 
 
 def exists(name: str) -> bool:
-    return name.isidentifier() and (_HERE / f"{name}.py").exists()
+    return name.isidentifier() and os.path.exists(os.path.join(_HERE, f"{name}.py"))
 
 
 def load(name: str) -> ModuleType:
