@@ -189,6 +189,26 @@ def bpf_prog_names() -> set[str]:
     return {p.get("name", "") for p in json.loads(out.stdout or "[]")}
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Run this thread in network namespace ns: sockets made here stay in it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        yield
+    finally:
+        libc.setns(own, _CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
 @contextlib.contextmanager
 def netns(name: str) -> Iterator[str]:
     subprocess.run(["ip", "netns", "add", name], check=True)

@@ -22,9 +22,9 @@ def bpf_links(pid: int) -> int:
     return n
 
 
-def started(*args: str, links: int) -> Cli:
+def started(*args: str, links: int, env: dict | None = None) -> Cli:
     """Cli(*args) once the process holds `links` BPF links (one per attached program)."""
-    cli = Cli(*args, ready=False)
+    cli = Cli(*args, ready=False, env=env)
     pid = cli.proc.pid
     if not wait_until(lambda: bpf_links(pid) >= links or cli.proc.poll() is not None, 20):
         cli.stop()

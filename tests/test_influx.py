@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import secrets
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from helpers import Cli, free_port, run_cli, tcp_roundtrip, wait_until
+from ready import n_programs, started
+from pytrace.tools.tcptop import TcpTop
 
 PER_CONNECTION = 7     # tcpstates -L port: 2 listener + 5 accepted-socket changes
 USER = "pt_admin"
@@ -242,6 +245,29 @@ def test_tcprtt_intervals_become_fields(influx):
     assert row["count"] == rec["count"] >= 100 and row["sum"] == rec["sum"] and row["unit"] == "usecs"
     buckets = {k: v for k, v in row.items() if k.startswith("bucket_") and v is not None}
     assert buckets == {f"bucket_{b['low']}_{b['high']}": b["count"] for b in rec["buckets"]}
+
+
+def test_tcptop_flows_are_tagged_points_and_the_load_average_one_more(influx):
+    """An aggregating tool through core/aggregate.print_loop: each flow is a
+    point tagged by its connection, the interval's load average and missed
+    count one point without tags, all at the interval's time."""
+    db = "pt_top"
+    cli = started("tcptop", "-p", str(os.getpid()), "--json", "30", "--influx", influx.url(db, flush="0.2"),
+                  env=ENV, links=n_programs(TcpTop, "tp_btf"))
+    conn = tcp_roundtrip("127.0.0.1", send=b"x" * 3000, reply=b"y" * 700)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    recs = [json.loads(l) for l in lines]
+    assert {(r["lport"], r["rx_bytes"], r["tx_bytes"]) for r in recs} == \
+        {(conn.client_port, 700, 3000), (conn.server_port, 3000, 700)}
+    assert wait_until(lambda: len(influx.query("SELECT * FROM tcptop", db)) == 3, 10)
+    rows = influx.query("SELECT * FROM tcptop", db)
+    flows = {(r["lport"], r["rport"], r["rx_bytes"], r["tx_bytes"]) for r in rows if r["pid"]}
+    assert flows == {(str(conn.client_port), str(conn.server_port), 700, 3000),
+                     (str(conn.server_port), str(conn.client_port), 3000, 700)}
+    (load,) = [r for r in rows if not r["pid"]]
+    assert load["missed"] == 0 and load["load1"] >= 0 and load["threads"] >= 1
+    assert len({r["time"] for r in rows}) == 1
 
 
 @pytest.mark.parametrize("url,needle", [

@@ -106,7 +106,8 @@ def test_per_remote_address_histograms_and_clear():
         pp4.close()
         pp6.close()
     assert ipaddress.ip_address("127.0.0.1") in hists and ipaddress.ip_address("::1") in hists
-    assert after == {} or sum(h.count for h in after.values()) < 5
+    ours = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}   # others share the kernel
+    assert sum(h.count for a, h in after.items() if a in ours) < 5
 
 
 def test_laddr_filter_v6_only():

@@ -3,8 +3,6 @@ server namespace, reached over a veth: totals per subnet to the byte."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -14,12 +12,10 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, released, run_cli
+from helpers import Cli, bpf_prog_ids, inside, released, run_cli
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.tcpsubnet import TcpSubnet
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # the client namespace holds .1 of each range, the server namespace .2
 V4_NETS = ("192.0.2", "198.51.100", "203.0.113")
@@ -28,21 +24,6 @@ SUBNETS = "192.0.2.0/24,198.51.100.0/24,2001:db8::/32,192.0.2.2/32,0.0.0.0/0"
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@contextlib.contextmanager
-def inside(ns: str):
-    """Run this thread in network namespace ns: sockets made here stay in it."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(own)
-        os.close(target)
 
 
 @pytest.fixture(scope="module")

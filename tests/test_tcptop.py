@@ -16,6 +16,7 @@ import time
 import pytest
 
 from helpers import PYTRACE, Cli, bpf_prog_ids, released, run_cli
+from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.tcptop import TcpTop
 
@@ -134,7 +135,7 @@ def test_pid_filter_keeps_only_that_process():
 
 def cli_period(*args: str, up: int = 300000, down: int = 70000) -> tuple[list[str], tuple[int, int]]:
     """Run the CLI over one long period, make traffic, end it with Ctrl-C."""
-    cli = Cli("tcptop", "-p", str(ME), *args, "30")
+    cli = started("tcptop", "-p", str(ME), *args, "30", links=n_programs(TcpTop, "tp_btf"))
     ports = exchange("127.0.0.1", up, down)
     time.sleep(0.05)
     rc, lines, err = cli.stop()
@@ -157,7 +158,7 @@ def test_cli_table():
 
 
 def test_cli_ipv6_table_and_no_summary():
-    cli = Cli("tcptop", "-p", str(ME), "-S", "-C", "30")
+    cli = started("tcptop", "-p", str(ME), "-S", "-C", "30", links=n_programs(TcpTop, "tp_btf"))
     c, s = exchange("::1", 4096, 2048)
     time.sleep(0.05)
     rc, lines, err = cli.stop()

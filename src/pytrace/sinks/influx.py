@@ -453,6 +453,10 @@ class InfluxSink(Sink):
 
 def snapshot_lines(snap: Snapshot) -> list[str]:
     out = []
+    if snap.values:           # the interval's own numbers: one point without tags
+        text = line(snap.tool, {}, dict(snap.values), snap.time_ns)
+        if text is not None:
+            out.append(text)
     for s in snap.series:
         tags = dict(s.labels)
         fields: dict[str, Any] = dict(s.values)

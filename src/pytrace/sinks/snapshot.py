@@ -59,15 +59,27 @@ class Snapshot:
     time_ns: int                       # wall clock (time.time_ns()) of the interval's end
     series: tuple[Series, ...] = ()
     interval: float | None = None      # seconds covered, when the tool prints on an interval
+    values: tuple[tuple[str, Number], ...] = ()   # about the whole interval, no row's (tcptop: load average)
 
     @classmethod
-    def now(cls, tool: str, series: Iterable[Series], interval: float | None = None) -> "Snapshot":
-        return cls(tool, time.time_ns(), tuple(series), interval)
+    def now(cls, tool: str, series: Iterable[Series], interval: float | None = None,
+            values: Mapping[str, Number] | None = None) -> "Snapshot":
+        return cls(tool, time.time_ns(), tuple(series), interval, tuple((values or {}).items()))
+
+    def value(self, name: str, default: Number | None = None) -> Number | None:
+        for k, v in self.values:
+            if k == name:
+                return v
+        return default
 
     def to_json(self) -> dict:
-        return {"tool": self.tool, "time_ns": self.time_ns, "interval": self.interval,
-                "series": [s.to_json() for s in self.series]}
+        out = {"tool": self.tool, "time_ns": self.time_ns, "interval": self.interval,
+               "series": [s.to_json() for s in self.series]}
+        if self.values:
+            out["values"] = dict(self.values)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "Snapshot":
-        return cls(d["tool"], d["time_ns"], tuple(Series.from_json(s) for s in d["series"]), d.get("interval"))
+        return cls(d["tool"], d["time_ns"], tuple(Series.from_json(s) for s in d["series"]), d.get("interval"),
+                   tuple(d.get("values", {}).items()))

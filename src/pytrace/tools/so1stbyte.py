@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from typing import Any
 
+from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.periodic import each_tick
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "so1stbyte"
 SUMMARY = "time from IP connect() to the first byte read, per process"
@@ -60,32 +59,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize the time from IP connect() to the first byte read on the socket, "
                      "as histograms per process; printed at Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_interval_args(p)
     add_common(p, [v.hook for v in So1stByte.VARIANTS])
+
+
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(hists: dict[tuple[int, str], Log2Histogram], interval: int | None) -> Snapshot:
+    order = sorted(hists.items(), key=lambda kv: (kv[1].count, kv[0]))
+    return Snapshot.now(NAME, [Series.of({"pid": pid, "comm": comm}, hist=h) for (pid, comm), h in order],
+                        interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing IP socket first-read-byte latency. Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    rows = [(int(s.label("pid")), s.label("comm"), s.hist) for s in snap.series]
+    if args.json:
+        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        return "".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, **h.to_dict()}) + "\n"
+                       for pid, comm, h in rows)
+    return timestamp_line(snap, args) + "".join(f"{comm} [{pid}]\n{h.render()}\n" for pid, comm, h in rows)
 
 
 def run(args: argparse.Namespace) -> int:
     with So1stByte(pid=args.pid, ms=args.milliseconds, hook=args.hook) as t:
-        def start() -> None:
-            if not args.json:
-                print("Tracing IP socket first-read-byte latency. Ctrl-C to end.", flush=True)
-
-        def emit(_last: bool) -> None:
-            hists = t.histograms(clear=bool(args.interval))
-            order = sorted(hists.items(), key=lambda kv: (kv[1].count, kv[0]))
-            if args.json:
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                sys.stdout.write("".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, **h.to_dict()}) + "\n"
-                                         for (pid, comm), h in order))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write("".join(f"{comm} [{pid}]\n{h.render()}\n" for (pid, comm), h in order))
-            sys.stdout.flush()
-
-        each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+        return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
+                          render_snapshot, intro)

@@ -17,18 +17,16 @@ kTLS, sockmap) are not seen.
 from __future__ import annotations
 
 import argparse
-import json
 import struct
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.aggregate import Rows, add_interval_args, print_loop
 from ..core.cliutil import add_common, positive_int
 from ..core.net import AF_INET, AF_INET6
-from ..core.periodic import each_tick
 from ..core.socklayer import DIRS, cstr, sock_io_variants
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Snapshot
 
 NAME = "socketio"
 SUMMARY = "socket I/O calls and bytes by process, direction, protocol and port"
@@ -83,6 +81,10 @@ class SocketIO(Tracer):
         return sorted(out, key=lambda f: (f.bytes, f.calls, f.pid))
 
 
+ROWS = Rows(SocketIOCount, labels=("pid", "comm", "dir", "family", "protocol", "proto", "lport", "rport"),
+            values=("calls", "bytes"))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count socket I/O calls and bytes by process, direction, protocol and remote "
                      "port; printed at Ctrl-C or every interval.")
@@ -91,10 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 sockets only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 sockets only")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_interval_args(p)
     add_common(p, [v.hook for v in SocketIO.VARIANTS])
 
 
@@ -107,23 +106,16 @@ def render(flows: list[SocketIOCount], lport: bool) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing socket I/O. Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    return ROWS.render(snap, args, lambda flows: render(flows, args.lport))
+
+
 def run(args: argparse.Namespace) -> int:
     family = AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0
     with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook) as t:
-        def start() -> None:
-            if not args.json:
-                print("Tracing socket I/O. Ctrl-C to end.", flush=True)
-
-        def emit(_last: bool) -> None:
-            flows = t.flows(clear=bool(args.interval))
-            if args.json:
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                sys.stdout.write("".join(json.dumps({"ts": ts, **f.to_dict()}) + "\n" for f in flows))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write(render(flows, args.lport))
-            sys.stdout.flush()
-
-        each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+        return print_loop(args, lambda: ROWS.snapshot(NAME, t.flows(clear=bool(args.interval)), args.interval),
+                          render_snapshot, intro)

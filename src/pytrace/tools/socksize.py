@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from typing import Any
 
+from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
-from ..core.periodic import each_tick
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "socksize"
 SUMMARY = "socket send/recv size histograms per process"
@@ -55,10 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
     p.add_argument("-C", "--by-comm", action="store_true", help="one histogram per command name, not per PID")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_interval_args(p)
     add_common(p, [v.hook for v in SockSize.VARIANTS])
 
 
@@ -71,23 +67,27 @@ def render(hists: dict[tuple[int, str, str], Log2Histogram], by_comm: bool) -> s
     return "\n".join(parts) + ("\n" if parts else "")
 
 
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(hists: dict[tuple[int, str, str], Log2Histogram], interval: int | None) -> Snapshot:
+    return Snapshot.now(NAME, [Series.of({"pid": pid, "comm": comm, "dir": d}, hist=h)
+                               for (pid, comm, d), h in hists.items()], interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing socket I/O size. Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    hists = {(int(s.label("pid")), s.label("comm"), s.label("dir")): s.hist for s in snap.series}
+    if args.json:
+        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        return "".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, "dir": d, **h.to_dict()}) + "\n"
+                       for (pid, comm, d), h in hists.items())
+    return timestamp_line(snap, args) + render(hists, args.by_comm)
+
+
 def run(args: argparse.Namespace) -> int:
     with SockSize(pid=args.pid, per_pid=not args.by_comm, hook=args.hook) as t:
-        def start() -> None:
-            if not args.json:
-                print("Tracing socket I/O size. Ctrl-C to end.", flush=True)
-
-        def emit(_last: bool) -> None:
-            hists = t.histograms(clear=bool(args.interval))
-            if args.json:
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                sys.stdout.write("".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, "dir": d, **h.to_dict()})
-                                         + "\n" for (pid, comm, d), h in hists.items()))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write(render(hists, args.by_comm))
-            sys.stdout.flush()
-
-        each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+        return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
+                          render_snapshot, intro)

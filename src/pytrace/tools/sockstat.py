@@ -19,17 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.aggregate import local_time, print_loop
 from ..core.bpfobject import ncpus_possible
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.periodic import each_tick
 from ..core.socklayer import attach_with_tracefs, percpu_u64
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "sockstat"
 SUMMARY = "socket syscall and send/recv counts per interval"
@@ -99,27 +99,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in SockStat.VARIANTS])
 
 
-def render(snap: SockStatSnapshot, zeros: bool) -> str:
-    lines = [time.strftime("%H:%M:%S", time.localtime(snap.ts))]
-    for name in COUNTERS:
-        n = snap.counts[name]
-        if n or zeros:
-            lines.append(f"@[{snap.probes[name]}]: {n}")
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(snap: SockStatSnapshot, interval: int) -> Snapshot:
+    return Snapshot.now(NAME, [Series.of({"counter": name, "probe": snap.probes[name]}, {"count": snap.counts[name]})
+                               for name in COUNTERS], interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else (f"Tracing sock statistics. Output every {args.interval} second"
+                                 f"{'s' if args.interval != 1 else ''}.\n")
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    rows = [(s.label("counter"), s.label("probe"), dict(s.values)["count"]) for s in snap.series]
+    if args.json:
+        return json.dumps({"ts": local_time(snap, "%Y-%m-%dT%H:%M:%S"), **{c: n for c, _, n in rows}}) + "\n"
+    lines = [local_time(snap)]
+    lines += [f"@[{probe}]: {n}" for _, probe, n in rows if n or args.zeros]
     return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SockStat(pid=args.pid, hook=args.hook)
-    with tracer:
-        def start() -> None:
-            if not args.json:
-                print(f"Tracing sock statistics. Output every {args.interval} second"
-                      f"{'s' if args.interval != 1 else ''}.", flush=True)
-
-        def emit(_last: bool) -> None:
-            snap = tracer.snapshot(clear=True)
-            sys.stdout.write(json.dumps(snap.to_dict()) + "\n" if args.json else render(snap, args.zeros))
-            sys.stdout.flush()
-
-        each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+    with SockStat(pid=args.pid, hook=args.hook) as tracer:
+        return print_loop(args, lambda: snapshot(tracer.snapshot(clear=True), args.interval), render_snapshot, intro)

@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
 from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.periodic import each_tick
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
 from ..core.usyms import process_symbols, read_stack, remember
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "soconnlat"
 SUMMARY = "IP connect() latency histograms with the caller's user stack"
@@ -104,45 +103,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize IP connect() latency as histograms per calling user stack and "
                      "process; printed at Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     p.add_argument("-S", "--no-stacks", action="store_true", help="do not key by user stack")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_interval_args(p)
     add_common(p, [v.hook for v in SoConnLat.VARIANTS])
 
 
-def render(hists: list[ConnLatHistogram]) -> str:
-    parts = []
-    for h in hists:
-        head = "".join(f"  {f}\n" for f in h.frames())
-        parts.append(f"{head}  {h.comm} [{h.pid}]\n{h.hist.render()}")
-    return "\n".join(parts) + ("\n" if parts else "")
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+# The stack is kept symbolized (label "ustack", one frame a line): the
+# processes it names may be gone by the time a recording is replayed.
+
+def snapshot(hists: list[ConnLatHistogram], interval: int | None) -> Snapshot:
+    return Snapshot.now(NAME, [Series.of({"pid": h.pid, "comm": h.comm,
+                                          **({"ustack": "\n".join(h.frames())} if h.ustack is not None else {})},
+                                         hist=h.hist) for h in hists], interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing IP connect() latency with ustacks. Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    rows = []
+    for s in snap.series:
+        stack = s.label("ustack")
+        rows.append((int(s.label("pid")), s.label("comm"), None if stack is None else stack.split("\n"), s.hist))
+    if args.json:
+        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        return "".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, **h.to_dict(),
+                                   **({"ustack": frames} if frames is not None else {})}) + "\n"
+                       for pid, comm, frames, h in rows)
+    parts = ["".join(f"  {f}\n" for f in frames or ()) + f"  {comm} [{pid}]\n{h.render()}"
+             for pid, comm, frames, h in rows]
+    return timestamp_line(snap, args) + "\n".join(parts) + ("\n" if parts else "")
 
 
 def run(args: argparse.Namespace) -> int:
     with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook) as t:
-        def start() -> None:
-            if not args.json:
-                print("Tracing IP connect() latency with ustacks. Ctrl-C to end.", flush=True)
         # Printing only at the end: wake every second anyway to read the mappings
         # of the processes seen so far, while they still exist (see core/usyms).
-        poll = t.stacks and not args.interval
-
-        def emit(last: bool) -> None:
-            if poll and not last:
-                remember({h.pid for h in t.histograms()})
-                return
-            hists = t.histograms(clear=bool(args.interval))
-            if args.json:
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                sys.stdout.write("".join(json.dumps({"ts": ts, **h.to_dict()}) + "\n" for h in hists))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write(render(hists))
-            sys.stdout.flush()
-
-        each_tick(emit, 1 if poll else args.interval, None if poll else args.count, args.duration, start=start)
-    return 0
+        return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
+                          render_snapshot, intro,
+                          between=(lambda: remember({h.pid for h in t.histograms()})) if t.stacks else None)

@@ -16,17 +16,15 @@ of the accepted socket).  Counted in the kernel at the syscall tracepoints.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.aggregate import Rows, add_interval_args, print_loop
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.periodic import each_tick
 from ..core.socklayer import counted, cstr, family_name
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Snapshot
 
 NAME = "sofamily"
 SUMMARY = "new sockets, connects and accepts by address family and process"
@@ -73,14 +71,14 @@ class SoFamily(Tracer):
         return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.family))
 
 
+ROWS = Rows(FamilyCount, labels=("kind", "pid", "comm", "family"), values=("count",))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count new sockets (socket()), connects and accepts by address family and "
                      "process; printed at Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_interval_args(p)
     add_common(p, [v.hook for v in SoFamily.VARIANTS])
 
 
@@ -91,22 +89,15 @@ def render(counts: list[FamilyCount]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing socket()/connect()/accept() address families. Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    return ROWS.render(snap, args, render)
+
+
 def run(args: argparse.Namespace) -> int:
     with SoFamily(pid=args.pid, hook=args.hook) as tracer:
-        def start() -> None:
-            if not args.json:
-                print("Tracing socket()/connect()/accept() address families. Ctrl-C to end.", flush=True)
-
-        def emit(_last: bool) -> None:
-            counts = tracer.counts(clear=bool(args.interval))
-            if args.json:
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                sys.stdout.write("".join(json.dumps({"ts": ts, **c.to_dict()}) + "\n" for c in counts))
-            else:
-                if args.timestamp:
-                    sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-                sys.stdout.write(render(counts))
-            sys.stdout.flush()
-
-        each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+        return print_loop(args, lambda: ROWS.snapshot(NAME, tracer.counts(clear=bool(args.interval)), args.interval),
+                          render_snapshot, intro)

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.periodic import ticks
 from ..core.tracer import Tracer
 
 if TYPE_CHECKING:
     from ..core.hist import Log2Histogram
+    from ..sinks.snapshot import Snapshot
 
 NAME = "softirqs"
 SUMMARY = "soft IRQ time per vector, as totals or histograms"
@@ -138,10 +137,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in SoftIrqs.VARIANTS])
 
 
-def render(stats: list[SoftIrqStat], tracer: SoftIrqs, args: argparse.Namespace) -> str:
+def render(stats: list[SoftIrqStat], args: argparse.Namespace, clock: str | None = None) -> str:
     lines = [""]
     if args.timestamp:
-        lines.append(f"{time.strftime('%H:%M:%S'):<8}")
+        lines.append(f"{clock or time.strftime('%H:%M:%S'):<8}")
     if args.dist:
         for st in stats:
             if st.hist is not None and st.hist.count:
@@ -149,32 +148,46 @@ def render(stats: list[SoftIrqStat], tracer: SoftIrqs, args: argparse.Namespace)
                 lines.append(st.hist.render())
     else:
         div = 1 if args.nanoseconds else 1000
-        lines.append(f"{'SOFTIRQ':<16} {'TOTAL_' + tracer.unit:>11}")
+        lines.append(f"{'SOFTIRQ':<16} {'TOTAL_' + ('nsecs' if args.nanoseconds else 'usecs'):>11}")
         # like BCC: smallest total first, so the busiest vector ends up last
         for st in sorted(stats, key=lambda s: (s.total_ns, s.vec)):
             lines.append(f"{st.name:<16} {st.total_ns // div:>11}")
     return "\n".join(lines) + "\n"
 
 
-def to_json(stats: list[SoftIrqStat], args: argparse.Namespace) -> str:
+def to_json(stats: list[SoftIrqStat], args: argparse.Namespace, wall_ns: int | None = None) -> str:
     import json
-    from ..core.cliutil import Clock
-    ts = Clock().iso(time.monotonic_ns())
+    from ..core.cliutil import wall_iso
+    ts = wall_iso(time.time_ns() if wall_ns is None else wall_ns)
     div = 1 if args.nanoseconds else 1000
     unit = "nsecs" if args.nanoseconds else "usecs"
     return "".join(json.dumps({"ts": ts, **st.to_dict(), f"total_{unit}": st.total_ns // div},
                               separators=(",", ":")) + "\n" for st in stats)
 
 
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(stats: list[SoftIrqStat], interval: int | None) -> "Snapshot":
+    from ..sinks.snapshot import Series, Snapshot
+    return Snapshot.now(NAME, [Series.of({"softirq": st.name, "vec": st.vec},
+                                         {"count": st.count, "total_ns": st.total_ns}, st.hist)
+                               for st in stats], interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing soft irq event time... Hit Ctrl-C to end.\n"
+
+
+def render_snapshot(snap: "Snapshot", args: argparse.Namespace) -> str:
+    from ..core.aggregate import local_time
+    stats = []
+    for s in snap.series:
+        v = dict(s.values)
+        stats.append(SoftIrqStat(int(s.label("vec")), s.label("softirq"), v["count"], v["total_ns"], s.hist))
+    return to_json(stats, args, snap.time_ns) if args.json else render(stats, args, local_time(snap))
+
+
 def run(args: argparse.Namespace) -> int:
-    tracer = SoftIrqs(dist=args.dist, ns=args.nanoseconds, hook=args.hook)
-    with tracer:
-        out = sys.stdout
-        if not args.json:
-            out.write("Tracing soft irq event time... Hit Ctrl-C to end.\n")
-            out.flush()
-        for _last in ticks(args.interval, count=args.count):
-            stats = tracer.read()
-            out.write(to_json(stats, args) if args.json else render(stats, tracer, args))
-            out.flush()
-    return 0
+    from ..core.aggregate import print_loop
+    with SoftIrqs(dist=args.dist, ns=args.nanoseconds, hook=args.hook) as tracer:
+        return print_loop(args, lambda: snapshot(tracer.read(), args.interval), render_snapshot, intro)

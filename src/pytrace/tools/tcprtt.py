@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import sys
-import time
 from typing import Any
 
-from ..core.cliutil import address, add_common, port, positive_int, publish, wall_iso
+from ..core.aggregate import print_loop, timestamp_line
+from ..core.cliutil import address, add_common, port, positive_int, wall_iso
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.periodic import ticks
-from ..core.net import AF_INET, addr_obj
+from ..core.net import addr_obj
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
 
@@ -145,20 +143,11 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
         hists[ipaddress.ip_address(label) if label else None] = s.hist
     if args.json:
         return to_json(hists, args, snap.time_ns)
-    head = time.strftime("%H:%M:%S", time.localtime(snap.time_ns // 1_000_000_000)) + "\n" \
-        if args.timestamp else ""
-    return head + render(hists, args) + ("\n" if hists else "")
+    return timestamp_line(snap, args) + render(hists, args) + ("\n" if hists else "")
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
                     by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook)
     with tracer:
-        sys.stdout.write(intro(args))
-        sys.stdout.flush()
-        for _last in ticks(args.interval, duration=args.duration):
-            snap = snapshot(tracer.histograms(clear=True), args)
-            publish(snap)
-            sys.stdout.write(render_snapshot(snap, args))
-            sys.stdout.flush()
-    return 0
+        return print_loop(args, lambda: snapshot(tracer.histograms(clear=True), args), render_snapshot, intro)

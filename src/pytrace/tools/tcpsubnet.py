@@ -21,16 +21,15 @@ import argparse
 import ipaddress
 import os
 import struct
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..core.aggregate import local_time, print_loop
 from ..core.cliutil import add_common, positive_int
 from ..core.errors import UsageError
 from ..core.loader import Variant
-from ..core.periodic import ticks
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "tcpsubnet"
 SUMMARY = "TCP bytes sent, summed per destination subnet"
@@ -159,13 +158,6 @@ def _subnets_arg(text: str) -> list[Subnet]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _netns_arg(text: str) -> int:
-    try:
-        return netns_inode(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Summarize TCP send and aggregate by subnet."
     p.add_argument("subnets", nargs="?", type=_subnets_arg, default=DEFAULT_SUBNETS,
@@ -175,7 +167,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="[bkmBKM] format to report: bits, Kbits, Mbits, bytes, KBytes, MBytes (default B)")
     p.add_argument("-i", "--interval", type=positive_int, default=1,
                    help="output interval, in seconds (default 1)")
-    p.add_argument("-N", "--netns", type=_netns_arg, default=0,
+    # resolved when the tracer starts, not here: `pytrace replay` parses these
+    # flags again after the namespace may be gone
+    p.add_argument("-N", "--netns", default=0,
                    help="only sockets of this network namespace (inode, /proc/PID/ns/net or ip netns name)")
     add_common(p, [v.hook for v in TcpSubnet.VARIANTS])
 
@@ -186,31 +180,31 @@ def scaled(nbytes: int, fmt: str) -> int | float:
     return nbytes * mult if div == 1 else nbytes * mult / div
 
 
-def render(rows: list[SubnetBytes], fmt: str) -> str:
-    lines = [time.strftime("[%x %X]")]
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(rows: list[SubnetBytes], interval: int) -> Snapshot:
+    return Snapshot.now(NAME, [Series.of({"subnet": r.subnet, "index": r.index}, {"bytes": r.bytes})
+                               for r in rows], interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
     # like BCC: the largest first
-    for r in sorted(rows, key=lambda r: (-r.bytes, r.index)):
-        lines.append(f"{r.subnet:<21} {int(scaled(r.bytes, fmt)):>6}")
+    rows = sorted(((s.label("subnet"), int(s.label("index")), dict(s.values)["bytes"]) for s in snap.series),
+                  key=lambda r: (-r[2], r[1]))
+    if args.json:
+        import json
+        rec = {"date": local_time(snap, "%x"), "time": local_time(snap, "%X"),
+               "entries": {subnet: scaled(n, args.format) for subnet, _, n in rows}}
+        return json.dumps(rec) + "\n"
+    lines = [local_time(snap, "[%x %X]")]
+    lines += [f"{subnet:<21} {int(scaled(n, args.format)):>6}" for subnet, _, n in rows]
     return "\n".join(lines) + "\n"
 
 
-def to_json(rows: list[SubnetBytes], fmt: str) -> str:
-    import json
-    rec = {"date": time.strftime("%x"), "time": time.strftime("%X"),
-           "entries": {r.subnet: scaled(r.bytes, fmt)
-                       for r in sorted(rows, key=lambda r: (-r.bytes, r.index))}}
-    return json.dumps(rec) + "\n"
-
-
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpSubnet(args.subnets, netns=args.netns, hook=args.hook)
-    with tracer:
-        out = sys.stdout
-        if not args.json:
-            out.write(f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n")
-            out.flush()
-        for _last in ticks(args.interval):
-            rows = tracer.read()
-            out.write(to_json(rows, args.format) if args.json else render(rows, args.format))
-            out.flush()
-    return 0
+    with TcpSubnet(args.subnets, netns=args.netns, hook=args.hook) as tracer:
+        return print_loop(args, lambda: snapshot(tracer.read(), args.interval), render_snapshot, intro)

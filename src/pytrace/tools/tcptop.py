@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.aggregate import Rows, local_time, print_loop
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
-from ..core.periodic import ticks
 from ..core.tracer import Tracer
+from ..sinks.snapshot import Snapshot
 
 NAME = "tcptop"
 SUMMARY = "TCP send/receive throughput per process and connection"
@@ -134,15 +135,12 @@ def _pid_width() -> int:
         return 7
 
 
-def render(flows: list[TcpFlow], args: argparse.Namespace, pw: int) -> str:
+def render(flows: list[TcpFlow], args: argparse.Namespace, pw: int, loadavg: str = "?\n",
+           clock: str | None = None) -> str:
     """BCC's layout: an IPv4 table, then an IPv6 one, each busiest first."""
     lines = []
     if not args.nosummary:
-        try:
-            load = open("/proc/loadavg").read()
-        except OSError:
-            load = "?\n"
-        lines.append(f"{time.strftime('%H:%M:%S'):<8} loadavg: {load}")
+        lines.append(f"{clock or time.strftime('%H:%M:%S'):<8} loadavg: {loadavg}")
     for fam, w, la, ra in ((AF_INET, 21, "LADDR", "RADDR"), (AF_INET6, 32, "LADDR6", "RADDR6")):
         rows = [f for f in flows if f.family == fam]
         if not rows:
@@ -155,32 +153,64 @@ def render(flows: list[TcpFlow], args: argparse.Namespace, pw: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+ROWS = Rows(TcpFlow, labels=("pid", "comm", "family", "laddr", "lport", "raddr", "rport"),
+            values=("rx_bytes", "tx_bytes"), convert={"laddr": ipaddress.ip_address, "raddr": ipaddress.ip_address})
+_LOAD = ("load1", "load5", "load15", "running", "threads", "last_pid")
+
+
+def loadavg() -> dict[str, float | int]:
+    """/proc/loadavg as numbers (so a recording can print the summary line again)."""
+    try:
+        a, b, c, tasks, last = open("/proc/loadavg").read().split()
+        running, threads = tasks.split("/")
+        return dict(zip(_LOAD, (float(a), float(b), float(c), int(running), int(threads), int(last))))
+    except (OSError, ValueError):
+        return {}
+
+
+def _loadavg_text(snap: Snapshot) -> str:
+    v = [snap.value(n) for n in _LOAD]
+    if None in v:
+        return "?\n"
+    return f"{v[0]:.2f} {v[1]:.2f} {v[2]:.2f} {v[3]}/{v[4]} {v[5]}\n"      # as fs/proc/loadavg.c prints it
+
+
+def snapshot(tracer: TcpTop, args: argparse.Namespace) -> Snapshot:
+    flows = tracer.read(args.sort)[:args.rows]
+    return ROWS.snapshot(NAME, flows, args.interval, {**loadavg(), "missed": tracer.missed})
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n"
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    flows = ROWS.rows(snap)
+    if args.json:
+        import json
+        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        return "".join(json.dumps({"ts": ts, **f.to_dict()}, separators=(",", ":")) + "\n" for f in flows)
+    # refresh in place on a terminal; elsewhere (or -C) periods follow each other
+    clear = sys.stdout.isatty() and not args.noclear
+    return ("\033[H\033[2J" if clear else "\n") + render(flows, args, _pid_width(), _loadavg_text(snap),
+                                                         local_time(snap))
+
+
 def run(args: argparse.Namespace) -> int:
     tracer = TcpTop(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
                     hook=args.hook)
-    out = sys.stdout
-    clear = out.isatty() and not args.noclear and not args.json
-    pw = _pid_width()
     reported = 0
+
+    def take() -> Snapshot:
+        nonlocal reported
+        snap = snapshot(tracer, args)
+        missed = snap.value("missed", 0)
+        if missed > reported:
+            sys.stderr.write(f"tcptop: {missed - reported} sends/receives not counted (flow table full)\n")
+            reported = missed
+        return snap
+
     with tracer:
-        if not args.json:
-            out.write(f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n")
-            out.flush()
-        for _last in ticks(args.interval, count=args.count):
-            flows = tracer.read(args.sort)[:args.rows]
-            if args.json:
-                import json
-                ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-                out.write("".join(json.dumps({"ts": ts, **f.to_dict()}, separators=(",", ":")) + "\n"
-                                  for f in flows))
-            else:
-                # refresh in place on a terminal; elsewhere (or -C) periods follow each other
-                out.write("\033[H\033[2J" if clear else "\n")
-                out.write(render(flows, args, pw))
-            out.flush()
-            missed = tracer.missed
-            if missed > reported:
-                sys.stderr.write(f"tcptop: {missed - reported} sends/receives not counted "
-                                 "(flow table full)\n")
-                reported = missed
-    return 0
+        return print_loop(args, take, render_snapshot, intro)
