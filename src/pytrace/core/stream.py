@@ -91,33 +91,45 @@ class EventTracer(Tracer):
 
         Empty batches are yielded on idle ticks so callers can do periodic work.
         """
-        ring = self.ring
-        deadline = None if duration is None else time.monotonic() + duration
-        while True:
-            batch = ring.drain()
-            yield batch
-            if deadline is not None and time.monotonic() >= deadline:
-                final = self.drain()  # what arrived up to the deadline
-                if final:
-                    yield final
-                return
-            if len(batch) * ring.stride <= MAX_BATCH_BYTES // 2:   # caught up: sleep
-                timeout = None
-                if deadline is not None:
-                    timeout = max(0.0, min(ring.interval, deadline - time.monotonic()))
-                ring.wait(timeout)
+        return ring_batches(self.ring, duration)
 
     def drain(self) -> list[tuple]:
         """Whatever is queued now, without waiting (e.g. after Ctrl-C)."""
-        out: list[tuple] = []
-        while True:
-            batch = self.ring.drain()
-            if not batch:
-                return out
-            out.extend(batch)
+        return ring_drain(self.ring)
 
     def events(self, duration: float | None = None) -> Iterator[Any]:
         make = self.make_event
         for batch in self.batches(duration):
             for raw in batch:
                 yield make(raw)
+
+
+# The reading loop itself, for every owner of a RingBuffer: EventTracer, and
+# vnet's tracer, whose one ring is shared by the objects of many points.
+
+def ring_batches(ring: RingBuffer, duration: float | None = None) -> Iterator[list[tuple]]:
+    """EventTracer.batches() of this ring."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while True:
+        batch = ring.drain()
+        yield batch
+        if deadline is not None and time.monotonic() >= deadline:
+            final = ring_drain(ring)  # what arrived up to the deadline
+            if final:
+                yield final
+            return
+        if len(batch) * ring.stride <= MAX_BATCH_BYTES // 2:   # caught up: sleep
+            timeout = None
+            if deadline is not None:
+                timeout = max(0.0, min(ring.interval, deadline - time.monotonic()))
+            ring.wait(timeout)
+
+
+def ring_drain(ring: RingBuffer) -> list[tuple]:
+    """EventTracer.drain() of this ring."""
+    out: list[tuple] = []
+    while True:
+        batch = ring.drain()
+        if not batch:
+            return out
+        out.extend(batch)

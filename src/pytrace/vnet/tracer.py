@@ -40,6 +40,7 @@ from ..core.features import BPF_MAP_TYPE_RINGBUF
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.ringbuf import DEFAULT_INTERVAL_MS, RingBuffer
+from ..core.stream import ring_batches, ring_drain
 from .config import PROTO_NAMES, Point, Resolved, Selector, resolve
 
 OBJECT = "vnet"
@@ -329,29 +330,10 @@ class VnetTracer:
 
     def batches(self, duration: float | None = None) -> Iterator[list[tuple]]:
         """Raw record tuples (field order: raw_fields), a batch per drain; empty on idle ticks."""
-        ring = self.ring
-        deadline = None if duration is None else time.monotonic() + duration
-        while True:
-            batch = ring.drain()
-            yield batch
-            if deadline is not None and time.monotonic() >= deadline:
-                final = self.drain()
-                if final:
-                    yield final
-                return
-            if len(batch) * ring.stride < (1 << 19):
-                timeout = None
-                if deadline is not None:
-                    timeout = max(0.0, min(ring.interval, deadline - time.monotonic()))
-                ring.wait(timeout)
+        return ring_batches(self.ring, duration)
 
     def drain(self) -> list[tuple]:
-        out: list[tuple] = []
-        while True:
-            batch = self.ring.drain()
-            if not batch:
-                return out
-            out.extend(batch)
+        return ring_drain(self.ring)
 
     def rows(self, batch: list[tuple]) -> list[tuple]:
         """Raw tuples -> store rows (ROW_FIELDS order), in bulk: the hot path of `record`."""
