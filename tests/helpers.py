@@ -18,6 +18,9 @@ import time
 from typing import Callable, Iterator
 
 PYTRACE = [sys.executable, "-m", "pytrace.cli"]
+# The command name of a child started as [sys.executable, ...]: the kernel
+# takes it from the file exec'd ("python" in a venv, "python3" elsewhere).
+PY_COMM = os.path.basename(sys.executable)[:15]
 
 
 def free_port(family: int = socket.AF_INET) -> int:

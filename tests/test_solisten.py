@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -127,7 +127,7 @@ def test_pid_filter():
         own.close()
     finally:
         proc.communicate("\n", timeout=10)
-    assert [(e.pid, e.comm, e.lport, e.backlog) for e in events] == [(proc.pid, "python3", port, 5)]
+    assert [(e.pid, e.comm, e.lport, e.backlog) for e in events] == [(proc.pid, PY_COMM, port, 5)]
 
 
 @pytest.mark.parametrize("hook", ["tracepoint", "tp_btf"])

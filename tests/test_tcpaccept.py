@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.tools.tcpaccept import TcpAccept
@@ -96,7 +96,7 @@ def test_pid_is_the_accepting_process_and_pid_filter(host):
         accept_one(own)
         events = list(tracer.events(duration=0.3))
     own.close()
-    assert [(e.pid, e.comm, e.rport, e.lport) for e in events] == [(proc.pid, "python3", cport, port)]
+    assert [(e.pid, e.comm, e.rport, e.lport) for e in events] == [(proc.pid, PY_COMM, cport, port)]
 
 
 def test_port_and_family_filters():

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -86,7 +86,7 @@ def test_connect_accept_close_exact(host):
     child = srv.proc.pid
     assert sorted((e.type, e.pid, e.comm, e.sport, e.dport) for e in events) == sorted([
         ("C", ME, MY_COMM, cport, srv.port), ("X", ME, MY_COMM, cport, srv.port),
-        ("A", child, "python3", srv.port, cport), ("X", child, "python3", srv.port, cport)])
+        ("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)])
     fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     assert {(e.family, e.saddr, e.daddr) for e in events} == {(fam, addr, addr)}
     assert {e.netns for e in events} == {os.stat("/proc/self/ns/net").st_ino}
@@ -109,7 +109,7 @@ def test_reset_handled_in_softirq_names_the_owner():
         got = rows(tracer.events(duration=0.3), srv.port)
     child = srv.proc.pid
     assert got == sorted([("C", ME, MY_COMM, cport, srv.port), ("X", ME, MY_COMM, cport, srv.port),
-                          ("A", child, "python3", srv.port, cport), ("X", child, "python3", srv.port, cport)])
+                          ("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)])
 
 
 def test_reset_of_a_connection_made_before_the_tracer_has_pid_0():
@@ -134,7 +134,7 @@ def test_pid_filter_keeps_only_that_process():
         srv.wait()
         got = rows(tracer.events(duration=0.3), srv.port)
     child = srv.proc.pid
-    assert got == [("A", child, "python3", srv.port, cport), ("X", child, "python3", srv.port, cport)]
+    assert got == [("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)]
 
 
 def test_netns_and_family_filters():
@@ -188,7 +188,7 @@ def test_kprobe_variant_passes_the_verifier_and_traces_where_kprobes_exist():
         tracer.close()
     child = srv.proc.pid
     assert got == sorted([("C", ME, MY_COMM, cport, srv.port), ("X", ME, MY_COMM, cport, srv.port),
-                          ("A", child, "python3", srv.port, cport), ("X", child, "python3", srv.port, cport)])
+                          ("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)])
 
 
 # -- CLI ------------------------------------------------------------------------
@@ -208,8 +208,8 @@ def test_cli_columns_and_time():
     assert rc == 0, err
     got = [l.split() for l in lines if l.split()[1:2] in (["A"], ["X"])]
     pid = str(srv.proc.pid)
-    assert [g[1:] for g in got] == [["A", pid, "python3", "4", "127.0.0.1", "127.0.0.1", str(srv.port), str(cport)],
-                                    ["X", pid, "python3", "4", "127.0.0.1", "127.0.0.1", str(srv.port), str(cport)]]
+    assert [g[1:] for g in got] == [["A", pid, PY_COMM, "4", "127.0.0.1", "127.0.0.1", str(srv.port), str(cport)],
+                                    ["X", pid, PY_COMM, "4", "127.0.0.1", "127.0.0.1", str(srv.port), str(cport)]]
     assert got[0][0] == "0.000"
 
 
@@ -225,7 +225,7 @@ def test_cli_verbose_words_netns_and_brackets():
     srv.close()
     srv.wait()
     cli.stop()
-    assert line.split() == ["accept", str(srv.proc.pid), "python3", "6", "[::1]", "[::1]", str(srv.port), str(cport),
+    assert line.split() == ["accept", str(srv.proc.pid), PY_COMM, "6", "[::1]", "[::1]", str(srv.port), str(cport),
                             str(os.stat("/proc/self/ns/net").st_ino)]
 
 
