@@ -4,8 +4,9 @@
  *
  * - the includes (vmlinux.h for CO-RE, libbpf's helper headers);
  * - (the event ring buffer lives in events.h, for tools that stream events);
- * - small filters (port lists) whose settings are const volatile rodata,
- *   written by the Python loader before load so the verifier sees constants.
+ * - small filters (port lists, the process) whose settings are const
+ *   volatile rodata, written by the Python loader before load so the
+ *   verifier sees constants.
  */
 #ifndef __PYTRACE_H
 #define __PYTRACE_H
@@ -47,6 +48,19 @@ static __always_inline bool port_allowed(const volatile __u16 *ports, __u32 n,
 			return true;
 	}
 	return false;
+}
+
+/* -p PID: the process (thread group) to trace, 0 for all; each tool declares
+ * a `const volatile __u32` for it and passes it here. */
+static __always_inline bool tgid_wanted(__u32 targ)
+{
+	return !targ || (bpf_get_current_pid_tgid() >> 32) == targ;
+}
+
+/* The current thread's id: the key of calls followed from entry to exit. */
+static __always_inline __u32 current_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
 }
 
 /* Copy a socket's addresses (v4 into the first 4 bytes) from sock_common. */

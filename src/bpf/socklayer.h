@@ -10,7 +10,6 @@
  *  - connect() followed from sys_enter_connect to sys_exit_connect, per thread
  *    (the map is declared by each tool with CONNECT_CALLS(), so a tool that
  *    does not pair calls does not carry it);
- *  - the current process as a filter;
  *  - counts and log2 histograms kept in hash maps, one per key.
  */
 #ifndef __PYTRACE_SOCKLAYER_H
@@ -142,15 +141,6 @@ static __always_inline bool fd_sock_info(int fd, struct sock_info *out)
 	return true;
 }
 
-/* -- the current process ------------------------------------------------------ */
-
-/* -p PID: the process (thread group) to trace, 0 for all; each tool declares
- * `const volatile __u32 targ_tgid` and passes it here. */
-static __always_inline bool tgid_wanted(__u32 targ)
-{
-	return !targ || (bpf_get_current_pid_tgid() >> 32) == targ;
-}
-
 /* Add 1 to the u64 count of key in a hash map. */
 static __always_inline void count_key(void *map, const void *key)
 {
@@ -182,11 +172,6 @@ struct connect_call {
 		__type(key, __u32);                            \
 		__type(value, struct connect_call);            \
 	} name SEC(".maps")
-
-static __always_inline __u32 current_tid(void)
-{
-	return (__u32)bpf_get_current_pid_tgid();
-}
 
 /*
  * At sys_enter_connect: read the address the caller passed; record the call

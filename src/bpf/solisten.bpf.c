@@ -44,11 +44,6 @@ struct {
 
 struct solisten_event _event_type = {};
 
-static __always_inline bool pid_wanted(void)
-{
-	return !filter_pid || (bpf_get_current_pid_tgid() >> 32) == filter_pid;
-}
-
 static __always_inline int report(const struct sock *sk, int ret)
 {
 	struct solisten_event *e;
@@ -83,7 +78,7 @@ static __always_inline int report(const struct sock *sk, int ret)
 SEC("fexit/inet_listen")
 int BPF_PROG(solisten_fexit, struct socket *sock, int backlog, int ret)
 {
-	if (!pid_wanted())
+	if (!tgid_wanted(filter_pid))
 		return 0;
 	return report(BPF_CORE_READ(sock, sk), ret);
 }
@@ -91,10 +86,10 @@ int BPF_PROG(solisten_fexit, struct socket *sock, int backlog, int ret)
 SEC("kprobe/inet_listen")
 int BPF_KPROBE(solisten_kprobe, struct socket *sock)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = current_tid();
 	__u64 val = (__u64)sock;
 
-	if (pid_wanted())
+	if (tgid_wanted(filter_pid))
 		bpf_map_update_elem(&inflight, &tid, &val, BPF_ANY);
 	return 0;
 }
@@ -102,7 +97,7 @@ int BPF_KPROBE(solisten_kprobe, struct socket *sock)
 SEC("kretprobe/inet_listen")
 int BPF_KRETPROBE(solisten_kretprobe, int ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = current_tid();
 	__u64 *val = bpf_map_lookup_elem(&inflight, &tid);
 	struct socket *sock;
 
@@ -116,10 +111,10 @@ int BPF_KRETPROBE(solisten_kretprobe, int ret)
 SEC("tracepoint/syscalls/sys_enter_listen")
 int solisten_tp_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = current_tid();
 	__u64 fd = (int)ctx->args[0];
 
-	if (pid_wanted())
+	if (tgid_wanted(filter_pid))
 		bpf_map_update_elem(&inflight, &tid, &fd, BPF_ANY);
 	return 0;
 }
@@ -127,7 +122,7 @@ int solisten_tp_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_listen")
 int solisten_tp_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = current_tid();
 	__u64 *fd = bpf_map_lookup_elem(&inflight, &tid);
 	int ret = ctx->ret;
 	struct sock *sk;
@@ -142,7 +137,8 @@ int solisten_tp_exit(struct trace_event_raw_sys_exit *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(solisten_tp_btf, struct sock *sk, int oldstate, int newstate)
 {
-	if (oldstate != TCP_CLOSE || newstate != TCP_LISTEN || !pid_wanted())
+	if (oldstate != TCP_CLOSE || newstate != TCP_LISTEN ||
+	    !tgid_wanted(filter_pid))
 		return 0;
 	return report(sk, 0);
 }

@@ -63,22 +63,17 @@ static __always_inline int report(const struct sock *sk)
 	return 0;
 }
 
-static __always_inline bool pid_wanted(void)
-{
-	return !filter_pid || (bpf_get_current_pid_tgid() >> 32) == filter_pid;
-}
-
 SEC("kretprobe/inet_csk_accept")
 int BPF_KRETPROBE(tcpaccept_kretprobe, struct sock *newsk)
 {
-	if (!pid_wanted())
+	if (!tgid_wanted(filter_pid))
 		return 0;
 	return report(newsk);
 }
 
 static __always_inline int on_exit(long ret)
 {
-	if (ret < 0 || !pid_wanted())	/* EAGAIN and friends */
+	if (ret < 0 || !tgid_wanted(filter_pid))	/* EAGAIN and friends */
 		return 0;
 	return report(fd_to_sock(ret));
 }

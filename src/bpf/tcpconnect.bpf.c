@@ -22,7 +22,7 @@
  * counts map instead of streamed.
  */
 #include "events.h"
-#include "sockfd.h"
+#include "socklayer.h"
 #include "conntrack.h"
 
 struct tcpconnect_event {
@@ -77,26 +77,14 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-struct udp_pending {
-	__s32 fd;
-	__u16 family;		/* of the destination the caller passed */
-	__u16 dport;
-	__u8 daddr[16];
-};
-
-/* UDP connect() in flight, by thread id: enter -> exit. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 10240);
-	__type(key, __u32);
-	__type(value, struct udp_pending);
-} udp_pending SEC(".maps");
+/* UDP connect() in flight, by thread id: enter -> exit (socklayer.h). */
+CONNECT_CALLS(udp_calls);
 
 struct tcpconnect_event _event_type = {};
 
 static __always_inline bool task_wanted(void)
 {
-	if (filter_pid && (bpf_get_current_pid_tgid() >> 32) != filter_pid)
+	if (!tgid_wanted(filter_pid))
 		return false;
 	if (filter_uid != 0xffffffff &&
 	    (__u32)bpf_get_current_uid_gid() != filter_uid)
@@ -229,43 +217,21 @@ int tcpconnect_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int tcpconnect_udp_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	struct udp_pending p = {};
+	int fd = (int)ctx->args[0];
 	struct socket *sock;
 	struct sock *sk;
-	const void *uaddr = (const void *)ctx->args[1];
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	if (!task_wanted())
 		return 0;
-	p.fd = (int)ctx->args[0];
-	sock = fd_to_socket(p.fd);
+	sock = fd_to_socket(fd);
 	if (!sock || BPF_CORE_READ(sock, type) != SOCK_DGRAM)
 		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
 		return 0;
-	/* The destination as the caller gave it: on failure the socket may
-	 * not hold it. */
-	if (bpf_probe_read_user(&p.family, sizeof(p.family), uaddr))
-		return 0;
-	if (p.family == AF_INET) {
-		struct sockaddr_in sa;
-
-		if (bpf_probe_read_user(&sa, sizeof(sa), uaddr))
-			return 0;
-		p.dport = bpf_ntohs(sa.sin_port);
-		__builtin_memcpy(p.daddr, &sa.sin_addr, 4);
-	} else if (p.family == AF_INET6) {
-		struct sockaddr_in6 sa;
-
-		if (bpf_probe_read_user(&sa, sizeof(sa), uaddr))
-			return 0;
-		p.dport = bpf_ntohs(sa.sin6_port);
-		__builtin_memcpy(p.daddr, &sa.sin6_addr, 16);
-	} else {
-		return 0;	/* AF_UNSPEC: a disconnect, not a connect */
-	}
-	bpf_map_update_elem(&udp_pending, &tid, &p, BPF_ANY);
+	/* The destination as the caller gave it (on failure the socket may
+	 * not hold it); AF_UNSPEC, a disconnect, is not kept. */
+	connect_enter(&udp_calls, fd, (const void *)ctx->args[1]);
 	return 0;
 }
 
@@ -274,16 +240,16 @@ int tcpconnect_udp_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct conn_tuple t = {};
 	struct conn_start st = {};
-	struct udp_pending *p;
+	struct connect_call *c;
 	struct sock *sk;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = current_tid();
 	long ret = ctx->ret;
 	__u16 skfamily;
 
-	p = bpf_map_lookup_elem(&udp_pending, &tid);
-	if (!p)
+	c = bpf_map_lookup_elem(&udp_calls, &tid);
+	if (!c)
 		return 0;
-	sk = fd_to_sock(p->fd);
+	sk = fd_to_sock(c->fd);
 	if (sk) {
 		skfamily = BPF_CORE_READ(sk, __sk_common.skc_family);
 		if (ret == 0) {
@@ -293,10 +259,10 @@ int tcpconnect_udp_exit(struct trace_event_raw_sys_exit *ctx)
 			t.dport = sk_dport(sk);
 			sk_read_addrs(sk, skfamily, t.saddr, t.daddr);
 		} else {
-			t.family = p->family;
-			t.dport = p->dport;
-			__builtin_memcpy(t.daddr, p->daddr, 16);
-			if (skfamily == p->family) {
+			t.family = c->sa.family;
+			t.dport = c->sa.port;
+			__builtin_memcpy(t.daddr, c->sa.addr, 16);
+			if (skfamily == c->sa.family) {
 				__u8 ignored[16];
 
 				sk_read_addrs(sk, skfamily, t.saddr, ignored);
@@ -307,7 +273,7 @@ int tcpconnect_udp_exit(struct trace_event_raw_sys_exit *ctx)
 		conn_start_now(&st);	/* UDP connects at once */
 		finish(&st, &t, ret == 0, ret < 0 ? -ret : 0);
 	}
-	bpf_map_delete_elem(&udp_pending, &tid);
+	bpf_map_delete_elem(&udp_calls, &tid);
 	return 0;
 }
 

@@ -5,10 +5,10 @@
  * it lived.
  *
  * Hook: the sock:inet_sock_set_state tracepoint (what BCC and libbpf-tools
- * tcplife use), reached via tp_btf, raw_tp or the classic tracepoint; the
- * Python side loads exactly one.  Per socket, one map entry lives from the
- * first early state (SYN_SENT, SYN_RECV, ESTABLISHED) to CLOSE, and the only
- * record sent to user space is the one at CLOSE.
+ * tcplife use), reached via tp_btf, raw_tp or the classic tracepoint
+ * (sockstate.h); the Python side loads exactly one.  Per socket, one map
+ * entry lives from the first early state (SYN_SENT, SYN_RECV, ESTABLISHED) to
+ * CLOSE, and the only record sent to user space is the one at CLOSE.
  *
  * Bytes: tcp_sock->bytes_acked and ->bytes_received (RFC 4898 counters, the
  * ones TCP_INFO reports) count sequence space, and SYN and FIN each take one
@@ -36,6 +36,7 @@
  * and used at CLOSE, which is often in softirq.
  */
 #include "events.h"
+#include "sockstate.h"
 
 struct tcplife_event {
 	__u64 ts_ns;		/* CLOCK_MONOTONIC at close */
@@ -90,12 +91,12 @@ static __always_inline void take_owner(struct tcplife_conn *c)
 	c->flags |= CONN_HAVE_PID;
 }
 
-static __always_inline int on_change(const struct sock *sk, int oldstate,
-				     int newstate, __u16 family, __u16 lport,
-				     __u16 rport, const void *tp_saddr,
-				     const void *tp_daddr)
+static __always_inline int on_change(const struct sock_state_change *ch)
 {
+	const struct sock *sk = ch->sk;
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	int oldstate = ch->oldstate, newstate = ch->newstate;
+	__u16 family = ch->family, lport = ch->sport, rport = ch->dport;
 	struct tcplife_conn *c;
 	struct tcplife_event *e;
 	__u64 key = (__u64)sk, now;
@@ -201,54 +202,14 @@ static __always_inline int on_change(const struct sock *sk, int oldstate,
 		e->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	}
-	__builtin_memset(e->saddr, 0, 16);
-	__builtin_memset(e->daddr, 0, 16);
-	if (tp_saddr) {
-		/* the classic tracepoint's copy (ctx memory: read by helper) */
-		bpf_probe_read_kernel(e->saddr, family == AF_INET ? 4 : 16, tp_saddr);
-		bpf_probe_read_kernel(e->daddr, family == AF_INET ? 4 : 16, tp_daddr);
-	} else {
-		sk_read_addrs(sk, family, e->saddr, e->daddr);
-	}
+	sock_state_addrs(ch, e->saddr, e->daddr);
 	event_submit(e, now);
 forget:
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }
 
-static __always_inline int from_sock(const struct sock *sk, int oldstate,
-				     int newstate)
-{
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	return on_change(sk, oldstate, newstate,
-			 BPF_CORE_READ(sk, __sk_common.skc_family),
-			 sk_sport(sk), sk_dport(sk), 0, 0);
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcplife_tp_btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return from_sock(sk, oldstate, newstate);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcplife_raw_tp, const struct sock *sk, int oldstate, int newstate)
-{
-	return from_sock(sk, oldstate, newstate);
-}
-
-SEC("tracepoint/sock/inet_sock_set_state")
-int tcplife_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
-{
-	int v6 = ctx->family == AF_INET6;
-
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
-	return on_change(ctx->skaddr, ctx->oldstate, ctx->newstate,
-			 ctx->family, ctx->sport, ctx->dport,
-			 v6 ? (void *)ctx->saddr_v6 : (void *)ctx->saddr,
-			 v6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr);
-}
+/* tcplife_tp_btf, tcplife_raw_tp, tcplife_tracepoint */
+SOCK_STATE_PROGRAMS(tcplife, on_change)
 
 char LICENSE[] SEC("license") = "GPL";
