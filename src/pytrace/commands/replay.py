@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import enum
 import inspect
-import json
 import os
 import re
 import sys
@@ -110,15 +109,6 @@ def _call(fn: Callable, source: Any, args: Any, out: cliutil.Output) -> Any:
     return fn(*(by_name[p] for p in params))
 
 
-def _generic_json(source: Any):
-    make = source.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
-
-
 def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
     """The tool's own renderer for these args (see the protocol in pytrace.sinks)."""
     json_mode = getattr(args, "json", False)
@@ -126,7 +116,7 @@ def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
         return _call(module.renderer, source, args, out)
     if json_mode:
         fn = getattr(module, "_json_renderer", None)
-        return _call(fn, source, args, out) if fn else _generic_json(source)
+        return _call(fn, source, args, out) if fn else cliutil.json_renderer(source)
     if hasattr(module, "_text_renderer"):
         return _call(module._text_renderer, source, args, out)
     raise PytraceError(f"{module.NAME} has no renderer replay can use for its text output "

@@ -269,6 +269,29 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     return 0
 
 
+def json_renderer(source: Any) -> Callable[[list[tuple]], str]:
+    """An event tool's --json: make_event(raw).to_dict() of every record, one
+    compact JSON object a line (source: the tracer, or replay's stand-in)."""
+    make = source.make_event
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def render(batch: list[tuple]) -> str:
+        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
+    return render
+
+
+def run_stream(tracer: Any, args: Any, renderer: Callable[[Any, Any, Output], Callable[[list[tuple]], str]],
+               intro: Callable[[Any], str] | None = None) -> int:
+    """run() of an event tool, in the order `pytrace replay` repeats it (the
+    protocol in pytrace.sinks): load, intro(args), the renderer (which may
+    print its header), then every batch until Ctrl-C."""
+    out = Output(args.json)
+    with tracer:
+        if intro is not None:
+            out.write(intro(args))
+        return stream_events(tracer, out, renderer(tracer, args, out))
+
+
 _epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran
 
 

@@ -1,10 +1,13 @@
 """What the socket-layer tools share on the Python side (src/bpf/socklayer.h
 is the kernel half): names of families, protocols and socket types, the
-result texts of connect()/accept(), histogram maps, per-CPU counters, and
-tracefs for variants that mix classic tracepoints with other hooks."""
+result texts of connect()/accept(), histogram maps, per-CPU counters,
+tracefs for variants that mix classic tracepoints with other hooks, and the
+command line of the tools that print one line per system call (soaccept,
+soconnect, udpconnect)."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import socket
 import struct
@@ -12,6 +15,7 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
+from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int
 from .hist import Log2Histogram
 from .loader import Variant
 
@@ -133,3 +137,33 @@ def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
         obj.on_close(tracefs.unmount)
     for name in variant.programs:
         obj.attach(name)
+
+
+# -- one line per system call (soaccept, soconnect, udpconnect) ------------------------
+
+def add_call_arguments(p: argparse.ArgumentParser, tracer: Any, description: str, ports_help: str,
+                       timestamp: bool = True) -> None:
+    """-p PID, -P PORTS (and -T unless the tool always prints its time), plus the common flags."""
+    p.description = f"{description} {LATENCY_NOTE}"
+    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help=ports_help)
+    if timestamp:
+        p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
+    add_common(p, [v.hook for v in tracer.VARIANTS])
+
+
+def call_renderer(source: Any, args: argparse.Namespace, out: Output, header: str,
+                  line: Callable[[Any], str], clock_column: bool) -> Callable[[list[tuple]], str]:
+    """The events as the book's tools print them: the header, then a line per
+    event, after an HH:MM:SS column when clock_column; or, with --json, the
+    events' dicts."""
+    if args.json:
+        return json_renderer(source)
+    out.write(("TIME     " if clock_column else "") + header)
+    make, clock = source.make_event, Clock()
+
+    def render(batch: list[tuple]) -> str:
+        if clock_column:
+            return "".join([f"{clock.hms(ev.ts_ns)} {line(ev)}" for ev in map(make, batch)])
+        return "".join([line(ev) for ev in map(make, batch)])
+    return render

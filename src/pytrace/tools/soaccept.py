@@ -20,10 +20,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.cliutil import Output, run_stream
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
-from ..core.socklayer import ACCEPT_RESULTS, result_text
+from ..core.socklayer import ACCEPT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
 
 NAME = "soaccept"
@@ -77,35 +77,21 @@ class SoAccept(EventTracer):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace IP accept() calls with the peer's address and port and the result. {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these listening ports")
-    p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
-    add_common(p, [v.hook for v in SoAccept.VARIANTS])
+    add_call_arguments(p, SoAccept, "Trace IP accept() calls with the peer's address and port and the result.",
+                       "only these listening ports")
+
+
+def _line(ev: AcceptCall) -> str:
+    addr = str(ev.addr) if ev.ret >= 0 else "-"
+    return f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {addr:<16} {ev.port:<5} {ev.lport:<5} {ev.result}\n"
+
+
+def renderer(source: SoAccept, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`)."""
+    return call_renderer(source, args, out, f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} "
+                                            f"{'LPORT':<5} RESULT\n", _line, args.timestamp)
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SoAccept(pid=args.pid, lports=args.port, hook=args.hook)
-    out = Output(args.json)
-    clock = Clock()
-    with tracer:
-        make = tracer.make_event
-        if args.json:
-            import json
-
-            def render(batch: list[tuple]) -> str:
-                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
-        else:
-            out.write(("TIME     " if args.timestamp else "") +
-                      f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} {'LPORT':<5} RESULT\n")
-
-            def render(batch: list[tuple]) -> str:
-                lines = []
-                for r in batch:
-                    ev = make(r)
-                    addr = str(ev.addr) if ev.ret >= 0 else "-"
-                    line = (f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {addr:<16} {ev.port:<5} "
-                            f"{ev.lport:<5} {ev.result}\n")
-                    lines.append(f"{clock.hms(ev.ts_ns)} " + line if args.timestamp else line)
-                return "".join(lines)
-        return stream_events(tracer, out, render)
+    return run_stream(SoAccept(pid=args.pid, lports=args.port, hook=args.hook), args, renderer)

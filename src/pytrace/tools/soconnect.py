@@ -19,10 +19,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.cliutil import Output, run_stream
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
-from ..core.socklayer import CONNECT_RESULTS, result_text
+from ..core.socklayer import CONNECT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
 
 NAME = "soconnect"
@@ -77,34 +77,21 @@ class SoConnect(EventTracer):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace IP connect() calls with address, port, latency and result. {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these destination ports")
-    p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
-    add_common(p, [v.hook for v in SoConnect.VARIANTS])
+    add_call_arguments(p, SoConnect, "Trace IP connect() calls with address, port, latency and result.",
+                       "only these destination ports")
+
+
+def _line(ev: ConnectCall) -> str:
+    return (f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {str(ev.addr):<16} {ev.port:<5} "
+            f"{int(ev.lat_us):>8} {ev.result}\n")
+
+
+def renderer(source: SoConnect, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`)."""
+    return call_renderer(source, args, out, f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} "
+                                            f"{'LAT(us)':>8} RESULT\n", _line, args.timestamp)
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SoConnect(pid=args.pid, rports=args.port, hook=args.hook)
-    out = Output(args.json)
-    clock = Clock()
-    with tracer:
-        make = tracer.make_event
-        if args.json:
-            import json
-
-            def render(batch: list[tuple]) -> str:
-                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
-        else:
-            out.write(("TIME     " if args.timestamp else "") +
-                      f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} {'LAT(us)':>8} RESULT\n")
-
-            def render(batch: list[tuple]) -> str:
-                lines = []
-                for r in batch:
-                    ev = make(r)
-                    line = (f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {str(ev.addr):<16} {ev.port:<5} "
-                            f"{int(ev.lat_us):>8} {ev.result}\n")
-                    lines.append(f"{clock.hms(ev.ts_ns)} " + line if args.timestamp else line)
-                return "".join(lines)
-        return stream_events(tracer, out, render)
+    return run_stream(SoConnect(pid=args.pid, rports=args.port, hook=args.hook), args, renderer)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, stream_events
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, json_renderer,
+                            run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -100,24 +100,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tracer = SoListen(pid=args.pid, netns=args.netns, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer)
 
 
 def renderer(source: SoListen, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the tracer, or a
     recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _json_renderer(tracer: SoListen):
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _text_renderer(tracer: SoListen, args: argparse.Namespace, out: Output):

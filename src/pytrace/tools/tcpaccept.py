@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, ports,
-                            stream_events)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, json_renderer,
+                            ports, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -91,24 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tracer = TcpAccept(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
                        lports=args.port, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer)
 
 
 def renderer(source: TcpAccept, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the tracer, or a
     recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _json_renderer(tracer: TcpAccept):
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _text_renderer(tracer: TcpAccept, args: argparse.Namespace, out: Output):

@@ -22,7 +22,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int,
+                            run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -111,25 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tracer = TcpLife(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, pid=args.pid,
                      lports=args.localport, rports=args.remoteport, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer)
 
 
 def renderer(source: TcpLife, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the live tracer,
     or a recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _json_renderer(tracer: TcpLife):
-    import json
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):

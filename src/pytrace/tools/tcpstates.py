@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, run_stream
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj, comm_text
@@ -98,26 +98,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tracer = TcpStates(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
                        lports=args.localport, rports=args.remoteport, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer)
 
 
 def renderer(source: TcpStates, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records.  source is the live
     tracer, or a recording standing in for it (`pytrace replay`): only its
     raw_fields/idx/make_event are used."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _json_renderer(tracer: TcpStates):
-    import json
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):

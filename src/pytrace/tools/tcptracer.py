@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, stream_events
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, json_renderer,
+                            run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -102,10 +102,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("pytrace.libbpf").setLevel(logging.DEBUG if args.libbpf_log else logging.WARNING)
     tracer = TcpTracer(pid=args.pid, netns=args.netns,
                        family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        out.write(intro(args))
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer, intro)
 
 
 def intro(args: argparse.Namespace) -> str:
@@ -116,16 +113,7 @@ def intro(args: argparse.Namespace) -> str:
 def renderer(source: TcpTracer, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the tracer, or a
     recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _json_renderer(tracer: TcpTracer):
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 def _text_renderer(tracer: TcpTracer, args: argparse.Namespace, out: Output):

@@ -18,9 +18,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, positive_int, stream_events
+from ..core.cliutil import Output, run_stream
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
+from ..core.socklayer import add_call_arguments, call_renderer
 from ..core.stream import EventTracer
 
 NAME = "udpconnect"
@@ -69,32 +70,20 @@ class UdpConnect(EventTracer):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace connect() calls on UDP sockets. {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these destination ports")
-    add_common(p, [v.hook for v in UdpConnect.VARIANTS])
+    add_call_arguments(p, UdpConnect, "Trace connect() calls on UDP sockets.", "only these destination ports",
+                       timestamp=False)
+
+
+def _line(ev: UdpConnectCall) -> str:
+    return f"{ev.pid:<6} {ev.comm:<16} {4 if ev.family == AF_INET else 6:<2} {str(ev.raddr):<16} {ev.rport:<5}\n"
+
+
+def renderer(source: UdpConnect, args: argparse.Namespace, out: Output):
+    """What the CLI prints for a batch of raw records (source: the live tracer,
+    or a recording standing in for it in `pytrace replay`); TIME always, as the book's tool."""
+    return call_renderer(source, args, out, f"{'PID':<6} {'COMM':<16} {'IP':<2} {'RADDR':<16} {'RPORT':<5}\n",
+                         _line, True)
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = UdpConnect(pid=args.pid, rports=args.port, hook=args.hook)
-    out = Output(args.json)
-    clock = Clock()
-    with tracer:
-        make = tracer.make_event
-        if args.json:
-            import json
-
-            def render(batch: list[tuple]) -> str:
-                return "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
-        else:
-            out.write(f"{'TIME':<8} {'PID':<6} {'COMM':<16} {'IP':<2} {'RADDR':<16} {'RPORT':<5}\n")
-
-            def render(batch: list[tuple]) -> str:
-                lines = []
-                for r in batch:
-                    ev = make(r)
-                    ip = 4 if ev.family == AF_INET else 6
-                    lines.append(f"{clock.hms(ev.ts_ns):<8} {ev.pid:<6} {ev.comm:<16} {ip:<2} "
-                                 f"{str(ev.raddr):<16} {ev.rport:<5}\n")
-                return "".join(lines)
-        return stream_events(tracer, out, render)
+    return run_stream(UdpConnect(pid=args.pid, rports=args.port, hook=args.hook), args, renderer)
