@@ -162,6 +162,30 @@ def test_cli_json_and_pid_netns():
     assert len(json_lines := [l for l in lines if l.startswith("{")]) == 1, json_lines
 
 
+def test_record_replays_the_live_output(tmp_path):
+    """Reason names and stacks are read with this kernel's tables, which replay
+    loads too (TcpDrop.prepare_replay): the live lines again, byte for byte."""
+    rec = tmp_path / "tcpdrop.db"
+    with TwoHosts("rec") as net:
+        cli = Cli("tcpdrop", "--netns-id", str(inode(net.ns_b)), "--record", str(rec))
+        cport, port = refused_syn(net, socket.AF_INET)
+        a, b = net.addrs(socket.AF_INET)
+        assert cli.read_until(lambda l: f"{b}:{port}" in l)
+        while cli.read_until(lambda l: True, 0.5):     # its stack
+            pass
+        rc, lines, err = cli.stop()
+    assert rc == 0, err
+    live = "".join(line + "\n" for line in lines)
+    replayed = run_cli("replay", str(rec))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live
+    (rec_json,) = [json.loads(l) for l in run_cli("replay", str(rec), "--json").stdout.splitlines()]
+    assert {k: rec_json[k] for k in ("ip", "saddr", "sport", "daddr", "dport", "state", "flags", "reason")} == \
+        {"ip": 4, "saddr": a, "sport": cport, "daddr": b, "dport": port, "state": None, "flags": "SYN",
+         "reason": "NO_SOCKET"}
+    assert [f"\t{f}" for f in rec_json["stack"]] == lines[2:-1]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["-4", "-6"], "not allowed"),
     (["--netns-id", "abc"], "--netns-id"),

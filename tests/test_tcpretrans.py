@@ -243,6 +243,36 @@ def test_cli_json():
          "state": "ESTABLISHED", "seq": seq}
 
 
+@pytest.mark.parametrize("count", [False, True])
+def test_record_replays_the_live_output(tmp_path, count):
+    """--record, then `pytrace replay`: the intro, the header and the lines (or,
+    with -c, the table of the one snapshot) again, byte for byte."""
+    rec = tmp_path / "tcpretrans.db"
+    with TwoHosts("recc" if count else "rec") as net:
+        conn = Conn(net, socket.AF_INET)
+        mark = f"{conn.b}:{conn.port}" if not count else f"[{conn.b}]#{conn.port}"
+        cli = Cli("tcpretrans", *(["-c"] if count else ["-s"]), "--record", str(rec))
+        with Dropper(conn.port, skip=2, count=1, dev=net.dev_b, ns=net.ns_b) as drop:
+            conn.send(10)
+            if not count:
+                assert cli.read_until(lambda l: mark in l)
+            seq = drop.dropped_seqs[0]
+        time.sleep(0.05)
+        rc, lines, err = cli.stop()
+        conn.close()
+    assert rc == 0, err
+    live = "".join(line + "\n" for line in lines)
+    assert live.startswith("Tracing retransmits ... Hit Ctrl-C to end\n")
+    (mine,) = [line.split() for line in lines if mark in line]
+    if count:
+        assert mine == [f"[{conn.a}]#{conn.cport}", "<->", mark, "1"]
+    else:
+        assert mine[2:] == ["4", f"{conn.a}:{conn.cport}", "R>", mark, "ESTABLISHED", str(seq)]
+    replayed = run_cli("replay", str(rec))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live
+
+
 def test_kprobe_variant_works_or_is_reported():
     """kprobe (tcp_retransmit_skb/tcp_send_loss_probe) is BCC's fallback hook. Where kprobes
     work it must see the fast retransmit; where the kernel has none (as here), forcing it

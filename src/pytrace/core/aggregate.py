@@ -56,7 +56,7 @@ def check_interval_args(args: argparse.Namespace) -> None:
 def print_loop(args: argparse.Namespace, snapshot: Callable[[], Snapshot],
                render_snapshot: Callable[[Snapshot, argparse.Namespace], str],
                intro: Callable[[argparse.Namespace], str] | None = None, *,
-               between: Callable[[], None] | None = None) -> int:
+               between: Callable[[], None] | None = None, once: bool = False) -> int:
     """The run() of every aggregating tool: intro(args) once, then one
     snapshot() per interval of args.interval/count/duration (or one at the
     end), handed to the session's sinks (--record, --influx) and printed with
@@ -66,9 +66,15 @@ def print_loop(args: argparse.Namespace, snapshot: Callable[[], Snapshot],
 
     between: for a tool that prints only at the end but must look at its maps
     meanwhile (soconnlat reads the mappings of processes while they live):
-    without an interval the loop then wakes every second to call it."""
-    check_interval_args(args)
-    interval, count, duration = (getattr(args, n, None) for n in ("interval", "count", "duration"))
+    without an interval the loop then wakes every second to call it.
+
+    once: one snapshot at Ctrl-C or SIGTERM, whatever args holds (the count
+    modes of tcpconnect -c and tcpretrans -c, whose -c is not a number)."""
+    if once:
+        interval = count = duration = None
+    else:
+        check_interval_args(args)
+        interval, count, duration = (getattr(args, n, None) for n in ("interval", "count", "duration"))
     poll = between is not None and not interval
     out = sys.stdout
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import tracefs
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, ports, publish,
-                            stream_events)
+from ..core.aggregate import print_loop
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, json_renderer, ports,
+                            run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
-from ..core.periodic import ticks
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Series, Snapshot
 
@@ -193,17 +193,10 @@ def run(args: argparse.Namespace) -> int:
     tracer = TcpConnect(pid=args.pid, uid=args.uid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
                         dports=args.port, udp=args.udp, count=args.count, count_sport=args.source_port,
                         hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        out.write(intro(args))
-        if not args.count:
-            return stream_events(tracer, out, renderer(tracer, args, out))
-        for _ in ticks():           # until Ctrl-C / SIGTERM, like BCC
-            pass
-        snap = snapshot(tracer.counts(), args)
-        publish(snap)
-        out.write(render_snapshot(snap, args))
-    return 0
+    if not args.count:
+        return run_stream(tracer, args, renderer, intro)
+    with tracer:            # -c: one table at Ctrl-C / SIGTERM, like BCC
+        return print_loop(args, lambda: snapshot(tracer.counts(), args), render_snapshot, intro, once=True)
 
 
 def intro(args: argparse.Namespace) -> str:
@@ -213,7 +206,7 @@ def intro(args: argparse.Namespace) -> str:
 def renderer(source: TcpConnect, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the tracer, or a
     recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, args, out)
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
 # -- count mode: one snapshot at exit (what the sinks get and replay renders) ----
@@ -257,15 +250,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
             line += " " + labels["proto"]
         lines.append(line.rstrip() + "\n")
     return "".join(lines)
-
-
-def _json_renderer(tracer: TcpConnect):
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
 
 
 def _text_renderer(tracer: TcpConnect, args: argparse.Namespace, out: Output):

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, run_stream
+from ..core.drops import TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
@@ -40,6 +41,8 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 _FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"),
                (0x10, "ACK"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))
 FLAGS_TEXT = tuple("|".join(n for bit, n in _FLAG_NAMES if f & bit) for f in range(256))
+_MACHINERY_DEPTH = 10      # the tracing frames above the drop, at most (classic tracepoints have most)
+
 
 @dataclass(frozen=True, slots=True)
 class TcpDropEvent:
@@ -96,10 +99,19 @@ class TcpDrop(EventTracer):
         return self.names.reason(value)
 
     def stack_of(self, raw: tuple) -> list[str]:
-        """The symbolized stack of a raw record, tracing frames removed (core/drops.py)."""
+        """The symbolized stack of a raw record, tracing frames removed (core/drops.py).
+
+        The innermost frame is our BPF program, whose symbol leaves kallsyms
+        with it: replayed later it resolves to nonsense, which would stop the
+        trimming there.  So everything up to the outermost tracing frame near
+        the top (bpf_trace_run*, perf_trace_*...) goes, whatever it resolves
+        to, and live and replayed stacks agree."""
         n = max(0, raw[self.idx["stack_bytes"]]) // 8
         at = self.idx["stack[0]"]
-        return self.names.stack(raw[at:at + n])
+        addrs = raw[at:at + n]
+        fn = self.names.ksyms.function
+        top = [i for i, a in enumerate(addrs[:_MACHINERY_DEPTH]) if fn(a).startswith(TRACING_PREFIXES)]
+        return self.names.stack(addrs[top[-1] + 1:] if top else addrs)
 
     def make_event(self, raw: tuple) -> TcpDropEvent:
         i = self.idx
@@ -139,25 +151,13 @@ def _netns(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     tracer = TcpDrop(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, netns=_netns(args),
                      hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    return run_stream(tracer, args, renderer)
 
 
 def renderer(source: TcpDrop, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the live tracer,
     or a recording standing in for it in `pytrace replay`)."""
-    return _json_renderer(source) if args.json else _text_renderer(source, out)
-
-
-def _json_renderer(tracer: TcpDrop):
-    import json
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    return json_renderer(source) if args.json else _text_renderer(source, out)
 
 
 def _text_renderer(tracer: TcpDrop, out: Output):

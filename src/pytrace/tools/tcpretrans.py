@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, Terminate, add_common, stream_events
+from ..core.aggregate import print_loop
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, run_stream
 from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "tcpretrans"
 SUMMARY = "TCP retransmits and tail loss probes, traced or counted per flow"
@@ -160,55 +160,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRetrans(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
                         lossprobe=args.lossprobe, count=args.count, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        if args.count:
-            return _count(tracer, args, out)
-        return stream_events(tracer, out, renderer(tracer, args, out))
+    if not args.count:
+        return run_stream(tracer, args, renderer, intro)
+    with tracer:            # -c: one table at Ctrl-C / SIGTERM, like BCC
+        return print_loop(args, lambda: _count_snapshot(tracer, args), render_snapshot, intro, once=True)
+
+
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing retransmits ... Hit Ctrl-C to end\n"
 
 
 def renderer(source: TcpRetrans, args: argparse.Namespace, out: Output):
     """What the CLI prints for a batch of raw records (source: the live tracer,
     or a recording standing in for it in `pytrace replay`)."""
-    if args.json:
-        return _json_renderer(source)
-    out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
-    return _text_renderer(source, args, out)
+    return json_renderer(source) if args.json else _text_renderer(source, args, out)
 
 
-def _count(tracer: TcpRetrans, args: argparse.Namespace, out: Output) -> int:
+# -- count mode: one snapshot at exit (what the sinks get and replay renders) ----
+
+def snapshot(counts: dict[Flow, FlowCount], lost: int = 0) -> Snapshot:
+    """The flows fewest retransmits first; lost: retransmits of flows the full map could not take."""
+    rows = sorted(counts.items(), key=lambda kv: (kv[1].retransmits, kv[1].tlps))
+    return Snapshot.now(NAME, [Series.of({"ip": 4 if f.family == AF_INET else 6, "laddr": f.laddr, "lport": f.lport,
+                                          "raddr": f.raddr, "rport": f.rport},
+                                         {"retransmits": c.retransmits, "tlps": c.tlps}) for f, c in rows],
+                        values={"lost": lost})
+
+
+def _count_snapshot(tracer: TcpRetrans, args: argparse.Namespace) -> Snapshot:
+    snap = snapshot(tracer.counts(), tracer.lost)
     if not args.json:
-        out.write("Tracing retransmits ... Hit Ctrl-C to end\n")
-    try:
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, Terminate):
-        pass
-    counts = sorted(tracer.counts().items(), key=lambda kv: (kv[1].retransmits, kv[1].tlps))
-    out.lost(tracer.lost)       # retransmits of flows the full map could not take
+        Output(False).lost(tracer.lost)      # on stderr, before the table (JSON: in render_snapshot)
+    return snap
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    """BCC's table (LADDR:LPORT <-> RADDR:RPORT RETRANSMITS [TLPS]), or JSON lines
+    after the lost-records line, as Output.lost() prints it."""
+    rows = [(dict(s.labels), dict(s.values)) for s in snap.series]
     if args.json:
-        for flow, c in counts:
-            out.record({"ip": 4 if flow.family == AF_INET else 6, "laddr": str(flow.laddr), "lport": flow.lport,
-                        "raddr": str(flow.raddr), "rport": flow.rport, "retransmits": c.retransmits,
-                        "tlps": c.tlps})
-        return 0
+        import json
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        lost = snap.value("lost", 0)
+        out = [dumps({"type": "lost", "count": lost, "total": lost}) + "\n"] if lost else []
+        for lab, val in rows:
+            out.append(dumps({"ip": int(lab["ip"]), "laddr": lab["laddr"], "lport": int(lab["lport"]),
+                              "raddr": lab["raddr"], "rport": int(lab["rport"]), **val}) + "\n")
+        return "".join(out)
     head = "\n%-25s %-25s %-10s" % ("LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS")
     lines = [head + (" TLPS" if args.lossprobe else "")]
-    for flow, c in counts:
-        line = "%-20s <-> %-20s %10d" % (f"[{flow.laddr}]#{flow.lport}", f"[{flow.raddr}]#{flow.rport}",
-                                         c.retransmits)
-        lines.append(line + (" %4d" % c.tlps if args.lossprobe else ""))
-    out.write("\n".join(lines) + "\n")
-    return 0
-
-
-def _json_renderer(tracer: TcpRetrans):
-    make = tracer.make_event
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def render(batch: list[tuple]) -> str:
-        return "".join([dumps(make(r).to_dict()) + "\n" for r in batch])
-    return render
+    for lab, val in rows:
+        line = "%-20s <-> %-20s %10d" % (f"[{lab['laddr']}]#{lab['lport']}", f"[{lab['raddr']}]#{lab['rport']}",
+                                         val["retransmits"])
+        lines.append(line + (" %4d" % val["tlps"] if args.lossprobe else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _text_renderer(tracer: TcpRetrans, args: argparse.Namespace, out: Output):
