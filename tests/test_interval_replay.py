@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from helpers import inside, netns, run_cli, sh
+from helpers import Cli, inside, netns, run_cli, sh
 from ready import n_programs, started
 from pytrace.tools.so1stbyte import So1stByte
 from pytrace.tools.socketio import SocketIO
@@ -189,3 +189,22 @@ def test_tcpsubnet_in_a_namespace_of_its_own(tmp_path):
     for r in js:     # -f K in JSON is a true division, like BCC
         r["entries"] = {k: round(v * 1024) for k, v in r["entries"].items()}
     tcpsubnet(rows_of(path), js, ports)
+
+
+def test_nstat_in_a_namespace_of_its_own(tmp_path):
+    """nstat (no BPF) records its intervals too: a namespace's counters move
+    only with this test's connections."""
+    path = str(tmp_path / "nstat.db")
+    with netns(f"pt-ivreplay-n-{os.getpid()}") as ns:
+        sh(f"ip -n {ns} link set lo up")
+        cli = Cli("nstat", "--netns", ns, "-i", "1", "-T", "TcpActiveOpens", "TcpPassiveOpens", "--record", path,
+                  ready=False)
+        assert cli.read_until(lambda line: line.startswith("#kernel"), 10)
+        connections(ns)
+        rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    total = Counter()
+    for r in map(json.loads, replayed(path, "--json").splitlines()):
+        total[r["name"]] += r["delta"]
+    assert total == {"TcpActiveOpens": N, "TcpPassiveOpens": N}

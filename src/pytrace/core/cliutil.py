@@ -96,6 +96,11 @@ def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
     g.add_argument("--btf", metavar="FILE", help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
     g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+    add_sink_args(g)
+
+
+def add_sink_args(g: Any) -> None:
+    """--record and --influx (part of add_common; alone for a tool without BPF, nstat)."""
     # Sinks (src/pytrace/sinks/): cli.py opens them from these two flags before
     # the tool runs; the tool itself never sees them (see stream_events/publish).
     g.add_argument("--record", metavar="FILE", type=_new_file,

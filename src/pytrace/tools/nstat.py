@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from ..core.cliutil import positive_int
+from ..core.aggregate import local_time, print_loop
+from ..core.cliutil import add_sink_args, positive_int, publish
 from ..core.errors import PytraceError
-from ..core.periodic import each_tick
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "nstat"
 SUMMARY = "deltas of the kernel's SNMP/netstat counters (no BPF), key counters marked"
@@ -195,43 +196,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per counter and interval")
     g.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    add_sink_args(g)
 
 
-def render(sample: NstatSample, timestamp: bool) -> str:
+# -- snapshots: what the sinks get each interval, and what replay renders -------
+
+def snapshot(sample: NstatSample) -> Snapshot:
+    """One series per counter (labels name, key); the interval is the sample's own (None: since boot)."""
+    return Snapshot(NAME, int(sample.ts * 1e9),
+                    tuple(Series.of({"name": c.name, "key": int(c.key)},
+                                    {"delta": c.delta, "total": c.total, "rate": c.rate}) for c in sample),
+                    sample.interval)
+
+
+def intro(args: argparse.Namespace) -> str:
+    if args.json:
+        return ""
+    if args.absolute:
+        return "#kernel\n"
+    return (f"#kernel: counter changes every {args.interval} s "
+            "(* = retransmits, listen overflows/drops, resets, errors). Ctrl-C to end.\n")
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    rows = [(s.label("name"), s.label("key") == "1", dict(s.values)) for s in snap.series]
+    if args.json:
+        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        interval = None if snap.interval is None else round(snap.interval, 3)
+        return "".join(json.dumps({"ts": ts, "interval": interval, "name": name, "delta": v["delta"],
+                                   "total": v["total"], "rate": round(v["rate"], 3), "key": key}) + "\n"
+                       for name, key, v in rows)
     lines = []
-    if timestamp:
-        span = f" ({sample.interval:.2f} s)" if sample.interval else " (since boot)"
-        lines.append(time.strftime("%H:%M:%S", time.localtime(sample.ts)) + span)
-    for c in sample.counters:
-        lines.append(f"{'*' if c.key else ' '} {c.name:<32} {c.delta:<16} {c.rate:.1f}")
+    if args.timestamp:
+        span = f" ({snap.interval:.2f} s)" if snap.interval else " (since boot)"
+        lines.append(local_time(snap) + span)
+    for name, key, v in rows:
+        lines.append(f"{'*' if key else ' '} {name:<32} {v['delta']:<16} {v['rate']:.1f}")
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def to_json(sample: NstatSample) -> str:
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sample.ts))
-    interval = None if sample.interval is None else round(sample.interval, 3)
-    return "".join(json.dumps({"ts": ts, "interval": interval, **c.to_dict()}) + "\n"
-                   for c in sample.counters)
 
 
 def run(args: argparse.Namespace) -> int:
     ns = NetStat(args.patterns, netns=args.netns, zeros=args.zeros, key_only=args.key)
     first = ns.sample()
-    out = sys.stdout
     if args.absolute:
-        out.write(to_json(first) if args.json else "#kernel\n" + render(first, args.timestamp))
+        snap = snapshot(first)
+        publish(snap)
+        sys.stdout.write(intro(args) + render_snapshot(snap, args))
         return 0
-
-    def start() -> None:
-        if not args.json:
-            out.write(f"#kernel: counter changes every {args.interval} s "
-                      "(* = retransmits, listen overflows/drops, resets, errors). Ctrl-C to end.\n")
-            out.flush()
-
-    def emit(_last: bool) -> None:
-        sample = ns.sample()
-        out.write(to_json(sample) if args.json else render(sample, args.timestamp))
-        out.flush()
-
-    each_tick(emit, args.interval, args.count, args.duration, start=start)
-    return 0
+    return print_loop(args, lambda: snapshot(ns.sample()), render_snapshot, intro)
