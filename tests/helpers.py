@@ -223,3 +223,24 @@ def netns(name: str) -> Iterator[str]:
 
 def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
+
+
+def usage_error(tool: str, args: list[str], needle: str) -> None:
+    """Bad input: status 2, nothing on stdout, one line on stderr naming needle."""
+    r = run_cli(tool, *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+
+
+def released_on(sig: int, tool: str, *args: str) -> set[int]:
+    """Start the CLI and stop it with sig: status 0, and every BPF program it
+    held is gone from the kernel.  Returns the IDs of those programs."""
+    cli = Cli(tool, *args)
+    held = bpf_prog_ids(cli.proc.pid)
+    assert held
+    rc, _, err = cli.stop(sig)
+    assert rc == 0, err
+    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+    return held

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, released_on, run_cli, usage_error
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -217,18 +217,10 @@ def test_ebpf_prints_the_source():
     (["-4"], "-4"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("solisten", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("solisten", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
-    cli = Cli("solisten")
-    held = bpf_prog_ids(cli.proc.pid)
+    held = released_on(sig, "solisten")
     assert len(held) == 2       # listen enter and exit
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not held & bpf_prog_ids(), 5)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, released_on, run_cli, usage_error
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.tools.tcpaccept import TcpAccept
@@ -194,18 +194,9 @@ def test_ebpf_prints_the_source():
     (["extra"], "extra"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcpaccept", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("tcpaccept", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
-    cli = Cli("tcpaccept")
-    held = bpf_prog_ids(cli.proc.pid)
-    assert held
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+    released_on(sig, "tcpaccept")

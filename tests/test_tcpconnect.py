@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, released_on, run_cli, usage_error, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -383,21 +383,13 @@ def test_ebpf_prints_the_source():
     (["--bogus"], "--bogus"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcpconnect", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("tcpconnect", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
-    cli = Cli("tcpconnect", "--udp")
-    held = bpf_prog_ids(cli.proc.pid)
+    held = released_on(sig, "tcpconnect", "--udp")
     assert len(held) >= 3, "a state hook and the two connect syscall hooks"
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
 
 
 def test_library_exception_releases_programs():

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, run_cli, wait_until
+from helpers import Cli, free_port, released_on, run_cli, usage_error, wait_until
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -234,18 +234,9 @@ def test_ebpf_prints_the_source():
     (["--hook", "raw_tp"], "--hook"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcpconnlat", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("tcpconnlat", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
-    cli = Cli("tcpconnlat")
-    held = bpf_prog_ids(cli.proc.pid)
-    assert held
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
+    released_on(sig, "tcpconnlat")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, netns, run_cli, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, netns, released_on, run_cli, usage_error, wait_until
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tcplife import TcpLife
 
@@ -299,9 +299,7 @@ def test_cli_json_has_exact_bytes():
     (["--bogus"], "--bogus"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcplife", *args)
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+    usage_error("tcplife", args, needle)
 
 
 def test_ebpf_prints_the_source():
@@ -311,12 +309,7 @@ def test_ebpf_prints_the_source():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
-    cli = Cli("tcplife", "--hook", "tracepoint")
-    mine = bpf_prog_ids(cli.proc.pid)
-    assert mine, "the tracer holds its program"
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
+    released_on(sig, "tcplife", "--hook", "tracepoint")
 
 
 def test_library_exception_releases_programs():

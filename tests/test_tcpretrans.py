@@ -15,7 +15,7 @@ import time
 import pytest
 
 from dropper import Dropper, TwoHosts, netstat, total_retrans
-from helpers import Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import Cli, released_on, run_cli, usage_error
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpretrans import Flow, TcpRetrans
 
@@ -301,16 +301,9 @@ def test_kprobe_variant_works_or_is_reported():
     (["-c", "5"], "unrecognized"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcpretrans", *args)
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+    usage_error("tcpretrans", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
-    cli = Cli("tcpretrans", "--hook", "tracepoint", "-l")
-    mine = bpf_prog_ids(cli.proc.pid)
-    assert mine, "the tracer holds its program"
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
+    released_on(sig, "tcpretrans", "--hook", "tracepoint", "-l")

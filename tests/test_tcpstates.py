@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, run_cli, tcp_roundtrip, wait_until
+from helpers import Cli, bpf_prog_ids, free_port, released_on, run_cli, tcp_roundtrip, usage_error, wait_until
 from pytrace.core.net import TcpState as S
 from pytrace.tools.tcpstates import TcpStates
 
@@ -190,11 +190,7 @@ def test_ebpf_prints_the_source():
     (["--hook", "kprobe"], "--hook"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcpstates", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("tcpstates", args, needle)
 
 
 def test_without_bpf_privileges_one_line_exit_1():
@@ -207,12 +203,7 @@ def test_without_bpf_privileges_one_line_exit_1():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
-    cli = Cli("tcpstates", "--hook", "tracepoint")
-    mine = bpf_prog_ids(cli.proc.pid)
-    assert mine, "the tracer holds its program"
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not mine & bpf_prog_ids(), 5)
+    released_on(sig, "tcpstates", "--hook", "tracepoint")
 
 
 def test_library_exception_releases_programs():

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import PY_COMM, Cli, bpf_prog_ids, run_cli, wait_until
+from helpers import PY_COMM, Cli, released_on, run_cli, usage_error
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
@@ -244,21 +244,13 @@ def test_ebpf_prints_the_source():
     (["-T"], "-T"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    r = run_cli("tcptracer", *args)
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+    usage_error("tcptracer", args, needle)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
-    cli = Cli("tcptracer")
-    held = bpf_prog_ids(cli.proc.pid)
+    held = released_on(sig, "tcptracer")
     assert len(held) == 3       # state change, accept4, accept
-    rc, _, err = cli.stop(sig)
-    assert rc == 0, err
-    assert wait_until(lambda: not held & bpf_prog_ids(), 5)
 
 
 def test_record_replays_the_live_output(tmp_path):
