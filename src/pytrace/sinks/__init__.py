@@ -3,11 +3,13 @@
 Every sink implements one interface, `Sink`, and a tool never knows which are
 attached:
 
-- an event-streaming tool runs core/cliutil.stream_events(tracer, out, render);
-  that loop hands the session's sinks the tracer once (begin), then every
-  batch of raw record tuples (events) and the cumulative lost count (lost);
+- an event-streaming tool runs core/cliutil.stream_events(tracer, out, render)
+  (usually through cliutil.run_stream(tracer, args, renderer, intro)); that
+  loop hands the session's sinks the tracer once (begin), then every batch
+  of raw record tuples (events) and the cumulative lost count (lost);
 - an aggregating tool builds a `Snapshot` per interval and calls
-  core/cliutil.publish(snapshot) (see tools/tcprtt.py);
+  core/cliutil.publish(snapshot): core/aggregate.print_loop(args, snapshot,
+  render_snapshot, intro) does that and the printing (see tools/sofamily.py);
 - cli.py opens the session's sinks from --record/--influx (`from_args`) before
   the tool runs, and closes them afterwards, also on Ctrl-C/SIGTERM/errors.
 
