@@ -42,6 +42,7 @@ from ..core.tracer import Tracer
 from ..core.usyms import read_stack, remember
 
 NAME = "count"
+SINKS = False   # --record/--influx refused: its keys are typed and its tracepoints resolved against this kernel: not yet replayable
 SUMMARY = "count tracepoint hits per probe (and per field values), filter in the kernel"
 
 # as in src/bpf/count.bpf.c

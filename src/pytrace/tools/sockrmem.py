@@ -33,6 +33,7 @@ from ..core.socklayer import HIST_SLOTS, attach_with_tracefs, cstr
 from ..core.stream import EventTracer
 
 NAME = "sockrmem"
+SINKS = False   # --record/--influx refused: it mixes events and periodic histograms, which a recording cannot hold together yet
 SUMMARY = "socket receive buffer fill histograms, and full receive queues"
 
 EVENTS = ("tracepoint:sock:sock_rcvqueue_full", "tracepoint:sock:sock_exceed_buf_limit")

@@ -24,6 +24,7 @@ from ..core.usyms import process_symbols
 from .count import STACK_STORAGE, ProbeCount, TracepointCount, print_loop
 
 NAME = "stackcount"
+SINKS = False   # --record/--influx refused: its stacks are symbolized live: not yet replayable
 OBJECT = "count"
 SUMMARY = "count kernel/user stacks reaching tracepoints, counted in the kernel"
 
