@@ -4,13 +4,15 @@ its own pid (other tests run on this kernel at the same time)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 
 import pytest
 
-from helpers import free_port, netns, run_cli, sh
+from helpers import free_port, netns, run_cli, sh, wait_until
 from ready import started
+from test_influx import ENV as INFLUX_ENV, influx  # noqa: F401 (the fixture: a private InfluxDB)
 from pytrace.core.netattach import in_netns
 from pytrace.core.tracepoints import parse_filter, parse_format, resolve
 from pytrace.tools.count import ProbeCount, TracepointCount
@@ -166,3 +168,20 @@ def test_format_and_filter_parsing():
     assert (c1.op, c1.value, c2.op, c2.value) == ("<", 0, "!=", -errno.EINPROGRESS)
     assert c1.matches(-111) and not c2.matches(-errno.EINPROGRESS)
     assert resolve(["a:b*"], known=["a:b1", "a:b2", "a:c"]) == ["a:b1", "a:b2"]
+
+
+def test_influx_gets_each_key_as_a_tagged_point(influx):
+    """count's interval in InfluxDB: a point per key (the key field a tag named
+    key.<field>) and one without tags saying how many tracepoints were traced."""
+    db = "pt_count"
+    cli = started("count", "syscalls:sys_exit_connect", "--by", "ret", "-p", str(ME), "--json",
+                  "--influx", influx.url(db, flush="0.2"), env=INFLUX_ENV, links=1)
+    failed_connects(3)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert [(r["key"], r["count"]) for r in map(json.loads, lines)] == [({"ret": -111}, 3)]
+    assert wait_until(lambda: len(influx.query("SELECT * FROM count", db)) == 2, 10)
+    rows = influx.query("SELECT * FROM count", db)
+    assert [(r["tracepoint"], r["key.ret"], r["count"], r["tracepoints"]) for r in rows if r["tracepoint"]] \
+        == [("syscalls:sys_exit_connect", "-111", 3, None)]
+    assert [r["tracepoints"] for r in rows if not r["tracepoint"]] == [1]

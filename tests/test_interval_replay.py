@@ -209,3 +209,75 @@ def test_nstat_in_a_namespace_of_its_own(tmp_path):
     for r in map(json.loads, replayed(path, "--json").splitlines()):
         total[r["name"]] += r["delta"]
     assert total == {"TcpActiveOpens": N, "TcpPassiveOpens": N}
+
+
+# -- count and stackcount (their own loop over core/aggregate.print_loop) ---------------
+
+def test_count_replays_wildcards_typed_keys_and_processes(tmp_path):
+    """The header counts what the wildcard resolved to live; ret keys come back
+    as numbers (errno names in text), per-process keys with their pid."""
+    from test_count import failed_connects, good_connects
+    path = str(tmp_path / "count.db")
+    cli = started("count", "syscalls:sys_exit_conn*", "syscalls:sys_exit_accept*", "--by", "ret", "-P", "-T",
+                  "-p", str(ME), "--record", path, links=3)
+    failed_connects(3)
+    good_connects(2)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines[0] == ("Tracing 3 tracepoints for 'syscalls:sys_exit_conn* syscalls:sys_exit_accept*'..."
+                        " Hit Ctrl-C to end.")
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    js = [json.loads(line) for line in replayed(path, "--json").splitlines()]
+    comm = open(f"/proc/{ME}/comm").read().strip()
+    assert all(list(r["key"]) == ["ret"] for r in js)
+    assert sorted((r["tracepoint"], r["key"]["ret"], r["pid"], r["comm"], r["count"]) for r in js) == [
+        ("syscalls:sys_exit_connect", -111, ME, comm, 3), ("syscalls:sys_exit_connect", 0, ME, comm, 2)]
+    assert sorted((r["key.ret"], r["count"]) for r in rows_of(path)) == [("-111", 3), ("0", 2)]
+
+
+def test_count_replays_string_keys(tmp_path):
+    from test_count import UDP_HDRS, DummyNet
+    path = str(tmp_path / "count-str.db")
+    with DummyNet() as net:
+        cli = started("count", "net:net_dev_xmit", "--by", "name,len", "--filter", f"name == {net.dev}",
+                      "-p", str(ME), "--json", "--record", path, links=1)
+        net.send(4, 100)
+        rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    js = [json.loads(line) for line in lines]
+    assert [(r["key"], r["count"]) for r in js] == [({"name": net.dev, "len": 100 + UDP_HDRS}, 4)]
+    assert replayed(path, "--where", f"key.name={net.dev}") == replayed(path)
+
+
+def test_stackcount_replays_symbolized_stacks(tmp_path):
+    """Frames are stored as text: replay prints them without kallsyms."""
+    from test_count import DummyNet
+    path = str(tmp_path / "stackcount.db")
+    with DummyNet() as net:
+        cli = started("stackcount", "-K", "-T", "-p", str(ME), "--filter", f"name == {net.dev}",
+                      "net:net_dev_xmit", "--record", path, links=1)
+        net.send(3, 200)
+        rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    js = [json.loads(line) for line in replayed(path, "--json").splitlines()]
+    assert sum(r["count"] for r in js) == 3 and all("ustack" not in r for r in js)
+    assert all(r["kstack"][0].startswith("dev_hard_start_xmit") and
+               any(f.startswith("udp_sendmsg") for f in r["kstack"]) for r in js)
+    assert [r["kstack"].split("\n") for r in rows_of(path)] == [r["kstack"] for r in js]
+
+
+def test_stackcount_replays_user_stacks_folded(tmp_path):
+    from test_count import failed_connects
+    path = str(tmp_path / "stackcount-u.db")
+    cli = started("stackcount", "-U", "-f", "-d", "-p", str(ME), "syscalls:sys_enter_connect",
+                  "--record", path, links=1)
+    failed_connects(2)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    comm = open(f"/proc/{ME}/comm").read().strip()
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in lines) == 2
+    assert all(line.startswith(comm + ";") and "connect" in line.rsplit(" ", 1)[0].split(";")[-1]
+               for line in lines)

@@ -210,7 +210,12 @@ def _replay_snapshots(rec: Any, module: Any, targs: Any, out: cliutil.Output, si
     intro = getattr(module, "intro", None)
     if render is not None and intro is not None:
         out.write(intro(targs))
+    # an intro that depends on what the tool resolved live is rebuilt from the first snapshot
+    late_intro = getattr(module, "replay_intro", None) if render is not None else None
     for snap in rec.snapshots(since, until):
+        if late_intro is not None:
+            out.write(late_intro(targs, snap))
+            late_intro = None
         if conds:
             series = []
             for s in snap.series:

@@ -35,7 +35,9 @@ renderer, replay --json prints make_event(raw).to_dict() per record.  A tool
 that prints something before its renderer's header (a "Tracing ..." line)
 provides it as intro(args) -> str, which replay prints first.
 An aggregating tool provides render_snapshot(snapshot, args) -> str and,
-optionally, intro(args) -> str for what it prints once before the first one.
+optionally, intro(args) -> str for what it prints once before the first one,
+or replay_intro(args, first_snapshot) -> str when that text depends on what
+the tool resolved live (count: how many tracepoints its wildcards matched).
 """
 
 from __future__ import annotations

@@ -27,22 +27,20 @@ import errno
 import json
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..core import libbpf, privileges, tracefs, tracepoints as tp
+from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
 from ..core.errors import UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
-from ..core.periodic import each_tick
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack, remember
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "count"
-SINKS = False   # --record/--influx refused: its keys are typed and its tracepoints resolved against this kernel: not yet replayable
 SUMMARY = "count tracepoint hits per probe (and per field values), filter in the kernel"
 
 # as in src/bpf/count.bpf.c
@@ -287,40 +285,107 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 
 
-def print_loop(tracer: TracepointCount, args: argparse.Namespace, render, to_json, header: str = "") -> int:
-    """Print the header, then the counts (reset each interval) on every tick:
-    interval, duration or Ctrl-C."""
-    reported = 0
-    # Printing only at the end with user stacks: wake every second anyway to read
-    # the mappings of the processes seen so far, while they still exist.
-    poll = tracer.user_stack and not args.interval
+# -- snapshots: what --record/--influx get and what replay renders ---------------------
+# A series per ProbeCount: labels tracepoint, pid/comm (with -P) and "key.<field>"
+# per --by field (prefixed: a tracepoint may have fields named pid or comm);
+# values count and, when some key values are strings, str_keys (a bitmask over
+# the key's positions) so replay gives each key value back its type.  The
+# snapshot's own value "tracepoints" is how many the specs resolved to live.
 
-    def emit(last: bool) -> None:
+def series_of(pc: ProbeCount, extra: dict[str, str] | None = None) -> Series:
+    labels: dict[str, Any] = {"tracepoint": pc.tracepoint}
+    if pc.pid is not None:
+        labels["pid"], labels["comm"] = pc.pid, pc.comm
+    labels.update((f"key.{f}", v) for f, v in pc.key)
+    labels.update(extra or {})
+    values: dict[str, int] = {"count": pc.count}
+    mask = sum(1 << j for j, (_, v) in enumerate(pc.key) if isinstance(v, str))
+    if mask:
+        values["str_keys"] = mask
+    return Series.of(labels, values)
+
+
+def count_of(s: Series) -> ProbeCount:
+    labels, values = dict(s.labels), dict(s.values)
+    mask = int(values.get("str_keys", 0))
+    key = tuple((n[4:], v if mask >> j & 1 else int(v))
+                for j, (n, v) in enumerate((n, v) for n, v in s.labels if n.startswith("key.")))
+    pid = int(labels["pid"]) if "pid" in labels else None
+    return ProbeCount(labels["tracepoint"], key, int(values["count"]), pid, labels.get("comm"))
+
+
+def probes(snap: Snapshot) -> int:
+    return int(snap.value("tracepoints", 0))
+
+
+def render_json(snap: Snapshot, to_json) -> str:
+    ts = aggregate.local_time(snap, "%Y-%m-%dT%H:%M:%S")
+    return "".join(json.dumps({"ts": ts, **to_json(s)}) + "\n" for s in snap.series)
+
+
+def print_loop(tool: str, tracer: TracepointCount, args: argparse.Namespace, series, render_snapshot,
+               header: str = "") -> int:
+    """Print the header, then the counts (reset each interval) on every tick:
+    interval, duration or Ctrl-C; each interval is a Snapshot of series(pc)
+    handed to the sinks and printed by render_snapshot(snap, args)."""
+    reported = 0
+
+    def snapshot() -> Snapshot:
         nonlocal reported
-        if poll and not last:
-            remember({pc.pid for pc in tracer.counts() if pc.pid})
-            return
         counts = tracer.counts(clear=bool(args.interval))
-        if args.json:
-            ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-            sys.stdout.write("".join(json.dumps({"ts": ts, **to_json(pc)}) + "\n" for pc in counts))
-        else:
-            if args.timestamp:
-                sys.stdout.write(time.strftime("%H:%M:%S") + "\n")
-            sys.stdout.write(render(counts))
         dropped = tracer.dropped
         if dropped > reported:
             sys.stderr.write(f"{dropped - reported} hits not counted: the key table is full\n")
             reported = dropped
-        sys.stdout.flush()
-    def start() -> None:
-        if header:
-            print(header, flush=True)
+        return Snapshot.now(tool, [series(pc) for pc in counts], args.interval,
+                            {"tracepoints": len(tracer.names)})
 
-    each_tick(emit, 1 if poll else args.interval, None if poll else args.count, args.duration, start=start)
+    def between() -> None:
+        # Printing only at the end with user stacks: wake every second anyway to read
+        # the mappings of the processes seen so far, while they still exist.
+        remember({pc.pid for pc in tracer.counts() if pc.pid})
+
+    aggregate.print_loop(args, snapshot, render_snapshot, lambda a: header + "\n" if header else "",
+                         between=between if tracer.user_stack else None)
     if len(tracer.names) > 50:
         sys.stderr.write(f"detaching {len(tracer.names)} tracepoints (the kernel takes a while)...\n")
     return 0
+
+
+def header_line(args: argparse.Namespace, n: int) -> str:
+    if args.json:
+        return ""
+    return (f"Tracing {n} tracepoint{'s' if n != 1 else ''}"
+            f"{' for ' + repr(' '.join(args.tracepoints)) if n != len(args.tracepoints) else ''}"
+            "... Hit Ctrl-C to end.")
+
+
+def replay_intro(args: argparse.Namespace, first: Snapshot) -> str:
+    """What run() printed first, from the recording's first snapshot."""
+    text = header_line(args, probes(first))
+    return text + "\n" if text else ""
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    if args.json:
+        return render_json(snap, lambda s: count_of(s).to_dict())
+    counts = [count_of(s) for s in snap.series]
+    by = [b for b in args.by.split(",") if b.strip()]
+    width = max([36, *(len(pc.tracepoint) for pc in counts)])
+    head = f"{'TRACEPOINT':<{width}}"
+    if args.perpid:
+        head += f" {'PID':>7} {'COMM':<16}"
+    for b in by:
+        head += f" {b.upper():<20}"
+    lines = [head + f" {'COUNT':>8}"]
+    for pc in counts:
+        line = f"{pc.tracepoint:<{width}}"
+        if args.perpid:
+            line += f" {pc.pid:>7} {pc.comm:<16}"
+        for field, v in pc.key:
+            line += f" {errno_note(field, v):<20}"
+        lines.append(line + f" {pc.count:>8}")
+    return aggregate.timestamp_line(snap, args) + "\n".join(lines) + "\n\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -328,27 +393,4 @@ def run(args: argparse.Namespace) -> int:
     tracer = TracepointCount(args.tracepoints, by=by, filters=args.filter, pid=args.pid,
                              per_process=args.perpid, hook=args.hook)
     with tracer:
-        n = len(tracer.names)
-        header = "" if args.json else (
-            f"Tracing {n} tracepoint{'s' if n != 1 else ''}"
-            f"{' for ' + repr(' '.join(args.tracepoints)) if n != len(args.tracepoints) else ''}"
-            "... Hit Ctrl-C to end.")
-
-        def render(counts: list[ProbeCount]) -> str:
-            width = max([36, *(len(pc.tracepoint) for pc in counts)])
-            head = f"{'TRACEPOINT':<{width}}"
-            if args.perpid:
-                head += f" {'PID':>7} {'COMM':<16}"
-            for b in by:
-                head += f" {b.upper():<20}"
-            lines = [head + f" {'COUNT':>8}"]
-            for pc in counts:
-                line = f"{pc.tracepoint:<{width}}"
-                if args.perpid:
-                    line += f" {pc.pid:>7} {pc.comm:<16}"
-                for field, v in pc.key:
-                    line += f" {errno_note(field, v):<20}"
-                lines.append(line + f" {pc.count:>8}")
-            return "\n".join(lines) + "\n\n"
-
-        return print_loop(tracer, args, render, ProbeCount.to_dict, header)
+        return print_loop(NAME, tracer, args, series_of, render_snapshot, header_line(args, len(tracer.names)))

@@ -18,13 +18,15 @@ import argparse
 import errno
 from typing import Any
 
+from ..core import aggregate
 from ..core.cliutil import add_common, positive_int
 from ..core.ksyms import kernel_symbols
 from ..core.usyms import process_symbols
-from .count import STACK_STORAGE, ProbeCount, TracepointCount, print_loop
+from ..sinks.snapshot import Series, Snapshot
+from .count import (STACK_STORAGE, ProbeCount, TracepointCount, count_of, print_loop, probes, render_json,
+                    series_of)
 
 NAME = "stackcount"
-SINKS = False   # --record/--influx refused: its stacks are symbolized live: not yet replayable
 OBJECT = "count"
 SUMMARY = "count kernel/user stacks reaching tracepoints, counted in the kernel"
 
@@ -63,10 +65,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 
 
-def render_text(counts: list[ProbeCount], args: argparse.Namespace, many: bool) -> str:
+# A row as printed: the counted key and its frames, symbolized (innermost first);
+# None for a kind of stack not collected.
+Row = tuple[ProbeCount, "list[str] | None", "list[str] | None"]
+
+
+def stack_series(pc: ProbeCount) -> Series:
+    """count's series plus the symbolized frames (one label per stack, a frame
+    per line), so that replay needs no kallsyms and no process."""
+    k, u = frames(pc)
+    extra = {}
+    if pc.kstack is not None:
+        extra["kstack"] = "\n".join(k)
+    if pc.ustack is not None:
+        extra["ustack"] = "\n".join(u)
+    return series_of(pc, extra)
+
+
+def row_of(s: Series) -> Row:
+    k, u = s.label("kstack"), s.label("ustack")
+    return (count_of(s), None if k is None else [f for f in k.split("\n") if f],
+            None if u is None else [f for f in u.split("\n") if f])
+
+
+def render_text(rows: list[Row], args: argparse.Namespace, many: bool) -> str:
     lines = []
-    for pc in counts:
-        k, u = frames(pc)
+    for pc, k, u in rows:
+        k, u = k or [], u or []
         if many:
             lines.append(f"  [{pc.tracepoint}]")
         lines.extend(f"  {f}" for f in k)
@@ -79,24 +104,43 @@ def render_text(counts: list[ProbeCount], args: argparse.Namespace, many: bool) 
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def render_folded(counts: list[ProbeCount], args: argparse.Namespace) -> str:
+def render_folded(rows: list[Row], args: argparse.Namespace) -> str:
     out = []
-    for pc in counts:
-        k, u = frames(pc)
+    for pc, k, u in rows:
+        k, u = k or [], u or []
         head = [pc.comm] if pc.comm is not None else [pc.tracepoint]
         parts = head + u[::-1] + (["-"] if k and u and args.delimited else []) + k[::-1]
         out.append(f"{';'.join(parts)} {pc.count}\n")
     return "".join(out)
 
 
-def to_json(pc: ProbeCount) -> dict[str, Any]:
-    k, u = frames(pc)
+def to_json(row: Row) -> dict[str, Any]:
+    pc, k, u = row
     d = pc.to_dict()
-    if pc.kstack is not None:
+    if k is not None:
         d["kstack"] = k
-    if pc.ustack is not None:
+    if u is not None:
         d["ustack"] = u
     return d
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    if args.json:
+        return render_json(snap, lambda s: to_json(row_of(s)))
+    rows = [row_of(s) for s in snap.series]
+    text = render_folded(rows, args) if args.folded else render_text(rows, args, probes(snap) > 1)
+    return aggregate.timestamp_line(snap, args) + text
+
+
+def header_line(args: argparse.Namespace, n: int) -> str:
+    if args.json or args.folded:
+        return ""
+    return f"Tracing {n} tracepoint{'s' if n > 1 else ''}... Hit Ctrl-C to end."
+
+
+def replay_intro(args: argparse.Namespace, first: Snapshot) -> str:
+    text = header_line(args, probes(first))
+    return text + "\n" if text else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,9 +149,5 @@ def run(args: argparse.Namespace) -> int:
                              user_stack=not args.kernel_stacks_only, kstack_skip=0,
                              stack_storage=args.stack_storage_size, hook=args.hook)
     with tracer:
-        many = len(tracer.names) > 1
-        header = "" if args.json or args.folded else \
-            f"Tracing {len(tracer.names)} tracepoint{'s' if many else ''}... Hit Ctrl-C to end."
-        if args.folded:
-            return print_loop(tracer, args, lambda counts: render_folded(counts, args), to_json, header)
-        return print_loop(tracer, args, lambda counts: render_text(counts, args, many), to_json, header)
+        return print_loop(NAME, tracer, args, stack_series, render_snapshot,
+                          header_line(args, len(tracer.names)))
