@@ -267,14 +267,3 @@ def test_tcprtt_intervals_are_recorded_and_replayed(tmp_path):
     assert sum(s["hist"]["total"] for snap in snaps for s in snap["series"]) == sum(counts) >= 50
     js = [json.loads(l) for l in replay(path, "--json").stdout.splitlines()]
     assert sum(r["count"] for r in js) == sum(counts)
-
-
-@pytest.mark.parametrize("argv", [["sockrmem"]])
-def test_tools_that_cannot_record_say_so(argv, tmp_path):
-    """Tools whose output a recording cannot replay yet refuse --record with one
-    line, instead of running and storing nothing."""
-    rec = tmp_path / "never.db"
-    r = run_cli(*argv, "--record", str(rec))
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == [f"pytrace {argv[0]}: --record/--influx are not supported by {argv[0]} yet"]
-    assert not rec.exists()

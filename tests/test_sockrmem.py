@@ -3,17 +3,25 @@ queue of a ping socket the test floods."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sqlite3
 import struct
 
-from helpers import netns, sh
+from helpers import netns, run_cli, sh
 from ready import n_programs, started
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.netattach import in_netns
 from pytrace.tools.sockrmem import EVENTS, SockRmem
 
 ME = os.getpid()
+
+
+def replayed(*args: str) -> str:
+    r = run_cli("replay", *args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 SO_MEMINFO = 55
 RMEM_ALLOC, RCVBUF, DROPS = 0, 1, 8     # SK_MEMINFO_* indices
 
@@ -89,3 +97,77 @@ def test_cli_json_histograms():
     recs = {r["name"]: r for r in cli.json_records() if r["type"] == "histogram"}
     assert recs["rmem_limit"]["count"] == 1 and recs["rmem_limit"]["sum"] == rcvbuf
     assert recs["rmem_alloc"]["count"] == 1 and recs["rmem_alloc"]["sum"] > 0
+
+
+def flood(ping: socket.socket, n: int) -> int:
+    """n echo requests to a ping socket whose queue holds a few: returns how
+    many replies it dropped (each a queue-full event), after reading the rest."""
+    before = meminfo(ping)[DROPS]
+    for seq in range(n):
+        ping.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"p" * 300, ("127.0.0.1", 0))
+    drops = meminfo(ping)[DROPS] - before
+    got = 0
+    try:
+        while True:
+            ping.recv(1000)
+            got += 1
+    except BlockingIOError:
+        pass
+    assert drops > 0 and got + drops == n
+    return drops
+
+
+def udp_receives(n: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        for _ in range(n):
+            tx.sendto(b"z" * 50, rx.getsockname())
+            assert len(rx.recv(100)) == 50
+
+
+def test_record_holds_events_and_intervals_and_replays_them_in_order(tmp_path):
+    """--record keeps the queue-full events and each interval's histograms in
+    one 'mixed' recording; replay prints them byte for byte, in the order they
+    were printed (the first flood's events before the first interval)."""
+    path = str(tmp_path / "sockrmem.db")
+    with netns(f"pt-sockrmem-r-{ME}") as ns:
+        sh(f"ip -n {ns} link set lo up")
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
+        with in_netns(ns):
+            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)
+        rcvbuf = ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        ping.setblocking(False)
+        with ping:
+            cli = started("sockrmem", "-p", str(ME), "-i", "1", "-T", "--record", path,
+                          links=n_programs(SockRmem, "tracepoint"))
+            first = flood(ping, 30)
+            udp_receives(2)
+            assert cli.read_until(lambda line: line.startswith("@rmem_limit"), 10)
+            second = flood(ping, 30)
+            udp_receives(1)
+            # stop once every event of ours is printed (what was printed is what must replay)
+            mine = f"> rcvbuf {rcvbuf},"
+            left = [first + second - sum(mine in line for line in cli.seen)]
+
+            def all_seen(line: str) -> bool:
+                left[0] -= mine in line
+                return left[0] <= 0
+            assert left[0] <= 0 or cli.read_until(all_seen, 10)
+            rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert replayed(path) == "".join(line + "\n" for line in lines)
+    js = [json.loads(line) for line in replayed(path, "--json").splitlines()]
+    ours = [i for i, r in enumerate(js) if r["type"] == "event" and r.get("rcvbuf") == rcvbuf]
+    hists = [i for i, r in enumerate(js) if r["type"] == "histogram"]
+    assert len(ours) == first + second
+    assert ours[first - 1] < hists[0] < ours[first]
+    assert all(js[i]["probe"] == EVENTS[0] and js[i]["truesize"] > 300 for i in ours)
+    limits = [js[i] for i in hists if js[i]["name"] == "rmem_limit"]
+    # every receive call of this process: the 3 UDP datagrams, and per flood the
+    # echo replies that fitted plus the one call that found the queue empty
+    assert sum(h["count"] for h in limits) == 3 + (30 - first + 1) + (30 - second + 1)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT kind FROM header").fetchone() == ("mixed",)
+    db.close()

@@ -158,7 +158,7 @@ def run(argv: list[str]) -> int:
         out = cliutil.Output(targs.json)
         if rec.kind == "snapshots":
             return _replay_snapshots(rec, module, targs, out, since, until, conds)
-        if rec.kind != "events":
+        if rec.kind not in ("events", "mixed"):
             sys.stderr.write(f"pytrace replay: {args.file} holds no events ({rec.tool} "
                              f"{' '.join(rec.argv)} did not stream any)\n")
             return 0
@@ -171,7 +171,14 @@ def run(argv: list[str]) -> int:
         try:
             render = _tool_renderer(module, source, targs, out)
             keep = event_filter(source, conds) if conds else None
-            for batch, losts in rec.batches(since, until):
+            if rec.kind == "mixed":     # events and interval snapshots (sockrmem), as printed
+                items = rec.mixed(since, until)
+            else:
+                items = ((batch, losts, None) for batch, losts in rec.batches(since, until))
+            for batch, losts, snap in items:
+                if snap is not None:
+                    out.write(module.render_snapshot(snap, targs))
+                    continue
                 if keep is not None:
                     batch = [r for r in batch if keep(r)]
                 if batch:

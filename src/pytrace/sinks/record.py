@@ -12,6 +12,11 @@ Layout (format_version 1):
     lost       id, batch, t_ns, count (new losses), total (cumulative)
     snapshots  id, t_ns, data (Snapshot JSON)
 
+A tool that streams events and also prints interval snapshots (sockrmem)
+makes kind 'mixed': each snapshot's JSON then also holds "events_before",
+how many records were recorded before it, so replay interleaves them as
+they were printed (Recording.mixed).
+
 Each batch is one transaction in WAL mode, committed before the batch is
 printed: a SIGKILL loses at most the batch being written, and the file
 stays readable (SQLite replays its WAL on the next open).
@@ -87,6 +92,8 @@ class Recorder(Sink):
         self._pack = None
         self._ti: int | None = None
         self._offset = 0
+        self.header_kind = ""
+        self.n_events = 0          # records written: where a mixed recording's snapshots fall
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
         try:
@@ -95,6 +102,11 @@ class Recorder(Sink):
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise PytraceError(f"--record {self.path}: {exc}") from None
+        except BaseException:
+            # Ctrl-C/SIGTERM mid-batch: end the transaction, so the final drain can still be recorded
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def begin(self, source: EventSource) -> None:
         self._pack = struct.Struct(source.record_format).pack
@@ -116,6 +128,7 @@ class Recorder(Sink):
         else:
             rows = [(b, r[ti] + off, pack(*r)) for r in batch]
         self._write("INSERT INTO events (batch, t_ns, rec) VALUES (?, ?, ?)", rows)
+        self.n_events += len(rows)
 
     def lost(self, total: int) -> None:
         new = total - self.reported_lost
@@ -126,11 +139,17 @@ class Recorder(Sink):
                     [(self.batch, time.time_ns(), new, total)])
 
     def snapshot(self, snap: Snapshot) -> None:
-        if not self.used:
+        data = snap.to_json()
+        if self._pack is not None:      # an event tool's interval: keep its place among the events
+            if self.header_kind != "mixed":
+                self.header_kind = "mixed"
+                self.db.execute("UPDATE header SET kind='mixed'")
+            data["events_before"] = self.n_events
+        elif not self.used:
             self.used = True
             self.db.execute("UPDATE header SET kind='snapshots'")
         self._write("INSERT INTO snapshots (t_ns, data) VALUES (?, ?)",
-                    [(snap.time_ns, json.dumps(snap.to_json(), separators=(",", ":")))])
+                    [(snap.time_ns, json.dumps(data, separators=(",", ":")))])
 
     def close(self, failed: bool = False) -> None:
         if self.db is None:
@@ -235,6 +254,46 @@ class Recording:
         where, params = self._range(since_ns, until_ns)
         for (data,) in self.db.execute(f"SELECT data FROM snapshots{where} ORDER BY id", params):
             yield Snapshot.from_json(json.loads(data))
+
+    def mixed(self, since_ns: int | None = None, until_ns: int | None = None
+              ) -> Iterator[tuple[list[tuple], list[tuple[int, int]], Snapshot | None]]:
+        """A 'mixed' recording in the order it was printed: (records, losts,
+        None) as batches() yields them, and ([], [], snapshot) where each
+        snapshot came (after the lost counts reported with the batch before it)."""
+        where, params = self._range(since_ns, until_ns)
+        snaps = []
+        for (data,) in self.db.execute(f"SELECT data FROM snapshots{where} ORDER BY id", params):
+            d = json.loads(data)
+            snaps.append((d.get("events_before", 0), Snapshot.from_json(d)))
+        losts = self.db.execute(f"SELECT batch, count, total FROM lost{where} ORDER BY id", params).fetchall()
+        unpack = struct.Struct(self.header["record_format"]).unpack
+        si = li = 0
+        pending: list[tuple] = []
+        for rid, batch, rec in self.db.execute(f"SELECT id, batch, rec FROM events{where} ORDER BY id", params):
+            due_lost = li < len(losts) and losts[li][0] < batch
+            due_snap = si < len(snaps) and snaps[si][0] < rid
+            if due_lost or due_snap:
+                if pending:
+                    yield pending, [], None
+                    pending = []
+                out = []
+                while li < len(losts) and losts[li][0] < batch:
+                    out.append((losts[li][1], losts[li][2]))
+                    li += 1
+                if out:
+                    yield [], out, None
+                while si < len(snaps) and snaps[si][0] < rid:
+                    yield [], [], snaps[si][1]
+                    si += 1
+            pending.append(unpack(rec))
+            if len(pending) >= 4096:
+                yield pending, [], None
+                pending = []
+        rest = [(c, t) for _, c, t in losts[li:]]
+        if pending or rest:
+            yield pending, rest, None
+        for _, snap in snaps[si:]:
+            yield [], [], snap
 
     def source(self) -> Any:
         """An unopened instance of the recorded tracer class, set up to decode

@@ -19,21 +19,24 @@ TCP count their drops in nstat (UdpRcvbufErrors, TcpExtTCPRcvQDrop).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Output, Terminate, add_common, positive_int
+from ..core import aggregate
+from ..core.cliutil import LATENCY_NOTE, Output, Terminate, active_sinks, add_common, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs, cstr
 from ..core.stream import EventTracer
+from ..sinks.snapshot import Series, Snapshot
 
 NAME = "sockrmem"
-SINKS = False   # --record/--influx refused: it mixes events and periodic histograms, which a recording cannot hold together yet
 SUMMARY = "socket receive buffer fill histograms, and full receive queues"
 
 EVENTS = ("tracepoint:sock:sock_rcvqueue_full", "tracepoint:sock:sock_exceed_buf_limit")
@@ -127,44 +130,90 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in SockRmem.VARIANTS])
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = SockRmem(pid=args.pid, hook=args.hook)
-    out = Output(args.json)
+# -- output: events as they come, histograms per interval (a Snapshot each), so that
+# --record holds both ('mixed') and `pytrace replay` prints them in the same order
 
-    def events(batch: list[tuple]) -> str:
-        evs = [tracer.make_event(r) for r in batch]
+def intro(args: argparse.Namespace) -> str:
+    return "" if args.json else "Tracing socket receive buffer size. Hit Ctrl-C to end.\n"
+
+
+def renderer(source: SockRmem, args: argparse.Namespace, out: Output):
+    make = source.make_event
+
+    def render(batch: list[tuple]) -> str:
+        evs = [make(r) for r in batch]
         if args.json:
             return "".join(json.dumps({"type": "event", **e.to_dict()}) + "\n" for e in evs)
         return "".join(e.text() + "\n" for e in evs)
+    return render
 
-    def hists() -> str:
-        alloc, limit = tracer.histograms(clear=bool(args.interval))
-        if args.json:
-            ts = time.strftime("%Y-%m-%dT%H:%M:%S")
-            return "".join(json.dumps({"type": "histogram", "ts": ts, "name": n, **h.to_dict()}) + "\n"
-                           for n, h in (("rmem_alloc", alloc), ("rmem_limit", limit)))
-        head = time.strftime("%H:%M:%S") + "\n" if args.timestamp else ""
-        return f"{head}@rmem_alloc:\n{alloc.render()}\n@rmem_limit:\n{limit.render()}\n"
+
+def hist_snapshot(tracer: SockRmem, args: argparse.Namespace) -> Snapshot:
+    alloc, limit = tracer.histograms(clear=bool(args.interval))
+    return Snapshot.now(NAME, [Series.of({"name": "rmem_alloc"}, hist=alloc),
+                               Series.of({"name": "rmem_limit"}, hist=limit)], args.interval)
+
+
+def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+    hists = {s.label("name"): s.hist for s in snap.series}
+    if args.json:
+        ts = aggregate.local_time(snap, "%Y-%m-%dT%H:%M:%S")
+        return "".join(json.dumps({"type": "histogram", "ts": ts, "name": n, **h.to_dict()}) + "\n"
+                       for n, h in hists.items())
+    return (f"{aggregate.timestamp_line(snap, args)}@rmem_alloc:\n{hists['rmem_alloc'].render()}\n"
+            f"@rmem_limit:\n{hists['rmem_limit'].render()}\n")
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C/SIGTERM wait until what was recorded is also printed (so replay equals the output)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def run(args: argparse.Namespace) -> int:
+    tracer = SockRmem(pid=args.pid, hook=args.hook)
+    out = Output(args.json)
+    sinks = active_sinks()
+
+    def events(batch: list[tuple]) -> None:
+        with _uninterrupted():
+            if batch:
+                if sinks is not None:
+                    sinks.events(batch)
+                out.write(render(batch))
+            lost = tracer.lost
+            if sinks is not None:
+                sinks.lost(lost)
+            out.lost(lost)
+
+    def hists() -> None:
+        with _uninterrupted():
+            snap = hist_snapshot(tracer, args)
+            if sinks is not None:
+                sinks.snapshot(snap)
+            out.write(render_snapshot(snap, args))
 
     with tracer:
+        render = renderer(tracer, args, out)
+        if sinks is not None:
+            sinks.begin(tracer)
         next_print = time.monotonic() + args.interval if args.interval else None
         try:
-            if not args.json:
-                out.write("Tracing socket receive buffer size. Hit Ctrl-C to end.\n")
+            out.write(intro(args))
             for batch in tracer.batches(args.duration):
-                if batch:
-                    out.write(events(batch))
-                out.lost(tracer.lost)
+                events(batch)
                 if next_print is not None and time.monotonic() >= next_print:
-                    out.write(hists())
+                    hists()
                     next_print += args.interval
         except (KeyboardInterrupt, Terminate):
             pass
         try:
-            rest = tracer.drain()
-            if rest:
-                out.write(events(rest))
-            out.write(hists())
+            events(tracer.drain())
+            hists()
         except (KeyboardInterrupt, Terminate):
             pass
     return 0
