@@ -9,8 +9,9 @@ import socket
 import sqlite3
 import struct
 
-from helpers import netns, run_cli, sh
+from helpers import netns, run_cli, sh, wait_until
 from ready import n_programs, started
+from test_influx import ENV as INFLUX_ENV, influx  # noqa: F401 (the fixture: a private InfluxDB)
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.netattach import in_netns
 from pytrace.tools.sockrmem import EVENTS, SockRmem
@@ -171,3 +172,35 @@ def test_record_holds_events_and_intervals_and_replays_them_in_order(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT kind FROM header").fetchone() == ("mixed",)
     db.close()
+
+
+def test_influx_gets_the_events_and_the_histograms(influx):
+    """--influx: a point per queue-full event and one per histogram (tag name)."""
+    db = "pt_sockrmem"
+    with netns(f"pt-sockrmem-i-{ME}") as ns:
+        sh(f"ip -n {ns} link set lo up")
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
+        with in_netns(ns):
+            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)
+        rcvbuf = ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        ping.setblocking(False)
+        with ping:
+            cli = started("sockrmem", "-p", str(ME), "--json", "--influx", influx.url(db, flush="0.2"),
+                          env=INFLUX_ENV, links=n_programs(SockRmem, "tracepoint"))
+            drops = flood(ping, 30)
+            udp_receives(2)
+            left = [drops]
+
+            def all_seen(line: str) -> bool:
+                left[0] -= f'"rcvbuf": {rcvbuf},' in line
+                return left[0] <= 0
+            assert cli.read_until(all_seen, 10)
+            rc, lines, err = cli.stop()
+    assert rc == 0, err
+    ours = f"SELECT * FROM sockrmem WHERE rcvbuf = {rcvbuf}"
+    hist_rows = "SELECT * FROM sockrmem WHERE \"name\" <> ''"
+    assert wait_until(lambda: len(influx.query(ours, db)) == drops and len(influx.query(hist_rows, db)) == 2, 10)
+    assert all(r["probe"] == EVENTS[0] and r["truesize"] > 300 for r in influx.query(ours, db))
+    hists = {r["name"]: r for r in influx.query(hist_rows, db)}
+    assert hists["rmem_limit"]["count"] == 2 + (30 - drops + 1) and hists["rmem_limit"]["unit"] == "bytes"
