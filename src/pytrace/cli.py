@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 from . import tools as registry
-from .core.errors import PytraceError, UsageError
+from .core.errors import PytraceError
 
 USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's options)
        pytrace list | doctor | --version
@@ -92,9 +92,6 @@ def _run_tool(name: str, argv: list[str]) -> int:
         objects.set_custom_btf(args.btf)
     cliutil.install_signal_handlers()
     sinks = None
-    if (getattr(args, "record", None) or getattr(args, "influx", None)) and not getattr(module, "SINKS", True):
-        # say so rather than run and record nothing
-        raise UsageError(f"--record/--influx are not supported by {name} yet")
     if getattr(args, "record", None) or getattr(args, "influx", None):
         from . import sinks as sinkmod
         from .core.stream import EventTracer
