@@ -57,4 +57,32 @@ static __always_inline bool kfree_skb_from_record(struct trace_event_raw_kfree_s
 	return true;
 }
 
+/*
+ * The three programs reaching skb:kfree_skb (tp_btf, raw_tp, classic
+ * tracepoint), named <tool>_tp_btf, <tool>_raw_tp and <tool>_tracepoint, each
+ * calling handler(ctx, &call) with the arguments read the same way.
+ */
+#define KFREE_SKB_PROGRAMS(tool, handler)                                           \
+	SEC("tp_btf/kfree_skb")                                                     \
+	int tool##_tp_btf(u64 *ctx)                                                 \
+	{                                                                           \
+		struct kfree_skb_call c;                                            \
+                                                                                    \
+		return kfree_skb_from_args(ctx, &c) ? handler(ctx, &c) : 0;         \
+	}                                                                           \
+	SEC("raw_tp/kfree_skb")                                                     \
+	int tool##_raw_tp(u64 *ctx)                                                 \
+	{                                                                           \
+		struct kfree_skb_call c;                                            \
+                                                                                    \
+		return kfree_skb_from_args(ctx, &c) ? handler(ctx, &c) : 0;         \
+	}                                                                           \
+	SEC("tracepoint/skb/kfree_skb")                                             \
+	int tool##_tracepoint(struct trace_event_raw_kfree_skb *ctx)                \
+	{                                                                           \
+		struct kfree_skb_call c;                                            \
+                                                                                    \
+		return kfree_skb_from_record(ctx, &c) ? handler(ctx, &c) : 0;       \
+	}
+
 #endif /* __PYTRACE_KFREESKB_H */

@@ -64,28 +64,7 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 	return 0;
 }
 
-SEC("tp_btf/kfree_skb")
-int skbdrop_tp_btf(u64 *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_args(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
-
-SEC("raw_tp/kfree_skb")
-int skbdrop_raw_tp(u64 *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_args(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
-
-SEC("tracepoint/skb/kfree_skb")
-int skbdrop_tracepoint(struct trace_event_raw_kfree_skb *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_record(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
+/* tp_btf, raw_tp and the classic tracepoint: kfreeskb.h reads the arguments. */
+KFREE_SKB_PROGRAMS(skbdrop, on_drop)
 
 char LICENSE[] SEC("license") = "GPL";

@@ -96,29 +96,7 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 	return 0;
 }
 
-/* The tracepoint's arguments and record are read by kfreeskb.h. */
-SEC("tp_btf/kfree_skb")
-int tcpdrop_tp_btf(u64 *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_args(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
-
-SEC("raw_tp/kfree_skb")
-int tcpdrop_raw_tp(u64 *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_args(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
-
-SEC("tracepoint/skb/kfree_skb")
-int tcpdrop_tracepoint(struct trace_event_raw_kfree_skb *ctx)
-{
-	struct kfree_skb_call c;
-
-	return kfree_skb_from_record(ctx, &c) ? on_drop(ctx, &c) : 0;
-}
+/* tp_btf, raw_tp and the classic tracepoint: kfreeskb.h reads the arguments. */
+KFREE_SKB_PROGRAMS(tcpdrop, on_drop)
 
 char LICENSE[] SEC("license") = "GPL";
