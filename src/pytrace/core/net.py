@@ -57,6 +57,32 @@ class AddrFormatter:
         return text
 
 
+class ByteLabels:
+    """Memoised bytes text of addresses (per family, so a raw key needs no
+    tuple) and of command names, for the bulk text renderers that format
+    straight from raw records: hit with `addrs4.get(raw)` / `addrs6.get(raw)` /
+    `comms.get(raw)` inline, fall back to addr()/comm() on a miss."""
+
+    def __init__(self, limit: int = 65536):
+        self.addrs4: dict[bytes, bytes] = {}
+        self.addrs6: dict[bytes, bytes] = {}
+        self.comms: dict[bytes, bytes] = {}
+        self._limit = limit
+
+    def addr(self, family: int, raw: bytes) -> bytes:
+        cache = self.addrs4 if family == AF_INET else self.addrs6
+        if len(cache) >= self._limit:
+            cache.clear()
+        text = cache[raw] = addr_text(family, raw).encode()
+        return text
+
+    def comm(self, raw: bytes) -> bytes:
+        if len(self.comms) >= 4096:
+            self.comms.clear()
+        text = self.comms[raw] = comm_text(raw).encode(errors="replace")
+        return text
+
+
 def addr_text(family: int, raw: bytes) -> str:
     if family == AF_INET:
         return socket.inet_ntop(AF_INET, raw[:4])

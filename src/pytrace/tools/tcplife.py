@@ -25,7 +25,7 @@ from typing import Any
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int,
                             run_stream)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "tcplife"
@@ -153,23 +153,9 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
     i_sa, i_lp, i_da, i_rp = i["saddr"], i["lport"], i["daddr"], i["rport"]
     i_tx, i_rx, i_span, i_ts = i["tx_b"], i["rx_b"], i["span_us"], i.get("ts_ns")
     ipcol = ({AF_INET: b"4", AF_INET6: b"6"} if show_ip else {AF_INET: b"", AF_INET6: b""})
-    fmt_addr, clock = AddrFormatter(), Clock()
-    addrs: dict[tuple[int, bytes], bytes] = {}
-    comms: dict[bytes, bytes] = {}
+    clock, labels = Clock(), ByteLabels()
     first_ts: list[int] = []
     secs_fmt, time_sep = ("%.6f," if args.csv else "%-9.6f "), ("," if args.csv else " ")
-
-    def addr(fam: int, raw: bytes) -> bytes:
-        if len(addrs) > 65536:
-            addrs.clear()
-        text = addrs[fam, raw] = fmt_addr(fam, raw).encode()
-        return text
-
-    def comm(raw: bytes) -> bytes:
-        if len(comms) > 4096:
-            comms.clear()
-        text = comms[raw] = comm_text(raw).encode(errors="replace")
-        return text
 
     def prefix(ts: int) -> bytes:
         text = ""
@@ -182,15 +168,16 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         return text.encode()
 
     def render(batch: list[tuple]) -> bytes:
-        aget, cget, ip = addrs.get, comms.get, ipcol.get
+        a4get, a6get, cget, ip = labels.addrs4.get, labels.addrs6.get, labels.comms.get, ipcol.get
+        addr, comm = labels.addr, labels.comm
         lines = []
         append = lines.append
         for r in batch:
             fam, sa, da, c = r[i_fam], r[i_sa], r[i_da], r[i_comm]
             cms = (r[i_span] + 5) // 10        # MS to 2 decimals, rounded: 1235 us -> 1.24
             append(bfmt % (r[i_pid], cget(c) or comm(c), ip(fam, b"?"),
-                           aget((fam, sa)) or addr(fam, sa), r[i_lp],
-                           aget((fam, da)) or addr(fam, da), r[i_rp],
+                           (a4get(sa) if fam == AF_INET else a6get(sa)) or addr(fam, sa), r[i_lp],
+                           (a4get(da) if fam == AF_INET else a6get(da)) or addr(fam, da), r[i_rp],
                            r[i_tx] >> 10, r[i_rx] >> 10, cms // 100, cms % 100))
         if i_ts is not None:
             lines = [prefix(r[i_ts]) + line for r, line in zip(batch, lines)]

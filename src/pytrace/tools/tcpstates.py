@@ -22,7 +22,7 @@ from typing import Any
 from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, run_stream
 from ..core.loader import Variant
 from ..core.rows import compile_rows
-from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj, comm_text
+from ..core.net import AF_INET, AF_INET6, STATE_NAMES, ByteLabels, TcpState, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "tcpstates"
@@ -132,31 +132,14 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     tracer.project(shown)
     # "OLD -> NEW" for every pair of states (TCP states are < 16)
     trans = tuple(f"{STATE_NAMES[k >> 4]:<11} -> {STATE_NAMES[k & 15]:<11}".encode() for k in range(256))
-    fmt_addr, clock = AddrFormatter(), Clock()
-    addrs4: dict[bytes, bytes] = {}       # raw address -> text, per family
-    addrs6: dict[bytes, bytes] = {}
-    comms: dict[bytes, bytes] = {}
-
-    def addr(fam: int, raw: bytes) -> bytes:
-        cache = addrs4 if fam == AF_INET else addrs6
-        if len(cache) > 65536:
-            cache.clear()
-        text = cache[raw] = fmt_addr(fam, raw).encode()
-        return text
-
-    def comm_of(raw: bytes) -> bytes:
-        if len(comms) > 4096:
-            comms.clear()
-        text = comms[raw] = comm_text(raw).encode(errors="replace")
-        return text
-
+    clock, labels = Clock(), ByteLabels()
     rows = compile_rows(tracer.raw_fields, (
         "fmt % (skaddr, pid, cget(comm) or comm_of(comm),"
         " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), sport,"
         " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), dport,"
         " trans[(oldstate & 15) << 4 | (newstate & 15)], delta_us // 1000, delta_us % 1000)"),
-        {"fmt": fmt, "cget": comms.get, "comm_of": comm_of, "a4get": addrs4.get, "a6get": addrs6.get,
-         "addr": addr, "trans": trans})
+        {"fmt": fmt, "cget": labels.comms.get, "comm_of": labels.comm, "a4get": labels.addrs4.get,
+         "a6get": labels.addrs6.get, "addr": labels.addr, "trans": trans})
     i_ts = tracer.idx.get("ts_ns")
 
     def render(batch: list[tuple]) -> bytes:
