@@ -36,6 +36,8 @@ struct sock_state_change {
 	__u16 family;
 	__u16 sport;		/* host order */
 	__u16 dport;
+	/* sk is a BTF pointer (tp_btf): fields can be loaded directly. */
+	__u8 direct;
 };
 
 /* From tp_btf/raw_tp arguments; false when the socket is not TCP. */
@@ -46,11 +48,30 @@ static __always_inline bool sock_state_of_sk(struct sock_state_change *c, const 
 		return false;
 	c->sk = sk;
 	c->tp_saddr = c->tp_daddr = 0;
+	c->direct = 0;
 	c->oldstate = oldstate;
 	c->newstate = newstate;
 	c->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	c->sport = sk_sport(sk);
 	c->dport = sk_dport(sk);
+	return true;
+}
+
+/* From tp_btf arguments: the same, by direct (BTF-checked) loads, which
+ * cost a plain load each instead of a helper call. */
+static __always_inline bool sock_state_of_btf(struct sock_state_change *c, const struct sock *sk,
+					      int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return false;
+	c->sk = sk;
+	c->tp_saddr = c->tp_daddr = 0;
+	c->direct = 1;
+	c->oldstate = oldstate;
+	c->newstate = newstate;
+	c->family = sk->__sk_common.skc_family;
+	c->sport = sk_sport(sk);	/* beyond struct sock: a probe read */
+	c->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	return true;
 }
 
@@ -63,6 +84,7 @@ static __always_inline bool sock_state_of_tp(struct sock_state_change *c,
 	if (ctx->protocol != IPPROTO_TCP)
 		return false;
 	c->sk = ctx->skaddr;
+	c->direct = 0;
 	c->tp_saddr = v6 ? (const void *)ctx->saddr_v6 : (const void *)ctx->saddr;
 	c->tp_daddr = v6 ? (const void *)ctx->daddr_v6 : (const void *)ctx->daddr;
 	c->oldstate = ctx->oldstate;
@@ -80,7 +102,15 @@ static __always_inline void sock_state_addrs(const struct sock_state_change *c, 
 
 	__builtin_memset(saddr, 0, 16);
 	__builtin_memset(daddr, 0, 16);
-	if (c->tp_saddr) {
+	if (c->direct) {
+		if (c->family == AF_INET) {
+			*(__u32 *)saddr = c->sk->__sk_common.skc_rcv_saddr;
+			*(__u32 *)daddr = c->sk->__sk_common.skc_daddr;
+		} else {
+			__builtin_memcpy(saddr, &c->sk->__sk_common.skc_v6_rcv_saddr, 16);
+			__builtin_memcpy(daddr, &c->sk->__sk_common.skc_v6_daddr, 16);
+		}
+	} else if (c->tp_saddr) {
 		/* ctx memory of the classic tracepoint: read by helper */
 		bpf_probe_read_kernel(saddr, len, c->tp_saddr);
 		bpf_probe_read_kernel(daddr, len, c->tp_daddr);
@@ -95,7 +125,7 @@ static __always_inline void sock_state_addrs(const struct sock_state_change *c, 
 	{                                                                           \
 		struct sock_state_change c;                                         \
                                                                                     \
-		return sock_state_of_sk(&c, sk, oldstate, newstate) ? handler(&c) : 0; \
+		return sock_state_of_btf(&c, sk, oldstate, newstate) ? handler(&c) : 0; \
 	}                                                                           \
 	SEC("raw_tp/inet_sock_set_state")                                           \
 	int BPF_PROG(tool##_raw_tp, const struct sock *sk, int oldstate, int newstate) \
