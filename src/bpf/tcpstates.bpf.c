@@ -10,19 +10,22 @@
 #include "events.h"
 #include "sockstate.h"
 
+/* The 16-byte fields sit at multiples of 8 (in the ring too, after its
+ * 8-byte record header): user space reads each field of a whole batch as
+ * one strided column of native integers (core/columns.py). */
 struct tcpstates_event {
 	__u64 skaddr;
 	__u64 ts_ns;
 	__u64 delta_us;		/* time in oldstate; 0 for the first change seen */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
 	__u32 pid;
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
 	__u8 oldstate;
 	__u8 newstate;
-	__u8 saddr[16];
-	__u8 daddr[16];
-	char comm[TASK_COMM_LEN];
 };
 
 /* Filters, set by the loader before load. */

@@ -81,6 +81,10 @@ class RingBuffer:
         except InterruptedError:
             pass
 
+    def unread(self) -> int:
+        """Bytes the kernel has written that we have not consumed yet."""
+        return self._u64.unpack_from(self._data_mm, 0)[0] - self._u64.unpack_from(self._cons_mm, 0)[0]
+
     def _read(self, pos: int, length: int) -> bytes:
         """length bytes of the data area from ring position pos, across the wrap."""
         off = self._page + (pos & self.mask)
