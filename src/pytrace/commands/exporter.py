@@ -133,7 +133,13 @@ def _tracer_class(module: Any) -> type | None:
 def _event_type(cls: type) -> type | None:
     """The dataclass a tracer class's make_event returns (from its annotation)."""
     try:
-        kind = typing.get_type_hints(cls.make_event).get("return")
+        make = cls.make_event
+        named = make.__annotations__.get("return")
+        if isinstance(named, str) and named.isidentifier():
+            # a class its module makes on first use (PEP 562 __getattr__, e.g.
+            # tcpstates' TcpStateChange) is in its globals once asked for
+            getattr(sys.modules.get(make.__module__), named, None)
+        kind = typing.get_type_hints(make).get("return")
     except Exception:
         return None
     return kind if kind is not None and dataclasses.is_dataclass(kind) else None

@@ -17,8 +17,7 @@ import json
 import os
 import struct
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
 
 # BTF kinds (include/uapi/linux/btf.h)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
@@ -33,20 +32,23 @@ class BTFError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str      # dotted for nested structs: "key.addr"
-    offset: int
-    fmt: str       # one struct code: B H I Q b h i q ? or "Ns" for byte arrays
-    count: int     # >1 for arrays of integers (the code repeats)
+# The records below are immutable named tuples, not dataclasses: importing
+# dataclasses costs a tool ~7 ms of start-up (it imports inspect).
+
+class Field(namedtuple("Field", "name offset fmt count")):
+    """One member of a record.
+
+    name    dotted for nested structs: "key.addr"
+    offset  in bytes
+    fmt     one struct code: B H I Q b h i q ? or "Ns" for byte arrays
+    count   >1 for arrays of integers (the code repeats)
+    """
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Byte layout of one C type, ready for struct.Struct."""
-    name: str
-    size: int
-    fields: tuple[Field, ...]
+class Layout(namedtuple("Layout", "name size fields")):
+    """Byte layout of one C type (name, size, fields: a tuple of Field), ready for struct.Struct."""
+    __slots__ = ()
 
     @property
     def format(self) -> str:
@@ -106,14 +108,9 @@ class Layout:
         return cls(name, d["size"], tuple(Field(*f) for f in d["fields"]))
 
 
-@dataclass(frozen=True)
-class Var:
-    """A global variable in .rodata/.bss/.data: where it is and its type."""
-    name: str
-    offset: int
-    size: int
-    fmt: str
-    count: int
+class Var(namedtuple("Var", "name offset size fmt count")):
+    """A global variable in .rodata/.bss/.data: where it is and its type (fmt, count as in Field)."""
+    __slots__ = ()
 
 
 class _Types:
@@ -227,7 +224,7 @@ class _Types:
         return Layout(name, self.size(tid), tuple(self.fields(tid)))
 
 
-def _elf_sections(path: Path) -> tuple[bytes, dict[str, dict[str, int]]]:
+def _elf_sections(path: str | os.PathLike) -> tuple[bytes, dict[str, dict[str, int]]]:
     """(.BTF bytes, {section: {symbol: offset}}) for the global data sections."""
     from elftools.elf.elffile import ELFFile  # heavy import: only when no cache
 
@@ -235,7 +232,7 @@ def _elf_sections(path: Path) -> tuple[bytes, dict[str, dict[str, int]]]:
         elf = ELFFile(fh)
         sec = elf.get_section_by_name(".BTF")
         if sec is None:
-            raise BTFError(f"{path.name} has no .BTF section (built without -g?)")
+            raise BTFError(f"{os.path.basename(path)} has no .BTF section (built without -g?)")
         data = sec.data()
         names = {i: s.name for i, s in enumerate(elf.iter_sections())}
         symoffs: dict[str, dict[str, int]] = {}
@@ -247,7 +244,7 @@ def _elf_sections(path: Path) -> tuple[bytes, dict[str, dict[str, int]]]:
     return data, symoffs
 
 
-def parse_object(path: Path) -> dict:
+def parse_object(path: str | os.PathLike) -> dict:
     """Everything user space needs from an object's BTF, as a JSON-able dict.
 
     - structs: every struct reachable from a map key/value or a global
@@ -299,38 +296,41 @@ def parse_object(path: Path) -> dict:
     return {"structs": structs, "maps": maps, "vars": vars_}
 
 
-def _digest(path: Path) -> str:
+def _digest(path: str | os.PathLike) -> str:
     """Identity of an object's contents for the cache: size and CRC-32.
 
     (Not hashlib: it loads OpenSSL's libcrypto, 3+ MiB of resident memory
     for a check that needs no cryptographic strength.)"""
-    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        data = fh.read()
     return f"{len(data)}:{zlib.crc32(data):08x}"
 
 
-def _cache_path(obj: Path) -> Path:
-    return obj.with_name(obj.name + ".layout.json")
+def _cache_path(obj: str | os.PathLike) -> str:
+    return os.fspath(obj) + ".layout.json"
 
 
-def write_cache(obj: Path) -> dict:
+def write_cache(obj: str | os.PathLike) -> dict:
     info = parse_object(obj)
     info["digest"] = _digest(obj)
     info["version"] = CACHE_VERSION
-    tmp = _cache_path(obj).with_name(f"{obj.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=0, sort_keys=True))
-    tmp.replace(_cache_path(obj))
+    tmp = f"{os.fspath(obj)}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(info, indent=0, sort_keys=True))
+    os.replace(tmp, _cache_path(obj))
     return info
 
 
 class ObjectTypes:
     """The layouts of one object, from the cache or parsed afresh."""
 
-    def __init__(self, obj: Path):
+    def __init__(self, obj: str | os.PathLike):
         self.path = obj
         info = None
         cache = _cache_path(obj)
         try:
-            info = json.loads(cache.read_text())
+            with open(cache) as fh:
+                info = json.loads(fh.read())
             if info.get("version") != CACHE_VERSION or info.get("digest") != _digest(obj):
                 info = None
         except (OSError, ValueError):
@@ -346,7 +346,7 @@ class ObjectTypes:
         try:
             return Layout.from_json(name, self._info["structs"][name])
         except KeyError:
-            raise BTFError(f"{self.path.name}: no struct {name} in its BTF") from None
+            raise BTFError(f"{os.path.basename(self.path)}: no struct {name} in its BTF") from None
 
     def struct_names(self) -> set[str]:
         return set(self._info["structs"])
@@ -358,7 +358,7 @@ class ObjectTypes:
         try:
             off, size, code, count = self._info["vars"][section][name]
         except KeyError:
-            raise BTFError(f"{self.path.name}: no variable {name} in {section}") from None
+            raise BTFError(f"{os.path.basename(self.path)}: no variable {name} in {section}") from None
         return Var(name, off, size, code, count)
 
     def vars(self, section: str) -> dict[str, Var]:

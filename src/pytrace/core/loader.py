@@ -10,19 +10,26 @@ start skips it too.  `--hook KIND` forces one variant.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 
 from . import features, objects, privileges, tracefs
 from .bpfobject import BpfObject
 from .errors import PytraceError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
-class Variant:
-    hook: str                   # fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
-    programs: tuple[str, ...]   # program names (C functions) in the object
-    note: str = ""              # shown by `pytrace list` (e.g. "approximation")
+
+class Variant(namedtuple("Variant", "hook programs note", defaults=("",))):
+    """One way to hook a tool, immutable (a named tuple: no dataclasses import at start-up).
+
+    hook      fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
+    programs  program names (C functions) in the object, a tuple
+    note      shown by `pytrace list` (e.g. "approximation"); "" by default
+    """
+    __slots__ = ()
 
 
 Attach = Callable[[BpfObject, Variant], None]

@@ -23,10 +23,14 @@ queue because the ring was full.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
 
 from .ringbuf import DEFAULT_INTERVAL_MS, MAX_BATCH_BYTES, RingBuffer
 from .tracer import Tracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from typing import Any, ClassVar
 
 
 class EventTracer(Tracer):
@@ -133,3 +137,36 @@ def ring_drain(ring: RingBuffer) -> list[tuple]:
         if not batch:
             return out
         out.extend(batch)
+
+
+def event_class(namespace: dict, name: str, body: type, imports: tuple[str, ...] = ()) -> type:
+    """The frozen slotted dataclass `name` with the fields and methods of the
+    plain class `body`, made on first use and kept in namespace (the tool
+    module's globals), so it is made once.
+
+    For the tools whose command line is timed from start to first line
+    (tcpstates, tcplife): dataclasses imports inspect, and with it ast, dis
+    and tokenize, ~7 ms of start-up that the text output, which formats raw
+    records, never needs.  Such a module writes its event as a plain class
+    and a PEP 562 __getattr__ that calls this for the public name; its
+    make_event() calls it too.  imports: modules that the field annotations
+    name, imported into namespace now, so that typing.get_type_hints()
+    resolves them there as before.
+    """
+    cls = namespace.get(name)
+    if cls is not None:
+        return cls
+    import importlib
+    from dataclasses import dataclass
+
+    for module in imports:
+        namespace[module] = importlib.import_module(module)
+    attrs = {k: v for k, v in vars(body).items() if k not in ("__dict__", "__weakref__")}
+    attrs["__qualname__"] = name
+    prefix = body.__qualname__ + "."
+    for value in attrs.values():     # methods: TcpStateChange.to_dict, not _TcpStateChange.to_dict
+        qualname = getattr(value, "__qualname__", None)
+        if isinstance(qualname, str) and qualname.startswith(prefix):
+            value.__qualname__ = name + "." + qualname[len(prefix):]
+    cls = dataclass(frozen=True, slots=True)(type(name, body.__bases__, attrs))
+    return namespace.setdefault(name, cls)     # two threads at once: both get the first one

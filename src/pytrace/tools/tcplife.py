@@ -18,22 +18,25 @@ ms runs from the last of SYN_SENT/SYN_RECV/ESTABLISHED to CLOSE, as in BCC.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
 
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int,
                             run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
-from ..core.stream import EventTracer
+from ..core.stream import EventTracer, event_class
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    import ipaddress
+    from typing import Any
 
 NAME = "tcplife"
 SUMMARY = "TCP sessions at close: owner, addresses, bytes each way, lifespan"
 
 
-@dataclass(frozen=True, slots=True)
-class TcpSession:
+# TcpSession's fields and methods: the frozen slotted dataclass itself is made
+# on first use (see __getattr__ below).
+class _TcpSession:
     ts_ns: int                 # CLOCK_MONOTONIC of the close
     pid: int
     comm: str
@@ -53,6 +56,23 @@ class TcpSession:
                 "rx_bytes": self.rx_bytes, "ms": round(self.ms, 3)}
 
 
+def _event_class() -> type[TcpSession]:
+    return event_class(globals(), "TcpSession", _TcpSession, imports=("ipaddress",))
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `from pytrace.tools.tcplife import TcpSession` makes the
+    # dataclass, which the CLI's text output never needs (importing
+    # dataclasses would cost its start-up ~7 ms).
+    if name == "TcpSession":
+        return _event_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    TcpSession = _TcpSession
+
+
 class TcpLife(EventTracer):
     OBJECT = "tcplife"
     EVENT = "tcplife_event"
@@ -63,7 +83,7 @@ class TcpLife(EventTracer):
     )
 
     def __init__(self, *, family: int = 0, pid: int = 0, lports: list[int] | None = None,
-                 rports: list[int] | None = None, max_sessions: int | None = None, **kw: Any):
+                 rports: list[int] | None = None, max_sessions: int | None = None, **kw):
         """max_sessions: how many open sessions the kernel can follow at once (65536);
         a session beyond that is counted in `lost` when it starts."""
         super().__init__(**kw)
@@ -85,10 +105,10 @@ class TcpLife(EventTracer):
     def make_event(self, raw: tuple) -> TcpSession:
         i = self.idx
         fam = raw[i["family"]]
-        return TcpSession(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
-                          addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
-                          addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
-                          raw[i["tx_b"]], raw[i["rx_b"]], raw[i["span_us"]] / 1000.0)
+        return _event_class()(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
+                              addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
+                              addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
+                              raw[i["tx_b"]], raw[i["rx_b"]], raw[i["span_us"]] / 1000.0)
 
 
 # -- command line ---------------------------------------------------------------

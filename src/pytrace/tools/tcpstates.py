@@ -15,22 +15,25 @@ task or none (0) for changes made in softirq on packet arrival.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
 
 from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, run_stream
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, ByteLabels, TcpState, addr_obj, comm_text
-from ..core.stream import EventTracer
+from ..core.stream import EventTracer, event_class
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    import ipaddress
+    from typing import Any
 
 NAME = "tcpstates"
 SUMMARY = "TCP state changes with the time spent in each state"
 
 
-@dataclass(frozen=True, slots=True)
-class TcpStateChange:
+# TcpStateChange's fields and methods: the frozen slotted dataclass itself is
+# made on first use (see __getattr__ below).
+class _TcpStateChange:
     ts_ns: int                 # CLOCK_MONOTONIC of the change
     skaddr: int
     pid: int
@@ -51,6 +54,23 @@ class TcpStateChange:
                 "newstate": self.newstate.name, "ms": round(self.ms, 3)}
 
 
+def _event_class() -> type[TcpStateChange]:
+    return event_class(globals(), "TcpStateChange", _TcpStateChange, imports=("ipaddress",))
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `from pytrace.tools.tcpstates import TcpStateChange` (and
+    # pytrace.TcpStateChange) make the dataclass, which the CLI's text output
+    # never needs (importing dataclasses would cost its start-up ~7 ms).
+    if name == "TcpStateChange":
+        return _event_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    TcpStateChange = _TcpStateChange
+
+
 class TcpStates(EventTracer):
     OBJECT = "tcpstates"
     EVENT = "tcpstates_event"
@@ -61,7 +81,7 @@ class TcpStates(EventTracer):
     )
 
     def __init__(self, *, family: int = 0, lports: list[int] | None = None,
-                 rports: list[int] | None = None, **kw: Any):
+                 rports: list[int] | None = None, **kw):  # kw: EventTracer's
         super().__init__(**kw)
         self.family, self.lports, self.rports = family, lports or [], rports or []
 
@@ -73,7 +93,7 @@ class TcpStates(EventTracer):
     def make_event(self, raw: tuple) -> TcpStateChange:
         i = self.idx
         fam = raw[i["family"]]
-        return TcpStateChange(
+        return _event_class()(
             raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
             addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]], addr_obj(fam, raw[i["daddr"]]),
             raw[i["dport"]], TcpState.of(raw[i["oldstate"]]), TcpState.of(raw[i["newstate"]]),
