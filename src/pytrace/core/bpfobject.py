@@ -17,12 +17,15 @@ import errno
 import mmap
 import os
 import struct
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import libbpf, objects
 from .btf import ObjectTypes, Var
 from .errors import PytraceError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from typing import Any
 
 
 def _encode(var: Var, value: Any) -> bytes:
@@ -185,7 +188,7 @@ class BpfObject:
         if btf:
             opts.btf_custom_path = btf.encode()
         self.ptr = libbpf.check_ptr(lb.bpf_object__open_file(str(self.path).encode(), C.byref(opts)),
-                                    f"open {self.path.name}")
+                                    f"open {os.path.basename(self.path)}")
         if self.programs is not None:
             known = set()
             prog = lb.bpf_object__next_program(self.ptr, None)
@@ -196,7 +199,7 @@ class BpfObject:
                 prog = lb.bpf_object__next_program(self.ptr, prog)
             missing = self.programs - known
             if missing:
-                raise PytraceError(f"{self.path.name} has no program {', '.join(sorted(missing))}")
+                raise PytraceError(f"{os.path.basename(self.path)} has no program {', '.join(sorted(missing))}")
         for map_name, size in self.map_sizes.items():
             libbpf.check(lb.bpf_map__set_max_entries(self._map_ptr(map_name), size), f"resize {map_name}")
         if self.rodata:
@@ -206,7 +209,7 @@ class BpfObject:
     def load(self) -> "BpfObject":
         if self.ptr is None:
             self.open()
-        libbpf.check(libbpf.lib().bpf_object__load(self.ptr), f"load {self.path.name}")
+        libbpf.check(libbpf.lib().bpf_object__load(self.ptr), f"load {os.path.basename(self.path)}")
         return self
 
     def close(self) -> None:
@@ -274,7 +277,7 @@ class BpfObject:
         size = C.c_size_t()
         ptr = libbpf.lib().bpf_map__initial_value(self._map_ptr(section), C.byref(size))
         if not ptr:
-            raise PytraceError(f"{self.path.name}: {section} is not mapped")
+            raise PytraceError(f"{os.path.basename(self.path)}: {section} is not mapped")
         return ptr, size.value
 
     def _write_section(self, section: str, values: dict[str, Any]) -> None:
@@ -283,14 +286,14 @@ class BpfObject:
         for key, value in values.items():
             var = known.get(key)
             if var is None:
-                raise PytraceError(f"{self.path.name}: no setting {key} in {section}")
+                raise PytraceError(f"{os.path.basename(self.path)}: no setting {key} in {section}")
             try:
                 raw = _encode(var, value)
             except (struct.error, ValueError, TypeError, OverflowError) as exc:
                 # a value from the command line that cannot fit its field
                 raise UsageError(f"{key}={value!r} does not fit its {var.size}-byte field ({exc})") from None
             if var.offset + len(raw) > size:
-                raise PytraceError(f"{self.path.name}: {key} lies outside {section}")
+                raise PytraceError(f"{os.path.basename(self.path)}: {key} lies outside {section}")
             C.memmove(ptr + var.offset, raw, len(raw))
 
     def global_u64(self, name: str, section: str = ".bss") -> "GlobalU64":
@@ -324,7 +327,8 @@ _U64 = struct.Struct("Q")   # native: one 8-byte load, never a torn read
 def ncpus_possible() -> int:
     """Number of possible CPUs (per-CPU map values have one slot each)."""
     try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        with open("/sys/devices/system/cpu/possible") as fh:
+            text = fh.read().strip()
     except OSError:
         return os.cpu_count() or 1
     n = 0

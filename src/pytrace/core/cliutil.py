@@ -12,10 +12,14 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterable, TextIO
+from collections.abc import Callable, Iterable
 
 from .errors import UsageError
 from .net import parse_addr, parse_ports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from typing import Any, TextIO
 
 
 class ArgParser(argparse.ArgumentParser):

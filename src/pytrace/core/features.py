@@ -11,11 +11,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-from pathlib import Path
 
 from . import libbpf
 
-CACHE = Path(os.environ.get("PYTRACE_CACHE", "/run/pytrace")) / "features.json"
+CACHE = os.path.join(os.environ.get("PYTRACE_CACHE", "/run/pytrace"), "features.json")
 PROBED_KINDS = ("fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint", "lsm")
 BPF_MAP_TYPE_RINGBUF = 27
 
@@ -30,14 +29,16 @@ _HINTS = {
 
 def _boot_id() -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
     except OSError:
         return "unknown"
 
 
 def _load_cache() -> dict:
     try:
-        data = json.loads(CACHE.read_text())
+        with open(CACHE) as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return {}
     if data.get("boot_id") != _boot_id() or data.get("libbpf") != libbpf.lib_path:
@@ -47,10 +48,11 @@ def _load_cache() -> dict:
 
 def _save_cache(kinds: dict) -> None:
     try:
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}))
-        tmp.replace(CACHE)
+        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+        tmp = os.path.splitext(CACHE)[0] + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps({"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}))
+        os.replace(tmp, CACHE)
     except OSError:
         pass  # read-only /run: no cache, probes just run again
 

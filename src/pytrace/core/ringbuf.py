@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import select
 import struct
-from typing import Iterator
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30

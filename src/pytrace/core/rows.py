@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from typing import Any
 
 
 def _ident(field: str) -> str:
