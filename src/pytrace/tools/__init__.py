@@ -11,8 +11,8 @@ one tool does not pay for importing the others.  A tool module provides:
 
 from __future__ import annotations
 
-import importlib
 import os
+import sys
 from types import ModuleType
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,4 +27,6 @@ def exists(name: str) -> bool:
 
 
 def load(name: str) -> ModuleType:
-    return importlib.import_module(f"pytrace.tools.{name}")
+    module = f"pytrace.tools.{name}"
+    __import__(module)     # not importlib.import_module: importing importlib costs start-up
+    return sys.modules[module]
