@@ -54,6 +54,7 @@ INSTALL_HINT = ("install libbpf 1.1 or newer (Debian/Ubuntu: apt-get install lib
 
 
 def __getattr__(name: str):
+    """LIB_DIR as a pathlib.Path (PEP 562)."""
     if name == "LIB_DIR":
         from pathlib import Path
         value = globals()[name] = Path(_LIB_DIR)

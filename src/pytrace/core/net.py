@@ -10,7 +10,7 @@ from _socket import AF_INET, AF_INET6, inet_ntop
 from .errors import UsageError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # for the annotations; the functions import it when they run
     import ipaddress
 
 

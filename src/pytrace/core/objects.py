@@ -32,6 +32,7 @@ _btf_override: str | None = None
 
 
 def __getattr__(name: str):
+    """BPF_DIR, SRC_DIR and MANIFEST as pathlib.Path (PEP 562)."""
     paths = {"BPF_DIR": _BPF_DIR, "SRC_DIR": _SRC_DIR, "MANIFEST": _MANIFEST}
     if name in paths:
         from pathlib import Path
