@@ -170,3 +170,17 @@ def event_class(namespace: dict, name: str, body: type, imports: tuple[str, ...]
             value.__qualname__ = name + "." + qualname[len(prefix):]
     cls = dataclass(frozen=True, slots=True)(type(name, body.__bases__, attrs))
     return namespace.setdefault(name, cls)     # two threads at once: both get the first one
+
+
+def lazy_event(namespace: dict, name: str, body: type, imports: tuple[str, ...] = ()):
+    """(make, module __getattr__) for a tool module whose event dataclass is
+    made on first use by event_class(): make() returns the class, and the
+    PEP 562 __getattr__ serves `from <tool> import <name>` (and pytrace.<name>)."""
+    def make() -> type:
+        return event_class(namespace, name, body, imports)
+
+    def module_getattr(attr: str) -> type:
+        if attr == name:
+            return make()
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+    return make, module_getattr

@@ -23,7 +23,7 @@ from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_render
                             run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
-from ..core.stream import EventTracer, event_class
+from ..core.stream import EventTracer, lazy_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -56,17 +56,9 @@ class _TcpSession:
                 "rx_bytes": self.rx_bytes, "ms": round(self.ms, 3)}
 
 
-def _event_class() -> type[TcpSession]:
-    return event_class(globals(), "TcpSession", _TcpSession, imports=("ipaddress",))
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: `from pytrace.tools.tcplife import TcpSession` makes the
-    # dataclass, which the CLI's text output never needs (importing
-    # dataclasses would cost its start-up ~7 ms).
-    if name == "TcpSession":
-        return _event_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# PEP 562: importing TcpSession makes the dataclass, which the CLI's text
+# output never needs (importing dataclasses would cost its start-up ~7 ms).
+_event_class, __getattr__ = lazy_event(globals(), "TcpSession", _TcpSession, imports=("ipaddress",))
 
 
 if TYPE_CHECKING:

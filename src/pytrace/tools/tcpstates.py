@@ -20,7 +20,7 @@ from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_rendere
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, ByteLabels, TcpState, addr_obj, comm_text
-from ..core.stream import EventTracer, event_class
+from ..core.stream import EventTracer, lazy_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -54,17 +54,9 @@ class _TcpStateChange:
                 "newstate": self.newstate.name, "ms": round(self.ms, 3)}
 
 
-def _event_class() -> type[TcpStateChange]:
-    return event_class(globals(), "TcpStateChange", _TcpStateChange, imports=("ipaddress",))
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: `from pytrace.tools.tcpstates import TcpStateChange` (and
-    # pytrace.TcpStateChange) make the dataclass, which the CLI's text output
-    # never needs (importing dataclasses would cost its start-up ~7 ms).
-    if name == "TcpStateChange":
-        return _event_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# PEP 562: importing TcpStateChange makes the dataclass, which the CLI's text
+# output never needs (importing dataclasses would cost its start-up ~7 ms).
+_event_class, __getattr__ = lazy_event(globals(), "TcpStateChange", _TcpStateChange, imports=("ipaddress",))
 
 
 if TYPE_CHECKING:
