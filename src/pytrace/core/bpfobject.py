@@ -242,9 +242,16 @@ class BpfObject:
         """Run fn when the object is closed (tc hooks, mounts...), last in first out."""
         self._cleanups.append(fn)
 
+    def _live(self) -> int:
+        """The libbpf object; libbpf would dereference a NULL one, so a closed
+        (or never opened) object is an error here, not a crash."""
+        if self.ptr is None:
+            raise PytraceError(f"{os.path.basename(self.path)}: the BPF object is closed")
+        return self.ptr
+
     # -- programs -----------------------------------------------------------
     def program(self, name: str) -> int:
-        return libbpf.check_ptr(libbpf.lib().bpf_object__find_program_by_name(self.ptr, name.encode()),
+        return libbpf.check_ptr(libbpf.lib().bpf_object__find_program_by_name(self._live(), name.encode()),
                                 f"find program {name}")
 
     def program_fd(self, name: str) -> int:
@@ -267,7 +274,7 @@ class BpfObject:
 
     # -- maps and globals -----------------------------------------------------
     def _map_ptr(self, name: str) -> int:
-        return libbpf.check_ptr(libbpf.lib().bpf_object__find_map_by_name(self.ptr, name.encode()),
+        return libbpf.check_ptr(libbpf.lib().bpf_object__find_map_by_name(self._live(), name.encode()),
                                 f"find map {name}")
 
     def map(self, name: str) -> Map:
