@@ -307,3 +307,25 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_attached_after_exit(sig):
     released_on(sig, "tcpretrans", "--hook", "tracepoint", "-l")
+
+
+def test_count_mode_counts_segments_of_a_multi_segment_skb():
+    """5000-byte writes go out as GSO skbs of several segments; two of them are lost.
+    Each resent skb is one tracepoint hit (one R record) but adds its segment count
+    to tcpi_total_retrans, and count mode adds the same."""
+    with TwoHosts("seg") as net, TcpRetrans(count=True) as counter, TcpRetrans() as tracer:
+        conn = Conn(net, socket.AF_INET)
+        with Dropper(conn.port, skip=2, count=2, dev=net.dev_b, ns=net.ns_b) as drop:
+            for _ in range(8):
+                conn.cli.send(b"d" * 5000)
+            got = 0
+            while got < 8 * 5000:
+                got += len(conn.acc.recv(65536))
+            assert drop.dropped == 2
+        time.sleep(0.05)
+        expected = total_retrans(conn.cli)
+        counts = counter.counts()
+        records = collect(tracer, conn, 2)
+        conn.close()
+    assert len(records) < expected             # some resent skb carried several segments
+    assert counts[conn.flow()].retransmits == expected

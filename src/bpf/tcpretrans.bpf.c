@@ -22,8 +22,11 @@
  * Counting (-c) is done here, per flow: retransmissions and, separately,
  * how many of them (kprobe: how many probe calls) were tail loss probes.
  * With the tracepoint, retrans counts what __tcp_retransmit_skb() adds to
- * the socket's tcpi_total_retrans (one per single-segment skb, TLPs
- * included), which the tests check it against.
+ * the socket's tcpi_total_retrans: the skb's segment count (tcp_skb_pcount,
+ * more than one when unsent writes were merged into a GSO skb), TLPs
+ * included.  The tests check it against that counter.  The kernel also
+ * counts an attempt whose transmit then failed; such attempts are not
+ * retransmissions on the wire and are left out here.
  */
 #include "events.h"
 
@@ -150,6 +153,18 @@ static __always_inline void emit(const struct origin *o, __u8 type, __u64 now)
 	event_submit(e, now);
 }
 
+/* tcp_skb_pcount(skb): TCP_SKB_CB(skb)->tcp_gso_segs, at least 1. */
+static __always_inline __u32 skb_segs(const struct sk_buff *skb)
+{
+	__u16 segs = 0;
+
+	if (skb)
+		bpf_probe_read_kernel(&segs, sizeof(segs), (void *)skb +
+				      bpf_core_field_offset(struct sk_buff, cb) +
+				      bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs));
+	return segs ? segs : 1;
+}
+
 static __always_inline void count(const struct origin *o, bool retrans, bool tlp)
 {
 	struct tcpretrans_flow key = {};
@@ -169,7 +184,7 @@ static __always_inline void count(const struct origin *o, bool retrans, bool tlp
 		}
 	}
 	if (retrans)
-		__sync_fetch_and_add(&c->retrans, 1);
+		__sync_fetch_and_add(&c->retrans, skb_segs(o->skb));
 	if (tlp)
 		__sync_fetch_and_add(&c->tlp, 1);
 }
