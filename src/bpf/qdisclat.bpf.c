@@ -10,8 +10,10 @@
  * Not seen: packets that bypass the queue (a work-conserving qdisc such as
  * pfifo_fast with an empty queue sends at once, without enqueue/dequeue),
  * and devices without a qdisc (noqueue: veth and lo by default).  A bulk
- * dequeue reports its first skb only; the others' starts age out of the
- * LRU map.  Dequeue attempts that found nothing (skb NULL) are skipped.
+ * dequeue (several skbs at once, on a device with one tx queue) reports the
+ * first skb and how many are chained to it through skb->next: each is
+ * counted, up to BULK_MAX (a longer chain's tail ages out of the LRU map).
+ * Dequeue attempts that found nothing (skb NULL) are skipped.
  *
  * Variants: tp_btf, raw_tp and the classic tracepoints.
  */
@@ -19,6 +21,7 @@
 #include "socklayer.h"		/* struct log2_hist, hist_add() */
 
 #define QDISC_KIND_LEN 16
+#define BULK_MAX 64		/* skbs of one bulk dequeue followed */
 
 struct qdisc_id {
 	char kind[QDISC_KIND_LEN];	/* qdisc->ops->id: "tbf", "fq_codel", ... */
@@ -86,6 +89,16 @@ static __always_inline int dequeue(const void *skb)
 	return 0;
 }
 
+/* Every skb of a (bulk) dequeue: packets of them, chained by skb->next. */
+static __always_inline int dequeue_all(const struct sk_buff *skb, int packets)
+{
+	for (int i = 0; i < BULK_MAX && i < packets && skb; i++) {
+		dequeue(skb);
+		skb = BPF_CORE_READ(skb, next);
+	}
+	return 0;
+}
+
 SEC("tp_btf/qdisc_enqueue")
 int BPF_PROG(qdisclat_tp_btf_enqueue, struct Qdisc *qdisc, const struct netdev_queue *txq,
 	     struct sk_buff *skb)
@@ -97,7 +110,7 @@ SEC("tp_btf/qdisc_dequeue")
 int BPF_PROG(qdisclat_tp_btf_dequeue, struct Qdisc *qdisc, const struct netdev_queue *txq,
 	     int packets, struct sk_buff *skb)
 {
-	return dequeue(skb);
+	return dequeue_all(skb, packets);
 }
 
 SEC("raw_tp/qdisc_enqueue")
@@ -111,7 +124,7 @@ SEC("raw_tp/qdisc_dequeue")
 int BPF_PROG(qdisclat_raw_tp_dequeue, struct Qdisc *qdisc, const struct netdev_queue *txq,
 	     int packets, struct sk_buff *skb)
 {
-	return dequeue(skb);
+	return dequeue_all(skb, packets);
 }
 
 SEC("tracepoint/qdisc/qdisc_enqueue")
@@ -123,7 +136,7 @@ int qdisclat_tracepoint_enqueue(struct trace_event_raw_qdisc_enqueue *ctx)
 SEC("tracepoint/qdisc/qdisc_dequeue")
 int qdisclat_tracepoint_dequeue(struct trace_event_raw_qdisc_dequeue *ctx)
 {
-	return dequeue(ctx->skbaddr);
+	return dequeue_all(ctx->skbaddr, ctx->packets);
 }
 
 char LICENSE[] SEC("license") = "GPL";
