@@ -117,17 +117,40 @@ def test_family_filter(family, host, other):
     assert {e.family for e in events} == {family}
 
 
+def test_a_refused_record_goes_to_the_spare_ring_and_keeps_its_place():
+    """A one-page ring (42 records) that is not read while 40 connections happen
+    (280 events): the rest go to the spare ring.  Then ten records are read,
+    which lets the next connection's 7 events into the main ring again, behind
+    the spare's.  drain() must give everything in the kernel's order, as a
+    tracer with a roomy ring sees it at the same time."""
+    port = free_port()
+    with TcpStates(lports=[port], ring_bytes=4096) as small, TcpStates(lports=[port]) as roomy:
+        n = 40
+        for _ in range(n):
+            tcp_roundtrip("127.0.0.1", port)
+        got = small.ring.drain(max_bytes=10 * small.ring.stride)
+        assert len(got) == 10
+        tcp_roundtrip("127.0.0.1", port)
+        time.sleep(0.05)
+        got += small.drain()
+        want = roomy.drain()
+        assert small.ring._spare.records > 0
+        assert small.lost == 0
+    assert len(want) == (n + 1) * 7            # 2 listener events + 5 child events per connection
+    key = [small.idx[f] for f in ("skaddr", "oldstate", "newstate")]
+    assert [[r[i] for i in key] for r in got] == [[r[i] for i in key] for r in want]
+
+
 def test_lost_events_are_counted_exactly():
-    """A one-page ring that is not read while 40 connections happen: what is
-    not delivered must be counted as lost, to the event."""
+    """The same with 150 connections (1050 events): more than the ring and its
+    spare hold.  What is not delivered must be counted as lost, to the event."""
     port = free_port()
     with TcpStates(lports=[port], ring_bytes=4096) as tracer:
-        n = 40
+        n = 150
         for _ in range(n):
             tcp_roundtrip("127.0.0.1", port)
         time.sleep(0.05)
         got = tracer.drain()
-        # 2 listener events + 5 child events per connection
         expected = n * 7
         assert tracer.lost > 0
         assert len(got) + tracer.lost == expected

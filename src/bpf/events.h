@@ -43,17 +43,30 @@ __u64 last_event_ns = 0;
 EVENT_RING(events, 8 << 20);
 
 /*
+ * The spare ring: a small second ring that takes a record the main ring
+ * refused.  On 6.15+ kernels the ring's lock is a resilient spinlock whose
+ * acquisition can fail under contention although the ring has room (an
+ * 8-worker connection storm lost a few records in 300k that way, retries or
+ * not); the spare's lock is only taken after such a failure, so it is all
+ * but uncontended.  It also adds head room when the main ring is really
+ * full.  A spare record carries, after the tool's struct, the main ring's
+ * producer position at the time of its reservation: the reader puts it back
+ * exactly where it belongs in the main ring's order (core/ringbuf.py).
+ */
+EVENT_RING(events_spare, 64 << 10);
+
+/*
  * Reserve a record of the given type, or count the loss and return NULL.
- * Up to four attempts: on kernels whose ring lock is a resilient spinlock
- * (6.15+) a reservation can fail under contention although the ring has
- * room.  Under an 8-worker connection storm (300k events) one retry left
- * about 8 such losses, three retries about 3; a success costs nothing extra.
+ * Up to four attempts on the main ring (one retry turned about a third of
+ * the failures above into successes, three retries most), then the spare.
+ * A success costs nothing extra.
  */
 #define EVENT_RESERVE_TRIES 4
 #define event_reserve(type) ((type *)__event_reserve(sizeof(type)))
 
 static __always_inline void *__event_reserve(__u64 bytes)
 {
+	__u64 pos;
 	void *e;
 
 #pragma unroll
@@ -61,6 +74,12 @@ static __always_inline void *__event_reserve(__u64 bytes)
 		e = bpf_ringbuf_reserve(&events, bytes, 0);
 		if (e)
 			return e;
+	}
+	pos = bpf_ringbuf_query(&events, BPF_RB_PROD_POS);
+	e = bpf_ringbuf_reserve(&events_spare, bytes + sizeof(pos), 0);
+	if (e) {
+		__builtin_memcpy(e + bytes, &pos, sizeof(pos));
+		return e;
 	}
 	__sync_fetch_and_add(&lost_events, 1);
 	return NULL;

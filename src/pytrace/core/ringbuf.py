@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 import select
 import struct
+from bisect import bisect_left
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -30,13 +31,17 @@ HDR = 8
 _NOT_READY = bytes(1 if b & 0xC0 else 0 for b in range(256))
 
 DEFAULT_INTERVAL_MS = 20
+SPARE_RING_BYTES = 64 << 10  # events_spare in src/bpf/events.h (for owners that create their rings)
 MAX_BATCH_BYTES = 256 << 10   # per drain: bounds the memory a batch takes in Python
 
 
 class RingBuffer:
     """Reader of one BPF_MAP_TYPE_RINGBUF map holding records of one fixed layout."""
 
-    def __init__(self, map_fd: int, size: int, record_format: str, interval_ms: int = DEFAULT_INTERVAL_MS):
+    def __init__(self, map_fd: int, size: int, record_format: str, interval_ms: int = DEFAULT_INTERVAL_MS,
+                 spare: tuple[int, int] | None = None):
+        """spare: (fd, size) of the object's spare ring, whose records are
+        ours followed by a u64 main-ring position."""
         page = mmap.PAGESIZE
         self.size = size
         self.mask = size - 1
@@ -57,6 +62,12 @@ class RingBuffer:
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN | select.EPOLLET)
         self.records = 0
+        # spare records read but not yet placed: their main-ring position is
+        # beyond what was drained (the last field of each tuple)
+        self._pending: list[tuple] = []
+        self._spare = None
+        if spare is not None:
+            self._spare = RingBuffer(spare[0], spare[1], record_format + "Q", interval_ms)
 
     def set_format(self, record_format: str) -> None:
         """Decode records with another format of the same size (e.g. a projection)."""
@@ -65,8 +76,14 @@ class RingBuffer:
         fmt = record_format.lstrip("<")
         pad = self.stride - HDR - self.record_size
         self._struct = struct.Struct(f"<{HDR}x{fmt}{pad}x" if pad else f"<{HDR}x{fmt}")
+        if getattr(self, "_spare", None) is not None:
+            if self._pending:
+                raise ValueError("cannot change the record format with spare records pending")
+            self._spare.set_format(record_format + "Q")
 
     def close(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
         for obj in (self._ep, self._cons_mm, self._data_mm):
             try:
                 obj.close()
@@ -100,7 +117,7 @@ class RingBuffer:
         avail = prod - cons
         stride = self.stride
         if avail < stride:
-            return []
+            return self._with_spares([], cons, cons) if self._spare is not None else []
         n = min(avail, max(max_bytes, stride)) // stride
         # Which records are committed: stop at the first one still being
         # written (or discarded).  The headers come from one copy and the
@@ -119,11 +136,15 @@ class RingBuffer:
         out = list(self._struct.iter_unpack(buf))
         self._u64.pack_into(self._cons_mm, 0, cons + n * stride)
         self.records += n
+        if self._spare is not None:
+            return self._with_spares(out, cons, cons + n * stride)
         return out
 
     def _drain_slow(self, cons: int, prod: int) -> list[tuple]:
         """Head record busy or discarded: skip discarded ones, stop at busy."""
         out = []
+        positions = []
+        start = cons
         while cons < prod:
             hdr = self._u32.unpack_from(self._data_mm, self._page + (cons & self.mask))[0]
             if hdr & BUSY_BIT:
@@ -132,7 +153,40 @@ class RingBuffer:
             total = (HDR + length + 7) & ~7
             if not hdr & DISCARD_BIT:
                 out.append(self._struct.unpack(self._read(cons, total)))
+                positions.append(cons)
             cons += total
         self._u64.pack_into(self._cons_mm, 0, cons)
         self.records += len(out)
+        if self._spare is not None:
+            return self._with_spares(out, start, cons, positions)
         return out
+
+    def _with_spares(self, out: list[tuple], start: int, end: int,
+                     positions: list[int] | None = None) -> list[tuple]:
+        """out (main records from ring position start up to end) with the spare
+        records that belong among them, each before the main record at its
+        position; spare records whose position lies beyond end wait."""
+        spare = self._spare
+        if spare.unread() >= spare.stride:
+            self._pending.extend(spare.drain())
+            self._pending.sort(key=_position)        # stable: equal positions keep their order
+        if not self._pending or self._pending[0][-1] > end:
+            return out
+        cut = 0                                      # pending is short: spare records are rare
+        while cut < len(self._pending) and self._pending[cut][-1] <= end:
+            cut += 1
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        stride = self.stride
+        for rec in reversed(ready):                  # back to front: earlier indices stay valid
+            pos = rec[-1]
+            if positions is None:
+                i = min(len(out), max(0, -(-(pos - start) // stride)))
+            else:
+                i = bisect_left(positions, pos)
+            out.insert(i, rec[:-1])
+        self.records += len(ready)
+        return out
+
+
+def _position(rec: tuple) -> int:
+    return rec[-1]

@@ -17,7 +17,7 @@ layout decodes) into its frozen dataclass:
 Two ways out: events() yields dataclasses; batches() yields lists of raw
 tuples (field order: `raw_fields`, index by name: `idx`) for callers that
 format in bulk, like the CLI.  `lost` counts records the kernel could not
-queue because the ring was full.
+queue because the ring (and its spare, see core/ringbuf.py) was full.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class EventTracer(Tracer):
 
     def setup(self) -> None:
         self.layout = self.obj.types.struct(self.EVENT)
-        events = self.obj.map("events")
-        self.ring = RingBuffer(events.fd, events.max_entries, self.layout.format, self.interval_ms)
+        events, spare = self.obj.map("events"), self.obj.map("events_spare")
+        self.ring = RingBuffer(events.fd, events.max_entries, self.layout.format, self.interval_ms,
+                               spare=(spare.fd, spare.max_entries))
         self._set_fields(self.layout.names)
         self._lost = self.obj.global_u64("lost_events")
 

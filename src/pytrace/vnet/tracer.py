@@ -39,7 +39,7 @@ from ..core.errors import PytraceError, UsageError
 from ..core.features import BPF_MAP_TYPE_RINGBUF
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
-from ..core.ringbuf import DEFAULT_INTERVAL_MS, RingBuffer
+from ..core.ringbuf import DEFAULT_INTERVAL_MS, SPARE_RING_BYTES, RingBuffer
 from ..core.stream import ring_batches, ring_drain
 from .config import PROTO_NAMES, Point, Resolved, Selector, resolve
 
@@ -163,6 +163,7 @@ class VnetTracer:
         self.labels: dict[int, str] = {}     # point id -> label, kept after removal
         self._next_id = 1
         self._ring_fd = -1
+        self._spare_fd = -1
         self.ring: RingBuffer | None = None
         self._lost_closed = 0
         self._lost_views: dict[int, Any] = {}
@@ -190,7 +191,13 @@ class VnetTracer:
             raise PytraceError(f"cannot create the ring buffer: {os.strerror(-fd)} "
                                "(needs root, or CAP_BPF, and Linux 5.8+)")
         self._ring_fd = fd
-        self.ring = RingBuffer(fd, self.ring_bytes, layout.format, self.interval_ms)
+        # every point's object shares the spare ring too (src/bpf/events.h)
+        fd = libbpf.lib().bpf_map_create(BPF_MAP_TYPE_RINGBUF, b"vnet_spare", 0, 0, SPARE_RING_BYTES, None)
+        if fd < 0:
+            raise PytraceError(f"cannot create the spare ring buffer: {os.strerror(-fd)}")
+        self._spare_fd = fd
+        self.ring = RingBuffer(self._ring_fd, self.ring_bytes, layout.format, self.interval_ms,
+                               spare=(fd, SPARE_RING_BYTES))
         self.raw_fields = layout.names
         self.idx = {n: i for i, n in enumerate(self.raw_fields)}
         # one fixed conversion from the kernel's monotonic stamps to this host's wall clock
@@ -208,9 +215,10 @@ class VnetTracer:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        if self._ring_fd >= 0:
-            os.close(self._ring_fd)
-            self._ring_fd = -1
+        for fd in (self._ring_fd, self._spare_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._ring_fd = self._spare_fd = -1
         if failed is not None:
             raise failed
 
@@ -281,6 +289,8 @@ class VnetTracer:
         def share_ring(obj: BpfObject) -> None:
             libbpf.check(libbpf.lib().bpf_map__reuse_fd(obj.map("events").ptr, self._ring_fd),
                          "share the ring buffer")
+            libbpf.check(libbpf.lib().bpf_map__reuse_fd(obj.map("events_spare").ptr, self._spare_fd),
+                         "share the spare ring buffer")
 
         def attach(obj: BpfObject, variant: Variant) -> None:
             prog = variant.programs[0]
