@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         if not registry.exists(cmd):
             sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
             return 2
+        if not _NO_SPECULATION.intersection(a.split("=")[0] for a in rest):
+            from .core import prefetch     # the load overlaps the imports below
+            prefetch.start(cmd, rest)
         return _run_tool(cmd, rest)
     except PytraceError as exc:
         if verbose:
@@ -68,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return 1
+
+
+# Flags with which a speculative load would be wasted (help, --ebpf) or
+# wrong (libbpf's log for -v, another kernel BTF for --btf): see core/prefetch.
+_NO_SPECULATION = frozenset(("-h", "--help", "-v", "--verbose", "--ebpf", "--btf"))
 
 
 def _show_traceback() -> None:

@@ -287,6 +287,14 @@ class BpfObject:
             raise PytraceError(f"{os.path.basename(self.path)}: {section} is not mapped")
         return ptr, size.value
 
+    def section_image(self, section: str) -> bytes | None:
+        """The bytes of a global-data section (e.g. .rodata as written before
+        load: core/prefetch.py replays it); None if the object has none."""
+        if not libbpf.lib().bpf_object__find_map_by_name(self._live(), section.encode()):
+            return None
+        ptr, size = self._section_ptr(section)
+        return C.string_at(ptr, size)
+
     def _write_section(self, section: str, values: dict[str, Any]) -> None:
         ptr, size = self._section_ptr(section)
         known = self.types.vars(section)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import loader
+from . import loader, objects, prefetch
 from .bpfobject import BpfObject
+from .errors import PytraceError
 from .loader import Variant
 
 TYPE_CHECKING = False
@@ -42,9 +43,22 @@ class Tracer:
 
     # -- life cycle -----------------------------------------------------------
     def open(self):
-        self.obj = loader.load(self.TOOL or self.OBJECT, self.OBJECT, self.VARIANTS,
-                               rodata=self.rodata(), hook=self.hook, map_sizes=self.map_sizes(),
-                               attach=self.attach, need_net_admin=self.NEED_NET_ADMIN)
+        tool, rodata, map_sizes = self.TOOL or self.OBJECT, self.rodata(), self.map_sizes()
+        spec = None
+        if type(self).attach is Tracer.attach:     # a plain load: the CLI may have started it (prefetch.py)
+            try:
+                btf = objects.custom_btf()
+            except PytraceError:
+                btf = None          # loader.load reports it, in its order of checks
+            else:
+                spec = prefetch.specification(tool, self.OBJECT, self.VARIANTS, rodata, self.hook,
+                                              map_sizes, btf)
+                self.obj = prefetch.take(spec, self.OBJECT, rodata, map_sizes)
+        if self.obj is None:
+            self.obj = loader.load(tool, self.OBJECT, self.VARIANTS, rodata=rodata, hook=self.hook,
+                                   map_sizes=map_sizes, attach=self.attach, need_net_admin=self.NEED_NET_ADMIN)
+            if spec is not None:
+                prefetch.remember(spec, self.obj)
         try:
             self.setup()
         except BaseException:

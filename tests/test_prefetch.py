@@ -1,0 +1,115 @@
+"""core/prefetch: the CLI's speculative load, against the real kernel.
+
+A command's first run remembers what it loaded; the next identical command
+loads exactly that in a thread while the CLI imports, and Tracer.open()
+takes it.  A load that would differ gets its own object, and the speculative
+one is closed without ever having been attached."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip
+from test_tcpstates import CHILD, LISTENER, by_socket
+from pytrace.core import prefetch
+from pytrace.tools.tcpstates import TcpStates
+
+
+def check_server_side(events, conn) -> None:
+    """-L port: the listener's and the accepted socket's changes, exactly."""
+    socks = by_socket(events)
+    assert sorted(tuple((e.oldstate, e.newstate) for e in evs) for evs in socks.values()) == \
+        sorted([tuple(LISTENER), tuple(CHILD)])
+    assert all(e.lport == conn.server_port for e in events)
+    assert {e.rport for e in events} == {0, conn.client_port}
+
+
+@pytest.fixture
+def cli_state(tmp_path, monkeypatch):
+    """prefetch as a fresh CLI process has it, remembering under tmp_path."""
+    monkeypatch.setattr(prefetch, "DIR", str(tmp_path))
+
+    def fresh():
+        for name, value in (("_tool", None), ("_argv", ()), ("_done", None), ("_pending", None),
+                            ("_claimed", None)):
+            monkeypatch.setattr(prefetch, name, value)
+    fresh()
+    yield fresh
+    prefetch._discard()
+    fresh()
+
+
+def test_a_remembered_command_is_loaded_ahead_and_taken(cli_state):
+    port = free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    assert prefetch._done is None                      # first run: nothing remembered, no thread
+    with TcpStates(lports=[port]) as first:
+        hook = first.variant.hook
+    assert os.path.exists(prefetch._path("tcpstates"))
+
+    cli_state()                                        # the same command again
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with TcpStates(lports=[port]) as tracer:
+        assert tracer.obj.ptr == ptr and tracer.variant.hook == hook
+        conn = tcp_roundtrip("127.0.0.1", port)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)
+
+
+def test_another_load_is_not_taken_and_the_command_stops_speculating(cli_state):
+    port, other = free_port(), free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    with TcpStates(lports=[port]):
+        pass
+
+    cli_state()
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with TcpStates(lports=[other]) as tracer:          # the same command now means another load
+        assert tracer.obj.ptr != ptr
+        tcp_roundtrip("127.0.0.1", port)
+        conn = tcp_roundtrip("127.0.0.1", other)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)                    # nothing of port: its speculative load never attached
+    assert prefetch._remembered("tcpstates")[tuple(argv)] == prefetch.UNSTABLE
+
+    cli_state()
+    prefetch.start("tcpstates", argv)
+    assert prefetch._done is None                      # no more speculation for it
+
+
+def test_an_untaken_speculative_load_leaves_nothing_behind(cli_state):
+    """A run that stops before loading (say, Ctrl-C during start-up) closes the
+    speculative object at exit: no program stays loaded."""
+    port = free_port()
+    prefetch.start("tcpstates", ["-L", str(port)])
+    with TcpStates(lports=[port]):
+        pass
+    before = bpf_prog_ids()
+    cli_state()
+    prefetch.start("tcpstates", ["-L", str(port)])
+    with prefetch._done:                               # the load finished: its program exists
+        pass
+    mine = bpf_prog_ids(os.getpid()) - before
+    assert mine
+    prefetch._discard()
+    assert released(mine)
+
+
+def test_the_cli_speculates_on_its_second_run(tmp_path):
+    """Two runs of the same command line: both print the connection's events
+    (the second from the object loaded while it imported)."""
+    port = free_port()
+    env = {"PYTRACE_CACHE": str(tmp_path)}
+    for run in range(2):
+        cli = Cli("tcpstates", "-L", str(port), env=env)
+        tcp_roundtrip("127.0.0.1", port)
+        assert cli.read_until(lambda l: "LAST_ACK" in l and "CLOSE" in l), f"run {run}: {cli.seen}"
+        rc, _, err = cli.stop()
+        assert rc == 0, err
+        assert os.path.exists(os.path.join(tmp_path, "spec-tcpstates.marshal"))
