@@ -1,5 +1,6 @@
 """The CLI reader's priority (core/cliutil.CatchUp) follows a real ring's backlog:
-raised to nice -10 only while half the ring is unread, back once it is drained."""
+raised to nice -10 while half the ring is unread and to -20 at three quarters,
+back once it is drained."""
 
 from __future__ import annotations
 
@@ -36,10 +37,36 @@ def test_boosted_while_behind_and_relaxed_once_drained():
             assert ring.unread() >= ring.size // 2
             catch_up.update()
             assert (catch_up.boosted, nice(), catch_up.boosts) == (True, -10, 1)
+            fill(tracer, port, 30)                                   # 140 records: over three quarters
+            assert ring.unread() >= ring.size * 3 // 4
+            catch_up.update()
+            assert (catch_up.boosted, nice(), catch_up.boosts) == (True, -20, 2)
             got = tracer.drain()
             assert tracer.lost == 0 and len(got) == ring.records
             catch_up.update()
             assert (catch_up.boosted, nice()) == (False, 0)
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
+def test_a_reader_already_raised_is_raised_no_further_than_its_level():
+    """Started at -15: only the -20 level is above it, at three quarters."""
+    before = nice()
+    os.setpriority(os.PRIO_PROCESS, 0, -15)
+    port = free_port()
+    try:
+        with TcpStates(lports=[port], ring_bytes=16384) as tracer:
+            ring = tracer.ring
+            catch_up = CatchUp(ring)
+            fill(tracer, port, 110)                                  # over half, under three quarters
+            catch_up.update()
+            assert (catch_up.boosted, nice()) == (False, -15)
+            fill(tracer, port, 30)
+            catch_up.update()
+            assert (catch_up.boosted, nice()) == (True, -20)
+            tracer.drain()
+            catch_up.update()
+            assert (catch_up.boosted, nice()) == (False, -15)
     finally:
         os.setpriority(os.PRIO_PROCESS, 0, before)
 

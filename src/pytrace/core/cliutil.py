@@ -186,8 +186,8 @@ def publish(snapshot: Any) -> None:
 
 LATENCY_NOTE = ("Events are read in batches: a line appears at most about 50 ms after "
                 "its event at low rates (at once after an idle gap), a little later "
-                "under heavy load. The reader runs at its normal priority, raised to nice -10 "
-                "only while it falls behind a storm, so that it does not lose events.")
+                "under heavy load. The reader runs at its normal priority, raised (nice -10, "
+                "then -20) only while it falls behind a storm, so that it does not lose events.")
 
 
 class Terminate(Exception):
@@ -247,7 +247,7 @@ class Output:
 
 
 class CatchUp:
-    """The reader's priority: normal while it keeps up, nice -10 while it is behind.
+    """The reader's priority: normal while it keeps up, raised while it is behind.
 
     A reader that always ran at nice -10 kept up with every storm, but it also
     preempted the traced processes whenever it woke, in the middle of their
@@ -255,42 +255,54 @@ class CatchUp:
     untraced rate, against 0.68 with the reader at nice 0.  At nice 0,
     though, the reader gets only a fair share among many busy processes (8
     storm workers: a third of 300k events lost).  So the reader starts at its
-    own priority and is boosted only while half the ring is unread, and goes
+    own priority, is raised to nice -10 while half the ring is unread, and goes
     back once the backlog is under 1/8: a storm the reader can follow at fair
-    share is not disturbed (boosting at a quarter already cost the 2-worker
-    storm 0.50 against 0.67), one it cannot follow does not overrun the ring.  A reader started with a positive nice value (asked to
-    stay out of the way) is never boosted; without the privilege to boost it
-    stays where it is.
+    share is not disturbed (raising it at a quarter already cost the 2-worker
+    storm 0.50 against 0.67), one it cannot follow does not overrun the ring.
+    At nice -10 against 8 storm pairs the reader's share of its CPU only just
+    covers the events (one run in fifteen still overran an 8 MiB ring), so at
+    three quarters it goes to -20, where it has nearly the whole CPU.  A
+    reader started with a positive nice value (asked to stay out of the way) is
+    never raised; without the privilege to raise it stays where it is.
     """
 
-    BOOST = -10
+    # (fraction of the ring unread, nice value), highest first
+    LEVELS = ((3 / 4, -20), (1 / 2, -10))
 
     def __init__(self, ring: Any):
         self.ring = ring
-        self.base = os.getpriority(os.PRIO_PROCESS, 0)
-        self.boosted = False
+        self.base = self.current = os.getpriority(os.PRIO_PROCESS, 0)
         self.boosts = 0
         size = getattr(ring, "size", 0)
-        self.high, self.low = size // 2, size // 8
-        self.enabled = bool(size) and self.BOOST < self.base <= 0
+        self.levels = [(int(size * frac), value) for frac, value in self.LEVELS if value < self.base]
+        self.low = size // 8
+        self.enabled = bool(size) and bool(self.levels) and self.base <= 0
+
+    @property
+    def boosted(self) -> bool:
+        return self.current != self.base
 
     def update(self) -> None:
-        """After each batch: boost or relax according to what is still unread."""
+        """After each batch: raise or relax according to what is still unread."""
         if not self.enabled:
             return
         unread = self.ring.unread()
-        if not self.boosted:
-            if unread >= self.high:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, 0, self.BOOST)
-                except OSError:
-                    self.enabled = False     # not permitted: nothing to adapt
-                    return
-                self.boosted = True
-                self.boosts += 1
-        elif unread <= self.low:
-            os.setpriority(os.PRIO_PROCESS, 0, self.base)
-            self.boosted = False
+        if unread <= self.low:
+            if self.boosted:
+                os.setpriority(os.PRIO_PROCESS, 0, self.base)
+                self.current = self.base
+            return
+        for threshold, value in self.levels:
+            if unread >= threshold:
+                if value < self.current:
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, 0, value)
+                    except OSError:
+                        self.enabled = False     # not permitted: nothing to adapt
+                        return
+                    self.current = value
+                    self.boosts += 1
+                return
 
 
 def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str],
