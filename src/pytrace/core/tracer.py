@@ -49,7 +49,7 @@ class Tracer:
             try:
                 btf = objects.custom_btf()
             except PytraceError:
-                btf = None          # loader.load reports it, in its order of checks
+                pass                # no speculation; loader.load reports it, in its order of checks
             else:
                 spec = prefetch.specification(tool, self.OBJECT, self.VARIANTS, rodata, self.hook,
                                               map_sizes, btf)
