@@ -58,7 +58,7 @@ def start(tool: str, argv: list[str]) -> None:
         if (st.st_size, st.st_mtime_ns) != stamp:  # another build of the object
             return
         ptr = _open(path, spec, variant[1], image)
-    except (OSError, ValueError, TypeError, IndexError):    # nothing (usable) remembered
+    except Exception:       # nothing (usable) remembered; speculation never fails a command
         return
     if not ptr:
         return
