@@ -22,6 +22,7 @@ import argparse
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int,
                             run_stream)
 from ..core.loader import Variant
+from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
 from ..core.stream import EventTracer, lazy_event
 
@@ -136,7 +137,8 @@ def renderer(source: TcpLife, args: argparse.Namespace, out: Output):
 def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
     """BCC tcplife's columns, formatted in bytes straight from the raw tuples:
     the CLI's hot path (this tool is benchmarked against libbpf-tools).  Only
-    the shown fields are decoded; addresses and command names are formatted
+    the shown fields are decoded, and unpacked by name in a compiled
+    comprehension (core/rows.py); addresses and command names are formatted
     once and memoised; one bytes %-format per line."""
     if args.csv:
         head, fmt = "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s", "%d,%s,%s,%s,%d,%s,%d,%d,%d,%d.%02d\n"
@@ -160,10 +162,7 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         shown.add("ts_ns")
     if hasattr(tracer, "project"):
         tracer.project(shown)
-    i = tracer.idx
-    i_pid, i_comm, i_fam = i["pid"], i["comm"], i["family"]
-    i_sa, i_lp, i_da, i_rp = i["saddr"], i["lport"], i["daddr"], i["rport"]
-    i_tx, i_rx, i_span, i_ts = i["tx_b"], i["rx_b"], i["span_us"], i.get("ts_ns")
+    i_ts = tracer.idx.get("ts_ns")
     ipcol = ({AF_INET: b"4", AF_INET6: b"6"} if show_ip else {AF_INET: b"", AF_INET6: b""})
     clock, labels = Clock(), ByteLabels()
     first_ts: list[int] = []
@@ -179,18 +178,17 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
             text += secs_fmt % ((ts - first_ts[0]) / 1e9)
         return text.encode()
 
+    rows = compile_rows(tracer.raw_fields, (
+        "bfmt % (pid, cget(comm) or comm_of(comm), ip(family, b'?'),"
+        " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), lport,"
+        " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), rport,"
+        # MS to 2 decimals, rounded: 1235 us -> 1.24
+        " tx_b >> 10, rx_b >> 10, (span_us + 5) // 1000, (span_us + 5) // 10 % 100)"),
+        {"bfmt": bfmt, "cget": labels.comms.get, "comm_of": labels.comm, "ip": ipcol.get,
+         "a4get": labels.addrs4.get, "a6get": labels.addrs6.get, "addr": labels.addr})
+
     def render(batch: list[tuple]) -> bytes:
-        a4get, a6get, cget, ip = labels.addrs4.get, labels.addrs6.get, labels.comms.get, ipcol.get
-        addr, comm = labels.addr, labels.comm
-        lines = []
-        append = lines.append
-        for r in batch:
-            fam, sa, da, c = r[i_fam], r[i_sa], r[i_da], r[i_comm]
-            cms = (r[i_span] + 5) // 10        # MS to 2 decimals, rounded: 1235 us -> 1.24
-            append(bfmt % (r[i_pid], cget(c) or comm(c), ip(fam, b"?"),
-                           (a4get(sa) if fam == AF_INET else a6get(sa)) or addr(fam, sa), r[i_lp],
-                           (a4get(da) if fam == AF_INET else a6get(da)) or addr(fam, da), r[i_rp],
-                           r[i_tx] >> 10, r[i_rx] >> 10, cms // 100, cms % 100))
+        lines = rows(batch)
         if i_ts is not None:
             lines = [prefix(r[i_ts]) + line for r, line in zip(batch, lines)]
         return b"".join(lines)
