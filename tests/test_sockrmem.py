@@ -3,6 +3,7 @@ queue of a ping socket the test floods."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -31,6 +32,21 @@ def meminfo(s: socket.socket) -> tuple[int, ...]:
     return struct.unpack("<9I", s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
 
 
+@contextlib.contextmanager
+def small_ping_socket(tag: str):
+    """(socket, its SO_RCVBUF): an unprivileged ICMP echo socket in a namespace
+    of its own, asked for 3001 bytes of receive buffer (the kernel doubles it)
+    so that a few echo replies fill its queue."""
+    with netns(f"pt-sockrmem{tag}-{ME}") as ns:
+        sh(f"ip -n {ns} link set lo up")
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
+        with in_netns(ns):
+            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        with ping:
+            ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)
+            yield ping, ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
 def test_fill_and_limit_at_each_receive():
     with SockRmem(pid=ME) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -52,26 +68,19 @@ def test_fill_and_limit_at_each_receive():
 
 def test_full_ping_queue_events_equal_its_drops():
     n = 40
-    with netns(f"pt-sockrmem-{ME}") as ns:
-        sh(f"ip -n {ns} link set lo up")
-        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
-        with in_netns(ns):
-            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)   # the kernel doubles it: 6002
-        rcvbuf = ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        with ping, SockRmem(pid=ME) as t:
-            for seq in range(n):
-                ping.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"p" * 300, ("127.0.0.1", 0))
-            events = [e for e in t.events(duration=0.3) if e.rcvbuf == rcvbuf]
-            drops = meminfo(ping)[DROPS]
-            ping.setblocking(False)
-            got = 0
-            try:
-                while True:
-                    ping.recv(1000)
-                    got += 1
-            except BlockingIOError:
-                pass
+    with small_ping_socket("") as (ping, rcvbuf), SockRmem(pid=ME) as t:
+        for seq in range(n):
+            ping.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"p" * 300, ("127.0.0.1", 0))
+        events = [e for e in t.events(duration=0.3) if e.rcvbuf == rcvbuf]
+        drops = meminfo(ping)[DROPS]
+        ping.setblocking(False)
+        got = 0
+        try:
+            while True:
+                ping.recv(1000)
+                got += 1
+        except BlockingIOError:
+            pass
     assert drops > 0 and got + drops == n
     assert len(events) == drops
     for e in events:
@@ -132,31 +141,24 @@ def test_record_holds_events_and_intervals_and_replays_them_in_order(tmp_path):
     one 'mixed' recording; replay prints them byte for byte, in the order they
     were printed (the first flood's events before the first interval)."""
     path = str(tmp_path / "sockrmem.db")
-    with netns(f"pt-sockrmem-r-{ME}") as ns:
-        sh(f"ip -n {ns} link set lo up")
-        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
-        with in_netns(ns):
-            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)
-        rcvbuf = ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    with small_ping_socket("-r") as (ping, rcvbuf):
         ping.setblocking(False)
-        with ping:
-            cli = started("sockrmem", "-p", str(ME), "-i", "1", "-T", "--record", path,
-                          links=n_programs(SockRmem, "tracepoint"))
-            first = flood(ping, 30)
-            udp_receives(2)
-            assert cli.read_until(lambda line: line.startswith("@rmem_limit"), 10)
-            second = flood(ping, 30)
-            udp_receives(1)
-            # stop once every event of ours is printed (what was printed is what must replay)
-            mine = f"> rcvbuf {rcvbuf},"
-            left = [first + second - sum(mine in line for line in cli.seen)]
+        cli = started("sockrmem", "-p", str(ME), "-i", "1", "-T", "--record", path,
+                      links=n_programs(SockRmem, "tracepoint"))
+        first = flood(ping, 30)
+        udp_receives(2)
+        assert cli.read_until(lambda line: line.startswith("@rmem_limit"), 10)
+        second = flood(ping, 30)
+        udp_receives(1)
+        # stop once every event of ours is printed (what was printed is what must replay)
+        mine = f"> rcvbuf {rcvbuf},"
+        left = [first + second - sum(mine in line for line in cli.seen)]
 
-            def all_seen(line: str) -> bool:
-                left[0] -= mine in line
-                return left[0] <= 0
-            assert left[0] <= 0 or cli.read_until(all_seen, 10)
-            rc, lines, err = cli.stop()
+        def all_seen(line: str) -> bool:
+            left[0] -= mine in line
+            return left[0] <= 0
+        assert left[0] <= 0 or cli.read_until(all_seen, 10)
+        rc, lines, err = cli.stop()
     assert rc == 0, err
     assert replayed(path) == "".join(line + "\n" for line in lines)
     js = [json.loads(line) for line in replayed(path, "--json").splitlines()]
@@ -177,26 +179,19 @@ def test_record_holds_events_and_intervals_and_replays_them_in_order(tmp_path):
 def test_influx_gets_the_events_and_the_histograms(influx):
     """--influx: a point per queue-full event and one per histogram (tag name)."""
     db = "pt_sockrmem"
-    with netns(f"pt-sockrmem-i-{ME}") as ns:
-        sh(f"ip -n {ns} link set lo up")
-        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ping_group_range='0 0'")
-        with in_netns(ns):
-            ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        ping.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 3001)
-        rcvbuf = ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    with small_ping_socket("-i") as (ping, rcvbuf):
         ping.setblocking(False)
-        with ping:
-            cli = started("sockrmem", "-p", str(ME), "--json", "--influx", influx.url(db, flush="0.2"),
-                          env=INFLUX_ENV, links=n_programs(SockRmem, "tracepoint"))
-            drops = flood(ping, 30)
-            udp_receives(2)
-            left = [drops]
+        cli = started("sockrmem", "-p", str(ME), "--json", "--influx", influx.url(db, flush="0.2"),
+                      env=INFLUX_ENV, links=n_programs(SockRmem, "tracepoint"))
+        drops = flood(ping, 30)
+        udp_receives(2)
+        left = [drops]
 
-            def all_seen(line: str) -> bool:
-                left[0] -= f'"rcvbuf": {rcvbuf},' in line
-                return left[0] <= 0
-            assert cli.read_until(all_seen, 10)
-            rc, lines, err = cli.stop()
+        def all_seen(line: str) -> bool:
+            left[0] -= f'"rcvbuf": {rcvbuf},' in line
+            return left[0] <= 0
+        assert cli.read_until(all_seen, 10)
+        rc, lines, err = cli.stop()
     assert rc == 0, err
     ours = f"SELECT * FROM sockrmem WHERE rcvbuf = {rcvbuf}"
     hist_rows = "SELECT * FROM sockrmem WHERE \"name\" <> ''"
