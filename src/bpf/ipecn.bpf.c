@@ -101,17 +101,9 @@ static __always_inline int from_device(const struct sk_buff *skb)
 	return on_receive(skb, skb_rx_nh(skb));
 }
 
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(ipecn_tp_btf, struct sk_buff *skb)
-{
-	return from_device(skb);
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(ipecn_raw_tp, struct sk_buff *skb)
-{
-	return from_device(skb);
-}
+TP_BTF_AND_RAW_TP("netif_receive_skb", ipecn_tp_btf, ipecn_raw_tp,
+		  from_device(skb),
+		  struct sk_buff *skb)
 
 SEC("tracepoint/net/netif_receive_skb")
 int ipecn_tracepoint(struct trace_event_raw_net_dev_template *ctx)

@@ -55,53 +55,21 @@ static __always_inline int of_skb(const struct sk_buff *skb, __u32 kind)
 	return account(BPF_CORE_READ(skb, dev), kind, BPF_CORE_READ(skb, len));
 }
 
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(netsize_tp_btf_recv, struct sk_buff *skb)
-{
-	return of_skb(skb, RECV);
-}
+TP_BTF_AND_RAW_TP("netif_receive_skb", netsize_tp_btf_recv, netsize_raw_tp_recv,
+		  of_skb(skb, RECV),
+		  struct sk_buff *skb)
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(netsize_tp_btf_send, struct sk_buff *skb)
-{
-	return of_skb(skb, SEND);
-}
+TP_BTF_AND_RAW_TP("net_dev_queue", netsize_tp_btf_send, netsize_raw_tp_send,
+		  of_skb(skb, SEND),
+		  struct sk_buff *skb)
 
-SEC("tp_btf/napi_gro_receive_entry")
-int BPF_PROG(netsize_tp_btf_nic_recv, struct sk_buff *skb)
-{
-	return of_skb(skb, NIC_RECV);
-}
+TP_BTF_AND_RAW_TP("napi_gro_receive_entry", netsize_tp_btf_nic_recv, netsize_raw_tp_nic_recv,
+		  of_skb(skb, NIC_RECV),
+		  struct sk_buff *skb)
 
 /* net_dev_xmit(skb, rc, dev, skb_len): the skb may be gone; dev and skb_len are the tracepoint's own. */
-SEC("tp_btf/net_dev_xmit")
-int BPF_PROG(netsize_tp_btf_nic_send, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
-{
-	return account(dev, NIC_SEND, len);
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(netsize_raw_tp_recv, struct sk_buff *skb)
-{
-	return of_skb(skb, RECV);
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(netsize_raw_tp_send, struct sk_buff *skb)
-{
-	return of_skb(skb, SEND);
-}
-
-SEC("raw_tp/napi_gro_receive_entry")
-int BPF_PROG(netsize_raw_tp_nic_recv, struct sk_buff *skb)
-{
-	return of_skb(skb, NIC_RECV);
-}
-
-SEC("raw_tp/net_dev_xmit")
-int BPF_PROG(netsize_raw_tp_nic_send, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
-{
-	return account(dev, NIC_SEND, len);
-}
+TP_BTF_AND_RAW_TP("net_dev_xmit", netsize_tp_btf_nic_send, netsize_raw_tp_nic_send,
+		  account(dev, NIC_SEND, len),
+		  struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 
 char LICENSE[] SEC("license") = "GPL";

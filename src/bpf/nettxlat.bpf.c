@@ -81,41 +81,17 @@ static __always_inline int start_dev(const struct sk_buff *skb, const struct net
 	return start_xmit(skb, &id);
 }
 
-SEC("tp_btf/net_dev_start_xmit")
-int BPF_PROG(nettxlat_tp_btf_start, const struct sk_buff *skb, const struct net_device *dev)
-{
-	return start_dev(skb, dev);
-}
+TP_BTF_AND_RAW_TP("net_dev_start_xmit", nettxlat_tp_btf_start, nettxlat_raw_tp_start,
+		  start_dev(skb, dev),
+		  const struct sk_buff *skb, const struct net_device *dev)
 
-SEC("tp_btf/consume_skb")
-int BPF_PROG(nettxlat_tp_btf_consume, struct sk_buff *skb)
-{
-	return consumed(skb);
-}
+TP_BTF_AND_RAW_TP("consume_skb", nettxlat_tp_btf_consume, nettxlat_raw_tp_consume,
+		  consumed(skb),
+		  struct sk_buff *skb)
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(nettxlat_tp_btf_queue, struct sk_buff *skb)
-{
-	return queued(skb);
-}
-
-SEC("raw_tp/net_dev_start_xmit")
-int BPF_PROG(nettxlat_raw_tp_start, const struct sk_buff *skb, const struct net_device *dev)
-{
-	return start_dev(skb, dev);
-}
-
-SEC("raw_tp/consume_skb")
-int BPF_PROG(nettxlat_raw_tp_consume, struct sk_buff *skb)
-{
-	return consumed(skb);
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(nettxlat_raw_tp_queue, struct sk_buff *skb)
-{
-	return queued(skb);
-}
+TP_BTF_AND_RAW_TP("net_dev_queue", nettxlat_tp_btf_queue, nettxlat_raw_tp_queue,
+		  queued(skb),
+		  struct sk_buff *skb)
 
 /* Classic tracepoints: the name from the record, the namespace from the skb's device. */
 SEC("tracepoint/net/net_dev_start_xmit")

@@ -107,4 +107,23 @@ static __always_inline __u32 log2_slot(__u64 v)
 	return r;
 }
 
+/*
+ * One handler on a tracepoint reached two ways, as two programs: tp_btf
+ * (BTF-typed arguments, no tracefs) and raw_tp (where tp_btf is refused).
+ * The Python side loads one of them.  args are the tracepoint's arguments
+ * as BPF_PROG takes them; result, the expression both programs return,
+ * may only read them with BPF_CORE_READ-style accesses that suit both.
+ */
+#define TP_BTF_AND_RAW_TP(tp, btf_prog, raw_prog, result, args...)	\
+	SEC("tp_btf/" tp)						\
+	int BPF_PROG(btf_prog, ##args)					\
+	{								\
+		return result;						\
+	}								\
+	SEC("raw_tp/" tp)						\
+	int BPF_PROG(raw_prog, ##args)					\
+	{								\
+		return result;						\
+	}
+
 #endif /* __PYTRACE_H */

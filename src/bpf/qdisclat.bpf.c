@@ -99,33 +99,13 @@ static __always_inline int dequeue_all(const struct sk_buff *skb, int packets)
 	return 0;
 }
 
-SEC("tp_btf/qdisc_enqueue")
-int BPF_PROG(qdisclat_tp_btf_enqueue, struct Qdisc *qdisc, const struct netdev_queue *txq,
-	     struct sk_buff *skb)
-{
-	return enqueue(qdisc, txq, skb);
-}
+TP_BTF_AND_RAW_TP("qdisc_enqueue", qdisclat_tp_btf_enqueue, qdisclat_raw_tp_enqueue,
+		  enqueue(qdisc, txq, skb),
+		  struct Qdisc *qdisc, const struct netdev_queue *txq, struct sk_buff *skb)
 
-SEC("tp_btf/qdisc_dequeue")
-int BPF_PROG(qdisclat_tp_btf_dequeue, struct Qdisc *qdisc, const struct netdev_queue *txq,
-	     int packets, struct sk_buff *skb)
-{
-	return dequeue_all(skb, packets);
-}
-
-SEC("raw_tp/qdisc_enqueue")
-int BPF_PROG(qdisclat_raw_tp_enqueue, struct Qdisc *qdisc, const struct netdev_queue *txq,
-	     struct sk_buff *skb)
-{
-	return enqueue(qdisc, txq, skb);
-}
-
-SEC("raw_tp/qdisc_dequeue")
-int BPF_PROG(qdisclat_raw_tp_dequeue, struct Qdisc *qdisc, const struct netdev_queue *txq,
-	     int packets, struct sk_buff *skb)
-{
-	return dequeue_all(skb, packets);
-}
+TP_BTF_AND_RAW_TP("qdisc_dequeue", qdisclat_tp_btf_dequeue, qdisclat_raw_tp_dequeue,
+		  dequeue_all(skb, packets),
+		  struct Qdisc *qdisc, const struct netdev_queue *txq, int packets, struct sk_buff *skb)
 
 SEC("tracepoint/qdisc/qdisc_enqueue")
 int qdisclat_tracepoint_enqueue(struct trace_event_raw_qdisc_enqueue *ctx)

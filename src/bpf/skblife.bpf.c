@@ -128,29 +128,13 @@ static __always_inline int on_free(__u64 ptr, __u64 s)
 	return 0;
 }
 
-SEC("tp_btf/kmem_cache_alloc")
-int BPF_PROG(skblife_tp_btf_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *s)
-{
-	return on_alloc(call_site, (__u64)ptr, (__u64)s);
-}
+TP_BTF_AND_RAW_TP("kmem_cache_alloc", skblife_tp_btf_alloc, skblife_raw_tp_alloc,
+		  on_alloc(call_site, (__u64)ptr, (__u64)s),
+		  unsigned long call_site, const void *ptr, struct kmem_cache *s)
 
-SEC("tp_btf/kmem_cache_free")
-int BPF_PROG(skblife_tp_btf_free, unsigned long call_site, const void *ptr, const struct kmem_cache *s)
-{
-	return on_free((__u64)ptr, (__u64)s);
-}
-
-SEC("raw_tp/kmem_cache_alloc")
-int BPF_PROG(skblife_raw_tp_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *s)
-{
-	return on_alloc(call_site, (__u64)ptr, (__u64)s);
-}
-
-SEC("raw_tp/kmem_cache_free")
-int BPF_PROG(skblife_raw_tp_free, unsigned long call_site, const void *ptr, const struct kmem_cache *s)
-{
-	return on_free((__u64)ptr, (__u64)s);
-}
+TP_BTF_AND_RAW_TP("kmem_cache_free", skblife_tp_btf_free, skblife_raw_tp_free,
+		  on_free((__u64)ptr, (__u64)s),
+		  unsigned long call_site, const void *ptr, const struct kmem_cache *s)
 
 /* Classic tracepoints: no cache pointer, its name (__data_loc) instead. */
 static __always_inline bool record_names(const void *ctx, __u32 loc, const char *want, int n)

@@ -75,29 +75,13 @@ static __always_inline int on_exit(__u32 vec)
 	return 0;
 }
 
-SEC("tp_btf/softirq_entry")
-int BPF_PROG(softirqs_tp_btf_entry, unsigned int vec_nr)
-{
-	return on_entry();
-}
+TP_BTF_AND_RAW_TP("softirq_entry", softirqs_tp_btf_entry, softirqs_raw_tp_entry,
+		  on_entry(),
+		  unsigned int vec_nr)
 
-SEC("tp_btf/softirq_exit")
-int BPF_PROG(softirqs_tp_btf_exit, unsigned int vec_nr)
-{
-	return on_exit(vec_nr);
-}
-
-SEC("raw_tp/softirq_entry")
-int BPF_PROG(softirqs_raw_tp_entry, unsigned int vec_nr)
-{
-	return on_entry();
-}
-
-SEC("raw_tp/softirq_exit")
-int BPF_PROG(softirqs_raw_tp_exit, unsigned int vec_nr)
-{
-	return on_exit(vec_nr);
-}
+TP_BTF_AND_RAW_TP("softirq_exit", softirqs_tp_btf_exit, softirqs_raw_tp_exit,
+		  on_exit(vec_nr),
+		  unsigned int vec_nr)
 
 SEC("tracepoint/irq/softirq_entry")
 int softirqs_tracepoint_entry(struct trace_event_raw_softirq *ctx)

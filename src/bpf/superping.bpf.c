@@ -182,28 +182,12 @@ int BPF_KPROBE(superping_kprobe_icmpv6_rcv, struct sk_buff *skb)
 
 /* -- device level: tp_btf and raw_tp --------------------------------------------- */
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(superping_tp_btf_queue, struct sk_buff *skb)
-{
-	return request_out(skb);
-}
+TP_BTF_AND_RAW_TP("net_dev_queue", superping_tp_btf_queue, superping_raw_tp_queue,
+		  request_out(skb),
+		  struct sk_buff *skb)
 
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(superping_tp_btf_receive, struct sk_buff *skb)
-{
-	return reply_in(skb, skb_rx_nh(skb));
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(superping_raw_tp_queue, struct sk_buff *skb)
-{
-	return request_out(skb);
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(superping_raw_tp_receive, struct sk_buff *skb)
-{
-	return reply_in(skb, skb_rx_nh(skb));
-}
+TP_BTF_AND_RAW_TP("netif_receive_skb", superping_tp_btf_receive, superping_raw_tp_receive,
+		  reply_in(skb, skb_rx_nh(skb)),
+		  struct sk_buff *skb)
 
 char LICENSE[] SEC("license") = "GPL";

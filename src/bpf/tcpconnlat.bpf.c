@@ -119,18 +119,11 @@ int BPF_KPROBE(tcpconnlat_kprobe_v6, struct sock *sk)
 	return 0;
 }
 
-/* The end of the fentry variant (tp_btf exists wherever fentry does). */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcpconnlat_tp_btf_end, struct sock *sk, int oldstate, int newstate)
-{
-	return on_state(sk, oldstate, newstate, false);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcpconnlat_raw_tp_end, struct sock *sk, int oldstate, int newstate)
-{
-	return on_state(sk, oldstate, newstate, false);
-}
+/* The end of the fentry variant (tp_btf exists wherever fentry does) and,
+ * as raw_tp, of the kprobe variant. */
+TP_BTF_AND_RAW_TP("inet_sock_set_state", tcpconnlat_tp_btf_end, tcpconnlat_raw_tp_end,
+		  on_state(sk, oldstate, newstate, false),
+		  struct sock *sk, int oldstate, int newstate)
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcpconnlat_tp_btf, struct sock *sk, int oldstate, int newstate)

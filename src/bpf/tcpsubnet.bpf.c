@@ -108,17 +108,9 @@ static __always_inline int from_tp(const struct sock *sk, int ret)
 	return account(sk, ret);
 }
 
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(tcpsubnet_tp_btf, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret);
-}
-
-SEC("raw_tp/sock_send_length")
-int BPF_PROG(tcpsubnet_raw_tp, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret);
-}
+TP_BTF_AND_RAW_TP("sock_send_length", tcpsubnet_tp_btf, tcpsubnet_raw_tp,
+		  from_tp(sk, ret),
+		  struct sock *sk, int ret, int flags)
 
 SEC("tracepoint/sock/sock_send_length")
 int tcpsubnet_tracepoint(struct trace_event_raw_sock_msg_length *ctx)

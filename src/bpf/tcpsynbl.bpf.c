@@ -83,16 +83,8 @@ static __always_inline int data_ready(const struct sock *sk)
 	return account(sk, false);
 }
 
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(tcpsynbl_tp_btf, const struct sock *sk)
-{
-	return data_ready(sk);
-}
-
-SEC("raw_tp/sk_data_ready")
-int BPF_PROG(tcpsynbl_raw_tp, const struct sock *sk)
-{
-	return data_ready(sk);
-}
+TP_BTF_AND_RAW_TP("sk_data_ready", tcpsynbl_tp_btf, tcpsynbl_raw_tp,
+		  data_ready(sk),
+		  const struct sock *sk)
 
 char LICENSE[] SEC("license") = "GPL";

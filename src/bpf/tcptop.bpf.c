@@ -110,29 +110,13 @@ static __always_inline int from_tp(const struct sock *sk, int ret, int flags, bo
 	return account(sk, ret, rx);
 }
 
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(tcptop_tp_btf_send, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret, flags, false);
-}
+TP_BTF_AND_RAW_TP("sock_send_length", tcptop_tp_btf_send, tcptop_raw_tp_send,
+		  from_tp(sk, ret, flags, false),
+		  struct sock *sk, int ret, int flags)
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(tcptop_tp_btf_recv, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret, flags, true);
-}
-
-SEC("raw_tp/sock_send_length")
-int BPF_PROG(tcptop_raw_tp_send, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret, flags, false);
-}
-
-SEC("raw_tp/sock_recv_length")
-int BPF_PROG(tcptop_raw_tp_recv, struct sock *sk, int ret, int flags)
-{
-	return from_tp(sk, ret, flags, true);
-}
+TP_BTF_AND_RAW_TP("sock_recv_length", tcptop_tp_btf_recv, tcptop_raw_tp_recv,
+		  from_tp(sk, ret, flags, true),
+		  struct sock *sk, int ret, int flags)
 
 static __always_inline int from_classic(struct trace_event_raw_sock_msg_length *ctx, bool rx)
 {

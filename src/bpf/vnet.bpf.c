@@ -454,29 +454,13 @@ static __always_inline int from_skb(struct sk_buff *skb)
 	return 0;
 }
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(vnet_tp_btf_queue, struct sk_buff *skb)
-{
-	return from_skb(skb);
-}
+TP_BTF_AND_RAW_TP("net_dev_queue", vnet_tp_btf_queue, vnet_raw_tp_queue,
+		  from_skb(skb),
+		  struct sk_buff *skb)
 
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(vnet_tp_btf_rx, struct sk_buff *skb)
-{
-	return from_skb(skb);
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(vnet_raw_tp_queue, struct sk_buff *skb)
-{
-	return from_skb(skb);
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(vnet_raw_tp_rx, struct sk_buff *skb)
-{
-	return from_skb(skb);
-}
+TP_BTF_AND_RAW_TP("netif_receive_skb", vnet_tp_btf_rx, vnet_raw_tp_rx,
+		  from_skb(skb),
+		  struct sk_buff *skb)
 
 SEC("tracepoint/net/net_dev_queue")
 int vnet_tracepoint_queue(struct trace_event_raw_net_dev_template *ctx)
