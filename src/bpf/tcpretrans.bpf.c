@@ -239,8 +239,7 @@ static __always_inline int from_sock(void *ctx, const struct sock *sk,
  * missing argument would be rejected, and the CO-RE check makes the read
  * dead code there.
  */
-SEC("tp_btf/tcp_retransmit_skb")
-int tcpretrans_tp_btf(u64 *ctx)
+static __always_inline int from_args(u64 *ctx)
 {
 	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) &&
 	    (int)ctx[2] != 0)
@@ -249,15 +248,7 @@ int tcpretrans_tp_btf(u64 *ctx)
 			 (const struct sk_buff *)ctx[1], RETRANSMIT, true);
 }
 
-SEC("raw_tp/tcp_retransmit_skb")
-int tcpretrans_raw_tp(u64 *ctx)
-{
-	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) &&
-	    (int)ctx[2] != 0)
-		return 0;
-	return from_sock(ctx, (const struct sock *)ctx[0],
-			 (const struct sk_buff *)ctx[1], RETRANSMIT, true);
-}
+TP_BTF_AND_RAW_TP("tcp_retransmit_skb", tcpretrans_tp_btf, tcpretrans_raw_tp, from_args(ctx))
 
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int tcpretrans_tracepoint(struct trace_event_raw_tcp_retransmit_skb *ctx)
