@@ -182,26 +182,11 @@ class BpfObject:
 
     # -- life cycle ---------------------------------------------------------
     def open(self) -> "BpfObject":
-        lb = libbpf.lib()
-        opts = libbpf.OpenOpts(sz=C.sizeof(libbpf.OpenOpts))
-        btf = objects.custom_btf()
-        if btf:
-            opts.btf_custom_path = btf.encode()
-        self.ptr = libbpf.check_ptr(lb.bpf_object__open_file(str(self.path).encode(), C.byref(opts)),
-                                    f"open {os.path.basename(self.path)}")
-        if self.programs is not None:
-            known = set()
-            prog = lb.bpf_object__next_program(self.ptr, None)
-            while prog:
-                pname = lb.bpf_program__name(prog).decode()
-                known.add(pname)
-                lb.bpf_program__set_autoload(prog, pname in self.programs)
-                prog = lb.bpf_object__next_program(self.ptr, prog)
-            missing = self.programs - known
-            if missing:
-                raise PytraceError(f"{os.path.basename(self.path)} has no program {', '.join(sorted(missing))}")
-        for map_name, size in self.map_sizes.items():
-            libbpf.check(lb.bpf_map__set_max_entries(self._map_ptr(map_name), size), f"resize {map_name}")
+        self.ptr, known = libbpf.open_object(str(self.path), self.programs, self.map_sizes.items(),
+                                             objects.custom_btf())
+        missing = (self.programs or set()) - known
+        if missing:
+            raise PytraceError(f"{os.path.basename(self.path)} has no program {', '.join(sorted(missing))}")
         if self.rodata:
             self._write_section(".rodata", self.rodata)
         return self
@@ -281,19 +266,17 @@ class BpfObject:
         return Map(self, self._map_ptr(name), name)
 
     def _section_ptr(self, section: str) -> tuple[int, int]:
-        size = C.c_size_t()
-        ptr = libbpf.lib().bpf_map__initial_value(self._map_ptr(section), C.byref(size))
+        self._map_ptr(section)          # a clear error if there is no such section
+        ptr, size = libbpf.section(self._live(), section)
         if not ptr:
             raise PytraceError(f"{os.path.basename(self.path)}: {section} is not mapped")
-        return ptr, size.value
+        return ptr, size
 
     def section_image(self, section: str) -> bytes | None:
         """The bytes of a global-data section (e.g. .rodata as written before
         load: core/prefetch.py replays it); None if the object has none."""
-        if not libbpf.lib().bpf_object__find_map_by_name(self._live(), section.encode()):
-            return None
-        ptr, size = self._section_ptr(section)
-        return C.string_at(ptr, size)
+        ptr, size = libbpf.section(self._live(), section)
+        return C.string_at(ptr, size) if ptr else None
 
     def _write_section(self, section: str, values: dict[str, Any]) -> None:
         ptr, size = self._section_ptr(section)

@@ -290,6 +290,46 @@ def strerror(err: int) -> str:
     return buf.value.decode()
 
 
+def open_object(path: str, programs, map_sizes, btf_path: str | None) -> tuple[int, set[str]]:
+    """bpf_object__open_file() with only `programs` to be loaded (all if None)
+    and maps resized: (the libbpf object, the names of its programs).
+    BpfObject.open() uses it, and core/prefetch before anything else is
+    imported.  Raises OSError; the caller closes the object on later errors."""
+    lb = lib()
+    opts = OpenOpts(sz=C.sizeof(OpenOpts))
+    if btf_path:
+        opts.btf_custom_path = btf_path.encode()
+    name = os.path.basename(path)
+    ptr = check_ptr(lb.bpf_object__open_file(path.encode(), C.byref(opts)), f"open {name}")
+    known = set()
+    try:
+        prog = lb.bpf_object__next_program(ptr, None)
+        while prog:
+            pname = lb.bpf_program__name(prog).decode()
+            known.add(pname)
+            if programs is not None:
+                lb.bpf_program__set_autoload(prog, pname in programs)
+            prog = lb.bpf_object__next_program(ptr, prog)
+        for map_name, size in map_sizes:
+            m = check_ptr(lb.bpf_object__find_map_by_name(ptr, map_name.encode()), f"find map {map_name}")
+            check(lb.bpf_map__set_max_entries(m, size), f"resize {map_name}")
+    except BaseException:
+        lb.bpf_object__close(ptr)
+        raise
+    return ptr, known
+
+
+def section(ptr: int, name: str) -> tuple[int, int]:
+    """(address, size) of a global-data section's image (.rodata...), (0, 0) if none."""
+    lb = lib()
+    m = lb.bpf_object__find_map_by_name(ptr, name.encode())
+    if not m:
+        return 0, 0
+    size = C.c_size_t()
+    addr = lb.bpf_map__initial_value(m, C.byref(size))
+    return (addr, size.value) if addr else (0, 0)
+
+
 def check(ret: int, what: str) -> int:
     """Raise OSError for a negative libbpf return (libbpf 1.x returns -errno)."""
     if ret < 0:

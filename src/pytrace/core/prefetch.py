@@ -81,38 +81,17 @@ def start(tool: str, argv: list[str]) -> None:
 
 
 def _open(path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None) -> int:
-    """bpf_object__open_file() set up as BpfObject.open() would: autoload,
-    map sizes, the .rodata image.  0 if anything does not fit."""
+    """The object opened as BpfObject.open() would (libbpf.open_object), with
+    the remembered .rodata image in place of its settings; 0 if it does not fit."""
     import ctypes as C
     from . import libbpf
-    try:
-        lb = libbpf.lib()
-    except Exception:
-        return 0
-    opts = libbpf.OpenOpts(sz=C.sizeof(libbpf.OpenOpts))
-    if spec[6]:
-        opts.btf_custom_path = spec[6].encode()
-    ptr = lb.bpf_object__open_file(path.encode(), C.byref(opts))
-    if not ptr:
-        return 0
-    ok = True
-    prog = lb.bpf_object__next_program(ptr, None)
-    while prog:
-        lb.bpf_program__set_autoload(prog, lb.bpf_program__name(prog).decode() in programs)
-        prog = lb.bpf_object__next_program(ptr, prog)
-    for name, size in spec[5]:
-        m = lb.bpf_object__find_map_by_name(ptr, name.encode())
-        ok = ok and bool(m) and lb.bpf_map__set_max_entries(m, size) == 0
+    ptr, _ = libbpf.open_object(path, programs, spec[5], spec[6])
     if image is not None:
-        m = lb.bpf_object__find_map_by_name(ptr, b".rodata")
-        size = C.c_size_t()
-        data = lb.bpf_map__initial_value(m, C.byref(size)) if m else None
-        ok = ok and bool(data) and size.value == len(image)
-        if ok:
-            C.memmove(data, image, len(image))
-    if not ok:
-        lb.bpf_object__close(ptr)
-        return 0
+        data, size = libbpf.section(ptr, ".rodata")
+        if not data or size != len(image):
+            libbpf.lib().bpf_object__close(ptr)
+            return 0
+        C.memmove(data, image, len(image))
     return ptr
 
 
