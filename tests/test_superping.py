@@ -77,7 +77,7 @@ def test_cli_text_and_json():
             pat = re.compile(rf"IPv4 ping, ID {ident} seq 8: (\d+) us  192\.0\.2\.1 -> 192\.0\.2\.2 "
                              rf"netns {net.inode(net.ns_a)} pid {os.getpid()} \S+$")
             line = cli.read_until(lambda s: bool(pat.match(s)))
-            jline = cj.read_until(lambda s: f'"id": {ident}, "seq": 8' in s)
+            jline = cj.read_until(lambda s: (json.loads(s)["id"], json.loads(s)["seq"]) == (ident, 8))
         finally:
             rc, lines, err = cli.stop()
             rcj, _, errj = cj.stop()

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..core import libbpf
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -169,10 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 def renderer(source: GetHostLatency, args: argparse.Namespace, out: Output):
     """libbpf-tools' columns: TIME PID COMM LATms HOST."""
-    make = source.make_event
     if args.json:
-        import json
-        return lambda batch: "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        return json_renderer(source)
     out.write(f"{'TIME':<8} {'PID':<7} {'COMM':<16} {'LATms':<10} {'HOST'}\n")
     i = source.idx
     clock = Clock()

@@ -20,7 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.socklayer import protocol_name
@@ -114,10 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 def renderer(source: IpEcn, args: argparse.Namespace, out: Output):
     """'HH:MM:SS ECN CE from: SADDR' as the book's tool, then where it went."""
-    make = source.make_event
     if args.json:
-        import json
-        return lambda batch: "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        return json_renderer(source)
     addr, clock = AddrFormatter(), Clock()
     i = source.idx
 

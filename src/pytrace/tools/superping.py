@@ -22,7 +22,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -108,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def renderer(source: SuperPing, args: argparse.Namespace, out: Output):
     if args.json:
-        import json
-        make = source.make_event
-        return lambda batch: "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        return json_renderer(source)
     i = source.idx
     i_fam, i_id, i_seq, i_lat, i_ts = i["family"], i["id"], i["seq"], i["latency_ns"], i["ts_ns"]
     addr, clock = AddrFormatter(), Clock()

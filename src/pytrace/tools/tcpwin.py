@@ -22,7 +22,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, ports, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, stream_events
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
@@ -109,10 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def renderer(source: TcpWin, args: argparse.Namespace, out: Output):
-    make = source.make_event
     if args.json:
-        import json
-        return lambda batch: "".join(json.dumps(make(r).to_dict()) + "\n" for r in batch)
+        return json_renderer(source)
     out.write(HEADER + "\n")
     i = source.idx
     cols = [i[n] for n in ("skaddr", "ts_ns", "snd_cwnd", "ssthresh", "sndbuf", "wmem_queued", "snd_wnd",
