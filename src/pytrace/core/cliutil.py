@@ -320,29 +320,29 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         sinks.begin(tracer)
     try:
         for batch in tracer.batches(duration):
+            emit_batch(tracer, out, render, batch, sinks)
             if batch:
-                if sinks is not None:
-                    sinks.events(batch)
-                out.write(render(batch))
                 catch_up.update()
-            lost = tracer.lost
-            if sinks is not None:
-                sinks.lost(lost)
-            out.lost(lost)
     except (KeyboardInterrupt, Terminate):
         try:
-            rest = tracer.drain()
-            if rest:
-                if sinks is not None:
-                    sinks.events(rest)
-                out.write(render(rest))
-            lost = tracer.lost
-            if sinks is not None:
-                sinks.lost(lost)
-            out.lost(lost)
+            emit_batch(tracer, out, render, tracer.drain(), sinks)
         except (KeyboardInterrupt, Terminate):
             pass
     return 0
+
+
+def emit_batch(tracer: Any, out: Output, render: Callable[[list[tuple]], str], batch: list[tuple],
+               sinks: Any) -> None:
+    """One drained batch: to the sinks, printed, then the loss count, in that
+    order (whatever was printed has been recorded)."""
+    if batch:
+        if sinks is not None:
+            sinks.events(batch)
+        out.write(render(batch))
+    lost = tracer.lost
+    if sinks is not None:
+        sinks.lost(lost)
+    out.lost(lost)
 
 
 def json_renderer(source: Any) -> Callable[[list[tuple]], str]:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import LATENCY_NOTE, Output, Terminate, active_sinks, add_common, positive_int
+from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch,
+                            positive_int)
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -181,14 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     def events(batch: list[tuple]) -> None:
         with _uninterrupted():
-            if batch:
-                if sinks is not None:
-                    sinks.events(batch)
-                out.write(render(batch))
-            lost = tracer.lost
-            if sinks is not None:
-                sinks.lost(lost)
-            out.lost(lost)
+            emit_batch(tracer, out, render, batch, sinks)
 
     def hists() -> None:
         with _uninterrupted():
