@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from .errors import UsageError
-from .net import parse_addr, parse_ports
+from .net import AF_INET, AF_INET6, parse_addr, parse_ports
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -131,6 +131,19 @@ def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g.add_argument("--btf", metavar="FILE", help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
     g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
     add_sink_args(g)
+
+
+def add_family_args(p: argparse.ArgumentParser, what: str = "") -> None:
+    """-4/--ipv4 and -6/--ipv6, one or neither (family_of reads them)."""
+    fam = p.add_mutually_exclusive_group()
+    what = f" {what}" if what else ""
+    fam.add_argument("-4", "--ipv4", action="store_true", help=f"IPv4{what} only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help=f"IPv6{what} only")
+
+
+def family_of(args: Any) -> int:
+    """The address family -4/-6 chose, 0 for both."""
+    return AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0
 
 
 def add_sink_args(g: Any) -> None:

@@ -20,9 +20,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, positive_int, stream_events)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.socklayer import protocol_name
 from ..core.stream import EventTracer
 
@@ -93,16 +94,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "ipecn.bt, plus IPv6, ports and device). " + LATENCY_NOTE)
     p.add_argument("-a", "--all-ect", action="store_true",
                    help="also packets marked ECT(0)/ECT(1) (ECN-capable, not congested)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     p.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
                    help="only packets received in this network namespace (inode, as ls -Li /proc/PID/ns/net)")
     add_common(p, [v.hook for v in IpEcn.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = IpEcn(all_ect=args.all_ect, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = IpEcn(all_ect=args.all_ect, family=family_of(args),
                    netns=args.netns_id, hook=args.hook)
     out = Output(args.json)
     with tracer:

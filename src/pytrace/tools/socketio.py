@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, positive_int
-from ..core.net import AF_INET, AF_INET6
+from ..core.cliutil import add_common, add_family_args, family_of, positive_int
 from ..core.socklayer import DIRS, cstr, sock_io_variants
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
@@ -90,9 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "port; printed at Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
     p.add_argument("-L", "--lport", action="store_true", help="also key by local port")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 sockets only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 sockets only")
+    add_family_args(p, "sockets")
     add_interval_args(p)
     add_common(p, [v.hook for v in SocketIO.VARIANTS])
 
@@ -115,7 +112,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    family = AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0
+    family = family_of(args)
     with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook) as t:
         return print_loop(args, lambda: ROWS.snapshot(NAME, t.flows(clear=bool(args.interval)), args.interval),
                           render_snapshot, intro)

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch,
-                            positive_int)
+from ..core.cliutil import LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, positive_int
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text

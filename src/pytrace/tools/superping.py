@@ -22,9 +22,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, positive_int, stream_events)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "superping"
@@ -89,16 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "the book's superping.bt; without: at device level (net_dev_queue -> "
                      f"netif_receive_skb), which includes the qdisc. {LATENCY_NOTE}")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only pings sent by this process")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS prefix")
     p.add_argument("-w", "--wide", action="store_true", help="also show the hosts, netns and the ping process")
     add_common(p, [v.hook for v in SuperPing.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SuperPing(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, hook=args.hook)
+    tracer = SuperPing(pid=args.pid, family=family_of(args), hook=args.hook)
     out = Output(args.json)
     with tracer:
         if not args.json:

@@ -20,10 +20,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, json_renderer,
-                            ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, add_family_args,
+                            family_of, int_range, json_renderer, ports, run_stream)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "tcpaccept"
@@ -81,14 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
     p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these local ports (comma list)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     add_common(p, [v.hook for v in TcpAccept.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpAccept(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = TcpAccept(pid=args.pid, family=family_of(args),
                        lports=args.port, hook=args.hook)
     return run_stream(tracer, args, renderer)
 

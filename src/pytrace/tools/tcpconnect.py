@@ -35,10 +35,10 @@ from typing import Any
 
 from ..core import tracefs
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, json_renderer, ports,
-                            run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
+                            int_range, json_renderer, ports, run_stream)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Series, Snapshot
 
@@ -176,9 +176,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS",
                    help="only these destination ports (comma list)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
     p.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
     p.add_argument("-u", "--uid", type=int_range(0, 0xfffffffe), help="trace this UID only")
@@ -190,7 +188,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpConnect(pid=args.pid, uid=args.uid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = TcpConnect(pid=args.pid, uid=args.uid, family=family_of(args),
                         dports=args.port, udp=args.udp, count=args.count, count_sport=args.source_port,
                         hook=args.hook)
     if not args.count:

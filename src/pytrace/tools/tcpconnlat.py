@@ -19,10 +19,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, json_renderer,
-                            run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
+                            int_range, json_renderer, run_stream)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "tcpconnlat"
@@ -98,16 +98,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
     p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     p.add_argument("duration_ms", nargs="?", type=min_latency, default=0.0, metavar="MIN_MS",
                    help="only connects slower than this many milliseconds (fractions allowed)")
     add_common(p, [v.hook for v in TcpConnLat.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpConnLat(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = TcpConnLat(pid=args.pid, family=family_of(args),
                         min_ms=args.duration_ms, hook=args.hook)
     return run_stream(tracer, args, renderer)
 

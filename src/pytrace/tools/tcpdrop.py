@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, run_stream
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, positive_int, run_stream)
 from ..core.drops import TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
@@ -128,9 +129,7 @@ class TcpDrop(EventTracer):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP drops by the kernel. {LATENCY_NOTE}"
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    add_family_args(p)
     ns = p.add_mutually_exclusive_group()
     ns.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
                     help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)")
@@ -149,7 +148,7 @@ def _netns(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpDrop(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, netns=_netns(args),
+    tracer = TcpDrop(family=family_of(args), netns=_netns(args),
                      hook=args.hook)
     return run_stream(tracer, args, renderer)
 

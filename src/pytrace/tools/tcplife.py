@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int,
-                            run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, ports, positive_int, run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
@@ -116,14 +116,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-L", "--localport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
     p.add_argument("-D", "--remoteport", type=ports("-D"), metavar="PORTS",
                    help="only these remote ports (comma list)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     add_common(p, [v.hook for v in TcpLife.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpLife(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, pid=args.pid,
+    tracer = TcpLife(family=family_of(args), pid=args.pid,
                      lports=args.localport, rports=args.remoteport, hook=args.hook)
     return run_stream(tracer, args, renderer)
 

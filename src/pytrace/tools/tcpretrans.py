@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import print_loop
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, run_stream
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, run_stream)
 from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
@@ -151,14 +152,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--lossprobe", action="store_true", help="include tail loss probe attempts")
     p.add_argument("-c", "--count", action="store_true",
                    help="count retransmits per flow, printed at Ctrl-C")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    add_family_args(p)
     add_common(p, [v.hook for v in TcpRetrans.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpRetrans(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = TcpRetrans(family=family_of(args),
                         lossprobe=args.lossprobe, count=args.count, hook=args.hook)
     if not args.count:
         return run_stream(tracer, args, renderer, intro)

@@ -22,10 +22,9 @@ import argparse
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, ports
+from ..core.cliutil import add_common, add_family_args, family_of, ports
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
@@ -78,9 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "sampled after the new connection was queued: every value is +1 versus libbpf-tools' "
         "tcpsynbl, and connections refused because the queue was full are not seen (see "
         "pytrace nstat TcpExtListenOverflows).")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 listeners only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 listeners only")
+    add_family_args(p, "listeners")
     p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these listening ports (comma list)")
     add_interval_args(p, positional=True)
     add_common(p, [v.hook for v in TcpSynBl.VARIANTS])
@@ -102,7 +99,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     check_interval_args(args)
-    tracer = TcpSynBl(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, lports=args.lport,
+    tracer = TcpSynBl(family=family_of(args), lports=args.lport,
                       hook=args.hook)
     with tracer:
         return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, local_time, print_loop
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, add_family_args, family_of, positive_int
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
 from ..core.tracer import Tracer
@@ -115,9 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-C", "--noclear", action="store_true", help="don't clear the screen")
     p.add_argument("-S", "--nosummary", action="store_true", help="skip system summary line")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    add_family_args(p)
     p.add_argument("-s", "--sort", choices=SORTS, default="all",
                    help="sort by sent + received (all, default), sent, or received bytes")
     p.add_argument("-r", "--rows", type=_rows, default=20, help="maximum rows to print (default 20)")
@@ -199,7 +197,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpTop(pid=args.pid, family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0,
+    tracer = TcpTop(pid=args.pid, family=family_of(args),
                     hook=args.hook)
     reported = 0
 

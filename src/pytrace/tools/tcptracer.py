@@ -23,10 +23,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, int_range, json_renderer,
-                            run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
+                            int_range, json_renderer, run_stream)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj, comm_text
+from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 
 NAME = "tcptracer"
@@ -90,9 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
     p.add_argument("-N", "--netns", type=int_range(0, 0xffffffff), default=0,
                    help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     p.add_argument("--libbpf-log", action="store_true", help="show libbpf's log (what -v does in other tools)")
     add_common(p, [v.hook for v in TcpTracer.VARIANTS])   # its -v/--verbose serves as BCC's -v
 
@@ -101,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     # -v means BCC's verbose columns here, not hundreds of lines of libbpf's log
     logging.getLogger("pytrace.libbpf").setLevel(logging.DEBUG if args.libbpf_log else logging.WARNING)
     tracer = TcpTracer(pid=args.pid, netns=args.netns,
-                       family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, hook=args.hook)
+                       family=family_of(args), hook=args.hook)
     return run_stream(tracer, args, renderer, intro)
 
 

@@ -22,9 +22,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, stream_events
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+                            json_renderer, ports, stream_events)
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, AddrFormatter, addr_obj
+from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
 
 NAME = "tcpwin"
@@ -94,14 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      f"snd_wnd, srtt and the connection). {LATENCY_NOTE}")
     p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
     p.add_argument("-D", "--rport", type=ports("-D"), metavar="PORTS", help="only these remote ports (comma list)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
+    add_family_args(p)
     add_common(p, [v.hook for v in TcpWin.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpWin(family=AF_INET if args.ipv4 else AF_INET6 if args.ipv6 else 0, lports=args.lport,
+    tracer = TcpWin(family=family_of(args), lports=args.lport,
                     rports=args.rport, hook=args.hook)
     out = Output(args.json)
     with tracer:
