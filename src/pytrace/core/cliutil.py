@@ -407,6 +407,25 @@ def wall_iso(wall_ns: int) -> str:
         f".{wall_ns % 1_000_000_000 // 1000:06d}"
 
 
+class SinceFirst:
+    """Time since the first event seen: BCC's TIME(s) columns start at the
+    first event, not at the tracer's start (Clock.since_start)."""
+
+    __slots__ = ("first",)
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def ns(self, mono_ns: int) -> int:
+        if self.first is None:
+            self.first = mono_ns
+        return mono_ns - self.first
+
+    def __call__(self, mono_ns: int) -> float:
+        """Seconds."""
+        return self.ns(mono_ns) / 1e9
+
+
 class Clock:
     """Kernel monotonic nanoseconds -> wall-clock text, cached per second."""
 

@@ -20,8 +20,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, add_family_args,
-                            family_of, int_range, json_renderer, ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, SinceFirst, add_common,
+                            add_family_args, family_of, int_range, json_renderer, ports, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -109,7 +109,7 @@ def _text_renderer(tracer: TcpAccept, args: argparse.Namespace, out: Output):
     i_ra, i_rp, i_la, i_lp = i["raddr"], i["rport"], i["laddr"], i["lport"]
     addr, clock = AddrFormatter(), Clock()
     fmt = "%-7d %-12.12s %-2d %-16s %-5d %-16s %d\n"
-    first: list[int] = []
+    since_first = SinceFirst()
 
     def render(batch: list[tuple]) -> str:
         lines = []
@@ -118,9 +118,7 @@ def _text_renderer(tracer: TcpAccept, args: argparse.Namespace, out: Output):
             line = fmt % (r[i_pid], comm_text(r[i_comm]), 4 if fam == AF_INET else 6,
                           addr(fam, r[i_ra]), r[i_rp], addr(fam, r[i_la]), r[i_lp])
             if args.timestamp:
-                if not first:
-                    first.append(r[i_ts])
-                line = f"{(r[i_ts] - first[0]) / 1e9:<9.3f}" + line
+                line = f"{since_first(r[i_ts]):<9.3f}" + line
             if args.time:
                 line = f"{clock.hms(r[i_ts]):<9}" + line
             lines.append(line)

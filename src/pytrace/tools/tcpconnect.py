@@ -35,8 +35,8 @@ from typing import Any
 
 from ..core import tracefs
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
-                            int_range, json_renderer, ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
+                            family_of, int_range, json_renderer, ports, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -270,7 +270,7 @@ def _text_renderer(tracer: TcpConnect, args: argparse.Namespace, out: Output):
     i_sa, i_sp, i_da, i_dp = i["saddr"], i["sport"], i["daddr"], i["dport"]
     i_proto, i_ok, i_err = i["proto"], i["ok"], i["error"]
     addr = AddrFormatter()
-    first: list[int] = []
+    since_first = SinceFirst()
 
     def render(batch: list[tuple]) -> str:
         lines = []
@@ -278,9 +278,7 @@ def _text_renderer(tracer: TcpConnect, args: argparse.Namespace, out: Output):
             fam = r[i_fam]
             line = ""
             if args.timestamp:
-                if not first:
-                    first.append(r[i_ts])
-                line += f"{(r[i_ts] - first[0]) / 1e9:<9.3f}"
+                line += f"{since_first(r[i_ts]):<9.3f}"
             if args.print_uid:
                 line += f"{r[i_uid]:<6}"
             line += "%-6d %-12.12s %-2d %-16s " % (r[i_pid], comm_text(r[i_comm]), 4 if fam == AF_INET else 6,

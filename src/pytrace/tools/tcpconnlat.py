@@ -19,8 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
-                            int_range, json_renderer, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
+                            family_of, int_range, json_renderer, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -128,7 +128,7 @@ def _text_renderer(tracer: TcpConnLat, args: argparse.Namespace, out: Output):
     i_ts, i_pid, i_comm, i_fam = i["ts_ns"], i["pid"], i["comm"], i["family"]
     i_sa, i_sp, i_da, i_dp, i_d = i["saddr"], i["sport"], i["daddr"], i["dport"], i["delta_ns"]
     addr = AddrFormatter()
-    first: list[int] = []
+    since_first = SinceFirst()
 
     def render(batch: list[tuple]) -> str:
         lines = []
@@ -136,9 +136,7 @@ def _text_renderer(tracer: TcpConnLat, args: argparse.Namespace, out: Output):
             fam = r[i_fam]
             line = ""
             if args.timestamp:
-                if not first:
-                    first.append(r[i_ts])
-                line = f"{(r[i_ts] - first[0]) / 1e9:<9.3f}"
+                line = f"{since_first(r[i_ts]):<9.3f}"
             line += "%-6d %-12.12s %-2d %-16s " % (r[i_pid], comm_text(r[i_comm]), 4 if fam == AF_INET else 6,
                                                   addr(fam, r[i_sa]))
             if args.lport:

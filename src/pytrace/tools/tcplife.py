@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
                             json_renderer, ports, positive_int, run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
@@ -163,7 +163,7 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
     i_ts = tracer.idx.get("ts_ns")
     ipcol = ({AF_INET: b"4", AF_INET6: b"6"} if show_ip else {AF_INET: b"", AF_INET6: b""})
     clock, labels = Clock(), ByteLabels()
-    first_ts: list[int] = []
+    since_first = SinceFirst()
     secs_fmt, time_sep = ("%.6f," if args.csv else "%-9.6f "), ("," if args.csv else " ")
 
     def prefix(ts: int) -> bytes:
@@ -171,9 +171,7 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         if args.time:
             text += clock.hms(ts) + time_sep
         if args.timestamp:      # seconds since the first event, as BCC
-            if not first_ts:
-                first_ts.append(ts)
-            text += secs_fmt % ((ts - first_ts[0]) / 1e9)
+            text += secs_fmt % since_first(ts)
         return text.encode()
 
     rows = compile_rows(tracer.raw_fields, (

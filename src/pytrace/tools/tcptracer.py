@@ -23,8 +23,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, add_common, add_family_args, family_of,
-                            int_range, json_renderer, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
+                            family_of, int_range, json_renderer, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -134,7 +134,7 @@ def _text_renderer(tracer: TcpTracer, args: argparse.Namespace, out: Output):
     i_ts, i_type, i_pid, i_comm, i_fam, i_ns = i["ts_ns"], i["type"], i["pid"], i["comm"], i["family"], i["netns"]
     i_sa, i_sp, i_da, i_dp = i["saddr"], i["sport"], i["daddr"], i["dport"]
     addr = AddrFormatter()
-    first: list[int] = []
+    since_first = SinceFirst()
 
     def text(fam: int, raw: bytes) -> str:
         a = addr(fam, raw)
@@ -146,9 +146,7 @@ def _text_renderer(tracer: TcpTracer, args: argparse.Namespace, out: Output):
             fam, t = r[i_fam], chr(r[i_type])
             line = ""
             if args.timestamp:
-                if not first:
-                    first.append(r[i_ts])
-                delta = r[i_ts] - first[0]
+                delta = since_first.ns(r[i_ts])
                 line = f"{delta:<14d}" if verbose else f"{delta / 1e9:<9.3f}"
             line += f"{TYPE_WORDS.get(t, 'unknown'):<12} " if verbose else f"{t:<2} "
             line += "%-6d %-16s %-2d %-16s %-16s %-6d %-6d" % (
