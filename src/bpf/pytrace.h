@@ -87,6 +87,23 @@ static __always_inline __u16 sk_sport(const struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 }
 
+/* Addresses from a classic tracepoint's own copies when it has them
+ * (tp_saddr non-NULL: ctx memory, which can only be read at a computed
+ * offset by helper), else from the socket. */
+static __always_inline void tp_or_sk_addrs(const void *tp_saddr, const void *tp_daddr,
+					   const struct sock *sk, __u16 family,
+					   __u8 *saddr, __u8 *daddr)
+{
+	if (tp_saddr) {
+		__u32 len = family == AF_INET ? 4 : 16;
+
+		bpf_probe_read_kernel(saddr, len, tp_saddr);
+		bpf_probe_read_kernel(daddr, len, tp_daddr);
+	} else {
+		sk_read_addrs(sk, family, saddr, daddr);
+	}
+}
+
 /* Remote port in host order. */
 static __always_inline __u16 sk_dport(const struct sock *sk)
 {

@@ -98,8 +98,6 @@ static __always_inline bool sock_state_of_tp(struct sock_state_change *c,
 /* The local and remote addresses (16 bytes each, v4 in the first 4, the rest 0). */
 static __always_inline void sock_state_addrs(const struct sock_state_change *c, __u8 *saddr, __u8 *daddr)
 {
-	__u32 len = c->family == AF_INET ? 4 : 16;
-
 	__builtin_memset(saddr, 0, 16);
 	__builtin_memset(daddr, 0, 16);
 	if (c->direct) {
@@ -110,12 +108,8 @@ static __always_inline void sock_state_addrs(const struct sock_state_change *c, 
 			__builtin_memcpy(saddr, &c->sk->__sk_common.skc_v6_rcv_saddr, 16);
 			__builtin_memcpy(daddr, &c->sk->__sk_common.skc_v6_daddr, 16);
 		}
-	} else if (c->tp_saddr) {
-		/* ctx memory of the classic tracepoint: read by helper */
-		bpf_probe_read_kernel(saddr, len, c->tp_saddr);
-		bpf_probe_read_kernel(daddr, len, c->tp_daddr);
 	} else {
-		sk_read_addrs(c->sk, c->family, saddr, daddr);
+		tp_or_sk_addrs(c->tp_saddr, c->tp_daddr, c->sk, c->family, saddr, daddr);
 	}
 }
 

@@ -118,13 +118,7 @@ struct origin {
 static __always_inline void fill_addrs(const struct origin *o, __u8 *saddr,
 				       __u8 *daddr)
 {
-	if (o->tp_saddr) {
-		/* ctx memory cannot be read at a computed offset: by helper */
-		bpf_probe_read_kernel(saddr, o->family == AF_INET ? 4 : 16, o->tp_saddr);
-		bpf_probe_read_kernel(daddr, o->family == AF_INET ? 4 : 16, o->tp_daddr);
-	} else {
-		sk_read_addrs(o->sk, o->family, saddr, daddr);
-	}
+	tp_or_sk_addrs(o->tp_saddr, o->tp_daddr, o->sk, o->family, saddr, daddr);
 }
 
 static __always_inline void emit(const struct origin *o, __u8 type, __u64 now)
