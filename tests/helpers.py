@@ -36,6 +36,37 @@ class Connection:
         self.family, self.server_port, self.client_port, self.client_pid = family, server_port, client_port, client_pid
 
 
+class LoopbackPair:
+    """One loopback TCP connection kept open: the listener srv (port), the
+    client cli (cport) and the accepted acc.  nodelay: TCP_NODELAY on both
+    ends, so each request/response of exchange() is its own segment."""
+
+    def __init__(self, host: str = "127.0.0.1", nodelay: bool = False):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.srv = socket.socket(family, socket.SOCK_STREAM)
+        self.srv.bind((host, 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.cli = socket.create_connection((host, self.port))
+        self.acc, _ = self.srv.accept()
+        self.cport = self.cli.getsockname()[1]
+        if nodelay:
+            for s in (self.cli, self.acc):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(self, n: int, size: int = 64) -> None:
+        """n request/response pairs of size bytes each way."""
+        for _ in range(n):
+            self.cli.sendall(b"q" * size)
+            self.acc.recv(size)
+            self.acc.sendall(b"a" * size)
+            self.cli.recv(size)
+
+    def close(self) -> None:
+        for s in (self.cli, self.acc, self.srv):
+            s.close()
+
+
 def tcp_roundtrip(host: str = "127.0.0.1", port: int | None = None, send: bytes = b"ping",
                   reply: bytes = b"pong", server_first_close: bool = False) -> Connection:
     """One full TCP connection in this process: listen, connect, exchange, close.

@@ -17,36 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Cli, free_port, run_cli, tcp_roundtrip, wait_until
+from helpers import Cli, LoopbackPair, free_port, run_cli, tcp_roundtrip, wait_until
 
 prometheus_client = pytest.importorskip("prometheus_client", reason="the exporter needs prometheus_client "
                                         "(scripts/setup.sh installs it)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-
-class PingPong:
-    """One loopback connection exchanging request/response pairs on demand."""
-
-    def __init__(self):
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(1)
-        self.port = self.srv.getsockname()[1]
-        self.cli = socket.create_connection(("127.0.0.1", self.port))
-        self.cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.acc, _ = self.srv.accept()
-        self.acc.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def exchange(self, n: int) -> None:
-        for _ in range(n):
-            self.cli.sendall(b"q" * 32)
-            self.acc.recv(32)
-            self.acc.sendall(b"a" * 32)
-            self.cli.recv(32)
-
-    def close(self) -> None:
-        for s in (self.cli, self.acc, self.srv):
-            s.close()
 
 
 class Exporter:
@@ -131,7 +106,7 @@ def check_against_map(exp: Exporter, port_label: str) -> int:
 
 
 def test_histogram_counts_equal_the_in_kernel_map_at_scrape_time(tmp_path):
-    pp = PingPong()
+    pp = LoopbackPair(nodelay=True)
     exp = Exporter(tmp_path, f"""
 [[metric]]
 tool = "tcprtt"
@@ -139,10 +114,10 @@ labels = {{ service = "web" }}
 options = {{ lport = {pp.port} }}
 """)
     try:
-        pp.exchange(200)
+        pp.exchange(200, 32)
         first = check_against_map(exp, "web")
         assert first >= 200
-        pp.exchange(100)      # no timer: the next scrape reads the map as it is now
+        pp.exchange(100, 32)      # no timer: the next scrape reads the map as it is now
         assert check_against_map(exp, "web") >= first + 100
     finally:
         rc, err = exp.stop()
@@ -178,7 +153,7 @@ options = {{ lports = [{port}] }}
 
 
 def test_prometheus_server_scrapes_and_answers_queries(tmp_path):
-    pp = PingPong()
+    pp = LoopbackPair(nodelay=True)
     exp = Exporter(tmp_path, f"""
 [exporter]
 listen = "127.0.0.1:1"            # --listen wins over this
@@ -202,7 +177,7 @@ scrape_configs:
                              f"--storage.tsdb.path={tmp_path}/tsdb", f"--web.listen-address=127.0.0.1:{prom_port}"],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
     try:
-        pp.exchange(150)
+        pp.exchange(150, 32)
         settle(exp)
         want = histogram(exp.scrape()["pt_test_rtt_seconds"], service="prom")[1]
         assert want >= 150

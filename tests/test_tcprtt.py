@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import time
 
 import pytest
 
-from helpers import free_port, run_cli
+from helpers import LoopbackPair, run_cli
 from pytrace.core.hist import Log2Histogram
 from pytrace.tools.tcprtt import TcpRtt
 from tracefs_counter import TraceCounter, field
-
-
-class PingPong:
-    """A loopback connection kept open, exchanging n request/response pairs on demand."""
-
-    def __init__(self, host: str = "127.0.0.1"):
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.srv = socket.socket(fam, socket.SOCK_STREAM)
-        self.srv.bind((host, 0))
-        self.srv.listen(1)
-        self.port = self.srv.getsockname()[1]
-        self.cli = socket.create_connection((host, self.port))
-        self.cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.acc, _ = self.srv.accept()
-        self.acc.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client_port = self.cli.getsockname()[1]
-
-    def exchange(self, n: int) -> None:
-        for _ in range(n):
-            self.cli.sendall(b"q" * 64)
-            self.acc.recv(64)
-            self.acc.sendall(b"a" * 64)
-            self.cli.recv(64)
-
-    def close(self) -> None:
-        for s in (self.cli, self.acc, self.srv):
-            s.close()
 
 
 def slots_of(srtts: list[int]) -> tuple[int, ...]:
@@ -54,7 +26,7 @@ def test_histogram_equals_the_kernels_tcp_probe_records(hook):
     """Every tcp_probe hit on the server side of one connection lands in the
     histogram, in the slot of its srtt: compared with a tracefs instance
     filtered on the same port, which records the same hits with their srtt."""
-    pp = PingPong()
+    pp = LoopbackPair(nodelay=True)
     try:
         with TcpRtt(lport=pp.port, hook=hook) as rtt:
             with TraceCounter("tcp/tcp_probe", f"sport == {pp.port}") as tc:
@@ -76,7 +48,7 @@ def test_histogram_equals_the_kernels_tcp_probe_records(hook):
 
 
 def test_rport_and_lport_filters_separate_two_connections():
-    a, b = PingPong(), PingPong()
+    a, b = LoopbackPair(nodelay=True), LoopbackPair(nodelay=True)
     try:
         with TcpRtt(rport=a.port) as ra, TcpRtt(lport=b.port) as rb, TcpRtt() as rall:
             with TraceCounter("tcp/tcp_probe", f"dport == {a.port}", "pt_a") as ta, \
@@ -95,7 +67,7 @@ def test_rport_and_lport_filters_separate_two_connections():
 
 
 def test_per_remote_address_histograms_and_clear():
-    pp4, pp6 = PingPong("127.0.0.1"), PingPong("::1")
+    pp4, pp6 = LoopbackPair("127.0.0.1", nodelay=True), LoopbackPair("::1", nodelay=True)
     try:
         with TcpRtt(by_raddr=True, rport=0) as rtt:
             pp4.exchange(20)
@@ -111,7 +83,7 @@ def test_per_remote_address_histograms_and_clear():
 
 
 def test_laddr_filter_v6_only():
-    pp4, pp6 = PingPong("127.0.0.1"), PingPong("::1")
+    pp4, pp6 = LoopbackPair("127.0.0.1", nodelay=True), LoopbackPair("::1", nodelay=True)
     try:
         with TcpRtt(laddr="::1", lport=pp6.port) as r6, TcpRtt(laddr="::1", lport=pp4.port) as r4:
             pp4.exchange(30)
@@ -135,7 +107,7 @@ def test_histogram_rendering():
 
 
 def test_cli_histogram_and_json():
-    pp = PingPong()
+    pp = LoopbackPair(nodelay=True)
     try:
         import threading
         t = threading.Timer(0.8, pp.exchange, args=(100,))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import Cli
+from helpers import Cli, LoopbackPair
 from netlab import bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
 from pytrace.tools.tcpwin import HEADER, TcpWin
 from tracefs_counter import TraceCounter, field
@@ -20,19 +20,12 @@ from tracefs_counter import TraceCounter, field
 SNDBUF = 65536            # the kernel doubles what SO_SNDBUF asks for
 
 
-class Conn:
+class Conn(LoopbackPair):
     """A loopback connection; the server side's send buffer is fixed, it only receives."""
 
     def __init__(self, host: str = "127.0.0.1"):
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.srv = socket.socket(fam, socket.SOCK_STREAM)
-        self.srv.bind((host, 0))
-        self.srv.listen(1)
-        self.port = self.srv.getsockname()[1]
-        self.cli = socket.create_connection((host, self.port))
-        self.acc, _ = self.srv.accept()
+        super().__init__(host)
         self.acc.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        self.cport = self.cli.getsockname()[1]
 
     def send(self, n: int, size: int = 3000) -> None:
         for _ in range(n):
@@ -40,10 +33,6 @@ class Conn:
             got = 0
             while got < size:
                 got += len(self.acc.recv(size - got))
-
-    def close(self) -> None:
-        for s in (self.cli, self.acc, self.srv):
-            s.close()
 
 
 def rows_until(t: TcpWin, n: int, timeout: float = 3.0) -> list:
