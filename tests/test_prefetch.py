@@ -102,8 +102,10 @@ def test_an_untaken_speculative_load_leaves_nothing_behind(cli_state):
 
 
 def test_the_cli_speculates_on_its_second_run(tmp_path):
-    """Two runs of the same command line: both print the connection's events
-    (the second from the object loaded while it imported)."""
+    """Two runs of the same command line through the CLI, whose second run
+    starts a speculative load: both print the connection's events, and the
+    command is remembered.  That the second run's object is the speculative
+    one is checked in process above (the CLI leaves no trace of it)."""
     port = free_port()
     env = {"PYTRACE_CACHE": str(tmp_path)}
     for run in range(2):
