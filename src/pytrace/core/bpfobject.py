@@ -94,11 +94,14 @@ class Map:
         return buf.raw
 
     def items(self, value_size: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) now; one value buffer for the whole walk (maps
+        are read at every interval, some with thousands of keys)."""
+        lookup = libbpf.lib().bpf_map_lookup_elem
+        buf = C.create_string_buffer(value_size or self.value_size)
         out = []
         for k in self.keys():
-            v = self.lookup(k, value_size)
-            if v is not None:
-                out.append((k, v))
+            if lookup(self.fd, k, buf) == 0:
+                out.append((k, buf.raw))
         return out
 
     def percpu_sum(self, key: bytes) -> Any:
