@@ -275,3 +275,19 @@ def released_on(sig: int, tool: str, *args: str) -> set[int]:
     assert rc == 0, err
     assert wait_until(lambda: not held & bpf_prog_ids(), 5)
     return held
+
+
+def kernel_map_flags(fd: int) -> int:
+    """map_flags of a loaded map as the kernel created it (bpf_map_info), not
+    as libbpf's object declares it."""
+    import ctypes as C
+    from pytrace.core import libbpf
+
+    class MapInfo(C.Structure):     # the head of struct bpf_map_info; the kernel copies what fits
+        _fields_ = [("type", C.c_uint32), ("id", C.c_uint32), ("key_size", C.c_uint32),
+                    ("value_size", C.c_uint32), ("max_entries", C.c_uint32), ("map_flags", C.c_uint32)]
+    info, size = MapInfo(), C.c_uint32(C.sizeof(MapInfo))
+    get = libbpf.lib().bpf_obj_get_info_by_fd
+    get.argtypes = [C.c_int, C.c_void_p, C.POINTER(C.c_uint32)]
+    assert get(fd, C.byref(info), C.byref(size)) == 0
+    return info.map_flags

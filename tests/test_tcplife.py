@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, netns, released_on, run_cli, usage_error, wait_until
+from helpers import (Cli, bpf_prog_ids, free_port, kernel_map_flags, netns, released_on, run_cli, usage_error,
+                     wait_until)
+from pytrace.core.libbpf import BPF_F_NO_PREALLOC
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tcplife import TcpLife
 
@@ -114,6 +116,8 @@ def test_every_hook_variant_gives_the_same_sessions(hook):
     port = free_port()
     with TcpLife(hook=hook) as tracer:
         assert tracer.variant.hook == hook
+        flags = kernel_map_flags(tracer.obj.map("conns").fd)     # as in tcpstates' same test
+        assert flags & BPF_F_NO_PREALLOC == (BPF_F_NO_PREALLOC if hook == "tp_btf" else 0)
         s = Session("127.0.0.1", port, 70000, 123, "server")
         ev = sessions_of(tracer, s)
     check(ev, s)

@@ -124,6 +124,7 @@ _PROTOS: dict[str, tuple] = {
     "bpf_program__name": (C.c_char_p, [P]),
     "bpf_program__section_name": (C.c_char_p, [P]),
     "bpf_program__set_autoload": (C.c_int, [P, C.c_bool]),
+    "bpf_program__type": (C.c_int, [P]),
     "bpf_program__autoload": (C.c_bool, [P]),
     "bpf_program__fd": (C.c_int, [P]),
     "bpf_program__attach": (P, [P]),
@@ -142,6 +143,8 @@ _PROTOS: dict[str, tuple] = {
     "bpf_map__value_size": (C.c_uint32, [P]),
     "bpf_map__max_entries": (C.c_uint32, [P]),
     "bpf_map__set_max_entries": (C.c_int, [P, C.c_uint32]),
+    "bpf_map__map_flags": (C.c_uint32, [P]),
+    "bpf_map__set_map_flags": (C.c_int, [P, C.c_uint32]),
     "bpf_map__initial_value": (P, [P, C.POINTER(C.c_size_t)]),
     "bpf_map__set_autocreate": (C.c_int, [P, C.c_bool]),
     "bpf_map__reuse_fd": (C.c_int, [P, C.c_int]),
@@ -304,12 +307,17 @@ def open_object(path: str, programs, map_sizes, btf_path: str | None) -> tuple[i
     known = set()
     try:
         prog = lb.bpf_object__next_program(ptr, None)
+        prealloc = False
         while prog:
             pname = lb.bpf_program__name(prog).decode()
             known.add(pname)
             if programs is not None:
                 lb.bpf_program__set_autoload(prog, pname in programs)
+            if (programs is None or pname in programs) and lb.bpf_program__type(prog) in _PREALLOC_ONLY:
+                prealloc = True
             prog = lb.bpf_object__next_program(ptr, prog)
+        if prealloc:
+            _preallocate_hashes(ptr)
         for map_name, size in map_sizes:
             m = check_ptr(lb.bpf_object__find_map_by_name(ptr, map_name.encode()), f"find map {map_name}")
             check(lb.bpf_map__set_max_entries(m, size), f"resize {map_name}")
@@ -317,6 +325,28 @@ def open_object(path: str, programs, map_sizes, btf_path: str | None) -> tuple[i
         lb.bpf_object__close(ptr)
         raise
     return ptr, known
+
+
+# Large per-socket hashes are declared BPF_F_NO_PREALLOC: preallocating 65536
+# elements is ~2 ms of a tool's start-up, and since 6.1 (bpf_mem_alloc) an
+# element allocated on insert costs about the same.  Older kernels refuse
+# run-time allocation to these program types under PREEMPT_RT and warn about
+# it otherwise (a kernel WARN in dmesg), so an object loading any of them gets
+# its hashes preallocated, as declared before.  BPF_PROG_TYPE_TRACING (tp_btf,
+# fentry), which needs a newer kernel anyway, was never restricted.
+_PREALLOC_ONLY = frozenset((2, 5, 7, 17, 24))  # kprobe, tracepoint, perf_event, raw_tp, raw_tp_writable
+_HASHES = frozenset((1, 5))                   # BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_HASH
+BPF_F_NO_PREALLOC = 1
+
+
+def _preallocate_hashes(ptr: int) -> None:
+    lb = lib()
+    m = lb.bpf_object__next_map(ptr, None)
+    while m:
+        flags = lb.bpf_map__map_flags(m)
+        if flags & BPF_F_NO_PREALLOC and lb.bpf_map__type(m) in _HASHES:
+            check(lb.bpf_map__set_map_flags(m, flags & ~BPF_F_NO_PREALLOC), "preallocate a hash map")
+        m = lb.bpf_object__next_map(ptr, m)
 
 
 def section(ptr: int, name: str) -> tuple[int, int]:
