@@ -33,7 +33,7 @@ def cli_state(tmp_path, monkeypatch):
 
     def fresh():
         for name, value in (("_tool", None), ("_argv", ()), ("_done", None), ("_pending", None),
-                            ("_claimed", None)):
+                            ("_claimed", None), ("_args", None), ("_noted", None)):
             monkeypatch.setattr(prefetch, name, value)
     fresh()
     yield fresh
@@ -101,17 +101,41 @@ def test_an_untaken_speculative_load_leaves_nothing_behind(cli_state):
     assert released(mine)
 
 
+def test_remembered_arguments_are_used_while_their_sources_are_unchanged(cli_state, tmp_path):
+    port = free_port()
+    source = tmp_path / "tool.py"
+    source.write_text("# v1\n")
+    prefetch.start("tcpstates", ["-L", str(port)])
+    prefetch.note_args((str(source),), {"localport": [port], "json": False})
+    with TcpStates(lports=[port]):
+        pass
+
+    cli_state()
+    prefetch.start("tcpstates", ["-L", str(port)])
+    assert prefetch.parsed_args((str(source),)) == {"localport": [port], "json": False}
+    source.write_text("# v2, another default\n")
+    assert prefetch.parsed_args((str(source),)) is None     # parse again
+
+
 def test_the_cli_speculates_on_its_second_run(tmp_path):
     """Two runs of the same command line through the CLI, whose second run
-    starts a speculative load: both print the connection's events, and the
-    command is remembered.  That the second run's object is the speculative
-    one is checked in process above (the CLI leaves no trace of it)."""
-    port = free_port()
-    env = {"PYTRACE_CACHE": str(tmp_path)}
+    starts a speculative load and skips argument parsing: both print the
+    connection's events and only those of -L's port, the second without ever
+    importing argparse (nor re, json or enum, which only it needed).  That
+    the second run's object is the speculative one is checked in process
+    above (the CLI leaves no trace of it)."""
+    port, other = free_port(), free_port()
+    env = {"PYTRACE_CACHE": str(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
     for run in range(2):
         cli = Cli("tcpstates", "-L", str(port), env=env)
+        tcp_roundtrip("127.0.0.1", other)
         tcp_roundtrip("127.0.0.1", port)
         assert cli.read_until(lambda l: "LAST_ACK" in l and "CLOSE" in l), f"run {run}: {cli.seen}"
         rc, _, err = cli.stop()
         assert rc == 0, err
+        assert not [l for l in cli.seen if f" {other} " in l], cli.seen      # the filter held
         assert os.path.exists(os.path.join(tmp_path, "spec-tcpstates.marshal"))
+        imported = {l.split("|")[-1].strip() for l in err.splitlines() if l.startswith("import time:")}
+        assert ("argparse" in imported) == (run == 0), sorted(imported)
+        if run == 1:
+            assert not imported & {"re", "json", "enum"}, sorted(imported & {"re", "json", "enum"})

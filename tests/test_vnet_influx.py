@@ -16,6 +16,7 @@ import pytest
 
 from helpers import free_port, run_cli, wait_until
 from pytrace.core import cliutil
+from pytrace.core.argparser import ArgParser
 from pytrace.vnet import store
 from pytrace.vnet.demo import Topology
 from test_vnet import _recorder, _stop
@@ -24,7 +25,7 @@ INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
 
 def _has_influx_flag() -> bool:
-    p = cliutil.ArgParser()
+    p = ArgParser()
     cliutil.add_common(p, [])
     return any("--influx" in a.option_strings for a in p._actions)
 

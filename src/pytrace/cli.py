@@ -84,12 +84,21 @@ def _show_traceback() -> None:
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    from .core import cliutil, objects
+    from .core import cliutil, objects, prefetch
 
     module = registry.load(name)
-    parser = cliutil.ArgParser(prog=f"pytrace {name}")
-    module.add_arguments(parser)
-    args = parser.parse_args(argv)
+    sources = (module.__file__, cliutil.__file__)   # where a tool's arguments are defined
+    values = prefetch.parsed_args(sources)
+    if values is not None:
+        from types import SimpleNamespace
+        args = SimpleNamespace(**values)
+    else:
+        from .core.argparser import ArgParser
+        parser = ArgParser(prog=f"pytrace {name}")
+        module.add_arguments(parser)
+        args = parser.parse_args(argv)
+        if getattr(args, "record", None) is None:   # --record checks its file is new: every run parses
+            prefetch.note_args(sources, vars(args))
     if getattr(args, "ebpf", False):
         sys.stdout.write(objects.source(getattr(module, "OBJECT", name)))
         return 0

@@ -54,6 +54,7 @@ from typing import Any
 
 from .. import tools as registry
 from ..core import cliutil
+from ..core.argparser import ArgParser
 from ..core.errors import PytraceError, UsageError
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
@@ -451,7 +452,7 @@ def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTT
 
 def run(argv: list[str]) -> int:
     import argparse
-    p = cliutil.ArgParser(prog="pytrace exporter", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgParser(prog="pytrace exporter", formatter_class=argparse.RawDescriptionHelpFormatter,
                           description="Serve tools' in-kernel aggregates and event counts as Prometheus "
                                       "metrics (maps are read at scrape time).\n\n"
                                       + __doc__.split("\n\n", 1)[1])

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .. import tools as registry
 from ..core import cliutil
+from ..core.argparser import ArgParser
 from ..core.errors import PytraceError, UsageError
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -124,7 +125,7 @@ def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
 
 
 def run(argv: list[str]) -> int:
-    p = cliutil.ArgParser(prog="pytrace replay", description=DESCRIPTION)
+    p = ArgParser(prog="pytrace replay", description=DESCRIPTION)
     p.add_argument("file", metavar="FILE", help="a recording made with --record FILE")
     p.add_argument("--since", metavar="TIME", help="only from this time on (+SECONDS, HH:MM:SS, ISO, Unix)")
     p.add_argument("--until", metavar="TIME", help="only up to this time")
@@ -142,7 +143,7 @@ def run(argv: list[str]) -> int:
         if not registry.exists(rec.tool):
             raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
         module = registry.load(rec.tool)
-        tool_parser = cliutil.ArgParser(prog=f"pytrace {rec.tool}")
+        tool_parser = ArgParser(prog=f"pytrace {rec.tool}")
         module.add_arguments(tool_parser)
         try:
             targs = tool_parser.parse_args(_without_sink_flags(rec.argv))

@@ -20,7 +20,6 @@ row and which are its numbers (Rows), and gets both directions from that.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -31,6 +30,10 @@ from ..sinks.snapshot import Series, Snapshot
 from .cliutil import positive_int, publish, wall_iso
 from .errors import UsageError
 from .periodic import each_tick
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 
 def add_interval_args(p: argparse.ArgumentParser, *, positional: bool = False) -> None:

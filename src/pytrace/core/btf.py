@@ -13,11 +13,12 @@ build.py writes it, and a stale or missing cache is rebuilt on first use.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
 from collections import namedtuple
+
+from . import jsonfile
 
 # BTF kinds (include/uapi/linux/btf.h)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
@@ -316,6 +317,7 @@ def write_cache(obj: str | os.PathLike) -> dict:
     info["version"] = CACHE_VERSION
     tmp = f"{os.fspath(obj)}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
+        import json     # writing only; reading is jsonfile's
         fh.write(json.dumps(info, indent=0, sort_keys=True))
     os.replace(tmp, _cache_path(obj))
     return info
@@ -330,7 +332,7 @@ class ObjectTypes:
         cache = _cache_path(obj)
         try:
             with open(cache) as fh:
-                info = json.loads(fh.read())
+                info = jsonfile.loads(fh.read())
             if info.get("version") != CACHE_VERSION or info.get("digest") != _digest(obj):
                 info = None
         except (OSError, ValueError):

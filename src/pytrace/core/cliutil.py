@@ -6,57 +6,27 @@ whole dispatcher, and so the per-event path stays in one place.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from _signal import SIGHUP, SIGINT, SIGTERM, default_int_handler, signal
 
 from .errors import UsageError
 from .net import AF_INET, AF_INET6, parse_addr, parse_ports
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    import argparse
+    from collections.abc import Callable, Iterable
     from typing import Any, TextIO
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's, with the terminal width found as shutil.get_terminal_size()
-    finds it, without importing shutil (and bz2, lzma, fnmatch): argparse
-    makes a formatter for every add_argument(), and that import would cost
-    every tool ~2 ms of start-up."""
-
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None):
-        if width is None:
-            width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-def _terminal_columns() -> int:
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit status 2."""
-
-    def __init__(self, *args: Any, **kw: Any):
-        kw.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kw)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+def bad_value(message: str) -> Exception:
+    """What an argparse type converter raises.  argparse is imported here, not
+    at the top: it is loaded whenever a converter runs, and a tool whose
+    arguments were parsed before (core/prefetch) never loads it at all."""
+    import argparse
+    return argparse.ArgumentTypeError(message)
 
 
 def ports(flag: str) -> Callable[[str], list[int]]:
@@ -64,14 +34,14 @@ def ports(flag: str) -> Callable[[str], list[int]]:
         try:
             return parse_ports(text, flag)
         except UsageError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise bad_value(str(exc)) from None
     conv.__name__ = "port list"
     return conv
 
 
 def port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)")
+        raise bad_value(f"'{text}' is not a port number (1-65535)")
     return int(text)
 
 
@@ -80,7 +50,7 @@ def address(flag: str) -> Callable[[str], tuple[int, bytes]]:
         try:
             return parse_addr(text, flag)
         except UsageError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise bad_value(str(exc)) from None
     conv.__name__ = "address"
     return conv
 
@@ -89,9 +59,9 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        raise bad_value(f"'{text}' is not a whole number") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be greater than 0")
+        raise bad_value(f"'{text}' must be greater than 0")
     return value
 
 
@@ -99,9 +69,9 @@ def nonneg_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        raise bad_value(f"'{text}' is not a whole number") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
+        raise bad_value(f"'{text}' must not be negative")
     return value
 
 
@@ -112,9 +82,9 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+            raise bad_value(f"'{text}' is not a whole number") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"'{text}' is not in {low}..{high}")
+            raise bad_value(f"'{text}' is not in {low}..{high}")
         return value
     conv.__name__ = "number"
     return conv
@@ -159,10 +129,10 @@ def add_sink_args(g: Any) -> None:
 
 def _new_file(text: str) -> str:
     if os.path.lexists(text):
-        raise argparse.ArgumentTypeError(f"{text} exists: a recording is never overwritten, choose a new name")
+        raise bad_value(f"{text} exists: a recording is never overwritten, choose a new name")
     parent = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"{text}: directory {parent} does not exist")
+        raise bad_value(f"{text}: directory {parent} does not exist")
     return text
 
 
@@ -171,7 +141,7 @@ def _influx_url(text: str) -> str:
     try:
         parse_url(text)
     except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise bad_value(str(exc)) from None
     return text
 
 
@@ -214,9 +184,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def install_signal_handlers() -> None:
     # Explicitly, like the C tools: a shell starts background jobs with SIGINT
     # ignored, and Python would keep it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGHUP, _on_sigterm)
+    # _signal, not signal: that wraps numbers in enums (enum is ~3 ms of start-up)
+    signal(SIGINT, default_int_handler)
+    signal(SIGTERM, _on_sigterm)
+    signal(SIGHUP, _on_sigterm)
 
 
 class Output:
@@ -244,6 +215,7 @@ class Output:
         self.stream.flush()
 
     def record(self, obj: dict) -> None:
+        import json     # --json only: json imports re (~4 ms of start-up)
         self.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
     def lost(self, total: int) -> None:
@@ -362,6 +334,7 @@ def json_renderer(source: Any) -> Callable[[list[tuple]], str]:
     """An event tool's --json: make_event(raw).to_dict() of every record, one
     compact JSON object a line (source: the tracer, or replay's stand-in)."""
     make = source.make_event
+    import json
     dumps = json.JSONEncoder(separators=(",", ":")).encode
 
     def render(batch: list[tuple]) -> str:

@@ -9,10 +9,9 @@ without paying for a failed load each time.  `pytrace doctor` probes afresh.
 from __future__ import annotations
 
 import errno
-import json
 import os
 
-from . import libbpf
+from . import jsonfile, libbpf
 
 CACHE = os.path.join(os.environ.get("PYTRACE_CACHE", "/run/pytrace"), "features.json")
 PROBED_KINDS = ("fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint", "lsm")
@@ -38,7 +37,7 @@ def _boot_id() -> str:
 def _load_cache() -> dict:
     try:
         with open(CACHE) as fh:
-            data = json.loads(fh.read())
+            data = jsonfile.loads(fh.read())
     except (OSError, ValueError):
         return {}
     if data.get("boot_id") != _boot_id() or data.get("libbpf") != libbpf.lib_path:
@@ -51,6 +50,7 @@ def _save_cache(kinds: dict) -> None:
         os.makedirs(os.path.dirname(CACHE), exist_ok=True)
         tmp = os.path.splitext(CACHE)[0] + ".tmp"
         with open(tmp, "w") as fh:
+            import json     # writing only; reading is jsonfile's
             fh.write(json.dumps({"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}))
         os.replace(tmp, CACHE)
     except OSError:

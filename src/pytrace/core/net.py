@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 # socket's own C module: the socket module adds only Python wrappers and
 # enums (and selectors), ~1.5 ms of start-up that formatting needs none of.
 from _socket import AF_INET, AF_INET6, inet_ntop
@@ -14,31 +13,53 @@ if TYPE_CHECKING:   # for the annotations; the functions import it when they run
     import ipaddress
 
 
-class TcpState(enum.IntEnum):
-    """include/net/tcp_states.h"""
-    ESTABLISHED = 1
-    SYN_SENT = 2
-    SYN_RECV = 3
-    FIN_WAIT1 = 4
-    FIN_WAIT2 = 5
-    TIME_WAIT = 6
-    CLOSE = 7
-    CLOSE_WAIT = 8
-    LAST_ACK = 9
-    LISTEN = 10
-    CLOSING = 11
-    NEW_SYN_RECV = 12
-
-    @classmethod
-    def of(cls, value: int) -> "TcpState | int":
-        try:
-            return cls(value)
-        except ValueError:
-            return value
-
+# include/net/tcp_states.h, from 1
+_STATES = ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
+           "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV")
 
 # index -> name, for formatting without an enum lookup per event
-STATE_NAMES = tuple(TcpState(i).name if i in TcpState._value2member_map_ else str(i) for i in range(256))
+STATE_NAMES = tuple(_STATES[i - 1] if 1 <= i <= len(_STATES) else str(i) for i in range(256))
+
+
+def _tcp_state_class() -> type:
+    import enum     # here: enum (with functools and collections) is ~3 ms that text output never needs
+
+    class TcpState(enum.IntEnum):
+        """include/net/tcp_states.h"""
+        ESTABLISHED = 1
+        SYN_SENT = 2
+        SYN_RECV = 3
+        FIN_WAIT1 = 4
+        FIN_WAIT2 = 5
+        TIME_WAIT = 6
+        CLOSE = 7
+        CLOSE_WAIT = 8
+        LAST_ACK = 9
+        LISTEN = 10
+        CLOSING = 11
+        NEW_SYN_RECV = 12
+
+        @classmethod
+        def of(cls, value: int) -> "TcpState | int":
+            try:
+                return cls(value)
+            except ValueError:
+                return value
+    TcpState.__module__, TcpState.__qualname__ = __name__, "TcpState"   # pickle finds it here
+    return TcpState
+
+
+def __getattr__(name: str):
+    """TcpState, made on first use (PEP 562)."""
+    if name == "TcpState":
+        cls = globals()["TcpState"] = _tcp_state_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def tcp_state(value: int) -> int:
+    """TcpState(value) for an event's state; the number itself if it names none."""
+    return (globals().get("TcpState") or __getattr__("TcpState")).of(value)
 
 
 class AddrFormatter:

@@ -9,11 +9,14 @@ are rodata, and output names a device of another namespace as
 
 from __future__ import annotations
 
-import argparse
 import os
 from functools import lru_cache
 
-from .cliutil import positive_int
+from .cliutil import bad_value, positive_int
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 IFNAMSIZ = 16
 
@@ -21,7 +24,7 @@ IFNAMSIZ = 16
 def device_name(text: str) -> str:
     """An argparse type: a valid Linux interface name."""
     if not text or len(text) >= IFNAMSIZ or "/" in text or any(c.isspace() for c in text) or text in (".", ".."):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a network device name (1-15 characters, no '/' or spaces)")
+        raise bad_value(f"'{text}' is not a network device name (1-15 characters, no '/' or spaces)")
     return text
 
 

@@ -10,10 +10,10 @@ or mixed install gets one clear line instead of a libbpf or verifier error.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from . import jsonfile
 from .errors import PytraceError
 
 # As strings: pathlib costs a tool ~3 ms of start-up.  BPF_DIR, SRC_DIR and
@@ -50,7 +50,7 @@ def manifest() -> dict:
 
     try:
         with open(_MANIFEST) as fh:
-            info = json.loads(fh.read())
+            info = jsonfile.loads(fh.read())
     except FileNotFoundError:
         raise PytraceError(f"{_MANIFEST} is missing: the BPF objects were not built for this install "
                            f"({REINSTALL})") from None

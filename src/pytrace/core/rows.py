@@ -15,16 +15,15 @@ names fields.
 from __future__ import annotations
 
 import keyword
-import re
-from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 
 def _ident(field: str) -> str:
-    name = re.sub(r"\W", "_", field)
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in field)   # re would cost start-up
     return name + "_" if keyword.iskeyword(name) else name
 
 

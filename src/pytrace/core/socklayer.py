@@ -7,7 +7,6 @@ soconnect, udpconnect)."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import socket
 import struct
@@ -18,6 +17,10 @@ from .bpfobject import BpfObject, Map, ncpus_possible
 from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int
 from .hist import Log2Histogram
 from .loader import Variant
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 HIST_SLOTS = 32   # as socklayer.h
 

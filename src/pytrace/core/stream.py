@@ -150,9 +150,9 @@ def event_class(namespace: dict, name: str, body: type, imports: tuple[str, ...]
     and tokenize, ~7 ms of start-up that the text output, which formats raw
     records, never needs.  Such a module writes its event as a plain class
     and a PEP 562 __getattr__ that calls this for the public name; its
-    make_event() calls it too.  imports: modules that the field annotations
-    name, imported into namespace now, so that typing.get_type_hints()
-    resolves them there as before.
+    make_event() calls it too.  imports: modules ("ipaddress") and names
+    ("pytrace.core.net:TcpState") that the field annotations use, bound in
+    namespace now, so that typing.get_type_hints() resolves them there.
     """
     cls = namespace.get(name)
     if cls is not None:
@@ -161,7 +161,11 @@ def event_class(namespace: dict, name: str, body: type, imports: tuple[str, ...]
     from dataclasses import dataclass
 
     for module in imports:
-        namespace[module] = importlib.import_module(module)
+        module, _, attr = module.partition(":")
+        if attr:
+            namespace[attr] = getattr(importlib.import_module(module), attr)
+        else:
+            namespace[module] = importlib.import_module(module)
     attrs = {k: v for k, v in vars(body).items() if k not in ("__dict__", "__weakref__")}
     attrs["__qualname__"] = name
     prefix = body.__qualname__ + "."

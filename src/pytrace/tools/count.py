@@ -21,7 +21,6 @@ Library:
 
 from __future__ import annotations
 
-import argparse
 import ctypes as C
 import errno
 import json
@@ -39,6 +38,10 @@ from ..core.loader import Variant
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack, remember
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "count"
 SUMMARY = "count tracepoint hits per probe (and per field values), filter in the kernel"
@@ -247,7 +250,6 @@ class TracepointCount(Tracer):
         for pc in self.counts():
             out[pc.tracepoint] += pc.count
         return out
-
 
 
 # -- command line (shared with stackcount) -------------------------------------------

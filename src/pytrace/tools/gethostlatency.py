@@ -18,7 +18,6 @@ own resolver) are not seen.
 
 from __future__ import annotations
 
-import argparse
 import ctypes as C
 import os
 import subprocess
@@ -32,6 +31,10 @@ from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "gethostlatency"
 SUMMARY = "latency of getaddrinfo/gethostbyname[2] calls, by process (uprobes on libc)"

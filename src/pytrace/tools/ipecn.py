@@ -15,7 +15,6 @@ ECT(0)/ECT(1) (ECN-capable, no congestion) are reported too.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.socklayer import protocol_name
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "ipecn"
 SUMMARY = "received IP packets marked ECN Congestion Experienced"

@@ -21,7 +21,6 @@ without it on receive.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,10 @@ from ..core.netdev import add_device_args, dev_label, device_rodata
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "netsize"
 SUMMARY = "packet size histograms per device, rx/tx, before and after GRO/GSO"

@@ -19,7 +19,6 @@ as a transmit latency.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,10 @@ from ..core.netdev import add_device_args, dev_label, device_rodata
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "nettxlat"
 SUMMARY = "device transmit latency histograms (driver start to TX completion)"

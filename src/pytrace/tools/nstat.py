@@ -18,7 +18,6 @@ Library:
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import re
@@ -28,9 +27,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_sink_args, positive_int, publish
+from ..core.cliutil import add_sink_args, bad_value, positive_int, publish
 from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "nstat"
 SUMMARY = "deltas of the kernel's SNMP/netstat counters (no BPF), key counters marked"
@@ -172,7 +175,7 @@ class NetStat:
 
 def pattern(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a counter name pattern (e.g. TcpExt* or *Retrans*)")
+        raise bad_value(f"'{text}' is not a counter name pattern (e.g. TcpExt* or *Retrans*)")
     return text
 
 

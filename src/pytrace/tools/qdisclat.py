@@ -19,7 +19,6 @@ qdisc (noqueue: veth, lo).  A bulk dequeue reports only its first packet.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,10 @@ from ..core.netdev import add_device_args, dev_label, device_rodata
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "qdisclat"
 SUMMARY = "queueing latency histograms per qdisc and device (enqueue to dequeue)"

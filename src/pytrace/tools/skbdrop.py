@@ -18,7 +18,6 @@ starting at the function that freed the packet.
 
 from __future__ import annotations
 
-import argparse
 import errno
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,10 @@ from ..core.socklayer import counted, protocol_name
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "skbdrop"
 SUMMARY = "packet drops by reason, protocol and kernel stack, counted in the kernel"

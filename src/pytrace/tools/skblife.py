@@ -20,7 +20,6 @@ tracepoint: they are not seen.
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
@@ -35,6 +34,10 @@ from ..core.loader import Variant
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "skblife"
 SUMMARY = "skb lifespan histogram (slab allocation to free)"

@@ -16,7 +16,6 @@ splice or sendfile are not seen.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -27,6 +26,10 @@ from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "so1stbyte"
 SUMMARY = "time from IP connect() to the first byte read, per process"

@@ -15,7 +15,6 @@ io_uring accepts do not pass through the system calls and are not seen.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import ACCEPT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "soaccept"
 SUMMARY = "IP accept() calls with peer address, port and result"

@@ -16,7 +16,6 @@ kTLS, sockmap) are not seen.
 
 from __future__ import annotations
 
-import argparse
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,10 @@ from ..core.cliutil import add_common, add_family_args, family_of, positive_int
 from ..core.socklayer import DIRS, cstr, sock_io_variants
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "socketio"
 SUMMARY = "socket I/O calls and bytes by process, direction, protocol and port"

@@ -18,7 +18,6 @@ TCP count their drops in nstat (UdpRcvbufErrors, TcpExtTCPRcvQDrop).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import signal
@@ -35,6 +34,10 @@ from ..core.net import comm_text
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs, cstr
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "sockrmem"
 SUMMARY = "socket receive buffer fill histograms, and full receive queues"

@@ -14,7 +14,6 @@ The size is what each call through sock_sendmsg()/sock_recvmsg() returned
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -24,6 +23,10 @@ from ..core.hist import Log2Histogram
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "socksize"
 SUMMARY = "socket send/recv size histograms per process"

@@ -16,7 +16,6 @@ socket send and receive system call, plus kernel users of sockets).
 
 from __future__ import annotations
 
-import argparse
 import json
 import struct
 import time
@@ -30,6 +29,10 @@ from ..core.loader import Variant
 from ..core.socklayer import attach_with_tracefs, percpu_u64
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "sockstat"
 SUMMARY = "socket syscall and send/recv counts per interval"

@@ -14,7 +14,6 @@ progress"; soconnlat follows those to poll/select/epoll).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import CONNECT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "soconnect"
 SUMMARY = "IP connect() calls with address, port, latency and result"

@@ -16,7 +16,6 @@ User stacks go past the first frame only in code built with frame pointers.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 from dataclasses import dataclass
@@ -31,6 +30,10 @@ from ..core.socklayer import cstr, histograms
 from ..core.tracer import Tracer
 from ..core.usyms import process_symbols, read_stack, remember
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "soconnlat"
 SUMMARY = "IP connect() latency histograms with the caller's user stack"

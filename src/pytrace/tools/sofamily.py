@@ -15,7 +15,6 @@ of the accepted socket).  Counted in the kernel at the syscall tracepoints.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,10 @@ from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "sofamily"
 SUMMARY = "new sockets, connects and accepts by address family and process"

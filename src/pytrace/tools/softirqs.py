@@ -19,7 +19,6 @@ imports to what every run needs.
 
 from __future__ import annotations
 
-import argparse
 import struct
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from ..core.loader import Variant
 from ..core.tracer import Tracer
 
 if TYPE_CHECKING:
+    import argparse
     from ..core.hist import Log2Histogram
     from ..sinks.snapshot import Snapshot
 

@@ -16,7 +16,6 @@ listens bypass.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -27,6 +26,10 @@ from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_comm
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "solisten"
 SUMMARY = "TCP listen() calls with port, address and effective backlog"

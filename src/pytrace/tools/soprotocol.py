@@ -14,7 +14,6 @@ kproto is the kernel's name of the socket's protocol implementation
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,10 @@ from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name, protocol_name, type_name
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "soprotocol"
 SUMMARY = "connects and accepts by transport protocol and process"

@@ -14,7 +14,6 @@ User stacks need frame pointers in the traced code to go past the first frame.
 
 from __future__ import annotations
 
-import argparse
 import errno
 from typing import Any
 
@@ -25,6 +24,10 @@ from ..core.usyms import process_symbols
 from ..sinks.snapshot import Series, Snapshot
 from .count import (STACK_STORAGE, ProbeCount, TracepointCount, count_of, print_loop, probes, render_json,
                     series_of)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "stackcount"
 OBJECT = "count"

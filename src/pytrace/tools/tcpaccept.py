@@ -15,7 +15,6 @@ accepts bypass.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,10 @@ from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, SinceFir
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpaccept"
 SUMMARY = "TCP connections accepted, with the accepting PID"

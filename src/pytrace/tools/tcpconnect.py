@@ -26,7 +26,6 @@ connect()'s own result).
 
 from __future__ import annotations
 
-import argparse
 import errno
 import ipaddress
 import json
@@ -41,6 +40,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpconnect"
 SUMMARY = "TCP connects with PID, UID and result (refused, timed out...)"

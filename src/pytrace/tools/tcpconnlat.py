@@ -14,16 +14,19 @@ ESTABLISHED.  Connects that fail are not shown.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
-                            family_of, int_range, json_renderer, run_stream)
+                            bad_value, family_of, int_range, json_renderer, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpconnlat"
 SUMMARY = "latency of TCP connects (SYN sent to handshake complete)"
@@ -87,9 +90,9 @@ def min_latency(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of milliseconds") from None
+        raise bad_value(f"'{text}' is not a number of milliseconds") from None
     if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' must be a positive number of milliseconds")
+        raise bad_value(f"'{text}' must be a positive number of milliseconds")
     return value
 
 

@@ -19,7 +19,6 @@ at the drop (often 0 or unrelated: most drops happen in softirq).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -32,6 +31,10 @@ from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpdrop"
 SUMMARY = "TCP packets dropped by the kernel: addresses, state, flags, reason, stack"

@@ -17,8 +17,6 @@ ms runs from the last of SYN_SENT/SYN_RECV/ESTABLISHED to CLOSE, as in BCC.
 
 from __future__ import annotations
 
-import argparse
-
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
                             json_renderer, ports, positive_int, run_stream)
 from ..core.loader import Variant
@@ -28,6 +26,7 @@ from ..core.stream import EventTracer, lazy_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    import argparse
     import ipaddress
     from typing import Any
 

@@ -28,7 +28,6 @@ timestamping flag after exit; with no sockops program left it does nothing.
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
@@ -42,6 +41,10 @@ from ..core.loader import Variant
 from ..core.socklayer import counted, histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpnagle"
 SUMMARY = "TCP Nagle usage and transmit delays (exact with kprobes; approximation via sockops)"

@@ -15,7 +15,6 @@ received on an established connection, as libbpf-tools tcprtt does.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from typing import Any
 
@@ -26,6 +25,10 @@ from ..core.loader import Variant
 from ..core.net import addr_obj
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcprtt"
 SUMMARY = "histogram of TCP round-trip time (srtt)"

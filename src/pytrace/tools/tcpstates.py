@@ -14,18 +14,19 @@ task or none (0) for changes made in softirq on packet arrival.
 
 from __future__ import annotations
 
-import argparse
-
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
                             json_renderer, ports, run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
-from ..core.net import AF_INET, STATE_NAMES, ByteLabels, TcpState, addr_obj, comm_text
+from ..core.net import AF_INET, STATE_NAMES, ByteLabels, addr_obj, comm_text, tcp_state
 from ..core.stream import EventTracer, lazy_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    import argparse
     import ipaddress
+
+    from ..core.net import TcpState
     from typing import Any
 
 NAME = "tcpstates"
@@ -57,7 +58,8 @@ class _TcpStateChange:
 
 # PEP 562: importing TcpStateChange makes the dataclass, which the CLI's text
 # output never needs (importing dataclasses would cost its start-up ~7 ms).
-_event_class, __getattr__ = lazy_event(globals(), "TcpStateChange", _TcpStateChange, imports=("ipaddress",))
+_event_class, __getattr__ = lazy_event(globals(), "TcpStateChange", _TcpStateChange,
+                                         imports=("ipaddress", "pytrace.core.net:TcpState"))
 
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ class TcpStates(EventTracer):
         return _event_class()(
             raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
             addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]], addr_obj(fam, raw[i["daddr"]]),
-            raw[i["dport"]], TcpState.of(raw[i["oldstate"]]), TcpState.of(raw[i["newstate"]]),
+            raw[i["dport"]], tcp_state(raw[i["oldstate"]]), tcp_state(raw[i["newstate"]]),
             raw[i["delta_us"]] / 1000.0)
 
 

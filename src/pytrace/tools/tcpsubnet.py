@@ -17,7 +17,6 @@ the rest of IPv4; add ::/0 for IPv6).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import struct
@@ -25,11 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, bad_value, positive_int
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpsubnet"
 SUMMARY = "TCP bytes sent, summed per destination subnet"
@@ -155,7 +158,7 @@ def _subnets_arg(text: str) -> list[Subnet]:
     try:
         return parse_subnets(text)
     except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise bad_value(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

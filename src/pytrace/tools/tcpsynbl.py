@@ -18,7 +18,6 @@ kernels without kprobes) it is the length after, i.e. one more.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
@@ -28,6 +27,10 @@ from ..core.loader import Variant
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpsynbl"
 SUMMARY = "histograms of TCP SYN backlog length, per backlog limit"

@@ -16,7 +16,6 @@ name when it first moved bytes in the period.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import sys
 import time
@@ -29,6 +28,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcptop"
 SUMMARY = "TCP send/receive throughput per process and connection"

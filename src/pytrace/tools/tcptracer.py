@@ -17,7 +17,6 @@ shows it later, at close(), for a reset connection.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -28,6 +27,10 @@ from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcptracer"
 SUMMARY = "TCP connect, accept and close events (C/A/X)"

@@ -17,7 +17,6 @@ send buffer's size and queued bytes.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,10 @@ from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tcpwin"
 SUMMARY = "TCP cwnd, ssthresh, send window and buffer per segment, as CSV to plot"

@@ -26,7 +26,6 @@ namespaces and sends traffic through it (pytrace/tunnelmon/simulate.py);
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
@@ -39,13 +38,17 @@ from typing import Any, Iterator
 from ..core import netattach
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
-from ..core.cliutil import add_common, nonneg_int, port, positive_int, wall_iso
+from ..core.cliutil import add_common, bad_value, nonneg_int, port, positive_int, wall_iso
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
 from ..core.periodic import ticks
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot as SinkSnapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "tunnelmon"
 SUMMARY = "VXLAN traffic per tunnel, VNI and overlay pair (tc/XDP), with a web view"
@@ -242,7 +245,7 @@ SORT_KEYS = tuple(c.lower() for c in COLUMNS) + ("bytes", "pkts")
 def sort_key(name: str) -> str:
     key = name.lower()
     if key not in SORT_KEYS:
-        raise argparse.ArgumentTypeError(f"'{name}' is not a column ({', '.join(SORT_KEYS)})")
+        raise bad_value(f"'{name}' is not a column ({', '.join(SORT_KEYS)})")
     return key
 
 
@@ -255,9 +258,9 @@ def web_address(text: str) -> tuple[str, int]:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{host}' is not an IP address to listen on") from None
+        raise bad_value(f"'{host}' is not an IP address to listen on") from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise argparse.ArgumentTypeError(f"'{port_text}' is not a port number (1-65535)")
+        raise bad_value(f"'{port_text}' is not a port number (1-65535)")
     return host, int(port_text)
 
 

@@ -13,7 +13,6 @@ on ip4/ip6_datagram_connect does); disconnects (AF_UNSPEC) are left out.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,10 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import add_call_arguments, call_renderer
 from ..core.stream import EventTracer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "udpconnect"
 SUMMARY = "connect() on UDP sockets, with the destination"

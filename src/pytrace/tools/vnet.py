@@ -15,7 +15,6 @@ be added and removed while `record` runs (SIGHUP re-reads the config file;
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -25,9 +24,13 @@ import time
 from typing import Any
 
 from ..core import cliutil
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, bad_value, positive_int
 from ..core.errors import PytraceError, UsageError
 from ..vnet.tracer import EGRESS_TP, TC, XDP, flow_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+    import argparse
 
 NAME = "vnet"
 SUMMARY = "per-hop packet latency across veth, bridges, VXLAN and hosts (vNetTracer-style)"
@@ -46,21 +49,21 @@ def duration_ns(text: str) -> int:
         return 0
     m = _DURATION.match(t)
     if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a time offset (a number with ns, us, ms or s)")
+        raise bad_value(f"'{text}' is not a time offset (a number with ns, us, ms or s)")
     return round(float(m.group(1)) * _UNIT[m.group(2)])
 
 
 def host_offset(text: str) -> tuple[str, int]:
     host, sep, value = text.partition("=")
     if not sep or not host:
-        raise argparse.ArgumentTypeError(f"'{text}': expected HOST=OFFSET, e.g. nodeB=-1.25ms")
+        raise bad_value(f"'{text}': expected HOST=OFFSET, e.g. nodeB=-1.25ms")
     return host, duration_ns(value)
 
 
 def ring_mb(text: str) -> int:
     n = positive_int(text)
     if n & (n - 1):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a power of two")
+        raise bad_value(f"'{text}' is not a power of two")
     return n
 
 
@@ -132,7 +135,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rm.add_argument("label")
     ops.add_parser("list", help="the points being traced")
     ops.add_parser("reload", help="re-read the config file (like SIGHUP)")
-
 
 
 def run(args: argparse.Namespace) -> int:
