@@ -175,12 +175,14 @@ def take(spec: tuple, name: str, rodata: dict, map_sizes: dict | None) -> "BpfOb
     _claimed = spec
     if _done is None:                             # nothing remembered for this command
         return None
-    with _done:
-        loaded, variant, ptr, rc = _pending
-        _pending = None
     from .bpfobject import BpfObject
     from .loader import Variant
+    loaded, variant, ptr = _pending[:3]
+    # made (the object's checks, its BTF layouts read) while the load runs
     obj = BpfObject(name, programs=variant[1], rodata=rodata, map_sizes=map_sizes)
+    with _done:
+        rc = _pending[3]
+        _pending = None
     obj.ptr = ptr               # closing obj now closes the speculative object
     if rc != 0 or loaded != spec:
         obj.close()
