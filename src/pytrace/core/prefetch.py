@@ -108,7 +108,10 @@ def parsed_args(sources: tuple[str, ...]) -> dict | None:
     files that define the arguments (sources) are unchanged; else None.
     The CLI then skips building a parser: argparse, with re, enum and
     gettext, is ~7 ms of start-up."""
-    if _args is None or _args[0] != _stamps(sources):
+    try:
+        if _args is None or _args[0] != _stamps(sources):
+            return None
+    except OSError:
         return None
     return _args[1]
 
