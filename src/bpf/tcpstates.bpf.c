@@ -10,9 +10,7 @@
 #include "events.h"
 #include "sockstate.h"
 
-/* The 16-byte fields sit at multiples of 8 (in the ring too, after its
- * 8-byte record header): user space reads each field of a whole batch as
- * one strided column of native integers (core/columns.py). */
+/* Widest fields first: no holes for the ring to carry. */
 struct tcpstates_event {
 	__u64 skaddr;
 	__u64 ts_ns;

@@ -290,6 +290,53 @@ class CatchUp:
                 return
 
 
+class SpreadReader:
+    """Spread the reader's CPU time evenly over the CPUs it may use.
+
+    Under a storm the reader works through one batch after another, and the
+    scheduler keeps it on one CPU: whatever runs there is slowed by all of the
+    reader's time and the other CPUs' tasks by none of it.  Work split evenly
+    in advance (a 2-worker connection storm gives each client/server pair half
+    the connections, and each pair settles on one CPU) then finishes only when
+    its slowest part does: the other pair finished early and its CPU sat idle
+    (bench/README.md, item 28).  So after each large batch the reader moves to
+    the next allowed CPU; once it has caught up (a small batch) it is let go
+    again, for the scheduler to place.
+    """
+
+    MIN_BATCH = 1024       # records: a batch this large means a storm, not a trickle
+
+    def __init__(self, ring: Any):
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except OSError:
+            self.cpus = []
+        self.enabled = ring is not None and len(self.cpus) > 1
+        self.turn = 0
+        self.pinned = False
+
+    def after(self, records: int) -> None:
+        if not self.enabled:
+            return
+        try:
+            if records >= self.MIN_BATCH:
+                self.turn = (self.turn + 1) % len(self.cpus)
+                os.sched_setaffinity(0, (self.cpus[self.turn],))
+                self.pinned = True
+            elif self.pinned:
+                self.close()
+        except OSError:          # a CPU went offline, or a cpuset changed: stop spreading
+            self.enabled = False
+
+    def close(self) -> None:
+        if self.pinned:
+            self.pinned = False
+            try:
+                os.sched_setaffinity(0, self.cpus)
+            except OSError:
+                pass
+
+
 def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str],
                   duration: float | None = None) -> int:
     """The CLI loop of every event tool: drain, render in bulk, write, report loss.
@@ -300,7 +347,8 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     so whatever was printed has been recorded.
     """
     sinks = _sinks
-    catch_up = CatchUp(getattr(tracer, "ring", None))
+    ring = getattr(tracer, "ring", None)
+    catch_up, spread = CatchUp(ring), SpreadReader(ring)
     if sinks is not None:
         sinks.begin(tracer)
     try:
@@ -308,11 +356,14 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
                 catch_up.update()
+            spread.after(len(batch))
     except (KeyboardInterrupt, Terminate):
         try:
             emit_batch(tracer, out, render, tracer.drain(), sinks)
         except (KeyboardInterrupt, Terminate):
             pass
+    finally:
+        spread.close()
     return 0
 
 
