@@ -13,7 +13,7 @@ import pytest
 
 from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip
 from test_tcpstates import CHILD, LISTENER, by_socket
-from pytrace.core import prefetch
+from pytrace.core import cachefile, prefetch
 from pytrace.tools.tcpstates import TcpStates
 
 
@@ -29,7 +29,7 @@ def check_server_side(events, conn) -> None:
 @pytest.fixture
 def cli_state(tmp_path, monkeypatch):
     """prefetch as a fresh CLI process has it, remembering under tmp_path."""
-    monkeypatch.setattr(prefetch, "DIR", str(tmp_path))
+    monkeypatch.setattr(cachefile, "DIR", str(tmp_path))
 
     def fresh():
         for name, value in (("_tool", None), ("_argv", ()), ("_done", None), ("_pending", None),
@@ -48,7 +48,7 @@ def test_a_remembered_command_is_loaded_ahead_and_taken(cli_state):
     assert prefetch._done is None                      # first run: nothing remembered, no thread
     with TcpStates(lports=[port]) as first:
         hook = first.variant.hook
-    assert os.path.exists(prefetch._path("tcpstates"))
+    assert os.path.exists(os.path.join(cachefile.DIR, prefetch._name("tcpstates")))
 
     cli_state()                                        # the same command again
     prefetch.start("tcpstates", argv)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pytrace.core import prefetch, rows
+from pytrace.core import cachefile, rows
 
 FIELDS = ("pid", "comm", "lambda")        # "lambda" is a keyword: the comprehension names it lambda_
 EXPR = "fmt % (pid, comm, lambda_)"
@@ -17,7 +17,7 @@ BATCH = [(1, "a", 7), (22, "bb", 8)]
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(prefetch, "DIR", str(tmp_path))
+    monkeypatch.setattr(cachefile, "DIR", str(tmp_path))
     return tmp_path
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import os
 
-from . import jsonfile, libbpf
+from . import cachefile, jsonfile, libbpf
 
-CACHE = os.path.join(os.environ.get("PYTRACE_CACHE", "/run/pytrace"), "features.json")
+CACHE = "features.json"   # in core/cachefile
 PROBED_KINDS = ("fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint", "lsm")
 BPF_MAP_TYPE_RINGBUF = 27
 
@@ -35,26 +35,20 @@ def _boot_id() -> str:
 
 
 def _load_cache() -> dict:
+    data = cachefile.read(CACHE)
     try:
-        with open(CACHE) as fh:
-            data = jsonfile.loads(fh.read())
-    except (OSError, ValueError):
+        info = jsonfile.loads(data.decode()) if data is not None else {}
+    except ValueError:
         return {}
-    if data.get("boot_id") != _boot_id() or data.get("libbpf") != libbpf.lib_path:
+    if not isinstance(info, dict) or info.get("boot_id") != _boot_id() or info.get("libbpf") != libbpf.lib_path:
         return {}
-    return data.get("kinds", {})
+    return info.get("kinds", {})
 
 
 def _save_cache(kinds: dict) -> None:
-    try:
-        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-        tmp = os.path.splitext(CACHE)[0] + ".tmp"
-        with open(tmp, "w") as fh:
-            import json     # writing only; reading is jsonfile's
-            fh.write(json.dumps({"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}))
-        os.replace(tmp, CACHE)
-    except OSError:
-        pass  # read-only /run: no cache, probes just run again
+    import json     # writing only; reading is jsonfile's
+    info = {"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}
+    cachefile.write(CACHE, json.dumps(info).encode())   # read-only /run: probes just run again
 
 
 def explain(kind: str, exc: OSError) -> str:

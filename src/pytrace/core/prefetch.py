@@ -5,8 +5,7 @@ takes ~15 ms, all in C with the GIL released, and the CLI spends about as
 long importing and parsing its options in Python before it knows what to
 load.  So when `pytrace <tool> ARGS` starts, cli.py calls start(), which
 looks up what the last run of the same tool with the same ARGS loaded (the
-load specification this module remembered under /run/pytrace, so nothing
-survives a reboot) and has a thread load exactly that while the main thread
+load specification this module remembered in core/cachefile) and has a thread load exactly that while the main thread
 imports.  Tracer.open() then calls take() with its own specification: the
 same one gets the loaded object, attached there and then; any other gets
 None (and loads as usual; the speculative object, never attached, is
@@ -30,11 +29,12 @@ import _thread
 import marshal
 import os
 
+from . import cachefile
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .bpfobject import BpfObject
 
-DIR = os.environ.get("PYTRACE_CACHE", "/run/pytrace")
 MAX_COMMANDS = 16          # remembered argument lists per tool
 UNSTABLE = "unstable"      # remembered instead of a specification that changed between runs
 
@@ -135,17 +135,17 @@ def _stamps(files: tuple[str, ...]) -> tuple:
     return tuple(stamps)
 
 
-def _path(tool: str) -> str:
-    return os.path.join(DIR, f"spec-{tool}.marshal")
+def _name(tool: str) -> str:
+    return f"spec-{tool}.marshal"
 
 
 def _remembered(tool: str) -> dict:
+    data = cachefile.read(_name(tool))
     try:
-        with open(_path(tool), "rb") as fh:
-            data = marshal.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, EOFError, TypeError):
+        known = marshal.loads(data) if data is not None else {}
+    except (ValueError, EOFError, TypeError):
         return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _load(pending: list, load, started) -> None:
@@ -228,13 +228,9 @@ def remember(spec: tuple, obj: "BpfObject") -> None:
         known.pop(next(iter(known)))
     known[_argv] = entry
     try:
-        os.makedirs(DIR, exist_ok=True)
-        tmp = f"{_path(_tool)}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            marshal.dump(known, fh)
-        os.replace(tmp, _path(_tool))
-    except (OSError, ValueError):
-        pass    # read-only /run, or a setting marshal cannot store: no speculation
+        cachefile.write(_name(_tool), marshal.dumps(known))
+    except ValueError:
+        pass    # a setting marshal cannot store: no speculation
 
 
 def _discard() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import keyword
 import marshal
-import os
 import sys
 
 TYPE_CHECKING = False
@@ -43,21 +42,16 @@ MAX_CODES = 64
 
 
 def _compiled(src: str):
-    """compile(src), kept across runs under the start-up cache directory (see
-    core/prefetch): a process's first compile() costs ~0.8 ms, the compiler
-    setting itself up, on the way to a tool's first line.  The cache is
-    trusted only if it is ours and no one else can write it, as with .pyc
-    files; bytecode is per interpreter version, and so is the file."""
-    from .prefetch import DIR
-    path = os.path.join(DIR, f"rows-{sys.implementation.cache_tag}.marshal")
-    codes: dict = {}
+    """compile(src), kept across runs (core/cachefile): a process's first
+    compile() costs ~0.8 ms, the compiler setting itself up, on the way to a
+    tool's first line.  Bytecode is per interpreter version, and so is the file."""
+    from . import cachefile
+    name = f"rows-{sys.implementation.cache_tag}.marshal"
+    data = cachefile.read(name)
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
-                codes = marshal.load(fh)
-    except (OSError, ValueError, EOFError, TypeError):
-        pass
+        codes = marshal.loads(data) if data is not None else {}
+    except (ValueError, EOFError, TypeError):
+        codes = {}
     code = codes.get(src) if isinstance(codes, dict) else None
     if code is not None:
         return code
@@ -65,13 +59,5 @@ def _compiled(src: str):
     if not isinstance(codes, dict) or len(codes) >= MAX_CODES:
         codes = {}
     codes[src] = code
-    try:
-        os.makedirs(DIR, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            marshal.dump(codes, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass        # read-only: compile every time
+    cachefile.write(name, marshal.dumps(codes))
     return code

@@ -1,0 +1,45 @@
+"""Files pytrace keeps between runs, under /run/pytrace ($PYTRACE_CACHE):
+the kernel feature probes, the remembered loads and arguments of core/prefetch
+and the compiled row code of core/rows.  Nothing there outlives a reboot.
+
+Three of them steer what a root process loads or runs, so a file is read only
+if it is ours and no one else can write it (the trust model of .pyc files),
+and written whole (a temporary file renamed over it), readable by all.
+Missing, untrusted or unwritable files are never an error: the caller then
+works without the cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+DIR = os.environ.get("PYTRACE_CACHE", "/run/pytrace")
+
+
+def read(name: str) -> bytes | None:
+    """The bytes of DIR/name, or None if it is missing or not trusted."""
+    try:
+        with open(os.path.join(DIR, name), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            return fh.read()
+    except OSError:
+        return None
+
+
+def write(name: str, data: bytes) -> None:
+    """Replace DIR/name with data (nothing happens on a read-only /run)."""
+    path = os.path.join(DIR, name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(DIR, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
