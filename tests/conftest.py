@@ -19,6 +19,6 @@ def pytest_configure(config):
     if os.geteuid() != 0:
         pytest.exit("the pytrace suite loads BPF programs: run it as root (scripts/test.sh)", returncode=2)
     from pytrace.core import objects
-    if not (objects.BPF_DIR / "tcpstates.bpf.o").exists():
+    if not os.path.exists(os.path.join(objects.BPF_DIR, "tcpstates.bpf.o")):
         pytest.exit(f"no built BPF objects in {objects.BPF_DIR}: run scripts/test.sh (or python3 build.py)",
                     returncode=2)

@@ -17,7 +17,8 @@ def _libbpf_origin() -> str:
     if libbpf.origin != "bundled":
         return "override: PYTRACE_LIBBPF" if libbpf.origin == "override" else libbpf.origin
     try:
-        info = json.loads((libbpf.LIB_DIR / "bundled.json").read_text())
+        with open(os.path.join(libbpf.LIB_DIR, "bundled.json")) as fh:
+            info = json.loads(fh.read())
         source = info["libbpf.so.1"].get("package") or info["libbpf.so.1"]["from"]
     except (OSError, ValueError, KeyError):
         source = "unknown source"

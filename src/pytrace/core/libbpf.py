@@ -43,23 +43,13 @@ lib_path: str = ""          # the file loaded (symlinks resolved)
 origin: str = ""            # "override", "system" or "bundled"
 deps_bundled: list[str] = []  # bundled dependencies loaded for the bundled copy
 
-# A string: pathlib costs a tool ~3 ms of start-up.  LIB_DIR, the same as a
-# pathlib.Path, is made on first use (__getattr__).
-_LIB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "lib")
+# A string, not a pathlib.Path: pathlib costs a tool ~3 ms of start-up.
+LIB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "lib")
 # What libbpf.so.1 links besides libc: bundled by build.py only if listed in
 # BUNDLED_DEPS (libz is everywhere: dpkg, rpm and Python itself need it).
 BUNDLED_DEPS = ("libelf.so.1",)
 INSTALL_HINT = ("install libbpf 1.1 or newer (Debian/Ubuntu: apt-get install libbpf1; "
                 "Fedora/RHEL: dnf install libbpf) or set PYTRACE_LIBBPF to a libbpf.so.1")
-
-
-def __getattr__(name: str):
-    """LIB_DIR as a pathlib.Path (PEP 562)."""
-    if name == "LIB_DIR":
-        from pathlib import Path
-        value = globals()[name] = Path(_LIB_DIR)
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # libbpf_print_level
@@ -175,7 +165,7 @@ def _candidates() -> list[tuple[str, str]]:
     if env:
         return [("override", env)]
     out = [("system", "libbpf.so.1")]
-    bundled = os.path.join(_LIB_DIR, "libbpf.so.1")
+    bundled = os.path.join(LIB_DIR, "libbpf.so.1")
     if os.path.exists(bundled):
         out.append(("bundled", bundled))
     return out
@@ -210,7 +200,7 @@ def _preload_bundled_deps() -> list[str]:
             continue
         except OSError:
             pass
-        copy = os.path.join(_LIB_DIR, soname)
+        copy = os.path.join(LIB_DIR, soname)
         if os.path.exists(copy):
             C.CDLL(copy)  # by absolute path; its soname then satisfies libbpf's DT_NEEDED
             used.append(soname)

@@ -16,11 +16,10 @@ import sys
 from . import jsonfile
 from .errors import PytraceError
 
-# As strings: pathlib costs a tool ~3 ms of start-up.  BPF_DIR, SRC_DIR and
-# MANIFEST, the same as pathlib.Path, are made on first use (__getattr__).
-_BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "bpf")
-_SRC_DIR = os.path.join(_BPF_DIR, "src")
-_MANIFEST = os.path.join(_BPF_DIR, "manifest.json")
+# Strings, not pathlib.Path: pathlib costs a tool ~3 ms of start-up.
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "bpf")
+SRC_DIR = os.path.join(BPF_DIR, "src")
+MANIFEST = os.path.join(BPF_DIR, "manifest.json")
 EM_BPF = 247
 ELFCLASS64 = 2
 ELFDATA = {"little": 1, "big": 2}[sys.byteorder]  # BPF objects are built in the host's byte order
@@ -31,16 +30,6 @@ _manifest: dict | None = None
 _btf_override: str | None = None
 
 
-def __getattr__(name: str):
-    """BPF_DIR, SRC_DIR and MANIFEST as pathlib.Path (PEP 562)."""
-    paths = {"BPF_DIR": _BPF_DIR, "SRC_DIR": _SRC_DIR, "MANIFEST": _MANIFEST}
-    if name in paths:
-        from pathlib import Path
-        value = globals()[name] = Path(paths[name])
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def manifest() -> dict:
     """The build manifest, checked once per process against this package and machine."""
     global _manifest
@@ -49,21 +38,21 @@ def manifest() -> dict:
     from .. import __version__
 
     try:
-        with open(_MANIFEST) as fh:
+        with open(MANIFEST) as fh:
             info = jsonfile.loads(fh.read())
     except FileNotFoundError:
-        raise PytraceError(f"{_MANIFEST} is missing: the BPF objects were not built for this install "
+        raise PytraceError(f"{MANIFEST} is missing: the BPF objects were not built for this install "
                            f"({REINSTALL})") from None
     except (OSError, ValueError) as exc:
-        raise PytraceError(f"{_MANIFEST} is unreadable ({exc}): {REINSTALL}") from None
+        raise PytraceError(f"{MANIFEST} is unreadable ({exc}): {REINSTALL}") from None
     if not isinstance(info, dict) or info.get("package") != "pytrace":
-        raise PytraceError(f"{_MANIFEST} is not a pytrace build manifest: {REINSTALL}")
+        raise PytraceError(f"{MANIFEST} is not a pytrace build manifest: {REINSTALL}")
     if info.get("version") != __version__:
-        raise PytraceError(f"the BPF objects in {_BPF_DIR} were built for pytrace {info.get('version')}, "
+        raise PytraceError(f"the BPF objects in {BPF_DIR} were built for pytrace {info.get('version')}, "
                            f"this is pytrace {__version__}: {REINSTALL}")
     machine = os.uname().machine
     if info.get("arch") != machine:
-        raise PytraceError(f"the BPF objects in {_BPF_DIR} were built for {info.get('arch')}, "
+        raise PytraceError(f"the BPF objects in {BPF_DIR} were built for {info.get('arch')}, "
                            f"this machine is {machine}: install the pytrace wheel for {machine}")
     _manifest = info
     return info
@@ -71,7 +60,7 @@ def manifest() -> dict:
 
 def path(name: str) -> str:
     """The checked file name of a tool's object."""
-    obj = os.path.join(_BPF_DIR, f"{name}.bpf.o")
+    obj = os.path.join(BPF_DIR, f"{name}.bpf.o")
     built = manifest()
     try:
         with open(obj, "rb") as fh:
@@ -87,7 +76,7 @@ def path(name: str) -> str:
         raise PytraceError(f"{obj} is not a 64-bit {sys.byteorder}-endian BPF object, as this machine needs "
                            f"(damaged install? {REINSTALL})")
     if os.path.basename(obj) not in built.get("objects", ()):
-        raise PytraceError(f"{obj} is not from this build (not in {os.path.basename(_MANIFEST)}): {REINSTALL}")
+        raise PytraceError(f"{obj} is not from this build (not in {os.path.basename(MANIFEST)}): {REINSTALL}")
     return obj
 
 
@@ -97,7 +86,7 @@ def source(name: str) -> str:
     seen: set[str] = set()
 
     def add(fname: str) -> None:
-        fpath = os.path.join(_SRC_DIR, fname)
+        fpath = os.path.join(SRC_DIR, fname)
         if fname in seen or not os.path.exists(fpath):
             return
         seen.add(fname)
@@ -110,7 +99,7 @@ def source(name: str) -> str:
 
     add(f"{name}.bpf.c")
     if not parts:
-        raise PytraceError(f"the source of {name} is not in this install ({_SRC_DIR})")
+        raise PytraceError(f"the source of {name} is not in this install ({SRC_DIR})")
     return "\n".join(parts)
 
 
