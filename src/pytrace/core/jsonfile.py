@@ -9,6 +9,7 @@ gets json.loads.  Only reading: writers import json when they write.
 
 from __future__ import annotations
 
+
 class _Options:
     # What the C scanner reads from json.decoder.JSONDecoder: its defaults.
     strict = True

@@ -93,6 +93,21 @@ class ByteLabels:
         self.comms: dict[bytes, bytes] = {}
         self._limit = limit
 
+    # In a row expression compiled by core/rows.py, with row_env()'s names:
+    # the command name of a record's `comm` field, memoised.
+    COMM = "(cget(comm) or comm_of(comm))"
+
+    @staticmethod
+    def addr_expr(field: str) -> str:
+        """The row expression for the text of address field `field` (the
+        record's `family` says which memo; a miss formats and memoises)."""
+        return f"((a4get({field}) if family == 2 else a6get({field})) or addr(family, {field}))"
+
+    def row_env(self) -> dict:
+        """The names COMM and addr_expr() use."""
+        return {"cget": self.comms.get, "comm_of": self.comm, "a4get": self.addrs4.get,
+                "a6get": self.addrs6.get, "addr": self.addr}
+
     def addr(self, family: int, raw: bytes) -> bytes:
         cache = self.addrs4 if family == AF_INET else self.addrs6
         if len(cache) >= self._limit:

@@ -174,13 +174,11 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         return text.encode()
 
     rows = compile_rows(tracer.raw_fields, (
-        "bfmt % (pid, cget(comm) or comm_of(comm), ip(family, b'?'),"
-        " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), lport,"
-        " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), rport,"
+        f"bfmt % (pid, {labels.COMM}, ip(family, b'?'),"
+        f" {labels.addr_expr('saddr')}, lport, {labels.addr_expr('daddr')}, rport,"
         # MS to 2 decimals, rounded: 1235 us -> 1.24
         " tx_b >> 10, rx_b >> 10, (span_us + 5) // 1000, (span_us + 5) // 10 % 100)"),
-        {"bfmt": bfmt, "cget": labels.comms.get, "comm_of": labels.comm, "ip": ipcol.get,
-         "a4get": labels.addrs4.get, "a6get": labels.addrs6.get, "addr": labels.addr})
+        {"bfmt": bfmt, "ip": ipcol.get, **labels.row_env()})
 
     def render(batch: list[tuple]) -> bytes:
         lines = rows(batch)

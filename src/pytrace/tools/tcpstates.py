@@ -147,12 +147,10 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
     trans = tuple(f"{STATE_NAMES[k >> 4]:<11} -> {STATE_NAMES[k & 15]:<11}".encode() for k in range(256))
     clock, labels = Clock(), ByteLabels()
     rows = compile_rows(tracer.raw_fields, (
-        "fmt % (skaddr, pid, cget(comm) or comm_of(comm),"
-        " (a4get(saddr) if family == 2 else a6get(saddr)) or addr(family, saddr), sport,"
-        " (a4get(daddr) if family == 2 else a6get(daddr)) or addr(family, daddr), dport,"
+        f"fmt % (skaddr, pid, {labels.COMM}, {labels.addr_expr('saddr')}, sport,"
+        f" {labels.addr_expr('daddr')}, dport,"
         " trans[(oldstate & 15) << 4 | (newstate & 15)], delta_us // 1000, delta_us % 1000)"),
-        {"fmt": fmt, "cget": labels.comms.get, "comm_of": labels.comm, "a4get": labels.addrs4.get,
-         "a6get": labels.addrs6.get, "addr": labels.addr, "trans": trans})
+        {"fmt": fmt, "trans": trans, **labels.row_env()})
     i_ts = tracer.idx.get("ts_ns")
 
     def render(batch: list[tuple]) -> bytes:
