@@ -107,18 +107,24 @@ def _run_tool(name: str, argv: list[str]) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     if getattr(args, "btf", None):
         objects.set_custom_btf(args.btf)
-    cliutil.install_signal_handlers()
+    # Stops are held until the tool's loop starts, so that one landing while
+    # the tool starts up is raised where the loop prints what was traced
+    # (cliutil.loop_started); a tool that ends before its loop ends the hold.
+    cliutil.install_signal_handlers(hold=True)
     sinks = None
-    if getattr(args, "record", None) or getattr(args, "influx", None):
-        from . import sinks as sinkmod
-        from .core.stream import EventTracer
-        cliutil.share_epoch()       # so a recording replays -T/-t columns exactly
-        EventTracer.projection_allowed = False     # sinks store and decode whole records
-        sinks = sinkmod.from_args(name, argv, args)
-        cliutil.set_sinks(sinks)
     failed = True
     try:
-        rc = module.run(args)
+        try:
+            if getattr(args, "record", None) or getattr(args, "influx", None):
+                from . import sinks as sinkmod
+                from .core.stream import EventTracer
+                cliutil.share_epoch()       # so a recording replays -T/-t columns exactly
+                EventTracer.projection_allowed = False     # sinks store and decode whole records
+                sinks = sinkmod.from_args(name, argv, args)
+                cliutil.set_sinks(sinks)
+            rc = module.run(args)
+        finally:
+            cliutil.loop_started()      # a stop still held: status 0, as below
         failed = False
         return rc
     except (KeyboardInterrupt, cliutil.Terminate):

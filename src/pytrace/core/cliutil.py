@@ -181,13 +181,63 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminate()
 
 
-def install_signal_handlers() -> None:
+_RAISING = ((SIGINT, default_int_handler), (SIGTERM, _on_sigterm), (SIGHUP, _on_sigterm))
+
+# The stop (KeyboardInterrupt or Terminate) asked for while held, in a list
+# that is empty until then; None when stops are not held.
+_held: list | None = None
+
+
+def install_signal_handlers(hold: bool = False) -> None:
+    """Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP Terminate.
+
+    hold (the CLI, cli._run_tool): until loop_started(), a stop is only
+    remembered.  Raised while the tool loads, attaches and sets up, it would
+    unwind out of the tracer before the loop whose except clause prints the
+    final snapshot or drains the ring, and the command would end, status 0,
+    having printed nothing of what it traced; loop_started() raises it inside
+    that try block instead.  Load, attach and set-up are bounded, so a stop
+    waits at most that long; a second stop meanwhile is raised at once."""
+    global _held
+    _held = [] if hold else None
     # Explicitly, like the C tools: a shell starts background jobs with SIGINT
     # ignored, and Python would keep it ignored.
     # _signal, not signal: that wraps numbers in enums (enum is ~3 ms of start-up)
-    signal(SIGINT, default_int_handler)
-    signal(SIGTERM, _on_sigterm)
-    signal(SIGHUP, _on_sigterm)
+    for sig, handler in _RAISING:
+        signal(sig, _hold if hold else handler)
+
+
+def _hold(signum: int, frame: Any) -> None:
+    stop = KeyboardInterrupt if signum == SIGINT else Terminate
+    if _held == []:
+        _held.append(stop)
+        return
+    # A second stop while held (the user insists), or one that came just as
+    # loop_started() ended the hold: raise it now.
+    _end_hold()
+    raise stop()
+
+
+def _end_hold() -> list:
+    global _held
+    held, _held = _held or [], None
+    for sig, handler in _RAISING:
+        signal(sig, handler)
+    return held
+
+
+def loop_started() -> None:
+    """Called by every CLI loop first thing in the try block whose except
+    clause prints the final output on Ctrl-C or SIGTERM (stream_events,
+    periodic.ticks, sockrmem's loop), and by cli._run_tool when the tool
+    returns or fails: stops raise from now on, and one held since
+    install_signal_handlers(hold=True) is raised here.  Does nothing when
+    stops are not held (library use, and every call after the first)."""
+    if _held is None:
+        return
+    held = _end_hold()
+    if held:
+        raise held[0]()
 
 
 class Output:
@@ -352,6 +402,7 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     if sinks is not None:
         sinks.begin(tracer)
     try:
+        loop_started()      # a stop held while the tool started lands here, and is drained
         for batch in tracer.batches(duration):
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
