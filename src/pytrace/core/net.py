@@ -101,7 +101,8 @@ class ByteLabels:
     def addr_expr(field: str) -> str:
         """The row expression for the text of address field `field` (the
         record's `family` says which memo; a miss formats and memoises)."""
-        return f"((a4get({field}) if family == 2 else a6get({field})) or addr(family, {field}))"
+        return f"((a4get({field}) if family == 2 else a6get({field}) if family == 10 else None)" \
+               f" or addr(family, {field}))"
 
     def row_env(self) -> dict:
         """The names COMM and addr_expr() use."""
@@ -109,10 +110,12 @@ class ByteLabels:
                 "a6get": self.addrs6.get, "addr": self.addr}
 
     def addr(self, family: int, raw: bytes) -> bytes:
-        cache = self.addrs4 if family == AF_INET else self.addrs6
-        if len(cache) >= self._limit:
-            cache.clear()
-        text = cache[raw] = addr_text(family, raw).encode()
+        text = addr_text(family, raw).encode()
+        if family in (AF_INET, AF_INET6):   # another family's "?" is not these bytes' text
+            cache = self.addrs4 if family == AF_INET else self.addrs6
+            if len(cache) >= self._limit:
+                cache.clear()
+            cache[raw] = text
         return text
 
     def comm(self, raw: bytes) -> bytes:
