@@ -9,22 +9,7 @@
  */
 #include "events.h"
 #include "sockstate.h"
-
-/* Widest fields first: no holes for the ring to carry. */
-struct tcpstates_event {
-	__u64 skaddr;
-	__u64 ts_ns;
-	__u64 delta_us;		/* time in oldstate; 0 for the first change seen */
-	__u8 saddr[16];
-	__u8 daddr[16];
-	char comm[TASK_COMM_LEN];
-	__u32 pid;
-	__u16 family;
-	__u16 sport;
-	__u16 dport;
-	__u8 oldstate;
-	__u8 newstate;
-};
+#include "tcpstates.h"
 
 /* Filters, set by the loader before load. */
 const volatile __u16 target_family = 0;	/* 0: both */

@@ -96,6 +96,16 @@ class UprobeOpts(C.Structure):
                 ("retprobe", C.c_bool), ("func_name", C.c_char_p)]
 
 
+class TestRunOpts(C.Structure):
+    """struct bpf_test_run_opts (libbpf 1.1): running a syscall program uses
+    only the context fields."""
+    _fields_ = [("sz", C.c_size_t), ("data_in", C.c_void_p), ("data_out", C.c_void_p),
+                ("data_size_in", C.c_uint32), ("data_size_out", C.c_uint32),
+                ("ctx_in", C.c_void_p), ("ctx_out", C.c_void_p),
+                ("ctx_size_in", C.c_uint32), ("ctx_size_out", C.c_uint32),
+                ("retval", C.c_uint32), ("repeat", C.c_int), ("duration", C.c_uint32),
+                ("flags", C.c_uint32), ("cpu", C.c_uint32), ("batch_size", C.c_uint32)]
+
 P = C.c_void_p
 _PROTOS: dict[str, tuple] = {
     # name: (restype, argtypes)
@@ -124,6 +134,7 @@ _PROTOS: dict[str, tuple] = {
     "bpf_program__attach_xdp": (P, [P, C.c_int]),
     "bpf_program__attach_iter": (P, [P, P]),
     "bpf_iter_create": (C.c_int, [C.c_int]),
+    "bpf_prog_test_run_opts": (C.c_int, [C.c_int, P]),    # P: a TestRunOpts, by address
     "bpf_link__destroy": (C.c_int, [P]),
     "bpf_link__fd": (C.c_int, [P]),
     "bpf_map__name": (C.c_char_p, [P]),

@@ -152,12 +152,14 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
         " trans[(oldstate & 15) << 4 | (newstate & 15)], delta_us // 1000, delta_us % 1000)"),
         {"fmt": fmt, "trans": trans, **labels.row_env()})
     i_ts = tracer.idx.get("ts_ns")
+    if i_ts is None:
+        # storms are formatted in BPF, to the same bytes (core/kerneltext.py)
+        from ..core.kerneltext import KernelLines
+        return KernelLines(tracer, "tcpstates_text", {"addr_width": aw}, rows)
 
     def render(batch: list[tuple]) -> bytes:
         lines = rows(batch)
-        if i_ts is not None:
-            lines = [_time_prefix(clock, r[i_ts], args) + line for r, line in zip(batch, lines)]
-        return b"".join(lines)
+        return b"".join([_time_prefix(clock, r[i_ts], args) + line for r, line in zip(batch, lines)])
     return render
 
 
