@@ -11,11 +11,12 @@ import re
 import signal
 import socket
 import struct
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from helpers import Cli, free_port, tcp_roundtrip
+from helpers import Cli, free_port, tcp_roundtrip, wait_until
 from pytrace.core.cliutil import Output
 from pytrace.core.kerneltext import KernelLines, ipv6_plan
 from pytrace.core.ringbuf import HDR, RawBatch
@@ -177,24 +178,42 @@ def test_where_the_object_does_not_load_cpython_formats_everything():
         rng = random.Random(8)
         recs = records(rng, 300)
         tuples = list(RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring))
-        out = render(tuples)
+        render(tuples)                               # starts the loading thread
+        assert wait_until(lambda: render._result is not None, 5)
+        out = render(tuples)                         # sees it failed
         assert render.tried and render.kernel is None and not tracer.ring.raw_batches
+        assert isinstance(render._result, Exception) and "no_such_text" in str(render._result)
         assert out == b"".join(render.rows(tuples))
 
 
+def test_the_loading_thread_switches_the_ring_and_is_closed_with_the_tracer():
+    with TcpStates(lports=[free_port()]) as tracer:
+        render = text_renderer(tracer)
+        render([])                                   # the first batch starts the load
+        assert wait_until(lambda: render._result is not None, 10)
+        render([])
+        assert render.kernel is not None and tracer.ring.raw_batches
+        fd = render.kernel.prog_fd
+        assert os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:bpf-prog"
+    assert render.kernel is None and not os.path.exists(f"/proc/self/fd/{fd}")
+
+
 def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
-    """The CLI paused while 450 connections happen (3150 records), then let
-    go: its first drain is one large batch (2730 records, formatted by
-    CPython), which loads the text program; the rest are formatted in BPF.
-    Every line is there, exact.  (-v's log goes to a file: a pipe nobody
-    reads would fill and stop the CLI.)"""
+    """One connection (its events start the text object's load), then the CLI
+    paused while 450 more happen (3150 records), then let go: the storm is
+    formatted in BPF, and every line is there, exact.  (-v's log goes to a
+    file: a pipe nobody reads would fill and stop the CLI.)"""
     port = free_port()
     log = tmp_path / "stderr"
     cli = Cli("tcpstates", "-v", "-L", str(port), prefix=["sh", "-c", f'exec "$@" 2>{log}', "sh"])
+    conns = [tcp_roundtrip("127.0.0.1", port)]
+    first = conns[0].client_port
+    assert cli.read_until(lambda l: f" {first} " in l and "LAST_ACK" in l and "-> CLOSE" in l)
+    time.sleep(0.5)                                 # the load: ~30 ms
     n = 450
     os.kill(cli.proc.pid, signal.SIGSTOP)
     try:
-        conns = [tcp_roundtrip("127.0.0.1", port) for _ in range(n)]
+        conns += [tcp_roundtrip("127.0.0.1", port) for _ in range(n)]
     finally:
         os.kill(cli.proc.pid, signal.SIGCONT)
     last = conns[-1].client_port
@@ -213,7 +232,7 @@ def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
         assert (laddr, lport) == ("127.0.0.1", port) and raddr == ("0.0.0.0" if rport == 0 else "127.0.0.1")
         child.setdefault(rport, []).append((m[8], m[9]))
     listener = child.pop(0)
-    assert listener == [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")] * n
+    assert listener == [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")] * (n + 1)
     expect = [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
               ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")]
     assert child == {c.client_port: expect for c in conns}

@@ -8,9 +8,12 @@ SEC("syscall") program that takes the address of a run of ring records in
 our memory, formats them into an mmapable array, and says how many it did.
 KernelLines wraps a tool's CPython renderer with it:
 
-- small batches (a trickle of events) stay with CPython: the object is
-  loaded only once a batch of MIN_BATCH records shows a storm, so start-up
-  does not pay for it;
+- the object is loaded by a second thread once the first events arrive (not
+  before: start-up does not pay its ~27 ms, and the load of a tool that
+  sees no event is never paid), while CPython formats what comes meanwhile;
+  the verifier's work runs outside the GIL, and at the thread's own
+  priority (the reader's is raised while it falls behind, see
+  cliutil.CatchUp; a load in the reader itself would stall it mid-storm);
 - then the ring hands over its bytes undecoded (ringbuf.RawBatch), and each
   run of records is one bpf_prog_test_run_opts() call per 1024 records;
 - spare-ring records (already decoded) and any record the program refuses
@@ -24,20 +27,27 @@ The lines are byte for byte those of the CPython renderer
 
 from __future__ import annotations
 
+import _thread
 import ctypes
-import logging
 import mmap
+import sys
 
 from . import libbpf
 from .bpfobject import BpfObject
-from .errors import PytraceError
 from .ringbuf import RawBatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-log = logging.getLogger("pytrace.kerneltext")
+
+
+def _debug(message: str) -> None:
+    """For -v: logging costs ~8 ms of start-up to import, so only if the
+    CLI has imported it already."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("pytrace.kerneltext").debug(message)
 
 TEXT_BYTES = 256 << 10        # textfmt.h: TEXT_BYTES, TEXT_LINE_MAX, TEXT_MAX_RECORDS
 TEXT_LINE_MAX = 256
@@ -135,8 +145,10 @@ class KernelText:
 
 
 class KernelLines:
-    """A renderer (batch -> bytes) that formats storms in BPF and the rest
-    with `rows` (the tool's CPython rows: list of records -> list of lines).
+    """A renderer (batch -> bytes) that formats in BPF once its text object
+    is loaded, and with `rows` (the tool's CPython rows: list of records ->
+    list of lines) until then, where it does not load, and for what BPF
+    does not take.
 
     source: the live tracer (its ring and object), or what stands in for it
     in `pytrace replay` (no ring: CPython only).  name, rodata: the tool's
@@ -144,38 +156,65 @@ class KernelLines:
     they decode every record anyway.
     """
 
-    MIN_BATCH = 256
-
     def __init__(self, source: Any, name: str, rodata: dict[str, Any],
                  rows: Callable[[list[tuple]], list[bytes]]):
         from .cliutil import active_sinks
         self.ring, self.owner = getattr(source, "ring", None), getattr(source, "obj", None)
         self.name, self.rodata, self.rows = name, rodata, rows
         self.kernel: KernelText | None = None
+        # True once settled (loaded, refused, or not to be tried at all)
         self.tried = self.ring is None or self.owner is None or active_sinks() is not None
         self.kernel_lines = 0      # records formatted in BPF (for tests)
         self.refused = 0           # of those offered to BPF, formatted by CPython
+        # the loading thread's result (a KernelText, or the exception), under
+        # _lock with _closed: a tracer closed while its text object loads
+        # leaves the thread to close that object
+        self._loading = False
+        self._result: Any = None
+        self._closed = False
+        self._lock = _thread.allocate_lock()
+        if not self.tried:
+            self.owner.on_close(self.close)       # with the tracer's own object
 
     def __call__(self, batch: Any) -> bytes:
         if type(batch) is RawBatch:
             return b"".join(self._kernel_lines(batch))
-        if not self.tried and len(batch) >= self.MIN_BATCH:
-            self.start()
+        if not self.tried:
+            if not self._loading:
+                self._loading = True
+                _thread.start_new_thread(self._load, ())
+            elif self._result is not None:
+                self._switch()                    # from the next batch on
         return b"".join(self.rows(batch))
 
     def start(self) -> bool:
-        """Load the text object and switch the ring to raw batches; False
+        """Load the text object now, in this thread, and switch to it; False
         (and CPython from now on) where the kernel refuses it."""
-        self.tried = True
+        self._loading = True
+        self._load()
+        self._switch()
+        return self.kernel is not None
+
+    def _load(self) -> None:
         try:
-            self.kernel = KernelText(self.name, self.rodata)
-        except (OSError, PytraceError) as exc:
-            log.debug("%s: formatting in CPython (%s)", self.name, exc)
-            return False
-        self.owner.on_close(self.close)       # with the tracer's own object
-        self.ring.raw_batches = True
-        log.debug("%s: formatting in BPF", self.name)
-        return True
+            result: Any = KernelText(self.name, self.rodata)
+        except Exception as exc:       # a thread has no caller to raise to: CPython, and say why
+            result = exc
+        with self._lock:
+            if self._closed:
+                if isinstance(result, KernelText):
+                    result.close()
+                return
+            self._result = result
+
+    def _switch(self) -> None:
+        self.tried = True
+        if isinstance(self._result, KernelText):
+            self.kernel = self._result
+            self.ring.raw_batches = True
+            _debug(f"{self.name}: formatting in BPF")
+        else:
+            _debug(f"{self.name}: formatting in CPython ({self._result})")
 
     def _kernel_lines(self, batch: RawBatch) -> list[bytes]:
         rows, stride, unpack = self.rows, batch.stride, batch.unpack
@@ -193,6 +232,8 @@ class KernelLines:
         return out
 
     def close(self) -> None:
-        if self.kernel is not None:
-            self.kernel.close()
-            self.kernel = None
+        with self._lock:
+            self._closed = True
+            if isinstance(self._result, KernelText):
+                self._result.close()
+            self._result = self.kernel = None
