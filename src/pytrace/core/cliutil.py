@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from _signal import SIGHUP, SIGINT, SIGTERM, default_int_handler, signal
+from _signal import SIGHUP, SIGINT, SIGTERM, signal
 
 from .errors import UsageError
 from .net import AF_INET, AF_INET6, parse_addr, parse_ports
@@ -177,15 +177,14 @@ class Terminate(Exception):
     """SIGTERM turned into an exception so every context manager runs."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminate()
-
-
-_RAISING = ((SIGINT, default_int_handler), (SIGTERM, _on_sigterm), (SIGHUP, _on_sigterm))
+_STOPS = (SIGINT, SIGTERM, SIGHUP)
 
 # The stop (KeyboardInterrupt or Terminate) asked for while held, in a list
-# that is empty until then; None when stops are not held.
+# that is empty until then; None when stops are not held.  A flag, not a
+# handler swap, so that holding costs next to nothing (stream_events holds
+# stops around every batch).
 _held: list | None = None
+_installed = False
 
 
 def install_signal_handlers(hold: bool = False) -> None:
@@ -198,32 +197,33 @@ def install_signal_handlers(hold: bool = False) -> None:
     having printed nothing of what it traced; loop_started() raises it inside
     that try block instead.  Load, attach and set-up are bounded, so a stop
     waits at most that long; a second stop meanwhile is raised at once."""
-    global _held
+    global _held, _installed
     _held = [] if hold else None
+    _installed = True
     # Explicitly, like the C tools: a shell starts background jobs with SIGINT
     # ignored, and Python would keep it ignored.
     # _signal, not signal: that wraps numbers in enums (enum is ~3 ms of start-up)
-    for sig, handler in _RAISING:
-        signal(sig, _hold if hold else handler)
+    for sig in _STOPS:
+        signal(sig, _on_stop)
 
 
-def _hold(signum: int, frame: Any) -> None:
+def _on_stop(signum: int, frame: Any) -> None:
+    global _held
     stop = KeyboardInterrupt if signum == SIGINT else Terminate
     if _held == []:
         _held.append(stop)
         return
-    # A second stop while held (the user insists), or one that came just as
-    # loop_started() ended the hold: raise it now.
-    _end_hold()
+    # Not held, or a second stop while held (the user insists): raise it now.
+    _held = None
     raise stop()
 
 
-def _end_hold() -> list:
+def hold_stops() -> None:
+    """From now until loop_started(), a stop is remembered, not raised (a
+    no-op unless the CLI installed its handlers)."""
     global _held
-    held, _held = _held or [], None
-    for sig, handler in _RAISING:
-        signal(sig, handler)
-    return held
+    if _installed and _held is None:
+        _held = []
 
 
 def loop_started() -> None:
@@ -231,11 +231,11 @@ def loop_started() -> None:
     clause prints the final output on Ctrl-C or SIGTERM (stream_events,
     periodic.ticks, sockrmem's loop), and by cli._run_tool when the tool
     returns or fails: stops raise from now on, and one held since
-    install_signal_handlers(hold=True) is raised here.  Does nothing when
-    stops are not held (library use, and every call after the first)."""
-    if _held is None:
-        return
-    held = _end_hold()
+    install_signal_handlers(hold=True) (or hold_stops()) is raised here.
+    Does nothing when stops are not held (library use, and every call
+    after the first)."""
+    global _held
+    held, _held = _held, None
     if held:
         raise held[0]()
 
@@ -403,11 +403,17 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         sinks.begin(tracer)
     try:
         loop_started()      # a stop held while the tool started lands here, and is drained
+        # A stop is held while a batch is in hand (drained from the ring, not
+        # yet written: raised there, it would be lost) and raised between
+        # batches; the loop comes round at least every poll interval.
+        hold_stops()
         for batch in tracer.batches(duration):
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
                 catch_up.update()
             spread.after(len(batch))
+            loop_started()
+            hold_stops()
     except (KeyboardInterrupt, Terminate):
         try:
             emit_batch(tracer, out, render, tracer.drain(), sinks)
