@@ -490,6 +490,7 @@ def test_bare_root_uses_bundled_libbpf(bare_root):
     assert line.startswith("1.1 (bundled, from the build host's libbpf1 ") and ", bundled libelf.so.1)" in line
     assert line.endswith("/site-packages/pytrace/lib/libbpf.so.1") and line.split()[-1].startswith(VENV)
     assert "tp_btf       yes" in doctor.stdout
+    assert "text in BPF    yes" in doctor.stdout      # the wheel's tcpstates_text loads too
     trace_connection(bare_root.argv(f"{VENV}/bin/pytrace", "tcpstates", "--json"),
                      bare_root.argv(f"{VENV}/bin/python", "-c", ROUNDTRIP))
 

@@ -26,6 +26,16 @@ def _libbpf_origin() -> str:
     return f"bundled, from the build host's {source}{extra}"
 
 
+def _kernel_text() -> str:
+    """Whether storms' text lines can be formatted in BPF (core/kerneltext.py)."""
+    from ..core.kerneltext import KernelText
+    try:
+        KernelText("tcpstates_text").close()
+    except (OSError, PytraceError) as exc:
+        return f"no: CPython formats every line (syscall programs and bpf_loop need 5.17+): {exc}"
+    return "yes (a syscall program run by the reader: tcpstates)"
+
+
 def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
@@ -65,6 +75,7 @@ def run(argv: list[str]) -> int:
     results = features.probe_all()
     for kind, (ok, why) in results.items():
         w(f"  {kind:<12} {'yes' if ok else 'no ':<4} {'' if ok else why}\n")
+    w(f"text in BPF    {_kernel_text()}\n")
     w("\ntools:\n")
     from . import listing
     listing.run([])
