@@ -403,17 +403,16 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         sinks.begin(tracer)
     try:
         loop_started()      # a stop held while the tool started lands here, and is drained
-        # A stop is held while a batch is in hand (drained from the ring, not
-        # yet written: raised there, it would be lost) and raised between
-        # batches; the loop comes round at least every poll interval.
-        hold_stops()
         for batch in tracer.batches(duration):
+            # A stop is held while the batch is in hand (drained from the
+            # ring, so the final drain would not see it) and raised once it
+            # is written; not while the loop sleeps, so Ctrl-C stays prompt.
+            hold_stops()
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
                 catch_up.update()
             spread.after(len(batch))
             loop_started()
-            hold_stops()
     except (KeyboardInterrupt, Terminate):
         try:
             emit_batch(tracer, out, render, tracer.drain(), sinks)
