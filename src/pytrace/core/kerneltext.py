@@ -40,6 +40,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
+TEXT_BYTES = 256 << 10        # textfmt.h: TEXT_BYTES, TEXT_LINE_MAX, TEXT_MAX_RECORDS
+TEXT_LINE_MAX = 256
+MAX_RECORDS = 1024
 
 
 def _debug(message: str) -> None:
@@ -48,10 +51,6 @@ def _debug(message: str) -> None:
     logging = sys.modules.get("logging")
     if logging is not None:
         logging.getLogger("pytrace.kerneltext").debug(message)
-
-TEXT_BYTES = 256 << 10        # textfmt.h: TEXT_BYTES, TEXT_LINE_MAX, TEXT_MAX_RECORDS
-TEXT_LINE_MAX = 256
-MAX_RECORDS = 1024
 
 
 class TextArgs(ctypes.Structure):
