@@ -49,7 +49,8 @@ struct text_args {
 	__u64 src;	/* in: address of the first record's ring header */
 	__u32 n;	/* in: records there */
 	__u32 stride;	/* in: bytes from one record's header to the next */
-	__u32 done;	/* out: records formatted (the next one, if < n, is refused) */
+	__u32 done;	/* out: records formatted (if < n: the next one was refused,
+			 * or the text array is full) */
 	__u32 len;	/* out: bytes of text written */
 };
 
