@@ -17,8 +17,8 @@
  * The lines must equal the CPython renderer's byte for byte
  * (tests/test_kerneltext.py).  A record this code cannot format the same
  * way (a command name that is not plain ASCII, whose invalid UTF-8 CPython
- * replaces) stops the batch there; the reader formats that record itself
- * and runs the program again from the next one.
+ * replaces) stops the run there; the reader runs the program again from
+ * that record, and formats it itself when it is refused first in a run.
  *
  * Every store is buf[pos & TEXT_MASK]: the verifier then knows each one is
  * inside the map value whatever pos is, and the batch stops while more
@@ -50,7 +50,9 @@ struct text_args {
 	__u32 n;	/* in: records there */
 	__u32 stride;	/* in: bytes from one record's header to the next */
 	__u32 done;	/* out: records formatted (if < n: the next one was refused,
-			 * or the text array is full) */
+			 * or TEXT_MAX_RECORDS or the text array ran out; the
+			 * reader runs it again from there, and a record refused
+			 * first in a run is its own to format) */
 	__u32 len;	/* out: bytes of text written */
 };
 

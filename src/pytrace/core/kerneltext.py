@@ -40,10 +40,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-TEXT_BYTES = 256 << 10        # textfmt.h: TEXT_BYTES, TEXT_LINE_MAX, TEXT_MAX_RECORDS
-TEXT_LINE_MAX = 256
-MAX_RECORDS = 1024
-
 
 def _debug(message: str) -> None:
     """For -v: logging costs ~8 ms of start-up to import, so only if the
@@ -102,8 +98,8 @@ class KernelText:
         try:
             self.obj.load()
             self.prog_fd = self.obj.program_fd(name)
-            out = self.obj.map("text")
-            self.text = mmap.mmap(out.fd, TEXT_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+            out = self.obj.map("text")      # one value of TEXT_BYTES (textfmt.h)
+            self.text = mmap.mmap(out.fd, out.value_size, mmap.MAP_SHARED, mmap.PROT_READ)
         except BaseException:
             self.obj.close()
             raise
@@ -129,15 +125,16 @@ class KernelText:
         out = []
         i = 0
         while i < n:
-            todo = min(n - i, MAX_RECORDS)
-            args.src, args.n = base + i * stride, todo
+            # the program takes what it can of the rest (its own caps on
+            # records and text per run) and says how many it did
+            args.src, args.n = base + i * stride, n - i
             rc = run(self.prog_fd, opts)
             if rc < 0:                      # libbpf 1.x: -errno
                 raise OSError(-rc, f"{self.obj.name}: bpf_prog_test_run_opts failed")
             out.append(text[:args.len])
-            i += args.done
-            # stopped short with room left: record i is the program's to refuse
-            if args.done < todo and args.len <= TEXT_BYTES - TEXT_LINE_MAX:
+            if args.done:
+                i += args.done
+            else:       # the first record of a run, into an empty array: refused
                 out.append(refused(i))
                 i += 1
         return out
