@@ -115,12 +115,6 @@ struct origin {
 	__u8 state;
 };
 
-static __always_inline void fill_addrs(const struct origin *o, __u8 *saddr,
-				       __u8 *daddr)
-{
-	tp_or_sk_addrs(o->tp_saddr, o->tp_daddr, o->sk, o->family, saddr, daddr);
-}
-
 static __always_inline void emit(const struct origin *o, __u8 type, __u64 now)
 {
 	struct tcpretrans_event *e;
@@ -143,7 +137,7 @@ static __always_inline void emit(const struct origin *o, __u8 type, __u64 now)
 	e->type = type;
 	__builtin_memset(e->saddr, 0, 16);
 	__builtin_memset(e->daddr, 0, 16);
-	fill_addrs(o, e->saddr, e->daddr);
+	tp_or_sk_addrs(o->tp_saddr, o->tp_daddr, o->sk, o->family, e->saddr, e->daddr);
 	event_submit(e, now);
 }
 
@@ -164,7 +158,7 @@ static __always_inline void count(const struct origin *o, bool retrans, bool tlp
 	struct tcpretrans_flow key = {};
 	struct tcpretrans_count *c;
 
-	fill_addrs(o, key.saddr, key.daddr);
+	tp_or_sk_addrs(o->tp_saddr, o->tp_daddr, o->sk, o->family, key.saddr, key.daddr);
 	key.family = o->family;
 	key.lport = o->lport;
 	key.rport = o->rport;
