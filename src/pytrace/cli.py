@@ -109,7 +109,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
         objects.set_custom_btf(args.btf)
     # Stops are held until the tool's loop starts, so that one landing while
     # the tool starts up is raised where the loop prints what was traced
-    # (cliutil.loop_started); a tool that ends before its loop ends the hold.
+    # (cliutil.release_stops); a tool that ends before its loop ends the hold.
     cliutil.install_signal_handlers(hold=True)
     sinks = None
     failed = True
@@ -124,7 +124,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
                 cliutil.set_sinks(sinks)
             rc = module.run(args)
         finally:
-            cliutil.loop_started()      # a stop still held: status 0, as below
+            cliutil.release_stops()      # a stop still held: status 0, as below
         failed = False
         return rc
     except (KeyboardInterrupt, cliutil.Terminate):

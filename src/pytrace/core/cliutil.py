@@ -190,11 +190,11 @@ _installed = False
 def install_signal_handlers(hold: bool = False) -> None:
     """Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP Terminate.
 
-    hold (the CLI, cli._run_tool): until loop_started(), a stop is only
+    hold (the CLI, cli._run_tool): until release_stops(), a stop is only
     remembered.  Raised while the tool loads, attaches and sets up, it would
     unwind out of the tracer before the loop whose except clause prints the
     final snapshot or drains the ring, and the command would end, status 0,
-    having printed nothing of what it traced; loop_started() raises it inside
+    having printed nothing of what it traced; release_stops() raises it inside
     that try block instead.  Load, attach and set-up are bounded, so a stop
     waits at most that long; a second stop meanwhile is raised at once."""
     global _held, _installed
@@ -219,21 +219,22 @@ def _on_stop(signum: int, frame: Any) -> None:
 
 
 def hold_stops() -> None:
-    """From now until loop_started(), a stop is remembered, not raised (a
+    """From now until release_stops(), a stop is remembered, not raised (a
     no-op unless the CLI installed its handlers)."""
     global _held
     if _installed and _held is None:
         _held = []
 
 
-def loop_started() -> None:
-    """Called by every CLI loop first thing in the try block whose except
+def release_stops() -> None:
+    """Stops raise from now on, and one held since
+    install_signal_handlers(hold=True) or hold_stops() is raised here.
+
+    Called by every CLI loop first thing in the try block whose except
     clause prints the final output on Ctrl-C or SIGTERM (stream_events,
-    periodic.ticks, sockrmem's loop), and by cli._run_tool when the tool
-    returns or fails: stops raise from now on, and one held since
-    install_signal_handlers(hold=True) (or hold_stops()) is raised here.
-    Does nothing when stops are not held (library use, and every call
-    after the first)."""
+    periodic.ticks, sockrmem's loop), after each batch stream_events holds,
+    and by cli._run_tool when the tool returns or fails.  Does nothing when
+    stops are not held (library use)."""
     global _held
     held, _held = _held, None
     if held:
@@ -402,7 +403,7 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     if sinks is not None:
         sinks.begin(tracer)
     try:
-        loop_started()      # a stop held while the tool started lands here, and is drained
+        release_stops()      # a stop held while the tool started lands here, and is drained
         for batch in tracer.batches(duration):
             # A stop is held while the batch is in hand (drained from the
             # ring, so the final drain would not see it) and raised once it
@@ -412,7 +413,7 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
             if batch:
                 catch_up.update()
             spread.after(len(batch))
-            loop_started()
+            release_stops()
     except (KeyboardInterrupt, Terminate):
         try:
             emit_batch(tracer, out, render, tracer.drain(), sinks)

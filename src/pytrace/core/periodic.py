@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
-from .cliutil import Terminate, loop_started
+from .cliutil import Terminate, release_stops
 
 
 def ticks(interval: float | None = None, count: int | None = None,
@@ -26,9 +26,9 @@ def ticks(interval: float | None = None, count: int | None = None,
         targets = [t for t in ((start + (n + 1) * interval) if interval else None, end) if t is not None]
         wake = min(targets) if targets else None
         try:
-            # A stop the CLI held while the tool started (cliutil.loop_started)
+            # A stop the CLI held while the tool started (cliutil.release_stops)
             # ends the first sleep: the final tick prints what was traced.
-            loop_started()
+            release_stops()
             if wake is None:
                 while True:
                     time.sleep(3600)

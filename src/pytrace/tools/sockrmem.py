@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, loop_started,
-                            positive_int)
+from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, positive_int,
+                            release_stops)
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         next_print = time.monotonic() + args.interval if args.interval else None
         try:
             out.write(intro(args))
-            loop_started()      # a stop held while the tool started lands here: drained below
+            release_stops()      # a stop held while the tool started lands here: drained below
             for batch in tracer.batches(args.duration):
                 events(batch)
                 if next_print is not None and time.monotonic() >= next_print:

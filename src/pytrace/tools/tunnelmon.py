@@ -38,7 +38,7 @@ from typing import Any, Iterator
 from ..core import netattach
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
-from ..core.cliutil import add_common, bad_value, loop_started, nonneg_int, port, positive_int, wall_iso
+from ..core.cliutil import add_common, bad_value, nonneg_int, port, positive_int, release_stops, wall_iso
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -382,7 +382,7 @@ def render_snapshot(snap: SinkSnapshot, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from ..tunnelmon import simulate
-        loop_started()      # not a tracer's loop: a stop ends it at once, as it always did
+        release_stops()      # not a tracer's loop: a stop ends it at once, as it always did
         return simulate.run(args)
     if not args.dev:
         raise UsageError("--dev DEV is required (the underlay device; or: pytrace tunnelmon simulate)")

@@ -139,9 +139,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # None of the subcommands runs a loop that ends the CLI's hold on stops
-    # (cliutil.loop_started): record installs its own handlers (a stop sets a
+    # (cliutil.release_stops): record installs its own handlers (a stop sets a
     # flag), the others stop where the stop lands.
-    cliutil.loop_started()
+    cliutil.release_stops()
     return {"record": _record, "report": _report, "demo": _demo, "ctl": _ctl}[args.command](args)
 
 
