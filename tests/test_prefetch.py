@@ -7,13 +7,16 @@ one is closed without ever having been attached."""
 
 from __future__ import annotations
 
+import marshal
 import os
+import subprocess
+import sys
 
 import pytest
 
-from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip
+from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip, wait_until
 from test_tcpstates import CHILD, LISTENER, by_socket
-from pytrace.core import cachefile, prefetch
+from pytrace.core import cachefile, libbpf, prefetch
 from pytrace.tools.tcpstates import TcpStates
 
 
@@ -99,6 +102,69 @@ def test_an_untaken_speculative_load_leaves_nothing_behind(cli_state):
     assert mine
     prefetch._discard()
     assert released(mine)
+
+
+# What a second run of the CLI does first: nothing but speculation may come
+# before the load thread starts, and neither ctypes nor os (~3.5 ms together)
+# is part of it (core/barelibbpf).
+EARLY = """
+import sys
+sys.path[:0] = PATHS
+from pytrace.core import prefetch
+prefetch.start("tcpstates", ARGV)
+early = sorted({"ctypes", "os"} & set(sys.modules))
+with prefetch._done:
+    pass
+print(early, prefetch._pending[3])
+"""
+
+
+def test_the_load_starts_before_ctypes_and_os_are_imported(cli_state, tmp_path):
+    port = free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    with TcpStates(lports=[port]):
+        pass
+    code = EARLY.replace("PATHS", repr(sys.path)).replace("ARGV", repr(argv))
+    before = bpf_prog_ids()
+    # -S: the CLI's interpreter does not import site (and os with it)
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTRACE_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[] 0"          # loaded by the thread, before either import
+    assert wait_until(lambda: not bpf_prog_ids() - before, 5)    # and closed at exit, never taken
+
+
+def test_an_object_opened_by_another_libbpf_is_closed_not_taken(cli_state):
+    """The speculation dlopens the libbpf the last run used, by path, before
+    core/libbpf picks its own.  When they differ (PYTRACE_LIBBPF changed, say)
+    an object opened by one library is never handed to the other."""
+    port = free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    with TcpStates(lports=[port]):
+        pass
+    bundled = os.path.realpath(os.path.join(libbpf.LIB_DIR, "libbpf.so.1"))    # build.py's copy
+    assert os.path.exists(bundled) and bundled != libbpf.lib_path
+    known = prefetch._remembered("tcpstates")
+    assert known[tuple(argv)][-1] == (libbpf.lib_path,)
+    known[tuple(argv)] = known[tuple(argv)][:-1] + ((bundled,),)
+    cachefile.write(prefetch._name("tcpstates"), marshal.dumps(known))
+
+    cli_state()
+    before = bpf_prog_ids()
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with prefetch._done:
+        pass
+    speculative = bpf_prog_ids(os.getpid()) - before
+    assert speculative
+    with TcpStates(lports=[port]) as tracer:
+        assert tracer.obj.ptr != ptr and prefetch._pending is None
+        assert released(speculative)                   # closed through the library that opened it
+        conn = tcp_roundtrip("127.0.0.1", port)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)
 
 
 def test_remembered_arguments_are_used_while_their_sources_are_unchanged(cli_state, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import (Cli, bpf_prog_ids, free_port, kernel_map_flags, netns, released_on, run_cli, usage_error,
                      wait_until)
-from pytrace.core.libbpf import BPF_F_NO_PREALLOC
+from pytrace.core.barelibbpf import BPF_F_NO_PREALLOC
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tcplife import TcpLife
 

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import (Cli, bpf_prog_ids, free_port, kernel_map_flags, released_on, run_cli, tcp_roundtrip,
                      usage_error, wait_until)
-from pytrace.core.libbpf import BPF_F_NO_PREALLOC
+from pytrace.core.barelibbpf import BPF_F_NO_PREALLOC
 from pytrace.core.net import TcpState as S
 from pytrace.tools.tcpstates import TcpStates
 
@@ -86,7 +86,7 @@ def test_every_hook_variant_gives_the_same_events(hook):
     with TcpStates(hook=hook) as tracer:
         assert tracer.variant.hook == hook
         # allocated on insert for tp_btf only; old kernels refuse that to raw_tp and tracepoint
-        # programs under PREEMPT_RT (core/libbpf._PREALLOC_ONLY)
+        # programs under PREEMPT_RT (core/barelibbpf._PREALLOC_ONLY)
         flags = kernel_map_flags(tracer.obj.map("last_change").fd)
         assert flags & BPF_F_NO_PREALLOC == (BPF_F_NO_PREALLOC if hook == "tp_btf" else 0)
         conn, events = collect(tracer, lambda: tcp_roundtrip("127.0.0.1"))

@@ -7,12 +7,9 @@ with status 1 (2 for usage errors); tracebacks only with -v.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from . import __version__
-from . import tools as registry
-from .core.errors import PytraceError
 
 USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's options)
        pytrace list | doctor | --version
@@ -22,11 +19,18 @@ USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's 
 
 
 def _help() -> str:
+    from . import tools as registry
     return USAGE + "\ntools: " + ", ".join(registry.names()) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in _COMMANDS and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
+        # First of all, so that the load overlaps every import (core/prefetch)
+        from .core import prefetch
+        prefetch.start(argv[0], argv[1:])
+    from . import tools as registry
+    from .core.errors import PytraceError
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_help())
         return 0 if argv else 2
@@ -51,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         if not registry.exists(cmd):
             sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
             return 2
-        if not _NO_SPECULATION.intersection(a.split("=")[0] for a in rest):
-            from .core import prefetch     # the load overlaps the imports below
-            prefetch.start(cmd, rest)
         return _run_tool(cmd, rest)
     except PytraceError as exc:
         if verbose:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
+        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 # Flags with which a speculative load would be wasted (help, --ebpf) or
 # wrong (libbpf's log for -v, another kernel BTF for --btf): see core/prefetch.
 _NO_SPECULATION = frozenset(("-h", "--help", "-v", "--verbose", "--ebpf", "--btf"))
+# What is not a tool (a tool's name is checked once the registry is imported)
+_COMMANDS = frozenset(("-h", "--help", "help", "--version", "list", "doctor", "replay", "exporter"))
 
 
 def _show_traceback() -> None:
@@ -84,6 +88,7 @@ def _show_traceback() -> None:
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
+    from . import tools as registry
     from .core import cliutil, objects, prefetch
 
     module = registry.load(name)

@@ -20,6 +20,7 @@ import ctypes as C
 import os
 import sys
 
+from . import barelibbpf
 from .errors import PytraceError
 
 MIN_VERSION = (1, 1)
@@ -297,57 +298,20 @@ def strerror(err: int) -> str:
 def open_object(path: str, programs, map_sizes, btf_path: str | None) -> tuple[int, set[str]]:
     """bpf_object__open_file() with only `programs` to be loaded (all if None)
     and maps resized: (the libbpf object, the names of its programs).
-    BpfObject.open() uses it, and core/prefetch before anything else is
-    imported.  Raises OSError; the caller closes the object on later errors."""
+    BpfObject.open() uses it; core/prefetch opens the same way through
+    barelibbpf.  Raises OSError; the caller closes the object on later errors."""
     lb = lib()
-    opts = OpenOpts(sz=C.sizeof(OpenOpts))
+    opts = None
     if btf_path:
-        opts.btf_custom_path = btf_path.encode()
+        opts = OpenOpts(sz=C.sizeof(OpenOpts), btf_custom_path=btf_path.encode())
     name = os.path.basename(path)
-    ptr = check_ptr(lb.bpf_object__open_file(path.encode(), C.byref(opts)), f"open {name}")
-    known = set()
+    ptr = check_ptr(lb.bpf_object__open_file(path.encode(), opts), f"open {name}")
     try:
-        prog = lb.bpf_object__next_program(ptr, None)
-        prealloc = False
-        while prog:
-            pname = lb.bpf_program__name(prog).decode()
-            known.add(pname)
-            if programs is not None:
-                lb.bpf_program__set_autoload(prog, pname in programs)
-            if (programs is None or pname in programs) and lb.bpf_program__type(prog) in _PREALLOC_ONLY:
-                prealloc = True
-            prog = lb.bpf_object__next_program(ptr, prog)
-        if prealloc:
-            _preallocate_hashes(ptr)
-        for map_name, size in map_sizes:
-            m = check_ptr(lb.bpf_object__find_map_by_name(ptr, map_name.encode()), f"find map {map_name}")
-            check(lb.bpf_map__set_max_entries(m, size), f"resize {map_name}")
+        known = barelibbpf.prepare(lb, ptr, programs, map_sizes, check)
     except BaseException:
         lb.bpf_object__close(ptr)
         raise
     return ptr, known
-
-
-# Large per-socket hashes are declared BPF_F_NO_PREALLOC: preallocating 65536
-# elements is ~2 ms of a tool's start-up, and since 6.1 (bpf_mem_alloc) an
-# element allocated on insert costs about the same.  Older kernels refuse
-# run-time allocation to these program types under PREEMPT_RT and warn about
-# it otherwise (a kernel WARN in dmesg), so an object loading any of them gets
-# its hashes preallocated, as declared before.  BPF_PROG_TYPE_TRACING (tp_btf,
-# fentry), which needs a newer kernel anyway, was never restricted.
-_PREALLOC_ONLY = frozenset((2, 5, 7, 17, 24))  # kprobe, tracepoint, perf_event, raw_tp, raw_tp_writable
-_HASHES = frozenset((1, 5))                   # BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_HASH
-BPF_F_NO_PREALLOC = 1
-
-
-def _preallocate_hashes(ptr: int) -> None:
-    lb = lib()
-    m = lb.bpf_object__next_map(ptr, None)
-    while m:
-        flags = lb.bpf_map__map_flags(m)
-        if flags & BPF_F_NO_PREALLOC and lb.bpf_map__type(m) in _HASHES:
-            check(lb.bpf_map__set_map_flags(m, flags & ~BPF_F_NO_PREALLOC), "preallocate a hash map")
-        m = lb.bpf_object__next_map(ptr, m)
 
 
 def section(ptr: int, name: str) -> tuple[int, int]:

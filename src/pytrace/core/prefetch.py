@@ -20,16 +20,19 @@ imports them (see core/argparser.py, core/jsonfile.py, net.TcpState).
 Only plain loads are speculated: the default attach (no tc, XDP or uprobe
 set-up, nothing that changes the system beyond the BPF links), no classic
 tracepoint (which may mount tracefs), no object sharing maps with another.
-Importing this module costs nothing: _thread and marshal are built in.
+The CLI calls start() before it imports anything else, so this module and
+what it imports up to the thread's start are built in or nearly so (posix,
+not os; core/barelibbpf, not ctypes): each millisecond before the load
+starts is one more before the first event.
 """
 
 from __future__ import annotations
 
 import _thread
 import marshal
-import os
+import posix    # not os, nor ctypes: see barelibbpf
 
-from . import cachefile
+from . import barelibbpf, cachefile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,36 +44,42 @@ UNSTABLE = "unstable"      # remembered instead of a specification that changed 
 _tool: str | None = None
 _argv: tuple[str, ...] = ()
 _done = None               # released by the thread when it is finished
-_pending: list | None = None   # [specification, variant, libbpf object, load result] until taken
+_pending: list | None = None   # [specification, variant, libbpf object, load result, binding] until taken
 _claimed: tuple | None = None  # the specification of the process's first load
 _args: tuple | None = None     # (source stamps, parsed arguments) remembered with the load
 _noted: tuple | None = None    # this run's, to remember with its load
 
 
 def start(tool: str, argv: list[str]) -> None:
-    """Speculate for `pytrace tool argv` (cli.py, before it imports the tool).
+    """Speculate for `pytrace tool argv` (cli.py, before it imports anything else).
 
-    The object is opened here, in the main thread, through libbpf and ctypes
-    alone (json, re, enum and the rest are not needed yet: the load starts
-    ~3 ms after this call), and only libbpf's load, one C call with the GIL
-    released, runs in the thread: Python work in a second thread would just
-    take turns with the main thread's imports.  Attaching waits for take(),
-    the moment a plain load would attach."""
+    The object is opened here, in the main thread, through barelibbpf (the
+    load starts ~2 ms after this call), and only libbpf's load, one C call
+    with the GIL released, runs in the thread: Python work in a second
+    thread would just take turns with the main thread's imports.  Attaching
+    waits for take(), the moment a plain load would attach."""
     global _tool, _argv, _done, _pending, _args
+    if _tool is not None:       # once per process
+        return
     _tool, _argv = tool, tuple(argv)
+    if not tool.isidentifier():     # it names a file under the cache directory
+        return
     entry = _remembered(tool).get(_argv)
     try:
-        spec, variant, path, stamp, image, args = entry
-        st = os.stat(path)
+        spec, variant, path, stamp, image, args, libs = entry
+        st = posix.stat(path)
         if (st.st_size, st.st_mtime_ns) != stamp:  # another build of the object
             return
         _args = args
-        ptr = _open(path, spec, variant[1], image)
+        if spec[6]:             # another kernel BTF (--btf, never speculated)
+            return
+        lb = barelibbpf.Library(libs[-1], libs[:-1])
+        ptr = _open(lb, path, spec, variant[1], image)
     except Exception:       # nothing (usable) remembered; speculation never fails a command
         return
     if not ptr:
         return
-    _pending = [spec, variant, ptr, -1]
+    _pending = [spec, variant, ptr, -1, lb, libs[-1]]
     _done = _thread.allocate_lock()
     _done.acquire()
     import atexit
@@ -79,27 +88,32 @@ def start(tool: str, argv: list[str]) -> None:
     # this one blocks or its switch interval (5 ms) runs out.
     started = _thread.allocate_lock()
     started.acquire()
-    from . import libbpf
     try:
-        _thread.start_new_thread(_load, (_pending, libbpf.lib().bpf_object__load, started))
+        _thread.start_new_thread(_load, (_pending, lb.bpf_object__load, started))
     except RuntimeError:        # no thread to be had: load as usual
         _done.release()
         return
     started.acquire(timeout=1)
 
 
-def _open(path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None) -> int:
+def _open(lb, path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None) -> int:
     """The object opened as BpfObject.open() would (libbpf.open_object), with
     the remembered .rodata image in place of its settings; 0 if it does not fit."""
-    import ctypes as C
-    from . import libbpf
-    ptr, _ = libbpf.open_object(path, programs, spec[5], spec[6])
-    if image is not None:
-        data, size = libbpf.section(ptr, ".rodata")
-        if not data or size != len(image):
-            libbpf.lib().bpf_object__close(ptr)
-            return 0
-        C.memmove(data, image, len(image))
+    ptr = lb.bpf_object__open_file(path.encode(), None)
+    if not ptr:
+        return 0
+
+    def check(ret, what):
+        if ret < 0:
+            raise OSError(-ret, what)
+    try:
+        barelibbpf.prepare(lb, ptr, programs, spec[5], check)
+        if image is not None:
+            rodata = lb.bpf_object__find_map_by_name(ptr, b".rodata")
+            check(lb.bpf_map__set_initial_value(rodata, image, len(image)) if rodata else -22, ".rodata")
+    except OSError:
+        lb.bpf_object__close(ptr)
+        return 0
     return ptr
 
 
@@ -130,7 +144,7 @@ def note_args(sources: tuple[str, ...], values: dict) -> None:
 def _stamps(files: tuple[str, ...]) -> tuple:
     stamps = []
     for name in files:
-        st = os.stat(name)
+        st = posix.stat(name)
         stamps.append((st.st_size, st.st_mtime_ns))
     return tuple(stamps)
 
@@ -178,14 +192,19 @@ def take(spec: tuple, name: str, rodata: dict, map_sizes: dict | None) -> "BpfOb
     _claimed = spec
     if _done is None:                             # nothing remembered for this command
         return None
+    from . import libbpf
     from .bpfobject import BpfObject
     from .loader import Variant
-    loaded, variant, ptr = _pending[:3]
+    loaded, variant, ptr, _, bare, lib_path = _pending
     # made (the object's checks, its BTF layouts read) while the load runs
     obj = BpfObject(name, programs=variant[1], rodata=rodata, map_sizes=map_sizes)
+    libbpf.lib()
     with _done:
         rc = _pending[3]
         _pending = None
+    if libbpf.lib_path != lib_path:     # this process's binding is another libbpf (PYTRACE_LIBBPF)
+        bare.bpf_object__close(ptr)
+        return None
     obj.ptr = ptr               # closing obj now closes the speculative object
     if rc != 0 or loaded != spec:
         obj.close()
@@ -210,11 +229,14 @@ def remember(spec: tuple, obj: "BpfObject") -> None:
     previous = known.get(_argv)
     if previous == UNSTABLE:
         return
+    from . import libbpf
     from .errors import PytraceError
+    # the files barelibbpf opens, in order: what this process's binding loaded
+    libs = tuple(f"{libbpf.LIB_DIR}/{dep}" for dep in libbpf.deps_bundled) + (libbpf.lib_path,)
     try:
-        st = os.stat(obj.path)
+        st = posix.stat(obj.path)
         entry = (spec, variant, str(obj.path), (st.st_size, st.st_mtime_ns), obj.section_image(".rodata"),
-                 _noted)
+                 _noted, libs)
     except (OSError, PytraceError):
         return
     # a specification that differs from the last run's (a PID, a time...)
@@ -238,6 +260,5 @@ def _discard() -> None:
     global _pending
     if _pending is not None and _done.acquire(timeout=5):
         _done.release()
-        from . import libbpf
-        libbpf.lib().bpf_object__close(_pending[2])
+        _pending[4].bpf_object__close(_pending[2])
         _pending = None
