@@ -4,6 +4,7 @@ therefore makes on first use are still the public frozen slotted dataclasses."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from helpers import Cli, free_port, tcp_roundtrip
 
 # Each of these costs a tool ~1-8 ms from exec to first line (Python 3.11), and
 # the text output needs none of them (--json and the library may import them).
-NOT_AT_START = {"dataclasses", "inspect", "typing", "pathlib", "shutil", "socket", "ipaddress"}
+NOT_AT_START = {"dataclasses", "inspect", "typing", "pathlib", "shutil", "socket", "ipaddress", "bisect"}
 
 
 @pytest.mark.parametrize("tool,head", [("tcpstates", "SKADDR"), ("tcplife", "PID")])
@@ -31,6 +32,24 @@ def test_text_output_imports_no_heavy_module(tool, head):
     imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert {"argparse", "pytrace.core.stream"} <= imported
     assert imported & NOT_AT_START == set()
+
+
+def test_records_are_named_tuples_without_collections():
+    """core/records stands in for collections.namedtuple on the start-up path."""
+    from pytrace.core.loader import Variant
+    v = Variant("tp_btf", ("a", "b"))
+    assert v == ("tp_btf", ("a", "b"), "") and (v.hook, v.programs, v.note) == v
+    assert Variant("raw_tp", programs=("c",), note="n") == Variant(*("raw_tp", ("c",), "n"))
+    assert repr(v) == "Variant(hook='tp_btf', programs=('a', 'b'), note='')"
+    assert pickle.loads(pickle.dumps(v)) == v and type(pickle.loads(pickle.dumps(v))) is Variant
+    assert Variant._fields == ("hook", "programs", "note") and not hasattr(v, "__dict__")
+    assert {v: 1}[Variant("tp_btf", ("a", "b"))] == 1
+    for bad in (lambda: Variant(), lambda: Variant("a", (), "", "extra"), lambda: Variant("a", hook="b"),
+                lambda: Variant("a", nope=1)):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(AttributeError):
+        v.hook = "x"
 
 
 CLASSES = """

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections import namedtuple
 
 from . import jsonfile
+from .records import record
 
 # BTF kinds (include/uapi/linux/btf.h)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
@@ -36,7 +36,7 @@ class BTFError(Exception):
 # The records below are immutable named tuples, not dataclasses: importing
 # dataclasses costs a tool ~7 ms of start-up (it imports inspect).
 
-class Field(namedtuple("Field", "name offset fmt count")):
+class Field(record("Field", "name offset fmt count")):
     """One member of a record.
 
     name    dotted for nested structs: "key.addr"
@@ -47,7 +47,7 @@ class Field(namedtuple("Field", "name offset fmt count")):
     __slots__ = ()
 
 
-class Layout(namedtuple("Layout", "name size fields")):
+class Layout(record("Layout", "name size fields")):
     """Byte layout of one C type (name, size, fields: a tuple of Field), ready for struct.Struct."""
     __slots__ = ()
 
@@ -109,7 +109,7 @@ class Layout(namedtuple("Layout", "name size fields")):
         return cls(name, d["size"], tuple(Field(*f) for f in d["fields"]))
 
 
-class Var(namedtuple("Var", "name offset size fmt count")):
+class Var(record("Var", "name offset size fmt count")):
     """A global variable in .rodata/.bss/.data: where it is and its type (fmt, count as in Field)."""
     __slots__ = ()
 

@@ -10,19 +10,19 @@ start skips it too.  `--hook KIND` forces one variant.
 from __future__ import annotations
 
 import errno
-from collections import namedtuple
-from collections.abc import Callable, Sequence
 
 from . import features, objects, privileges, tracefs
 from .bpfobject import BpfObject
 from .errors import PytraceError, UsageError
+from .records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from collections.abc import Callable, Sequence     # collections.abc imports collections: ~1 ms
     from typing import Any
 
 
-class Variant(namedtuple("Variant", "hook programs note", defaults=("",))):
+class Variant(record("Variant", "hook programs note", defaults=("",))):
     """One way to hook a tool, immutable (a named tuple: no dataclasses import at start-up).
 
     hook      fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
@@ -32,7 +32,8 @@ class Variant(namedtuple("Variant", "hook programs note", defaults=("",))):
     __slots__ = ()
 
 
-Attach = Callable[[BpfObject, Variant], None]
+if TYPE_CHECKING:
+    Attach = Callable[[BpfObject, Variant], None]
 
 
 def _default_attach(obj: BpfObject, variant: Variant) -> None:

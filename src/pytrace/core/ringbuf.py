@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import select
 import struct
-from bisect import bisect_left
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -186,6 +185,7 @@ class RingBuffer:
             if positions is None:
                 i = min(len(out), max(0, -(-(pos - start) // stride)))
             else:
+                from bisect import bisect_left      # spare records are rare: not at start-up
                 i = bisect_left(positions, pos)
             out.insert(i, rec[:-1])
         self.records += len(ready)

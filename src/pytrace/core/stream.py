@@ -23,13 +23,13 @@ queue because the ring (and its spare, see core/ringbuf.py) was full.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 from .ringbuf import DEFAULT_INTERVAL_MS, MAX_BATCH_BYTES, RingBuffer
 from .tracer import Tracer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
+    from collections.abc import Iterator     # collections.abc imports collections: ~1 ms
     from typing import Any, ClassVar
 
 
