@@ -15,14 +15,24 @@
 
 const volatile __u32 addr_width = 15;
 
-/* core/net.STATE_NAMES of states 0-15, 12 bytes each (NUL-padded but for
- * NEW_SYN_RECV, which fills its 12).  Not static: clang gives a static
- * array no BTF variable, and libbpf then rejects the .rodata section. */
-const char state_names[16 * 12] =
-	"0\0\0\0\0\0\0\0\0\0\0\0" "ESTABLISHED\0" "SYN_SENT\0\0\0\0" "SYN_RECV\0\0\0\0"
-	"FIN_WAIT1\0\0\0" "FIN_WAIT2\0\0\0" "TIME_WAIT\0\0\0" "CLOSE\0\0\0\0\0\0\0"
-	"CLOSE_WAIT\0\0" "LAST_ACK\0\0\0\0" "LISTEN\0\0\0\0\0\0" "CLOSING\0\0\0\0\0"
-	"NEW_SYN_RECV" "13\0\0\0\0\0\0\0\0\0\0" "14\0\0\0\0\0\0\0\0\0\0" "15\0\0\0\0\0\0\0\0\0\0";
+/* core/net.STATE_NAMES of states 0-15 as "%-11s " prints them, space-padded
+ * to 16 bytes (two word stores); NEW_SYN_RECV, the one name of 12, takes
+ * one more byte.  Not static: see octet_text. */
+const char state_text[16 * 16] =
+	"0               " "ESTABLISHED     " "SYN_SENT        " "SYN_RECV        "
+	"FIN_WAIT1       " "FIN_WAIT2       " "TIME_WAIT       " "CLOSE           "
+	"CLOSE_WAIT      " "LAST_ACK        " "LISTEN          " "CLOSING         "
+	"NEW_SYN_RECV    " "13              " "14              " "15              ";
+#define NEW_SYN_RECV 12
+
+static __always_inline __u32 put_state(char *buf, __u32 pos, __u8 state)
+{
+	const __u64 *t = (const __u64 *)(state_text + (state & 15) * 16);
+
+	put_u64(buf, pos, t[0]);
+	put_u64(buf, pos + 8, t[1]);
+	return text_sync(pos + 12 + ((state & 15) == NEW_SYN_RECV));
+}
 
 /* A field of at least width bytes (width <= max), then one space. */
 #define FIELD(put, width, max)                                                \
@@ -35,20 +45,23 @@ const char state_names[16 * 12] =
 
 static __always_inline __u32 format(const struct tcpstates_event *e, char *buf, __u32 pos)
 {
-	if (check_ascii(e->comm, TASK_COMM_LEN))
+	struct name16 comm;
+
+	name16(&comm, e->comm);
+	if (name16_check(&comm))
 		return TEXT_REFUSED;
 	FIELD(put_hex(buf, pos, e->skaddr), 16, 16);
 	FIELD(put_udec(buf, pos, e->pid), 7, 7);
-	FIELD(put_str(buf, pos, e->comm, TASK_COMM_LEN), 16, 16);
+	pos = put_c(buf, put_name16(buf, pos, &comm), ' ');
 	FIELD(put_addr(buf, pos, e->family, e->saddr), addr_width, 39);
 	FIELD(put_udec(buf, pos, e->sport), 5, 5);
 	FIELD(put_addr(buf, pos, e->family, e->daddr), addr_width, 39);
 	FIELD(put_udec(buf, pos, e->dport), 5, 5);
-	FIELD(put_str(buf, pos, state_names + (e->oldstate & 15) * 12, 12), 11, 11);
+	pos = put_state(buf, pos, e->oldstate);
 	pos = put_c(buf, pos, '-');
 	pos = put_c(buf, pos, '>');
 	pos = put_c(buf, pos, ' ');
-	FIELD(put_str(buf, pos, state_names + (e->newstate & 15) * 12, 12), 11, 11);
+	pos = put_state(buf, pos, e->newstate);
 	pos = put_udec(buf, pos, e->delta_us / 1000);
 	pos = put_c(buf, pos, '.');
 	pos = put_dec3(buf, pos, e->delta_us % 1000);
