@@ -1,14 +1,17 @@
 """A stop (Ctrl-C, SIGTERM) that lands while the CLI has a batch in hand,
 drained from the ring but not yet written, must not lose that batch: the
-loop holds stops while a batch is out and raises them between batches
-(cliutil.stream_events).  The signal is sent from inside the renderer, so it
-lands there every time, with real records of real connections."""
+loop holds stops from the drain until the batch is written and raises them
+between batches or while the ring sleeps (cliutil.stream_events).  The
+signal is sent from inside the drain or the renderer, so it lands there
+every time, with real records of real connections.  And the output takes
+all of a batch even from a raw stdout (python -u) that takes part of it."""
 
 from __future__ import annotations
 
 import io
 import os
 import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -55,3 +58,55 @@ def test_a_stop_while_a_batch_is_out_loses_none_of_it(cli_handlers, sig):
     rows = [l.split() for l in lines[1:]]
     assert calls[0] == len(rows) == 3 * 7                # 2 listener + 5 child transitions each
     assert sorted(int(r[6]) for r in rows if r[6] != "0") == sorted([c.client_port for c in conns] * 5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_inside_the_drain_loses_none_of_its_batch(cli_handlers, sig):
+    """The drain has released the batch's ring space when the signal lands:
+    only the loop still has those records."""
+    port = free_port()
+    stream = io.TextIOWrapper(io.BytesIO(), write_through=True)
+    out = cliutil.Output(False, stream)
+    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=False, ipv6=False)
+    with TcpStates(lports=[port]) as tracer:
+        conns = [tcp_roundtrip("127.0.0.1", port) for _ in range(3)]
+        drain, sent = tracer.ring.drain, []
+
+        def drain_then_stop(*a, **kw):
+            batch = drain(*a, **kw)
+            if batch and not sent:
+                sent.append(len(batch))
+                os.kill(os.getpid(), sig)       # handled at the next bytecode: the batch is out
+            return batch
+        tracer.ring.drain = drain_then_stop
+        started = time.monotonic()
+        assert cliutil.stream_events(tracer, out, tcpstates.renderer(tracer, args, out), duration=5) == 0
+        assert time.monotonic() - started < 2              # the stop ended the loop
+    rows = [l.split() for l in stream.buffer.getvalue().decode().splitlines()[1:]]
+    assert sent == [len(rows)] == [3 * 7]
+    assert sorted(int(r[6]) for r in rows if r[6] != "0") == sorted([c.client_port for c in conns] * 5)
+
+
+class Trickle(io.RawIOBase):
+    """A raw binary file that takes at most 7 bytes a write, as a pipe takes
+    part of a large write when a handled signal interrupts it."""
+
+    def __init__(self):
+        self.got = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        taken = bytes(data[:7])
+        self.got += taken
+        return len(taken)
+
+
+def test_output_writes_all_of_a_batch_to_a_raw_stdout():
+    raw = Trickle()
+    out = cliutil.Output(False, io.TextIOWrapper(raw, write_through=True))
+    data = b"".join(b"%05d line of a batch\n" % i for i in range(200))
+    out.write(data)
+    out.write(b"tail\n")
+    assert bytes(raw.got) == data + b"tail\n"

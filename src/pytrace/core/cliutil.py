@@ -6,6 +6,7 @@ whole dispatcher, and so the per-event path stays in one place.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -241,6 +242,19 @@ def release_stops() -> None:
         raise held[0]()
 
 
+def _write_all(buf: Any, data: bytes) -> None:
+    """All of data to a binary stream.  Under python -u (PYTHONUNBUFFERED) a
+    text stream's .buffer is the raw file, whose write() makes one system
+    call and returns what it took: a pipe takes part of a large write when a
+    signal (a Ctrl-C, handled) arrives in the middle of it."""
+    view = memoryview(data)
+    while view:
+        n = buf.write(view)
+        if n is None:       # a non-blocking file that is full: as a buffered writer would
+            raise BlockingIOError(errno.EAGAIN, "output would block")
+        view = view[n:]
+
+
 class Output:
     """Where lines go: stdout by default; lost-event reports to stderr or the JSON stream."""
 
@@ -258,7 +272,7 @@ class Output:
             buf = getattr(self.stream, "buffer", None)
             if buf is not None:
                 self.stream.flush()
-                buf.write(text)
+                _write_all(buf, text)
                 buf.flush()
                 return
             text = text.decode()
@@ -404,22 +418,34 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         sinks.begin(tracer)
     try:
         release_stops()      # a stop held while the tool started lands here, and is drained
+        # From the drain that takes a batch out of the ring (so the final
+        # drain would not see it) until that batch is written, a stop is held;
+        # it is raised between batches and while the ring sleeps, when the
+        # reader holds no records (so Ctrl-C stays prompt).
+        hold_stops()
+        if ring is not None:
+            ring.around_sleep = (release_stops, hold_stops)
         for batch in tracer.batches(duration):
-            # A stop is held while the batch is in hand (drained from the
-            # ring, so the final drain would not see it) and raised once it
-            # is written; not while the loop sleeps, so Ctrl-C stays prompt.
-            hold_stops()
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
                 catch_up.update()
             spread.after(len(batch))
             release_stops()
+            hold_stops()
     except (KeyboardInterrupt, Terminate):
         try:
+            release_stops()     # a second stop may cut the final drain short
             emit_batch(tracer, out, render, tracer.drain(), sinks)
         except (KeyboardInterrupt, Terminate):
             pass
+    else:
+        try:
+            release_stops()     # the loop ran its duration: all of it is printed
+        except (KeyboardInterrupt, Terminate):
+            pass
     finally:
+        if ring is not None:
+            ring.around_sleep = None
         spread.close()
     return 0
 

@@ -58,6 +58,10 @@ class RingBuffer:
         self._u64 = struct.Struct("Q")
         self._u32 = struct.Struct("<I")
         self.interval = interval_ms / 1000.0
+        # (before, after) to call around each sleep in wait(): the CLI lets a
+        # Ctrl-C in there only, when the reader holds no records
+        # (cliutil.stream_events); None for library use
+        self.around_sleep = None
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN | select.EPOLLET)
         self.records = 0
@@ -95,10 +99,16 @@ class RingBuffer:
 
     def wait(self, timeout: float | None = None) -> None:
         """Sleep until the kernel wakes us or the timeout (default: the interval) passes."""
+        around = self.around_sleep
+        if around is not None:
+            around[0]()
         try:
             self._ep.poll(self.interval if timeout is None else timeout)
         except InterruptedError:
             pass
+        finally:
+            if around is not None:
+                around[1]()
 
     def unread(self) -> int:
         """Bytes the kernel has written that we have not consumed yet."""
