@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import Cli, free_port, tcp_roundtrip, wait_until
+from pytrace.core import cliutil
 from pytrace.core.cliutil import Output
 from pytrace.core.kerneltext import KernelLines, ipv6_plan
 from pytrace.core.ringbuf import HDR, RawBatch
@@ -190,6 +191,25 @@ def test_where_the_object_does_not_load_cpython_formats_everything():
         assert render.tried and render.kernel is None and not tracer.ring.raw_batches
         assert isinstance(render._result, Exception) and "no_such_text" in str(render._result)
         assert out == b"".join(render.rows(tuples))
+
+
+def test_a_quiet_tracer_loads_its_text_object_before_the_first_event():
+    """The CLI loop's quiet ticks load the object and switch to it, so the
+    verifier's time is spent before traffic comes, not in its first burst;
+    the first connection after that is formatted in BPF."""
+    port = free_port()
+    with TcpStates(lports=[port]) as tracer:
+        render = text_renderer(tracer)
+        out = Output(False, io.TextIOWrapper(io.BytesIO(), write_through=True))
+        cliutil.stream_events(tracer, out, render, duration=0.5)      # no traffic at all
+        if isinstance(render._result, Exception):
+            pytest.skip(f"the kernel refuses SEC(\"syscall\") programs or bpf_loop: {render._result}")
+        assert render.kernel is not None and tracer.ring.raw_batches and render.kernel_lines == 0
+        conn = tcp_roundtrip("127.0.0.1", port)
+        cliutil.stream_events(tracer, out, render, duration=0.3)
+    assert render.kernel_lines == 7 and render.refused == 0          # 2 listener + 5 child changes
+    rows = [l.split() for l in out.stream.buffer.getvalue().decode().splitlines()]
+    assert sorted(int(r[6]) for r in rows if r[6] != "0") == [conn.client_port] * 5
 
 
 def test_the_loading_thread_switches_the_ring_and_is_closed_with_the_tracer():

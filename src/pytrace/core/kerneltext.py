@@ -8,9 +8,11 @@ SEC("syscall") program that takes the address of a run of ring records in
 our memory, formats them into an mmapable array, and says how many it did.
 KernelLines wraps a tool's CPython renderer with it:
 
-- the object is loaded by a second thread once the first events arrive (not
-  before: start-up does not pay its ~27 ms, and the load of a tool that
-  sees no event is never paid), while CPython formats what comes meanwhile;
+- the object is loaded by a second thread once the reading loop runs: at its
+  first batch, or at its first quiet tick if that comes first (not at
+  start-up, which would pay its ~25 ms; and a tracer started before the
+  traffic pays it while nothing happens, not in the middle of the first
+  burst), while CPython formats what comes meanwhile;
   the verifier's work runs outside the GIL, and at the thread's own
   priority (the reader's is raised while it falls behind, see
   cliutil.CatchUp; a load in the reader itself would stall it mid-storm);
@@ -175,13 +177,21 @@ class KernelLines:
     def __call__(self, batch: Any) -> bytes:
         if type(batch) is RawBatch:
             return b"".join(self._kernel_lines(batch))
+        self.idle()
+        return b"".join(self.rows(batch))
+
+    def idle(self) -> None:
+        """Start loading the text object, or switch to it once loaded (from
+        the next batch on).  Called with each CPython batch, and by
+        cliutil.stream_events on a tick without records: a tracer started
+        before the traffic it watches then pays the verifier's ~20 ms of CPU
+        while nothing happens, not in the middle of the first burst."""
         if not self.tried:
             if not self._loading:
                 self._loading = True
                 _thread.start_new_thread(self._load, ())
             elif self._result is not None:
-                self._switch()                    # from the next batch on
-        return b"".join(self.rows(batch))
+                self._switch()
 
     def start(self) -> bool:
         """Load the text object now, in this thread, and switch to it; False
