@@ -34,15 +34,6 @@ static __always_inline __u32 put_state(char *buf, __u32 pos, __u8 state)
 	return text_sync(pos + 12 + ((state & 15) == NEW_SYN_RECV));
 }
 
-/* A field of at least width bytes (width <= max), then one space. */
-#define FIELD(put, width, max)                                                \
-	do {                                                                  \
-		__u32 start = pos;                                            \
-		put_blank(buf, start, max);                                   \
-		pos = put;                                                    \
-		pos = put_c(buf, pad_to(start, pos, width), ' ');             \
-	} while (0)
-
 static __always_inline __u32 format(const struct tcpstates_event *e, char *buf, __u32 pos)
 {
 	struct name16 comm;

@@ -132,12 +132,11 @@ static __always_inline __u32 pad_to(__u32 start, __u32 pos, __u32 width)
 	return text_sync(pos);
 }
 
-/* v in decimal (%d of an unsigned value): count the digits, then write
- * them from the last one back. */
-static __always_inline __u32 put_udec(char *buf, __u32 pos, __u64 v)
+/* The number of decimal digits of v. */
+static __always_inline __u32 udec_len(__u64 v)
 {
 	__u64 p = 10;
-	__u32 n = 1, end;
+	__u32 n = 1;
 
 #pragma unroll
 	for (int i = 0; i < 19; i++) {
@@ -145,6 +144,15 @@ static __always_inline __u32 put_udec(char *buf, __u32 pos, __u64 v)
 			n++;
 		p *= 10;
 	}
+	return n;
+}
+
+/* v in decimal (%d of an unsigned value): count the digits, then write
+ * them from the last one back. */
+static __always_inline __u32 put_udec(char *buf, __u32 pos, __u64 v)
+{
+	__u32 n = udec_len(v), end;
+
 	end = pos + n - 1;
 	if (v >> 32) {		/* a 64-bit value: divisions (rare in a line) */
 #pragma unroll
@@ -195,6 +203,27 @@ static __always_inline __u32 put_hex(char *buf, __u32 pos, __u64 v)
 	return put_hex_max(buf, pos, v, 16);
 }
 
+/* v in decimal, right-aligned in width bytes (%<width>d of an unsigned
+ * value; width a constant). */
+static __always_inline __u32 put_udec_right(char *buf, __u32 pos, __u64 v, __u32 width)
+{
+	__u32 n = udec_len(v);
+
+	put_blank(buf, pos, width);
+	if (n < width)
+		pos += width - n;
+	return put_udec(buf, pos, v);
+}
+
+/* Two digits, zero-padded (%02d of a value < 100). */
+static __always_inline __u32 put_dec2(char *buf, __u32 pos, __u32 v)
+{
+	__u64 tens = div10(v);
+
+	pos = put_c(buf, pos, '0' + tens);
+	return put_c(buf, pos, '0' + (v - tens * 10));
+}
+
 /* Three digits, zero-padded (%03d of a value < 1000). */
 static __always_inline __u32 put_dec3(char *buf, __u32 pos, __u32 v)
 {
@@ -228,12 +257,15 @@ struct name16 {
 	__u64 lo, hi, lo_mask, hi_mask;
 };
 
+/* s must be 4-byte aligned (a comm after 4-byte fields): the verifier
+ * refuses a misaligned load from the stack, where the record is. */
 static __always_inline void name16(struct name16 *n, const char *s)
 {
+	const __u32 *w = (const __u32 *)s;
 	__u64 full;
 
-	n->lo = *(const __u64 *)s;
-	n->hi = *(const __u64 *)(s + 8);
+	n->lo = w[0] | (__u64)w[1] << 32;
+	n->hi = w[2] | (__u64)w[3] << 32;
 	n->lo_mask = before_nul(n->lo);
 	full = n->lo_mask + 1;			/* 0 iff the first word has no NUL */
 	n->hi_mask = before_nul(n->hi) & (((full | -full) >> 63) - 1);
@@ -348,6 +380,17 @@ static __always_inline __u32 put_addr(char *buf, __u32 pos, __u16 family, const 
 		return put_ipv6(buf, pos, a);
 	return text_sync(put_c(buf, pos, '?'));
 }
+
+/* In a format function (its buf and pos): a left-aligned field (%-<width>s)
+ * written by `put`, then one space.  width may be a setting, max is the
+ * constant it is at most. */
+#define FIELD(put, width, max)                                                \
+	do {                                                                  \
+		__u32 start = pos;                                            \
+		put_blank(buf, start, max);                                   \
+		pos = put;                                                    \
+		pos = put_c(buf, pad_to(start, pos, width), ' ');             \
+	} while (0)
 
 /* What a format function returns for a record the reader must format. */
 #define TEXT_REFUSED 0xffffffffu
