@@ -22,7 +22,7 @@ const volatile __u32 n_rports = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	/* allocated on insert: see _PREALLOC_ONLY in core/libbpf.py */
+	/* allocated on insert: see _PREALLOC_ONLY in core/barelibbpf.py */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, __u64);

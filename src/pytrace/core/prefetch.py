@@ -44,7 +44,9 @@ UNSTABLE = "unstable"      # remembered instead of a specification that changed 
 _tool: str | None = None
 _argv: tuple[str, ...] = ()
 _done = None               # released by the thread when it is finished
-_pending: list | None = None   # [specification, variant, libbpf object, load result, binding] until taken
+# until taken: [specification, variant, libbpf object, load result,
+#              the barelibbpf binding that opened it, its libbpf file]
+_pending: list | None = None
 _claimed: tuple | None = None  # the specification of the process's first load
 _args: tuple | None = None     # (source stamps, parsed arguments) remembered with the load
 _noted: tuple | None = None    # this run's, to remember with its load
@@ -59,11 +61,10 @@ def start(tool: str, argv: list[str]) -> None:
     thread would just take turns with the main thread's imports.  Attaching
     waits for take(), the moment a plain load would attach."""
     global _tool, _argv, _done, _pending, _args
-    if _tool is not None:       # once per process
+    # once per process; and a tool's name names a file in the cache directory
+    if _tool is not None or not tool.isidentifier():
         return
     _tool, _argv = tool, tuple(argv)
-    if not tool.isidentifier():     # it names a file under the cache directory
-        return
     entry = _remembered(tool).get(_argv)
     try:
         spec, variant, path, stamp, image, args, libs = entry
