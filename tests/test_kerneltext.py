@@ -201,7 +201,7 @@ def test_a_quiet_tracer_loads_its_text_object_before_the_first_event():
     with TcpStates(lports=[port]) as tracer:
         render = text_renderer(tracer)
         out = Output(False, io.TextIOWrapper(io.BytesIO(), write_through=True))
-        cliutil.stream_events(tracer, out, render, duration=0.5)      # no traffic at all
+        cliutil.stream_events(tracer, out, render, duration=1.0)      # no traffic at all
         if isinstance(render._result, Exception):
             pytest.skip(f"the kernel refuses SEC(\"syscall\") programs or bpf_loop: {render._result}")
         assert render.kernel is not None and tracer.ring.raw_batches and render.kernel_lines == 0
