@@ -182,6 +182,18 @@ class Cli:
         return [json.loads(line) for line in self.seen if line.startswith("{")]
 
 
+def captured_output():
+    """A CLI Output (core/cliutil) whose bytes stay in memory, as stdout would
+    get them; printed_lines() reads them back."""
+    import io
+    from pytrace.core.cliutil import Output
+    return Output(False, io.TextIOWrapper(io.BytesIO(), write_through=True))
+
+
+def printed_lines(out) -> list[str]:
+    return out.stream.buffer.getvalue().decode().splitlines()
+
+
 def run_cli(*args: str, timeout: float = 30, env: dict | None = None,
             prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*(prefix or []), *PYTRACE, *args], capture_output=True, text=True, timeout=timeout,

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import Cli, free_port, tcp_roundtrip, wait_until
+from helpers import Cli, captured_output, free_port, printed_lines, tcp_roundtrip, wait_until
 from pytrace.core import cliutil
 from pytrace.core.cliutil import Output
 from pytrace.core.kerneltext import KernelLines, ipv6_plan
@@ -112,17 +112,10 @@ def cpython(render: KernelLines, batch: RawBatch) -> bytes:
     return b"".join(render.rows(list(batch)))
 
 
-@pytest.fixture(scope="module")
-def tracer():
-    with TcpStates(lports=[free_port()]) as t:      # loaded and attached; sees none of our records
-        yield t
-
-
-@pytest.mark.parametrize("wide", [False, True])
-def test_every_kind_of_record_formats_to_the_cpython_bytes(tracer, wide):
-    rng = random.Random(5952 + wide)
-    recs = records(rng, 3000)                       # three runs of the program (1024 a run)
-    render = text_renderer(tracer, wide)
+def assert_formats_as_cpython(tracer, render: KernelLines, recs: list[dict]) -> None:
+    """recs through the text program (started now) give the CPython rows'
+    bytes; the non-ASCII command names (which recs must have) are refused
+    and formatted by CPython in place."""
     start(render)
     batch = RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring)
     got = render(batch)
@@ -132,6 +125,46 @@ def test_every_kind_of_record_formats_to_the_cpython_bytes(tracer, wide):
     not_ascii = sum(1 for r in recs if any(b >= 0x80 for b in r["comm"].split(b"\0", 1)[0]))
     assert not_ascii > 0
     assert (render.kernel_lines, render.refused) == (len(recs) - not_ascii, not_ascii)
+
+
+def cli_storm(tmp_path, tool: str, port: int, connect, n: int, first: int, printed) -> tuple[list, list[str]]:
+    """`pytrace tool -v -L port` through a storm: `first` connections
+    (connect()) printed, 0.5 s for the text object's load (~30 ms), then the
+    CLI paused while n more happen, let go, and stopped once printed(line,
+    connection) shows the last.  The connections and the lines printed;
+    skips where the kernel refuses the text program, and checks it was used.
+    (-v's log goes to a file: a pipe nobody reads would fill and stop the CLI.)"""
+    log = tmp_path / "stderr"
+    cli = Cli(tool, "-v", "-L", str(port), prefix=["sh", "-c", f'exec "$@" 2>{log}', "sh"])
+    conns = [connect() for _ in range(first)]
+    if conns:
+        assert cli.read_until(lambda l: printed(l, conns[-1]))
+    time.sleep(0.5)
+    os.kill(cli.proc.pid, signal.SIGSTOP)
+    try:
+        conns += [connect() for _ in range(n)]
+    finally:
+        os.kill(cli.proc.pid, signal.SIGCONT)
+    assert cli.read_until(lambda l: printed(l, conns[-1]), timeout=10)
+    rc, lines, _ = cli.stop()
+    err = log.read_text()
+    assert rc == 0, err[-2000:]
+    if f"{tool}_text: formatting in CPython" in err:
+        pytest.skip("the kernel refuses SEC(\"syscall\") programs or bpf_loop")
+    assert f"{tool}_text: formatting in BPF" in err, err[-2000:]
+    return conns, lines
+
+
+@pytest.fixture(scope="module")
+def tracer():
+    with TcpStates(lports=[free_port()]) as t:      # loaded and attached; sees none of our records
+        yield t
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_every_kind_of_record_formats_to_the_cpython_bytes(tracer, wide):
+    recs = records(random.Random(5952 + wide), 3000)     # three runs of the program (1024 a run)
+    assert_formats_as_cpython(tracer, text_renderer(tracer, wide), recs)
 
 
 def test_ipv6_text_is_inet_ntop_for_every_zero_pattern(tracer):
@@ -200,7 +233,7 @@ def test_a_quiet_tracer_loads_its_text_object_before_the_first_event():
     port = free_port()
     with TcpStates(lports=[port]) as tracer:
         render = text_renderer(tracer)
-        out = Output(False, io.TextIOWrapper(io.BytesIO(), write_through=True))
+        out = captured_output()
         cliutil.stream_events(tracer, out, render, duration=1.0)      # no traffic at all
         if isinstance(render._result, Exception):
             pytest.skip(f"the kernel refuses SEC(\"syscall\") programs or bpf_loop: {render._result}")
@@ -208,7 +241,7 @@ def test_a_quiet_tracer_loads_its_text_object_before_the_first_event():
         conn = tcp_roundtrip("127.0.0.1", port)
         cliutil.stream_events(tracer, out, render, duration=0.3)
     assert render.kernel_lines == 7 and render.refused == 0          # 2 listener + 5 child changes
-    rows = [l.split() for l in out.stream.buffer.getvalue().decode().splitlines()]
+    rows = [l.split() for l in printed_lines(out)]
     assert sorted(int(r[6]) for r in rows if r[6] != "0") == [conn.client_port] * 5
 
 
@@ -227,31 +260,12 @@ def test_the_loading_thread_switches_the_ring_and_is_closed_with_the_tracer():
 
 
 def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
-    """One connection (its events start the text object's load), then the CLI
+    """One connection, printed first, then the CLI
     paused while 450 more happen (3150 records), then let go: the storm is
-    formatted in BPF, and every line is there, exact.  (-v's log goes to a
-    file: a pipe nobody reads would fill and stop the CLI.)"""
-    port = free_port()
-    log = tmp_path / "stderr"
-    cli = Cli("tcpstates", "-v", "-L", str(port), prefix=["sh", "-c", f'exec "$@" 2>{log}', "sh"])
-    conns = [tcp_roundtrip("127.0.0.1", port)]
-    first = conns[0].client_port
-    assert cli.read_until(lambda l: f" {first} " in l and "LAST_ACK" in l and "-> CLOSE" in l)
-    time.sleep(0.5)                                 # the load: ~30 ms
-    n = 450
-    os.kill(cli.proc.pid, signal.SIGSTOP)
-    try:
-        conns += [tcp_roundtrip("127.0.0.1", port) for _ in range(n)]
-    finally:
-        os.kill(cli.proc.pid, signal.SIGCONT)
-    last = conns[-1].client_port
-    assert cli.read_until(lambda l: f" {last} " in l and "LAST_ACK" in l and "-> CLOSE" in l, timeout=10)
-    rc, lines, _ = cli.stop()
-    err = log.read_text()
-    assert rc == 0, err[-2000:]
-    if "tcpstates_text: formatting in CPython" in err:
-        pytest.skip("the kernel refuses SEC(\"syscall\") programs or bpf_loop")
-    assert "tcpstates_text: formatting in BPF" in err, err[-2000:]
+    formatted in BPF, and every line is there, exact."""
+    port, n = free_port(), 450
+    conns, lines = cli_storm(tmp_path, "tcpstates", port, lambda: tcp_roundtrip("127.0.0.1", port), n, 1,
+                             lambda l, c: f" {c.client_port} " in l and "LAST_ACK" in l and "-> CLOSE" in l)
     rows = [l for l in lines if re.match(r"[0-9a-f]{16} ", l)]
     line = re.compile(r"([0-9a-f]{16}) (\d+) +(.{16}) (\S+) +(\d+) +(\S+) +(\d+) +(\S+) +-> (\S+) +(\d+\.\d{3})$")
     parsed = [line.match(l) for l in rows]

@@ -16,12 +16,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import free_port, tcp_roundtrip
+from helpers import captured_output, free_port, printed_lines, tcp_roundtrip
 from pytrace.core import cliutil
 from pytrace.tools import tcpstates
 from pytrace.tools.tcpstates import TcpStates
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TEXT = SimpleNamespace(json=False, timestamp=False, time=False, wide=False, ipv6=False)   # the default columns
+
+
+def three_connections_printed(out, conns) -> int:
+    """The lines of three connections to one -L port, each there exactly:
+    their number."""
+    rows = [l.split() for l in printed_lines(out)[1:]]
+    assert len(rows) == 3 * 7                       # 2 listener + 5 child transitions each
+    assert sorted(int(r[6]) for r in rows if r[6] != "0") == sorted([c.client_port for c in conns] * 5)
+    return len(rows)
 
 
 @pytest.fixture
@@ -40,12 +50,10 @@ def cli_handlers():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_while_a_batch_is_out_loses_none_of_it(cli_handlers, sig):
     port = free_port()
-    stream = io.TextIOWrapper(io.BytesIO(), write_through=True)
-    out = cliutil.Output(False, stream)
-    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=False, ipv6=False)
+    out = captured_output()
     with TcpStates(lports=[port]) as tracer:
         conns = [tcp_roundtrip("127.0.0.1", port) for _ in range(3)]
-        inner = tcpstates.renderer(tracer, args, out)
+        inner = tcpstates.renderer(tracer, TEXT, out)
         calls = []
 
         def render(batch):
@@ -54,10 +62,7 @@ def test_a_stop_while_a_batch_is_out_loses_none_of_it(cli_handlers, sig):
                 os.kill(os.getpid(), sig)       # handled at the next bytecode: inside this batch
             return inner(batch)
         assert cliutil.stream_events(tracer, out, render, duration=5) == 0
-    lines = stream.buffer.getvalue().decode().splitlines()
-    rows = [l.split() for l in lines[1:]]
-    assert calls[0] == len(rows) == 3 * 7                # 2 listener + 5 child transitions each
-    assert sorted(int(r[6]) for r in rows if r[6] != "0") == sorted([c.client_port for c in conns] * 5)
+    assert calls[0] == three_connections_printed(out, conns)     # all in the batch the stop hit
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -65,9 +70,7 @@ def test_a_stop_inside_the_drain_loses_none_of_its_batch(cli_handlers, sig):
     """The drain has released the batch's ring space when the signal lands:
     only the loop still has those records."""
     port = free_port()
-    stream = io.TextIOWrapper(io.BytesIO(), write_through=True)
-    out = cliutil.Output(False, stream)
-    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=False, ipv6=False)
+    out = captured_output()
     with TcpStates(lports=[port]) as tracer:
         conns = [tcp_roundtrip("127.0.0.1", port) for _ in range(3)]
         drain, sent = tracer.ring.drain, []
@@ -80,11 +83,9 @@ def test_a_stop_inside_the_drain_loses_none_of_its_batch(cli_handlers, sig):
             return batch
         tracer.ring.drain = drain_then_stop
         started = time.monotonic()
-        assert cliutil.stream_events(tracer, out, tcpstates.renderer(tracer, args, out), duration=5) == 0
+        assert cliutil.stream_events(tracer, out, tcpstates.renderer(tracer, TEXT, out), duration=5) == 0
         assert time.monotonic() - started < 2              # the stop ended the loop
-    rows = [l.split() for l in stream.buffer.getvalue().decode().splitlines()[1:]]
-    assert sent == [len(rows)] == [3 * 7]
-    assert sorted(int(r[6]) for r in rows if r[6] != "0") == sorted([c.client_port for c in conns] * 5)
+    assert sent == [three_connections_printed(out, conns)]      # all in the batch the stop hit
 
 
 class Trickle(io.RawIOBase):

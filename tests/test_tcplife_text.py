@@ -8,18 +8,15 @@ import io
 import os
 import random
 import re
-import signal
 import socket
-import time
 from types import SimpleNamespace
 
 import pytest
 
-from helpers import Cli, free_port, tcp_roundtrip
-from test_kerneltext import V6_EDGES, all_zero_patterns, cpython, ring_bytes, start, v6
+from helpers import free_port, tcp_roundtrip
+from test_kerneltext import V6_EDGES, all_zero_patterns, assert_formats_as_cpython, cli_storm, v6
 from pytrace.core.cliutil import Output
 from pytrace.core.kerneltext import KernelLines
-from pytrace.core.ringbuf import RawBatch
 from pytrace.tools import tcplife
 from pytrace.tools.tcplife import TcpLife
 
@@ -71,16 +68,7 @@ def tracer():
 
 def test_every_kind_of_record_formats_to_the_cpython_bytes(tracer):
     recs = records(random.Random(7041), 3000)       # three runs of the program (1024 a run)
-    render = text_renderer(tracer)
-    start(render)
-    batch = RawBatch(ring_bytes(tracer, recs), len(recs), tracer.ring)
-    got = render(batch)
-    want = cpython(render, batch)
-    assert got.splitlines() == want.splitlines()    # a difference shows as one line
-    assert got == want
-    not_ascii = sum(1 for r in recs if any(b >= 0x80 for b in r["comm"].split(b"\0", 1)[0]))
-    assert not_ascii > 0
-    assert (render.kernel_lines, render.refused) == (len(recs) - not_ascii, not_ascii)
+    assert_formats_as_cpython(tracer, text_renderer(tracer), recs)
 
 
 def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
@@ -88,24 +76,9 @@ def test_a_storm_through_the_cli_is_formatted_in_bpf_and_exact(tmp_path):
     paused while 300 connections happen, then let go: formatted in BPF,
     every session there with its exact ports and bytes."""
     port = free_port()
-    log = tmp_path / "stderr"
-    cli = Cli("tcplife", "-v", "-L", str(port), prefix=["sh", "-c", f'exec "$@" 2>{log}', "sh"])
-    time.sleep(0.5)                                 # the load: ~30 ms
     send, reply = b"q" * 3000, b"r" * 70000         # 2 KB and 68 KB: BCC rounds down
-    n = 300
-    os.kill(cli.proc.pid, signal.SIGSTOP)
-    try:
-        conns = [tcp_roundtrip("127.0.0.1", port, send, reply) for _ in range(n)]
-    finally:
-        os.kill(cli.proc.pid, signal.SIGCONT)
-    last = conns[-1].client_port
-    assert cli.read_until(lambda l: f" {last} " in l, timeout=10)
-    rc, lines, _ = cli.stop()
-    err = log.read_text()
-    assert rc == 0, err[-2000:]
-    if "tcplife_text: formatting in CPython" in err:
-        pytest.skip("the kernel refuses SEC(\"syscall\") programs or bpf_loop")
-    assert "tcplife_text: formatting in BPF" in err, err[-2000:]
+    conns, lines = cli_storm(tmp_path, "tcplife", port, lambda: tcp_roundtrip("127.0.0.1", port, send, reply),
+                             300, 0, lambda l, c: f" {c.client_port} " in l)
     line = re.compile(r"(\d+) +(.{10}) (\S+) +(\d+) +(\S+) +(\d+) +(\d+) +(\d+) (\d+\.\d\d)$")
     parsed = [line.match(l) for l in lines[1:]]
     assert all(parsed), [l for l, m in zip(lines[1:], parsed) if not m][:3]
