@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # posix, not os: core/prefetch reads its file before anything else is
 # imported, and os costs ~1.5 ms of start-up there (write() imports it)
+import marshal
 import posix
 import sys
 
@@ -30,6 +31,27 @@ def read(name: str) -> bytes | None:
             return fh.read()
     except OSError:
         return None
+
+
+def read_dict(name: str) -> dict:
+    """The dict marshalled in DIR/name (prefetch's remembered loads, rows'
+    compiled code); {} if it is missing, untrusted or not a dict."""
+    data = read(name)
+    try:
+        value = marshal.loads(data) if data is not None else {}
+    except (ValueError, EOFError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_dict(name: str, value: dict) -> None:
+    """Replace DIR/name with value, marshalled; nothing if marshal cannot
+    store one of its values."""
+    try:
+        data = marshal.dumps(value)
+    except ValueError:
+        return
+    write(name, data)
 
 
 def write(name: str, data: bytes) -> None:

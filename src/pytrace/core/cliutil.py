@@ -182,8 +182,8 @@ _STOPS = (SIGINT, SIGTERM, SIGHUP)
 
 # The stop (KeyboardInterrupt or Terminate) asked for while held, in a list
 # that is empty until then; None when stops are not held.  A flag, not a
-# handler swap, so that holding costs next to nothing (stream_events holds
-# stops around every batch).
+# handler swap, so that holding costs next to nothing (stream_events
+# releases and holds stops again at every batch and every sleep).
 _held: list | None = None
 _installed = False
 
@@ -233,8 +233,8 @@ def release_stops() -> None:
 
     Called by every CLI loop first thing in the try block whose except
     clause prints the final output on Ctrl-C or SIGTERM (stream_events,
-    periodic.ticks, sockrmem's loop), after each batch stream_events holds,
-    and by cli._run_tool when the tool returns or fails.  Does nothing when
+    periodic.ticks, sockrmem's loop), by stream_events between batches and
+    before each sleep, and by cli._run_tool when the tool returns or fails.  Does nothing when
     stops are not held (library use)."""
     global _held
     held, _held = _held, None

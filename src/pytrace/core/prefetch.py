@@ -155,12 +155,7 @@ def _name(tool: str) -> str:
 
 
 def _remembered(tool: str) -> dict:
-    data = cachefile.read(_name(tool))
-    try:
-        known = marshal.loads(data) if data is not None else {}
-    except (ValueError, EOFError, TypeError):
-        return {}
-    return known if isinstance(known, dict) else {}
+    return cachefile.read_dict(_name(tool))
 
 
 def _load(pending: list, load, started) -> None:
@@ -250,10 +245,7 @@ def remember(spec: tuple, obj: "BpfObject") -> None:
     while len(known) >= MAX_COMMANDS:
         known.pop(next(iter(known)))
     known[_argv] = entry
-    try:
-        cachefile.write(_name(_tool), marshal.dumps(known))
-    except ValueError:
-        pass    # a setting marshal cannot store: no speculation
+    cachefile.write_dict(_name(_tool), known)    # a setting marshal cannot store: no speculation
 
 
 def _discard() -> None:

@@ -15,7 +15,6 @@ names fields.
 from __future__ import annotations
 
 import keyword
-import marshal
 import sys
 
 TYPE_CHECKING = False
@@ -47,17 +46,13 @@ def _compiled(src: str):
     tool's first line.  Bytecode is per interpreter version, and so is the file."""
     from . import cachefile
     name = f"rows-{sys.implementation.cache_tag}.marshal"
-    data = cachefile.read(name)
-    try:
-        codes = marshal.loads(data) if data is not None else {}
-    except (ValueError, EOFError, TypeError):
-        codes = {}
-    code = codes.get(src) if isinstance(codes, dict) else None
+    codes = cachefile.read_dict(name)
+    code = codes.get(src)
     if code is not None:
         return code
     code = compile(src, "<pytrace rows>", "exec")
-    if not isinstance(codes, dict) or len(codes) >= MAX_CODES:
+    if len(codes) >= MAX_CODES:
         codes = {}
     codes[src] = code
-    cachefile.write(name, marshal.dumps(codes))
+    cachefile.write_dict(name, codes)
     return code
