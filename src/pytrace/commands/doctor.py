@@ -33,7 +33,7 @@ def _kernel_text() -> str:
         KernelText("tcpstates_text").close()
     except (OSError, PytraceError) as exc:
         return f"no: CPython formats every line (syscall programs and bpf_loop need 5.17+): {exc}"
-    return "yes (a syscall program run by the reader: tcpstates)"
+    return "yes (a syscall program run by the reader: tcpstates, tcplife)"
 
 
 def run(argv: list[str]) -> int:
