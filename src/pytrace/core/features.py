@@ -1,9 +1,20 @@
-"""Which hook kinds this kernel accepts, learned by loading tiny programs.
+"""Which hook kinds this kernel accepts, learned by loading tiny programs,
+and which tool variants it refused.
 
 A probe loads and attaches one trivial program of a kind (src/bpf/probe.bpf.c)
 and releases it at once.  Results are cached for the running boot in
 /run/pytrace/features.json, so a tool's start skips kinds known to fail here
 without paying for a failed load each time.  `pytrace doctor` probes afresh.
+
+A tool variant the kernel refused (its verifier, a tracepoint it lacks) is
+remembered there too, for that build of the object and that configuration:
+a refusal is paid once per boot, never at every start.  Nothing may depend
+on one build's verifier (the same 6.18 refuses on one machine what it takes
+on another), so a refusal is a fact about this boot, not a rule.
+
+Each kind also declares the oldest kernel that has it (KIND_SINCE): a
+Variant's floor (core/loader) is the newest of that, the ring buffer's and
+its own, and the kernel matrix checks every floor both ways.
 """
 
 from __future__ import annotations
@@ -13,9 +24,34 @@ import os
 
 from . import cachefile, jsonfile, libbpf
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .loader import Variant
+
 CACHE = "features.json"   # in core/cachefile
 PROBED_KINDS = ("fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint", "lsm")
 BPF_MAP_TYPE_RINGBUF = 27
+
+# kind: (the first kernel that has it, what it is); mainline x86_64
+KIND_SINCE = {
+    "kprobe": ("4.1", "kprobe programs"),
+    "uprobe": ("4.1", "uprobe programs"),
+    "tc": ("4.1", "tc BPF classifiers"),
+    "tracepoint": ("4.7", "tracepoint programs"),
+    "xdp": ("4.8", "XDP"),
+    "sockops": ("4.13", "sockops programs"),
+    "raw_tp": ("4.17", "raw tracepoints"),
+    "tp_btf": ("5.5", "BTF-typed tracepoints (tp_btf)"),
+    "fentry": ("5.5", "BPF trampolines (fentry/fexit)"),
+    "lsm": ("5.7", "BPF LSM programs"),
+}
+# every object reports through (or counts losses in) a BPF ring buffer
+RINGBUF_SINCE = ("5.8", "the BPF ring buffer")
+# errors that say something about the kernel itself (its verifier, its BTF,
+# the hooks it has), not about this moment (memory, a busy device, privileges)
+_KERNEL_REFUSALS = {errno.EACCES, errno.EINVAL, errno.E2BIG, errno.ESRCH, errno.ENOENT, errno.EOPNOTSUPP, 524}
+# kinds whose refusal does not depend on a target the user names (a device, a binary)
+_KERNEL_WIDE = {"kprobe", "tracepoint", "raw_tp", "tp_btf", "fentry", "lsm", "sockops"}
 
 _HINTS = {
     ("kprobe", errno.ENOENT): "the kernel has no kprobes (CONFIG_KPROBES off?)",
@@ -26,6 +62,36 @@ _HINTS = {
 }
 
 
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel, from its release ("6.1.0-57-amd64": (6, 1))."""
+    return parse_version(kernel_release())
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits or 0))
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def floor(kind: str, since: str = "", needs: str = "") -> tuple[tuple[int, int], str]:
+    """The newest of a kind's floor, the ring buffer's and a variant's own ("6.3", needs)."""
+    best = (parse_version(RINGBUF_SINCE[0]), RINGBUF_SINCE[1])
+    for version, what in (KIND_SINCE.get(kind, ("0.0", "")), (since or "0.0", needs)):
+        if parse_version(version) > best[0]:
+            best = (parse_version(version), what)
+    return best
+
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
@@ -34,7 +100,7 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def _load_cache() -> dict:
+def _load_all() -> dict:
     data = cachefile.read(CACHE)
     try:
         info = jsonfile.loads(data.decode()) if data is not None else {}
@@ -42,13 +108,67 @@ def _load_cache() -> dict:
         return {}
     if not isinstance(info, dict) or info.get("boot_id") != _boot_id() or info.get("libbpf") != libbpf.lib_path:
         return {}
-    return info.get("kinds", {})
+    return info
+
+
+def _load_cache() -> dict:
+    kinds = _load_all().get("kinds", {})
+    return kinds if isinstance(kinds, dict) else {}
+
+
+def _save(kinds: dict | None = None, refused: dict | None = None) -> None:
+    import json     # writing only; reading is jsonfile's
+    info = _load_all()
+    info = {"boot_id": _boot_id(), "libbpf": libbpf.lib_path,
+            "kinds": kinds if kinds is not None else info.get("kinds", {}),
+            "refused": refused if refused is not None else info.get("refused", {})}
+    cachefile.write(CACHE, json.dumps(info).encode())   # read-only /run: probes just run again
 
 
 def _save_cache(kinds: dict) -> None:
-    import json     # writing only; reading is jsonfile's
-    info = {"boot_id": _boot_id(), "libbpf": libbpf.lib_path, "kinds": kinds}
-    cachefile.write(CACHE, json.dumps(info).encode())   # read-only /run: probes just run again
+    _save(kinds=kinds)
+
+
+def _refusal_key(obj_name: str, variant: Variant, config: str) -> str | None:
+    """Which build of which object, variant and configuration (rodata: it
+    decides what the verifier sees) a refusal is about; None if the object
+    is not there."""
+    from . import objects
+    try:
+        st = os.stat(objects.path(obj_name))
+    except (OSError, Exception):    # PytraceError: a broken install is reported by the load itself
+        return None
+    import zlib
+    what = zlib.crc32(f"{sorted(variant.programs)}{config}".encode())
+    return f"{obj_name}:{variant.hook}:{st.st_size}:{st.st_mtime_ns}:{what:08x}"
+
+
+def known_refused(obj_name: str, variant: Variant, config: str = "") -> str | None:
+    """Why this kernel refused this variant earlier in this boot, or None."""
+    if variant.hook not in _KERNEL_WIDE:
+        return None
+    key = _refusal_key(obj_name, variant, config)
+    refused = _load_all().get("refused", {})
+    reason = refused.get(key) if key and isinstance(refused, dict) else None
+    return f"{reason} (remembered for this boot)" if isinstance(reason, str) else None
+
+
+def remember_refusal(obj_name: str, variant: Variant, exc: OSError, reason: str, config: str = "") -> None:
+    """Remember, for this boot, that the kernel refused a variant (not a passing failure)."""
+    if variant.hook not in _KERNEL_WIDE or exc.errno not in _KERNEL_REFUSALS:
+        return
+    key = _refusal_key(obj_name, variant, config)
+    if key is None:
+        return
+    refused = _load_all().get("refused", {})
+    refused = dict(refused) if isinstance(refused, dict) else {}
+    refused[key] = reason
+    _save(refused=refused)
+
+
+def forget_refusals() -> None:
+    """`pytrace doctor` probes afresh: every variant gets its chance again."""
+    _save(refused={})
 
 
 def explain(kind: str, exc: OSError) -> str:
@@ -115,6 +235,6 @@ def learn(kind: str) -> tuple[bool, str]:
 
 def probe_all() -> dict[str, tuple[bool, str]]:
     results = {k: probe(k) for k in (*PROBED_KINDS, "ringbuf")}
-    _save_cache({k: list(v) for k, v in results.items()})
+    _save(kinds={k: list(v) for k, v in results.items()}, refused={})
     return results
 

@@ -22,14 +22,24 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
     from typing import Any
 
 
-class Variant(record("Variant", "hook programs note", defaults=("",))):
+class Variant(record("Variant", "hook programs note since needs", defaults=("", "", ""))):
     """One way to hook a tool, immutable (a named tuple: no dataclasses import at start-up).
 
     hook      fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
     programs  program names (C functions) in the object, a tuple
     note      shown by `pytrace list` (e.g. "approximation"); "" by default
+    since     the oldest kernel ("6.3") the variant runs on, when it is newer
+              than what its hook kind and the ring buffer need (features.floor)
+    needs     what that kernel brought, for messages ("tracepoint sock:sock_send_length")
+
+    The floor is a claim the kernel matrix checks both ways: a refusal on a
+    kernel at or above it fails the matrix, and so does a load below it.
     """
     __slots__ = ()
+
+    def floor(self) -> tuple[tuple[int, int], str]:
+        """((major, minor), what it needs): the newest of the variant's own and its kind's floors."""
+        return features.floor(self.hook, self.since, self.needs)
 
 
 if TYPE_CHECKING:
@@ -63,9 +73,13 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
     else:
         chosen = list(variants)
     attach = attach or _default_attach
+    config = repr(sorted((rodata or {}).items()))
     reasons: list[str] = []
     for variant in chosen:
-        cached = None if hook else features.known_unusable(variant.hook)
+        # kinds and variants known to fail on this boot cost nothing (a
+        # verifier refusal can take seconds of CPU: it is paid once per boot)
+        cached = None if hook else (features.known_unusable(variant.hook)
+                                    or features.known_refused(obj_name, variant, config))
         if cached:
             reasons.append(f"{variant.hook}: {cached}")
             continue
@@ -80,7 +94,10 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
             attach(obj, variant)
         except OSError as exc:
             obj.close()
-            reasons.append(f"{variant.hook}: {_why(variant.hook, exc)}")
+            why = _why(variant, exc)
+            if not features.known_unusable(variant.hook):
+                features.remember_refusal(obj_name, variant, exc, why, config)
+            reasons.append(f"{variant.hook}: {why}")
             continue
         except BaseException:
             obj.close()
@@ -90,14 +107,19 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
     raise PytraceError(f"no hook usable on this kernel (tried {'; '.join(reasons)})")
 
 
-def _why(kind: str, exc: OSError) -> str:
-    """Why a variant failed: the kind itself (probed and cached) or this tool's program."""
+def _why(variant: Variant, exc: OSError) -> str:
+    """Why a variant failed: the kind itself (probed and cached), a kernel older
+    than the variant's floor, or this tool's program."""
+    kind = variant.hook
     if kind in features.PROBED_KINDS:
         usable, reason = features.learn(kind)
         if not usable:
             return reason
-    if exc.errno in (errno.EACCES, errno.EINVAL) and "load" in str(exc):
-        return f"the verifier rejected {kind} program ({exc.strerror}; -v shows its log)"
+    (major, minor), needs = variant.floor()
+    if features.kernel_version() < (major, minor):
+        return f"needs Linux {major}.{minor}+ ({needs}); this kernel is {features.kernel_release()}"
+    if exc.errno in (errno.EACCES, errno.EINVAL, errno.E2BIG) and "load" in str(exc):
+        return f"the verifier rejected the {kind} program ({exc.strerror}; -v shows its log)"
     return features.explain(kind, exc)
 
 
@@ -108,7 +130,12 @@ def planned(variants: Sequence[Variant]) -> tuple[Variant | None, list[str]]:
         entry = features.cached(v.hook)
         if entry is None and v.hook in features.PROBED_KINDS:
             entry = features.learn(v.hook)
-        if entry is None or entry[0]:
-            return v, reasons
-        reasons.append(f"{v.hook}: {entry[1]}")
+        if entry is not None and not entry[0]:
+            reasons.append(f"{v.hook}: {entry[1]}")
+            continue
+        (major, minor), needs = v.floor()
+        if features.kernel_version() < (major, minor):
+            reasons.append(f"{v.hook}: needs Linux {major}.{minor}+ ({needs})")
+            continue
+        return v, reasons
     return None, reasons
