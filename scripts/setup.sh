@@ -31,7 +31,7 @@ VENV=${PYTRACE_VENV:-/opt/pytrace}
 if [ ! -x "$VENV/bin/python" ]; then
 	/usr/bin/python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check pytest pyelftools prometheus_client
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check pytest pytest-timeout pyelftools prometheus_client
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 # The command is pip's launcher minus `site`: python -S skips the .pth
 # processing of the venv's site-packages (setuptools' distutils hack among

@@ -16,9 +16,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_configure(config):
+    _configure_matrix(config)
     if os.geteuid() != 0:
         pytest.exit("the pytrace suite loads BPF programs: run it as root (scripts/test.sh)", returncode=2)
     from pytrace.core import objects
     if not os.path.exists(os.path.join(objects.BPF_DIR, "tcpstates.bpf.o")):
         pytest.exit(f"no built BPF objects in {objects.BPF_DIR}: run scripts/test.sh (or python3 build.py)",
                     returncode=2)
+
+
+# -- the kernel matrix (matrix.py, scripts/kernel_lab.py) ---------------------------
+
+def pytest_addoption(parser):
+    group = parser.getgroup("pytrace kernel matrix")
+    group.addoption("--matrix-results", metavar="PATH",
+                    help="write each (tool, hook variant) outcome and this kernel's facts as JSON to PATH")
+
+
+def _configure_matrix(config):
+    config.addinivalue_line("markers", "matrix: part of the kernel matrix (run in every guest of the kernel lab)")
+    config.addinivalue_line("markers", "variant(tool, hook): the tool variant a matrix case checks")
+    config.stash[_OUTCOMES] = {}
+
+
+_OUTCOMES = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    for marker in item.iter_markers("variant"):
+        _record(item, report, f"{marker.args[0]}:{marker.args[1]}")
+
+
+def _record(item, report, key: str) -> None:
+    seen = item.config.stash[_OUTCOMES].setdefault(key, {"passed": 0, "failed": 0, "skipped": 0, "reasons": []})
+    if report.skipped and report.when in ("setup", "call"):
+        seen["skipped"] += 1
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        seen["reasons"].append(reason.removeprefix("Skipped: "))
+    elif report.failed:
+        seen["failed"] += 1
+        seen["reasons"].append(f"{item.nodeid}: {report.longreprtext.splitlines()[-1] if report.longreprtext else ''}")
+    elif report.passed and report.when == "call":
+        seen["passed"] += 1
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_in_the_kernel(request):
+    """A matrix case leaves no program, map, link, tracefs mount or probe event behind."""
+    if request.node.get_closest_marker("matrix") is None:
+        yield
+        return
+    import kernelstate
+    before = kernelstate.snapshot()
+    yield
+    left = kernelstate.left_since(before)
+    assert not left, f"left in the kernel after the test: {left}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = session.config.getoption("--matrix-results", None)
+    if not path:
+        return
+    import json
+    import matrix
+    from pytrace.core import features
+    data = {"release": features.kernel_release(), "version": list(features.kernel_version()),
+            "kinds": {k: list(matrix.kind_usable(k)) for k in features.PROBED_KINDS},
+            "variants": session.config.stash.get(_OUTCOMES, {}),
+            "defaults": {tool: list(pair) for tool, pair in matrix.DEFAULTS.items()}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1)

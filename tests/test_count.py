@@ -13,6 +13,7 @@ import pytest
 from helpers import free_port, netns, run_cli, sh, wait_until
 from ready import started
 from test_influx import ENV as INFLUX_ENV, influx  # noqa: F401 (the fixture: a private InfluxDB)
+from matrix import covers
 from pytrace.core.netattach import in_netns
 from pytrace.core.tracepoints import parse_filter, parse_format, resolve
 from pytrace.tools.count import ProbeCount, TracepointCount
@@ -71,6 +72,7 @@ class DummyNet:
         self._ns.__exit__(*exc)
 
 
+@covers("count", "tracepoint")
 def test_failed_connects_by_errno_exactly():
     """The chapter's one-liner: count failed connects by errno, in the kernel."""
     with TracepointCount(["syscalls:sys_exit_connect"], by=["ret"], filters=["ret < 0"], pid=ME) as c:

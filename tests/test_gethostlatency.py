@@ -19,6 +19,7 @@ import pytest
 from helpers import run_cli
 from netlab import bad_input, released_after_exit
 from ready import started
+from matrix import covers
 from pytrace.tools.gethostlatency import GetHostLatency, find_libc
 
 LIBC = ctypes.CDLL("libc.so.6")
@@ -43,6 +44,7 @@ def timed(fn, *args) -> float:
     return time.monotonic_ns() - t0
 
 
+@covers("gethostlatency", "uprobe")
 def test_the_three_functions_and_a_failure():
     me = os.getpid()
     with GetHostLatency(pid=me) as t:

@@ -13,6 +13,7 @@ import pytest
 
 from helpers import Cli
 from netlab import QuietHosts, bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
+from matrix import opened, variants
 from pytrace.tools.ipecn import IpEcn
 
 PAYLOAD = 100
@@ -42,12 +43,12 @@ def collect(tracer: IpEcn, n: int, timeout: float = 3.0) -> list:
     return got + list(tracer.events(duration=0.2))
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(IpEcn))
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_ce_marked_udp_is_seen_and_unmarked_is_not(hook, family):
     dport = random.randint(20000, 60000)
     with QuietHosts("ecn") as net:
-        with IpEcn(netns=net.inode(net.ns_b), hook=hook) as tracer:
+        with opened(IpEcn, hook, netns=net.inode(net.ns_b)) as tracer:
             assert tracer.variant.hook == hook
             plain = send_udp(net, family, 0, dport, 3)
             ect = send_udp(net, family, 2, dport, 2)

@@ -18,6 +18,7 @@ import pytest
 
 from netlab import QuietHosts, bad_input, released_after_exit
 from ready import started
+from matrix import opened, variants
 from pytrace.core import netattach
 from pytrace.tools.netsize import NetSize
 
@@ -61,13 +62,13 @@ def send_udp(net: QuietHosts, sizes=SIZES) -> None:
     s.close()
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp"])
+@pytest.mark.parametrize("hook", variants(NetSize))
 def test_udp_sizes_at_the_four_points(hook):
     with QuietHosts("nsize", ipv6=False) as net:
         with_napi(net)
         rcv = net.udp_socket(net.ns_b)
         rcv.bind((net.V4[1], 9999))           # no ICMP port unreachable back to A
-        with NetSize(netns=net.inode(net.ns_a), hook=hook) as ta, NetSize(netns=net.inode(net.ns_b)) as tb:
+        with opened(NetSize, hook, netns=net.inode(net.ns_a)) as ta, NetSize(netns=net.inode(net.ns_b)) as tb:
             assert ta.variant.hook == hook
             send_udp(net)
             for _ in SIZES:

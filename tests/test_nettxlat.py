@@ -17,6 +17,7 @@ import pytest
 from helpers import run_cli
 from netlab import QuietHosts, bad_input, ping, released_after_exit
 from ready import started
+from matrix import opened, variants
 from pytrace.tools.nettxlat import NO_COMPLETION, NetTxLat
 
 N = 5
@@ -31,11 +32,11 @@ def pings(net: QuietHosts, n: int = N) -> list[float]:
         sock.close()
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(NetTxLat))
 def test_one_sample_per_packet_per_device(hook):
     with QuietHosts("txlat", ipv6=False) as net:
         ns_a, ns_b = net.inode(net.ns_a), net.inode(net.ns_b)
-        with NetTxLat(netns=ns_a, hook=hook) as ta, NetTxLat(dev="b0", netns=ns_b) as tb:
+        with opened(NetTxLat, hook, netns=ns_a) as ta, NetTxLat(dev="b0", netns=ns_b) as tb:
             assert ta.variant.hook == hook
             rtts = pings(net)
             time.sleep(0.05)

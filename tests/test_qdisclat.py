@@ -12,6 +12,7 @@ import pytest
 
 from netlab import QuietHosts, bad_input, released_after_exit
 from ready import started
+from matrix import opened, variants
 from pytrace.tools.qdisclat import QdiscLat, handle_text
 
 N, PAYLOAD = 10, 1000
@@ -44,12 +45,12 @@ def last_wait_us(n: int = N) -> float:
     return (n * FRAME - BURST) / RATE * 1e6
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(QdiscLat))
 def test_tbf_queueing(hook):
     with QuietHosts("qlat", ipv6=False) as net:
         tbf(net)
         ino = net.inode(net.ns_a)
-        with QdiscLat(netns=ino, hook=hook) as t:
+        with opened(QdiscLat, hook, netns=ino) as t:
             assert t.variant.hook == hook
             blast(net)
             hs = wait_count(t, N)

@@ -16,6 +16,7 @@ import pytest
 from dropper import Dropper
 from helpers import Cli
 from netlab import QuietHosts, bad_input, released_after_exit
+from matrix import opened, variants
 from pytrace.core import netattach
 from pytrace.tools.skbdrop import SkbDrop
 
@@ -68,10 +69,10 @@ def funcs(stack) -> list[str]:
     return [f.split("+")[0] for f in stack]
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SkbDrop))
 def test_udp_to_closed_port_is_no_socket(hook):
     with QuietHosts("skbd") as net:
-        with SkbDrop(netns=net.inode(net.ns_b), hook=hook) as t:
+        with opened(SkbDrop, hook, netns=net.inode(net.ns_b)) as t:
             assert t.variant.hook == hook
             udp_to_closed_port(net, socket.AF_INET, 3)
             udp_to_closed_port(net, socket.AF_INET6, 2)

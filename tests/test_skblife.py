@@ -19,6 +19,7 @@ import pytest
 
 from netlab import QuietHosts, bad_input, echo_request, released_after_exit
 from ready import started
+from matrix import opened, variants
 from pytrace.core import ksyms
 from pytrace.tools.skblife import SkbLife
 
@@ -49,13 +50,13 @@ def queued_pings(net: QuietHosts) -> None:
         sock.close()
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SkbLife))
 def test_lifespans_of_queued_requests(hook):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with QuietHosts("skbl", ipv6=False) as net:
             net.qdisc_a("tbf", "rate", "1mbit", "burst", str(BURST), "latency", "2s")
-            with SkbLife(pid=os.getpid(), hook=hook) as mine, SkbLife(pid=sleeper.pid, us=True) as other:
+            with opened(SkbLife, hook, pid=os.getpid()) as mine, SkbLife(pid=sleeper.pid, us=True) as other:
                 assert mine.variant.hook == hook
                 queued_pings(net)
                 time.sleep(0.05)

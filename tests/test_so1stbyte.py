@@ -8,6 +8,7 @@ import threading
 import time
 
 from ready import n_programs, started
+from matrix import covers
 from pytrace.tools.so1stbyte import So1stByte
 
 ME = os.getpid()
@@ -49,6 +50,7 @@ def first_byte(srv: socket.socket, early_nonblocking_read: bool = False) -> floa
     return elapsed
 
 
+@covers("so1stbyte", "tracepoint")
 def test_first_byte_time_is_at_least_the_servers_delay():
     delay = 0.15
     with So1stByte(pid=ME) as t:

@@ -8,11 +8,13 @@ import os
 import socket
 
 from ready import n_programs, started
+from matrix import covers
 from pytrace.tools.soaccept import SoAccept
 
 ME = os.getpid()
 
 
+@covers("soaccept", "tracepoint")
 def test_accepts_exact():
     with SoAccept(pid=ME) as t:
         srv = socket.socket()

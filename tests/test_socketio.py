@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from ready import n_programs, started
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.socketio import SocketIO
 from pytrace.tools.socksize import SockSize
@@ -43,9 +44,9 @@ def workload() -> dict:
     return ports
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SocketIO))
 def test_socketio_calls_and_bytes_exact(hook):
-    with SocketIO(pid=ME, hook=hook) as t:
+    with opened(SocketIO, hook, pid=ME) as t:
         ports = workload()
         flows = t.flows()
     got = {(f.dir, f.proto, f.rport): (f.calls, f.bytes) for f in flows}
@@ -77,9 +78,9 @@ def slots(*values: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SockSize))
 def test_socksize_histograms_exact(hook):
-    with SockSize(pid=ME, hook=hook) as t:
+    with opened(SockSize, hook, pid=ME) as t:
         workload()
         hists = t.histograms()
     assert set(hists) == {(ME, COMM, "send"), (ME, COMM, "recv")}

@@ -10,9 +10,12 @@ import socket
 import sqlite3
 import struct
 
+import pytest
+
 from helpers import netns, run_cli, sh, wait_until
 from ready import n_programs, started
 from test_influx import ENV as INFLUX_ENV, influx  # noqa: F401 (the fixture: a private InfluxDB)
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.netattach import in_netns
 from pytrace.tools.sockrmem import EVENTS, SockRmem
@@ -47,10 +50,10 @@ def small_ping_socket(tag: str):
             yield ping, ping.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
-def test_fill_and_limit_at_each_receive():
-    with SockRmem(pid=ME) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+@pytest.mark.parametrize("hook", variants(SockRmem))
+def test_fill_and_limit_at_each_receive(hook):
+    with opened(SockRmem, hook, pid=ME) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        assert t.variant.hook == "tracepoint"                 # no kprobes here
         rx.bind(("127.0.0.1", 0))
         for _ in range(4):
             tx.sendto(b"z" * 100, rx.getsockname())

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import free_port, run_cli
 from ready import n_programs, started
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.sockstat import COUNTERS, SockStat
 
@@ -40,9 +41,9 @@ def workload() -> dict[str, int]:
             "send": 5, "recv": 4}
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SockStat))
 def test_counts_equal_the_calls_made(hook):
-    with SockStat(pid=ME, hook=hook) as st:
+    with opened(SockStat, hook, pid=ME) as st:
         assert st.variant.hook == hook
         expected = workload()
         snap = st.snapshot(clear=True)

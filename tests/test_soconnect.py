@@ -10,6 +10,7 @@ import time
 
 from helpers import free_port, run_cli
 from ready import n_programs, started
+from matrix import covers
 from pytrace.tools.soconnect import SoConnect
 
 ME = os.getpid()
@@ -47,6 +48,7 @@ def workload() -> list[tuple]:
     return calls
 
 
+@covers("soconnect", "tracepoint")
 def test_connect_calls_exact():
     with SoConnect(pid=ME) as t:
         calls = workload()

@@ -10,11 +10,13 @@ import time
 
 from helpers import free_port
 from ready import n_programs, started
+from matrix import covers
 from pytrace.tools.soconnlat import SoConnLat
 
 ME = os.getpid()
 
 
+@covers("soconnlat", "tracepoint")
 def test_blocking_connects_with_user_stacks():
     with socket.socket() as srv, SoConnLat(pid=ME) as t:
         srv.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ from collections import Counter
 
 from helpers import run_cli
 from ready import n_programs, started
+from matrix import covers
 from pytrace.tools.sofamily import SoFamily
 
 ME = os.getpid()
@@ -35,6 +36,7 @@ def workload() -> Counter:
                     ("accept", AF_INET): 2, ("accept", AF_INET6): 1, ("accept", AF_UNIX): 1})
 
 
+@covers("sofamily", "tracepoint")
 def test_families_of_the_tests_sockets():
     with SoFamily(pid=ME) as sf:
         expected = workload()

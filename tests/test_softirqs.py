@@ -15,6 +15,7 @@ import time
 import pytest
 
 from helpers import Cli, bpf_prog_ids, released, run_cli
+from matrix import opened, variants
 from pytrace.tools.softirqs import FALLBACK_NAMES, SoftIrqs, vec_names
 
 SENDS = 300
@@ -55,9 +56,9 @@ def by_name(stats) -> dict:
     return {st.name: st for st in stats}
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(SoftIrqs))
 def test_net_rx_runs_counted_while_traffic_moves(hook):
-    with SoftIrqs(hook=hook) as s:
+    with opened(SoftIrqs, hook) as s:
         assert s.variant.hook == hook
         before = proc_softirqs("net_rx")
         s.read()                                  # start a fresh period

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from helpers import PY_COMM, Cli, released_on, run_cli, usage_error
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
-from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
 from pytrace.tools.solisten import SoListen, netns_inode
 
@@ -130,9 +130,9 @@ def test_pid_filter():
     assert [(e.pid, e.comm, e.lport, e.backlog) for e in events] == [(proc.pid, PY_COMM, port, 5)]
 
 
-@pytest.mark.parametrize("hook", ["tracepoint", "tp_btf"])
-def test_every_usable_hook_sees_a_new_listener(hook):
-    with SoListen(hook=hook, pid=ME) as tracer:
+@pytest.mark.parametrize("hook", variants(SoListen))
+def test_every_hook_variant_sees_a_new_listener(hook):
+    with opened(SoListen, hook, pid=ME) as tracer:
         assert tracer.variant.hook == hook
         s, port = do_listen("::1", 9)
         events = list(tracer.events(duration=0.3))
@@ -140,29 +140,11 @@ def test_every_usable_hook_sees_a_new_listener(hook):
     assert [(e.proto, str(e.laddr), e.lport, e.backlog, e.ret) for e in events] == [("TCPv6", "::1", port, 9, 0)]
 
 
-@pytest.mark.parametrize("hook", ["fentry", "kprobe"])
-def test_fentry_and_kprobe_variants(hook):
-    variant = next(v for v in SoListen.VARIANTS if v.hook == hook)
-    obj = BpfObject("solisten", programs=set(variant.programs))
-    try:
-        obj.load()
-    except OSError as exc:
-        obj.close()
-        if hook == "fentry":
-            pytest.skip(f"fentry (fexit inet_listen) is refused by this kernel: {exc}")
-        raise
-    obj.close()
-    try:
-        tracer = SoListen(hook=hook, pid=ME).open()
-    except PytraceError as exc:
-        pytest.skip(f"{hook} (inet_listen) cannot attach on this kernel: {exc}")
-    try:
-        s, port = do_listen("127.0.0.1", 7)
-        events = list(tracer.events(duration=0.3))
-    finally:
-        tracer.close()
-    s.close()
-    assert [(e.lport, e.backlog, e.ret) for e in events] == [(port, 7, 0)]
+def test_kprobe_variant_passes_the_verifier():
+    """Even where kprobes cannot attach (the matrix attaches it where they can)."""
+    variant = next(v for v in SoListen.VARIANTS if v.hook == "kprobe")
+    with BpfObject("solisten", programs=set(variant.programs)):
+        pass
 
 
 # -- CLI ------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import pytest
+
 from collections import Counter
 
 from ready import n_programs, started
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.soprotocol import SoProtocol
 
@@ -38,9 +41,9 @@ def workload() -> Counter:
                     ("connect", 0, "UNIX-STREAM"): 1, ("accept", 6, "TCP"): 2})
 
 
-def test_protocols_of_the_tests_connects_and_accepts():
-    with SoProtocol(pid=ME) as sp:
-        assert sp.variant.hook == "tracepoint"
+@pytest.mark.parametrize("hook", variants(SoProtocol))
+def test_protocols_of_the_tests_connects_and_accepts(hook):
+    with opened(SoProtocol, hook, pid=ME) as sp:
         expected = workload()
         counts = sp.counts()
     got = Counter()

@@ -6,6 +6,7 @@ import os
 
 from helpers import run_cli
 from ready import started
+from matrix import covers
 from pytrace.tools.count import TracepointCount
 from pytrace.tools.stackcount import frames
 from test_count import DummyNet, failed_connects
@@ -13,6 +14,7 @@ from test_count import DummyNet, failed_connects
 ME = os.getpid()
 
 
+@covers("stackcount", "tracepoint")
 def test_kernel_stacks_of_udp_transmits():
     size = 333
     with DummyNet() as net, TracepointCount(["net:net_dev_xmit"], filters=[f"name == {net.dev}"], pid=ME,

@@ -16,6 +16,7 @@ import pytest
 from netlab import (QuietHosts, bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, ping,
                     released_after_exit)
 from ready import started
+from matrix import opened, variants
 from pytrace.tools.superping import SuperPing
 
 
@@ -28,14 +29,14 @@ def replies(tracer: SuperPing, ident: int, n: int, netns: int, timeout: float = 
     return got + [e for e in tracer.events(duration=0.1) if (e.id, e.netns) == (ident, netns)]
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp"])
+@pytest.mark.parametrize("hook", variants(SuperPing))
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_ping_between_namespaces(hook, family):
     ident = random.randint(1, 0xFFFF)
     with QuietHosts("sping") as net:
         a, b = net.addrs(family)
         sock = net.raw_icmp(net.ns_a, family)
-        with SuperPing(hook=hook) as tracer:
+        with opened(SuperPing, hook) as tracer:
             assert tracer.variant.hook == hook
             rtts = [ping(sock, b, ident, seq) for seq in range(4)]
             ns_a = net.inode(net.ns_a)

@@ -16,6 +16,7 @@ import pytest
 
 from dropper import Dropper, TwoHosts
 from helpers import Cli, released_on, run_cli, usage_error, wait_until
+from matrix import opened, variants
 from pytrace.core.kernel_btf import drop_reasons
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpdrop import TcpDrop
@@ -52,13 +53,11 @@ def functions(stack) -> list[str]:
     return [frame.split("+")[0] for frame in stack]
 
 
-@pytest.mark.parametrize("family,hook", [(socket.AF_INET, "tp_btf"), (socket.AF_INET, "raw_tp"),
-                                         (socket.AF_INET, "tracepoint"), (socket.AF_INET6, "tp_btf"),
-                                         (socket.AF_INET6, "tracepoint")])
+@pytest.mark.parametrize("hook,family", variants(TcpDrop, each=[socket.AF_INET, socket.AF_INET6]))
 def test_syn_to_closed_port_is_no_socket(family, hook):
     with TwoHosts("drop") as net:
         ino = inode(net.ns_b)
-        with TcpDrop(netns=ino, hook=hook) as tracer:
+        with opened(TcpDrop, hook, netns=ino) as tracer:
             assert tracer.variant.hook == hook
             cport, port = refused_syn(net, family)
             evs = events_until(tracer, 1)

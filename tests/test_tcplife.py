@@ -18,6 +18,7 @@ import pytest
 
 from helpers import (Cli, bpf_prog_ids, free_port, kernel_map_flags, netns, released_on, run_cli, usage_error,
                      wait_until)
+from matrix import opened, variants
 from pytrace.core.barelibbpf import BPF_F_NO_PREALLOC
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tcplife import TcpLife
@@ -111,10 +112,10 @@ def test_bytes_each_way_owner_and_lifespan(host, close):
     check(ev, s)
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpLife))
 def test_every_hook_variant_gives_the_same_sessions(hook):
     port = free_port()
-    with TcpLife(hook=hook) as tracer:
+    with opened(TcpLife, hook) as tracer:
         assert tracer.variant.hook == hook
         flags = kernel_map_flags(tracer.obj.map("conns").fd)     # as in tcpstates' same test
         assert flags & BPF_F_NO_PREALLOC == (BPF_F_NO_PREALLOC if hook == "tp_btf" else 0)

@@ -15,6 +15,7 @@ import pytest
 
 from helpers import Cli, run_cli
 from netlab import bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
+from matrix import opened, variants
 from pytrace.tools.tcpnagle import TcpNagle
 
 CORK_HOLD = 0.15
@@ -70,8 +71,9 @@ def settle(t: TcpNagle, skbs: int, timeout: float = 3.0) -> dict:
         time.sleep(0.05)
 
 
-def test_approximation_counts_settings_and_times_sends():
-    with TcpNagle(pid=os.getpid(), hook="sockops") as t:
+@pytest.mark.parametrize("hook", variants(TcpNagle, hooks=("sockops",)))
+def test_approximation_counts_settings_and_times_sends(hook):
+    with opened(TcpNagle, hook, pid=os.getpid()) as t:
         assert t.approximation and t.variant.note == "approximation"
         want = traffic()
         hs = settle(t, want["skbs"])
@@ -82,6 +84,25 @@ def test_approximation_counts_settings_and_times_sends():
     # the corked skb waited for the uncork
     assert hs["blocked"].buckets()[-1][0] * 2 > CORK_HOLD * 1e6 * 0.9
     assert hs["blocked"].sum >= CORK_HOLD * 1e6
+
+
+@pytest.mark.parametrize("hook", variants(TcpNagle, hooks=("kprobe",)))
+def test_exact_variant_counts_write_xmit_by_setting_and_times_the_cork(hook):
+    """The book's tcpnagle.bt: every tcp_write_xmit() call of this process,
+    by its nonagle argument.  How often TCP calls it per send depends on ACK
+    timing, so the counts are bounded below by the sends of each setting;
+    the corked data is blocked for at least the time the cork was held."""
+    with opened(TcpNagle, hook, pid=os.getpid()) as t:
+        assert not t.approximation
+        want = traffic()
+        counts = t.counts()
+        hs = t.histograms()
+    assert set(counts) <= {"ON", "OFF", "CORK", "OFF|CORK", "PUSH", "OFF|PUSH"}, counts
+    assert counts.get("ON", 0) >= want["ON"]
+    assert counts.get("OFF|PUSH", 0) + counts.get("OFF", 0) >= want["OFF"]
+    assert counts.get("CORK", 0) + counts.get("OFF|CORK", 0) >= 1
+    assert set(hs) == {"blocked"}
+    assert hs["blocked"].buckets()[-1][0] * 2 > CORK_HOLD * 1e6 * 0.9
 
 
 def test_pid_filter_and_clear():

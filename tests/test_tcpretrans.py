@@ -16,6 +16,7 @@ import pytest
 
 from dropper import Dropper, TwoHosts, netstat, total_retrans
 from helpers import Cli, released_on, run_cli, usage_error
+from matrix import opened, variants
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpretrans import Flow, TcpRetrans
 
@@ -78,12 +79,12 @@ def check_event(e, conn: Conn, kind: str, seq: int) -> None:
     assert (e.kind, e.state, e.seq) == (kind, TcpState.ESTABLISHED, seq)
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpRetrans))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_retransmit_is_the_dropped_segment(family, hook):
     """10 segments, the 3rd dropped at B's ingress: the dupacks of the next 7 make A resend
     exactly that segment, once; TCP_INFO agrees."""
-    with TwoHosts("rtx") as net, TcpRetrans(hook=hook) as tracer:
+    with TwoHosts("rtx") as net, opened(TcpRetrans, hook) as tracer:
         assert tracer.variant.hook == hook
         conn = Conn(net, family)
         with Dropper(conn.port, skip=2, count=1, dev=net.dev_b, ns=net.ns_b) as drop:

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from helpers import LoopbackPair, run_cli
+from matrix import opened, variants
 from pytrace.core.hist import Log2Histogram
 from pytrace.tools.tcprtt import TcpRtt
 from tracefs_counter import TraceCounter, field
@@ -21,14 +22,14 @@ def slots_of(srtts: list[int]) -> tuple[int, ...]:
     return tuple(slots)
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpRtt))
 def test_histogram_equals_the_kernels_tcp_probe_records(hook):
     """Every tcp_probe hit on the server side of one connection lands in the
     histogram, in the slot of its srtt: compared with a tracefs instance
     filtered on the same port, which records the same hits with their srtt."""
     pp = LoopbackPair(nodelay=True)
     try:
-        with TcpRtt(lport=pp.port, hook=hook) as rtt:
+        with opened(TcpRtt, hook, lport=pp.port) as rtt:
             with TraceCounter("tcp/tcp_probe", f"sport == {pp.port}") as tc:
                 pp.exchange(200)
                 time.sleep(0.05)

@@ -14,6 +14,7 @@ import pytest
 
 from helpers import (Cli, bpf_prog_ids, free_port, kernel_map_flags, released_on, run_cli, tcp_roundtrip,
                      usage_error, wait_until)
+from matrix import opened, variants
 from pytrace.core.barelibbpf import BPF_F_NO_PREALLOC
 from pytrace.core.net import TcpState as S
 from pytrace.tools.tcpstates import TcpStates
@@ -81,9 +82,9 @@ def test_loopback_transitions_exact(host):
     check_connection(events, conn, host)
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpStates))
 def test_every_hook_variant_gives_the_same_events(hook):
-    with TcpStates(hook=hook) as tracer:
+    with opened(TcpStates, hook) as tracer:
         assert tracer.variant.hook == hook
         # allocated on insert for tp_btf only; old kernels refuse that to raw_tp and tracepoint
         # programs under PREEMPT_RT (core/barelibbpf._PREALLOC_ONLY)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from helpers import Cli, bpf_prog_ids, inside, released, run_cli
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.tcpsubnet import TcpSubnet
 
@@ -115,12 +116,12 @@ def workload(cli: str, srv: Server) -> dict[str, int]:
             "0.0.0.0/0": 5432}
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpSubnet))
 def test_totals_per_subnet_exact(hosts, hook):
     cli, srv_ns = hosts
     srv = Server(srv_ns)
     try:
-        with TcpSubnet(SUBNETS, netns=netns_inode(cli), hook=hook) as t:
+        with opened(TcpSubnet, hook, SUBNETS, netns=netns_inode(cli)) as t:
             assert t.variant.hook == hook
             expected = workload(cli, srv)
             rows = t.read()

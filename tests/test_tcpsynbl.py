@@ -12,6 +12,7 @@ import pytest
 
 from helpers import Cli, wait_until
 from netlab import bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
+from matrix import opened, variants
 from pytrace.tools.tcpsynbl import TcpSynBl
 
 
@@ -48,21 +49,24 @@ def wait_count(t: TcpSynBl, n: int) -> dict:
     return t.histograms()
 
 
-@pytest.mark.parametrize("hook,host", [("tp_btf", "127.0.0.1"), ("raw_tp", "127.0.0.1"), ("tp_btf", "::1")])
+@pytest.mark.parametrize("hook,host", variants(TcpSynBl, each=["127.0.0.1", "::1"]))
 def test_withheld_accepts_fill_the_backlog(hook, host):
     lst = Listener(7, host)
     try:
-        with TcpSynBl(lports=[lst.port], hook=hook) as t:
-            assert t.variant.hook == hook and t.after_enqueue
+        with opened(TcpSynBl, hook, lports=[lst.port]) as t:
+            after = t.after_enqueue
+            assert after == (hook in ("tp_btf", "raw_tp"))
             lst.connect(4)
             hists = wait_count(t, 4)
     finally:
         lst.close()
     assert list(hists) == [7]
     h = hists[7]
-    # sampled after each connection was queued: 1, 2, 3, 4
-    assert (h.count, h.sum) == (4, 1 + 2 + 3 + 4)
-    assert h.slots == expected_slots([1, 2, 3, 4])
+    # fentry/kprobe sample before each connection is queued: 0, 1, 2, 3;
+    # the tracepoints after: 1, 2, 3, 4
+    want = [n + after for n in range(4)]
+    assert (h.count, h.sum) == (4, sum(want))
+    assert h.slots == expected_slots(want)
 
 
 def test_family_filter_and_port_filter():

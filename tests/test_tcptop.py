@@ -17,6 +17,7 @@ import pytest
 
 from helpers import PYTRACE, Cli, bpf_prog_ids, released, run_cli
 from ready import n_programs, started
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.tcptop import TcpTop
 
@@ -67,9 +68,9 @@ def expected(host: str, cport: int, sport: int, up: int, down: int, pid: int = M
             (pid, comm, host, sport, host, cport, up, down)}      # the accepted socket
 
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(TcpTop))
 def test_bytes_per_flow_exact(hook):
-    with TcpTop(pid=ME, hook=hook) as top:
+    with opened(TcpTop, hook, pid=ME) as top:
         assert top.variant.hook == hook
         c, s = exchange("127.0.0.1", 100000, 12345)
         flows = top.read()

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from helpers import PY_COMM, Cli, released_on, run_cli, usage_error
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
-from pytrace.core.errors import PytraceError
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tcptracer import TcpTracer
 
@@ -71,10 +71,10 @@ def rows(events, *ports) -> list[tuple]:
     return sorted((e.type, e.pid, e.comm, e.sport, e.dport) for e in events if e.sport in ports or e.dport in ports)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_connect_accept_close_exact(host):
+@pytest.mark.parametrize("hook,host", variants(TcpTracer, each=["127.0.0.1", "::1"]))
+def test_connect_accept_close_exact(hook, host):
     addr = ipaddress.ip_address(host)
-    with TcpTracer() as tracer:
+    with opened(TcpTracer, hook) as tracer:
         srv = Server(host)
         c = srv.connect()
         cport = c.getsockname()[1]
@@ -166,29 +166,10 @@ def test_netns_and_family_filters():
         ("C", c4, p4, inode), ("A", p4, c4, inode), ("X", c4, p4, inode), ("X", p4, c4, inode)])
 
 
-def test_kprobe_variant_passes_the_verifier_and_traces_where_kprobes_exist():
-    obj = BpfObject("tcptracer", programs=set(TcpTracer.VARIANTS[0].programs))
-    try:
-        obj.load()
-    finally:
-        obj.close()
-    try:
-        tracer = TcpTracer(hook="kprobe").open()
-    except PytraceError as exc:
-        pytest.skip(f"kprobe (tcp_v4_connect, inet_csk_accept) cannot attach on this kernel: {exc}")
-    try:
-        srv = Server("127.0.0.1")
-        c = srv.connect()
-        cport = c.getsockname()[1]
-        c.close()
-        srv.close()
-        srv.wait()
-        got = rows(tracer.events(duration=0.3), srv.port)
-    finally:
-        tracer.close()
-    child = srv.proc.pid
-    assert got == sorted([("C", ME, MY_COMM, cport, srv.port), ("X", ME, MY_COMM, cport, srv.port),
-                          ("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)])
+def test_kprobe_variant_passes_the_verifier():
+    """Even where kprobes cannot attach (the matrix attaches it where they can)."""
+    with BpfObject("tcptracer", programs=set(TcpTracer.VARIANTS[0].programs)):
+        pass
 
 
 # -- CLI ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from helpers import Cli, LoopbackPair
 from netlab import bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
+from matrix import opened, variants
 from pytrace.tools.tcpwin import HEADER, TcpWin
 from tracefs_counter import TraceCounter, field
 
@@ -43,11 +44,11 @@ def rows_until(t: TcpWin, n: int, timeout: float = 3.0) -> list:
     return got + list(t.events(duration=0.1))
 
 
-@pytest.mark.parametrize("hook,host", [("tp_btf", "127.0.0.1"), ("tracepoint", "127.0.0.1"), ("tp_btf", "::1")])
+@pytest.mark.parametrize("hook,host", variants(TcpWin, each=["127.0.0.1", "::1"]))
 def test_rows_match_the_kernels_tcp_probe_records(hook, host):
     c = Conn(host)
     try:
-        with TcpWin(lports=[c.port], hook=hook) as t:
+        with opened(TcpWin, hook, lports=[c.port]) as t:
             assert t.variant.hook == hook
             with TraceCounter("tcp/tcp_probe", f"sport == {c.port}", f"pt_tcpwin_{hook}") as tc:
                 c.send(20)

@@ -21,6 +21,7 @@ import subprocess
 import pytest
 
 from helpers import Cli, bpf_prog_names, run_cli, wait_until
+from matrix import opened, variants
 from pytrace.core.netattach import in_netns
 from pytrace.tools.tunnelmon import TunnelMon
 from pytrace.tunnelmon.simulate import Flow, FlowResult, Simulation
@@ -165,7 +166,7 @@ def vxlan(vni: int, flags: int = 0x08) -> bytes:
     return struct.pack("!B3xI", flags, vni << 8)
 
 
-@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("hook", variants(TunnelMon))
 def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4, hook):
     """Frames crafted on h1's underlay device, sent to h0, with pings going on."""
     h0, h1 = sim4.hosts[0], sim4.hosts[1]
@@ -186,7 +187,7 @@ def test_malformed_frames_counted_by_kind_and_stats_stay_exact(sim4, hook):
         "trunc_ip": (eth + b"\x08\x00" + b"\x45" + b"\0" * 9, 6),             # 10 of 20 IPv4 bytes
     }
     flows = sim4.plan(rate=400, count=3, size=PING, sources=["h0c0", "h1c1", "h2c0"])
-    with TunnelMon("eth0", h0.netns, hook=hook) as mon:
+    with opened(TunnelMon, hook, "eth0", h0.netns) as mon:
         assert mon.variant.hook == hook
         with in_netns(h1.netns):
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

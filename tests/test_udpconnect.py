@@ -6,8 +6,11 @@ import ipaddress
 import os
 import socket
 
+import pytest
+
 from helpers import free_port
 from ready import n_programs, started
+from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.udpconnect import UdpConnect
 
@@ -29,9 +32,9 @@ def workload() -> list[tuple]:
     return out
 
 
-def test_udp_connects_exact():
-    with UdpConnect(pid=ME) as t:
-        assert t.variant.hook == "tracepoint"
+@pytest.mark.parametrize("hook", variants(UdpConnect))
+def test_udp_connects_exact(hook):
+    with opened(UdpConnect, hook, pid=ME) as t:
         expected = workload()
         events = list(t.events(duration=0.3))
     assert [(e.family, e.raddr, e.rport, e.lport) for e in events] == expected

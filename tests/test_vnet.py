@@ -20,6 +20,8 @@ import time
 import pytest
 
 from helpers import Cli, run_cli, wait_until
+from matrix import covers, variants
+from pytrace.tools import vnet as vnet_tool
 from pytrace.core.netattach import ifindex
 from pytrace.vnet import config, report, store
 from pytrace.vnet.config import ROLE_ANY, ROLE_DST, ROLE_SRC, Point, Selector
@@ -66,6 +68,7 @@ def traced(topo, points, selector, action, **kw):
 
 # -- the records ---------------------------------------------------------------------------
 
+@covers("vnet", "tc", "xdp")
 def test_every_packet_at_every_hop_exactly(topo):
     """16 points, all four methods: each of 40 datagrams (and its echo) is seen
     once at each of the 8 points on its way, with the same ID before, inside
@@ -447,7 +450,7 @@ method = "tc"
 
 # -- hooks, namespaces by path and inode, IPv6 ----------------------------------------------------
 
-@pytest.mark.parametrize("hook", ["tp_btf", "raw_tp", "tracepoint"])
+@pytest.mark.parametrize("hook", variants(vnet_tool, tool="vnet", hooks=("tp_btf", "raw_tp", "tracepoint")))
 def test_device_tracepoint_variants(topo, hook):
     """Each way of reaching net_dev_queue / netif_receive_skb gives the same
     records; namespaces may be named by path or by inode."""

@@ -80,3 +80,22 @@ int testdrop_ingress(struct __sk_buff *skb)
 }
 
 char LICENSE[] SEC("license") = "GPL";
+
+/*
+ * Two programs for the loader's memory of refusals (tests/test_matrix.py):
+ * one every verifier accepts, one every verifier refuses (a load through a
+ * pointer made from a random number).
+ */
+SEC("tracepoint/sock/inet_sock_set_state")
+int testdrop_accepted(void *ctx)
+{
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int testdrop_refused(void *ctx)
+{
+	__u64 *p = (__u64 *)(long)bpf_get_prandom_u32();
+
+	return *p;
+}
