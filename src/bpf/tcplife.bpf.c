@@ -37,7 +37,21 @@
  */
 #include "events.h"
 #include "sockstate.h"
-#include "tcplife.h"
+
+struct tcplife_event {
+	__u64 ts_ns;		/* CLOCK_MONOTONIC at close */
+	__u64 span_us;		/* from the last early state (as BCC) to CLOSE */
+	__u64 rx_b;		/* payload bytes received */
+	__u64 tx_b;		/* payload bytes sent and acknowledged */
+	__u32 pid;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u16 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
+};
 
 /* What we keep per socket between its birth and CLOSE. */
 struct tcplife_conn {

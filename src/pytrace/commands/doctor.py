@@ -26,16 +26,6 @@ def _libbpf_origin() -> str:
     return f"bundled, from the build host's {source}{extra}"
 
 
-def _kernel_text() -> str:
-    """Whether storms' text lines can be formatted in BPF (core/kerneltext.py)."""
-    from ..core.kerneltext import KernelText
-    try:
-        KernelText("tcpstates_text").close()
-    except (OSError, PytraceError) as exc:
-        return f"no: CPython formats every line (syscall programs and bpf_loop need 5.17+): {exc}"
-    return "yes (a syscall program run by the reader: tcpstates, tcplife)"
-
-
 def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
@@ -43,12 +33,18 @@ def run(argv: list[str]) -> int:
     w = sys.stdout.write
     w(f"pytrace        {__version__}\n")
     w(f"kernel         {platform.release()} ({platform.machine()})\n")
-    btf = "/sys/kernel/btf/vmlinux"
     custom = os.environ.get("PYTRACE_BTF")
-    extra = ""
+    if objects.kernel_has_btf():
+        btf = objects.KERNEL_BTF
+    elif custom:
+        btf = "MISSING"
+    elif objects.shipped_btf():
+        btf = f"MISSING; the one pytrace carries for this release is used: {objects.shipped_btf()}"
+    else:
+        btf = "MISSING, and pytrace carries none for this release: give --btf FILE or PYTRACE_BTF"
     if custom:
-        extra = f" (PYTRACE_BTF={custom}: {'used for CO-RE' if os.path.isfile(custom) else 'MISSING'})"
-    w(f"kernel BTF     {btf if os.path.exists(btf) else 'MISSING'}{extra}\n")
+        btf += f" (PYTRACE_BTF={custom}: {'used for CO-RE' if os.path.isfile(custom) else 'MISSING'})"
+    w(f"kernel BTF     {btf}\n")
     lacking = privileges.missing()
     w(f"privileges     {'ok' if not lacking else 'missing ' + ', '.join(lacking)}"
       f" (uid {os.getuid()})\n")
@@ -75,7 +71,6 @@ def run(argv: list[str]) -> int:
     results = features.probe_all()
     for kind, (ok, why) in results.items():
         w(f"  {kind:<12} {'yes' if ok else 'no ':<4} {'' if ok else why}\n")
-    w(f"text in BPF    {_kernel_text()}\n")
     w("\ntools:\n")
     from . import listing
     listing.run([])

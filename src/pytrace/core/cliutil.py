@@ -425,13 +425,10 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         hold_stops()
         if ring is not None:
             ring.around_sleep = (release_stops, hold_stops)
-        idle = getattr(render, "idle", None)     # kerneltext.KernelLines: work for a quiet tick
         for batch in tracer.batches(duration):
             emit_batch(tracer, out, render, batch, sinks)
             if batch:
                 catch_up.update()
-            elif idle is not None:
-                idle()
             spread.after(len(batch))
             release_stops()
             hold_stops()

@@ -65,10 +65,6 @@ class RingBuffer:
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN | select.EPOLLET)
         self.records = 0
-        # drain() returns RawBatch (the ring's bytes, decoded only on demand)
-        # instead of a list of tuples: for a reader that formats in BPF
-        # (core/kerneltext.py), which needs the bytes, not the tuples
-        self.raw_batches = False
         # spare records read but not yet placed: their main-ring position is
         # beyond what was drained (the last field of each tuple)
         self._pending: list[tuple] = []
@@ -146,7 +142,7 @@ class RingBuffer:
         if self._u32.unpack_from(buf, 0)[0] != self.record_size:
             raise RuntimeError(f"ring record of {self._u32.unpack_from(buf, 0)[0]} bytes, "
                                f"expected {self.record_size}")
-        out = RawBatch(buf, n, self) if self.raw_batches else list(self._struct.iter_unpack(buf))
+        out = list(self._struct.iter_unpack(buf))
         self._u64.pack_into(self._cons_mm, 0, cons + n * stride)
         self.records += n
         if self._spare is not None:
@@ -205,52 +201,3 @@ class RingBuffer:
 def _position(rec: tuple) -> int:
     return rec[-1]
 
-
-class RawBatch:
-    """A drained batch as the ring's bytes: runs of whole records (each after
-    its 8-byte ring header, `stride` bytes apart), with decoded tuples
-    inserted where spare-ring records belong.  len() is the number of
-    records; iterating decodes them (with the ring's record format at drain
-    time), so it stands in for the list of tuples wherever one is expected.
-    """
-
-    __slots__ = ("parts", "n", "stride", "unpack", "iter_unpack")
-
-    def __init__(self, buf: bytes, n: int, ring: RingBuffer):
-        self.parts: list[bytes | list[tuple]] = [buf]
-        self.n = n
-        self.stride = ring.stride
-        self.unpack = ring._struct.unpack_from            # (buf, offset) -> tuple
-        self.iter_unpack = ring._struct.iter_unpack
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for part in self.parts:
-            if isinstance(part, bytes):
-                yield from self.iter_unpack(part)
-            else:
-                yield from part
-
-    def insert(self, i: int, rec: tuple) -> None:
-        """rec before record i (as list.insert), splitting a run of bytes."""
-        at = 0
-        for k, part in enumerate(self.parts):
-            size = len(part) // self.stride if isinstance(part, bytes) else len(part)
-            if i <= at + size:
-                j = i - at
-                if not isinstance(part, bytes):
-                    part.insert(j, rec)
-                elif j == 0:
-                    self.parts.insert(k, [rec])
-                elif j == size:
-                    self.parts.insert(k + 1, [rec])
-                else:
-                    cut = j * self.stride
-                    self.parts[k:k + 1] = [part[:cut], [rec], part[cut:]]
-                break
-            at += size
-        else:
-            self.parts.append([rec])
-        self.n += 1

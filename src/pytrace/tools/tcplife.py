@@ -180,12 +180,6 @@ def _text_renderer(tracer: TcpLife, args: argparse.Namespace, out: Output):
         " tx_b >> 10, rx_b >> 10, (span_us + 5) // 1000, (span_us + 5) // 10 % 100)"),
         {"bfmt": bfmt, "ip": ipcol.get, **labels.row_env()})
 
-    if i_ts is None and not (args.csv or args.wide):
-        # lines formatted in BPF once its text object has loaded, to the
-        # same bytes as rows (core/kerneltext.py)
-        from ..core.kerneltext import KernelLines
-        return KernelLines(tracer, "tcplife_text", {}, rows)
-
     def render(batch: list[tuple]) -> bytes:
         lines = rows(batch)
         if i_ts is not None:

@@ -153,10 +153,9 @@ def _text_renderer(tracer: TcpStates, args: argparse.Namespace, out: Output):
         {"fmt": fmt, "trans": trans, **labels.row_env()})
     i_ts = tracer.idx.get("ts_ns")
     if i_ts is None:
-        # lines formatted in BPF once its text object has loaded, to the
-        # same bytes as rows (core/kerneltext.py)
-        from ..core.kerneltext import KernelLines
-        return KernelLines(tracer, "tcpstates_text", {"addr_width": aw}, rows)
+        def render(batch: list[tuple]) -> bytes:
+            return b"".join(rows(batch))
+        return render
 
     def render(batch: list[tuple]) -> bytes:
         lines = rows(batch)
