@@ -29,12 +29,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import lzma
 import os
 import re
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -242,7 +244,40 @@ def build(force: bool = False, quiet: bool = False) -> list[Path]:
             Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
     write_manifest()
+    # every object but the tests' own scaffolding
+    ship_btfs(sorted(p for p in OUT.glob("*.bpf.o") if p.name != "testdrop.bpf.o"), arch[0])
     return built
+
+
+def ship_btfs(objects: list[Path], arch: str) -> None:
+    """src/pytrace/btf/<release>.btf for each kernel of vmlinux/<arch>/btf/ (the
+    lab's Debian kernels, scripts/kernel_lab.py btf): only the types the
+    objects' CO-RE relocations need (bpftool gen min_core_btf), a few KiB
+    each, for hosts of those kernels that lack /sys/kernel/btf/vmlinux."""
+    dest = ROOT / "src" / "pytrace" / "btf"
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    packed = sorted((ROOT / "vmlinux" / arch / "btf").glob("*.btf.xz"))
+    for xz in packed:
+        release = xz.name[: -len(".btf.xz")]
+        out = dest / f"{release}.btf"
+        wanted.add(out.name)
+        if not _stale(out, [xz, *objects]):
+            continue
+        bpftool = _tool(["bpftool"], "BPFTOOL")
+        with tempfile.TemporaryDirectory() as tmp:
+            full = Path(tmp) / "vmlinux.btf"
+            with open(full, "wb") as fh:
+                fh.write(lzma.decompress(xz.read_bytes()))
+            tmp_out = Path(tmp) / out.name
+            proc = subprocess.run([bpftool, "gen", "min_core_btf", str(full), str(tmp_out), *map(str, objects)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BuildError(f"build.py: bpftool gen min_core_btf for {release} failed: {proc.stderr.strip()}")
+            shutil.copyfile(tmp_out, out)
+    for stale in dest.glob("*.btf"):
+        if stale.name not in wanted:
+            stale.unlink()
 
 
 def clean() -> None:

@@ -490,7 +490,6 @@ def test_bare_root_uses_bundled_libbpf(bare_root):
     assert line.startswith("1.1 (bundled, from the build host's libbpf1 ") and ", bundled libelf.so.1)" in line
     assert line.endswith("/site-packages/pytrace/lib/libbpf.so.1") and line.split()[-1].startswith(VENV)
     assert "tp_btf       yes" in doctor.stdout
-    assert "text in BPF    yes" in doctor.stdout      # the wheel's tcpstates_text loads too
     trace_connection(bare_root.argv(f"{VENV}/bin/pytrace", "tcpstates", "--json"),
                      bare_root.argv(f"{VENV}/bin/python", "-c", ROUNDTRIP))
 
@@ -524,7 +523,7 @@ def test_kernel_without_btf_file_needs_and_uses_pytrace_btf(system_root):
     shutil.copyfile("/sys/kernel/btf/vmlinux", system_root.host_path(f"{HOST_DIR}/vmlinux.btf"))
     cache = {"PYTRACE_CACHE": "/tmp/pytrace-nobtf"}  # what is learnt without BTF stays out of the root's cache
     proc = system_root.run(f"{VENV}/bin/pytrace", "tcpstates", "--json", env=cache, no_btf=True)
-    one_line_error(proc, "no /sys/kernel/btf/vmlinux", "PYTRACE_BTF")
+    one_line_error(proc, "has no BTF in /sys/kernel/btf/vmlinux", "carries none for it", "--btf FILE or PYTRACE_BTF")
     env = {**cache, "PYTRACE_BTF": f"{HOST_DIR}/vmlinux.btf"}
     doctor = system_root.run(f"{VENV}/bin/pytrace", "doctor", env=env, no_btf=True)
     assert f"kernel BTF     MISSING (PYTRACE_BTF={HOST_DIR}/vmlinux.btf: used for CO-RE)" in doctor.stdout

@@ -18,6 +18,10 @@ from .errors import PytraceError
 
 # Strings, not pathlib.Path: pathlib costs a tool ~3 ms of start-up.
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "bpf")
+# the kernel BTF the wheel carries for kernels that lack /sys/kernel/btf/vmlinux:
+# <release>.btf, only the types every object's CO-RE relocations need (build.py)
+SHIPPED_BTF_DIR = os.path.join(os.path.dirname(BPF_DIR), "btf")
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 SRC_DIR = os.path.join(BPF_DIR, "src")
 MANIFEST = os.path.join(BPF_DIR, "manifest.json")
 EM_BPF = 247
@@ -108,17 +112,37 @@ def set_custom_btf(path_: str | None) -> None:
     _btf_override = path_
 
 
+def kernel_has_btf() -> bool:
+    """Whether the running kernel shows its BTF (an empty file there counts as none)."""
+    try:
+        return os.stat(KERNEL_BTF).st_size > 0
+    except OSError:
+        return False
+
+
+def shipped_btf(release: str | None = None) -> str | None:
+    """The BTF this install carries for a kernel release (the running one by default), if any."""
+    path = os.path.join(SHIPPED_BTF_DIR, f"{release or os.uname().release}.btf")
+    return path if os.path.isfile(path) else None
+
+
 def custom_btf() -> str | None:
-    """External kernel BTF (--btf or PYTRACE_BTF) for kernels without /sys/kernel/btf/vmlinux."""
+    """The kernel BTF to relocate against, when not the kernel's own: --btf or
+    PYTRACE_BTF, else, where the kernel shows none, the one this install
+    carries for its release; None when the kernel's own is used."""
     p = _btf_override or os.environ.get("PYTRACE_BTF")
-    if not p:
+    if p:
+        if not os.path.isfile(p):
+            raise PytraceError(f"BTF file {p} (from {'--btf' if _btf_override else 'PYTRACE_BTF'}) does not exist")
+        return p
+    if kernel_has_btf():
         return None
-    if not os.path.isfile(p):
-        raise PytraceError(f"BTF file {p} (from {'--btf' if _btf_override else 'PYTRACE_BTF'}) does not exist")
-    return p
+    return shipped_btf()
 
 
 def check_kernel_btf() -> None:
-    if custom_btf() is None and not os.path.exists("/sys/kernel/btf/vmlinux"):
-        raise PytraceError("this kernel has no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF): "
-                           "point PYTRACE_BTF or --btf at a BTF file for it (e.g. from BTFHub)")
+    if custom_btf() is None and not kernel_has_btf():
+        carried = sorted(f[:-4] for f in os.listdir(SHIPPED_BTF_DIR)) if os.path.isdir(SHIPPED_BTF_DIR) else []
+        raise PytraceError(f"this kernel ({os.uname().release}) has no BTF in {KERNEL_BTF} (CONFIG_DEBUG_INFO_BTF) "
+                           f"and pytrace carries none for it (it has {', '.join(carried) or 'none'}): "
+                           "give one with --btf FILE or PYTRACE_BTF (e.g. from BTFHub)")
