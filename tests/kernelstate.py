@@ -28,14 +28,23 @@ def bpf_ids(kind: str) -> set[int]:
         attr.start_id = attr.next_id
 
 
-def _tracefs_mounts() -> int:
+def _tracefs_points() -> list[str]:
+    # not the automount under debugfs: libbpf looks for /sys/kernel/debug/tracing
+    # to find tracefs, and where debugfs is mounted that look mounts it
     with open("/proc/self/mountinfo") as fh:
-        return sum(" - tracefs " in line for line in fh)
+        return [line.split()[4] for line in fh
+                if " - tracefs " in line and line.split()[4] != "/sys/kernel/debug/tracing"]
+
+
+def _tracefs_mounts() -> int:
+    return len(_tracefs_points())
 
 
 def _probe_events() -> set[str]:
+    # only where tracefs is mounted already: looking under debugfs's
+    # tracing/ would mount it (an automount), and that would count as left
     lines = set()
-    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    for base in _tracefs_points():
         for name in ("kprobe_events", "uprobe_events"):
             try:
                 with open(f"{base}/{name}") as fh:

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from netlab import QuietHosts, bad_input, echo_request, released_after_exit
+from helpers import tcp_roundtrip
 from ready import started
 from matrix import opened, variants
 from pytrace.core import ksyms
@@ -74,11 +75,14 @@ def test_lifespans_of_queued_requests(hook):
     assert (h_other.unit, h_other.count) == ("usecs", 0)
 
 
-def test_caches_found_by_the_iterator():
-    with SkbLife(hook="tp_btf") as t:
+def test_caches_learned_from_alloc_skb():
+    """A TCP exchange allocates in __alloc_skb from the head cache (its ACKs)
+    and the fclone cache (its data): both are learned, and are not the same."""
+    with SkbLife() as t:
+        tcp_roundtrip()
         head = t.obj.global_u64("head_cache").value
-        small = t.obj.global_u64("small_head_cache").value
-    assert head and small and head != small
+        fclone = t.obj.global_u64("fclone_cache").value
+    assert head and fclone and head != fclone
     assert ksyms.kernel_symbols().span("__alloc_skb")
 
 

@@ -38,13 +38,13 @@ def test_records_are_named_tuples_without_collections():
     """core/records stands in for collections.namedtuple on the start-up path."""
     from pytrace.core.loader import Variant
     v = Variant("tp_btf", ("a", "b"))
-    assert v == ("tp_btf", ("a", "b"), "", "", "") and (v.hook, v.programs, v.note, v.since, v.needs) == v
+    assert v == ("tp_btf", ("a", "b"), "", "") and (v.hook, v.programs, v.note, v.needs) == v
     assert Variant("raw_tp", programs=("c",), note="n") == Variant(*("raw_tp", ("c",), "n"))
-    assert repr(v) == "Variant(hook='tp_btf', programs=('a', 'b'), note='', since='', needs='')"
+    assert repr(v) == "Variant(hook='tp_btf', programs=('a', 'b'), note='', needs='')"
     assert pickle.loads(pickle.dumps(v)) == v and type(pickle.loads(pickle.dumps(v))) is Variant
-    assert Variant._fields == ("hook", "programs", "note", "since", "needs") and not hasattr(v, "__dict__")
+    assert Variant._fields == ("hook", "programs", "note", "needs") and not hasattr(v, "__dict__")
     assert {v: 1}[Variant("tp_btf", ("a", "b"))] == 1
-    for bad in (lambda: Variant(), lambda: Variant("a", (), "", "", "", "extra"), lambda: Variant("a", hook="b"),
+    for bad in (lambda: Variant(), lambda: Variant("a", (), "", "", "extra"), lambda: Variant("a", hook="b"),
                 lambda: Variant("a", nope=1)):
         with pytest.raises(TypeError):
             bad()

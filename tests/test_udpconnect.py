@@ -25,8 +25,9 @@ def workload() -> list[tuple]:
     u6.connect(("::1", 53))
     t = socket.socket()
     t.connect_ex(("127.0.0.1", free_port()))              # TCP: not reported
+    # the local port once connect() has bound the socket: u6's is autobound
     out = [(socket.AF_INET, ipaddress.ip_address("127.0.0.1"), 5353, u4.getsockname()[1]),
-           (socket.AF_INET6, ipaddress.ip_address("::1"), 53, 0)]
+           (socket.AF_INET6, ipaddress.ip_address("::1"), 53, u6.getsockname()[1])]
     for s in (u4, u6, t):
         s.close()
     return out

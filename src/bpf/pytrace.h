@@ -125,6 +125,22 @@ static __always_inline __u32 log2_slot(__u64 v)
 }
 
 /*
+ * REFUSE_WITHOUT(type, field): for a program written for a newer shape of
+ * its hook (a tracepoint that gained arguments, say), make the verifier
+ * refuse it on kernels whose BTF lacks that type, instead of it loading and
+ * reading the old arguments as if they were the new.  Where the type is
+ * missing, libbpf turns the field offset into an instruction the verifier
+ * rejects, on the only path CO-RE leaves; where it exists, that path is
+ * gone.  Costs nothing at run time; the refusal is remembered per boot
+ * (core/features.py) and explained by the variant's floor.
+ */
+#define REFUSE_WITHOUT(type, field)					\
+	do {								\
+		if (!bpf_core_type_exists(type))			\
+			return bpf_core_field_offset(type, field);	\
+	} while (0)
+
+/*
  * One handler on a tracepoint reached two ways, as two programs: tp_btf
  * (BTF-typed arguments, no tracefs) and raw_tp (where tp_btf is refused).
  * The Python side loads one of them.  args are the tracepoint's arguments

@@ -238,11 +238,12 @@ static __always_inline void hist_add(void *hists, const void *key, __u64 v)
  * with ret = bytes or -errno:
  *   tool_tp_btf_send/recv   tp_btf sock_send_length / sock_recv_length (6.3+)
  *   tool_tp_send/recv       the same tracepoints, classic
- *   tool_kprobe_send/recv + tool_kretprobe_send/recv
- *                           the book's sock_sendmsg / sock_recvmsg, for older
+ *   tool_kprobe_<op> + tool_kretprobe_<op>
+ *                           the family operations of SOCK_OPS_IO, for older
  *                           kernels (the socket is remembered per thread)
  * All fire once per call through sock_sendmsg()/sock_recvmsg(): every socket
- * send/receive system call, and kernel users of sockets.
+ * send/receive system call, and kernel users of sockets (the kprobes: of IP
+ * and Unix sockets).
  */
 #define SOCK_IO_PROGRAMS(tool)                                                  \
 	struct {                                                                \
@@ -292,25 +293,34 @@ static __always_inline void hist_add(void *hists, const void *key, __u64 v)
 		bpf_map_delete_elem(&tool##_io_calls, &tid);                    \
 		return 0;                                                       \
 	}                                                                       \
-	SEC("kprobe/sock_sendmsg")                                              \
-	int BPF_KPROBE(tool##_kprobe_send, struct socket *sock)                 \
+	SOCK_OPS_IO(SOCK_OPS_IO_PAIR, tool)
+
+/* a kprobe and a kretprobe on one family operation (SOCK_OPS_IO) */
+#define SOCK_OPS_IO_PAIR(tool, fn, dir)                                         \
+	SEC("kprobe/" #fn)                                                      \
+	int BPF_KPROBE(tool##_kprobe_##fn, struct socket *sock)                 \
 	{                                                                       \
 		return tool##_io_begin(sock);                                   \
 	}                                                                       \
-	SEC("kretprobe/sock_sendmsg")                                           \
-	int BPF_KRETPROBE(tool##_kretprobe_send, int ret)                       \
+	SEC("kretprobe/" #fn)                                                   \
+	int BPF_KRETPROBE(tool##_kretprobe_##fn, int ret)                       \
 	{                                                                       \
-		return tool##_io_end(IO_SEND, ret);                             \
-	}                                                                       \
-	SEC("kprobe/sock_recvmsg")                                              \
-	int BPF_KPROBE(tool##_kprobe_recv, struct socket *sock)                 \
-	{                                                                       \
-		return tool##_io_begin(sock);                                   \
-	}                                                                       \
-	SEC("kretprobe/sock_recvmsg")                                           \
-	int BPF_KRETPROBE(tool##_kretprobe_recv, int ret)                       \
-	{                                                                       \
-		return tool##_io_end(IO_RECV, ret);                             \
+		return tool##_io_end(dir, ret);                                 \
 	}
+
+/*
+ * The family operations the kprobe variants hook, for kernels before 6.3
+ * (no sock:sock_send_length).  Not the book's sock_sendmsg(): some builds
+ * inline it into __sys_sendto() (Debian's 6.1: a kprobe there never sees a
+ * send() or sendto()), but the call through sock->ops is never inlined.
+ * IP and Unix sockets; SOCK_OPS_IO(X, tool) expands X(tool, function, dir)
+ * for each, and core/socklayer.py's SOCK_OPS_IO names the same functions.
+ * unix_seqpacket_* call the dgram ones, so a call is counted once.
+ */
+#define SOCK_OPS_IO(X, tool)                                                    \
+	X(tool, inet_sendmsg, IO_SEND) X(tool, inet6_sendmsg, IO_SEND)          \
+	X(tool, unix_stream_sendmsg, IO_SEND) X(tool, unix_dgram_sendmsg, IO_SEND) \
+	X(tool, inet_recvmsg, IO_RECV) X(tool, inet6_recvmsg, IO_RECV)          \
+	X(tool, unix_stream_recvmsg, IO_RECV) X(tool, unix_dgram_recvmsg, IO_RECV)
 
 #endif /* __PYTRACE_SOCKLAYER_H */

@@ -4,8 +4,9 @@
  * printed per interval (the book's sockstat.bt).
  *
  * The syscalls are counted at their sys_enter tracepoints.  Sends and
- * receives: the book uses kprobes on sock_sendmsg/sock_recvmsg (kept as the
- * "kprobe" variant); where kprobes are missing, the sock:sock_send_length and
+ * receives: the book uses kprobes on sock_sendmsg/sock_recvmsg; the "kprobe"
+ * variant hooks the family operations they call (SOCK_OPS_IO in socklayer.h:
+ * sock_sendmsg is inlined on some builds).  Since 6.3 the sock:sock_send_length and
  * sock:sock_recv_length tracepoints fire at the same place, once per call
  * through sock_sendmsg/sock_recvmsg (reached via tp_btf or the classic
  * tracepoint).  Counters are per-CPU, summed by user space.
@@ -54,11 +55,11 @@ int sockstat_accept(void *ctx) { return hit(C_ACCEPT); }
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int sockstat_accept4(void *ctx) { return hit(C_ACCEPT4); }
 
-SEC("kprobe/sock_sendmsg")
-int BPF_KPROBE(sockstat_kprobe_send) { return hit(C_SEND); }
-
-SEC("kprobe/sock_recvmsg")
-int BPF_KPROBE(sockstat_kprobe_recv) { return hit(C_RECV); }
+/* kernels before 6.3: the family operations (socklayer.h, SOCK_OPS_IO) */
+#define SOCKSTAT_KPROBE(tool, fn, dir)                                          \
+	SEC("kprobe/" #fn)                                                      \
+	int BPF_KPROBE(tool##_kprobe_##fn) { return hit(dir == IO_SEND ? C_SEND : C_RECV); }
+SOCK_OPS_IO(SOCKSTAT_KPROBE, sockstat)
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(sockstat_tp_btf_send) { return hit(C_SEND); }

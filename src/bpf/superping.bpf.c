@@ -5,8 +5,11 @@
  * scheduling of the ping process is not part of it.
  *
  * Variants, best first:
- *  - kprobe: ip_send_skb / ip6_send_skb (request out of the IP layer) and
- *    icmp_rcv / icmpv6_rcv (reply in), as the book's superping.bt;
+ *  - kprobe: __ip_local_out / ip6_send_skb (request out of the IP layer)
+ *    and icmp_rcv / icmpv6_rcv (reply in), as the book's superping.bt, but
+ *    for IPv4 one call further in: ip_send_skb() is inlined into
+ *    ip_push_pending_frames() on some builds (Debian's 6.1), where ping
+ *    sockets send, and a kprobe on it never sees a ping there;
  *  - tp_btf / raw_tp: net_dev_queue (request handed to the device) and
  *    netif_receive_skb (reply off the device).  This is measured at device
  *    level, so it excludes the local IP stack and includes the qdisc.
@@ -156,8 +159,8 @@ static __always_inline int reply_in(const struct sk_buff *skb, const unsigned ch
 
 /* -- kprobe: the IP layer, as the book's tool ---------------------------------- */
 
-SEC("kprobe/ip_send_skb")
-int BPF_KPROBE(superping_kprobe_ip_send, struct net *net, struct sk_buff *skb)
+SEC("kprobe/__ip_local_out")
+int BPF_KPROBE(superping_kprobe_ip_send, struct net *net, struct sock *sk, struct sk_buff *skb)
 {
 	return request_out(skb);
 }

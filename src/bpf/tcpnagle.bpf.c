@@ -115,8 +115,13 @@ int BPF_KRETPROBE(tcpnagle_kretprobe, long ret)
 
 /* -- sockops TX timestamping: the approximation ------------------------------------ */
 
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-extern int bpf_sock_ops_enable_tx_tstamp(struct bpf_sock_ops_kern *skops, __u64 flags) __ksym;
+/*
+ * Weak: kernels before 6.2 and 6.15 lack these kfuncs, and libbpf resolves
+ * the externs of the whole object at load, the kprobe variant's too; weak,
+ * they resolve to nothing there and only the sockops program needs them.
+ */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+extern int bpf_sock_ops_enable_tx_tstamp(struct bpf_sock_ops_kern *skops, __u64 flags) __ksym __weak;
 
 struct tx_key {
 	__u64 sk;

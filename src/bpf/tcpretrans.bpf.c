@@ -238,25 +238,58 @@ static __always_inline int from_args(u64 *ctx)
 
 TP_BTF_AND_RAW_TP("tcp_retransmit_skb", tcpretrans_tp_btf, tcpretrans_raw_tp, from_args(ctx))
 
+/*
+ * The classic record's type before it was split off (with err) from the
+ * tcp_event_sk_skb class it shared with tcp_send_reset: 6.1 and 6.12 have
+ * only this one.  The same fields; CO-RE reads whichever the kernel has.
+ */
+struct trace_event_raw_tcp_event_sk_skb___old {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+} __attribute__((preserve_access_index));
+
+/* Fill an origin from a classic record r of either type: by probe reads,
+ * since the compiler merges the two (alike) into one walk of a moved
+ * context pointer, which the verifier refuses to load through. */
+#define ORIGIN_OF_RECORD(o, r)							\
+	do {									\
+		int v6 = BPF_CORE_READ(r, family) == AF_INET6;			\
+										\
+		(o).sk = BPF_CORE_READ(r, skaddr);				\
+		(o).skb = BPF_CORE_READ(r, skbaddr);				\
+		(o).tp_saddr = v6 ? (void *)(r)->saddr_v6 : (void *)(r)->saddr;	\
+		(o).tp_daddr = v6 ? (void *)(r)->daddr_v6 : (void *)(r)->daddr;	\
+		(o).family = BPF_CORE_READ(r, family);				\
+		(o).lport = BPF_CORE_READ(r, sport);				\
+		(o).rport = BPF_CORE_READ(r, dport);				\
+		(o).state = BPF_CORE_READ(r, state);				\
+	} while (0)
+
 SEC("tracepoint/tcp/tcp_retransmit_skb")
-int tcpretrans_tracepoint(struct trace_event_raw_tcp_retransmit_skb *ctx)
+int tcpretrans_tracepoint(void *ctx)
 {
-	int v6 = ctx->family == AF_INET6;
+	struct origin o = {};
 
-	if (bpf_core_field_exists(ctx->err) && ctx->err != 0)
-		return 0;
+	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
+		struct trace_event_raw_tcp_retransmit_skb *r = ctx;
 
-	struct origin o = {
-		.sk = ctx->skaddr,
-		.skb = ctx->skbaddr,
-		.tp_saddr = v6 ? (void *)ctx->saddr_v6 : (void *)ctx->saddr,
-		.tp_daddr = v6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr,
-		.family = ctx->family,
-		.lport = ctx->sport,
-		.rport = ctx->dport,
-		.state = ctx->state,
-	};
+		if (bpf_core_field_exists(r->err) && BPF_CORE_READ(r, err) != 0)
+			return 0;
+		ORIGIN_OF_RECORD(o, r);
+	} else {
+		struct trace_event_raw_tcp_event_sk_skb___old *r = ctx;
 
+		ORIGIN_OF_RECORD(o, r);
+	}
 	return handle(ctx, &o, RETRANSMIT, true);
 }
 

@@ -4,12 +4,15 @@
  * in the kernel per (pid, addresses, ports); user space reads and resets the
  * table on every interval.
  *
- * Variants, best first: kprobes on tcp_sendmsg and tcp_cleanup_rbuf (BCC and
- * libbpf-tools: the size asked to send, and what the reader consumed, which
- * includes splice); then sock:sock_send_length and sock:sock_recv_length
- * (Linux 6.3+; what sock_sendmsg()/sock_recvmsg() returned, so exact bytes,
- * but receives that bypass sock_recvmsg such as splice are not seen) via
- * tp_btf, raw_tp or the classic tracepoint.  Both run in the process that
+ * Variants, best first: kprobes on tcp_sendmsg and tcp_recvmsg, entry and
+ * return (BCC and libbpf-tools hook tcp_sendmsg's size and tcp_cleanup_rbuf,
+ * which count what was asked to send and what a MSG_PEEK only looked at;
+ * here a send counts what it returned, and a receive what it consumed: how
+ * far it moved the socket's copied_seq, which a peek does not); then
+ * sock:sock_send_length and sock:sock_recv_length (Linux 6.3+; what
+ * sock_sendmsg()/sock_recvmsg() returned, peeks left out) via tp_btf, raw_tp
+ * or the classic tracepoint.  Receives that bypass tcp_recvmsg and
+ * sock_recvmsg (splice, kTLS) are not seen.  Both run in the process that
  * sends or reads, so the current task is the flow's owner.
  */
 #include "pytrace.h"
@@ -88,16 +91,74 @@ static __always_inline int account(const struct sock *sk, __s64 bytes, bool rx)
 	return 0;
 }
 
-SEC("kprobe/tcp_sendmsg")
-int BPF_KPROBE(tcptop_kprobe_send, struct sock *sk, struct msghdr *msg, size_t size)
+/* A tcp_sendmsg/tcp_recvmsg call in flight, by thread. */
+struct call {
+	__u64 sk;
+	__u32 copied_seq;	/* tcp_recvmsg: at entry */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);	/* a thread killed mid-call cannot leak */
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+static __always_inline int call_begin(const struct sock *sk)
 {
-	return account(sk, size, false);
+	__u32 tid = bpf_get_current_pid_tgid();
+	struct call c = {
+		.sk = (__u64)sk,
+		.copied_seq = BPF_CORE_READ((const struct tcp_sock *)sk, copied_seq),
+	};
+
+	bpf_map_update_elem(&calls, &tid, &c, BPF_ANY);
+	return 0;
 }
 
-SEC("kprobe/tcp_cleanup_rbuf")
-int BPF_KPROBE(tcptop_kprobe_recv, struct sock *sk, int copied)
+static __always_inline int call_end(long ret, bool rx)
 {
-	return account(sk, copied, true);
+	__u32 tid = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &tid);
+	const struct sock *sk;
+
+	if (!c)
+		return 0;
+	sk = (const struct sock *)c->sk;
+	if (ret > 0) {
+		if (rx)		/* consumed: a MSG_PEEK leaves copied_seq where it was */
+			account(sk, (__u32)(BPF_CORE_READ((const struct tcp_sock *)sk, copied_seq) -
+					    c->copied_seq), true);
+		else
+			account(sk, ret, false);
+	}
+	bpf_map_delete_elem(&calls, &tid);
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(tcptop_kprobe_send, struct sock *sk)
+{
+	return call_begin(sk);
+}
+
+SEC("kretprobe/tcp_sendmsg")
+int BPF_KRETPROBE(tcptop_kretprobe_send, int ret)
+{
+	return call_end(ret, false);
+}
+
+SEC("kprobe/tcp_recvmsg")
+int BPF_KPROBE(tcptop_kprobe_recv, struct sock *sk)
+{
+	return call_begin(sk);
+}
+
+SEC("kretprobe/tcp_recvmsg")
+int BPF_KRETPROBE(tcptop_kretprobe_recv, int ret)
+{
+	return call_end(ret, true);
 }
 
 /* sock_sendmsg/sock_recvmsg of any socket: keep TCP; a peek consumes nothing. */

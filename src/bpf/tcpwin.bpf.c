@@ -9,7 +9,7 @@
  *  - tp_btf / classic tracepoint tcp:tcp_probe, which the kernel calls at the
  *    top of that same function.  The classic record carries cwnd, ssthresh,
  *    snd_wnd and srtt itself; the socket's send buffer size and queued
- *    bytes are read from skaddr.
+ *    bytes are read from skaddr (-1 before the record had it).
  */
 #include "events.h"
 
@@ -107,17 +107,51 @@ int BPF_PROG(tcpwin_tp_btf, struct sock *sk, struct sk_buff *skb)
 	return from_sock(sk);
 }
 
+/*
+ * The classic record before it carried skaddr (6.1 has none; 6.12 does):
+ * the flow from the record itself (saddr/daddr hold a sockaddr_in or
+ * sockaddr_in6), and the socket's buffers unknown (-1).
+ */
+static __always_inline struct tcpwin_event *start_from_record(struct trace_event_raw_tcp_probe *ctx, __u64 now)
+{
+	struct tcpwin_event *e = event_reserve(struct tcpwin_event);
+	__u16 family = ctx->family;
+
+	if (!e)
+		return NULL;
+	e->ts_ns = now;
+	e->skaddr = 0;
+	e->sndbuf = -1;
+	e->wmem_queued = -1;
+	e->family = family;
+	e->lport = ctx->sport;
+	e->rport = ctx->dport;
+	e->pad = 0;
+	__builtin_memset(e->laddr, 0, 16);
+	__builtin_memset(e->raddr, 0, 16);
+	if (family == AF_INET) {
+		bpf_probe_read_kernel(e->laddr, 4, &((struct sockaddr_in *)ctx->saddr)->sin_addr);
+		bpf_probe_read_kernel(e->raddr, 4, &((struct sockaddr_in *)ctx->daddr)->sin_addr);
+	} else {
+		bpf_probe_read_kernel(e->laddr, 16, &((struct sockaddr_in6 *)ctx->saddr)->sin6_addr);
+		bpf_probe_read_kernel(e->raddr, 16, &((struct sockaddr_in6 *)ctx->daddr)->sin6_addr);
+	}
+	return e;
+}
+
 SEC("tracepoint/tcp/tcp_probe")
 int tcpwin_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 {
-	const struct sock *sk = ctx->skaddr;
 	struct tcpwin_event *e;
 	__u64 now;
 
 	if (!wanted(ctx->family, ctx->sport, ctx->dport))
 		return 0;
 	now = bpf_ktime_get_ns();
-	e = start(sk, ctx->family, now);
+	if (bpf_core_field_exists(ctx->skaddr))
+		e = start(BPF_CORE_READ(ctx, skaddr), ctx->family, now);
+	else
+		e = start_from_record(ctx, now);
 	if (!e)
 		return 0;
 	e->snd_cwnd = ctx->snd_cwnd;

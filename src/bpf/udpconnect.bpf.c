@@ -6,9 +6,11 @@
  *
  * Variants: the book's kprobes on ip4_datagram_connect/ip6_datagram_connect
  * (the protocol's connect, given the socket and a kernel copy of the
- * address), and, where kprobes are missing, sys_enter_connect with the fd
- * walk (SOCK_DGRAM, IPPROTO_UDP/UDPLITE) and the address read from user
- * memory.  Both report at the start of the call, whatever its result;
+ * address), and, where kprobes are missing, connect() from sys_enter (the
+ * address read from user memory) to sys_exit (the fd walk: SOCK_DGRAM,
+ * IPPROTO_UDP/UDPLITE).  Both report the call whatever its result, with the
+ * local port the socket has once connect() bound it (inet_dgram_connect()
+ * autobinds before the protocol's connect, where the kprobes fire);
  * AF_UNSPEC "connects" (disconnects) are not reported.
  */
 #include "events.h"
@@ -22,7 +24,7 @@ struct udpconnect_event {
 	__u32 tid;
 	__u16 family;		/* of the destination */
 	__u16 port;
-	__u16 lport;		/* 0 if not bound yet */
+	__u16 lport;		/* once connect() bound the socket */
 	__u16 protocol;
 	__u8 addr[16];
 	char comm[TASK_COMM_LEN];
@@ -87,18 +89,30 @@ int BPF_KPROBE(udpconnect_kprobe_v6, struct sock *sk, struct sockaddr *uaddr)
 	return from_kernel(sk, uaddr);
 }
 
+CONNECT_CALLS(calls);
+
 SEC("tracepoint/syscalls/sys_enter_connect")
 int udpconnect_tracepoint(struct trace_event_raw_sys_enter *ctx)
 {
-	struct pt_sockaddr sa = {};
+	if (tgid_wanted(targ_tgid))
+		connect_enter(&calls, ctx->args[0], (const void *)ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int udpconnect_tracepoint_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = current_tid();
+	struct connect_call *c = bpf_map_lookup_elem(&calls, &tid);
 	struct sock *sk;
 
-	if (!tgid_wanted(targ_tgid))
+	if (!c)
 		return 0;
-	sk = fd_to_sock(ctx->args[0]);
-	if (!sk || read_user_sockaddr((const void *)ctx->args[1], &sa) < 0)
-		return 0;
-	return emit(sk, &sa);
+	sk = fd_to_sock(c->fd);
+	if (sk)
+		emit(sk, &c->sa);
+	bpf_map_delete_elem(&calls, &tid);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

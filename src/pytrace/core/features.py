@@ -47,6 +47,17 @@ KIND_SINCE = {
 }
 # every object reports through (or counts losses in) a BPF ring buffer
 RINGBUF_SINCE = ("5.8", "the BPF ring buffer")
+# what a variant may need beyond its kind (Variant.needs): the first mainline
+# kernel that has it.  The kernel matrix (tests/test_matrix.py) holds each
+# claim against the Debian kernels it boots.
+NEEDS = {
+    "tracepoint qdisc_enqueue": "5.16",
+    "tracepoint sock_send_length": "6.3",
+    "tracepoints sock_send/recv_length": "6.3",
+    "tracepoint sk_data_ready": "6.3",
+    "kmem tracepoints with the cache": "6.1",
+    "sockops TX timestamping": "6.15",
+}
 # errors that say something about the kernel itself (its verifier, its BTF,
 # the hooks it has), not about this moment (memory, a busy device, privileges)
 _KERNEL_REFUSALS = {errno.EACCES, errno.EINVAL, errno.E2BIG, errno.ESRCH, errno.ENOENT, errno.EOPNOTSUPP, 524}
@@ -83,10 +94,11 @@ def parse_version(text: str) -> tuple[int, int]:
     return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
-def floor(kind: str, since: str = "", needs: str = "") -> tuple[tuple[int, int], str]:
-    """The newest of a kind's floor, the ring buffer's and a variant's own ("6.3", needs)."""
+def floor(kind: str, needs: str = "") -> tuple[tuple[int, int], str]:
+    """The newest of a kind's floor, the ring buffer's and what a variant needs:
+    ((major, minor), what that kernel brought)."""
     best = (parse_version(RINGBUF_SINCE[0]), RINGBUF_SINCE[1])
-    for version, what in (KIND_SINCE.get(kind, ("0.0", "")), (since or "0.0", needs)):
+    for version, what in (KIND_SINCE.get(kind, ("0.0", "")), (NEEDS[needs] if needs else "0.0", needs)):
         if parse_version(version) > best[0]:
             best = (parse_version(version), what)
     return best

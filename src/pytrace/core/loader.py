@@ -22,24 +22,26 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
     from typing import Any
 
 
-class Variant(record("Variant", "hook programs note since needs", defaults=("", "", ""))):
+class Variant(record("Variant", "hook programs note needs", defaults=("", ""))):
     """One way to hook a tool, immutable (a named tuple: no dataclasses import at start-up).
 
     hook      fentry, kprobe, tp_btf, raw_tp, tracepoint, uprobe, tc, xdp, ...
     programs  program names (C functions) in the object, a tuple
     note      shown by `pytrace list` (e.g. "approximation"); "" by default
-    since     the oldest kernel ("6.3") the variant runs on, when it is newer
-              than what its hook kind and the ring buffer need (features.floor)
-    needs     what that kernel brought, for messages ("tracepoint sock:sock_send_length")
+    needs     what the variant needs beyond its hook kind and the ring buffer,
+              a key of features.NEEDS ("tracepoint sock_send_length"),
+              which says which kernel brought it
 
-    The floor is a claim the kernel matrix checks both ways: a refusal on a
-    kernel at or above it fails the matrix, and so does a load below it.
+    Its floor (floor()) is the oldest kernel that has all it needs: a claim
+    the kernel matrix checks both ways (a refusal on a kernel at or above it
+    fails the matrix, and so does a load below it).
     """
     __slots__ = ()
 
     def floor(self) -> tuple[tuple[int, int], str]:
-        """((major, minor), what it needs): the newest of the variant's own and its kind's floors."""
-        return features.floor(self.hook, self.since, self.needs)
+        """((major, minor), what that kernel brought): the newest of the floors of
+        the variant's needs, its hook kind and the ring buffer."""
+        return features.floor(self.hook, self.needs)
 
 
 if TYPE_CHECKING:

@@ -115,15 +115,21 @@ def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = Fa
     return out
 
 
+# the family operations the kprobe variants hook (SOCK_OPS_IO in socklayer.h)
+SOCK_OPS_IO = ("inet_sendmsg", "inet6_sendmsg", "unix_stream_sendmsg", "unix_dgram_sendmsg",
+               "inet_recvmsg", "inet6_recvmsg", "unix_stream_recvmsg", "unix_dgram_recvmsg")
+
+
 def sock_io_variants(tool: str) -> tuple[Variant, ...]:
     """The hook variants of a tool built on SOCK_IO_PROGRAMS (socklayer.h), best first:
     the sock_send_length/sock_recv_length tracepoints (Linux 6.3+) by tp_btf or
-    classic, then the book's kprobes on sock_sendmsg/sock_recvmsg for older kernels."""
+    classic, then kprobes on the family operations that sock_sendmsg/sock_recvmsg
+    call (the book hooks those two, which some builds inline) for older kernels."""
     return (
-        Variant("tp_btf", (f"{tool}_tp_btf_send", f"{tool}_tp_btf_recv")),
-        Variant("tracepoint", (f"{tool}_tp_send", f"{tool}_tp_recv")),
-        Variant("kprobe", (f"{tool}_kprobe_send", f"{tool}_kretprobe_send",
-                           f"{tool}_kprobe_recv", f"{tool}_kretprobe_recv")),
+        Variant("tp_btf", (f"{tool}_tp_btf_send", f"{tool}_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),
+        Variant("tracepoint", (f"{tool}_tp_send", f"{tool}_tp_recv"), needs="tracepoints sock_send/recv_length"),
+        Variant("kprobe", tuple(f"{tool}_{kind}_{op}" for op in SOCK_OPS_IO for kind in ("kprobe", "kretprobe")),
+                note="IP and Unix sockets"),
     )
 
 

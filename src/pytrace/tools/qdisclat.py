@@ -38,6 +38,8 @@ if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
 
 NAME = "qdisclat"
 SUMMARY = "queueing latency histograms per qdisc and device (enqueue to dequeue)"
+# every variant pairs the qdisc:qdisc_enqueue tracepoint (features.NEEDS) with qdisc_dequeue
+ENQUEUE = "tracepoint qdisc_enqueue"
 
 TC_H_ROOT = 0xFFFFFFFF
 
@@ -75,9 +77,9 @@ class QdiscLatency:
 class QdiscLat(Tracer):
     OBJECT = "qdisclat"
     VARIANTS = (
-        Variant("tp_btf", ("qdisclat_tp_btf_enqueue", "qdisclat_tp_btf_dequeue")),
-        Variant("raw_tp", ("qdisclat_raw_tp_enqueue", "qdisclat_raw_tp_dequeue")),
-        Variant("tracepoint", ("qdisclat_tracepoint_enqueue", "qdisclat_tracepoint_dequeue")),
+        Variant("tp_btf", ("qdisclat_tp_btf_enqueue", "qdisclat_tp_btf_dequeue"), needs=ENQUEUE),
+        Variant("raw_tp", ("qdisclat_raw_tp_enqueue", "qdisclat_raw_tp_dequeue"), needs=ENQUEUE),
+        Variant("tracepoint", ("qdisclat_tracepoint_enqueue", "qdisclat_tracepoint_dequeue"), needs=ENQUEUE),
     )
 
     def __init__(self, *, dev: str | None = None, netns: int = 0, ns: bool = False, hook: str | None = None):

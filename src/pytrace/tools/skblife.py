@@ -20,12 +20,9 @@ tracepoint: they are not seen.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..core import libbpf
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, positive_int
 from ..core.errors import PytraceError
 from ..core.hist import Log2Histogram
@@ -42,15 +39,15 @@ if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
 NAME = "skblife"
 SUMMARY = "skb lifespan histogram (slab allocation to free)"
 
-FIND_CACHES = "skblife_find_caches"
+# kmem_cache_alloc/kmem_cache_free carry their cache since 6.1 (features.NEEDS)
+WITH_CACHE = "kmem tracepoints with the cache"
 
 
 class SkbLife(Tracer):
     OBJECT = "skblife"
     VARIANTS = (
-        Variant("tp_btf", ("skblife_tp_btf_alloc", "skblife_tp_btf_free", FIND_CACHES)),
-        Variant("raw_tp", ("skblife_raw_tp_alloc", "skblife_raw_tp_free", FIND_CACHES)),
-        Variant("tracepoint", ("skblife_tracepoint_alloc", "skblife_tracepoint_free"), note="cache names"),
+        Variant("tp_btf", ("skblife_tp_btf_alloc", "skblife_tp_btf_free"), needs=WITH_CACHE),
+        Variant("raw_tp", ("skblife_raw_tp_alloc", "skblife_raw_tp_free"), needs=WITH_CACHE),
     )
 
     def __init__(self, *, pid: int = 0, us: bool = False, hook: str | None = None):
@@ -64,15 +61,6 @@ class SkbLife(Tracer):
             raise PytraceError("__alloc_skb is not in /proc/kallsyms: cannot tell skb allocations apart")
         return {"alloc_skb_lo": span[0], "alloc_skb_hi": span[1], "targ_tgid": self.pid, "targ_us": self.us}
 
-    def attach(self, obj: BpfObject, variant: Variant) -> None:
-        if FIND_CACHES in variant.programs:
-            _run_iterator(obj, FIND_CACHES)
-            if not obj.global_u64("head_cache").value:
-                raise PytraceError("the kmem_cache iterator found no skbuff_head_cache")
-        for name in variant.programs:
-            if name != FIND_CACHES:
-                obj.attach(name)
-
     def setup(self) -> None:
         self._hists = self.obj.map("hists")
 
@@ -83,21 +71,6 @@ class SkbLife(Tracer):
 
     def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
         return Snapshot.now(NAME, [Series.of({}, hist=self.histogram(clear))], interval)
-
-
-def _run_iterator(obj: BpfObject, prog: str) -> None:
-    """Run a BPF iterator program once, to its end (what it finds it writes to .bss)."""
-    lb = libbpf.lib()
-    link = libbpf.check_ptr(lb.bpf_program__attach_iter(obj.program(prog), None), f"attach iterator {prog}")
-    try:
-        fd = libbpf.check(lb.bpf_iter_create(lb.bpf_link__fd(link)), f"run iterator {prog}")
-        try:
-            while os.read(fd, 1 << 16):
-                pass
-        finally:
-            os.close(fd)
-    finally:
-        lb.bpf_link__destroy(link)
 
 
 # -- command line ---------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..core.aggregate import local_time, print_loop
 from ..core.bpfobject import ncpus_possible
 from ..core.cliutil import add_common, positive_int
 from ..core.loader import Variant
-from ..core.socklayer import attach_with_tracefs, percpu_u64
+from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
 
@@ -60,9 +60,11 @@ class SockStatSnapshot:
 class SockStat(Tracer):
     OBJECT = "sockstat"
     VARIANTS = (
-        Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv")),
-        Variant("tracepoint", (*_SYSCALLS, "sockstat_tp_send", "sockstat_tp_recv")),
-        Variant("kprobe", (*_SYSCALLS, "sockstat_kprobe_send", "sockstat_kprobe_recv")),
+        Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv"),
+                needs="tracepoints sock_send/recv_length"),
+        Variant("tracepoint", (*_SYSCALLS, "sockstat_tp_send", "sockstat_tp_recv"),
+                needs="tracepoints sock_send/recv_length"),
+        Variant("kprobe", (*_SYSCALLS, *(f"sockstat_kprobe_{op}" for op in SOCK_OPS_IO)), note="IP and Unix sockets"),
     )
 
     def __init__(self, *, pid: int = 0, hook: str | None = None):

@@ -10,7 +10,7 @@ Library:
 Any ping tool (or raw ICMP socket) on the host is measured: the time from
 the echo request leaving to the matching echo reply arriving, taken in the
 kernel so the ping process's own scheduling delay is not included.  With
-kprobes (the book's superping.bt) the points are ip_send_skb/icmp_rcv; on
+kprobes (the book's superping.bt) the points are __ip_local_out/icmp_rcv; on
 kernels without them, net_dev_queue/netif_receive_skb: the device level,
 which includes the qdisc and excludes the local IP stack.
 """
@@ -89,7 +89,7 @@ class SuperPing(EventTracer):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Measure ICMP echo (ping) latency in the kernel, from request out to reply in, for "
-                     "any ping on this host (IPv4 and IPv6). With kprobes: ip_send_skb -> icmp_rcv, as "
+                     "any ping on this host (IPv4 and IPv6). With kprobes: __ip_local_out (ip6_send_skb) -> icmp_rcv, as "
                      "the book's superping.bt; without: at device level (net_dev_queue -> "
                      f"netif_receive_skb), which includes the qdisc. {LATENCY_NOTE}")
     p.add_argument("-p", "--pid", type=positive_int, default=0, help="only pings sent by this process")

@@ -78,7 +78,7 @@ class TcpNagle(Tracer):
     OBJECT = "tcpnagle"
     VARIANTS = (
         Variant("kprobe", ("tcpnagle_kprobe", "tcpnagle_kretprobe")),
-        Variant("sockops", ("tcpnagle_sockops",), note="approximation"),
+        Variant("sockops", ("tcpnagle_sockops",), note="approximation", needs="sockops TX timestamping"),
     )
 
     def __init__(self, *, pid: int = 0, ms: bool = False, cgroup: str | None = None, hook: str | None = None):

@@ -110,9 +110,9 @@ class TcpSubnet(Tracer):
     OBJECT = "tcpsubnet"
     VARIANTS = (
         Variant("kprobe", ("tcpsubnet_kprobe",)),
-        Variant("tp_btf", ("tcpsubnet_tp_btf",)),
-        Variant("raw_tp", ("tcpsubnet_raw_tp",)),
-        Variant("tracepoint", ("tcpsubnet_tracepoint",)),
+        Variant("tp_btf", ("tcpsubnet_tp_btf",), needs="tracepoint sock_send_length"),
+        Variant("raw_tp", ("tcpsubnet_raw_tp",), needs="tracepoint sock_send_length"),
+        Variant("tracepoint", ("tcpsubnet_tracepoint",), needs="tracepoint sock_send_length"),
     )
 
     def __init__(self, subnets: str | Sequence[str | Subnet] = DEFAULT_SUBNETS, *, netns: int | str = 0,

@@ -43,8 +43,8 @@ class TcpSynBl(Tracer):
     VARIANTS = (
         Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6")),
         Variant("kprobe", ("tcpsynbl_kprobe_v4", "tcpsynbl_kprobe_v6")),
-        Variant("tp_btf", ("tcpsynbl_tp_btf",), note="backlog +1"),
-        Variant("raw_tp", ("tcpsynbl_raw_tp",), note="backlog +1"),
+        Variant("tp_btf", ("tcpsynbl_tp_btf",), note="backlog +1", needs="tracepoint sk_data_ready"),
+        Variant("raw_tp", ("tcpsynbl_raw_tp",), note="backlog +1", needs="tracepoint sk_data_ready"),
     )
 
     def __init__(self, *, family: int = 0, lports: list[int] | None = None, hook: str | None = None):

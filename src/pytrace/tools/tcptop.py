@@ -71,10 +71,11 @@ def sort_key(sort: str):
 class TcpTop(Tracer):
     OBJECT = "tcptop"
     VARIANTS = (
-        Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kprobe_recv")),
-        Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv")),
-        Variant("raw_tp", ("tcptop_raw_tp_send", "tcptop_raw_tp_recv")),
-        Variant("tracepoint", ("tcptop_tracepoint_send", "tcptop_tracepoint_recv")),
+        Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv")),
+        Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),
+        Variant("raw_tp", ("tcptop_raw_tp_send", "tcptop_raw_tp_recv"), needs="tracepoints sock_send/recv_length"),
+        Variant("tracepoint", ("tcptop_tracepoint_send", "tcptop_tracepoint_recv"),
+                needs="tracepoints sock_send/recv_length"),
     )
 
     def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None):

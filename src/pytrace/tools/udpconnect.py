@@ -40,7 +40,7 @@ class UdpConnectCall:
     family: int                # of the destination: AF_INET or AF_INET6
     raddr: ipaddress.IPv4Address | ipaddress.IPv6Address
     rport: int
-    lport: int                 # 0 when the socket was not bound yet
+    lport: int                 # the local port once connect() bound the socket (autobind)
     protocol: int              # 17 UDP, 136 UDP-Lite
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class UdpConnect(EventTracer):
     EVENT = "udpconnect_event"
     VARIANTS = (
         Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),
-        Variant("tracepoint", ("udpconnect_tracepoint",)),
+        Variant("tracepoint", ("udpconnect_tracepoint", "udpconnect_tracepoint_exit")),
     )
 
     def __init__(self, *, pid: int = 0, rports: list[int] | None = None, **kw: Any):
