@@ -9,7 +9,7 @@ import sys
 
 from .. import __version__
 from ..core import features, libbpf, objects, privileges, tracefs
-from ..core.errors import PytraceError
+from ..core.errors import PytraceError, UsageError
 
 
 def _libbpf_origin() -> str:
@@ -40,6 +40,8 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
         return 0
+    if argv:
+        raise UsageError(f"unrecognized arguments: {' '.join(argv)} (see pytrace doctor -h)")
     w = sys.stdout.write
     w(f"pytrace        {__version__}\n")
     w(f"kernel         {platform.release()} ({platform.machine()})\n")

@@ -124,22 +124,27 @@ def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
                        "(replay --json prints its events)")
 
 
-def run(argv: list[str]) -> int:
-    p = ArgParser(prog="pytrace replay", description=DESCRIPTION)
+def add_arguments(p: ArgParser) -> None:
+    p.description = DESCRIPTION
     p.add_argument("file", metavar="FILE", help="a recording made with --record FILE")
     p.add_argument("--since", metavar="TIME", help="only from this time on (+SECONDS, HH:MM:SS, ISO, Unix)")
     p.add_argument("--until", metavar="TIME", help="only up to this time")
     p.add_argument("--where", metavar="FIELD=VALUE", action="append", default=[],
                    help="only events whose FIELD equals (or, with !=, differs from) VALUE; repeatable")
     p.add_argument("--json", action="store_true", help="print the tool's JSON (one object per line)")
+
+
+def run(argv: list[str]) -> int:
+    p = ArgParser(prog="pytrace replay")
+    add_arguments(p)
     args = p.parse_args(argv)
     conds = parse_where(args.where)
 
     from ..sinks.record import Recording
     rec = Recording(args.file)
     try:
-        since = parse_time(args.since, rec.start_ns, "--since") if args.since else None
-        until = parse_time(args.until, rec.start_ns, "--until") if args.until else None
+        since = parse_time(args.since, rec.start_ns, "--since") if args.since is not None else None
+        until = parse_time(args.until, rec.start_ns, "--until") if args.until is not None else None
         if not registry.exists(rec.tool):
             raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
         module = registry.load(rec.tool)

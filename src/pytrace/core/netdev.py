@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from .cliutil import bad_value, positive_int
+from .cliutil import bad_value, netns_inode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -30,12 +30,28 @@ def device_name(text: str) -> str:
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", "--dev", type=device_name, metavar="NAME", help="only this network device")
-    p.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
                    help="only devices of this network namespace (inode, as ls -Li /proc/PID/ns/net)")
 
 
 def device_rodata(dev: str | None, netns: int) -> dict:
+    """The filter's rodata; a device that does not exist (in netns, if given)
+    is a usage error: a filter on it would show nothing, never saying why."""
+    if dev:
+        check_device(dev, netns)
     return {"targ_dev": (dev or "").encode(), "targ_netns": netns}
+
+
+def check_device(dev: str, netns: int = 0) -> None:
+    """UsageError unless network device dev exists in namespace netns (an
+    inode; 0: ours)."""
+    from .errors import UsageError
+    from .netattach import ifindex, netns_path
+    where = None if not netns or netns == own_netns() else netns_path(str(netns))
+    try:
+        ifindex(dev, where)
+    except UsageError:
+        raise UsageError(f"--dev {dev}: no such device" + (f" in netns {netns}" if where else "")) from None
 
 
 @lru_cache(maxsize=1)

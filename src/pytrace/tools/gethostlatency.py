@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core import libbpf
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, elf_file, json_renderer, process_id, stream_events
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -154,8 +154,8 @@ class GetHostLatency(EventTracer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Show latency for getaddrinfo/gethostbyname[2] calls, with uprobes on the C library "
                      "(found automatically; --libc to choose). " + LATENCY_NOTE)
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process (and probe its libc)")
-    p.add_argument("-l", "--libc", metavar="LIBC", help="the libc.so to probe")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process (and probe its libc)")
+    p.add_argument("-l", "--libc", metavar="LIBC", type=elf_file, help="the libc.so to probe")
     add_common(p, [v.hook for v in GetHostLatency.VARIANTS])
 
 
