@@ -119,9 +119,8 @@ def pid_max() -> int:
 def process_id(text: str) -> int:
     """An argparse type for a PID: 1 up to the kernel's pid_max."""
     value = _whole(text)
-    if value < 1 or value > PID_MAX_LIMIT or value > pid_max():
+    if value < 1 or value > PID_MAX_LIMIT or (checking_host() and value > pid_max()):
         raise bad_value(f"'{text}' is not a PID (1 up to the kernel's pid_max, {pid_max()})")
-    host_dependent()
     return value
 
 
@@ -129,7 +128,6 @@ process_id.range_text = "1-pid_max"    # type: ignore[attr-defined]
 
 def _readable_head(text: str, what: str, size: int) -> bytes:
     """The first bytes of a regular file the user named, or a usage error."""
-    host_dependent()
     try:
         fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)     # a FIFO must not hang us
     except OSError as exc:
@@ -148,9 +146,10 @@ def _readable_head(text: str, what: str, size: int) -> bytes:
 def output_file(text: str) -> str:
     """An argparse type for a file a command writes (creates or replaces):
     named, in a directory that exists, and not itself a directory."""
-    host_dependent()
     if not text:
         raise bad_value("an empty file name")
+    if not checking_host():
+        return text
     if os.path.isdir(text):
         raise bad_value(f"'{text}' is a directory")
     parent = os.path.dirname(os.path.abspath(text))
@@ -162,7 +161,7 @@ def output_file(text: str) -> str:
 def sqlite_file(text: str) -> str:
     """An argparse type for a SQLite store a command adds to: new, empty or SQLite."""
     output_file(text)
-    if os.path.lexists(text):
+    if checking_host() and os.path.lexists(text):
         head = _readable_head(text, "a SQLite store", 16)
         if head and head != b"SQLite format 3\x00":
             raise bad_value(f"'{text}' is not a SQLite file")
@@ -173,6 +172,8 @@ def btf_file(text: str) -> str:
     """An argparse type for --btf: a raw BTF file (BTFHub's .btf) or an ELF
     file with BTF, recognized by its magic: anything else libbpf would
     ignore or fail on far from the flag."""
+    if not checking_host():
+        return text
     head = _readable_head(text, "a kernel BTF file", 4)
     if head[:2] not in (b"\x9f\xeb", b"\xeb\x9f") and head != b"\x7fELF":
         raise bad_value(f"'{text}' is not a BTF file (raw BTF, or ELF with a .BTF section)")
@@ -181,6 +182,8 @@ def btf_file(text: str) -> str:
 
 def elf_file(text: str) -> str:
     """An argparse type for a binary or library to probe: an ELF file."""
+    if not checking_host():
+        return text
     if _readable_head(text, "an ELF binary or library", 4) != b"\x7fELF":
         raise bad_value(f"'{text}' is not an ELF binary or library")
     return text
@@ -195,10 +198,11 @@ def netns_ref(text: str) -> str:
     by path (/proc/PID/ns/net) or by inode: it must exist and be a network
     namespace (/etc/passwd is not one).  The text itself is returned; tools
     resolve it (core/netattach.netns_path)."""
-    host_dependent()
     if text.isdigit():
         if not 1 <= int(text) <= NETNS_INODE_MAX:
             raise bad_value(f"'{text}' is not a namespace inode (1-{NETNS_INODE_MAX})")
+        if not checking_host():
+            return text
         from .netattach import netns_path
         from .errors import PytraceError
         try:
@@ -208,6 +212,8 @@ def netns_ref(text: str) -> str:
         return text
     if not text or text in (".", "..") or ("/" in text and not text.startswith("/")):
         raise bad_value(f"'{text}' is not a network namespace (an ip netns name, a path or an inode)")
+    if not checking_host():
+        return text
     path = text if text.startswith("/") else f"/run/netns/{text}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -232,11 +238,22 @@ def netns_ref(text: str) -> str:
 # file): then the CLI parses it again next run instead of remembering it
 # (core/prefetch.note_args)
 _host_dependent = False
+# Off for flags that are data, not a command to run here (pytrace replay
+# parses a recording's flags, which were checked on the host that ran them)
+_check_host = True
 
 
-def host_dependent() -> None:
+def checking_host() -> bool:
+    """Whether a type converter is to check its value against this host now
+    (and, when it does, that the arguments depend on this host)."""
     global _host_dependent
     _host_dependent = True
+    return _check_host
+
+
+def skip_host_checks() -> None:
+    global _check_host
+    _check_host = False
 
 
 def parsed_on_host() -> bool:
