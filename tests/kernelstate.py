@@ -74,3 +74,27 @@ def left_since(before: dict, timeout: float = 10.0) -> dict:
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.1)
+
+
+def held_ids() -> dict[str, set[int]]:
+    """IDs of the BPF programs, maps and links that some live process holds a
+    descriptor of (from /proc/*/fdinfo).  On a machine shared with other
+    tests, what is new but held by a live process is theirs or still running,
+    not something a dead process left behind."""
+    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                    for line in fh:
+                        key, _, value = line.partition(":")
+                        kind = {"prog_id": "prog", "map_id": "map", "link_id": "link"}.get(key)
+                        if kind:
+                            held[kind].add(int(value))
+            except (OSError, ValueError):
+                continue
+    return held
