@@ -61,7 +61,9 @@ def run(argv: list[str]) -> int:
         return 1
     w(f"libbpf         {version.lstrip('v')} ({_libbpf_origin()}) {libbpf.lib_path}\n")
     where = tracefs.mounted()
-    w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}\n")
+    why = tracefs.closed(where) if where else None
+    w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}"
+      f"{f' ({why})' if why else ''}\n")
     try:
         objects.path("probe")
     except PytraceError as exc:

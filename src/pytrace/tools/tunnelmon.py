@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..core import netattach
+from ..core import netattach, privileges
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
 from ..core.cliutil import (add_common, bad_value, intervals, map_size, netns_ref, nonneg_int, port, release_stops,
@@ -159,6 +159,10 @@ class TunnelMon(Tracer):
     def open(self):
         # Hold the namespace open while we are attached in it: detaching then
         # happens in the same namespace even if its name is removed meanwhile.
+        if self.netns not in (None, ""):
+            # what is missing, before setns fails with a bare EPERM
+            privileges.require(self.OBJECT, need_net_admin=True)
+            privileges.require_sys_admin(self.OBJECT, "entering another network namespace (--netns)")
         path = netattach.netns_path(self.netns)
         if path is not None:
             self._ns_fd = os.open(path, os.O_RDONLY)
