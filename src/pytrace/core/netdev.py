@@ -35,23 +35,61 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def device_rodata(dev: str | None, netns: int) -> dict:
-    """The filter's rodata; a device that does not exist (in netns, if given)
-    is a usage error: a filter on it would show nothing, never saying why."""
-    if dev:
-        check_device(dev, netns)
     return {"targ_dev": (dev or "").encode(), "targ_netns": netns}
 
 
-def check_device(dev: str, netns: int = 0) -> None:
-    """UsageError unless network device dev exists in namespace netns (an
-    inode; 0: ours)."""
+def check_device_args(args: argparse.Namespace) -> None:
+    """The device tools' CLI: -D/--dev must name a device that exists, in the
+    --netns-id namespace if given, else in any namespace (the filter then
+    matches the name in every one).  A filter on a name that exists nowhere
+    would show nothing, never saying why.  (The library takes any name: a
+    device may be made after the tracer starts.)"""
     from .errors import UsageError
     from .netattach import ifindex, netns_path
-    where = None if not netns or netns == own_netns() else netns_path(str(netns))
+    dev, netns = args.dev, args.netns_id
+    if not dev:
+        return
+    if netns:
+        where = None if netns == own_netns() else netns_path(str(netns))
+        try:
+            ifindex(dev, where)
+        except UsageError:
+            raise UsageError(f"--dev {dev}: no such device in netns {netns}") from None
+    elif dev not in _names_anywhere():
+        raise UsageError(f"--dev {dev}: no such device in any network namespace")
+
+
+def _names_anywhere() -> set[str]:
+    """Device names of every network namespace this host has: a process's
+    (its /proc/PID/net/dev) or one kept by `ip netns` (entered to look)."""
+    import socket
+    names = {name for _, name in socket.if_nameindex()}
+    seen = {own_netns()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if ino in seen:
+                continue
+            with open(f"/proc/{pid}/net/dev") as fh:
+                names.update(line.split(":", 1)[0].strip() for line in list(fh)[2:])
+            seen.add(ino)
+        except OSError:
+            continue
     try:
-        ifindex(dev, where)
-    except UsageError:
-        raise UsageError(f"--dev {dev}: no such device" + (f" in netns {netns}" if where else "")) from None
+        kept = os.listdir("/run/netns")
+    except OSError:
+        kept = []
+    from .netattach import in_netns
+    for name in kept:
+        path = f"/run/netns/{name}"
+        try:
+            if os.stat(path).st_ino in seen:
+                continue
+            with in_netns(path):
+                names.update(n for _, n in socket.if_nameindex())
+        except OSError:
+            continue
+    return names
 
 
 @lru_cache(maxsize=1)
