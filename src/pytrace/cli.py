@@ -102,8 +102,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
         parser = ArgParser(prog=f"pytrace {name}")
         module.add_arguments(parser)
         args = parser.parse_args(argv)
-        # --record checks its file is new, and other arguments this host's
-        # state (a PID limit, a namespace): those are parsed at every run
+        # --record checks that its file is new, and other arguments check this
+        # host's state (a PID limit, a namespace): those are parsed again at every run
         if getattr(args, "record", None) is None and not cliutil.parsed_on_host():
             prefetch.note_args(sources, vars(args))
     if getattr(args, "ebpf", False):

@@ -126,6 +126,7 @@ def process_id(text: str) -> int:
 
 process_id.range_text = "1-pid_max"    # type: ignore[attr-defined]
 
+
 def _readable_head(text: str, what: str, size: int) -> bytes:
     """The first bytes of a regular file the user named, or a usage error."""
     try:
@@ -204,10 +205,9 @@ def netns_ref(text: str) -> str:
         if not checking_host():
             return text
         from .netattach import netns_path
-        from .errors import PytraceError
         try:
             netns_path(text)
-        except PytraceError as exc:
+        except UsageError as exc:
             raise bad_value(str(exc)) from None
         return text
     if not text or text in (".", "..") or ("/" in text and not text.startswith("/")):
