@@ -134,12 +134,17 @@ class Cli:
                                      env={**os.environ, **(env or {})})
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.seen: list[str] = []
+        # stderr is read all along too: a command that says much there (-v)
+        # would otherwise block on a full pipe
+        self._err: list[str] = []
+        self._err_done = threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True)
+        self._err_done.start()
         threading.Thread(target=self._pump, daemon=True).start()
         if ready and not wait_until(lambda: has_bpf_link(self.proc.pid) or self.proc.poll() is not None, 15):
             self.stop()
             raise AssertionError(f"pytrace {' '.join(args)} did not attach in time")
         if ready and self.proc.poll() is not None:
-            raise AssertionError(f"pytrace {' '.join(args)} exited: {self.proc.stderr.read()}")
+            raise AssertionError(f"pytrace {' '.join(args)} exited: {self.stderr()}")
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -176,7 +181,12 @@ class Cli:
             if line is None:
                 break
             self.seen.append(line)
-        return rc, self.seen, self.proc.stderr.read()
+        return rc, self.seen, self.stderr()
+
+    def stderr(self) -> str:
+        """Everything the command wrote to stderr (once it has exited)."""
+        self._err_done.join(10)
+        return "".join(self._err)
 
     def json_records(self) -> list[dict]:
         return [json.loads(line) for line in self.seen if line.startswith("{")]

@@ -30,7 +30,7 @@ def started(*args: str, links: int, env: dict | None = None) -> Cli:
         cli.stop()
         raise AssertionError(f"pytrace {' '.join(args)}: {links} links not attached in time")
     if cli.proc.poll() is not None:
-        raise AssertionError(f"pytrace {' '.join(args)} exited: {cli.proc.stderr.read()}")
+        raise AssertionError(f"pytrace {' '.join(args)} exited: {cli.stderr()}")
     return cli
 
 

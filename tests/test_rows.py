@@ -39,7 +39,7 @@ def test_rows_format_every_record_and_the_code_is_compiled_once(cache_dir, monke
     assert first(BATCH) == ["1 a 7", "22 bb 8"]
     assert len(seen) == 1
     cache = cache_dir / f"rows-{sys.implementation.cache_tag}.marshal"
-    assert oct(os.stat(cache).st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(cache).st_mode & 0o777) == oct(0o600)
 
     again = rows.compile_rows(FIELDS, EXPR, {"fmt": "%d|%s|%d"})   # as the next run would
     assert again(BATCH) == ["1|a|7", "22|bb|8"]

@@ -102,7 +102,9 @@ def _run_tool(name: str, argv: list[str]) -> int:
         parser = ArgParser(prog=f"pytrace {name}")
         module.add_arguments(parser)
         args = parser.parse_args(argv)
-        if getattr(args, "record", None) is None:   # --record checks its file is new: every run parses
+        # --record checks that its file is new, and other arguments check this
+        # host's state (a PID limit, a namespace): those are parsed again at every run
+        if getattr(args, "record", None) is None and not cliutil.parsed_on_host():
             prefetch.note_args(sources, vars(args))
     if getattr(args, "ebpf", False):
         sys.stdout.write(objects.source(getattr(module, "OBJECT", name)))

@@ -9,7 +9,7 @@ import sys
 
 from .. import __version__
 from ..core import features, libbpf, objects, privileges, tracefs
-from ..core.errors import PytraceError
+from ..core.errors import PytraceError, UsageError
 
 
 def _libbpf_origin() -> str:
@@ -30,6 +30,8 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
         return 0
+    if argv:
+        raise UsageError(f"unrecognized arguments: {' '.join(argv)} (see pytrace doctor -h)")
     w = sys.stdout.write
     w(f"pytrace        {__version__}\n")
     w(f"kernel         {platform.release()} ({platform.machine()})\n")
@@ -55,7 +57,9 @@ def run(argv: list[str]) -> int:
         return 1
     w(f"libbpf         {version.lstrip('v')} ({_libbpf_origin()}) {libbpf.lib_path}\n")
     where = tracefs.mounted()
-    w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}\n")
+    why = tracefs.closed(where) if where else None
+    w(f"tracefs        {where if where else 'not mounted (mounted on demand for classic tracepoints)'}"
+      f"{f' ({why})' if why else ''}\n")
     try:
         objects.path("probe")
     except PytraceError as exc:

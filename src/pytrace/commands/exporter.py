@@ -365,6 +365,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     port = int(m.group(2) or m.group(4))
     if not 0 < port < 65536:
         raise UsageError(f"listen address '{text}': port must be 1-65535")
+    try:        # an address or name no socket can bind is bad input, not a run-time failure
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"listen address '{text}': {getattr(exc, 'strerror', None) or exc}") from None
     return host, port
 
 
@@ -450,19 +454,22 @@ def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTT
         raise PytraceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def run(argv: list[str]) -> int:
-    import argparse
-    p = ArgParser(prog="pytrace exporter", formatter_class=argparse.RawDescriptionHelpFormatter,
-                          description="Serve tools' in-kernel aggregates and event counts as Prometheus "
-                                      "metrics (maps are read at scrape time).\n\n"
-                                      + __doc__.split("\n\n", 1)[1])
+def add_arguments(p: ArgParser) -> None:
+    p.description = ("Serve tools' in-kernel aggregates and event counts as Prometheus "
+                     "metrics (maps are read at scrape time).\n\n" + __doc__.split("\n\n", 1)[1])
     p.add_argument("--config", metavar="FILE", required=True, help="TOML file naming the tools and metrics")
     p.add_argument("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default {DEFAULT_LISTEN})")
     p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log and each request")
+
+
+def run(argv: list[str]) -> int:
+    import argparse
+    p = ArgParser(prog="pytrace exporter", formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
-    if args.listen:
+    if args.listen is not None:
         try:
             parse_listen(args.listen)
         except UsageError as exc:

@@ -6,6 +6,7 @@ import sys
 
 from .. import tools as registry
 from ..core import loader, privileges
+from ..core.errors import UsageError
 
 
 def _variants(module) -> list:
@@ -20,6 +21,8 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: pytrace list\n\nList the tools and the hook variant each would use on this kernel.")
         return 0
+    if argv:
+        raise UsageError(f"unrecognized arguments: {' '.join(argv)} (see pytrace list -h)")
     can_probe = not privileges.missing()
     rows = []
     for name in registry.names():

@@ -16,6 +16,8 @@ import enum
 import inspect
 import os
 import re
+import sqlite3
+import struct
 import sys
 import time
 from typing import Any, Callable
@@ -124,75 +126,108 @@ def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
                        "(replay --json prints its events)")
 
 
-def run(argv: list[str]) -> int:
-    p = ArgParser(prog="pytrace replay", description=DESCRIPTION)
+def add_arguments(p: ArgParser) -> None:
+    p.description = DESCRIPTION
     p.add_argument("file", metavar="FILE", help="a recording made with --record FILE")
     p.add_argument("--since", metavar="TIME", help="only from this time on (+SECONDS, HH:MM:SS, ISO, Unix)")
     p.add_argument("--until", metavar="TIME", help="only up to this time")
     p.add_argument("--where", metavar="FIELD=VALUE", action="append", default=[],
                    help="only events whose FIELD equals (or, with !=, differs from) VALUE; repeatable")
     p.add_argument("--json", action="store_true", help="print the tool's JSON (one object per line)")
+
+
+def run(argv: list[str]) -> int:
+    p = ArgParser(prog="pytrace replay")
+    add_arguments(p)
     args = p.parse_args(argv)
     conds = parse_where(args.where)
 
     from ..sinks.record import Recording
     rec = Recording(args.file)
     try:
-        since = parse_time(args.since, rec.start_ns, "--since") if args.since else None
-        until = parse_time(args.until, rec.start_ns, "--until") if args.until else None
-        if not registry.exists(rec.tool):
-            raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
-        module = registry.load(rec.tool)
-        tool_parser = ArgParser(prog=f"pytrace {rec.tool}")
-        module.add_arguments(tool_parser)
-        try:
-            targs = tool_parser.parse_args(_without_sink_flags(rec.argv))
-        except SystemExit:
-            raise PytraceError(f"{args.file}: its flags {' '.join(rec.argv)} do not parse any more") from None
-        if args.json:
-            targs.json = True
-        if rec.tz and rec.tz != os.environ.get("TZ"):
-            os.environ["TZ"] = rec.tz      # the recording's local time, for HH:MM:SS columns
-            time.tzset()
-        if rec.epoch:
-            cliutil.share_epoch(rec.epoch)
-        out = cliutil.Output(targs.json)
-        if rec.kind == "snapshots":
-            return _replay_snapshots(rec, module, targs, out, since, until, conds)
-        if rec.kind not in ("events", "mixed"):
-            sys.stderr.write(f"pytrace replay: {args.file} holds no events ({rec.tool} "
-                             f"{' '.join(rec.argv)} did not stream any)\n")
-            return 0
-        from ..core.stream import EventTracer
-        EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
-        source = rec.source()
-        intro = getattr(module, "intro", None)
-        if intro is not None:           # what the tool prints once, before its renderer's header
-            out.write(intro(targs))
-        try:
-            render = _tool_renderer(module, source, targs, out)
-            keep = event_filter(source, conds) if conds else None
-            if rec.kind == "mixed":     # events and interval snapshots (sockrmem), as printed
-                items = rec.mixed(since, until)
-            else:
-                items = ((batch, losts, None) for batch, losts in rec.batches(since, until))
-            for batch, losts, snap in items:
-                if snap is not None:
-                    out.write(module.render_snapshot(snap, targs))
-                    continue
-                if keep is not None:
-                    batch = [r for r in batch if keep(r)]
-                if batch:
-                    out.write(render(batch))
-                for count, total in losts:
-                    out.reported_lost = total - count
-                    out.lost(total)
-        except AttributeError as exc:   # make_event wants what only a loaded tracer has
-            raise PytraceError(f"{rec.tool} cannot decode its records without loading it ({exc}); "
-                               "its tracer needs a prepare_replay() (see pytrace.sinks)") from None
-        return 0
+        return _replay(rec, args, conds)
+    except (sqlite3.Error, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError) as exc:
+        # a recording is input: whatever its rows hold, one line (the header was checked)
+        raise UsageError(f"{args.file}: a damaged or foreign recording ({type(exc).__name__}: {exc})") from None
     finally:
         rec.close()
+
+
+class _RecordedFlags(ArgParser):
+    """A tool's parser for the flags a recording holds: they are data, so one
+    that does not parse is one line of replay's (never the tool's usage
+    message, nor its -h)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise UsageError((message or "").strip() or "an option that exits")
+
+    def print_help(self, file: Any = None) -> None:
+        raise UsageError("-h")
+
+    print_usage = print_help
+
+
+def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
+    """Print rec as its tool did live (run() turns what a damaged row raises into one line)."""
+    since = parse_time(args.since, rec.start_ns, "--since") if args.since is not None else None
+    until = parse_time(args.until, rec.start_ns, "--until") if args.until is not None else None
+    if not registry.exists(rec.tool):
+        raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
+    module = registry.load(rec.tool)
+    cliutil.skip_host_checks()          # its flags were checked where they ran
+    tool_parser = _RecordedFlags(prog=f"pytrace {rec.tool}")
+    module.add_arguments(tool_parser)
+    try:
+        targs = tool_parser.parse_args(_without_sink_flags(rec.argv))
+    except UsageError as exc:
+        raise PytraceError(f"{args.file}: its flags {' '.join(rec.argv)[:200]} do not parse any more "
+                           f"({exc})") from None
+    if args.json:
+        targs.json = True
+    if rec.tz and rec.tz != os.environ.get("TZ"):
+        os.environ["TZ"] = rec.tz      # the recording's local time, for HH:MM:SS columns
+        time.tzset()
+    if rec.epoch:
+        cliutil.share_epoch(rec.epoch)
+    out = cliutil.Output(targs.json)
+    if rec.kind == "snapshots":
+        return _replay_snapshots(rec, module, targs, out, since, until, conds)
+    if rec.kind not in ("events", "mixed"):
+        sys.stderr.write(f"pytrace replay: {args.file} holds no events ({rec.tool} "
+                         f"{' '.join(rec.argv)} did not stream any)\n")
+        return 0
+    from ..core.stream import EventTracer
+    EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
+    source = rec.source()
+    intro = getattr(module, "intro", None)
+    if intro is not None:           # what the tool prints once, before its renderer's header
+        out.write(intro(targs))
+    try:
+        render = _tool_renderer(module, source, targs, out)
+        keep = event_filter(source, conds) if conds else None
+        if rec.kind == "mixed":     # events and interval snapshots (sockrmem), as printed
+            items = rec.mixed(since, until)
+        else:
+            items = ((batch, losts, None) for batch, losts in rec.batches(since, until))
+        for batch, losts, snap in items:
+            if snap is not None:
+                out.write(module.render_snapshot(snap, targs))
+                continue
+            if keep is not None:
+                batch = [r for r in batch if keep(r)]
+            if batch:
+                out.write(render(batch))
+            for count, total in losts:
+                out.reported_lost = total - count
+                out.lost(total)
+    except AttributeError as exc:   # make_event wants what only a loaded tracer has
+        raise PytraceError(f"{rec.tool} cannot decode its records without loading it ({exc}); "
+                           "its tracer needs a prepare_replay() (see pytrace.sinks)") from None
+    return 0
 
 
 def _without_sink_flags(argv: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from ..sinks.snapshot import Series, Snapshot
-from .cliutil import positive_int, publish, wall_iso
+from .cliutil import intervals, publish, seconds, wall_iso
 from .errors import UsageError
 from .periodic import each_tick
 
@@ -41,14 +41,14 @@ def add_interval_args(p: argparse.ArgumentParser, *, positional: bool = False) -
     book tools' -i SEC / -c N / -d SEC (printed at Ctrl-C when no interval)."""
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
     if positional:
-        p.add_argument("interval", nargs="?", type=positive_int, help="print every INTERVAL seconds")
-        p.add_argument("count", nargs="?", type=positive_int, help="number of outputs")
+        p.add_argument("interval", nargs="?", type=seconds, help="print every INTERVAL seconds")
+        p.add_argument("count", nargs="?", type=intervals, help="number of outputs")
         p.set_defaults(duration=None)
     else:
-        p.add_argument("-i", "--interval", type=positive_int, metavar="SEC",
+        p.add_argument("-i", "--interval", type=seconds, metavar="SEC",
                        help="print (and reset) every SEC seconds")
-        p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-        p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+        p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
+        p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
 
 
 def check_interval_args(args: argparse.Namespace) -> None:

@@ -28,6 +28,16 @@ class HelpFormatter(argparse.HelpFormatter):
             width = _terminal_columns() - 2
         super().__init__(prog, indent_increment, max_help_position, width)
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """An option's help, with the range its type accepts (cliutil.int_range):
+        every number has a documented upper bound."""
+        text = action.help
+        limits = getattr(action.type, "range_text", None)
+        if text and limits and limits not in text:
+            # "kept (default 4096)" -> "kept (default 4096; 1-65536)"
+            text = f"{text[:-1]}; {limits})" if text.endswith(")") else f"{text} ({limits})"
+        return text
+
 
 def _terminal_columns() -> int:
     try:

@@ -120,6 +120,9 @@ def prepare(lb, ptr: int, programs, map_sizes, check) -> set[str]:
                 check(lb.bpf_map__set_map_flags(m, flags & ~BPF_F_NO_PREALLOC), "preallocate a hash map")
             m = lb.bpf_object__next_map(ptr, m)
     for map_name, size in map_sizes:
+        if not 0 < size < 1 << 32:      # ctypes would pass it on modulo 2**32
+            from .errors import UsageError
+            raise UsageError(f"map {map_name}: {size} entries is not a size the kernel takes (1..4294967295)")
         m = lb.bpf_object__find_map_by_name(ptr, map_name.encode())
         if not m:
             check(-2, f"find map {map_name}")     # ENOENT

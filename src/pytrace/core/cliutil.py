@@ -56,42 +56,209 @@ def address(flag: str) -> Callable[[str], tuple[int, bytes]]:
     return conv
 
 
-def positive_int(text: str) -> int:
+# Every number a command line takes has an upper bound, shown in -h (the
+# parser's HelpFormatter appends a type's range_text): a value that the kernel
+# would take modulo 2**32, a map size that would make it allocate gigabytes,
+# or a time that overflows a C timeout is refused as a usage error before
+# anything is loaded.
+INT_MAX = 2**31 - 1         # what fits a C int, a u32 and every kernel size field
+MAX_SECONDS = 366 * 86400   # -i/-d: a year (time.sleep and poll timeouts stay far from overflowing)
+MAX_COUNT = 1_000_000_000   # -c/-n: how many intervals or outputs
+PID_MAX_LIMIT = 4194304     # include/linux/threads.h: no kernel has larger PIDs
+NETNS_INODE_MAX = 0xffffffff    # a namespace's inode number is an unsigned int in the kernel
+
+
+def _whole(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise bad_value(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise bad_value(f"'{text}' must be greater than 0")
-    return value
+        return int(text)
+    except ValueError:      # also the 4300-digit limit of int()
+        raise bad_value(f"'{text[:40]}' is not a whole number") from None
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise bad_value(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise bad_value(f"'{text}' must not be negative")
-    return value
-
-
-def int_range(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type for a whole number in [low, high]: IDs that land in
-    fixed-width rodata (a PID, a UID, a netns inode) must fit it."""
+def int_range(low: int, high: int, what: str = "number") -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high] (documented in -h)."""
     def conv(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise bad_value(f"'{text}' is not a whole number") from None
-        if not low <= value <= high:
-            raise bad_value(f"'{text}' is not in {low}..{high}")
+        value = _whole(text)
+        if value < low:
+            raise bad_value(f"'{text}' must be greater than 0" if low == 1 else
+                            f"'{text}' must not be negative" if low == 0 else f"'{text}' is less than {low}")
+        if value > high:
+            raise bad_value(f"'{text}' is more than {high}, the most this takes")
         return value
-    conv.__name__ = "number"
+    conv.__name__ = what
+    conv.range_text = f"{low}-{high}"   # type: ignore[attr-defined]
     return conv
 
 
-PID_MAX_LIMIT = 4194304    # include/linux/threads.h: no kernel has larger PIDs
+positive_int = int_range(1, INT_MAX)
+nonneg_int = int_range(0, INT_MAX)
+seconds = int_range(1, MAX_SECONDS, "seconds")          # -i/--interval, -d/--duration
+intervals = int_range(1, MAX_COUNT, "count")            # -c/-n/count: how many intervals (outputs)
+netns_inode = int_range(1, NETNS_INODE_MAX, "inode")    # --netns-id
+
+
+def map_size(high: int) -> Callable[[str], int]:
+    """An argparse type for a BPF map's number of entries, at most high: the
+    kernel takes max_entries as a u32 and allocates what it is told."""
+    return int_range(1, high, "entries")
+
+
+# --stack-storage-size: a stack is 127 u64 return addresses, ~1 KiB; 64 MiB at most
+stack_storage = map_size(65536)
+
+
+def pid_max() -> int:
+    """The kernel's largest PID now (/proc/sys/kernel/pid_max)."""
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return PID_MAX_LIMIT
+
+
+def process_id(text: str) -> int:
+    """An argparse type for a PID: 1 up to the kernel's pid_max."""
+    value = _whole(text)
+    if value < 1 or value > PID_MAX_LIMIT or (checking_host() and value > pid_max()):
+        raise bad_value(f"'{text}' is not a PID (1 up to the kernel's pid_max, {pid_max()})")
+    return value
+
+
+process_id.range_text = "1-pid_max"    # type: ignore[attr-defined]
+
+
+def _readable_head(text: str, what: str, size: int) -> bytes:
+    """The first bytes of a regular file the user named, or a usage error."""
+    try:
+        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)     # a FIFO must not hang us
+    except OSError as exc:
+        raise bad_value(f"'{text}': {exc.strerror} ({what})") from None
+    try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise bad_value(f"'{text}' is not a file ({what})")
+        return os.read(fd, size)
+    except OSError as exc:
+        raise bad_value(f"'{text}': {exc.strerror} ({what})") from None
+    finally:
+        os.close(fd)
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file a command writes (creates or replaces):
+    named, in a directory that exists, and not itself a directory."""
+    if not text:
+        raise bad_value("an empty file name")
+    if not checking_host():
+        return text
+    if os.path.isdir(text):
+        raise bad_value(f"'{text}' is a directory")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise bad_value(f"'{text}': directory {parent} does not exist")
+    return text
+
+
+def sqlite_file(text: str) -> str:
+    """An argparse type for a SQLite store a command adds to: new, empty or SQLite."""
+    output_file(text)
+    if checking_host() and os.path.lexists(text):
+        head = _readable_head(text, "a SQLite store", 16)
+        if head and head != b"SQLite format 3\x00":
+            raise bad_value(f"'{text}' is not a SQLite file")
+    return text
+
+
+def btf_file(text: str) -> str:
+    """An argparse type for --btf: a raw BTF file (BTFHub's .btf) or an ELF
+    file with BTF, recognized by its magic: anything else libbpf would
+    ignore or fail on far from the flag."""
+    if not checking_host():
+        return text
+    head = _readable_head(text, "a kernel BTF file", 4)
+    if head[:2] not in (b"\x9f\xeb", b"\xeb\x9f") and head != b"\x7fELF":
+        raise bad_value(f"'{text}' is not a BTF file (raw BTF, or ELF with a .BTF section)")
+    return text
+
+
+def elf_file(text: str) -> str:
+    """An argparse type for a binary or library to probe: an ELF file."""
+    if not checking_host():
+        return text
+    if _readable_head(text, "an ELF binary or library", 4) != b"\x7fELF":
+        raise bad_value(f"'{text}' is not an ELF binary or library")
+    return text
+
+
+NS_GET_NSTYPE = 0xb703          # ioctl: the CLONE_NEW* type of a namespace file
+CLONE_NEWNET = 0x40000000
+
+
+def netns_ref(text: str) -> str:
+    """An argparse type for a network namespace named as `ip netns` names it,
+    by path (/proc/PID/ns/net) or by inode: it must exist and be a network
+    namespace (/etc/passwd is not one).  The text itself is returned; tools
+    resolve it (core/netattach.netns_path)."""
+    if text.isdigit():
+        if not 1 <= int(text) <= NETNS_INODE_MAX:
+            raise bad_value(f"'{text}' is not a namespace inode (1-{NETNS_INODE_MAX})")
+        if not checking_host():
+            return text
+        from .netattach import netns_path
+        try:
+            netns_path(text)
+        except UsageError as exc:
+            raise bad_value(str(exc)) from None
+        return text
+    if not text or text in (".", "..") or ("/" in text and not text.startswith("/")):
+        raise bad_value(f"'{text}' is not a network namespace (an ip netns name, a path or an inode)")
+    if not checking_host():
+        return text
+    path = text if text.startswith("/") else f"/run/netns/{text}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        return text         # not ours to look at: entering it will say what privilege is missing
+    except OSError as exc:
+        hint = " (ip netns list shows the names)" if not text.startswith("/") else ""
+        raise bad_value(f"network namespace '{text}': {exc.strerror}{hint}") from None
+    try:
+        import fcntl
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        raise bad_value(f"'{text}' is not a network namespace")
+    return text
+
+
+# Whether an argument's validity depended on this host (a PID limit, a
+# file): then the CLI parses it again next run instead of remembering it
+# (core/prefetch.note_args)
+_host_dependent = False
+# Off for flags that are data, not a command to run here (pytrace replay
+# parses a recording's flags, which were checked on the host that ran them)
+_check_host = True
+
+
+def checking_host() -> bool:
+    """Whether a type converter is to check its value against this host now
+    (and, when it does, that the arguments depend on this host)."""
+    global _host_dependent
+    _host_dependent = True
+    return _check_host
+
+
+def skip_host_checks() -> None:
+    global _check_host
+    _check_host = False
+
+
+def parsed_on_host() -> bool:
+    """True if a type converter checked an argument against this host."""
+    return _host_dependent
 
 
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
@@ -99,7 +266,8 @@ def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--ebpf", action="store_true", help="print the BPF C source and exit")
     g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
-    g.add_argument("--btf", metavar="FILE", help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
+    g.add_argument("--btf", metavar="FILE", type=btf_file,
+                   help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
     g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
     add_sink_args(g)
 
@@ -129,6 +297,8 @@ def add_sink_args(g: Any) -> None:
 
 
 def _new_file(text: str) -> str:
+    if not text:
+        raise bad_value("an empty file name")
     if os.path.lexists(text):
         raise bad_value(f"{text} exists: a recording is never overwritten, choose a new name")
     parent = os.path.dirname(os.path.abspath(text))

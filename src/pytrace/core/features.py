@@ -3,7 +3,7 @@ and which tool variants it refused.
 
 A probe loads and attaches one trivial program of a kind (src/bpf/probe.bpf.c)
 and releases it at once.  Results are cached for the running boot in
-/run/pytrace/features.json, so a tool's start skips kinds known to fail here
+features.json (core/cachefile), so a tool's start skips kinds known to fail here
 without paying for a failed load each time.  `pytrace doctor` probes afresh.
 
 A tool variant the kernel refused (its verifier, a tracepoint it lacks) is

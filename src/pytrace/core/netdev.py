@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from .cliutil import bad_value, positive_int
+from .cliutil import bad_value, netns_inode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -30,12 +30,66 @@ def device_name(text: str) -> str:
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", "--dev", type=device_name, metavar="NAME", help="only this network device")
-    p.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
                    help="only devices of this network namespace (inode, as ls -Li /proc/PID/ns/net)")
 
 
 def device_rodata(dev: str | None, netns: int) -> dict:
     return {"targ_dev": (dev or "").encode(), "targ_netns": netns}
+
+
+def check_device_args(args: argparse.Namespace) -> None:
+    """The device tools' CLI: -D/--dev must name a device that exists, in the
+    --netns-id namespace if given, else in any namespace (the filter then
+    matches the name in every one).  A filter on a name that exists nowhere
+    would show nothing, never saying why.  (The library takes any name: a
+    device may be made after the tracer starts.)"""
+    from .errors import UsageError
+    from .netattach import ifindex, netns_path
+    dev, netns = args.dev, args.netns_id
+    if not dev:
+        return
+    if netns:
+        where = None if netns == own_netns() else netns_path(str(netns))
+        try:
+            ifindex(dev, where)
+        except UsageError:
+            raise UsageError(f"--dev {dev}: no such device in netns {netns}") from None
+    elif dev not in _names_anywhere():
+        raise UsageError(f"--dev {dev}: no such device in any network namespace")
+
+
+def _names_anywhere() -> set[str]:
+    """Device names of every network namespace this host has: a process's
+    (its /proc/PID/net/dev) or one kept by `ip netns` (entered to look)."""
+    import socket
+    names = {name for _, name in socket.if_nameindex()}
+    seen = {own_netns()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if ino in seen:
+                continue
+            with open(f"/proc/{pid}/net/dev") as fh:
+                names.update(line.split(":", 1)[0].strip() for line in list(fh)[2:])
+            seen.add(ino)
+        except OSError:
+            continue
+    try:
+        kept = os.listdir("/run/netns")
+    except OSError:
+        kept = []
+    from .netattach import in_netns
+    for name in kept:
+        path = f"/run/netns/{name}"
+        try:
+            if os.stat(path).st_ino in seen:
+                continue
+            with in_netns(path):
+                names.update(n for _, n in socket.if_nameindex())
+        except OSError:
+            continue
+    return names
 
 
 @lru_cache(maxsize=1)

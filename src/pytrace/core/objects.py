@@ -128,12 +128,21 @@ def shipped_btf(release: str | None = None) -> str | None:
 
 def custom_btf() -> str | None:
     """The kernel BTF to relocate against, when not the kernel's own: --btf or
-    PYTRACE_BTF, else, where the kernel shows none, the one this install
-    carries for its release; None when the kernel's own is used."""
+    PYTRACE_BTF (checked: raw BTF or an ELF file), else, where the kernel shows
+    none, the one this install carries for its release; None when the
+    kernel's own is used."""
     p = _btf_override or os.environ.get("PYTRACE_BTF")
     if p:
+        origin = '--btf' if _btf_override else 'PYTRACE_BTF'
         if not os.path.isfile(p):
-            raise PytraceError(f"BTF file {p} (from {'--btf' if _btf_override else 'PYTRACE_BTF'}) does not exist")
+            raise PytraceError(f"BTF file {p} (from {origin}) does not exist")
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(4)
+        except OSError as exc:
+            raise PytraceError(f"BTF file {p} (from {origin}): {exc.strerror}") from None
+        if head[:2] not in (b"\x9f\xeb", b"\xeb\x9f") and head != b"\x7fELF":    # as cliutil.btf_file
+            raise PytraceError(f"{p} (from {origin}) is not a BTF file (raw BTF, or ELF with a .BTF section)")
         return p
     if kernel_has_btf():
         return None

@@ -71,6 +71,8 @@ def start(tool: str, argv: list[str]) -> None:
         st = posix.stat(path)
         if (st.st_size, st.st_mtime_ns) != stamp:  # another build of the object
             return
+        if not all(map(_safe_file, (path, *libs))):   # what is loaded and dlopen'ed here
+            return
         _args = args
         if spec[6]:             # another kernel BTF (--btf, never speculated)
             return
@@ -95,6 +97,19 @@ def start(tool: str, argv: list[str]) -> None:
         _done.release()
         return
     started.acquire(timeout=1)
+
+
+def _safe_file(path: str) -> bool:
+    """Whether only root or we could have written path (a library to
+    dlopen, an object to load): the file and its directory belong to one of
+    us and are writable by no group or other user.  The cache only remembers
+    what this user loaded before; this makes sure it is still what was there."""
+    me = posix.geteuid()
+    for name in (path, path.rpartition("/")[0] or "/"):
+        st = posix.stat(name)
+        if st.st_uid not in (0, me) or st.st_mode & 0o022:
+            return False
+    return True
 
 
 def _open(lb, path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None) -> int:

@@ -31,6 +31,18 @@ def missing(need_net_admin: bool = False) -> list[str]:
 def require(tool: str, need_net_admin: bool = False) -> None:
     lacking = missing(need_net_admin)
     if lacking:
-        raise PytraceError(f"pytrace {tool} needs root, or CAP_BPF and CAP_PERFMON"
+        raise PytraceError(f"{tool} needs root, or CAP_BPF and CAP_PERFMON"
                            f"{' and CAP_NET_ADMIN' if need_net_admin else ''}"
                            f" (missing: {', '.join(lacking)})")
+
+
+def has(cap: int) -> bool:
+    return bool(effective() >> cap & 1)
+
+
+def require_sys_admin(tool: str, what: str) -> None:
+    """What needs CAP_SYS_ADMIN itself, whatever CAP_BPF and CAP_PERFMON allow
+    (entering a network namespace, uprobes on some kernels): said as such,
+    before the system call fails with a bare EPERM."""
+    if not has(CAP_SYS_ADMIN):
+        raise PytraceError(f"{what} needs CAP_SYS_ADMIN, which this process lacks (run pytrace {tool} as root)")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
-from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, positive_int
+from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, process_id
 from .hist import Log2Histogram
 from .loader import Variant
 
@@ -154,7 +154,7 @@ def add_call_arguments(p: argparse.ArgumentParser, tracer: Any, description: str
                        timestamp: bool = True) -> None:
     """-p PID, -P PORTS (and -T unless the tool always prints its time), plus the common flags."""
     p.description = f"{description} {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help=ports_help)
     if timestamp:
         p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")

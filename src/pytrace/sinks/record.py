@@ -170,16 +170,24 @@ class Recorder(Sink):
 
 
 class Recording:
-    """A recording opened for reading (what `pytrace replay` uses)."""
+    """A recording opened for reading (what `pytrace replay` uses).
+
+    A recording is input like any other: whatever the file holds, opening it
+    either gives a header whose every value has the type and shape replay
+    relies on, or raises a one-line error (UsageError for a file that is not
+    a recording, or a damaged one; PytraceError when this user may not read it)."""
 
     def __init__(self, path: str):
         self.path = path
-        if not os.path.isfile(path):
-            raise UsageError(f"{path}: no such file")
+        self._check_readable()
         row, error = None, None
         # read-only first (replay needs no privilege); a recording cut short by a
-        # kill still has its WAL, which only a writable open can fold back in
-        for mode in ("ro", "rw"):
+        # kill still has its WAL, which only a writable open can fold back in.
+        # Without a WAL file the recording is complete: immutable then reads it
+        # even where SQLite could not make its shared-memory file (another
+        # user's recording, in a directory this user may not write).
+        modes = ["ro", "rw"] if os.path.exists(path + "-wal") else ["ro", "ro&immutable=1", "rw"]
+        for mode in modes:
             try:
                 self.db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}",
                                           uri=True)
@@ -189,20 +197,95 @@ class Recording:
             except sqlite3.Error as exc:
                 error = exc
         else:
+            if os.path.exists(path + "-wal") and not os.access(path, os.W_OK):
+                raise PytraceError(f"{path}: its write-ahead log ({path}-wal) was never folded in, and only a "
+                                   f"user who may write the recording can do it (uid {os.geteuid()} may not)") \
+                    from None
             raise UsageError(f"{path}: not a pytrace recording ({error})") from None
         if row is None:
             raise UsageError(f"{path}: not a pytrace recording (empty header)")
-        if row["format_version"] > FORMAT_VERSION:
-            raise UsageError(f"{path}: recording format {row['format_version']} is newer than this pytrace")
-        self.header = dict(row)
-        self.tool: str = row["tool"]
-        self.argv: list[str] = json.loads(row["argv"])
-        self.kind: str | None = row["kind"]
-        self.start_ns: int = row["start_ns"]
-        self.tz: str = row["tz"]
-        self.fields: tuple[str, ...] = tuple(json.loads(row["fields"])) if row["fields"] else ()
-        self.epoch = (row["clock_offset_ns"], row["clock_start_ns"]) if row["clock_offset_ns"] is not None \
-            else None
+        self.header = self._checked(dict(row))
+        self.tool: str = self.header["tool"]
+        self.argv: list[str] = self._json_strings("argv")
+        self.kind: str | None = self.header["kind"]
+        self.start_ns: int = self.header["start_ns"]
+        self.tz: str = self.header["tz"]
+        self.fields: tuple[str, ...] = tuple(self._json_strings("fields")) if self.header["fields"] else ()
+        self.epoch = (self.header["clock_offset_ns"], self.header["clock_start_ns"]) \
+            if self.header["clock_offset_ns"] is not None else None
+        if self.header["record_format"] is not None:
+            try:
+                layout = struct.Struct(self.header["record_format"])
+            except struct.error as exc:
+                raise self._damaged(f"record_format: {exc}") from None
+            if len(layout.unpack(bytes(layout.size))) != len(self.fields):
+                raise self._damaged("record_format and fields disagree")
+        if self.kind in ("events", "mixed") and self.header["record_format"] is None:
+            raise self._damaged("events without a record_format")
+
+    def _check_readable(self) -> None:
+        """The real reason a file cannot be replayed, before SQLite's guess."""
+        import stat
+        path = self.path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except PermissionError:
+            raise PytraceError(f"{path}: permission denied: uid {os.geteuid()} may not reach it "
+                               "(a directory on its path is closed to it)") from None
+        except OSError as exc:
+            raise PytraceError(f"{path}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{path}: not a file")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+        except PermissionError:
+            raise PytraceError(f"{path}: permission denied: uid {os.geteuid()} may not read it "
+                               f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})") from None
+        except OSError as exc:
+            raise PytraceError(f"{path}: {exc.strerror}") from None
+        if head != b"SQLite format 3\x00":
+            raise UsageError(f"{path}: not a pytrace recording (not a SQLite file)")
+
+    # header column: (the types it may have, whether it may be NULL)
+    _COLUMNS = {
+        "format_version": (int, False), "tool": (str, False), "argv": (str, False), "host": (str, False),
+        "kernel": (str, False), "start_ns": (int, False), "tz": (str, False), "pytrace": (str, False),
+        "kind": (str, True), "event": (str, True), "fields": (str, True), "record_format": (str, True),
+        "hook": (str, True), "tracer_class": (str, True), "clock_offset_ns": (int, True),
+        "clock_start_ns": (int, True), "end_ns": (int, True),
+    }
+
+    def _checked(self, header: dict) -> dict:
+        for name, (kind, nullable) in self._COLUMNS.items():
+            if name not in header:
+                raise self._damaged(f"no {name} in its header")
+            value = header[name]
+            if (value is None and not nullable) or (value is not None and type(value) is not kind):
+                raise self._damaged(f"header {name} = {value!r:.40}")
+        if header["format_version"] > FORMAT_VERSION:
+            raise UsageError(f"{self.path}: recording format {header['format_version']} is newer than this pytrace")
+        if header["kind"] not in (None, "events", "snapshots", "mixed"):
+            raise self._damaged(f"kind {header['kind']!r:.40}")
+        # TZ is handed to the C library: a zone name, never a path out of the zone database
+        tz = header["tz"]
+        if ".." in tz or tz.lstrip(":").startswith("/") or not all(c.isalnum() or c in "_+-/:.,<>" for c in tz):
+            raise self._damaged(f"time zone {tz!r:.40}")
+        return header
+
+    def _json_strings(self, column: str) -> list[str]:
+        try:
+            value = json.loads(self.header[column])
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._damaged(f"{column} is not a list of strings")
+        return value
+
+    def _damaged(self, what: str) -> UsageError:
+        return UsageError(f"{self.path}: a damaged or foreign recording ({what})")
 
     def close(self) -> None:
         self.db.close()
@@ -295,18 +378,35 @@ class Recording:
         for _, snap in snaps[si:]:
             yield [], [], snap
 
+    def tracer_class(self) -> type:
+        """The recorded tracer class, if it is one of pytrace's own for the
+        recorded tool: a class with make_event() defined in pytrace.tools.TOOL,
+        or in the tool's own package (pytrace.vnet.tracer for vnet).  A
+        recording names it as text; anything else it names (os:abort,
+        code:interact...) is refused, never imported nor called."""
+        from .. import tools as registry
+        name = self.header["tracer_class"] or ""
+        mod_name, _, qual = name.partition(":")
+        own = mod_name == f"pytrace.tools.{self.tool}" or mod_name.startswith(f"pytrace.{self.tool}.")
+        refused = UsageError(f"{self.path}: its tracer class {name!r:.60} is not pytrace's {self.tool} "
+                             "tracer; refused")
+        if not (registry.exists(self.tool) and own and qual.isidentifier()
+                and all(part.isidentifier() for part in mod_name.split("."))):
+            raise refused
+        import importlib
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError:
+            raise PytraceError(f"{self.path}: this pytrace has no {name} to decode the records") from None
+        kind = getattr(module, qual, None)
+        if not isinstance(kind, type) or kind.__module__ != mod_name or not callable(getattr(kind, "make_event", None)):
+            raise refused
+        return kind
+
     def source(self) -> Any:
         """An unopened instance of the recorded tracer class, set up to decode
         these records: it stands in for the live tracer in the tool's renderer."""
-        import importlib
-        mod_name, _, qual = (self.header["tracer_class"] or ":").partition(":")
-        try:
-            kind: Any = importlib.import_module(mod_name)
-            for part in qual.split("."):
-                kind = getattr(kind, part)
-        except (ImportError, AttributeError, ValueError):
-            raise PytraceError(f"{self.path}: this pytrace has no {self.header['tracer_class']} "
-                               "to decode the records") from None
+        kind = self.tracer_class()
         try:
             src = kind()
         except TypeError:  # the constructor wants arguments: the defaults will do for decoding

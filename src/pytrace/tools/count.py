@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, intervals, process_id, seconds
 from ..core.errors import UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
@@ -258,11 +258,11 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("tracepoints", nargs="*", metavar="TRACEPOINT",
                    help="category:name (also t:category:name), shell wildcards allowed, "
                         "e.g. net:net_dev_xmit 'syscalls:sys_exit_conn*'")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC",
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
+    p.add_argument("-i", "--interval", type=seconds, metavar="SEC",
                    help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-n", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-n", "--count", type=intervals, metavar="N", help="stop after N intervals")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help="count only hits whose fields satisfy EXPR, evaluated in the kernel: "

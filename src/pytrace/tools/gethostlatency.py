@@ -19,14 +19,15 @@ own resolver) are not seen.
 from __future__ import annotations
 
 import ctypes as C
+import errno
 import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import libbpf
+from ..core import libbpf, privileges
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, positive_int, stream_events
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, elf_file, json_renderer, process_id, stream_events
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -136,9 +137,14 @@ class GetHostLatency(EventTracer):
                     obj.keep_link(libbpf.check_ptr(link, f"uprobe {path}:{func}"))
                 attached.append(func)
             except OSError as exc:
-                if func == REQUIRED:
-                    raise PytraceError(f"cannot probe {func} in {path}: {exc.strerror} "
-                                       "(not a glibc-like C library? use --libc PATH)") from None
+                if func != REQUIRED:
+                    continue
+                if exc.errno in (errno.EPERM, errno.EACCES):
+                    # CAP_BPF and CAP_PERFMON do not make uprobes here: not libc's fault
+                    privileges.require_sys_admin(NAME, "attaching uprobes")
+                    raise PytraceError(f"cannot probe {func} in {path}: {exc.strerror}") from None
+                raise PytraceError(f"cannot probe {func} in {path}: {exc.strerror} "
+                                   "(not a glibc-like C library? use --libc PATH)") from None
         self.functions = tuple(attached)
 
     def make_event(self, raw: tuple) -> HostLookup:
@@ -154,8 +160,8 @@ class GetHostLatency(EventTracer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Show latency for getaddrinfo/gethostbyname[2] calls, with uprobes on the C library "
                      "(found automatically; --libc to choose). " + LATENCY_NOTE)
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process (and probe its libc)")
-    p.add_argument("-l", "--libc", metavar="LIBC", help="the libc.so to probe")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process (and probe its libc)")
+    p.add_argument("-l", "--libc", metavar="LIBC", type=elf_file, help="the libc.so to probe")
     add_common(p, [v.hook for v in GetHostLatency.VARIANTS])
 
 

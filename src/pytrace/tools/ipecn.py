@@ -19,8 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, positive_int, stream_events)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
+                            netns_inode, stream_events)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.socklayer import protocol_name
@@ -98,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all-ect", action="store_true",
                    help="also packets marked ECT(0)/ECT(1) (ECN-capable, not congested)")
     add_family_args(p)
-    p.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
                    help="only packets received in this network namespace (inode, as ls -Li /proc/PID/ns/net)")
     add_common(p, [v.hook for v in IpEcn.VARIANTS])
 

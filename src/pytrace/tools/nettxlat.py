@@ -27,7 +27,7 @@ from ..core.cliutil import add_common
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
-from ..core.netdev import add_device_args, dev_label, device_rodata
+from ..core.netdev import add_device_args, check_device_args, dev_label, device_rodata
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
@@ -113,6 +113,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     check_interval_args(args)
+    check_device_args(args)
     tracer = NetTxLat(dev=args.dev, netns=args.netns_id, ns=args.nanoseconds, hook=args.hook)
     with tracer:
         return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_sink_args, bad_value, positive_int, publish
+from ..core.cliutil import add_sink_args, bad_value, intervals, netns_ref, publish, seconds
 from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
 
@@ -185,16 +185,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "look at first: retransmits, listen overflows and drops, resets, errors.")
     p.add_argument("patterns", nargs="*", type=pattern, metavar="PATTERN",
                    help="only counters matching these shell patterns (e.g. 'TcpExt*' '*Retrans*')")
-    p.add_argument("-i", "--interval", type=positive_int, default=1, metavar="SEC",
+    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
                    help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("-a", "--absolute", action="store_true",
                    help="print the values since boot once and exit")
     p.add_argument("-z", "--zeros", action="store_true", help="also show counters that did not change")
     p.add_argument("-k", "--key", action="store_true", help="only the marked (key) counters")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each interval")
-    p.add_argument("-N", "--netns", metavar="NS",
+    p.add_argument("-N", "--netns", metavar="NS", type=netns_ref,
                    help="counters of this network namespace (ip netns name, path or inode)")
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per counter and interval")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, print_loop, timestamp_line
-from ..core.cliutil import add_common, positive_int, wall_iso
+from ..core.cliutil import add_common, netns_inode, stack_storage, wall_iso
 from ..core.drops import DropNames
 from ..core.errors import PytraceError
 from ..core.loader import Variant
@@ -121,9 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-S", "--no-stacks", action="store_true", help="count by reason and protocol only")
     p.add_argument("-N", "--no-unspecified", action="store_true",
                    help="leave out drops without a specific reason (NOT_SPECIFIED)")
-    p.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
                    help="only drops in this network namespace (inode, as ls -Li /proc/PID/ns/net)")
-    p.add_argument("--stack-storage-size", type=positive_int, default=STACK_STORAGE, metavar="N",
+    p.add_argument("--stack-storage-size", type=stack_storage, default=STACK_STORAGE, metavar="N",
                    help=f"distinct stacks kept (default {STACK_STORAGE})")
     add_interval_args(p)
     add_common(p, [v.hook for v in SkbDrop.VARIANTS])

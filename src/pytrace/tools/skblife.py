@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, process_id
 from ..core.errors import PytraceError
 from ..core.hist import Log2Histogram
 from ..core.ksyms import kernel_symbols
@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Histogram of skb lifespans: slab allocation (kmem_cache_alloc from the skbuff caches) "
                      "to free (kmem_cache_free), as the book's skblife.bt. skbs recycled through the per-CPU "
                      "NAPI cache (bulk alloc/free) are not seen.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0,
+    p.add_argument("-p", "--pid", type=process_id, default=0,
                    help="only skbs allocated while this process runs (its sends, receive work in its context)")
     p.add_argument("-u", "--microseconds", action="store_true", help="histogram in microseconds")
     add_interval_args(p)

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, process_id
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
@@ -61,7 +61,7 @@ class So1stByte(Tracer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize the time from IP connect() to the first byte read on the socket, "
                      "as histograms per process; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     add_interval_args(p)
     add_common(p, [v.hook for v in So1stByte.VARIANTS])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, positive_int
+from ..core.cliutil import add_common, add_family_args, family_of, process_id
 from ..core.socklayer import DIRS, cstr, sock_io_variants
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
@@ -90,7 +90,7 @@ ROWS = Rows(SocketIOCount, labels=("pid", "comm", "dir", "family", "protocol", "
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count socket I/O calls and bytes by process, direction, protocol and remote "
                      "port; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-L", "--lport", action="store_true", help="also key by local port")
     add_family_args(p, "sockets")
     add_interval_args(p)

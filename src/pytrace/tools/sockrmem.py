@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, positive_int,
-                            release_stops)
+from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, process_id,
+                            release_stops, seconds)
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
@@ -127,9 +127,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize socket receive buffer fill (rmem_alloc) and limit (rcvbuf) at each receive "
                      "as histograms, printed at Ctrl-C or every interval, and print full receive queues "
                      f"and exceeded protocol memory limits as they happen. {LATENCY_NOTE}")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="histograms of this process only")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="histograms of this process only")
+    p.add_argument("-i", "--interval", type=seconds, metavar="SEC", help="print (and reset) every SEC seconds")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
     add_common(p, [v.hook for v in SockRmem.VARIANTS])
 

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, process_id
 from ..core.hist import Log2Histogram
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
 from ..core.tracer import Tracer
@@ -55,7 +55,7 @@ class SockSize(Tracer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize socket send and receive sizes as histograms per process; printed at "
                      "Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-C", "--by-comm", action="store_true", help="one histogram per command name, not per PID")
     add_interval_args(p)
     add_common(p, [v.hook for v in SockSize.VARIANTS])

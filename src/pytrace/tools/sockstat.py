@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.aggregate import local_time, print_loop
 from ..core.bpfobject import ncpus_possible
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, intervals, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
 from ..core.tracer import Tracer
@@ -95,11 +95,11 @@ class SockStat(Tracer):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Count socket system calls and socket sends/receives, printed every interval."
-    p.add_argument("-i", "--interval", type=positive_int, default=1, metavar="SEC",
+    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
                    help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-z", "--zeros", action="store_true", help="also print counters that are 0")
     add_common(p, [v.hook for v in SockStat.VARIANTS])
 

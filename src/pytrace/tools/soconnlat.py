@@ -23,7 +23,7 @@ from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, process_id
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
@@ -105,7 +105,7 @@ class SoConnLat(Tracer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Summarize IP connect() latency as histograms per calling user stack and "
                      "process; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     p.add_argument("-S", "--no-stacks", action="store_true", help="do not key by user stack")
     add_interval_args(p)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, process_id
 from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name
 from ..core.tracer import Tracer
@@ -80,7 +80,7 @@ ROWS = Rows(FamilyCount, labels=("kind", "pid", "comm", "family"), values=("coun
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count new sockets (socket()), connects and accepts by address family and "
                      "process; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     add_interval_args(p)
     add_common(p, [v.hook for v in SoFamily.VARIANTS])
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, intervals, seconds
 from ..core.loader import Variant
 from ..core.tracer import Tracer
 
@@ -132,8 +132,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--timestamp", action="store_true", help="include timestamp on output")
     p.add_argument("-N", "--nanoseconds", action="store_true", help="output in nanoseconds")
     p.add_argument("-d", "--dist", action="store_true", help="show distributions as histograms")
-    p.add_argument("interval", nargs="?", type=positive_int, help="output interval, in seconds")
-    p.add_argument("count", nargs="?", type=positive_int, help="number of outputs")
+    p.add_argument("interval", nargs="?", type=seconds, help="output interval, in seconds")
+    p.add_argument("count", nargs="?", type=intervals, help="number of outputs")
     add_common(p, [v.hook for v in SoftIrqs.VARIANTS])
 
 

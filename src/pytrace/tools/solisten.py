@@ -21,8 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, add_common, int_range, json_renderer,
-                            run_stream)
+from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, int_range, json_renderer, process_id, run_stream
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -93,7 +92,7 @@ def netns_inode(pid: int | str = "self") -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace listen() on TCP sockets. {LATENCY_NOTE}"
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME column (HH:MM:SS)")
-    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-n", "--netns", type=int_range(0, 0xffffffff), default=0,
                    help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     p.add_argument("--show-netns", action="store_true", help="include a NETNS column")

@@ -18,7 +18,7 @@ import errno
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import add_common, positive_int
+from ..core.cliutil import add_common, intervals, process_id, seconds, stack_storage
 from ..core.ksyms import kernel_symbols
 from ..core.usyms import process_symbols
 from ..sinks.snapshot import Series, Snapshot
@@ -50,10 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "the kernel and printed (fewest first) at the end or every interval.")
     p.add_argument("tracepoints", nargs="*", metavar="TRACEPOINT",
                    help="category:name (also t:category:name), shell wildcards allowed")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print (and reset) every SEC seconds")
-    p.add_argument("-D", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-n", "--count", type=positive_int, metavar="N", help="stop after N intervals")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
+    p.add_argument("-i", "--interval", type=seconds, metavar="SEC", help="print (and reset) every SEC seconds")
+    p.add_argument("-D", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-n", "--count", type=intervals, metavar="N", help="stop after N intervals")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
     p.add_argument("-P", "--perpid", action="store_true", help="separate stacks per process")
     only = p.add_mutually_exclusive_group()
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--folded", action="store_true", help="folded output (for flame graphs)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help="count only hits whose fields satisfy EXPR, in the kernel (see pytrace count -h)")
-    p.add_argument("--stack-storage-size", type=positive_int, default=STACK_STORAGE, metavar="N",
+    p.add_argument("--stack-storage-size", type=stack_storage, default=STACK_STORAGE, metavar="N",
                    help=f"distinct stacks kept (default {STACK_STORAGE})")
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 

@@ -21,8 +21,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, positive_int, stream_events)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
+                            process_id, stream_events)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "any ping on this host (IPv4 and IPv6). With kprobes: __ip_local_out (ip6_send_skb) -> icmp_rcv, as "
                      "the book's superping.bt; without: at device level (net_dev_queue -> "
                      f"netif_receive_skb), which includes the qdisc. {LATENCY_NOTE}")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="only pings sent by this process")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="only pings sent by this process")
     add_family_args(p)
     p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS prefix")
     p.add_argument("-w", "--wide", action="store_true", help="also show the hosts, netns and the ping process")

@@ -19,8 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Clock, Output, SinceFirst, add_common,
-                            add_family_args, family_of, int_range, json_renderer, ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
+                            json_renderer, ports, process_id, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP accepts. {LATENCY_NOTE}"
     p.add_argument("-T", "--time", action="store_true", help="include a TIME column (HH:MM:SS)")
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these local ports (comma list)")
     add_family_args(p)
     add_common(p, [v.hook for v in TcpAccept.VARIANTS])

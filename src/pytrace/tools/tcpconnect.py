@@ -34,8 +34,8 @@ from typing import Any
 
 from ..core import tracefs
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
-                            family_of, int_range, json_renderer, ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, family_of, int_range,
+                            json_renderer, ports, process_id, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -176,7 +176,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "ETIMEDOUT, ..., ABORTED); a line appears when the outcome is known. "
                      + LATENCY_NOTE)
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS",
                    help="only these destination ports (comma list)")
     add_family_args(p)

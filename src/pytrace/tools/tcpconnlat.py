@@ -18,8 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
-                            bad_value, family_of, int_range, json_renderer, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, bad_value, family_of,
+                            json_renderer, process_id, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -99,7 +99,7 @@ def min_latency(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP connects and show their latency (SYN sent to established). {LATENCY_NOTE}"
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
     add_family_args(p)
     p.add_argument("duration_ms", nargs="?", type=min_latency, default=0.0, metavar="MIN_MS",

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, positive_int, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
+                            netns_inode, process_id, run_stream)
 from ..core.drops import TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
@@ -134,9 +134,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace TCP drops by the kernel. {LATENCY_NOTE}"
     add_family_args(p)
     ns = p.add_mutually_exclusive_group()
-    ns.add_argument("--netns-id", type=positive_int, default=0, metavar="INODE",
+    ns.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
                     help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)")
-    ns.add_argument("--pid-netns", type=positive_int, default=0, metavar="PID",
+    ns.add_argument("--pid-netns", type=process_id, default=0, metavar="PID",
                     help="only the network namespace of this process")
     add_common(p, [v.hook for v in TcpDrop.VARIANTS])
 

@@ -18,7 +18,7 @@ ms runs from the last of SYN_SENT/SYN_RECV/ESTABLISHED to CLOSE, as in BCC.
 from __future__ import annotations
 
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
-                            json_renderer, ports, positive_int, run_stream)
+                            json_renderer, ports, process_id, run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
@@ -111,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timestamp", action="store_true", help="include a timestamp column (seconds)")
     p.add_argument("-w", "--wide", action="store_true", help="wide column output (fits IPv6 addresses)")
     p.add_argument("-s", "--csv", action="store_true", help="comma separated values output")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-L", "--localport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
     p.add_argument("-D", "--remoteport", type=ports("-D"), metavar="PORTS",
                    help="only these remote ports (comma list)")

@@ -34,7 +34,7 @@ from typing import Any
 from ..core import libbpf
 from ..core.aggregate import add_interval_args, check_interval_args, print_loop, timestamp_line
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, positive_int, wall_iso
+from ..core.cliutil import add_common, process_id, wall_iso
 from ..core.errors import PytraceError, UsageError
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
@@ -141,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(sockops BPF TX timestamping, Linux 6.15+): the socket's Nagle setting at each send, and the "
         "delays send -> device queue (blocked), queue -> driver (xmit) and driver -> ACK (acked) of the last "
         "skb of each send; only connections established after the start, in the watched cgroup.")
-    p.add_argument("-p", "--pid", type=positive_int, default=0,
+    p.add_argument("-p", "--pid", type=process_id, default=0,
                    help="only sends (kprobe: tcp_write_xmit calls) made in this process's context")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     p.add_argument("--cgroup", metavar="PATH",
@@ -180,8 +180,11 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     check_interval_args(args)
-    if args.cgroup is not None and not os.path.isdir(args.cgroup):
-        raise UsageError(f"--cgroup {args.cgroup}: not a directory")
+    if args.cgroup is not None:
+        root = cgroup2_root()
+        real = os.path.realpath(args.cgroup)
+        if not os.path.isdir(real) or os.path.commonpath((real, root)) != root:
+            raise UsageError(f"--cgroup {args.cgroup}: not a cgroup v2 directory (under {root})")
     tracer = TcpNagle(pid=args.pid, ms=args.milliseconds, cgroup=args.cgroup, hook=args.hook)
     with tracer:
         return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),

@@ -19,7 +19,7 @@ import ipaddress
 from typing import Any
 
 from ..core.aggregate import print_loop, timestamp_line
-from ..core.cliutil import address, add_common, port, positive_int, wall_iso
+from ..core.cliutil import add_common, address, port, seconds, wall_iso
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -83,8 +83,8 @@ class TcpRtt(Tracer):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Summarize TCP RTT as a histogram."
-    p.add_argument("-i", "--interval", type=positive_int, metavar="SEC", help="print every SEC seconds")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-i", "--interval", type=seconds, metavar="SEC", help="print every SEC seconds")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
     p.add_argument("-m", "--millisecond", action="store_true", help="histogram in milliseconds")
     p.add_argument("-p", "--lport", type=port, default=0, help="only this local port")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_common, bad_value, positive_int
+from ..core.cliutil import add_common, bad_value, netns_ref, seconds
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import Tracer
@@ -168,11 +168,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-J", dest="json", action="store_true", help="format output in JSON (same as --json)")
     p.add_argument("-f", "--format", default="B", choices=list(FORMATS),
                    help="[bkmBKM] format to report: bits, Kbits, Mbits, bytes, KBytes, MBytes (default B)")
-    p.add_argument("-i", "--interval", type=positive_int, default=1,
+    p.add_argument("-i", "--interval", type=seconds, default=1,
                    help="output interval, in seconds (default 1)")
     # resolved when the tracer starts, not here: `pytrace replay` parses these
     # flags again after the namespace may be gone
-    p.add_argument("-N", "--netns", default=0,
+    p.add_argument("-N", "--netns", default=0, type=netns_ref,
                    help="only sockets of this network namespace (inode, /proc/PID/ns/net or ip netns name)")
     add_common(p, [v.hook for v in TcpSubnet.VARIANTS])
 

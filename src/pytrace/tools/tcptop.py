@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, local_time, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, positive_int
+from ..core.cliutil import add_common, add_family_args, family_of, int_range, intervals, process_id, seconds
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
 from ..core.tracer import Tracer
@@ -110,22 +110,18 @@ class TcpTop(Tracer):
 
 # -- command line ---------------------------------------------------------------
 
-def _rows(text: str) -> int:
-    return min(positive_int(text), MAX_ROWS)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Summarize TCP send/recv throughput by host (and process)."
     p.add_argument("-C", "--noclear", action="store_true", help="don't clear the screen")
     p.add_argument("-S", "--nosummary", action="store_true", help="skip system summary line")
-    p.add_argument("-p", "--pid", type=positive_int, default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     add_family_args(p)
     p.add_argument("-s", "--sort", choices=SORTS, default="all",
                    help="sort by sent + received (all, default), sent, or received bytes")
-    p.add_argument("-r", "--rows", type=_rows, default=20, help="maximum rows to print (default 20)")
-    p.add_argument("interval", nargs="?", type=positive_int, default=1,
+    p.add_argument("-r", "--rows", type=int_range(1, MAX_ROWS), default=20, help="maximum rows to print (default 20)")
+    p.add_argument("interval", nargs="?", type=seconds, default=1,
                    help="output interval, in seconds (default 1)")
-    p.add_argument("count", nargs="?", type=positive_int, help="number of outputs")
+    p.add_argument("count", nargs="?", type=intervals, help="number of outputs")
     add_common(p, [v.hook for v in TcpTop.VARIANTS])
 
 

@@ -22,8 +22,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, PID_MAX_LIMIT, Output, SinceFirst, add_common, add_family_args,
-                            family_of, int_range, json_renderer, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, family_of, int_range,
+                            json_renderer, process_id, run_stream)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(TYPE words, NETNS column, TIME(ns)); --libbpf-log shows libbpf's log. " + LATENCY_NOTE)
     p.add_argument("-t", "--timestamp", action="store_true",
                    help="include a TIME(s) column (TIME(ns) with -v), since the first event")
-    p.add_argument("-p", "--pid", type=int_range(1, PID_MAX_LIMIT), default=0, help="trace this PID only")
+    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-N", "--netns", type=int_range(0, 0xffffffff), default=0,
                    help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     add_family_args(p)

@@ -35,10 +35,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..core import netattach
+from ..core import netattach, privileges
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
-from ..core.cliutil import add_common, bad_value, nonneg_int, port, positive_int, release_stops, wall_iso
+from ..core.cliutil import (add_common, bad_value, intervals, map_size, netns_ref, nonneg_int, port, release_stops,
+                            seconds, wall_iso)
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -158,6 +159,10 @@ class TunnelMon(Tracer):
     def open(self):
         # Hold the namespace open while we are attached in it: detaching then
         # happens in the same namespace even if its name is removed meanwhile.
+        if self.netns not in (None, ""):
+            # what is missing, before setns fails with a bare EPERM
+            privileges.require(self.OBJECT, need_net_admin=True)
+            privileges.require_sys_admin(self.OBJECT, "entering another network namespace (--netns)")
         path = netattach.netns_path(self.netns)
         if path is not None:
             self._ns_fd = os.open(path, os.O_RDONLY)
@@ -242,6 +247,9 @@ class TunnelMon(Tracer):
 SORT_KEYS = tuple(c.lower() for c in COLUMNS) + ("bytes", "pkts")
 
 
+MAX_FLOWS = 1 << 20      # --max-flows: ~100 MiB of flow table at most
+
+
 def sort_key(name: str) -> str:
     key = name.lower()
     if key not in SORT_KEYS:
@@ -268,18 +276,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count VXLAN traffic on an underlay device per (outer pair, VNI, inner pair). "
                      "SRC is this host's side; TX what it sent, RX what it received.")
     p.add_argument("--dev", metavar="DEV", help="underlay device to monitor (required)")
-    p.add_argument("--netns", metavar="NS", help="network namespace of DEV (ip netns name, path or inode)")
+    p.add_argument("--netns", metavar="NS", type=netns_ref, help="network namespace of DEV (ip netns name, path or inode)")
     p.add_argument("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)")
     p.add_argument("--xdp", action="store_true", help="XDP on ingress instead of tc (sees RX only)")
-    p.add_argument("-i", "--interval", type=positive_int, default=1, metavar="SEC",
+    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
                    help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=positive_int, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="total run time in seconds")
+    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
+    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("--sort", type=sort_key, default="bytes", metavar="COL",
                    help="sort rows by this column (default: tx+rx bytes, largest first)")
     p.add_argument("-r", "--rows", type=nonneg_int, default=0, metavar="N", help="print at most N rows (0: all)")
     p.add_argument("--cumulative", action="store_true", help="totals since start, not per interval")
-    p.add_argument("--max-flows", type=positive_int, default=10240, metavar="N",
+    p.add_argument("--max-flows", type=map_size(MAX_FLOWS), default=10240, metavar="N",
                    help="room for N (outer, VNI, inner) keys in the kernel (default 10240)")
     p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
                    help="serve a live chord diagram on ADDR:PORT (ADDR default 127.0.0.1)")

@@ -24,8 +24,9 @@ import time
 from typing import Any
 
 from ..core import cliutil
-from ..core.cliutil import add_common, bad_value, positive_int
+from ..core.cliutil import add_common, bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
 from ..core.errors import PytraceError, UsageError
+from ..core.netdev import device_name
 from ..vnet.tracer import EGRESS_TP, TC, XDP, flow_text
 
 TYPE_CHECKING = False
@@ -60,11 +61,35 @@ def host_offset(text: str) -> tuple[str, int]:
     return host, duration_ns(value)
 
 
+_ring_mb_range = int_range(1, 1024)     # a GiB of ring at most
+
+
+def _label(text: str) -> str:
+    """A host label of the records: a word (records, reports and InfluxDB tags carry it)."""
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise bad_value(f"'{text}' is not a host label (printable, no spaces)")
+    return text
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)(?:[kmgt]i?)?(?:bit|bps)?", re.IGNORECASE)
+
+
+def tc_rate(text: str) -> str:
+    """A tc rate as `tc qdisc add ... tbf rate` takes it: 4mbit, 117kbit, 1gbps..."""
+    m = _RATE.fullmatch(text)
+    if not m or not float(m.group(1)) > 0:
+        raise bad_value(f"'{text}' is not a tc rate (e.g. 4mbit, 117kbit, 1gbit)")
+    return text
+
+
 def ring_mb(text: str) -> int:
-    n = positive_int(text)
+    n = _ring_mb_range(text)
     if n & (n - 1):
         raise bad_value(f"'{text}' is not a power of two")
     return n
+
+
+ring_mb.range_text = _ring_mb_range.range_text      # type: ignore[attr-defined]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,12 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Trace the points of a TOML config file; store every record (SQLite, "
                                    "and InfluxDB with --influx). SIGHUP re-reads the config file.")
     r.add_argument("-c", "--config", metavar="FILE", help="trace points and selector (TOML; required)")
-    r.add_argument("-o", "--db", default="vnet.db", metavar="FILE", help="SQLite store (default vnet.db; appended)")
-    r.add_argument("--host", metavar="NAME", help="host label of the records (default: config host, else hostname)")
+    r.add_argument("-o", "--db", default="vnet.db", type=sqlite_file, metavar="FILE", help="SQLite store (default vnet.db; appended)")
+    r.add_argument("--host", metavar="NAME", type=_label, help="host label of the records (default: config host, else hostname)")
     r.add_argument("--clock-offset", type=duration_ns, default=0, metavar="DUR",
                    help="add DUR (e.g. 250ms, -3us) to every timestamp: simulate a host with a skewed clock")
-    r.add_argument("--ctl", metavar="SOCKET", help="listen for `pytrace vnet ctl` on this unix socket")
-    r.add_argument("-d", "--duration", type=positive_int, metavar="SEC", help="stop after SEC seconds")
+    r.add_argument("--ctl", metavar="SOCKET", type=output_file, help="listen for `pytrace vnet ctl` on this unix socket")
+    r.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="stop after SEC seconds")
     r.add_argument("-q", "--quiet", action="store_true", help="store only, print no records")
     r.add_argument("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")
     add_common(r, HOOKS)
@@ -98,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="use this clock offset for HOST (relative to the reference) instead of estimating it")
     rp.add_argument("--reference", metavar="HOST", help="the host whose clock the others are aligned to")
     rp.add_argument("--flows", action="store_true", help="also a table per flow")
-    rp.add_argument("--plot", metavar="FILE.svg", help="write the per-segment distributions as SVG")
+    rp.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     rp.add_argument("--json", action="store_true", help="the report as one JSON object")
     rp.add_argument("-v", "--verbose", action="store_true", help="details on errors")
 
@@ -107,14 +132,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "bridge, VXLAN between the hosts over an underlay veth; a bounded UDP echo "
                                    "between the containers, traced at all 16 hops; the report. Everything "
                                    "is removed on exit.")
-    d.add_argument("-n", "--count", type=positive_int, default=200, help="datagrams from cA to cB (default 200)")
-    d.add_argument("--size", type=positive_int, default=200, help="UDP payload bytes (default 200)")
-    d.add_argument("--burst", type=positive_int, default=1, help="datagrams sent before waiting for echoes")
+    d.add_argument("-n", "--count", type=int_range(1, 1_000_000), default=200, help="datagrams from cA to cB (default 200)")
+    d.add_argument("--size", type=int_range(16, 1400), default=200, help="UDP payload bytes (default 200)")
+    d.add_argument("--burst", type=int_range(1, 1024), default=1, help="datagrams sent before waiting for echoes")
     d.add_argument("--sample", type=positive_int, default=1, help="trace 1 flow in N")
     d.add_argument("--tbf", metavar="HOST:DEV", help="add a tbf qdisc on this hop first (e.g. hA:ul0)")
-    d.add_argument("--tbf-rate", default="4mbit", metavar="RATE", help="its rate (default 4mbit)")
-    d.add_argument("-o", "--db", metavar="FILE", help="also keep the records in this SQLite store")
-    d.add_argument("--plot", metavar="FILE.svg", help="write the per-segment distributions as SVG")
+    d.add_argument("--tbf-rate", default="4mbit", type=tc_rate, metavar="RATE", help="its rate (default 4mbit)")
+    d.add_argument("-o", "--db", metavar="FILE", type=sqlite_file, help="also keep the records in this SQLite store")
+    d.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     d.add_argument("--flows", action="store_true", help="also a table per flow")
     add_common(d, HOOKS)
 
@@ -126,8 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ops = c.add_subparsers(dest="op", metavar="{add,remove,list,reload}", required=True)
     a = ops.add_parser("add", help="attach a new point")
     a.add_argument("label")
-    a.add_argument("--device", required=True)
-    a.add_argument("--netns", help="ip netns name, path or inode (default: the recorder's)")
+    a.add_argument("--device", required=True, type=device_name)
+    a.add_argument("--netns", type=netns_ref, help="ip netns name, path or inode (default: the recorder's)")
     a.add_argument("--direction", required=True, choices=("ingress", "egress"))
     a.add_argument("--method", required=True,
                    choices=("tc", "xdp", "tracepoint", "net_dev_queue", "netif_receive_skb"))
@@ -386,7 +411,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..vnet.tracer import VnetTracer
 
     tbf = None
-    if args.tbf:
+    if args.tbf is not None:
         role, _, dev = args.tbf.partition(":")
         if role not in ("hA", "hB", "cA", "cB") or dev not in ("ul0", "vx0", "veth0", "br0", "eth0"):
             raise UsageError(f"--tbf {args.tbf}: HOST:DEV with HOST hA, hB, cA or cB and DEV ul0, vx0, "

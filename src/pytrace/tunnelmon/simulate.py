@@ -36,6 +36,7 @@ import argparse
 import heapq
 import ipaddress
 import os
+import re
 import selectors
 import signal
 import socket
@@ -56,6 +57,7 @@ OVERLAY = ipaddress.ip_network("203.0.113.0/24")
 OVERLAY_V6 = ipaddress.ip_network("2001:db8:1::/64")
 OVERLAY_FIRST = 10                  # first client address: 203.0.113.10
 MAX_CLIENTS = 240
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")     # a prefix of namespace names
 CLIENT_MTU = 1400                   # under the VXLAN MTU for either underlay
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
@@ -129,6 +131,8 @@ class Simulation:
             raise UsageError("VNIs: distinct numbers from 1 to 16777215")
         if not 0 < port < 65536:
             raise UsageError(f"port {port}: not a UDP port number (1-65535)")
+        if name is not None and not _NAME.fullmatch(name):
+            raise UsageError(f"name '{name}': 1 to 32 letters, digits, '-' or '_' (it prefixes namespace names)")
         self.name = name or f"pt-tm{os.getpid()}"
         self.ipv6, self.inner_ipv6, self.port, self.vnis = ipv6, inner_ipv6, port, tuple(vnis)
         self.underlay_ns = f"{self.name}-ul"
@@ -272,7 +276,7 @@ class Simulation:
             raise UsageError("rate: must be greater than 0")
         if not 0 <= size <= CLIENT_MTU - 48:
             raise UsageError(f"size: 0 to {CLIENT_MTU - 48} bytes")
-        loud_client = self.client(loud) if loud else None
+        loud_client = self.client(loud) if loud is not None else None
         srcs = [self.client(n) for n in sources] if sources is not None else self.clients
         flows: list[Flow] = []
         for src in srcs:
@@ -438,13 +442,13 @@ def _client_rate(text: str) -> tuple[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.cliutil import positive_int, nonneg_int, port
+    from ..core.cliutil import MAX_SECONDS, int_range, port, positive_int
     from ..tools.tunnelmon import web_address
     p.description = ("Build N hosts (network namespaces) on an underlay bridge with a VXLAN overlay "
                      "between them and several clients per host in different VNIs, and send pings "
                      "between the clients.  Everything is removed on exit, Ctrl-C or SIGTERM.")
-    p.add_argument("--hosts", type=positive_int, default=3, metavar="N", help="hosts (default 3)")
-    p.add_argument("--clients", type=positive_int, default=3, metavar="N", help="clients per host (default 3)")
+    p.add_argument("--hosts", type=int_range(2, MAX_CLIENTS), default=3, metavar="N", help="hosts (default 3)")
+    p.add_argument("--clients", type=int_range(1, MAX_CLIENTS), default=3, metavar="N", help="clients per host (default 3)")
     p.add_argument("--vnis", type=_vni_list, default=[100, 200], metavar="LIST",
                    help="VNIs, clients spread over them in turn (default 100,200)")
     p.add_argument("--ipv6", action="store_true", help="IPv6 underlay (2001:db8::/64) instead of 192.0.2.0/24")
@@ -453,9 +457,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)")
     p.add_argument("--rate", type=_rate, default=5.0, metavar="PPS", help="pings per second per flow (default 5)")
     p.add_argument("--count", type=positive_int, metavar="N", help="pings per flow (default: until the duration ends)")
-    p.add_argument("-d", "--duration", type=nonneg_int, default=30, metavar="SEC",
+    p.add_argument("-d", "--duration", type=int_range(0, MAX_SECONDS, "seconds"), default=30, metavar="SEC",
                    help="stop sending after SEC seconds (default 30; 0: until Ctrl-C)")
-    p.add_argument("--size", type=nonneg_int, default=56, metavar="BYTES", help="ICMP payload (default 56)")
+    p.add_argument("--size", type=int_range(0, CLIENT_MTU - 48), default=56, metavar="BYTES", help="ICMP payload (default 56)")
     p.add_argument("--loud", metavar="CLIENT", help="this client (e.g. h0c1) sends --loud-factor times more")
     p.add_argument("--loud-factor", type=positive_int, default=10, metavar="N", help="default 10")
     p.add_argument("--client-rate", type=_client_rate, action="append", default=[], metavar="CLIENT=PPS",
@@ -471,7 +475,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     sim = Simulation(args.hosts, args.clients, args.vnis, ipv6=args.ipv6, port=args.port, name=args.name,
                      inner_ipv6=args.inner_ipv6)
-    sources = [s.strip() for s in args.sources.split(",")] if args.sources else None
+    sources = [s.strip() for s in args.sources.split(",")] if args.sources is not None else None
     rates = dict(args.client_rate)
     # validate the traffic options before building anything
     sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates, args.inner_ipv6)
