@@ -25,7 +25,32 @@ def _help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] not in _COMMANDS and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
+    from .core import stops     # built-ins only: ~0.1 ms
+    tool = bool(argv) and argv[0] not in _COMMANDS
+    if tool:
+        # Before anything is loaded (the prefetch thread below loads and
+        # attaches): a stop from here on is held until the tool's loop can
+        # print what was traced (cliutil.release_stops), and never meets
+        # Python's default handlers (KeyboardInterrupt out of an import:
+        # status 130; SIGTERM: killed with nothing released).
+        stops.install_signal_handlers(hold=True)
+    try:
+        return _dispatch(argv, tool)
+    except (KeyboardInterrupt, stops.Terminate):
+        # How a tool is stopped, even when the stop lands before or after its
+        # loop (everything it held was released on the way out).  A command
+        # other than a tool interrupted by Ctrl-C: the shell's 128 + SIGINT.
+        return 0 if tool else 130
+    except BrokenPipeError:
+        # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
+        _drop_stdout()
+        return 0
+    finally:
+        _settle_stdout()
+
+
+def _dispatch(argv: list[str], tool: bool) -> int:
+    if tool and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
         # First of all, so that the load overlaps every import (core/prefetch)
         from .core import prefetch
         prefetch.start(argv[0], argv[1:])
@@ -61,18 +86,34 @@ def main(argv: list[str] | None = None) -> int:
             _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
-        # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        raise                   # not an error to report: main ends quietly
     except OSError as exc:
         if verbose:
             _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return 1
+
+
+def _drop_stdout() -> None:
+    """What is still to be written to stdout goes nowhere: the reader left,
+    or the disk is full.  Otherwise Python's last flush, at exit, fails
+    again and prints 'Exception ignored ...' with a traceback."""
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _settle_stdout() -> None:
+    """Flush stdout now, while a failure can still be handled: a write that
+    failed (full disk, reader gone) leaves its data in the buffer, and
+    Python's flush at exit would fail on it with a traceback."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):       # ValueError: stdout closed
+        try:
+            _drop_stdout()
+        except (OSError, ValueError):
+            pass
 
 
 # Flags with which a speculative load would be wasted (help, --ebpf) or
@@ -112,10 +153,10 @@ def _run_tool(name: str, argv: list[str]) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     if getattr(args, "btf", None):
         objects.set_custom_btf(args.btf)
-    # Stops are held until the tool's loop starts, so that one landing while
-    # the tool starts up is raised where the loop prints what was traced
-    # (cliutil.release_stops); a tool that ends before its loop ends the hold.
-    cliutil.install_signal_handlers(hold=True)
+    # Stops are held (since main) until the tool's loop starts, so that one
+    # landing while the tool starts up is raised where the loop prints what
+    # was traced (cliutil.release_stops); a tool that ends before its loop
+    # ends the hold.
     sinks = None
     failed = True
     try:
@@ -147,7 +188,12 @@ def _run_tool(name: str, argv: list[str]) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        rc = main()
+    finally:
+        from .core import stops
+        stops.ignore_stops()    # Python's finalization must not die of a late stop
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import errno
 import os
 import sys
 import time
-from _signal import SIGHUP, SIGINT, SIGTERM, signal
 
-from .errors import UsageError
+from .errors import PytraceError, UsageError
 from .net import AF_INET, AF_INET6, parse_addr, parse_ports
+# The stop machinery lives in core/stops; its names stay importable from here
+from .stops import Terminate, hold_stops, install_signal_handlers, release_stops  # noqa: F401
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -174,74 +175,6 @@ LATENCY_NOTE = ("Events are read in batches: a line appears at most about 50 ms 
                 "then -20) only while it falls behind a storm, so that it does not lose events.")
 
 
-class Terminate(Exception):
-    """SIGTERM turned into an exception so every context manager runs."""
-
-
-_STOPS = (SIGINT, SIGTERM, SIGHUP)
-
-# The stop (KeyboardInterrupt or Terminate) asked for while held, in a list
-# that is empty until then; None when stops are not held.  A flag, not a
-# handler swap, so that holding costs next to nothing (stream_events
-# releases and holds stops again at every batch and every sleep).
-_held: list | None = None
-_installed = False
-
-
-def install_signal_handlers(hold: bool = False) -> None:
-    """Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP Terminate.
-
-    hold (the CLI, cli._run_tool): until release_stops(), a stop is only
-    remembered.  Raised while the tool loads, attaches and sets up, it would
-    unwind out of the tracer before the loop whose except clause prints the
-    final snapshot or drains the ring, and the command would end, status 0,
-    having printed nothing of what it traced; release_stops() raises it inside
-    that try block instead.  Load, attach and set-up are bounded, so a stop
-    waits at most that long; a second stop meanwhile is raised at once."""
-    global _held, _installed
-    _held = [] if hold else None
-    _installed = True
-    # Explicitly, like the C tools: a shell starts background jobs with SIGINT
-    # ignored, and Python would keep it ignored.
-    # _signal, not signal: that wraps numbers in enums (enum is ~3 ms of start-up)
-    for sig in _STOPS:
-        signal(sig, _on_stop)
-
-
-def _on_stop(signum: int, frame: Any) -> None:
-    global _held
-    stop = KeyboardInterrupt if signum == SIGINT else Terminate
-    if _held == []:
-        _held.append(stop)
-        return
-    # Not held, or a second stop while held (the user insists): raise it now.
-    _held = None
-    raise stop()
-
-
-def hold_stops() -> None:
-    """From now until release_stops(), a stop is remembered, not raised (a
-    no-op unless the CLI installed its handlers)."""
-    global _held
-    if _installed and _held is None:
-        _held = []
-
-
-def release_stops() -> None:
-    """Stops raise from now on, and one held since
-    install_signal_handlers(hold=True) or hold_stops() is raised here.
-
-    Called by every CLI loop first thing in the try block whose except
-    clause prints the final output on Ctrl-C or SIGTERM (stream_events,
-    periodic.ticks, sockrmem's loop), by stream_events between batches and
-    before each sleep, and by cli._run_tool when the tool returns or fails.  Does nothing when
-    stops are not held (library use)."""
-    global _held
-    held, _held = _held, None
-    if held:
-        raise held[0]()
-
-
 def _write_all(buf: Any, data: bytes) -> None:
     """All of data to a binary stream.  Under python -u (PYTHONUNBUFFERED) a
     text stream's .buffer is the raw file, whose write() makes one system
@@ -268,16 +201,21 @@ class Output:
         straight to the binary buffer: the hot text renderers produce bytes."""
         if not text:
             return
-        if isinstance(text, bytes):
-            buf = getattr(self.stream, "buffer", None)
-            if buf is not None:
-                self.stream.flush()
-                _write_all(buf, text)
-                buf.flush()
-                return
-            text = text.decode()
-        self.stream.write(text)
-        self.stream.flush()
+        try:
+            if isinstance(text, bytes):
+                buf = getattr(self.stream, "buffer", None)
+                if buf is not None:
+                    self.stream.flush()
+                    _write_all(buf, text)
+                    buf.flush()
+                    return
+                text = text.decode()
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, BlockingIOError):
+            raise               # the reader left: a quiet end (cli.main)
+        except OSError as exc:  # a full disk, a file too large: one line, status 1
+            raise PytraceError(f"cannot write the output: {exc.strerror or exc}") from None
 
     def record(self, obj: dict) -> None:
         import json     # --json only: json imports re (~4 ms of start-up)

@@ -48,6 +48,7 @@ from typing import Iterable, Mapping, Sequence
 
 from ..core.errors import PytraceError, UsageError
 from ..core.netattach import in_netns
+from ..core.stops import releasing
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNDERLAY_V4 = ipaddress.ip_network("192.0.2.0/24")
@@ -150,7 +151,8 @@ class Simulation:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.destroy()
+        with releasing():       # a stop waits until every namespace is gone (core/stops)
+            self.destroy()
 
     def build(self) -> None:
         """Create everything; on any failure (or signal) remove what was made."""
