@@ -35,18 +35,27 @@ def main(argv: list[str] | None = None) -> int:
         # status 130; SIGTERM: killed with nothing released).
         stops.install_signal_handlers(hold=True)
     try:
-        return _dispatch(argv, tool)
+        rc = _dispatch(argv, tool)
     except (KeyboardInterrupt, stops.Terminate):
         # How a tool is stopped, even when the stop lands before or after its
         # loop (everything it held was released on the way out).  A command
         # other than a tool interrupted by Ctrl-C: the shell's 128 + SIGINT.
-        return 0 if tool else 130
+        rc = 0 if tool else 130
     except BrokenPipeError:
         # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
-        _drop_stdout()
+        from .core.stdout import drop_stdout
+        drop_stdout()
         return 0
-    finally:
-        _settle_stdout()
+    except BaseException:
+        from .core.stdout import settle_stdout
+        settle_stdout()         # the exception is the message; the output's failure would add a traceback
+        raise
+    from .core.stdout import settle_stdout
+    failure = settle_stdout()
+    if failure is not None:     # what was printed last did not reach the file: say so
+        sys.stderr.write(f"pytrace {argv[0] if argv else ''}: cannot write the output: {failure}\n")
+        return rc or 1
+    return rc
 
 
 def _dispatch(argv: list[str], tool: bool) -> int:
@@ -91,29 +100,10 @@ def _dispatch(argv: list[str], tool: bool) -> int:
     except OSError as exc:
         if verbose:
             _show_traceback()
-        sys.stderr.write(f"pytrace {cmd}: {exc}\n")
+        from .core.stdout import output_failure
+        why = output_failure(exc)
+        sys.stderr.write(f"pytrace {cmd}: {f'cannot write the output: {why}' if why else exc}\n")
         return 1
-
-
-def _drop_stdout() -> None:
-    """What is still to be written to stdout goes nowhere: the reader left,
-    or the disk is full.  Otherwise Python's last flush, at exit, fails
-    again and prints 'Exception ignored ...' with a traceback."""
-    import os
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _settle_stdout() -> None:
-    """Flush stdout now, while a failure can still be handled: a write that
-    failed (full disk, reader gone) leaves its data in the buffer, and
-    Python's flush at exit would fail on it with a traceback."""
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):       # ValueError: stdout closed
-        try:
-            _drop_stdout()
-        except (OSError, ValueError):
-            pass
 
 
 # Flags with which a speculative load would be wasted (help, --ebpf) or

@@ -215,6 +215,9 @@ class Output:
         except (BrokenPipeError, BlockingIOError):
             raise               # the reader left: a quiet end (cli.main)
         except OSError as exc:  # a full disk, a file too large: one line, status 1
+            if self.stream is sys.stdout:
+                from .stdout import drop_stdout
+                drop_stdout()   # what is still buffered would fail again at exit, with a traceback
             raise PytraceError(f"cannot write the output: {exc.strerror or exc}") from None
 
     def record(self, obj: dict) -> None:
