@@ -92,6 +92,22 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
     return conv
 
 
+def add_allow_host(p: Any) -> None:
+    """--allow-host of a command that serves HTTP (core/httpserve)."""
+    p.add_argument("--allow-host", type=_allow_host, action="append", default=[], metavar="NAME",
+                   help="also answer HTTP requests addressed to NAME (repeatable; '*': any).  By default "
+                        "only requests to this server's own address are (and localhost on loopback): "
+                        "a page elsewhere cannot read it by DNS rebinding")
+
+
+def _allow_host(text: str) -> str:
+    from .httpserve import allow_host_value     # only when the flag is used
+    try:
+        return allow_host_value(text)
+    except ValueError as exc:
+        raise bad_value(str(exc)) from None
+
+
 PID_MAX_LIMIT = 4194304    # include/linux/threads.h: no kernel has larger PIDs
 
 

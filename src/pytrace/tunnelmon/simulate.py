@@ -440,7 +440,7 @@ def _client_rate(text: str) -> tuple[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.cliutil import positive_int, nonneg_int, port
+    from ..core.cliutil import add_allow_host, nonneg_int, port, positive_int
     from ..tools.tunnelmon import web_address
     p.description = ("Build N hosts (network namespaces) on an underlay bridge with a VXLAN overlay "
                      "between them and several clients per host in different VNIs, and send pings "
@@ -467,6 +467,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", metavar="NAME", help="namespace name prefix (default pt-tm<pid>)")
     p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
                    help="also monitor host h0 and serve the web view; stays up after the traffic until Ctrl-C")
+    add_allow_host(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
 
@@ -490,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
                 monitor = TunnelMon(h0.dev, h0.netns, port=args.port).open()
                 web = WebView(lambda: monitor.snapshot().to_dict(), host=args.web[0], port=args.web[1],
                               meta={"dev": h0.dev, "netns": h0.netns, "port": args.port,
-                                    "hook": monitor.variant.hook})
+                                    "hook": monitor.variant.hook}, allow_hosts=args.allow_host)
                 web.start()
                 print(f"Monitoring {h0.name} ({h0.netns} {h0.dev}); web view: {web.url}", flush=True)
             else:
