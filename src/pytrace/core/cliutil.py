@@ -413,11 +413,17 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
 def emit_batch(tracer: Any, out: Output, render: Callable[[list[tuple]], str], batch: list[tuple],
                sinks: Any) -> None:
     """One drained batch: to the sinks, printed, then the loss count, in that
-    order (whatever was printed has been recorded)."""
+    order (whatever was printed has been recorded).  The sinks work on
+    threads of their own (sinks/worker.py): the batch is rendered while the
+    recording commits it, and printed once it has."""
     if batch:
         if sinks is not None:
-            sinks.events(batch)
-        out.write(render(batch))
+            tickets = sinks.events(batch)
+            text = render(batch)
+            sinks.settle(tickets)
+            out.write(text)
+        else:
+            out.write(render(batch))
     lost = tracer.lost
     if sinks is not None:
         sinks.lost(lost)
