@@ -24,6 +24,18 @@ NETNS = f"pt-http-{os.getpid()}"
 CLIENTS = 300
 
 
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test():
+    yield
+    while STARTED:
+        cli = STARTED.pop()
+        if cli.proc.poll() is None:
+            cli.stop(signal.SIGKILL)
+
+
+STARTED: list[Cli] = []
+
+
 def get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if host is not None:
@@ -59,6 +71,7 @@ def exporter(tmp_path):
         config = tmp_path / "exporter.toml"
         config.write_text(f'[[metric]]\ntool = "tcprtt"\noptions = {{ lport = {free_port()} }}\n')
         cli = Cli("exporter", "--config", str(config), "--listen", f"127.0.0.1:{port}", *flags)
+        STARTED.append(cli)
         assert wait_until(lambda: get(port, "/")[0] == 200 or cli.proc.poll() is not None, 10)
         return cli, port
     return start
@@ -77,6 +90,7 @@ def veth():
 def tunnelmon(ns: str, *flags: str) -> tuple[Cli, int]:
     port = free_port()
     cli = Cli("tunnelmon", "--netns", ns, "--dev", "pt0", "--web", f"127.0.0.1:{port}", *flags, ready=False)
+    STARTED.append(cli)
     assert cli.read_until(lambda line: line.startswith("Web view: http://127.0.0.1:"), 15), cli.stop()
     return cli, port
 

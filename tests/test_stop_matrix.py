@@ -135,7 +135,10 @@ def wchan(pid: int) -> str:
 class Run:
     """One run of `pytrace TOOL minimal-args`, stdout where the case says."""
 
+    started: list["Run"] = []       # killed after each test if still running (a failed case)
+
     def __init__(self, tool: str, lab: Lab, stdout=subprocess.PIPE):
+        Run.started.append(self)
         self.tool = tool
         self.before = kernelstate.snapshot()
         self.proc = subprocess.Popen([*PYTRACE, tool, *lab.args(tool)], stdout=stdout,
@@ -188,6 +191,16 @@ class Run:
             if key in ("tracefs mounts", "probe events"):
                 left[key] = value
         return left
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    yield
+    while Run.started:
+        run = Run.started.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
 
 
 def traffic() -> int:
