@@ -163,9 +163,10 @@ def ignore_stops() -> None:
     returned and everything is released.  Python's finalization puts its
     own handlers back to the default disposition, and a stop in those last
     milliseconds would end the process by signal (status -2/-15 instead of
-    the status main() returned); an ignored signal stays ignored."""
+    the status main() returned); an ignored signal stays ignored.  Ours or
+    a command's own (vnet record sets flags): any handler set from Python."""
     for sig in STOPS:
-        if getsignal(sig) is _on_stop:
+        if callable(getsignal(sig)):
             signal(sig, SIG_IGN)
 
 
