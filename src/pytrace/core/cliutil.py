@@ -373,34 +373,41 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     catch_up, spread = CatchUp(ring), SpreadReader(ring)
     if sinks is not None:
         sinks.begin(tracer)
+    output = BatchOutput(tracer, out, render, sinks)
     try:
         release_stops()      # a stop held while the tool started lands here, and is drained
         # From the drain that takes a batch out of the ring (so the final
         # drain would not see it) until that batch is written, a stop is held;
         # it is raised between batches and while the ring sleeps, when the
-        # reader holds no records (so Ctrl-C stays prompt).
+        # reader holds no records (so Ctrl-C stays prompt).  A batch pending
+        # for the recording (BatchOutput) is printed by the except clause.
         hold_stops()
         if ring is not None:
             ring.around_sleep = (release_stops, hold_stops)
         idle = getattr(render, "idle", None)     # kerneltext.KernelLines: work for a quiet tick
         for batch in tracer.batches(duration):
-            emit_batch(tracer, out, render, batch, sinks)
+            output.emit(batch)
             if batch:
                 catch_up.update()
-            elif idle is not None:
-                idle()
+            else:
+                output.flush()          # a quiet tick: nothing waits to be printed
+                if idle is not None:
+                    idle()
             spread.after(len(batch))
             release_stops()
             hold_stops()
     except (KeyboardInterrupt, Terminate):
         try:
-            release_stops()     # a second stop may cut the final drain short
-            emit_batch(tracer, out, render, tracer.drain(), sinks)
+            release_stops()     # a stop that insists may cut the final drain short
+            output.flush()
+            output.emit(tracer.drain())
+            output.flush()
         except (KeyboardInterrupt, Terminate):
             pass
     else:
         try:
             release_stops()     # the loop ran its duration: all of it is printed
+            output.flush()
         except (KeyboardInterrupt, Terminate):
             pass
     finally:
@@ -413,21 +420,69 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
 def emit_batch(tracer: Any, out: Output, render: Callable[[list[tuple]], str], batch: list[tuple],
                sinks: Any) -> None:
     """One drained batch: to the sinks, printed, then the loss count, in that
-    order (whatever was printed has been recorded).  The sinks work on
-    threads of their own (sinks/worker.py): the batch is rendered while the
-    recording commits it, and printed once it has."""
-    if batch:
-        if sinks is not None:
-            tickets = sinks.events(batch)
-            text = render(batch)
-            sinks.settle(tickets)
+    order (whatever was printed has been recorded)."""
+    emitter = BatchOutput(tracer, out, render, sinks)
+    emitter.emit(batch)
+    emitter.flush()
+
+
+class BatchOutput:
+    """Drained batches to the sinks, then printed, then the loss count.
+
+    Whatever is printed has been recorded: with a durable sink (--record) a
+    batch is printed only once the recording holds it.  The recording works
+    on a thread of its own (sinks/worker.py), so the reader does not wait
+    for it: emit() renders the batch and keeps it pending, the reader goes
+    on draining the ring, and each pending batch is printed, in order, as
+    soon as its commit is done (ready(), at every emit).  At most
+    MAX_PENDING batches wait; flush() prints them all (on an idle tick, at
+    the end, at a stop).  Without a durable sink a batch is printed at once.
+    """
+
+    MAX_PENDING = 32            # rendered batches (each at most ringbuf.MAX_BATCH_BYTES of records)
+
+    def __init__(self, tracer: Any, out: Output, render: Callable[[list[tuple]], str], sinks: Any):
+        self.tracer, self.out, self.render, self.sinks = tracer, out, render, sinks
+        self.durable = sinks is not None and sinks.durable
+        # (tickets, text, lost total); a list: collections costs start-up time, and it is short
+        self.pending: list[tuple[list[int], str | bytes, int]] = []
+
+    def emit(self, batch: list[tuple]) -> None:
+        sinks, out = self.sinks, self.out
+        if sinks is None:
+            if batch:
+                out.write(self.render(batch))
+            out.lost(self.tracer.lost)
+            return
+        tickets = sinks.events(batch) if batch else []
+        text = self.render(batch) if batch else ""
+        lost = self.tracer.lost
+        tickets = sinks.lost(lost) or tickets       # the later ticket covers the batch too
+        if not self.durable:
             out.write(text)
-        else:
-            out.write(render(batch))
-    lost = tracer.lost
-    if sinks is not None:
-        sinks.lost(lost)
-    out.lost(lost)
+            out.lost(lost)
+            return
+        self.pending.append((tickets, text, lost))
+        self.ready(wait_for=len(self.pending) - self.MAX_PENDING)
+
+    def ready(self, wait_for: int = 0) -> None:
+        """Print the pending batches the recording holds, in order; the first
+        wait_for of them are waited for."""
+        sinks, out, pending = self.sinks, self.out, self.pending
+        while pending:
+            tickets, text, lost = pending[0]
+            if wait_for > 0:
+                sinks.settle(tickets)
+                wait_for -= 1
+            elif not sinks.held(tickets):
+                return
+            out.write(text)
+            out.lost(lost)
+            del pending[0]
+
+    def flush(self) -> None:
+        """Print every pending batch (waiting for the recording to hold it)."""
+        self.ready(wait_for=len(self.pending))
 
 
 def json_renderer(source: Any) -> Callable[[list[tuple]], str]:

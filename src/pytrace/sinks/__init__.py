@@ -159,20 +159,25 @@ class Sink:
         including the `dropped` records its worker could not pass on."""
 
 
+LONG_BACKLOG = 20000        # events still queued at close: more than a second's work, say so
+
+
 class SinkSet(Sink):
     """The session's sinks, fanned out in order, each on its own thread
     (sinks/worker.py), so that the reader hands a batch over and goes on.
 
-    events() returns a ticket; settle(ticket) waits until every durable sink
-    (the recording) holds that batch: the CLI prints a batch only then."""
+    events() and lost() return tickets; settle(tickets) waits until every
+    durable sink (the recording) holds what they were given, held(tickets)
+    says whether it does: the CLI prints a batch only then."""
 
     def __init__(self, session: Session, sinks: Sequence[Sink]):
         from .worker import SinkWorker
         self.session = session
         self.sinks = list(sinks)
-        self.workers = [SinkWorker(s, type(s).__name__.lower()) for s in self.sinks]
+        self.workers = [SinkWorker(s, getattr(s, "name", type(s).__name__)) for s in self.sinks]
         self._pack: Callable[..., bytes] | None = None
         self._lost = 0
+        self.durable = any(w.durable for w in self.workers)
 
     def begin(self, tracer: Any) -> None:  # type: ignore[override]
         import struct
@@ -192,17 +197,21 @@ class SinkSet(Sink):
         return [w.events(packed, n) for w in self.workers]
 
     def settle(self, tickets: list[int]) -> None:
-        """Until the durable sinks hold the batch of these tickets."""
+        """Until the durable sinks hold what these tickets were given for."""
         for w, t in zip(self.workers, tickets):
             if w.durable:
                 w.wait(t)
 
-    def lost(self, total: int) -> None:
+    def held(self, tickets: list[int]) -> bool:
+        """Whether the durable sinks hold it already (never waits; raises a
+        sink's failure)."""
+        return all(w.holds(t) for w, t in zip(self.workers, tickets) if w.durable)
+
+    def lost(self, total: int) -> list[int]:  # type: ignore[override]
         if total == self._lost:
-            return                  # called after every batch: only a change is news
+            return []               # called after every batch: only a change is news
         self._lost = total
-        for w in self.workers:
-            w.lost(total)
+        return [w.lost(total) for w in self.workers]
 
     def snapshot(self, snap: Snapshot) -> None:
         """An interval, after the events queued before it; returns once the
@@ -217,6 +226,9 @@ class SinkSet(Sink):
         first: Exception | None = None
         interrupted: BaseException | None = None
         for w in self.workers:
+            backlog = w.backlog if interrupted is None else 0
+            if backlog >= LONG_BACKLOG:
+                notice(f"{w.name}: {backlog} events still to pass on; Ctrl-C again to give up on them")
             try:
                 if interrupted is None:
                     w.finish(getattr(w.sink, "give_up", None))

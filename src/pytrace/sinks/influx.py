@@ -472,6 +472,7 @@ class InfluxSink(Sink):
     def __init__(self, url: str, session: Session, writer: InfluxWriter | None = None):
         self.session = session
         self.writer = writer or InfluxWriter.from_env(url)
+        self.name = f"influx {self.writer.url.display}"
         self.reported_lost = 0
         self._src: EventSource | None = None
 

@@ -80,6 +80,7 @@ class Recorder(Sink):
 
     def __init__(self, path: str, session: Session):
         self.path = path
+        self.name = f"--record {path}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never overwrite
             os.close(fd)

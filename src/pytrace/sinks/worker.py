@@ -64,6 +64,7 @@ class SinkWorker:
         self.failure: BaseException | None = None
         self._unpack = None
         self._closing = False
+        self._abandoned = False
         self._thread: threading.Thread | None = None
 
     # -- the caller's side ----------------------------------------------------------
@@ -78,15 +79,15 @@ class SinkWorker:
         with self._cond:
             self._check()
             if self._bytes + len(packed) > QUEUE_BYTES and self._items:
-                self.dropped += n       # reported by the sink's close (drops())
+                self.dropped += n       # passed to the sink's close, which reports it
                 return 0
             self._bytes += len(packed)
             return self._put(("events", packed, n))
 
-    def lost(self, total: int) -> None:
+    def lost(self, total: int) -> int:
         with self._cond:
             self._check()
-            self._put(("lost", total))
+            return self._put(("lost", total))
 
     def snapshot(self, snap: Any) -> int:
         with self._cond:
@@ -101,6 +102,14 @@ class SinkWorker:
             while self.done < ticket and self.failure is None:
                 self._cond.wait()
             self._check()
+
+    def holds(self, ticket: int) -> bool:
+        """Whether the sink has taken item `ticket` (never waits)."""
+        if self.done >= ticket:
+            return True
+        with self._cond:
+            self._check()
+            return self.done >= ticket
 
     def _put(self, item: tuple) -> int:
         if self._thread is None:
@@ -117,6 +126,12 @@ class SinkWorker:
             self._items.clear()
             self.done = self.queued     # nothing waits for what will never be taken
             raise failure
+
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet taken by the sink."""
+        with self._cond:
+            return sum(item[2] for item in self._items if item[0] == "events")
 
     # -- closing --------------------------------------------------------------------
     def finish(self, give_up: Any = None) -> None:
@@ -151,7 +166,7 @@ class SinkWorker:
                 if item[0] == "events":
                     self.dropped += item[2]
             self._bytes = 0
-            self._closing = True
+            self._closing = self._abandoned = True
             self.done = self.queued
             self._cond.notify_all()
 
@@ -181,6 +196,10 @@ class SinkWorker:
                         records = list(self._unpack(item[1]))
                         for start in range(0, len(records), CHUNK):
                             self._make_way()
+                            if self._abandoned:     # close gave up on the rest
+                                with self._cond:
+                                    self.dropped += len(records) - start
+                                break
                             sink.events(records[start:start + CHUNK])
                 elif kind == "lost":
                     sink.lost(item[1])
