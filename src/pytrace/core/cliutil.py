@@ -387,9 +387,10 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
         idle = getattr(render, "idle", None)     # kerneltext.KernelLines: work for a quiet tick
         for batch in tracer.batches(duration):
             output.emit(batch)
-            if batch:
-                catch_up.update()
-            else:
+            # after an empty batch too: a reader raised through a storm goes back to
+            # its own priority once it is idle (a sink's thread waits for that)
+            catch_up.update()
+            if not batch:
                 output.flush()          # a quiet tick: nothing waits to be printed
                 if idle is not None:
                     idle()
