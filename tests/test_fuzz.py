@@ -100,6 +100,7 @@ BY_TYPE = {
     "_label": lambda a, env: ["", "a b", "a\tb"],
     "_new_file": lambda a, env: ["", "/nonexistent/x.db", "/etc/passwd", "/tmp"],
     "_influx_url": lambda a, env: ["", "ftp://x/db", "http://", "abc", "http://127.0.0.1:99999/db"],
+    "_allow_host": lambda a, env: ["", "http://x", "a b", "x:80", "a..b", "[::1]:80"],
 }
 
 # ... and for plain strings, by the option's destination

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import captured_output, free_port, printed_lines, tcp_roundtrip
-from pytrace.core import cliutil
+from pytrace.core import cliutil, stops
 from pytrace.tools import tcpstates
 from pytrace.tools.tcpstates import TcpStates
 
@@ -37,14 +37,12 @@ def three_connections_printed(out, conns) -> int:
 @pytest.fixture
 def cli_handlers():
     """The CLI's stop handlers in this process, as cli._run_tool installs them."""
-    saved = {s: signal.getsignal(s) for s in STOPS}
+    saved = [(s, signal.getsignal(s)) for s in STOPS]
     cliutil.install_signal_handlers()
     try:
         yield
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        cliutil._held, cliutil._installed = None, False
+        stops.uninstall(saved)      # and the stop raised is forgotten: the next test stops again
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

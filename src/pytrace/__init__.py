@@ -20,6 +20,8 @@ _LAZY = {
     "TcpRtt": "pytrace.tools.tcprtt",
     "Log2Histogram": "pytrace.core.hist",
     "PytraceError": "pytrace.core.errors",
+    "Terminate": "pytrace.core.stops",
+    "stop_on_signals": "pytrace.core.stops",
 }
 
 

@@ -25,7 +25,41 @@ def _help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] not in _COMMANDS and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
+    from .core import stops     # built-ins only: ~0.1 ms
+    tool = bool(argv) and argv[0] not in _COMMANDS
+    if tool:
+        # Before anything is loaded (the prefetch thread below loads and
+        # attaches): a stop from here on is held until the tool's loop can
+        # print what was traced (cliutil.release_stops), and never meets
+        # Python's default handlers (KeyboardInterrupt out of an import:
+        # status 130; SIGTERM: killed with nothing released).
+        stops.install_signal_handlers(hold=True)
+    try:
+        rc = _dispatch(argv, tool)
+    except (KeyboardInterrupt, stops.Terminate):
+        # How a tool is stopped, even when the stop lands before or after its
+        # loop (everything it held was released on the way out).  A command
+        # other than a tool interrupted by Ctrl-C: the shell's 128 + SIGINT.
+        rc = 0 if tool else 130
+    except BrokenPipeError:
+        # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
+        from .core.stdout import drop_stdout
+        drop_stdout()
+        return 0
+    except BaseException:
+        from .core.stdout import settle_stdout
+        settle_stdout()         # the exception is the message; the output's failure would add a traceback
+        raise
+    from .core.stdout import settle_stdout
+    failure = settle_stdout()
+    if failure is not None:     # what was printed last did not reach the file: say so
+        sys.stderr.write(f"pytrace {argv[0] if argv else ''}: cannot write the output: {failure}\n")
+        return rc or 1
+    return rc
+
+
+def _dispatch(argv: list[str], tool: bool) -> int:
+    if tool and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
         # First of all, so that the load overlaps every import (core/prefetch)
         from .core import prefetch
         prefetch.start(argv[0], argv[1:])
@@ -61,17 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             _show_traceback()
         sys.stderr.write(f"pytrace {cmd}: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
-        # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        raise                   # not an error to report: main ends quietly
     except OSError as exc:
         if verbose:
             _show_traceback()
-        sys.stderr.write(f"pytrace {cmd}: {exc}\n")
+        from .core.stdout import output_failure
+        why = output_failure(exc)
+        sys.stderr.write(f"pytrace {cmd}: {f'cannot write the output: {why}' if why else exc}\n")
         return 1
 
 
@@ -114,10 +145,10 @@ def _run_tool(name: str, argv: list[str]) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     if getattr(args, "btf", None):
         objects.set_custom_btf(args.btf)
-    # Stops are held until the tool's loop starts, so that one landing while
-    # the tool starts up is raised where the loop prints what was traced
-    # (cliutil.release_stops); a tool that ends before its loop ends the hold.
-    cliutil.install_signal_handlers(hold=True)
+    # Stops are held (since main) until the tool's loop starts, so that one
+    # landing while the tool starts up is raised where the loop prints what
+    # was traced (cliutil.release_stops); a tool that ends before its loop
+    # ends the hold.
     sinks = None
     failed = True
     try:
@@ -149,7 +180,12 @@ def _run_tool(name: str, argv: list[str]) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        rc = main()
+    finally:
+        from .core import stops
+        stops.ignore_stops()    # Python's finalization must not die of a late stop
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`pytrace exporter --config FILE [--listen HOST:PORT]`: tools' aggregates as Prometheus metrics.
+"""`pytrace exporter --config FILE [--listen HOST:PORT] [--allow-host NAME]`: tools' aggregates as Prometheus metrics.
 
 The config (TOML) names which tools run and what becomes a metric:
 
@@ -36,6 +36,11 @@ pytrace_<tool>_events_total, labelled by the count_by fields (e.g. tcpdrop's
 reason), or with observe a histogram of one numeric field; plus <name>_lost_total
 for events the kernel could not queue.  A config the exporter cannot use
 exits with status 2 and names the line at fault.
+
+Only requests addressed to the listen address are answered (localhost too
+when it is loopback; any IP address and this machine's name when it is
+0.0.0.0 or ::): a web page cannot read the metrics by DNS rebinding.
+--allow-host NAME adds a name Prometheus scrapes it by ('*': any).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from .. import tools as registry
 from ..core import cliutil
 from ..core.argparser import ArgParser
 from ..core.errors import PytraceError, UsageError
+from ..core.httpserve import QuietServer, refused
+from ..core.httpserve import make_server as serve
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -416,7 +423,10 @@ class Exporter:
             self.tracers.pop().close()
 
 
-def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTTPServer:
+def make_server(registry: Any, host: str, port: int, allow_hosts: typing.Iterable[str] = ()) -> QuietServer:
+    """The /metrics server: answers only requests addressed to it by name
+    (or to allow_hosts), and is quiet about scrapers that leave early
+    (core/httpserve)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -424,6 +434,8 @@ def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTT
         disable_nagle_algorithm = True         # headers and body are two writes: no 40 ms delayed-ACK stall
 
         def do_GET(self) -> None:  # noqa: N802
+            if refused(self):
+                return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 try:
@@ -444,12 +456,8 @@ def make_server(registry: Any, host: str, port: int) -> http.server.ThreadingHTT
         def log_message(self, fmt: str, *args: Any) -> None:
             logging.getLogger("pytrace.exporter").debug(fmt, *args)
 
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
     try:
-        return Server((host, port), Handler)
+        return serve(host, port, Handler, allow_hosts, name="pytrace exporter")
     except OSError as exc:
         raise PytraceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -459,6 +467,7 @@ def add_arguments(p: ArgParser) -> None:
                      "metrics (maps are read at scrape time).\n\n" + __doc__.split("\n\n", 1)[1])
     p.add_argument("--config", metavar="FILE", required=True, help="TOML file naming the tools and metrics")
     p.add_argument("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default {DEFAULT_LISTEN})")
+    cliutil.add_allow_host(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log and each request")
 
 
@@ -485,7 +494,7 @@ def run(argv: list[str]) -> int:
     server = None
     try:
         exporter.open()
-        server = make_server(exporter.registry, host, port)
+        server = make_server(exporter.registry, host, port, args.allow_host)
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
         shown = f"[{host}]" if ":" in host else host
         sys.stderr.write(f"pytrace exporter: serving http://{shown}:{server.server_address[1]}/metrics "

@@ -7,7 +7,7 @@
 
 Everything the kernel holds for the object (programs, maps, links, tc hooks)
 is released by close(), which __exit__ calls on normal exit, on exceptions and
-on the KeyboardInterrupt/SystemExit that SIGINT/SIGTERM raise in the CLI.
+on the KeyboardInterrupt/Terminate that SIGINT/SIGTERM/SIGHUP raise (core/stops).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import struct
 from . import libbpf, objects
 from .btf import ObjectTypes, Var
 from .errors import PytraceError, UsageError
+from .stops import releasing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -201,20 +202,23 @@ class BpfObject:
         return self
 
     def close(self) -> None:
-        lb = libbpf.lib() if self.ptr is not None or self.links else None
-        while self.links:
-            lb.bpf_link__destroy(self.links.pop())
-        for mm in self._mmaps.values():
-            mm.close()
-        self._mmaps.clear()
-        while self._cleanups:
-            try:
-                self._cleanups.pop()()
-            except OSError:
-                pass
-        if self.ptr is not None:
-            lb.bpf_object__close(self.ptr)
-            self.ptr = None
+        # One step after another (links, tc hooks, mounts): a stop that lands
+        # in between waits until all of them are done (core/stops).
+        with releasing():
+            lb = libbpf.lib() if self.ptr is not None or self.links else None
+            while self.links:
+                lb.bpf_link__destroy(self.links.pop())
+            for mm in self._mmaps.values():
+                mm.close()
+            self._mmaps.clear()
+            while self._cleanups:
+                try:
+                    self._cleanups.pop()()
+                except OSError:
+                    pass
+            if self.ptr is not None:
+                lb.bpf_object__close(self.ptr)
+                self.ptr = None
 
     def __enter__(self) -> "BpfObject":
         try:

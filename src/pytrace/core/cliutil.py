@@ -10,10 +10,11 @@ import errno
 import os
 import sys
 import time
-from _signal import SIGHUP, SIGINT, SIGTERM, signal
 
-from .errors import UsageError
+from .errors import PytraceError, UsageError
 from .net import AF_INET, AF_INET6, parse_addr, parse_ports
+# The stop machinery lives in core/stops; its names stay importable from here
+from .stops import Terminate, hold_stops, install_signal_handlers, release_stops  # noqa: F401
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -261,6 +262,23 @@ def parsed_on_host() -> bool:
     return _host_dependent
 
 
+def add_allow_host(p: Any) -> None:
+    """--allow-host of a command that serves HTTP (core/httpserve)."""
+    p.add_argument("--allow-host", type=_allow_host, action="append", default=[], metavar="NAME",
+                   help="also answer HTTP requests addressed to NAME (repeatable; '*': any).  By default "
+                        "only requests to this server's own address are (and localhost on loopback): "
+                        "a page elsewhere cannot read it by DNS rebinding")
+
+
+def _allow_host(text: str) -> str:
+    from .httpserve import allow_host_value     # only when the flag is used
+    try:
+        return allow_host_value(text)
+    except ValueError as exc:
+        raise bad_value(str(exc)) from None
+
+
+
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -344,74 +362,6 @@ LATENCY_NOTE = ("Events are read in batches: a line appears at most about 50 ms 
                 "then -20) only while it falls behind a storm, so that it does not lose events.")
 
 
-class Terminate(Exception):
-    """SIGTERM turned into an exception so every context manager runs."""
-
-
-_STOPS = (SIGINT, SIGTERM, SIGHUP)
-
-# The stop (KeyboardInterrupt or Terminate) asked for while held, in a list
-# that is empty until then; None when stops are not held.  A flag, not a
-# handler swap, so that holding costs next to nothing (stream_events
-# releases and holds stops again at every batch and every sleep).
-_held: list | None = None
-_installed = False
-
-
-def install_signal_handlers(hold: bool = False) -> None:
-    """Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP Terminate.
-
-    hold (the CLI, cli._run_tool): until release_stops(), a stop is only
-    remembered.  Raised while the tool loads, attaches and sets up, it would
-    unwind out of the tracer before the loop whose except clause prints the
-    final snapshot or drains the ring, and the command would end, status 0,
-    having printed nothing of what it traced; release_stops() raises it inside
-    that try block instead.  Load, attach and set-up are bounded, so a stop
-    waits at most that long; a second stop meanwhile is raised at once."""
-    global _held, _installed
-    _held = [] if hold else None
-    _installed = True
-    # Explicitly, like the C tools: a shell starts background jobs with SIGINT
-    # ignored, and Python would keep it ignored.
-    # _signal, not signal: that wraps numbers in enums (enum is ~3 ms of start-up)
-    for sig in _STOPS:
-        signal(sig, _on_stop)
-
-
-def _on_stop(signum: int, frame: Any) -> None:
-    global _held
-    stop = KeyboardInterrupt if signum == SIGINT else Terminate
-    if _held == []:
-        _held.append(stop)
-        return
-    # Not held, or a second stop while held (the user insists): raise it now.
-    _held = None
-    raise stop()
-
-
-def hold_stops() -> None:
-    """From now until release_stops(), a stop is remembered, not raised (a
-    no-op unless the CLI installed its handlers)."""
-    global _held
-    if _installed and _held is None:
-        _held = []
-
-
-def release_stops() -> None:
-    """Stops raise from now on, and one held since
-    install_signal_handlers(hold=True) or hold_stops() is raised here.
-
-    Called by every CLI loop first thing in the try block whose except
-    clause prints the final output on Ctrl-C or SIGTERM (stream_events,
-    periodic.ticks, sockrmem's loop), by stream_events between batches and
-    before each sleep, and by cli._run_tool when the tool returns or fails.  Does nothing when
-    stops are not held (library use)."""
-    global _held
-    held, _held = _held, None
-    if held:
-        raise held[0]()
-
-
 def _write_all(buf: Any, data: bytes) -> None:
     """All of data to a binary stream.  Under python -u (PYTHONUNBUFFERED) a
     text stream's .buffer is the raw file, whose write() makes one system
@@ -438,16 +388,24 @@ class Output:
         straight to the binary buffer: the hot text renderers produce bytes."""
         if not text:
             return
-        if isinstance(text, bytes):
-            buf = getattr(self.stream, "buffer", None)
-            if buf is not None:
-                self.stream.flush()
-                _write_all(buf, text)
-                buf.flush()
-                return
-            text = text.decode()
-        self.stream.write(text)
-        self.stream.flush()
+        try:
+            if isinstance(text, bytes):
+                buf = getattr(self.stream, "buffer", None)
+                if buf is not None:
+                    self.stream.flush()
+                    _write_all(buf, text)
+                    buf.flush()
+                    return
+                text = text.decode()
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, BlockingIOError):
+            raise               # the reader left: a quiet end (cli.main)
+        except OSError as exc:  # a full disk, a file too large: one line, status 1
+            if self.stream is sys.stdout:
+                from .stdout import drop_stdout
+                drop_stdout()   # what is still buffered would fail again at exit, with a traceback
+            raise PytraceError(f"cannot write the output: {exc.strerror or exc}") from None
 
     def record(self, obj: dict) -> None:
         import json     # --json only: json imports re (~4 ms of start-up)
@@ -586,31 +544,39 @@ def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str]
     catch_up, spread = CatchUp(ring), SpreadReader(ring)
     if sinks is not None:
         sinks.begin(tracer)
+    output = BatchOutput(tracer, out, render, sinks)
     try:
         release_stops()      # a stop held while the tool started lands here, and is drained
         # From the drain that takes a batch out of the ring (so the final
         # drain would not see it) until that batch is written, a stop is held;
         # it is raised between batches and while the ring sleeps, when the
-        # reader holds no records (so Ctrl-C stays prompt).
+        # reader holds no records (so Ctrl-C stays prompt).  A batch pending
+        # for the recording (BatchOutput) is printed by the except clause.
         hold_stops()
         if ring is not None:
             ring.around_sleep = (release_stops, hold_stops)
         for batch in tracer.batches(duration):
-            emit_batch(tracer, out, render, batch, sinks)
-            if batch:
-                catch_up.update()
+            output.emit(batch)
+            # after an empty batch too: a reader raised through a storm goes back to
+            # its own priority once it is idle (a sink's thread waits for that)
+            catch_up.update()
+            if not batch:
+                output.flush()          # a quiet tick: nothing waits to be printed
             spread.after(len(batch))
             release_stops()
             hold_stops()
     except (KeyboardInterrupt, Terminate):
         try:
-            release_stops()     # a second stop may cut the final drain short
-            emit_batch(tracer, out, render, tracer.drain(), sinks)
+            release_stops()     # a stop that insists may cut the final drain short
+            output.flush()
+            output.emit(tracer.drain())
+            output.flush()
         except (KeyboardInterrupt, Terminate):
             pass
     else:
         try:
             release_stops()     # the loop ran its duration: all of it is printed
+            output.flush()
         except (KeyboardInterrupt, Terminate):
             pass
     finally:
@@ -624,14 +590,68 @@ def emit_batch(tracer: Any, out: Output, render: Callable[[list[tuple]], str], b
                sinks: Any) -> None:
     """One drained batch: to the sinks, printed, then the loss count, in that
     order (whatever was printed has been recorded)."""
-    if batch:
-        if sinks is not None:
-            sinks.events(batch)
-        out.write(render(batch))
-    lost = tracer.lost
-    if sinks is not None:
-        sinks.lost(lost)
-    out.lost(lost)
+    emitter = BatchOutput(tracer, out, render, sinks)
+    emitter.emit(batch)
+    emitter.flush()
+
+
+class BatchOutput:
+    """Drained batches to the sinks, then printed, then the loss count.
+
+    Whatever is printed has been recorded: with a durable sink (--record) a
+    batch is printed only once the recording holds it.  The recording works
+    on a thread of its own (sinks/worker.py), so the reader does not wait
+    for it: emit() renders the batch and keeps it pending, the reader goes
+    on draining the ring, and each pending batch is printed, in order, as
+    soon as its commit is done (ready(), at every emit).  At most
+    MAX_PENDING batches wait; flush() prints them all (on an idle tick, at
+    the end, at a stop).  Without a durable sink a batch is printed at once.
+    """
+
+    MAX_PENDING = 32            # rendered batches (each at most ringbuf.MAX_BATCH_BYTES of records)
+
+    def __init__(self, tracer: Any, out: Output, render: Callable[[list[tuple]], str], sinks: Any):
+        self.tracer, self.out, self.render, self.sinks = tracer, out, render, sinks
+        self.durable = sinks is not None and sinks.durable
+        # (tickets, text, lost total); a list: collections costs start-up time, and it is short
+        self.pending: list[tuple[list[int], str | bytes, int]] = []
+
+    def emit(self, batch: list[tuple]) -> None:
+        sinks, out = self.sinks, self.out
+        if sinks is None:
+            if batch:
+                out.write(self.render(batch))
+            out.lost(self.tracer.lost)
+            return
+        tickets = sinks.events(batch) if batch else []
+        text = self.render(batch) if batch else ""
+        lost = self.tracer.lost
+        tickets = sinks.lost(lost) or tickets       # the later ticket covers the batch too
+        if not self.durable:
+            out.write(text)
+            out.lost(lost)
+            return
+        self.pending.append((tickets, text, lost))
+        self.ready(wait_for=len(self.pending) - self.MAX_PENDING)
+
+    def ready(self, wait_for: int = 0) -> None:
+        """Print the pending batches the recording holds, in order; the first
+        wait_for of them are waited for."""
+        sinks, out, pending = self.sinks, self.out, self.pending
+        while pending:
+            tickets, text, lost = pending[0]
+            if wait_for > 0:
+                sinks.settle(tickets)
+                wait_for -= 1
+            elif not sinks.held(tickets):
+                return
+            out.write(text)
+            out.lost(lost)
+            del pending[0]
+
+    def flush(self) -> None:
+        """Print every pending batch (waiting for the recording to hold it)."""
+        self.ready(wait_for=len(self.pending))
 
 
 def json_renderer(source: Any) -> Callable[[list[tuple]], str]:

@@ -131,13 +131,19 @@ def ring_batches(ring: RingBuffer, duration: float | None = None) -> Iterator[li
 
 
 def ring_drain(ring: RingBuffer) -> list[tuple]:
-    """EventTracer.drain() of this ring."""
+    """EventTracer.drain() of this ring: what is queued now, at most one
+    ring's worth.  Bounded, because it is what a stop runs last: under a
+    storm that never pauses, draining until the ring is empty could go on
+    for ever, and a stopping CLI absorbs further stops (core/stops)."""
     out: list[tuple] = []
-    while True:
+    budget = ring.size
+    while budget > 0:
         batch = ring.drain()
         if not batch:
-            return out
+            break
         out.extend(batch)
+        budget -= len(batch) * ring.stride
+    return out
 
 
 def event_class(namespace: dict, name: str, body: type, imports: tuple[str, ...] = ()) -> type:

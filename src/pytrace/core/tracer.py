@@ -9,6 +9,7 @@ from . import loader, objects, prefetch
 from .bpfobject import BpfObject
 from .errors import PytraceError
 from .loader import Variant
+from .stops import releasing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -17,6 +18,22 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
 
 
 class Tracer:
+    """A tool's BPF object, loaded and attached by open() (or `with`),
+    released by close() (or the end of the `with` block).
+
+    The release runs on every way out of the block that Python sees: normal
+    end, exception, Ctrl-C.  SIGTERM and SIGHUP end a Python program without
+    running it unless the program turns them into an exception; a library
+    does not install signal handlers on its own, so a program that can be
+    stopped that way calls, from its main thread, before opening a tracer:
+
+        pytrace.stop_on_signals()    # SIGTERM/SIGHUP raise pytrace.Terminate
+
+    (or `with pytrace.stop_on_signals(): ...` to end the block quietly on a
+    stop).  A stop that lands during close() waits until it is complete
+    (core/stops.releasing).
+    """
+
     OBJECT: ClassVar[str]
     VARIANTS: ClassVar[Sequence[Variant]]
     TOOL: ClassVar[str] = ""            # name in messages, when not OBJECT
@@ -75,7 +92,10 @@ class Tracer:
         return self.open()
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        # A stop that lands while a subclass releases (tc hooks, a namespace,
+        # a tracefs mount) waits until all of it is released (core/stops).
+        with releasing():
+            self.close()
 
     @property
     def variant(self) -> Variant | None:

@@ -151,16 +151,23 @@ class InfluxWriter:
         w = InfluxWriter("http://127.0.0.1:8086/mydb", username=..., password=...)
         w.write([line("cpu", {"host": "a"}, {"v": 1.5}, time.time_ns())])
         ...
-        w.close()          # flushes (up to close_timeout), then counts the rest as dropped
+        w.close()          # flushes while the server takes points, then counts the rest as dropped
         w.sent, w.dropped, w.rejected
 
     write() never blocks on the network.  At most `buffer` points wait (plus
     one batch in flight); beyond that the oldest are dropped and counted.
+
+    close() sends what is left as long as the server takes it, and gives up
+    once close_timeout seconds (0.5) pass without a batch written while the
+    server cannot be reached (refused, no route), or `timeout` seconds (10)
+    while a request waits for a server that accepted it (a slow one, busy
+    with a storm's points, or one that hangs).  An unreachable server never
+    delays a stop by more than half a second.
     """
 
     def __init__(self, url: str | InfluxURL, *, username: str | None = None, password: str | None = None,
                  batch: int | None = None, buffer: int | None = None, flush: float | None = None,
-                 timeout: float = 5.0, retry_max: float = 5.0, close_timeout: float = 10.0,
+                 timeout: float = 10.0, retry_max: float = 5.0, close_timeout: float = 0.5,
                  create_database: bool = True, report: Callable[[str], None] | None = None):
         self.url = parse_url(url) if isinstance(url, str) else url
         self.batch = batch or self.url.batch
@@ -180,10 +187,11 @@ class InfluxWriter:
         self._buf: collections.deque[str] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._deadline: float | None = None
+        self._progress: float | None = None     # closing: when the last batch was written
         self._flushing = False
         self._outage = False
         self._outage_dropped = 0
+        self._full_dropped = 0     # of dropped: for want of room in the buffer
         self._conn: http.client.HTTPConnection | None = None
         self.sent = 0          # points the server accepted
         self.dropped = 0       # points discarded because the buffer was full (or left at close)
@@ -216,6 +224,20 @@ class InfluxWriter:
             if was_empty or len(buf) >= self.batch:
                 self._cond.notify_all()
 
+    @property
+    def outage(self) -> bool:
+        """The last write failed: the server is unreachable (or refuses) for now."""
+        return self._outage
+
+    def wait_room(self, n: int) -> None:
+        """Until n more points fit in the buffer, while the server takes
+        points (in an outage write() drops the oldest instead: waiting would
+        only stall the caller)."""
+        with self._cond:
+            while (len(self._buf) + n > self.max_buffer and self._buf and not self._outage
+                   and not self._closing):
+                self._cond.wait(0.1)
+
     def point(self, measurement: str, tags: Mapping[str, Any], fields: Mapping[str, Any], time_ns: int) -> None:
         text = line(measurement, tags, fields, time_ns)
         if text is not None:
@@ -232,26 +254,32 @@ class InfluxWriter:
             self._flushing = False
             return not self._buf and not self._inflight
 
-    def close(self) -> None:
-        """Flush for up to close_timeout seconds, then count what is left as dropped."""
+    def close(self, dropped: int = 0) -> None:
+        """Send what is left while the server takes it; once close_timeout
+        seconds pass without a batch written, count the rest as dropped.
+        dropped: points the caller could not even queue (reported with these)."""
         with self._cond:
             if self._closing:
                 return
             self._closing = True
-            self._deadline = time.monotonic() + self.close_timeout
+            self.dropped += dropped
+            self._progress = time.monotonic()       # moved on by every batch written
             self._cond.notify_all()
-            if self._outage and self._buf:
-                self.report(f"influx {self.url.display}: {len(self._buf)} points not written yet; retrying for "
-                            f"up to {self.close_timeout:g} s (interrupt again to give up)")
         try:
-            self._thread.join()
-        except BaseException:           # interrupted again: stop waiting, count what is left
+            # The thread ends by itself once it gives up, unless it is stuck in a
+            # request (a server that accepts and never answers): not waited for.
+            while self._thread.is_alive():
+                with self._cond:
+                    left = self._give_up_in()
+                if left <= 0:
+                    break
+                self._thread.join(min(left, 0.05))
+        finally:
             with self._cond:
-                self._deadline = 0.0
-                self._buf.extendleft([""] * self._inflight)   # the batch in flight counts as not sent
+                self._progress = 0.0                # the thread stops at its next look
+                if self._thread.is_alive():
+                    self._buf.extendleft([""] * self._inflight)   # the batch in flight counts as not sent
             self._finish_report()
-            raise
-        self._finish_report()
 
     def _finish_report(self) -> None:
         with self._cond:
@@ -259,13 +287,20 @@ class InfluxWriter:
             if left:
                 self._buf.clear()
                 self.dropped += left
+            full = self._full_dropped
         if self._conn is not None:
             self._conn.close()
         if self.dropped or self.rejected:
             why = []
             if self.dropped:
-                why.append(f"{self.dropped} points dropped (server unreachable, buffer of {self.max_buffer} full"
-                           f"{' or not flushed at exit' if left else ''})")
+                parts = []
+                if full:
+                    parts.append(f"{full} while the server could not take them and the buffer of "
+                                 f"{self.max_buffer} was full")
+                if self.dropped - full:
+                    parts.append(f"{self.dropped - full} not written when the command ended"
+                                 f"{' (server unreachable)' if self._outage else ''}")
+                why.append(f"{self.dropped} points dropped ({', '.join(parts)})")
             if self.rejected:
                 why.append(f"{self.rejected} points rejected by the server")
             self.report(f"influx {self.url.display}: {'; '.join(why)}; {self.sent} points written")
@@ -278,6 +313,7 @@ class InfluxWriter:
         for _ in range(n):
             self._buf.popleft()
         self.dropped += n
+        self._full_dropped += n
         self._outage_dropped += n
 
     def _run(self) -> None:
@@ -303,7 +339,7 @@ class InfluxWriter:
                         return
                     backoff = 0.0
                     continue
-                if self._closing and time.monotonic() >= self._deadline:
+                if self._closing and self._give_up_in() <= 0:
                     return
                 n = min(self.batch, len(self._buf))
                 chunk = [self._buf.popleft() for _ in range(n)]
@@ -315,6 +351,8 @@ class InfluxWriter:
                     self.sent += n - detail_count(detail)
                     self.rejected += detail_count(detail)
                     backoff = 0.0
+                    if self._closing and self._progress:
+                        self._progress = time.monotonic()      # progress: keep sending
                     if self._outage:
                         self._outage = False
                         self.report(f"influx {self.url.display}: reachable again"
@@ -342,9 +380,17 @@ class InfluxWriter:
         end = time.monotonic() + seconds
         while not self._closing and time.monotonic() < end:
             self._cond.wait(end - time.monotonic())
-        if self._closing and self._deadline is not None:
+        if self._closing and self._progress is not None:
             # retry during the close grace period, but not in a hot loop
-            self._cond.wait(min(0.25, max(0.0, self._deadline - time.monotonic())))
+            self._cond.wait(min(0.1, max(0.0, self._give_up_in())))
+
+    def _give_up_in(self) -> float:
+        """Closing: seconds left before the rest is given up (lock held)."""
+        if not self._progress:
+            return 0.0
+        answering = self._inflight and not self._outage and not self._connecting
+        patience = self.timeout if answering else self.close_timeout
+        return self._progress + patience - time.monotonic()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -352,9 +398,17 @@ class InfluxWriter:
             self._conn = kind(self.url.host, self.url.port, timeout=self.timeout)
         return self._conn
 
+    _connecting = False     # a connect() under way: the server is not known to be there
+
     def _request(self, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
         conn = self._connection()
         try:
+            if conn.sock is None:
+                self._connecting = True
+                try:
+                    conn.connect()
+                finally:
+                    self._connecting = False
             conn.request("POST", path, body, headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
@@ -411,9 +465,14 @@ def detail_count(detail: str) -> int:
 # -- the sink --------------------------------------------------------------------
 
 class InfluxSink(Sink):
+    """Events and snapshots as points.  Called on the sink's own thread
+    (sinks/worker.py): the conversion to line protocol (~20 us an event) is
+    kept out of the reader's thread."""
+
     def __init__(self, url: str, session: Session, writer: InfluxWriter | None = None):
         self.session = session
         self.writer = writer or InfluxWriter.from_env(url)
+        self.name = f"influx {self.writer.url.display}"
         self.reported_lost = 0
         self._src: EventSource | None = None
 
@@ -425,17 +484,23 @@ class InfluxSink(Sink):
         make, ti, off = src.make_event, src.time_index, src.epoch[0]
         meas = src.tool
         now = time.time_ns()
-        out = []
-        for n, raw in enumerate(batch):
-            ev = make(raw)
-            tags, fields = split_event(ev.to_dict(), getattr(type(ev), "INFLUX_TAGS", None))
-            # the kernel's timestamp when the record has one; else the read time, kept
-            # distinct per record so two equal points of a batch do not overwrite each other
-            t = raw[ti] + off if ti is not None else now + n
-            text = line(meas, tags, fields, t)
-            if text is not None:
-                out.append(text)
-        self.writer.write(out)
+        writer = self.writer
+        for start in range(0, len(batch), writer.batch):
+            out = []
+            for n, raw in enumerate(batch[start:start + writer.batch], start):
+                ev = make(raw)
+                tags, fields = split_event(ev.to_dict(), getattr(type(ev), "INFLUX_TAGS", None))
+                # the kernel's timestamp when the record has one; else the read time, kept
+                # distinct per record so two equal points of a batch do not overwrite each other
+                t = raw[ti] + off if ti is not None else now + n
+                text = line(meas, tags, fields, t)
+                if text is not None:
+                    out.append(text)
+            # The server takes points more slowly than a storm makes them: wait for
+            # room rather than have the writer drop the oldest (the queue in front
+            # of this thread holds the backlog, packed)
+            writer.wait_room(len(out))
+            writer.write(out)
 
     def lost(self, total: int) -> None:
         new = total - self.reported_lost
@@ -447,8 +512,13 @@ class InfluxSink(Sink):
     def snapshot(self, snap: Snapshot) -> None:
         self.writer.write(snapshot_lines(snap))
 
-    def close(self, failed: bool = False) -> None:
-        self.writer.close()
+    def give_up(self) -> bool:
+        """At close: the server is unreachable, so converting the events still
+        queued would only fill a buffer that is dropped a second later."""
+        return self.writer.outage
+
+    def close(self, failed: bool = False, dropped: int = 0) -> None:
+        self.writer.close(dropped)
 
 
 def snapshot_lines(snap: Snapshot) -> list[str]:

@@ -19,7 +19,10 @@ they were printed (Recording.mixed).
 
 Each batch is one transaction in WAL mode, committed before the batch is
 printed: a SIGKILL loses at most the batch being written, and the file
-stays readable (SQLite replays its WAL on the next open).
+stays readable (SQLite replays its WAL on the next open).  The writing runs
+on the sink's own thread (sinks/worker.py, Recorder.durable): the reader
+renders the batch meanwhile instead of waiting, and prints it once it is
+committed.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ import urllib.parse
 from typing import Any, Iterator
 
 from ..core.errors import PytraceError, UsageError
-from . import EventSource, Session, Sink
+from . import EventSource, Session, Sink, notice
 from .snapshot import Snapshot
 
 FORMAT_VERSION = 1
+
+# The index on events' time (replay --since/--until) is made when the
+# recording closes: kept up to date through a storm, it made every insert
+# three times as costly.  A recording cut short by a kill has none, and is
+# read by a scan.
+TIME_INDEX = "CREATE INDEX IF NOT EXISTS events_t ON events (t_ns)"
 
 SCHEMA = """
 CREATE TABLE header (
@@ -60,7 +69,6 @@ CREATE TABLE header (
 );
 CREATE TABLE events (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGER NOT NULL,
                      rec BLOB NOT NULL);
-CREATE INDEX events_t ON events (t_ns);
 CREATE TABLE lost (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGER NOT NULL,
                    count INTEGER NOT NULL, total INTEGER NOT NULL);
 CREATE TABLE snapshots (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, data TEXT NOT NULL);
@@ -68,8 +76,11 @@ CREATE TABLE snapshots (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, data TEXT
 
 
 class Recorder(Sink):
+    durable = True      # a batch is printed once it is committed
+
     def __init__(self, path: str, session: Session):
         self.path = path
+        self.name = f"--record {path}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never overwrite
             os.close(fd)
@@ -103,13 +114,14 @@ class Recorder(Sink):
         except sqlite3.Error as exc:
             raise PytraceError(f"--record {self.path}: {exc}") from None
         except BaseException:
-            # Ctrl-C/SIGTERM mid-batch: end the transaction, so the final drain can still be recorded
+            # interrupted mid-batch: end the transaction, so what follows can still be recorded
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
 
     def begin(self, source: EventSource) -> None:
-        self._pack = struct.Struct(source.record_format).pack
+        layout = struct.Struct(source.record_format)
+        self._pack, self._iter_unpack = layout.pack, layout.iter_unpack
         self._ti = source.time_index
         self._offset = source.epoch[0]
         self.used = True
@@ -118,6 +130,20 @@ class Recorder(Sink):
             "clock_offset_ns=?, clock_start_ns=?",
             (source.event, json.dumps(list(source.fields)), source.record_format, source.hook,
              source.tracer_class, source.epoch[0], source.epoch[1]))
+
+    def events_packed(self, data: bytes, n: int) -> None:
+        """events() of n records already packed with the record format (the
+        sink's worker queues them so): each record's bytes are its blob."""
+        self.batch += 1
+        size, ti, off, b = len(data) // n, self._ti, self._offset, self.batch
+        blobs = [data[i:i + size] for i in range(0, len(data), size)]
+        if ti is None:
+            now = time.time_ns()
+            rows = [(b, now, blob) for blob in blobs]
+        else:
+            rows = [(b, r[ti] + off, blob) for r, blob in zip(self._iter_unpack(data), blobs)]
+        self._write("INSERT INTO events (batch, t_ns, rec) VALUES (?, ?, ?)", rows)
+        self.n_events += n
 
     def events(self, batch: list[tuple]) -> None:
         self.batch += 1
@@ -151,11 +177,16 @@ class Recorder(Sink):
         self._write("INSERT INTO snapshots (t_ns, data) VALUES (?, ?)",
                     [(snap.time_ns, json.dumps(data, separators=(",", ":")))])
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, failed: bool = False, dropped: int = 0) -> None:
         if self.db is None:
             return
+        if dropped:
+            notice(f"--record {self.path}: {dropped} events not recorded (the recording fell behind, "
+                   "or the command was stopped before they were written)")
         try:
             self.db.execute("UPDATE header SET end_ns=?", (time.time_ns(),))
+            if self.used:
+                self.db.execute(TIME_INDEX)
             self.db.close()
         except sqlite3.Error:
             pass

@@ -38,8 +38,8 @@ from typing import Any, Iterator
 from ..core import netattach, privileges
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
-from ..core.cliutil import (add_common, bad_value, intervals, map_size, netns_ref, nonneg_int, port, release_stops,
-                            seconds, wall_iso)
+from ..core.cliutil import (add_allow_host, add_common, bad_value, intervals, map_size, netns_ref, nonneg_int, port,
+                            release_stops, seconds, wall_iso)
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -291,6 +291,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="room for N (outer, VNI, inner) keys in the kernel (default 10240)")
     p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
                    help="serve a live chord diagram on ADDR:PORT (ADDR default 127.0.0.1)")
+    add_allow_host(p)
     add_common(p, [v.hook for v in TunnelMon.VARIANTS])
     sub = p.add_subparsers(dest="command", metavar="simulate")
     from ..tunnelmon import simulate
@@ -404,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
             from ..tunnelmon.web import WebView
             web = WebView(lambda: mon.snapshot().to_dict(), host=args.web[0], port=args.web[1],
                           meta={"dev": args.dev, "netns": args.netns or "", "port": args.port,
-                                "hook": mon.variant.hook})
+                                "hook": mon.variant.hook}, allow_hosts=args.allow_host)
             web.start()
         try:
             if web:

@@ -42,13 +42,13 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from ..core.errors import PytraceError, UsageError
 from ..core.netattach import in_netns
+from ..core.stops import releasing
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNDERLAY_V4 = ipaddress.ip_network("192.0.2.0/24")
@@ -154,7 +154,8 @@ class Simulation:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.destroy()
+        with releasing():       # a stop waits until every namespace is gone (core/stops)
+            self.destroy()
 
     def build(self) -> None:
         """Create everything; on any failure (or signal) remove what was made."""
@@ -442,7 +443,7 @@ def _client_rate(text: str) -> tuple[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.cliutil import MAX_SECONDS, int_range, port, positive_int
+    from ..core.cliutil import MAX_SECONDS, add_allow_host, int_range, port, positive_int
     from ..tools.tunnelmon import web_address
     p.description = ("Build N hosts (network namespaces) on an underlay bridge with a VXLAN overlay "
                      "between them and several clients per host in different VNIs, and send pings "
@@ -469,6 +470,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", metavar="NAME", help="namespace name prefix (default pt-tm<pid>)")
     p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
                    help="also monitor host h0 and serve the web view; stays up after the traffic until Ctrl-C")
+    add_allow_host(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
 
@@ -492,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
                 monitor = TunnelMon(h0.dev, h0.netns, port=args.port).open()
                 web = WebView(lambda: monitor.snapshot().to_dict(), host=args.web[0], port=args.web[1],
                               meta={"dev": h0.dev, "netns": h0.netns, "port": args.port,
-                                    "hook": monitor.variant.hook})
+                                    "hook": monitor.variant.hook}, allow_hosts=args.allow_host)
                 web.start()
                 print(f"Monitoring {h0.name} ({h0.netns} {h0.dev}); web view: {web.url}", flush=True)
             else:

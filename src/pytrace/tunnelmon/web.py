@@ -14,22 +14,24 @@ build_web.py from the npm registry), `/api/stats` the counters as JSON:
      vni, inner_src, inner_dst, tx_pkts, tx_bytes, rx_pkts, rx_bytes}, ...],
      "skipped": {...}, "malformed": {...}}
 
-Nothing is loaded from elsewhere: the page works offline.
+Nothing is loaded from elsewhere: the page works offline.  Only requests
+addressed to this server by name are answered, and clients that leave early
+are not reported (core/httpserve).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..core.errors import PytraceError
+from ..core.httpserve import QuietServer, make_server, refused
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 PAGE = "tunnelmon.html"
@@ -49,10 +51,13 @@ def check_assets() -> None:
 
 class WebView:
     def __init__(self, source: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 8080,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, allow_hosts: Iterable[str] = ()):
+        """allow_hosts: Host names answered besides this address's own (and
+        localhost on loopback): see core/httpserve; '*' for any."""
         self.source, self.host, self.port = source, host, port
         self.meta = dict(meta or {})
-        self._server: ThreadingHTTPServer | None = None
+        self.allow_hosts = tuple(allow_hosts)
+        self._server: QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()     # one map read at a time
 
@@ -73,11 +78,8 @@ class WebView:
         class Handler(_Handler):
             web = view
 
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family,
-                                                                "daemon_threads": True})
         try:
-            self._server = server_class((self.host, self.port), Handler)
+            self._server = make_server(self.host, self.port, Handler, self.allow_hosts, name="tunnelmon web")
         except OSError as exc:
             raise PytraceError(f"web view: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]      # port 0: the one the kernel chose
@@ -110,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass    # the terminal shows the monitor's table, not an access log
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if refused(self):
+            return
         path = urlsplit(self.path).path
         if path in ("/", "/index.html"):
             self._file(STATIC / PAGE)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ..core.errors import PytraceError
 from ..core.netattach import in_netns
+from ..core.stops import releasing
 from .config import ROLE_ANY, Point, Selector
 
 OVERLAY = "198.51.100.0/24"
@@ -84,7 +85,8 @@ class Topology:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.destroy()
+        with releasing():       # a stop waits until every namespace is gone (core/stops)
+            self.destroy()
 
     def create(self) -> None:
         for role, name in self.ns.items():

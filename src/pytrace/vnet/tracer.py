@@ -40,6 +40,7 @@ from ..core.features import BPF_MAP_TYPE_RINGBUF
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.ringbuf import DEFAULT_INTERVAL_MS, SPARE_RING_BYTES, RingBuffer
+from ..core.stops import releasing
 from ..core.stream import ring_batches, ring_drain
 from .config import PROTO_NAMES, Point, Resolved, Selector, resolve
 
@@ -226,7 +227,8 @@ class VnetTracer:
         return self.open()
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        with releasing():       # a stop waits until every point is detached (core/stops)
+            self.close()
 
     # -- points -------------------------------------------------------------------
     def now_ns(self) -> int:
