@@ -18,6 +18,11 @@ Library:
 Counts: one frame is one packet (a GSO frame counts its segments), bytes are
 the frame's length on the device, Ethernet header included.
 
+The tc programs come after every filter already on the device's hooks and
+let the filters after them run (core/netattach.py): several monitors, and
+an administrator's own filters, see the same traffic.  A filter that ends
+the chain before ours hides what it passes from the monitor.
+
 `pytrace tunnelmon simulate` builds a multi-host VXLAN overlay in network
 namespaces and sends traffic through it (pytrace/tunnelmon/simulate.py);
 `--web [ADDR:]PORT` serves a live chord diagram of the hosts
