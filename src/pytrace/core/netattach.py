@@ -1,5 +1,5 @@
 """Attach programs to network devices (tc clsact, XDP), in any network namespace,
-and take them off again.
+take them off again, and make and remove the network namespaces pytrace builds.
 
 tc filters made through netlink (all libbpf 1.1 offers: no tcx links) outlive
 the process that made them, and they share the device with the filters of
@@ -210,3 +210,72 @@ def attach_xdp(obj: BpfObject, prog: str, dev: str, ns: str | int | None = None)
             raise
     obj.keep_link(link)
 
+
+# -- network namespaces that pytrace builds ----------------------------------------------
+
+NETNS_RUN_DIR = "/run/netns"
+MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 0x1000, 0x4000, 0x100000, 2
+
+
+def create_netns(name: str, what: str) -> None:
+    """`ip netns add name`, with pytrace's owner mark (core/owner.py) on the
+    namespace's loopback device before its name exists: a namespace that
+    has a name has a mark, even if we are killed in between.  A namespace of
+    that name that a dead pytrace left is removed first; any other one is an
+    error."""
+    from . import leftovers
+    path = f"{NETNS_RUN_DIR}/{name}"
+    if os.path.lexists(path) and not leftovers.remove_dead_netns(name):
+        raise PytraceError(f"network namespace {name} already exists")
+    _shared_run_dir()
+    failed: list[BaseException] = []
+    # unshare() moves the calling thread to the new namespace for good: a thread of its own does it
+    worker = threading.Thread(target=_make_netns, args=(path, what, failed), name="pytrace-netns")
+    worker.start()
+    worker.join()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, FileExistsError):
+            raise PytraceError(f"network namespace {name} already exists") from None
+        if isinstance(exc, OSError):
+            raise PytraceError(f"cannot create network namespace {name}: {exc.strerror}") from None
+        raise exc
+
+
+def _make_netns(path: str, what: str, failed: list[BaseException]) -> None:
+    from . import owner, rtnl
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = C.get_errno()
+            raise OSError(err, os.strerror(err))
+        with rtnl.Rtnl() as nl:
+            nl.set_alias(1, owner.netns_mark(what))      # lo is ifindex 1 in every namespace
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        if _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None) != 0:
+            err = C.get_errno()
+            os.unlink(path)
+            raise OSError(err, os.strerror(err))
+    except BaseException as exc:
+        failed.append(exc)
+
+
+def _shared_run_dir() -> None:
+    """/run/netns as `ip netns add` leaves it: a shared mount point, so that
+    namespace mounts propagate to other mount namespaces."""
+    os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+    if _libc.mount(b"", NETNS_RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    _libc.mount(NETNS_RUN_DIR.encode(), NETNS_RUN_DIR.encode(), b"none", MS_BIND | MS_REC, None)
+    _libc.mount(b"", NETNS_RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None)
+
+
+def delete_netns(name: str) -> bool:
+    """`ip netns del name`: the namespace goes (with its devices and their
+    filters) once nothing else holds it.  False if there was no such name."""
+    path = f"{NETNS_RUN_DIR}/{name}"
+    _libc.umount2(path.encode(), MNT_DETACH)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

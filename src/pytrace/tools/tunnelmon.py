@@ -393,6 +393,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dev DEV is required (the underlay device; or: pytrace tunnelmon simulate)")
     if args.xdp and args.hook == "tc":
         raise UsageError("--xdp and --hook tc contradict each other")
+    from ..core import leftovers
+    for line in leftovers.sweep([args.netns] if args.netns else ()):
+        sys.stderr.write(f"pytrace tunnelmon: {line}\n")
     mon = TunnelMon(args.dev, args.netns, port=args.port, xdp=args.xdp, hook=args.hook,
                     max_flows=args.max_flows)
     with mon:

@@ -150,6 +150,13 @@ def _note(text: str) -> None:
     sys.stderr.flush()
 
 
+def _sweep(namespaces=()) -> None:
+    """Remove what killed pytrace processes left (core/leftovers.py), saying so."""
+    from ..core import leftovers
+    for line in leftovers.sweep(namespaces):
+        _note(line)
+
+
 # -- record --------------------------------------------------------------------------
 
 class _Printer:
@@ -197,6 +204,7 @@ def _record(args: argparse.Namespace) -> int:
         raise UsageError("record needs -c/--config FILE (the trace points)")
     cfg = config.load(args.config)
     host = args.host or cfg.host or os.uname().nodename
+    _sweep(p.netns for p in cfg.points if p.netns)
     tracer = VnetTracer(cfg.points, cfg.selector, host=host, clock_offset_ns=args.clock_offset,
                         hook=args.hook, ring_bytes=args.ring_mb << 20)
     flags = {"stop": False, "hup": False}
@@ -393,6 +401,7 @@ def _demo(args: argparse.Namespace) -> int:
                              "veth0, br0 (hosts) or eth0 (containers)")
         tbf = (role, dev)
     sinks = getattr(cliutil, "active_sinks", lambda: None)()
+    _sweep()
     with demo.Topology() as topo:
         if tbf:
             topo.tbf(*tbf, rate=args.tbf_rate)
