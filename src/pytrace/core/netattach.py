@@ -26,6 +26,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -209,6 +210,38 @@ def attach_xdp(obj: BpfObject, prog: str, dev: str, ns: str | int | None = None)
                 raise PytraceError(f"{dev} already has an XDP program attached") from None
             raise
     obj.keep_link(link)
+
+
+# -- devices that go away ----------------------------------------------------------------
+
+class DeviceWatch:
+    """Whether a device we attached to still exists (it may be deleted, or
+    its namespace with it, under a running tool).  gone() looks at most once
+    per `every` seconds and returns what happened, in a sentence, or None."""
+
+    def __init__(self, dev: str, ns: str | int | None = None, *, index: int | None = None,
+                 label: str | None = None, every: float = 0.5):
+        self.dev, self.ns, self.every = dev, ns, every
+        self.where = f"device {dev}" + (f" in netns {label or ns}" if (label or ns) else "")
+        self.index = index or ifindex(dev, ns)
+        self._next = 0.0
+        self._gone: str | None = None
+
+    def gone(self) -> str | None:
+        now = time.monotonic()
+        if self._gone is not None or now < self._next:
+            return self._gone
+        self._next = now + self.every
+        try:
+            with in_netns(self.ns):
+                socket.if_indextoname(self.index)
+        except PytraceError:
+            self._gone = f"{self.where}: the namespace was deleted"
+        except OSError as exc:
+            if exc.errno not in (errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                raise
+            self._gone = f"{self.where} was deleted"
+        return self._gone
 
 
 # -- network namespaces that pytrace builds ----------------------------------------------

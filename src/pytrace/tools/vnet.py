@@ -255,6 +255,11 @@ def _record(args: argparse.Namespace) -> int:
                 if lost > reported:
                     _note(f"lost {lost - reported} records (ring buffer full; try --ring-mb)")
                     reported = lost
+                for label, reason in tracer.gone():
+                    # its records so far stay; the point itself can see nothing more
+                    ap = tracer.points[label]
+                    store.point_removed(host, label, ap.id, tracer.remove(label))
+                    _note(f"point '{label}': {reason}; no longer traced")
                 if flags["hup"]:
                     flags["hup"] = False
                     try:
