@@ -257,6 +257,8 @@ def create_netns(name: str, what: str) -> None:
     that name that a dead pytrace left is removed first; any other one is an
     error."""
     from . import leftovers
+    if not name or "/" in name or name in (".", "..") or len(name) > 255:
+        raise UsageError(f"'{name}' is not a network namespace name (1-255 characters, no '/')")
     path = f"{NETNS_RUN_DIR}/{name}"
     if os.path.lexists(path) and not leftovers.remove_dead_netns(name):
         raise PytraceError(f"network namespace {name} already exists")
