@@ -285,14 +285,9 @@ def test_a_full_disk_is_one_line(tool, lab, full_disk):
 
 # -- SIGKILL, then the next run ------------------------------------------------------------------------------
 
-# tc filters outlive their process: removing a dead run's is the recovery
-# part of issue 18 (another branch); strict, so that its merge shows here.
-TC_RECOVERY = pytest.mark.xfail(strict=True, reason="a SIGKILLed run's tc filters stay until the next run "
-                                "removes them (issue 18, recovery)")
-
-
-@pytest.mark.parametrize("tool", [pytest.param(t, marks=TC_RECOVERY) if t in ("tunnelmon", "vnet") else t
-                                  for t in TOOLS])
+# tc filters outlive their process: the next run of tunnelmon or vnet
+# removes a dead run's (core/leftovers.py)
+@pytest.mark.parametrize("tool", TOOLS)
 def test_after_sigkill_the_next_run_works_and_nothing_of_the_dead_one_stays(tool, lab):
     dead = Run(tool, lab)
     dead.ready()

@@ -161,7 +161,15 @@ def _burst_run(tbf: bool) -> report.Report:
     with Topology(tag("tb" + ("y" if tbf else "n"))) as t:
         if tbf:   # 1 Mbit/s on host A's underlay: each 1092-byte VXLAN frame waits ~8.7 ms behind the last
             t.tbf("hA", "ul0", rate="1mbit", burst="1600", limit="200kb")
-        _, rows = traced(t, t.points(), t.selector(), lambda: t.udp_echo(30, size=1000, burst=10))
+        # tc instead of the device tracepoints, at the same places (both before the
+        # qdisc on egress): a frame the tbf releases is handled in a softirq on
+        # whichever CPU its timer fires, and on this VM tracepoints do not fire at
+        # all on a CPU while one process of the environment runs there (perf sees
+        # nothing either), so a tracepoint point missed 1 packet in 25-30 runs;
+        # tc and XDP hooks see every one.  The report counts such gaps (below).
+        points = [Point(p.label, p.device, p.netns, p.direction, "tc" if p.method == "tracepoint" else p.method,
+                        p.where) for p in t.points()]
+        _, rows = traced(t, points, t.selector(), lambda: t.udp_echo(30, size=1000, burst=10))
     return report.analyze(rows)
 
 
@@ -536,3 +544,25 @@ def test_report_splits_shared_ids_and_qualifies_shared_labels():
     # deltas: 2000, 4000 and 500..5000 in steps of 500
     assert (seg.stats.count, seg.stats.min, seg.stats.p50, seg.stats.p90, seg.stats.max) == (12, 500, 2500, 4500, 5000)
     assert rep.offsets["h2"].source == "manual"
+
+
+def test_report_counts_packets_missing_where_their_flow_passes():
+    """A packet not seen at a point the rest of its flow passes is counted
+    there (a gap), in the middle of the path or at its end; a flow's own
+    shorter path (another flow) is no gap."""
+    def row(ts, point, pid, sport):
+        return Row("h", ts, point, pid, 17, "192.0.2.1", sport, "192.0.2.2", 2000, 100, 86, 1, 2, 0, 0)
+    rows = []
+    for i in range(10):                       # flow 1000: a > b > c > d, but packet 3 skips b, 7 ends at c
+        for j, point in enumerate("abcd"):
+            if (i, point) not in ((3, "b"), (7, "d")):
+                rows.append(row(1000 * i + j, point, 100 + i, 1000))
+    for i in range(4):                        # flow 1001: only a > b, every packet: no gap
+        rows += [row(50_000 + 1000 * i, "a", 200 + i, 1001), row(50_001 + 1000 * i, "b", 200 + i, 1001)]
+    rep = report.analyze(rows)
+    assert rep.packets == 14
+    assert rep.gaps == [("b", 1), ("d", 1)]
+    assert {"point": "b", "count": 1} in rep.to_dict()["gaps"]
+    assert ("Not seen where the rest of their flow was: b 1 packet, d 1 packet (lost on the way, or a hook "
+            "that did not see them)") in rep.render()
+    assert report.analyze([r for r in rows if r.pkt_id not in (103, 107)]).gaps == []

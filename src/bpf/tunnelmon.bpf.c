@@ -22,7 +22,9 @@
  *
  * Frames that are not VXLAN are only counted by kind (anomalies.skipped);
  * truncated or malformed ones are counted by kind too (anomalies.malformed).
- * Every frame passes: the monitor never changes what the device does.
+ * Every frame passes: the monitor never changes what the device does.  The
+ * tc programs return TC_ACT_UNSPEC, "no verdict": the filters after ours on
+ * the hook (another monitor, an administrator's) still see every frame.
  *
  * User space fills the program arrays (tc_parsers / xdp_parsers) with the IP
  * parser's fd after load: a tail call to an empty slot falls through and is
@@ -46,7 +48,7 @@
 #define IPV6_EXT_MAX 4		/* extension headers walked before giving up */
 #define MAX_HDR_OFF 1024	/* headers starting beyond this are not parsed */
 #define PULL_LEN 256		/* tc: make this much of the frame linear */
-#define TC_ACT_OK 0
+#define TC_ACT_UNSPEC (-1)
 #define PARSER_IP 0		/* slot of the IP parser in the program arrays */
 
 const volatile __u16 vxlan_port = 4789;
@@ -484,7 +486,7 @@ static __always_inline int tc_start(struct __sk_buff *skb, __u8 dir)
 		bpf_tail_call(skb, &tc_parsers, PARSER_IP);
 		COUNT(malformed.tailcall_failed);
 	}
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
@@ -510,7 +512,7 @@ int tunnelmon_tc_ip(struct __sk_buff *skb)
 		bpf_tail_call(skb, &tc_parsers, PARSER_IP);
 		COUNT(malformed.tailcall_failed);
 	}
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 /* ---- XDP (ingress only) ---------------------------------------------------- */

@@ -26,10 +26,29 @@ def _libbpf_origin() -> str:
     return f"bundled, from the build host's {source}{extra}"
 
 
+def cleanup() -> int:
+    """`pytrace doctor --cleanup`: remove what killed pytrace processes left
+    in the kernel (core/leftovers.py), one line for each."""
+    if os.geteuid() != 0:
+        raise PytraceError("--cleanup enters network namespaces and removes tc filters and namespaces: "
+                           "run it as root")
+    from ..core import leftovers
+    said = leftovers.sweep(processes=True)
+    for line in said:
+        print(line)
+    if not said:
+        print("nothing left by pytrace processes that are gone")
+    return 0
+
+
 def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: pytrace doctor\n\nReport BTF, privileges, libbpf, tracefs and which hook kinds work here.")
+        print("usage: pytrace doctor [--cleanup]\n\nReport BTF, privileges, libbpf, tracefs and which hook "
+              "kinds work here.\n\n  --cleanup  remove the tc filters, clsact qdiscs and network namespaces "
+              "that\n             killed pytrace processes left, one line for each")
         return 0
+    if argv and argv[0] == "--cleanup":
+        return cleanup()
     if argv:
         raise UsageError(f"unrecognized arguments: {' '.join(argv)} (see pytrace doctor -h)")
     w = sys.stdout.write

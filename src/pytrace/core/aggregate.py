@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..sinks.snapshot import Series, Snapshot
 from .cliutil import intervals, publish, seconds, wall_iso
-from .errors import UsageError
+from .errors import PytraceError, UsageError
 from .periodic import each_tick
 
 TYPE_CHECKING = False
@@ -59,7 +59,8 @@ def check_interval_args(args: argparse.Namespace) -> None:
 def print_loop(args: argparse.Namespace, snapshot: Callable[[], Snapshot],
                render_snapshot: Callable[[Snapshot, argparse.Namespace], str],
                intro: Callable[[argparse.Namespace], str] | None = None, *,
-               between: Callable[[], None] | None = None, once: bool = False) -> int:
+               between: Callable[[], None] | None = None, once: bool = False,
+               gone: Callable[[], str | None] | None = None) -> int:
     """The run() of every aggregating tool: intro(args) once, then one
     snapshot() per interval of args.interval/count/duration (or one at the
     end), handed to the session's sinks (--record, --influx) and printed with
@@ -72,7 +73,11 @@ def print_loop(args: argparse.Namespace, snapshot: Callable[[], Snapshot],
     without an interval the loop then wakes every second to call it.
 
     once: one snapshot at Ctrl-C or SIGTERM, whatever args holds (the count
-    modes of tcpconnect -c and tcpretrans -c, whose -c is not a number)."""
+    modes of tcpconnect -c and tcpretrans -c, whose -c is not a number).
+
+    gone: for a tool whose subject can vanish (tunnelmon's device): checked
+    about twice a second; once it returns a reason, the partial interval is
+    printed and the reason raised as a PytraceError (status 1)."""
     if once:
         interval = count = duration = None
     else:
@@ -96,7 +101,18 @@ def print_loop(args: argparse.Namespace, snapshot: Callable[[], Snapshot],
         out.write(render_snapshot(snap, args))
         out.flush()
 
-    each_tick(emit, 1 if poll else interval, None if poll else count, duration, start=start)
+    why: list[str] = []
+
+    def stop_when() -> bool:
+        reason = gone()
+        if reason:
+            why.append(reason)
+        return bool(reason)
+
+    each_tick(emit, 1 if poll else interval, None if poll else count, duration, start=start,
+              stop_when=stop_when if gone is not None else None)
+    if why:
+        raise PytraceError(why[0])
     return 0
 
 

@@ -7,6 +7,10 @@ core/aggregate.print_loop is the loop they run on it.
 yields once per interval (and once at the end of a duration); Ctrl-C or
 SIGTERM ends the sleep early and yields a final tick, so the last partial
 interval is printed like the C tools do.  `last` is True on the final tick.
+
+stop_when: a check made at least every WATCH_STEP seconds while sleeping
+(e.g. "is the traced device still there?"); when it returns True the sleep
+ends with a final tick, as a stop does.
 """
 
 from __future__ import annotations
@@ -16,9 +20,25 @@ from typing import Callable, Iterator
 
 from .cliutil import Terminate, release_stops
 
+WATCH_STEP = 0.5
+
+
+def _sleep_until(wake: float | None, stop_when: Callable[[], bool] | None) -> bool:
+    """Sleep until wake (monotonic; None: for ever); True if stop_when ended it first."""
+    while True:
+        left = None if wake is None else wake - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        if stop_when is None:
+            time.sleep(3600 if left is None else left)
+            continue
+        time.sleep(WATCH_STEP if left is None else min(left, WATCH_STEP))
+        if stop_when():
+            return True
+
 
 def ticks(interval: float | None = None, count: int | None = None,
-          duration: float | None = None) -> Iterator[bool]:
+          duration: float | None = None, stop_when: Callable[[], bool] | None = None) -> Iterator[bool]:
     start = time.monotonic()
     end = start + duration if duration else None
     n = 0
@@ -29,11 +49,11 @@ def ticks(interval: float | None = None, count: int | None = None,
             # A stop the CLI held while the tool started (cliutil.release_stops)
             # ends the first sleep: the final tick prints what was traced.
             release_stops()
-            if wake is None:
-                while True:
-                    time.sleep(3600)
-            time.sleep(max(0.0, wake - time.monotonic()))
+            stopped = _sleep_until(wake, stop_when)
         except (KeyboardInterrupt, Terminate):
+            yield True
+            return
+        if stopped:
             yield True
             return
         n += 1
@@ -44,7 +64,8 @@ def ticks(interval: float | None = None, count: int | None = None,
 
 
 def each_tick(emit: Callable[[bool], None], interval: float | None = None, count: int | None = None,
-              duration: float | None = None, start: Callable[[], None] | None = None) -> None:
+              duration: float | None = None, start: Callable[[], None] | None = None,
+              stop_when: Callable[[], bool] | None = None) -> None:
     """start() once (e.g. print a header), then emit(last) on every tick of
     ticks().  A Ctrl-C or SIGTERM that lands outside the sleep, while start or
     emit runs, still ends with one final emit(True): the data of the last
@@ -52,7 +73,7 @@ def each_tick(emit: Callable[[bool], None], interval: float | None = None, count
     try:
         if start is not None:
             start()
-        for last in ticks(interval, count, duration):
+        for last in ticks(interval, count, duration, stop_when):
             emit(last)
     except (KeyboardInterrupt, Terminate):
         try:

@@ -18,6 +18,13 @@ Library:
 Counts: one frame is one packet (a GSO frame counts its segments), bytes are
 the frame's length on the device, Ethernet header included.
 
+The tc programs come after every filter already on the device's hooks and
+let the filters after them run (core/netattach.py): several monitors, and
+an administrator's own filters, see the same traffic.  A filter that ends
+the chain before ours hides what it passes from the monitor.  If the device
+is deleted under the monitor, gone() says so and deltas() raises
+PytraceError; the command prints that line and exits with status 1.
+
 `pytrace tunnelmon simulate` builds a multi-host VXLAN overlay in network
 namespaces and sends traffic through it (pytrace/tunnelmon/simulate.py);
 `--web [ADDR:]PORT` serves a live chord diagram of the hosts
@@ -148,6 +155,7 @@ class TunnelMon(Tracer):
             raise UsageError(f"port {port}: not a UDP port number (1-65535)")
         self.dev, self.netns, self.port, self.max_flows = dev, netns, port, max_flows
         self._ns_fd: int | None = None
+        self._watch: netattach.DeviceWatch | None = None
 
     # -- Tracer ---------------------------------------------------------------
     def rodata(self) -> dict[str, Any]:
@@ -167,7 +175,7 @@ class TunnelMon(Tracer):
         if path is not None:
             self._ns_fd = os.open(path, os.O_RDONLY)
         try:
-            netattach.ifindex(self.dev, self._ns())
+            self._watch = netattach.DeviceWatch(self.dev, self._ns(), label=self.netns)
             return super().open()
         except BaseException:
             self._close_ns()
@@ -178,6 +186,11 @@ class TunnelMon(Tracer):
             super().close()
         finally:
             self._close_ns()
+
+    def gone(self) -> str | None:
+        """Why the monitor cannot see anything any more (its device was
+        deleted), or None; looks at most twice a second."""
+        return self._watch.gone() if self._watch is not None else None
 
     def _ns(self) -> str | None:
         return None if self._ns_fd is None else f"/proc/{os.getpid()}/fd/{self._ns_fd}"
@@ -234,12 +247,17 @@ class TunnelMon(Tracer):
 
     def deltas(self, interval: float = 1.0, count: int | None = None,
                duration: float | None = None) -> Iterator[tuple[Snapshot, Snapshot]]:
-        """(cumulative snapshot, what changed during the interval), once per interval."""
+        """(cumulative snapshot, what changed during the interval), once per
+        interval.  Raises PytraceError once the device is deleted (after
+        yielding the partial interval)."""
         prev = self.snapshot()
-        for _last in ticks(interval, count, duration):
+        for _last in ticks(interval, count, duration, stop_when=lambda: self.gone() is not None):
             snap = self.snapshot()
             yield snap, snap - prev
             prev = snap
+        reason = self.gone()
+        if reason:
+            raise PytraceError(reason)
 
 
 # -- command line ------------------------------------------------------------------
@@ -397,6 +415,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dev DEV is required (the underlay device; or: pytrace tunnelmon simulate)")
     if args.xdp and args.hook == "tc":
         raise UsageError("--xdp and --hook tc contradict each other")
+    from ..core import leftovers
+    for line in leftovers.sweep([args.netns] if args.netns else ()):
+        sys.stderr.write(f"pytrace tunnelmon: {line}\n")
     mon = TunnelMon(args.dev, args.netns, port=args.port, xdp=args.xdp, hook=args.hook,
                     max_flows=args.max_flows)
     with mon:
@@ -418,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
                 shown = total if args.cumulative else total - last[0]
                 last[0] = total
                 return snapshot(shown, args)
-            return print_loop(args, interval, render_snapshot, intro)
+            return print_loop(args, interval, render_snapshot, intro, gone=mon.gone)
         finally:
             if web:
                 web.close()

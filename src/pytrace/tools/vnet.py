@@ -175,6 +175,13 @@ def _note(text: str) -> None:
     sys.stderr.flush()
 
 
+def _sweep(namespaces=()) -> None:
+    """Remove what killed pytrace processes left (core/leftovers.py), saying so."""
+    from ..core import leftovers
+    for line in leftovers.sweep(namespaces):
+        _note(line)
+
+
 # -- record --------------------------------------------------------------------------
 
 class _Printer:
@@ -222,6 +229,7 @@ def _record(args: argparse.Namespace) -> int:
         raise UsageError("record needs -c/--config FILE (the trace points)")
     cfg = config.load(args.config)
     host = args.host or cfg.host or os.uname().nodename
+    _sweep(p.netns for p in cfg.points if p.netns)
     tracer = VnetTracer(cfg.points, cfg.selector, host=host, clock_offset_ns=args.clock_offset,
                         hook=args.hook, ring_bytes=args.ring_mb << 20)
     flags = {"stop": False, "hup": False}
@@ -272,6 +280,11 @@ def _record(args: argparse.Namespace) -> int:
                 if lost > reported:
                     _note(f"lost {lost - reported} records (ring buffer full; try --ring-mb)")
                     reported = lost
+                for label, reason in tracer.gone():
+                    # its records so far stay; the point itself can see nothing more
+                    ap = tracer.points[label]
+                    store.point_removed(host, label, ap.id, tracer.remove(label))
+                    _note(f"point '{label}': {reason}; no longer traced")
                 if flags["hup"]:
                     flags["hup"] = False
                     try:
@@ -418,6 +431,7 @@ def _demo(args: argparse.Namespace) -> int:
                              "veth0, br0 (hosts) or eth0 (containers)")
         tbf = (role, dev)
     sinks = getattr(cliutil, "active_sinks", lambda: None)()
+    _sweep()
     with demo.Topology() as topo:
         if tbf:
             topo.tbf(*tbf, rate=args.tbf_rate)

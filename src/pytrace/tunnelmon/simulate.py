@@ -16,6 +16,10 @@ Topology (every name starts with the simulation's name, default pt-tm<pid>):
                    203.0.113.<10+n>/24 (and 2001:db8:1::<10+n>/64 with
                    inner_ipv6=True)
 
+Every namespace carries its owner's mark (core/owner.py): what a killed
+simulation leaves is removed by the next one (a second `simulate --name X`
+starts) and by `pytrace doctor --cleanup`.
+
 Everything that would otherwise be learned is written up front: neighbours,
 underlay and overlay bridge entries, VXLAN forwarding entries (no flooding:
 the VXLAN devices do not learn and have no default destination), and IPv6 is
@@ -41,13 +45,14 @@ import selectors
 import signal
 import socket
 import struct
+import sys
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from ..core.errors import PytraceError, UsageError
-from ..core.netattach import in_netns
+from ..core.netattach import create_netns, delete_netns, in_netns
 from ..core.stops import releasing
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -159,7 +164,10 @@ class Simulation:
 
     def build(self) -> None:
         """Create everything; on any failure (or signal) remove what was made."""
-        taken = [ns for ns in self.namespaces() if os.path.exists(f"/run/netns/{ns}")]
+        from ..core import leftovers
+        # a simulation that was killed left its namespaces (with its mark): they go now
+        taken = [ns for ns in self.namespaces()
+                 if os.path.lexists(f"/run/netns/{ns}") and not leftovers.remove_dead_netns(ns)]
         if taken:
             raise PytraceError(f"network namespace {taken[0]} already exists (another simulation "
                                "with this name? choose another --name)")
@@ -180,18 +188,19 @@ class Simulation:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             # clients first, the underlay last: each veth goes with its first end
-            lines = [f"netns del {ns}" for ns in reversed(self._made)]
-            subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
-                           capture_output=True, text=True)
+            for ns in reversed(self._made):
+                delete_netns(ns)
             self._made = [ns for ns in self._made if os.path.exists(f"/run/netns/{ns}")]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _build(self) -> None:
         names = self.namespaces()
-        for ns in names:      # recorded first: a partial `ip -batch` is cleaned up too
+        for ns in names:
+            # marked as this process's before it has a name: if we are killed,
+            # the next run (or `pytrace doctor --cleanup`) knows it for a leftover
+            create_netns(ns, "tunnelmon-simulate")
             self._made.append(ns)
-        _ip(None, [f"netns add {ns}" for ns in names])
         for ns in names:
             # devices made from here on have no IPv6: no router solicitations,
             # no multicast listener reports, no duplicate address detection
@@ -481,6 +490,9 @@ def run(args: argparse.Namespace) -> int:
     rates = dict(args.client_rate)
     # validate the traffic options before building anything
     sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates, args.inner_ipv6)
+    from ..core import leftovers
+    for line in leftovers.sweep():
+        sys.stderr.write(f"pytrace tunnelmon simulate: {line}\n")
     with sim:
         flows = sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates,
                          args.inner_ipv6)

@@ -11,7 +11,9 @@ Like flannel's VXLAN backend, but bridged: each host's bridge joins its
 container's veth to the VXLAN device, whose packets cross the underlay link.
 The namespaces carry a unique tag (default: our pid), so several demos and
 tests can run at once; deleting them removes every device, qdisc and tc
-filter inside.  Traffic is a bounded UDP echo from cA to cB.
+filter inside.  Each also carries its owner's mark (core/owner.py), so what
+a killed demo leaves is removed by the next run (core/leftovers.py).
+Traffic is a bounded UDP echo from cA to cB.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from ..core.errors import PytraceError
-from ..core.netattach import in_netns
+from ..core.netattach import create_netns, delete_netns, in_netns
 from ..core.stops import releasing
 from .config import ROLE_ANY, Point, Selector
 
@@ -90,9 +92,10 @@ class Topology:
 
     def create(self) -> None:
         for role, name in self.ns.items():
-            if os.path.exists(f"/run/netns/{name}"):
-                raise PytraceError(f"demo: netns {name} already exists (another demo with this tag?)")
-            _ip(["netns", "add", name], f"ip netns add {name}")
+            try:
+                create_netns(name, "vnet-demo")
+            except PytraceError as exc:
+                raise PytraceError(f"demo: {exc} (another demo with this tag?)") from None
             self.made.append(name)
             with in_netns(name):   # /proc/sys/net is the calling thread's namespace
                 for key in ("all", "default"):
@@ -130,8 +133,7 @@ class Topology:
 
     def destroy(self) -> None:
         while self.made:
-            name = self.made.pop()
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_netns(self.made.pop())
 
     # -- what to trace ---------------------------------------------------------------
     def points(self, both_ways: bool = True) -> list[Point]:

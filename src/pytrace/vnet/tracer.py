@@ -121,6 +121,7 @@ class ActivePoint:
     obj: BpfObject
     hook: str
     added_ns: int          # in the records' clock
+    watch: netattach.DeviceWatch | None = None
 
     def info(self) -> dict[str, Any]:
         return {**self.point.to_dict(), "id": self.id, "hook": self.hook, "netns_inode": self.resolved.netns_inode,
@@ -312,7 +313,9 @@ class VnetTracer:
                 raise type(exc)(f"point '{point.label}': {exc}") if isinstance(exc, UsageError) \
                     else PytraceError(f"point '{point.label}': {exc}", exc.exit_code) from None
             self._next_id += 1
-            ap = ActivePoint(point, pid, res, obj, obj.variant.hook, self.now_ns())
+            ap = ActivePoint(point, pid, res, obj, obj.variant.hook, self.now_ns(),
+                             netattach.DeviceWatch(point.device, res.netns_path, index=res.ifindex,
+                                                   label=point.netns))
             self.points[point.label] = ap
             self.labels[pid] = point.label
             self._lost_views[pid] = obj.global_u64("lost_events")
@@ -333,6 +336,17 @@ class VnetTracer:
                     break
                 except PytraceError:
                     continue
+
+    def gone(self) -> list[tuple[str, str]]:
+        """(label, what happened) of every point whose device was deleted (or
+        its namespace with it): such a point records nothing any more.  Each
+        point looks at most twice a second; remove() the ones listed."""
+        out = []
+        for label, ap in self.points.items():
+            reason = ap.watch.gone() if ap.watch is not None else None
+            if reason:
+                out.append((label, reason))
+        return out
 
     # -- reading ---------------------------------------------------------------------
     @property
