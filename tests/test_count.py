@@ -82,6 +82,29 @@ def test_failed_connects_by_errno_exactly():
     assert got == [ProbeCount("syscalls:sys_exit_connect", (("ret", -errno.ECONNREFUSED),), 7)]
 
 
+@pytest.mark.matrix
+def test_more_tracepoints_than_fixed_programs_share_one_by_cookie():
+    """Over FIXED_PROBES tracepoints share count_tracepoint, told apart by BPF
+    cookie (5.15+); where the kernel has no cookies, one line says so."""
+    from pytrace.core import kernel_btf
+    from pytrace.core.errors import PytraceError
+    from pytrace.tools.count import FIXED_PROBES
+    specs = ["syscalls:sys_e*_connect", "syscalls:sys_e*_socket", "syscalls:sys_e*_bind", "syscalls:sys_e*_listen",
+             "syscalls:sys_e*_accept4", "syscalls:sys_e*_getsockname", "syscalls:sys_e*_setsockopt",
+             "syscalls:sys_e*_getsockopt", "syscalls:sys_e*_shutdown"]
+    c = TracepointCount(specs, pid=ME)
+    if "BPF_FUNC_get_attach_cookie" not in kernel_btf.enum_values("bpf_func_id").values():
+        with pytest.raises(PytraceError, match=f"at most {FIXED_PROBES} at once"):
+            c.open()
+        return
+    with c:
+        assert len(c.names) == 18 > FIXED_PROBES and c.variant.programs == ("count_tracepoint",)
+        failed_connects(3)
+        totals = c.totals()
+    assert (totals["syscalls:sys_enter_connect"], totals["syscalls:sys_exit_connect"]) == (3, 3)
+    assert totals["syscalls:sys_enter_socket"] == totals["syscalls:sys_exit_socket"] == 4   # free_port's, 3 connects
+
+
 def test_probes_are_told_apart_by_cookie_and_wildcards_expand():
     with TracepointCount(["t:syscalls:sys_e*_connect", "syscalls:sys_enter_socket"], pid=ME) as c:
         assert c.names == ["syscalls:sys_enter_connect", "syscalls:sys_exit_connect",

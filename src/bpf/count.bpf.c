@@ -6,7 +6,10 @@
  * A classic tracepoint program receives the tracepoint's raw record, whatever
  * the tracepoint, so one precompiled program serves any of them: it is
  * attached once per tracepoint named on the command line, and the BPF cookie
- * of each attachment is the probe's index.  What to read from a record (the
+ * of each attachment is the probe's index.  Kernels before 5.15 have no
+ * cookies (and the record's common_type is not set yet when a program runs):
+ * there, up to FIXED_PROBES tracepoints get a program each,
+ * count_tracepoint_<index>, the same code with the index built in.  What to read from a record (the
  * filter's fields and the key's fields) differs per tracepoint; user space
  * takes offsets, sizes and kinds from tracefs `format` files and passes them
  * here as rodata, indexed by that cookie.  So "count failed connects by
@@ -142,16 +145,14 @@ static __always_inline bool cond_holds(void *ctx, __u32 ref, int i)
 	return op == CMP_EQ ? eq : !eq;
 }
 
-SEC("tracepoint")
-int count_tracepoint(void *ctx)
+static __always_inline int count_hit(void *ctx, __u32 probe)
 {
-	__u64 cookie = bpf_get_attach_cookie(ctx), *val, one = 1;
+	__u64 *val, one = 1;
 	struct count_key key;
-	__u32 probe;
 
-	if (cookie >= MAX_PROBES)
+	if (probe >= MAX_PROBES)
 		return 0;
-	probe = cookie;
+	probe &= MAX_PROBES - 1;	/* the same, in a form every verifier keeps (a power of two) */
 	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
 		return 0;
 
@@ -202,5 +203,27 @@ int count_tracepoint(void *ctx)
 		__sync_fetch_and_add(&dropped, 1);
 	return 0;
 }
+
+SEC("tracepoint")
+int count_tracepoint(void *ctx)
+{
+	__u64 cookie;
+
+	/* where the kernel has no cookies, user space does not attach this one */
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_attach_cookie))
+		return 0;
+	cookie = bpf_get_attach_cookie(ctx);
+	return cookie < MAX_PROBES ? count_hit(ctx, cookie) : 0;
+}
+
+/* count_tracepoint_<i>: probe i, for kernels without cookies (FIXED_PROBES in tools/count.py) */
+#define FIXED(i)							\
+	SEC("tracepoint")						\
+	int count_tracepoint_##i(void *ctx)				\
+	{								\
+		return count_hit(ctx, i);				\
+	}
+FIXED(0) FIXED(1) FIXED(2) FIXED(3) FIXED(4) FIXED(5) FIXED(6) FIXED(7)
+FIXED(8) FIXED(9) FIXED(10) FIXED(11) FIXED(12) FIXED(13) FIXED(14) FIXED(15)
 
 char LICENSE[] SEC("license") = "GPL";

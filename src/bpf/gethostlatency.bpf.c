@@ -4,9 +4,9 @@
  * getaddrinfo(), gethostbyname() and gethostbyname2(), timed from entry
  * (uprobe: the name asked for) to return (uretprobe), per thread.
  *
- * The same two programs are attached to each of the three functions by
- * user space (bpf_program__attach_uprobe_opts with the function's name and
- * its index as the attach cookie), which finds the libc to probe.
+ * User space finds the libc to probe and attaches each function's own entry
+ * program (its index is in the program, not in a BPF cookie: those need
+ * 5.15) and the one return program to each.
  * Resolvers that bypass libc (static binaries, Go's own resolver, ...) are
  * not seen.
  */
@@ -20,7 +20,7 @@ struct gethostlatency_event {
 	__u32 pid;
 	__u32 tid;
 	__s32 ret;		/* the return value (getaddrinfo: 0 or EAI_*; the others: a pointer's low half) */
-	__u32 func;		/* which function: the attach cookie user space gave it */
+	__u32 func;		/* which function: 0 getaddrinfo, 1 gethostbyname, 2 gethostbyname2 */
 	char comm[TASK_COMM_LEN];
 	char host[HOST_LEN];
 };
@@ -43,8 +43,7 @@ struct {
 
 struct gethostlatency_event _event_type = {};
 
-SEC("uprobe")
-int BPF_KPROBE(gethostlatency_entry, const char *name)
+static __always_inline int entry(const char *name, __u32 func)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
@@ -53,11 +52,23 @@ int BPF_KPROBE(gethostlatency_entry, const char *name)
 	if (targ_tgid && (id >> 32) != targ_tgid)
 		return 0;
 	l.ts_ns = bpf_ktime_get_ns();
-	l.func = bpf_get_attach_cookie(ctx);
+	l.func = func;
 	bpf_probe_read_user_str(l.host, sizeof(l.host), name);
 	bpf_map_update_elem(&lookups, &tid, &l, BPF_ANY);
 	return 0;
 }
+
+/* gethostlatency_entry_<function>: the order of FUNCTIONS in tools/gethostlatency.py */
+#define ENTRY(function, index)						\
+	SEC("uprobe")							\
+	int BPF_KPROBE(gethostlatency_entry_##function, const char *name)	\
+	{								\
+		return entry(name, index);				\
+	}
+
+ENTRY(getaddrinfo, 0)
+ENTRY(gethostbyname, 1)
+ENTRY(gethostbyname2, 2)
 
 SEC("uretprobe")
 int BPF_KRETPROBE(gethostlatency_return, long ret)

@@ -4,9 +4,10 @@
  * skbdrop) read it, from any of its three hooks: tp_btf, raw_tp (the
  * arguments of the tracepoint call) and the classic tracepoint (its record).
  *
- * The drop reason (enum skb_drop_reason) came with Linux 5.17 and the
- * receiving socket (rx_sk) with 6.12; where the running kernel lacks them
- * the CO-RE field checks turn their reads into dead code.  The reason
+ * The drop reason (enum skb_drop_reason) came with Linux 5.17: the programs
+ * refuse to load without it (REFUSE_WITHOUT; the tools' floor says why),
+ * rather than load and see nothing.  The receiving socket (rx_sk) came with
+ * 6.12; where the kernel lacks it, its CO-RE check makes the read dead code.  The reason
  * numbers differ between kernels, so NOT_SPECIFIED (a kfree_skb() without
  * a reason) is taken from the running kernel too.
  */
@@ -28,33 +29,27 @@ static __always_inline __u32 drop_reason_unspecified(void)
 	return bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED);
 }
 
-/* tp_btf / raw_tp: kfree_skb(skb, location, reason[, rx_sk]).  False if this kernel has no reasons. */
-static __always_inline bool kfree_skb_from_args(u64 *ctx, struct kfree_skb_call *c)
+/* tp_btf / raw_tp: kfree_skb(skb, location, reason[, rx_sk]). */
+static __always_inline void kfree_skb_from_args(u64 *ctx, struct kfree_skb_call *c)
 {
-	if (!bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
-		return false;
 	c->skb = (const struct sk_buff *)ctx[0];
 	c->location = (const void *)ctx[1];
 	c->reason = (__u32)ctx[2];
 	c->rx_sk = 0;
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk))
 		c->rx_sk = (const struct sock *)ctx[3];
-	return true;
 }
 
-/* The classic tracepoint's record.  False if this kernel has no reasons. */
-static __always_inline bool kfree_skb_from_record(struct trace_event_raw_kfree_skb *ctx,
+/* The classic tracepoint's record. */
+static __always_inline void kfree_skb_from_record(struct trace_event_raw_kfree_skb *ctx,
 						  struct kfree_skb_call *c)
 {
-	if (!bpf_core_field_exists(ctx->reason))
-		return false;
 	c->skb = ctx->skbaddr;
 	c->location = ctx->location;
 	c->reason = ctx->reason;
 	c->rx_sk = 0;
 	if (bpf_core_field_exists(ctx->rx_sk))
 		c->rx_sk = ctx->rx_sk;
-	return true;
 }
 
 /*
@@ -68,21 +63,27 @@ static __always_inline bool kfree_skb_from_record(struct trace_event_raw_kfree_s
 	{                                                                           \
 		struct kfree_skb_call c;                                            \
                                                                                     \
-		return kfree_skb_from_args(ctx, &c) ? handler(ctx, &c) : 0;         \
+		REFUSE_WITHOUT(struct trace_event_raw_kfree_skb, reason);           \
+		kfree_skb_from_args(ctx, &c);                                       \
+		return handler(ctx, &c);                                            \
 	}                                                                           \
 	SEC("raw_tp/kfree_skb")                                                     \
 	int tool##_raw_tp(u64 *ctx)                                                 \
 	{                                                                           \
 		struct kfree_skb_call c;                                            \
                                                                                     \
-		return kfree_skb_from_args(ctx, &c) ? handler(ctx, &c) : 0;         \
+		REFUSE_WITHOUT(struct trace_event_raw_kfree_skb, reason);           \
+		kfree_skb_from_args(ctx, &c);                                       \
+		return handler(ctx, &c);                                            \
 	}                                                                           \
 	SEC("tracepoint/skb/kfree_skb")                                             \
 	int tool##_tracepoint(struct trace_event_raw_kfree_skb *ctx)                \
 	{                                                                           \
 		struct kfree_skb_call c;                                            \
                                                                                     \
-		return kfree_skb_from_record(ctx, &c) ? handler(ctx, &c) : 0;       \
+		REFUSE_WITHOUT(struct trace_event_raw_kfree_skb, reason);           \
+		kfree_skb_from_record(ctx, &c);                                     \
+		return handler(ctx, &c);                                            \
 	}
 
 #endif /* __PYTRACE_KFREESKB_H */

@@ -125,18 +125,33 @@ static __always_inline __u32 log2_slot(__u64 v)
 }
 
 /*
+ * The address family of a classic tcp:tcp_probe record (tcprtt, tcpwin): its
+ * own field where it has one (5.10 has none), else that of the sockaddr the
+ * record keeps (sa_family comes first in either).
+ */
+static __always_inline __u16 tcp_probe_family(const struct trace_event_raw_tcp_probe *ctx)
+{
+	__u16 family = 0;
+
+	if (bpf_core_field_exists(ctx->family))
+		return BPF_CORE_READ(ctx, family);
+	bpf_probe_read_kernel(&family, sizeof(family), ctx->saddr);
+	return family;
+}
+
+/*
  * REFUSE_WITHOUT(type, field): for a program written for a newer shape of
  * its hook (a tracepoint that gained arguments, say), make the verifier
- * refuse it on kernels whose BTF lacks that type, instead of it loading and
- * reading the old arguments as if they were the new.  Where the type is
- * missing, libbpf turns the field offset into an instruction the verifier
- * rejects, on the only path CO-RE leaves; where it exists, that path is
- * gone.  Costs nothing at run time; the refusal is remembered per boot
- * (core/features.py) and explained by the variant's floor.
+ * refuse it on kernels whose BTF lacks that field (or type), instead of it
+ * loading and reading the old arguments as if they were the new, or seeing
+ * nothing.  Where the field is missing, libbpf turns its offset into an
+ * instruction the verifier rejects, on the only path CO-RE leaves; where it
+ * exists, that path is gone.  Costs nothing at run time; the refusal is
+ * remembered per boot (core/features.py) and explained by the variant's floor.
  */
 #define REFUSE_WITHOUT(type, field)					\
 	do {								\
-		if (!bpf_core_type_exists(type))			\
+		if (!bpf_core_field_exists(type, field))		\
 			return bpf_core_field_offset(type, field);	\
 	} while (0)
 

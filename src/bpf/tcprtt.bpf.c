@@ -140,16 +140,18 @@ SEC("tracepoint/tcp/tcp_probe")
 int tcprtt_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 {
 	__u8 saddr[16] = {}, daddr[16] = {};
+	__u16 family = tcp_probe_family(ctx);
+
 	/* saddr/daddr hold a sockaddr_in or sockaddr_in6 */
 	/* (ctx memory cannot be read at a computed offset: copy with a helper) */
-	if (ctx->family == AF_INET) {
+	if (family == AF_INET) {
 		bpf_probe_read_kernel(saddr, 4, &ctx->saddr[4]);
 		bpf_probe_read_kernel(daddr, 4, &ctx->daddr[4]);
 	} else {
 		bpf_probe_read_kernel(saddr, 16, &ctx->saddr[8]);
 		bpf_probe_read_kernel(daddr, 16, &ctx->daddr[8]);
 	}
-	return account(ctx->family, ctx->sport, ctx->dport, saddr, daddr,
+	return account(family, ctx->sport, ctx->dport, saddr, daddr,
 		       ctx->srtt);
 }
 

@@ -115,7 +115,7 @@ int BPF_PROG(tcpwin_tp_btf, struct sock *sk, struct sk_buff *skb)
 static __always_inline struct tcpwin_event *start_from_record(struct trace_event_raw_tcp_probe *ctx, __u64 now)
 {
 	struct tcpwin_event *e = event_reserve(struct tcpwin_event);
-	__u16 family = ctx->family;
+	__u16 family = tcp_probe_family(ctx);
 
 	if (!e)
 		return NULL;
@@ -142,14 +142,15 @@ static __always_inline struct tcpwin_event *start_from_record(struct trace_event
 SEC("tracepoint/tcp/tcp_probe")
 int tcpwin_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 {
+	__u16 family = tcp_probe_family(ctx);
 	struct tcpwin_event *e;
 	__u64 now;
 
-	if (!wanted(ctx->family, ctx->sport, ctx->dport))
+	if (!wanted(family, ctx->sport, ctx->dport))
 		return 0;
 	now = bpf_ktime_get_ns();
 	if (bpf_core_field_exists(ctx->skaddr))
-		e = start(BPF_CORE_READ(ctx, skaddr), ctx->family, now);
+		e = start(BPF_CORE_READ(ctx, skaddr), family, now);
 	else
 		e = start_from_record(ctx, now);
 	if (!e)

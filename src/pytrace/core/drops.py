@@ -16,6 +16,9 @@ from typing import Iterable
 from .kernel_btf import drop_reasons
 from .ksyms import kernel_symbols
 
+# what every variant of the two needs (features.NEEDS): skb:kfree_skb with its reason
+DROP_REASONS = "kfree_skb drop reasons"
+
 TRACING_PREFIXES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_call_bpf",
                     "perf_trace_", "perf_tp_event", "perf_swevent", "__perf_", "bpf_get_stack",
                     "bpf_overflow_handler", "trace_kfree_skb", "__probestub_")

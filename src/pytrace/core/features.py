@@ -56,6 +56,7 @@ NEEDS = {
     "tracepoints sock_send/recv_length": "6.3",
     "tracepoint sk_data_ready": "6.3",
     "kmem tracepoints with the cache": "6.1",
+    "kfree_skb drop reasons": "5.17",
     "sockops TX timestamping": "6.15",
 }
 # errors that say something about the kernel itself (its verifier, its BTF,

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
 from ..core.cliutil import add_common, intervals, process_id, seconds
-from ..core.errors import UsageError
+from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
 from ..core.tracer import Tracer
@@ -49,6 +49,9 @@ SUMMARY = "count tracepoint hits per probe (and per field values), filter in the
 # as in src/bpf/count.bpf.c
 MAX_PROBES, MAX_CONDS, MAX_KEYS, VAL_LEN, MAX_STACK_DEPTH = 1024, 4, 4, 32, 127
 STACK_STORAGE = 8192
+# tracepoints that get a program each (count_tracepoint_<i>): more than that
+# share count_tracepoint and tell themselves apart by BPF cookie (Linux 5.15+)
+FIXED_PROBES = 16
 KeyValue = int | str
 
 
@@ -141,12 +144,23 @@ class TracepointCount(Tracer):
         want_stacks = self.kernel_stack or self.user_stack
         return {"stacks": self.stack_storage if want_stacks else 1, "counts": self.max_keys}
 
+    def _programs(self) -> tuple[str, ...]:
+        """A program each for a few tracepoints; one shared by cookie for many."""
+        if len(self.names) <= FIXED_PROBES:
+            return tuple(f"count_tracepoint_{i}" for i in range(len(self.names)))
+        from ..core import kernel_btf
+        if "BPF_FUNC_get_attach_cookie" not in kernel_btf.enum_values("bpf_func_id").values():
+            raise PytraceError(f"{len(self.names)} tracepoints match: without BPF cookies (Linux 5.15+) "
+                               f"this kernel takes at most {FIXED_PROBES} at once")
+        return ("count_tracepoint",)
+
     def attach(self, obj: BpfObject, variant: Variant) -> None:
         lb = libbpf.lib()
-        prog = obj.program(variant.programs[0])
+        shared = variant.programs == ("count_tracepoint",)
         for i, name in enumerate(self.names):
             cat, ev = name.split(":")
-            opts = libbpf.TracepointOpts(sz=C.sizeof(libbpf.TracepointOpts), bpf_cookie=i)
+            prog = obj.program(variant.programs[0 if shared else i])
+            opts = libbpf.TracepointOpts(sz=C.sizeof(libbpf.TracepointOpts), bpf_cookie=i) if shared else None
             link = libbpf.check_ptr(lb.bpf_program__attach_tracepoint_opts(
                 prog, cat.encode(), ev.encode(), opts), f"attach to tracepoint {name}")
             obj.keep_link(link)
@@ -157,6 +171,8 @@ class TracepointCount(Tracer):
         self._mounted = tracefs.ensure()
         try:
             self._rodata = self._compile()
+            # this instance's programs (what the loader loads): see _programs
+            self.VARIANTS = (Variant("tracepoint", self._programs()),)
             super().open()
         except BaseException:
             self._unmount()

@@ -40,7 +40,7 @@ if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
 NAME = "gethostlatency"
 SUMMARY = "latency of getaddrinfo/gethostbyname[2] calls, by process (uprobes on libc)"
 
-FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")    # index = attach cookie
+FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")    # index = the record's func
 REQUIRED = "getaddrinfo"
 
 
@@ -110,7 +110,7 @@ class HostLookup:
 class GetHostLatency(EventTracer):
     OBJECT = "gethostlatency"
     EVENT = "gethostlatency_event"
-    VARIANTS = (Variant("uprobe", ("gethostlatency_entry", "gethostlatency_return")),)
+    VARIANTS = (Variant("uprobe", (*(f"gethostlatency_entry_{f}" for f in FUNCTIONS), "gethostlatency_return")),)
 
     def __init__(self, *, pid: int = 0, libc: str | None = None, **kw: Any):
         super().__init__(**kw)
@@ -127,11 +127,10 @@ class GetHostLatency(EventTracer):
         path = self.libc or find_libc(self.pid)
         self.libc_path = path
         attached = []
-        for cookie, func in enumerate(FUNCTIONS):
+        for func in FUNCTIONS:
             try:
-                for prog, ret in (("gethostlatency_entry", False), ("gethostlatency_return", True)):
-                    opts = libbpf.UprobeOpts(sz=C.sizeof(libbpf.UprobeOpts), bpf_cookie=cookie, retprobe=ret,
-                                             func_name=func.encode())
+                for prog, ret in ((f"gethostlatency_entry_{func}", False), ("gethostlatency_return", True)):
+                    opts = libbpf.UprobeOpts(sz=C.sizeof(libbpf.UprobeOpts), retprobe=ret, func_name=func.encode())
                     link = lb.bpf_program__attach_uprobe_opts(obj.program(prog), self.pid or -1, path.encode(),
                                                               0, C.byref(opts))
                     obj.keep_link(libbpf.check_ptr(link, f"uprobe {path}:{func}"))

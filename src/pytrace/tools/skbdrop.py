@@ -24,8 +24,7 @@ from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, print_loop, timestamp_line
 from ..core.cliutil import add_common, netns_inode, stack_storage, wall_iso
-from ..core.drops import DropNames
-from ..core.errors import PytraceError
+from ..core.drops import DROP_REASONS, DropNames
 from ..core.loader import Variant
 from ..core.socklayer import counted, protocol_name
 from ..core.tracer import Tracer
@@ -68,9 +67,9 @@ class SkbDropCount:
 class SkbDrop(Tracer):
     OBJECT = "skbdrop"
     VARIANTS = (
-        Variant("tp_btf", ("skbdrop_tp_btf",)),
-        Variant("raw_tp", ("skbdrop_raw_tp",)),
-        Variant("tracepoint", ("skbdrop_tracepoint",)),
+        Variant("tp_btf", ("skbdrop_tp_btf",), needs=DROP_REASONS),
+        Variant("raw_tp", ("skbdrop_raw_tp",), needs=DROP_REASONS),
+        Variant("tracepoint", ("skbdrop_tracepoint",), needs=DROP_REASONS),
     )
 
     def __init__(self, *, stacks: bool = True, unspecified: bool = True, netns: int = 0,
@@ -86,8 +85,6 @@ class SkbDrop(Tracer):
 
     def setup(self) -> None:
         self.names = DropNames()
-        if not self.names.reasons:
-            raise PytraceError("this kernel's skb:kfree_skb has no drop reason (Linux 5.17 or newer needed)")
         self._drops = self.obj.map("drops")
         self._stacks = self.obj.map("stacks")
 

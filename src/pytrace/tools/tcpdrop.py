@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
                             netns_inode, process_id, run_stream)
-from ..core.drops import TRACING_PREFIXES
+from ..core.drops import DROP_REASONS, TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
@@ -76,9 +76,9 @@ class TcpDrop(EventTracer):
     OBJECT = "tcpdrop"
     EVENT = "tcpdrop_event"
     VARIANTS = (
-        Variant("tp_btf", ("tcpdrop_tp_btf",)),
-        Variant("raw_tp", ("tcpdrop_raw_tp",)),
-        Variant("tracepoint", ("tcpdrop_tracepoint",)),
+        Variant("tp_btf", ("tcpdrop_tp_btf",), needs=DROP_REASONS),
+        Variant("raw_tp", ("tcpdrop_raw_tp",), needs=DROP_REASONS),
+        Variant("tracepoint", ("tcpdrop_tracepoint",), needs=DROP_REASONS),
     )
 
     def __init__(self, *, family: int = 0, netns: int = 0, **kw: Any):
