@@ -86,7 +86,8 @@ def pytest_sessionfinish(session, exitstatus):
     data = {"release": features.kernel_release(), "version": list(features.kernel_version()),
             "kinds": {k: list(matrix.kind_usable(k)) for k in features.PROBED_KINDS},
             "variants": session.config.stash.get(_OUTCOMES, {}),
-            "defaults": {tool: list(pair) for tool, pair in matrix.DEFAULTS.items()}}
+            "defaults": {tool: list(pair) for tool, pair in matrix.DEFAULTS.items()},
+            "floors": matrix.floors()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1)

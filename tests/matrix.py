@@ -88,6 +88,18 @@ def kind_usable(kind: str) -> tuple[bool, str]:
     return _kinds[kind]
 
 
+def floors() -> dict[str, str]:
+    """tool:hook -> "major.minor" of every variant a matrix case covers."""
+    from pytrace import tools as registry
+    from pytrace.commands.listing import _variants
+    out = {}
+    for name in registry.names():
+        for v in _variants(registry.load(name)):
+            (major, minor), _what = v.floor()
+            out[f"{name}:{v.hook}"] = f"{major}.{minor}"
+    return out
+
+
 def variant_of(cls, hook: str):
     for v in cls.VARIANTS:
         if v.hook == hook:
@@ -96,11 +108,9 @@ def variant_of(cls, hook: str):
 
 
 def below_floor(variant) -> str | None:
-    """Why the running kernel is too old for a variant, or None."""
-    (major, minor), needs = variant.floor()
-    if features.kernel_version() < (major, minor):
-        return f"needs Linux {major}.{minor}+ ({needs})"
-    return None
+    """Why the running kernel cannot have a variant (older than its floor, or a
+    need's own check of this kernel fails), or None."""
+    return variant.unmet()
 
 
 def skip_unless_kind(hook: str) -> None:
@@ -126,8 +136,8 @@ def opened(cls, hook: str, *args, tool: str | None = None, **kwargs) -> Iterator
         if too_old is None:
             raise
         message = str(exc)
-        assert "\n" not in message and "needs Linux" in message, \
-            f"{name} {hook} below its floor must say which kernel it needs, in one line: {message!r}"
+        assert "\n" not in message and too_old in message, \
+            f"{name} {hook} below its floor must say what the kernel lacks, in one line: {message!r}"
         pytest.skip(f"{name} {hook} {too_old}: refused here ({features.kernel_release()}) as declared")
     if too_old is not None:
         tracer.close()

@@ -31,26 +31,45 @@ def coverage_gaps(runs: dict[str, dict]) -> list[str]:
     return gaps
 
 
+def _kernels(runs: dict[str, dict]) -> list[str]:
+    """Run names, oldest kernel first."""
+    return sorted(runs, key=lambda n: tuple(runs[n].get("version", (99, 99))))
+
+
+def _label(name: str, run: dict) -> str:
+    """5.10, 6.1, 6.12 (the lab's names), or the host's major.minor."""
+    if name != "host":
+        return name
+    return "host " + ".".join(str(v) for v in run.get("version", ())[:2])
+
+
 def render_table(runs: dict[str, dict]) -> str:
-    """Markdown: per tool, its variants with where each was checked, and the default per kernel."""
-    names = list(runs)
+    """Markdown, one row per tool: its floor (the oldest kernel any of its
+    variants runs on) and, per kernel, the variant it used by default, then
+    each variant with the kernels where it was attached and checked."""
+    names = _kernels(runs)
+    floors: dict[str, str] = {}
     tools: dict[str, list[str]] = {}
     for run in runs.values():
+        floors.update(run.get("floors", {}))
         for key in run.get("variants", {}):
             tool, hook = key.split(":", 1)
             if hook not in tools.setdefault(tool, []):
                 tools[tool].append(hook)
-    head = "| tool | variant | " + " | ".join(f"{n} ({runs[n].get('release', '?')})" for n in names) + " |"
-    lines = [head, "|" + "---|" * (2 + len(names))]
+    head = ("| tool | floor | " + " | ".join(f"{runs[n].get('release', n)}" for n in names)
+            + " | variants: floor, kernels where attached and checked |")
+    lines = [head, "|" + "---|" * (3 + len(names))]
     for tool in sorted(tools):
+        tool_floor = min((floors.get(f"{tool}:{h}", "?") for h in tools[tool]),
+                         key=lambda v: tuple(int(x) for x in v.split(".")) if v != "?" else (99, 99))
+        cells = []
+        for n in names:
+            default = runs[n].get("defaults", {}).get(tool)
+            cells.append(default[1] if default and default[1] else ("none" if default else "–"))
+        checked = []
         for hook in tools[tool]:
-            cells = []
-            for n in names:
-                entry = runs[n].get("variants", {}).get(f"{tool}:{hook}")
-                cell = _outcome(entry) if entry else "–"
-                default = runs[n].get("defaults", {}).get(tool)
-                if default and default[1] == hook:
-                    cell += " (default)"
-                cells.append(cell)
-            lines.append(f"| {tool} | {hook} | " + " | ".join(cells) + " |")
+            ok = [_label(n, runs[n]) for n in names
+                  if _outcome(runs[n].get("variants", {}).get(f"{tool}:{hook}", {})) == "ok"]
+            checked.append(f"{hook} {floors.get(f'{tool}:{hook}', '?')}+: {', '.join(ok) or 'NONE'}")
+        lines.append(f"| {tool} | {tool_floor} | " + " | ".join(cells) + " | " + "; ".join(checked) + " |")
     return "\n".join(lines)

@@ -124,12 +124,19 @@ static __always_inline int on_free(__u64 ptr, __u64 s)
 	return 0;
 }
 
-TP_BTF_AND_RAW_TP("kmem_cache_alloc", skblife_tp_btf_alloc, skblife_raw_tp_alloc,
-		  on_alloc(call_site, (__u64)ptr, (__u64)s),
-		  unsigned long call_site, const void *ptr, struct kmem_cache *s)
+/* raw_tp only: a tp_btf program's read of the `const void *ptr` argument is
+ * refused by verifiers before 6.18 (6.1, 6.12: "is not a struct"), and tp_btf
+ * would buy nothing here (the cache's name is read with CO-RE either way) */
+SEC("raw_tp/kmem_cache_alloc")
+int BPF_PROG(skblife_raw_tp_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *s)
+{
+	return on_alloc(call_site, (__u64)ptr, (__u64)s);
+}
 
-TP_BTF_AND_RAW_TP("kmem_cache_free", skblife_tp_btf_free, skblife_raw_tp_free,
-		  on_free((__u64)ptr, (__u64)s),
-		  unsigned long call_site, const void *ptr, const struct kmem_cache *s)
+SEC("raw_tp/kmem_cache_free")
+int BPF_PROG(skblife_raw_tp_free, unsigned long call_site, const void *ptr, const struct kmem_cache *s)
+{
+	return on_free((__u64)ptr, (__u64)s);
+}
 
 char LICENSE[] SEC("license") = "GPL";

@@ -16,8 +16,9 @@
  *    instead retransmits nothing and is not seen by this variant.
  *  - kprobe on tcp_retransmit_skb (R) and tcp_send_loss_probe (L): BCC's
  *    fallback for kernels without the tracepoint and its -l hook.  It sees
- *    every probe attempt, but also retransmit attempts that fail, and not
- *    the TLP retransmissions (which bypass tcp_retransmit_skb()).
+ *    every probe attempt, and a retransmission when tcp_retransmit_skb()
+ *    returns 0 (kretprobe: as the tracepoint, not the attempts that fail),
+ *    but not the TLP retransmissions (which bypass tcp_retransmit_skb()).
  *
  * Counting (-c) is done here, per flow: retransmissions and, separately,
  * how many of them (kprobe: how many probe calls) were tail loss probes.
@@ -241,7 +242,8 @@ TP_BTF_AND_RAW_TP("tcp_retransmit_skb", tcpretrans_tp_btf, tcpretrans_raw_tp, fr
 /*
  * The classic record's type before it was split off (with err) from the
  * tcp_event_sk_skb class it shared with tcp_send_reset: 6.1 and 6.12 have
- * only this one.  The same fields; CO-RE reads whichever the kernel has.
+ * only this one, and 5.10's has no family either.  The same fields; CO-RE
+ * reads whichever the kernel has.
  */
 struct trace_event_raw_tcp_event_sk_skb___old {
 	struct trace_entry ent;
@@ -250,7 +252,7 @@ struct trace_event_raw_tcp_event_sk_skb___old {
 	int state;
 	__u16 sport;
 	__u16 dport;
-	__u16 family;
+	__u16 family;		/* not in 5.10's: then the socket's */
 	__u8 saddr[4];
 	__u8 daddr[4];
 	__u8 saddr_v6[16];
@@ -262,13 +264,17 @@ struct trace_event_raw_tcp_event_sk_skb___old {
  * context pointer, which the verifier refuses to load through. */
 #define ORIGIN_OF_RECORD(o, r)							\
 	do {									\
-		int v6 = BPF_CORE_READ(r, family) == AF_INET6;			\
+		const struct sock *sk_ = BPF_CORE_READ(r, skaddr);		\
+		__u16 family_ = bpf_core_field_exists((r)->family) ?		\
+			BPF_CORE_READ(r, family) :				\
+			BPF_CORE_READ(sk_, __sk_common.skc_family);		\
+		int v6 = family_ == AF_INET6;					\
 										\
-		(o).sk = BPF_CORE_READ(r, skaddr);				\
+		(o).sk = sk_;							\
 		(o).skb = BPF_CORE_READ(r, skbaddr);				\
 		(o).tp_saddr = v6 ? (void *)(r)->saddr_v6 : (void *)(r)->saddr;	\
 		(o).tp_daddr = v6 ? (void *)(r)->daddr_v6 : (void *)(r)->daddr;	\
-		(o).family = BPF_CORE_READ(r, family);				\
+		(o).family = family_;						\
 		(o).lport = BPF_CORE_READ(r, sport);				\
 		(o).rport = BPF_CORE_READ(r, dport);				\
 		(o).state = BPF_CORE_READ(r, state);				\
@@ -293,10 +299,45 @@ int tcpretrans_tracepoint(void *ctx)
 	return handle(ctx, &o, RETRANSMIT, true);
 }
 
+/* tcp_retransmit_skb() in flight, by thread: it counts (and the tracepoint
+ * fires) only for a resend that went out; one that failed (the original
+ * still in the device queue, -EBUSY) is not a retransmission. */
+struct resend {
+	__u64 sk;
+	__u64 skb;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct resend);
+} resends SEC(".maps");
+
 SEC("kprobe/tcp_retransmit_skb")
 int BPF_KPROBE(tcpretrans_kprobe, struct sock *sk, struct sk_buff *skb)
 {
-	return from_sock(ctx, sk, skb, RETRANSMIT, false);
+	__u32 tid = bpf_get_current_pid_tgid();
+	struct resend r = { .sk = (__u64)sk, .skb = (__u64)skb };
+
+	bpf_map_update_elem(&resends, &tid, &r, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/tcp_retransmit_skb")
+int BPF_KRETPROBE(tcpretrans_kretprobe, int ret)
+{
+	__u32 tid = bpf_get_current_pid_tgid();
+	struct resend *r = bpf_map_lookup_elem(&resends, &tid);
+	struct resend copy;
+
+	if (!r)
+		return 0;
+	copy = *r;
+	bpf_map_delete_elem(&resends, &tid);
+	if (ret != 0)
+		return 0;
+	return from_sock(ctx, (const struct sock *)copy.sk, (const struct sk_buff *)copy.skb, RETRANSMIT, false);
 }
 
 SEC("kprobe/tcp_send_loss_probe")

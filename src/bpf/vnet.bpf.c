@@ -11,8 +11,8 @@
  * Hooks, one per method of a point:
  *  - tc clsact ingress/egress (vnet_tc): returns TC_ACT_UNSPEC, so filters
  *    after ours (other points on the same hook) still run;
- *  - XDP (vnet_xdp, ingress only; bpf_xdp_load_bytes needs Linux 5.18):
- *    returns XDP_PASS;
+ *  - XDP (vnet_xdp, ingress only): returns XDP_PASS; reads the frame with
+ *    bpf_xdp_load_bytes (5.18+), before that as kernel memory;
  *  - the device tracepoints net_dev_queue (egress) and netif_receive_skb
  *    (ingress), as tp_btf, raw_tp or classic tracepoint: they fire for every
  *    device of every namespace, so the point's ifindex and netns inode are
@@ -123,12 +123,27 @@ struct pkt {
 	__u8 encap;
 };
 
+/* n bytes of an XDP frame at off: by the helper where it exists (5.18+,
+ * fragments too), else read as the kernel memory it is (the linear part) */
+static __always_inline int xdp_load(struct xdp_md *ctx, __u32 off, void *dst, __u32 n)
+{
+	__u64 data, end;
+
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_xdp_load_bytes))
+		return bpf_xdp_load_bytes(ctx, off, dst, n);
+	data = ctx->data;
+	end = ctx->data_end;
+	if (data + off + n > end)
+		return -1;
+	return bpf_probe_read_kernel(dst, n, (const void *)(long)(data + off));
+}
+
 static __always_inline int load(int kind, struct src *s, __u32 off, void *dst, __u32 n)
 {
 	if (kind == SRC_TC)
 		return bpf_skb_load_bytes(s->ctx, off, dst, n);
 	if (kind == SRC_XDP)
-		return bpf_xdp_load_bytes(s->ctx, off, dst, n);
+		return xdp_load(s->ctx, off, dst, n);
 	return bpf_probe_read_kernel(dst, n, s->base + off);
 }
 
@@ -423,7 +438,7 @@ int vnet_xdp(struct xdp_md *ctx)
 	__u8 first;
 
 	if (!has_eth) {	/* bare IP: the version nibble says which */
-		if (bpf_xdp_load_bytes(ctx, 0, &first, 1))
+		if (xdp_load(ctx, 0, &first, 1))
 			return XDP_PASS;
 		if ((first >> 4) == 6)
 			proto = bpf_htons(ETH_P_IPV6);

@@ -47,10 +47,33 @@ KIND_SINCE = {
 }
 # every object reports through (or counts losses in) a BPF ring buffer
 RINGBUF_SINCE = ("5.8", "the BPF ring buffer")
+def trampoline_takes(*functions: str):
+    """A need of fentry variants whose functions may take more than 6
+    arguments: x86 BPF trampolines take 6 before Linux 6.5 (12 since), and a
+    function can gain one in a stable release (Debian's 6.1 gave
+    tcp_v4_syn_recv_sock a seventh).  The check returns what is missing, or None."""
+    def check() -> str | None:
+        if kernel_version() >= (6, 5):
+            return None
+        from . import kernel_btf
+        from .errors import PytraceError
+        for func in functions:
+            try:
+                n = kernel_btf.func_arg_count(func)
+            except PytraceError:        # no kernel BTF: then no fentry either
+                return None
+            if n is not None and n > 6:
+                return f"{func} takes {n} arguments here, and BPF trampolines take 6 before Linux 6.5"
+        return None
+    return check
+
+
 # what a variant may need beyond its kind (Variant.needs): the first mainline
-# kernel that has it.  The kernel matrix (tests/test_matrix.py) holds each
-# claim against the Debian kernels it boots.
+# kernel that has it, and for some a check of this kernel too.  The kernel
+# matrix (tests/test_matrix.py) holds each claim against the Debian kernels it boots.
 NEEDS = {
+    "trampolines for tcp_v*_syn_recv_sock": ("5.5", trampoline_takes("tcp_v4_syn_recv_sock",
+                                                                       "tcp_v6_syn_recv_sock")),
     "tracepoint qdisc_enqueue": "5.16",
     "tracepoint sock_send_length": "6.3",
     "tracepoints sock_send/recv_length": "6.3",
@@ -99,10 +122,26 @@ def floor(kind: str, needs: str = "") -> tuple[tuple[int, int], str]:
     """The newest of a kind's floor, the ring buffer's and what a variant needs:
     ((major, minor), what that kernel brought)."""
     best = (parse_version(RINGBUF_SINCE[0]), RINGBUF_SINCE[1])
-    for version, what in (KIND_SINCE.get(kind, ("0.0", "")), (NEEDS[needs] if needs else "0.0", needs)):
+    need = NEEDS[needs] if needs else "0.0"
+    need_version = need[0] if isinstance(need, tuple) else need
+    for version, what in (KIND_SINCE.get(kind, ("0.0", "")), (need_version, needs)):
         if parse_version(version) > best[0]:
             best = (parse_version(version), what)
     return best
+
+
+def unmet(kind: str, needs: str = "") -> str | None:
+    """Why this kernel cannot have a variant of this kind that needs `needs`
+    (too old, or its own check fails), or None when it should."""
+    (major, minor), what = floor(kind, needs)
+    if kernel_version() < (major, minor):
+        return f"needs Linux {major}.{minor}+ ({what})"
+    need = NEEDS.get(needs) if needs else None
+    if isinstance(need, tuple):
+        missing = need[1]()
+        if missing:
+            return f"needs {needs}: {missing}"
+    return None
 
 
 def _boot_id() -> str:

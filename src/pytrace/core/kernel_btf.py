@@ -14,7 +14,7 @@ from functools import lru_cache
 from . import libbpf, objects
 from .errors import PytraceError
 
-BTF_KIND_ENUM, BTF_KIND_ENUM64 = 6, 19
+BTF_KIND_ENUM, BTF_KIND_FUNC, BTF_KIND_ENUM64 = 6, 12, 19
 
 
 class _BtfType(C.Structure):
@@ -37,6 +37,19 @@ def _vmlinux() -> int:
     if not ptr:
         raise PytraceError("cannot load the kernel's BTF (/sys/kernel/btf/vmlinux or PYTRACE_BTF)")
     return ptr
+
+
+@lru_cache(maxsize=None)
+def func_arg_count(name: str) -> int | None:
+    """How many arguments the kernel function `name` takes (its BTF), None if unknown."""
+    lb = libbpf.lib()
+    btf = _vmlinux()
+    tid = lb.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+    if tid <= 0:
+        return None
+    func = _BtfType.from_address(lb.btf__type_by_id(btf, tid))
+    proto = _BtfType.from_address(lb.btf__type_by_id(btf, func.size))     # a FUNC's "size" is its proto's id
+    return proto.info & 0xFFFF
 
 
 @lru_cache(maxsize=None)

@@ -43,6 +43,11 @@ class Variant(record("Variant", "hook programs note needs", defaults=("", ""))):
         the variant's needs, its hook kind and the ring buffer."""
         return features.floor(self.hook, self.needs)
 
+    def unmet(self) -> str | None:
+        """Why this kernel cannot have the variant (older than its floor, or a
+        need's own check fails), or None."""
+        return features.unmet(self.hook, self.needs)
+
 
 if TYPE_CHECKING:
     Attach = Callable[[BpfObject, Variant], None]
@@ -117,9 +122,9 @@ def _why(variant: Variant, exc: OSError) -> str:
         usable, reason = features.learn(kind)
         if not usable:
             return reason
-    (major, minor), needs = variant.floor()
-    if features.kernel_version() < (major, minor):
-        return f"needs Linux {major}.{minor}+ ({needs}); this kernel is {features.kernel_release()}"
+    missing = variant.unmet()
+    if missing:
+        return f"{missing}; this kernel is {features.kernel_release()}"
     if exc.errno in (errno.EACCES, errno.EINVAL, errno.E2BIG) and "load" in str(exc):
         return f"the verifier rejected the {kind} program ({exc.strerror}; -v shows its log)"
     return features.explain(kind, exc)
@@ -135,9 +140,9 @@ def planned(variants: Sequence[Variant]) -> tuple[Variant | None, list[str]]:
         if entry is not None and not entry[0]:
             reasons.append(f"{v.hook}: {entry[1]}")
             continue
-        (major, minor), needs = v.floor()
-        if features.kernel_version() < (major, minor):
-            reasons.append(f"{v.hook}: needs Linux {major}.{minor}+ ({needs})")
+        missing = v.unmet()
+        if missing:
+            reasons.append(f"{v.hook}: {missing}")
             continue
         return v, reasons
     return None, reasons

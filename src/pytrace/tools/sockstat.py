@@ -11,7 +11,8 @@ Library:
 The syscalls (socket, socketpair, bind, connect, accept, accept4) are counted
 at their sys_enter tracepoints, so a call is counted whether it succeeds or
 not.  send/recv count calls through sock_sendmsg()/sock_recvmsg() (every
-socket send and receive system call, plus kernel users of sockets).
+socket send and receive system call, plus kernel users of sockets; with
+kprobes, those of IP and Unix sockets).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ _PROBES = {c: f"tracepoint:syscalls:sys_enter_{c}" for c in COUNTERS[:6]}
 _SENDRECV = {
     "tp_btf": ("tp_btf:sock:sock_send_length", "tp_btf:sock:sock_recv_length"),
     "tracepoint": ("tracepoint:sock:sock_send_length", "tracepoint:sock:sock_recv_length"),
-    "kprobe": ("kprobe:sock_sendmsg", "kprobe:sock_recvmsg"),
+    # the family operations sock_sendmsg()/sock_recvmsg() call (socklayer.h, SOCK_OPS_IO)
+    "kprobe": ("kprobe:" + "+".join(op for op in SOCK_OPS_IO if "send" in op),
+               "kprobe:" + "+".join(op for op in SOCK_OPS_IO if "recv" in op)),
 }
 
 

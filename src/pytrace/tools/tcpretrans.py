@@ -91,7 +91,7 @@ class TcpRetrans(EventTracer):
         Variant("tp_btf", ("tcpretrans_tp_btf",), note=_TP_NOTE),
         Variant("raw_tp", ("tcpretrans_raw_tp",), note=_TP_NOTE),
         Variant("tracepoint", ("tcpretrans_tracepoint",), note=_TP_NOTE),
-        Variant("kprobe", ("tcpretrans_kprobe", "tcpretrans_kprobe_tlp")),
+        Variant("kprobe", ("tcpretrans_kprobe", "tcpretrans_kretprobe", "tcpretrans_kprobe_tlp")),
     )
 
     def __init__(self, *, family: int = 0, lossprobe: bool = False, count: bool = False,

@@ -41,7 +41,7 @@ AFTER_ENQUEUE = ("tp_btf", "raw_tp")    # variants that sample after the connect
 class TcpSynBl(Tracer):
     OBJECT = "tcpsynbl"
     VARIANTS = (
-        Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6")),
+        Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6"), needs="trampolines for tcp_v*_syn_recv_sock"),
         Variant("kprobe", ("tcpsynbl_kprobe_v4", "tcpsynbl_kprobe_v6")),
         Variant("tp_btf", ("tcpsynbl_tp_btf",), note="backlog +1", needs="tracepoint sk_data_ready"),
         Variant("raw_tp", ("tcpsynbl_raw_tp",), note="backlog +1", needs="tracepoint sk_data_ready"),
