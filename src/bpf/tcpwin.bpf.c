@@ -47,13 +47,14 @@ static __always_inline bool wanted(__u16 family, __u16 lport, __u16 rport)
 	return port_allowed(lports, n_lports, lport) && port_allowed(rports, n_rports, rport);
 }
 
-/* Reserve and fill what the socket itself says (buffers, ports, addresses). */
-static __always_inline struct tcpwin_event *start(const struct sock *sk, __u16 family, __u64 now)
+/*
+ * Fill what the socket itself says (buffers, ports, addresses).  The record
+ * is reserved by the caller, once: a callee's NULL check that the caller
+ * repeats is, to 5.10's verifier, a path where the reserved record leaks.
+ */
+static __always_inline void fill_from_sock(struct tcpwin_event *e, const struct sock *sk, __u16 family,
+					   __u64 now)
 {
-	struct tcpwin_event *e = event_reserve(struct tcpwin_event);
-
-	if (!e)
-		return NULL;
 	e->ts_ns = now;
 	e->skaddr = (__u64)sk;
 	e->sndbuf = BPF_CORE_READ(sk, sk_sndbuf);
@@ -65,7 +66,6 @@ static __always_inline struct tcpwin_event *start(const struct sock *sk, __u16 f
 	__builtin_memset(e->laddr, 0, 16);
 	__builtin_memset(e->raddr, 0, 16);
 	sk_read_addrs(sk, family, e->laddr, e->raddr);
-	return e;
 }
 
 static __always_inline int from_sock(const struct sock *sk)
@@ -78,9 +78,10 @@ static __always_inline int from_sock(const struct sock *sk)
 	if (!wanted(family, sk_sport(sk), sk_dport(sk)))
 		return 0;
 	now = bpf_ktime_get_ns();
-	e = start(sk, family, now);
+	e = event_reserve(struct tcpwin_event);
 	if (!e)
 		return 0;
+	fill_from_sock(e, sk, family, now);
 	e->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
 	e->ssthresh = BPF_CORE_READ(tp, snd_ssthresh);
 	e->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
@@ -112,13 +113,9 @@ int BPF_PROG(tcpwin_tp_btf, struct sock *sk, struct sk_buff *skb)
  * the flow from the record itself (saddr/daddr hold a sockaddr_in or
  * sockaddr_in6), and the socket's buffers unknown (-1).
  */
-static __always_inline struct tcpwin_event *start_from_record(struct trace_event_raw_tcp_probe *ctx, __u64 now)
+static __always_inline void fill_from_record(struct tcpwin_event *e, struct trace_event_raw_tcp_probe *ctx,
+					     __u16 family, __u64 now)
 {
-	struct tcpwin_event *e = event_reserve(struct tcpwin_event);
-	__u16 family = tcp_probe_family(ctx);
-
-	if (!e)
-		return NULL;
 	e->ts_ns = now;
 	e->skaddr = 0;
 	e->sndbuf = -1;
@@ -136,7 +133,6 @@ static __always_inline struct tcpwin_event *start_from_record(struct trace_event
 		bpf_probe_read_kernel(e->laddr, 16, &((struct sockaddr_in6 *)ctx->saddr)->sin6_addr);
 		bpf_probe_read_kernel(e->raddr, 16, &((struct sockaddr_in6 *)ctx->daddr)->sin6_addr);
 	}
-	return e;
 }
 
 SEC("tracepoint/tcp/tcp_probe")
@@ -149,12 +145,13 @@ int tcpwin_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 	if (!wanted(family, ctx->sport, ctx->dport))
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (bpf_core_field_exists(ctx->skaddr))
-		e = start(BPF_CORE_READ(ctx, skaddr), family, now);
-	else
-		e = start_from_record(ctx, now);
+	e = event_reserve(struct tcpwin_event);
 	if (!e)
 		return 0;
+	if (bpf_core_field_exists(ctx->skaddr))
+		fill_from_sock(e, BPF_CORE_READ(ctx, skaddr), family, now);
+	else
+		fill_from_record(e, ctx, family, now);
 	e->snd_cwnd = ctx->snd_cwnd;
 	e->ssthresh = ctx->ssthresh;
 	e->snd_wnd = ctx->snd_wnd;
