@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Compile the kernel half of every tool: src/bpf/*.bpf.c -> src/pytrace/bpf/*.bpf.o
+(and the tests' own programs: tests/bpf/*.bpf.c -> tests/bpf/*.bpf.o)
 
     python3 build.py            # build what changed
     python3 build.py -j 4       # at most 4 compilers at a time (default: one per CPU)
@@ -14,6 +15,12 @@ can print what an object was built from, and the BTF-derived record layouts
 are cached beside each object (core/btf.py), so a tool's start needs neither
 clang nor an ELF parse.  Only this script needs clang; nothing at run time
 does.
+
+The tests' own BPF programs (tests/bpf/: scaffolding such as a tc program
+that drops chosen segments, not tools) are built with the same flags and
+headers into tests/bpf/, beside their sources: outside the package, so no
+wheel carries them or their sources, and not in the manifest.  A tree
+without tests/bpf (an sdist) builds only the tools.
 
 src/pytrace/bpf/manifest.json records the package version and architecture
 the objects were built for; core/objects.py refuses objects that do not match
@@ -51,6 +58,7 @@ SRC = ROOT / "src" / "bpf"
 OUT = ROOT / "src" / "pytrace" / "bpf"
 LIB = ROOT / "src" / "pytrace" / "lib"
 MANIFEST = OUT / "manifest.json"
+TESTS = ROOT / "tests" / "bpf"   # the tests' programs: built beside their sources, never packaged
 MANIFEST_FORMAT = 1
 ARCHES = {"x86_64": ("x86", "__TARGET_ARCH_x86")}
 
@@ -344,8 +352,12 @@ def build(force: bool = False, quiet: bool = False, workers: int | None = None) 
     sources = sorted(SRC.glob("*.bpf.c"))
     if not sources:
         raise BuildError(f"build.py: no *.bpf.c under {SRC}")
+    tests = sorted(TESTS.glob("*.bpf.c"))
     dirs = [SRC, ROOT / "vmlinux" / arch[0]]    # compile_one's -I
-    todo = sources if force else stale_sources(sources, OUT, dirs, [Path(__file__).resolve()])
+    todo: list[tuple[Path, Path]] = []
+    for out, srcs in ((OUT, sources), (TESTS, tests)):
+        stale = srcs if force else stale_sources(srcs, out, dirs, [Path(__file__).resolve()])
+        todo += [(s, out / object_name(s)) for s in stale]
     built: list[Path] = []
     if todo:
         clang = _tool(["clang", "clang-14"], "CLANG")
@@ -356,20 +368,20 @@ def build(force: bool = False, quiet: bool = False, workers: int | None = None) 
 
         def done(obj: Path) -> None:
             write_layouts(obj)
-            write_manifest()  # at once: a parallel user of this checkout may load the new object
+            if obj.parent == OUT:
+                write_manifest()  # at once: a parallel user of this checkout may load the new object
 
-        built = compile_all([(s, OUT / object_name(s)) for s in todo],
-                            lambda src, obj: compile_one(src, obj, clang, strip, arch),
+        built = compile_all(todo, lambda src, obj: compile_one(src, obj, clang, strip, arch),
                             workers or _cpus(), quiet, done)
-    known = {object_name(s) for s in sources}
-    for obj in OUT.glob("*.bpf.o"):
-        if obj.name not in known:
-            obj.unlink()
-            Path(str(obj) + ".layout.json").unlink(missing_ok=True)
+    for out, srcs in ((OUT, sources), (TESTS, tests)):
+        known = {object_name(s) for s in srcs}
+        for obj in out.glob("*.bpf.o"):
+            if obj.name not in known:
+                obj.unlink()
+                Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
     write_manifest()
-    # every object but the tests' own scaffolding
-    ship_btfs(sorted(p for p in OUT.glob("*.bpf.o") if p.name != "testdrop.bpf.o"), arch[0])
+    ship_btfs(sorted(OUT.glob("*.bpf.o")), arch[0])   # the package's objects: the tests' are elsewhere
     return built
 
 
@@ -405,7 +417,7 @@ def ship_btfs(objects: list[Path], arch: str) -> None:
 
 
 def clean() -> None:
-    for p in OUT.glob("*.bpf.o*"):
+    for p in [*OUT.glob("*.bpf.o*"), *TESTS.glob("*.bpf.o*")]:
         p.unlink()
     MANIFEST.unlink(missing_ok=True)
     shutil.rmtree(OUT / "src", ignore_errors=True)
@@ -413,7 +425,8 @@ def clean() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Compile src/bpf/*.bpf.c into src/pytrace/bpf/*.bpf.o")
+    ap = argparse.ArgumentParser(description="Compile src/bpf/*.bpf.c into src/pytrace/bpf/*.bpf.o "
+                                             "(and tests/bpf/*.bpf.c beside their sources)")
     ap.add_argument("--force", action="store_true", help="rebuild every object")
     ap.add_argument("--clean", action="store_true", help="remove built objects")
     ap.add_argument("--bundle", action="store_true",
