@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Compile the kernel half of every tool: src/bpf/*.bpf.c -> src/pytrace/bpf/*.bpf.o
+(and the tests' own programs: tests/bpf/*.bpf.c -> tests/bpf/*.bpf.o)
 
     python3 build.py            # build what changed
+    python3 build.py -j 4       # at most 4 compilers at a time (default: one per CPU)
     python3 build.py --force    # rebuild everything
     python3 build.py --clean    # remove the built objects
     python3 build.py --bundle   # also copy libbpf into the package (setup.py does)
@@ -14,6 +16,12 @@ are cached beside each object (core/btf.py), so a tool's start needs neither
 clang nor an ELF parse.  Only this script needs clang; nothing at run time
 does.
 
+The tests' own BPF programs (tests/bpf/: scaffolding such as a tc program
+that drops chosen segments, not tools) are built with the same flags and
+headers into tests/bpf/, beside their sources: outside the package, so no
+wheel carries them or their sources, and not in the manifest.  A tree
+without tests/bpf (an sdist) builds only the tools.
+
 src/pytrace/bpf/manifest.json records the package version and architecture
 the objects were built for; core/objects.py refuses objects that do not match
 (one clear line instead of a libbpf or verifier error).  For a wheel,
@@ -21,7 +29,11 @@ bundle_libs() copies this machine's libbpf.so.1 (and libelf.so.1, which a
 minimal host may lack) into src/pytrace/lib/: hosts without a usable libbpf
 load that copy (core/libbpf.py).
 
-On a compile error clang's own message is printed and the exit status is 1.
+An object is rebuilt when it is older than its source, than a header the
+source includes (its quoted #includes, followed transitively: the project's
+headers and vmlinux.h), or than this script; the stale ones compile in
+parallel.  On a compile error clang's own message is printed (each failed
+source's, in source order, whichever finished first) and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -37,13 +49,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src" / "bpf"
 OUT = ROOT / "src" / "pytrace" / "bpf"
 LIB = ROOT / "src" / "pytrace" / "lib"
 MANIFEST = OUT / "manifest.json"
+TESTS = ROOT / "tests" / "bpf"   # the tests' programs: built beside their sources, never packaged
 MANIFEST_FORMAT = 1
 ARCHES = {"x86_64": ("x86", "__TARGET_ARCH_x86")}
 
@@ -75,14 +90,82 @@ def _headers() -> list[Path]:
 
 
 def _stale(obj: Path, deps: list[Path]) -> bool:
-    if not obj.exists():
+    """obj is missing, or older than one of deps; a dep that is missing counts
+    as newer (a header deleted but still included: clang must say so)."""
+    try:
+        built = obj.stat().st_mtime_ns
+    except FileNotFoundError:
         return True
-    built = obj.stat().st_mtime
-    return any(d.stat().st_mtime > built for d in deps)
+    for dep in deps:
+        try:
+            if dep.stat().st_mtime_ns > built:
+                return True
+        except FileNotFoundError:
+            return True
+    return False
 
 
-def compile_one(src: Path, clang: str, strip: str | None, arch: tuple[str, str]) -> Path:
-    obj = OUT / (src.name[: -len(".c")] + ".o")
+# a quoted #include: one of the project's headers (system ones use <...>)
+_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+
+
+def include_closures(sources: list[Path], dirs: list[Path]) -> dict[Path, set[Path]]:
+    """Each source's local headers: every quoted #include, followed
+    transitively, resolved as clang does (the including file's directory,
+    then the -I dirs).  A name found nowhere stays in as a path that does not
+    exist, so _stale() rebuilds and clang reports it.  Each file is read once
+    however many sources share it (vmlinux.h is megabytes)."""
+    direct: dict[Path, list[Path]] = {}
+
+    def includes(path: Path) -> list[Path]:
+        if path not in direct:
+            try:
+                names = [n.decode() for n in _INCLUDE.findall(path.read_bytes())]
+            except OSError:
+                names = []
+            direct[path] = [next((d / n for d in (path.parent, *dirs) if (d / n).is_file()), path.parent / n)
+                            for n in names]
+        return direct[path]
+
+    closures = {}
+    for src in sources:
+        seen: set[Path] = set()
+        todo = [src]
+        while todo:
+            for header in includes(todo.pop()):
+                if header not in seen:
+                    seen.add(header)
+                    todo.append(header)
+        closures[src] = seen
+    return closures
+
+
+def stale_sources(sources: list[Path], out: Path, dirs: list[Path], always: list[Path]) -> list[Path]:
+    """The sources whose object in out is missing or older than the source,
+    a header it includes, or one of always (this script: the compile flags)."""
+    closures = include_closures(sources, dirs)
+    return [s for s in sources if _stale(out / object_name(s), [s, *sorted(closures[s]), *always])]
+
+
+def object_name(src: Path) -> str:
+    return src.name[: -len(".c")] + ".o"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+class CompileError(BuildError):
+    def __init__(self, src: Path, stderr: str):
+        super().__init__(f"build.py: clang failed on {_shown(src)}")
+        self.src, self.stderr = src, stderr
+
+
+def compile_one(src: Path, obj: Path, clang: str, strip: str | None, arch: tuple[str, str]) -> str:
+    """Compile src into obj; returns clang's warnings, raises CompileError with its errors."""
     tmp = obj.with_name(f"{obj.name}.{os.getpid()}.tmp")  # unique: parallel builds
     vmlinux_dir = ROOT / "vmlinux" / arch[0]
     cmd = [
@@ -93,20 +176,61 @@ def compile_one(src: Path, clang: str, strip: str | None, arch: tuple[str, str])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        sys.stderr.write(proc.stderr)
-        raise BuildError(f"build.py: clang failed on {src.relative_to(ROOT)}")
-    if proc.stderr:
-        sys.stderr.write(proc.stderr)
+        raise CompileError(src, proc.stderr)
     if strip:
         # -g keeps .BTF/.BTF.ext (needed for CO-RE) and drops only DWARF.
-        subprocess.run([strip, "-g", str(tmp)], check=True)
+        stripped = subprocess.run([strip, "-g", str(tmp)], capture_output=True, text=True)
+        if stripped.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise CompileError(src, stripped.stderr)
     os.replace(tmp, obj)
-    return obj
+    return proc.stderr
+
+
+def compile_all(jobs: list[tuple[Path, Path]], compile_: Callable[[Path, Path], str], workers: int,
+                quiet: bool = False, done: Callable[[Path], None] | None = None) -> list[Path]:
+    """Compile each (source, object) of jobs, up to workers at a time.
+
+    What is printed does not depend on which compiler finishes first: each
+    source's line, its warnings, then done(object), in the order of jobs.
+    After a failure the other jobs still finish (their objects are good);
+    then clang's messages have been printed and BuildError names every
+    source that failed.
+    """
+    if not jobs:
+        return []
+    built: list[Path] = []
+    failed: list[Path] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))  # threads: each waits for its clang
+    futures = [pool.submit(compile_, src, obj) for src, obj in jobs]
+    try:
+        for (src, obj), future in zip(jobs, futures):
+            if not quiet:
+                print(f"  BPF  {_shown(src)}", flush=True)
+            try:
+                warnings = future.result()
+            except CompileError as exc:
+                sys.stderr.write(exc.stderr)
+                sys.stderr.flush()
+                failed.append(src)
+                continue
+            if warnings:
+                sys.stderr.write(warnings)
+                sys.stderr.flush()
+            built.append(obj)
+            if done is not None:
+                done(obj)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after Ctrl-C or a failed done(): start no other clang
+    if failed:
+        raise BuildError(f"build.py: clang failed on {', '.join(_shown(s) for s in failed)}")
+    return built
 
 
 def write_layouts(obj: Path) -> None:
     """Cache the object's BTF-derived layouts next to it (see core/btf.py)."""
-    sys.path.insert(0, str(ROOT / "src"))
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
     from pytrace.core import btf  # noqa: E402  (needs pyelftools, a build dependency)
 
     btf.write_cache(obj)
@@ -214,15 +338,26 @@ def bundle_libs() -> list[Path]:
     return [LIB / name for name in info]
 
 
-def build(force: bool = False, quiet: bool = False) -> list[Path]:
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def build(force: bool = False, quiet: bool = False, workers: int | None = None) -> list[Path]:
     arch = _arch()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "__init__.py").touch()
     sources = sorted(SRC.glob("*.bpf.c"))
     if not sources:
         raise BuildError(f"build.py: no *.bpf.c under {SRC}")
-    common = _headers() + [ROOT / "vmlinux" / arch[0] / "vmlinux.h", Path(__file__).resolve()]
-    todo = [s for s in sources if force or _stale(OUT / (s.name[:-2] + ".o"), [s, *common])]
+    tests = sorted(TESTS.glob("*.bpf.c"))
+    dirs = [SRC, ROOT / "vmlinux" / arch[0]]    # compile_one's -I
+    todo: list[tuple[Path, Path]] = []
+    for out, srcs in ((OUT, sources), (TESTS, tests)):
+        stale = srcs if force else stale_sources(srcs, out, dirs, [Path(__file__).resolve()])
+        todo += [(s, out / object_name(s)) for s in stale]
     built: list[Path] = []
     if todo:
         clang = _tool(["clang", "clang-14"], "CLANG")
@@ -230,22 +365,23 @@ def build(force: bool = False, quiet: bool = False) -> list[Path]:
             strip: str | None = _tool(["llvm-strip", "llvm-strip-14"], "LLVM_STRIP")
         except BuildError:
             strip = None
-        for src in todo:
-            if not quiet:
-                print(f"  BPF  {src.relative_to(ROOT)}", flush=True)
-            obj = compile_one(src, clang, strip, arch)
+
+        def done(obj: Path) -> None:
             write_layouts(obj)
-            built.append(obj)
-            write_manifest()  # at once: a parallel user of this checkout may load the new object
-    known = {s.name[:-2] + ".o" for s in sources}
-    for obj in OUT.glob("*.bpf.o"):
-        if obj.name not in known:
-            obj.unlink()
-            Path(str(obj) + ".layout.json").unlink(missing_ok=True)
+            if obj.parent == OUT:
+                write_manifest()  # at once: a parallel user of this checkout may load the new object
+
+        built = compile_all(todo, lambda src, obj: compile_one(src, obj, clang, strip, arch),
+                            workers or _cpus(), quiet, done)
+    for out, srcs in ((OUT, sources), (TESTS, tests)):
+        known = {object_name(s) for s in srcs}
+        for obj in out.glob("*.bpf.o"):
+            if obj.name not in known:
+                obj.unlink()
+                Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
     write_manifest()
-    # every object but the tests' own scaffolding
-    ship_btfs(sorted(p for p in OUT.glob("*.bpf.o") if p.name != "testdrop.bpf.o"), arch[0])
+    ship_btfs(sorted(OUT.glob("*.bpf.o")), arch[0])   # the package's objects: the tests' are elsewhere
     return built
 
 
@@ -281,7 +417,7 @@ def ship_btfs(objects: list[Path], arch: str) -> None:
 
 
 def clean() -> None:
-    for p in OUT.glob("*.bpf.o*"):
+    for p in [*OUT.glob("*.bpf.o*"), *TESTS.glob("*.bpf.o*")]:
         p.unlink()
     MANIFEST.unlink(missing_ok=True)
     shutil.rmtree(OUT / "src", ignore_errors=True)
@@ -289,18 +425,20 @@ def clean() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Compile src/bpf/*.bpf.c into src/pytrace/bpf/*.bpf.o")
+    ap = argparse.ArgumentParser(description="Compile src/bpf/*.bpf.c into src/pytrace/bpf/*.bpf.o "
+                                             "(and tests/bpf/*.bpf.c beside their sources)")
     ap.add_argument("--force", action="store_true", help="rebuild every object")
     ap.add_argument("--clean", action="store_true", help="remove built objects")
     ap.add_argument("--bundle", action="store_true",
                     help="also copy this machine's libbpf.so.1 (+ libelf) into the package, as for a wheel")
+    ap.add_argument("-j", "--jobs", type=int, metavar="N", help="compile N objects at a time (default: one per CPU)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
         if args.clean:
             clean()
         else:
-            build(force=args.force, quiet=args.quiet)
+            build(force=args.force, quiet=args.quiet, workers=args.jobs)
             if args.bundle:
                 bundle_libs()
     except BuildError as exc:

@@ -5,6 +5,7 @@ for this platform (it carries BPF objects built for this architecture and a
 bundled libbpf.so.1 for hosts without one), not `any`.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +26,12 @@ except ImportError:
 
 class BuildPy(build_py):
     def run(self):
+        # build/lib outlives a build and build_py only adds to it: drop the
+        # generated package data copied there before, so that what the tree no
+        # longer builds (a removed object, the tests' programs that moved to
+        # tests/bpf) leaves the wheel too
+        for generated in ("bpf", "btf", "lib"):
+            shutil.rmtree(Path(self.build_lib) / "pytrace" / generated, ignore_errors=True)
         try:
             bpf_build.build()
             __import__("build_web").build()  # the web views' npm bundle (build_web.py)

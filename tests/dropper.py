@@ -1,5 +1,5 @@
 """Test scaffolding for losses: two test hosts joined by a veth pair, and a tc
-ingress program (src/bpf/testdrop.bpf.c) that drops chosen TCP data segments
+ingress program (tests/bpf/testdrop.bpf.c) that drops chosen TCP data segments
 at the receiver.
 
     with TwoHosts("retrans") as net, Dropper(port, skip=2, count=1, dev=net.dev_b, ns=net.ns_b) as d:
@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 
+from scaffolding import bpf_object
 from pytrace.core import netattach
 from pytrace.core.bpfobject import BpfObject
 
@@ -82,7 +83,7 @@ class Dropper:
 
     def __init__(self, port: int, *, skip: int = 0, count: int = 1, dev: str = "lo", ns: str | None = None,
                  data_only: bool = True):
-        self.obj = BpfObject("testdrop", programs={"testdrop_ingress"},
+        self.obj = BpfObject(bpf_object("testdrop"), programs={"testdrop_ingress"},
                              rodata={"target_port": port, "skip": skip, "count": count, "data_only": data_only})
         self.dev, self.ns = dev, ns
 

@@ -1,5 +1,5 @@
 """tc state as an administrator sees it (`tc -j`), and an administrator's own
-counting filters (src/bpf/testcount.bpf.c), for the tests of pytrace's tc
+counting filters (tests/bpf/testcount.bpf.c), for the tests of pytrace's tc
 manners: coexistence (test_tc_coexist.py) and leftovers (test_leftovers.py).
 
 An AdminFilter is attached with plain bpf_tc_attach at the priority and
@@ -13,6 +13,7 @@ import ctypes as C
 import json
 import subprocess
 
+from scaffolding import bpf_object
 from pytrace.core import libbpf, netattach, owner
 from pytrace.core.bpfobject import BpfObject
 
@@ -60,7 +61,7 @@ class AdminFilter:
     def __init__(self, ns: str, dev: str, direction: str, prio: int, handle: int, verdict: str):
         self.ns, self.dev, self.direction, self.prio, self.handle = ns, dev, direction, prio, handle
         self.counter = f"{verdict}_frames"
-        self.obj = BpfObject("testcount", programs={f"testcount_{verdict}"})
+        self.obj = BpfObject(bpf_object("testcount"), programs={f"testcount_{verdict}"})
         try:
             self.obj.load()
             idx = netattach.ifindex(dev, ns)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 
+from scaffolding import bpf_object
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.errors import PytraceError
 
 
 def test_a_closed_object_raises_instead_of_crashing():
-    obj = BpfObject("testdrop", programs={"testdrop_ingress"}, rodata={"target_port": 1})
+    obj = BpfObject(bpf_object("testdrop"), programs={"testdrop_ingress"}, rodata={"target_port": 1})
     with obj:
         assert obj.map(".bss").fd >= 0
         assert obj.program_fd("testdrop_ingress") >= 0

@@ -12,6 +12,7 @@ import pytest
 
 import matrix
 from helpers import run_cli
+from scaffolding import bpf_object
 from pytrace import tools as registry
 from pytrace.commands.listing import _variants
 from pytrace.core import features, loader
@@ -107,7 +108,8 @@ def test_a_refused_variant_costs_once_per_boot(tmp_path, monkeypatch):
     that build of the object and that configuration; doctor forgets."""
     from pytrace.core import cachefile
     monkeypatch.setattr(cachefile, "DIR", str(tmp_path))
-    bad = Variant("tracepoint", ("testdrop_refused",))       # src/bpf/testdrop.bpf.c
+    testdrop = bpf_object("testdrop")                        # tests/bpf/testdrop.bpf.c
+    bad = Variant("tracepoint", ("testdrop_refused",))
     good = Variant("tracepoint", ("testdrop_accepted",))
     calls = []
     real = loader.BpfObject
@@ -120,7 +122,7 @@ def test_a_refused_variant_costs_once_per_boot(tmp_path, monkeypatch):
     monkeypatch.setattr(loader, "BpfObject", Counting)
 
     def load_once() -> str:
-        obj = loader.load("testdrop", "testdrop", (bad, good))
+        obj = loader.load("testdrop", testdrop, (bad, good))
         try:
             return obj.variant.hook
         finally:
@@ -130,9 +132,9 @@ def test_a_refused_variant_costs_once_per_boot(tmp_path, monkeypatch):
     assert calls == [("testdrop_refused",), ("testdrop_accepted",)]
     assert load_once() == "tracepoint"
     assert calls[2:] == [("testdrop_accepted",)]       # the refused variant was not tried again
-    why = features.known_refused("testdrop", bad, repr([]))
+    why = features.known_refused(testdrop, bad, repr([]))
     assert why and "verifier rejected" in why
-    assert not features.known_refused("testdrop", bad, repr([("x", 1)]))   # another configuration
-    assert not features.known_refused("testdrop", good, repr([]))
+    assert not features.known_refused(testdrop, bad, repr([("x", 1)]))   # another configuration
+    assert not features.known_refused(testdrop, good, repr([]))
     features.forget_refusals()
-    assert not features.known_refused("testdrop", bad, repr([]))
+    assert not features.known_refused(testdrop, bad, repr([]))

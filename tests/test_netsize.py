@@ -21,6 +21,7 @@ import pytest
 from netlab import QuietHosts, bad_input, released_after_exit
 from ready import started
 from matrix import opened, variants
+from scaffolding import bpf_object
 from pytrace.core import features, netattach
 from pytrace.core.bpfobject import BpfObject
 from pytrace.tools.netsize import NetSize
@@ -50,7 +51,7 @@ def with_napi(net: QuietHosts) -> Iterator[None]:
     if features.kernel_version() >= (5, 13):
         yield
         return
-    with BpfObject("testdrop", programs={"testdrop_xdp_pass"}) as obj:
+    with BpfObject(bpf_object("testdrop"), programs={"testdrop_xdp_pass"}) as obj:
         netattach.attach_xdp(obj, "testdrop_xdp_pass", net.dev_b, net.ns_b)
         yield
 

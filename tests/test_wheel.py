@@ -469,6 +469,9 @@ def test_one_platform_wheel_with_everything_needed_at_run_time(wheel):
     assert {"pytrace/lib/libbpf.so.1", "pytrace/lib/libelf.so.1"} <= names
     assert libbpf_head[:4] == b"\x7fELF" and libbpf_head[18:20] == (62).to_bytes(2, "little")  # EM_X86_64
     assert not any(n.endswith((".tmp", ".pyc")) for n in names)
+    # the tests' own programs (tests/bpf/) are built outside the package: no object, layout or source of theirs
+    scaffolding = {p.name[: -len(".bpf.c")] for p in (REPO / "tests" / "bpf").glob("*.bpf.c")}
+    assert scaffolding and not [n for n in names if n.rsplit("/", 1)[-1].split(".")[0] in scaffolding]
 
 
 def _check_root_is_bare(root: Root, libbpf_present: bool) -> None:

@@ -63,9 +63,16 @@ def manifest() -> dict:
 
 
 def path(name: str) -> str:
-    """The checked file name of a tool's object."""
-    obj = os.path.join(BPF_DIR, f"{name}.bpf.o")
-    built = manifest()
+    """The checked file name of a tool's object.
+
+    A name with a slash is the file name of an object from outside this
+    install (the tests' own, built into tests/bpf/): checked the same way,
+    except against the manifest, which lists the install's objects only."""
+    if "/" in name:
+        obj, built = name, None
+    else:
+        obj = os.path.join(BPF_DIR, f"{name}.bpf.o")
+        built = manifest()
     try:
         with open(obj, "rb") as fh:
             head = fh.read(20)
@@ -79,7 +86,7 @@ def path(name: str) -> str:
     if head[4] != ELFCLASS64 or head[5] != ELFDATA or int.from_bytes(head[18:20], order) != EM_BPF:
         raise PytraceError(f"{obj} is not a 64-bit {sys.byteorder}-endian BPF object, as this machine needs "
                            f"(damaged install? {REINSTALL})")
-    if os.path.basename(obj) not in built.get("objects", ()):
+    if built is not None and os.path.basename(obj) not in built.get("objects", ()):
         raise PytraceError(f"{obj} is not from this build (not in {os.path.basename(MANIFEST)}): {REINSTALL}")
     return obj
 
