@@ -244,6 +244,13 @@ def build(force: bool = False, quiet: bool = False) -> list[Path]:
             Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
     write_manifest()
+    # the tools' event classes, from the objects' BTF (src/pytrace/gen/, core/gentypes.py)
+    sys.path.insert(0, str(ROOT / "src"))
+    from pytrace.core import gentypes  # noqa: E402  (imports the tools for their declarations)
+    try:
+        gentypes.write_package(OUT)
+    except gentypes.GenError as exc:
+        raise BuildError(f"build.py: {exc}") from None
     # every object but the tests' own scaffolding
     ship_btfs(sorted(p for p in OUT.glob("*.bpf.o") if p.name != "testdrop.bpf.o"), arch[0])
     return built
