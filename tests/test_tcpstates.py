@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from datetime import datetime
 import os
 import signal
 import socket
@@ -176,7 +177,13 @@ def test_cli_json_carries_the_same_facts():
     assert child == [(a.name, b.name) for a, b in CHILD]
     assert {r["lport"] for r in recs} == {port}
     assert {r["laddr"] for r in recs} == {"127.0.0.1"}
-    assert all(r["ip"] == 4 and isinstance(r["ms"], float) for r in recs)
+    assert all(r["family"] == "AF_INET" and isinstance(r["ms"], float) for r in recs)
+    # the JSON time convention: "time" is the wall clock (RFC 3339, with the zone)
+    # of the kernel's monotonic ts_ns, one clock offset for the whole run
+    offsets = [datetime.fromisoformat(r["time"]).timestamp() * 1e9 - r["ts_ns"] for r in recs]
+    assert all(r["time"][-6] in "+-" and r["time"][-3] == ":" for r in recs)
+    assert max(offsets) - min(offsets) < 2000          # microseconds in "time", float seconds
+    assert abs(offsets[0] - (time.time_ns() - time.monotonic_ns())) < 1e9
 
 
 def test_cli_text_columns_and_time_column():
