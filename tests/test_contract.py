@@ -237,3 +237,12 @@ def test_forced_hook_runs_that_variant(name, hook):
 def held_program_names(pid: int) -> list[str]:
     mine = bpf_prog_ids(pid)
     return [p.get("name", "") for p in bpf_progs() if p["id"] in mine]
+
+
+def test_readme_tool_table_is_current():
+    """README's table of tools is generated from the registry (pytrace/spec/readme.py)."""
+    from pytrace.spec import readme
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path) as fh:
+        text = fh.read()
+    assert readme.replaced(text) == text, "stale: python -m pytrace.spec.readme --write README.md"
