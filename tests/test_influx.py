@@ -209,7 +209,7 @@ def test_long_outage_drops_the_oldest_and_says_exactly_how_many(influx):
     m = re.search(r"(\d+) points dropped", err)
     assert m, err
     dropped = int(m.group(1))
-    live = [json.loads(l) for l in lines]
+    live = live_events(lines)
     # (what was printed and the sink's report, should this fail again: it did once, 52 for 50)
     assert dropped == 10 * PER_CONNECTION - bound, (len(live), err)
     stored = events_of(influx.query("SELECT * FROM tcpstates", db))
