@@ -174,7 +174,7 @@ def text_parse(v: Any) -> str:
 
 
 # the memo of core/net.ByteLabels: a command name is formatted once per run
-register(Conversion("text", text_value, None, text_parse, text=("s", "(cget({0}) or comm_of({0}))"), kind="str"))
+register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
 
 
 # -- addresses --------------------------------------------------------------------------
@@ -204,8 +204,8 @@ def address_parse(v: Any):
 
 
 register(Conversion("address", address_value, address_json, address_parse, needs=("family",),
-                    text=("s", "((a4get({0}) if {1} == 2 else a6get({0}) if {1} == 10 else None) "
-                               "or addr({1}, {0}))")))
+                    text=("s", "((_a4get({0}) if {1} == 2 else _a6get({0}) if {1} == 10 else None) "
+                               "or _addr({1}, {0}))")))
 
 
 class _Memo(dict):
@@ -250,7 +250,7 @@ def family_parse(v: Any):
 
 
 register(Conversion("family", family_value, enum_json, family_parse,
-                    text=("s", "family_names[{0}]"), kind="enum"))
+                    text=("s", "_family_names[{0}]"), kind="enum"))
 
 
 _TCP_STATES = _Memo(tcp_state)
@@ -269,7 +269,7 @@ def tcp_state_parse(v: Any):
 
 
 register(Conversion("TcpState", tcp_state_value, enum_json, tcp_state_parse,
-                    text=("s", "tcp_state_names[{0}]"), kind="enum"))
+                    text=("s", "_tcp_state_names[{0}]"), kind="enum"))
 
 
 # -- what the text expressions above refer to --------------------------------------------
@@ -277,12 +277,15 @@ register(Conversion("TcpState", tcp_state_value, enum_json, tcp_state_parse,
 def text_env(context: dict) -> dict:
     """The names the `text` expressions use, for one renderer: memoised labels
     (core/net.ByteLabels) and name tables.  context keeps what is made once per
-    renderer (the ByteLabels, the Clock)."""
+    renderer (the ByteLabels, the Clock).  The names start with _: in a
+    compiled row every raw field is a variable of its own name (a struct with
+    a field addr would hide a function addr)."""
     from .net import ByteLabels
     labels = context.get("labels")
     if labels is None:
         labels = context["labels"] = ByteLabels()
-    return {**labels.row_env(), "tcp_state_names": _TCP_STATE_NAMES, "family_names": _FAMILY_NAMES}
+    return {**{"_" + name: value for name, value in labels.row_env().items()},
+            "_tcp_state_names": _TCP_STATE_NAMES, "_family_names": _FAMILY_NAMES}
 
 
 _TCP_STATE_NAMES = tuple(n.encode() for n in STATE_NAMES)

@@ -27,7 +27,7 @@ function of the row's dict (Column("LADDR", lambda d: f"{d['laddr']}:{d['lport']
 from __future__ import annotations
 
 from ..core import convert
-from ..core.rows import _ident, compile_rows
+from ..core.rows import field_variable, compile_rows
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def header_line(columns: list[Column], args: Any) -> str:
 
 # Text forms of the times of a record's monotonic timestamp (core/cliutil.Clock)
 TIME_FORMS = {
-    "hms": ("s", "hms({0})"),                        # HH:MM:SS, local time
-    "since_start": ("f", "(({0}) - start_ns) / 1e9"),   # seconds since the tool started
+    "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
+    "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
 }
 
 
@@ -99,7 +99,7 @@ def _time_env(context: dict) -> dict:
         if sec != last[0]:
             last[0], last[1] = sec, clock.hms(mono_ns).encode()
         return last[1]
-    return {"hms": hms, "start_ns": clock.start_ns}
+    return {"_hms": hms, "_start_ns": clock.start_ns}
 
 
 class CompiledText:
@@ -125,7 +125,7 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
         if c.form in TIME_FORMS:
             code, template = TIME_FORMS[c.form]
             needs: tuple[str, ...] = ()
-            if "hms" not in env:
+            if "_hms" not in env:
                 env.update(_time_env(context))
         else:
             conv = convert.get(c.form or decl.conversion or "int")
@@ -163,10 +163,10 @@ def _raw_variables(raw_names: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _variable(names: list[str]) -> str:
-    """The expression of a raw field in a compiled row (core/rows binds _ident(name))."""
+    """The expression of a raw field in a compiled row (core/rows binds field_variable(name))."""
     if len(names) == 1:
-        return _ident(names[0])
-    return "(" + ", ".join(_ident(n) for n in names) + ",)"
+        return field_variable(names[0])
+    return "(" + ", ".join(field_variable(n) for n in names) + ",)"
 
 
 def event_text(columns: tuple[Column, ...], et: EventType, source: Any, args: Any, out: Any
@@ -179,8 +179,8 @@ def event_text(columns: tuple[Column, ...], et: EventType, source: Any, args: An
     compiled = compile_columns(shown, et, args, layout_names)
     out.write(compiled.header)
     source.project({n.split("[", 1)[0] for n in compiled.raw} | compiled.raw)
-    rows = compile_rows(source.raw_fields, f"fmt % ({', '.join(compiled.exprs)},)",
-                        {"fmt": compiled.fmt.encode(), **compiled.env})
+    rows = compile_rows(source.raw_fields, f"_fmt % ({', '.join(compiled.exprs)},)",
+                        {"_fmt": compiled.fmt.encode(), **compiled.env})
 
     def render(batch: list[tuple]) -> bytes:
         return b"".join(rows(batch))
