@@ -104,6 +104,8 @@ class ToolSpec:
             raise ValueError(f"{name}: a {kind} tool declares its event= (an EventType)")
         if kind != EVENTS and read is None and snapshot is None:
             raise ValueError(f"{name}: an interval tool says how to read an interval: read= or snapshot=")
+        if kind in (TABLE, TOP) and not labels:
+            raise ValueError(f"{name}: a {kind} tool names the fields that say which row is which: labels=")
         for example, _what in examples:
             if not example.startswith(f"pytrace {name}"):
                 raise ValueError(f"{name}: example {example!r} is not a pytrace {name} command line")
