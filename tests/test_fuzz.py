@@ -155,7 +155,7 @@ def bad_values(command: tuple[str, ...], action: argparse.Action, env: dict) -> 
 
 def tool_parser(name: str) -> ArgParser:
     p = ArgParser(prog=f"pytrace {name}")      # as cli._run_tool builds it
-    registry.load(name).add_arguments(p)
+    registry.command(name).add_arguments(p)
     return p
 
 

@@ -46,7 +46,7 @@ def record_run(tmp_path, *flags: str, connections: int = 3, port: int | None = N
 
 
 def _is_event(line: str) -> bool:
-    return ("->" in line and "SKADDR" not in line) or line.startswith('{"ts_ns"')
+    return ("->" in line and "SKADDR" not in line) or line.startswith('{"time"')
 
 
 def rows(path: str) -> tuple[dict, list[dict]]:
@@ -211,7 +211,8 @@ def test_lost_counts_are_recorded_and_replayed_in_place(tmp_path):
             for _ in range(150):
                 tcp_roundtrip("127.0.0.1", port)
             out = cliutil.Output(True, live)
-            cliutil.stream_events(tracer, out, tcpstates.renderer(tracer, _args(json=True), out), duration=0.3)
+            cliutil.stream_events(tracer, out, tcpstates.SPEC.event_renderer(tracer, _args(json=True), out),
+                                      duration=0.3)
             lost = tracer.lost
     finally:
         cliutil.set_sinks(None)
@@ -232,7 +233,7 @@ def test_lost_counts_are_recorded_and_replayed_in_place(tmp_path):
 def _args(**kw):
     import argparse
     p = argparse.ArgumentParser()
-    tcpstates.add_arguments(p)
+    tcpstates.SPEC.add_arguments(p)
     ns = p.parse_args([])
     for k, v in kw.items():
         setattr(ns, k, v)

@@ -1,6 +1,7 @@
 """Start-up of the event tools timed from exec to first line (tcpstates, tcplife):
 their command line imports nothing it does not need, and the event classes it
-therefore makes on first use are still the public frozen slotted dataclasses."""
+therefore makes on first use are still public, frozen and slotted (tcpstates':
+generated from BTF at build time; tcplife's: a dataclass made on first use)."""
 
 from __future__ import annotations
 
@@ -53,38 +54,52 @@ def test_records_are_named_tuples_without_collections():
 
 
 CLASSES = """
-import dataclasses, pickle, typing
+import dataclasses, pickle, sys, typing
 import pytrace
+from pytrace import tools as registry
 from pytrace.tools import tcplife, tcpstates
-from pytrace.commands import exporter
 assert "TcpStateChange" not in vars(tcpstates) and "TcpSession" not in vars(tcplife)
-# the exporter finds the fields of the events a tracer makes, from make_event's annotation
-assert {"laddr", "newstate"} <= exporter._event_fields(tcpstates.TcpStates)
-assert {"laddr", "rx_bytes"} <= exporter._event_fields(tcplife.TcpLife)
+assert "pytrace.gen.tcpstates" not in sys.modules        # nothing made the generated class yet
+# the exporter finds the fields of the events a tool makes: its SPEC's event type,
+# or (a tool not converted yet) make_event's annotation
+assert {"laddr", "newstate"} <= registry.command("tcpstates").event_fields()
+assert {"laddr", "rx_bytes"} <= registry.command("tcplife").event_fields()
 from pytrace.tools.tcplife import TcpSession
 from pytrace.tools.tcpstates import TcpStateChange
-assert pytrace.TcpStateChange is TcpStateChange is tcpstates.TcpStateChange
-for cls, module in ((TcpStateChange, tcpstates), (TcpSession, tcplife)):
-    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen and "__slots__" in vars(cls)
-    assert (cls.__module__, cls.__qualname__, cls.to_dict.__qualname__) == \\
-        (module.__name__, cls.__name__, cls.__name__ + ".to_dict")
-    hints = typing.get_type_hints(cls)
-    assert typing.get_type_hints(module.TcpStates.make_event if module is tcpstates else
-                                 module.TcpLife.make_event)["return"] is cls
-    assert hints["laddr"] == hints["raddr"] and hints["ms"] is float
-import ipaddress
+assert pytrace.TcpStateChange is TcpStateChange is tcpstates.TcpStateChange is tcpstates.TcpStates.EVENT_TYPE.cls
+
+# tcpstates: the class generated from its object's BTF (core/gentypes.py), frozen and slotted
+assert not dataclasses.is_dataclass(TcpStateChange) and "__slots__" in vars(TcpStateChange)
+assert TcpStateChange.__module__ == "pytrace.gen.tcpstates" and TcpStateChange.__qualname__ == "TcpStateChange"
+assert TcpStateChange.FIELDS == ("ts_ns", "skaddr", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
+                                 "oldstate", "newstate", "ms")
+import ipaddress, socket
 from pytrace.core.net import TcpState
-ev = TcpStateChange(1, 0xff, 2, "c", 2, ipaddress.ip_address("192.0.2.1"), 3, ipaddress.ip_address("192.0.2.2"), 4,
-                    TcpState.SYN_SENT, TcpState.ESTABLISHED, 0.5)
+ev = TcpStateChange(1, 0xff, 2, "c", socket.AF_INET, ipaddress.ip_address("192.0.2.1"), 3,
+                    ipaddress.ip_address("192.0.2.2"), 4, TcpState.SYN_SENT, TcpState.ESTABLISHED, 0.5)
 assert pickle.loads(pickle.dumps(ev)) == ev and not hasattr(ev, "__dict__")
-try:
-    ev.pid = 5
-except dataclasses.FrozenInstanceError:
-    pass
-else:
-    raise AssertionError("not frozen")
+assert hash(ev) == hash(pickle.loads(pickle.dumps(ev)))
+for attempt in (lambda: setattr(ev, "pid", 5), lambda: delattr(ev, "pid")):
+    try:
+        attempt()
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("not frozen")
 assert repr(ev).startswith("TcpStateChange(ts_ns=1, skaddr=255, pid=2, comm='c'")
-assert ev.to_dict()["laddr"] == "192.0.2.1" and ev.to_dict()["newstate"] == "ESTABLISHED"
+assert ev.to_dict() == {"ts_ns": 1, "skaddr": "ff", "pid": 2, "comm": "c", "family": "AF_INET",
+                        "laddr": "192.0.2.1", "lport": 3, "raddr": "192.0.2.2", "rport": 4,
+                        "oldstate": "SYN_SENT", "newstate": "ESTABLISHED", "ms": 0.5}
+assert TcpStateChange.from_dict(ev.to_dict()) == ev
+
+# tcplife: not converted yet, its dataclass made on first use
+cls, module = TcpSession, tcplife
+assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen and "__slots__" in vars(cls)
+assert (cls.__module__, cls.__qualname__, cls.to_dict.__qualname__) == \\
+    (module.__name__, cls.__name__, cls.__name__ + ".to_dict")
+hints = typing.get_type_hints(cls)
+assert typing.get_type_hints(module.TcpLife.make_event)["return"] is cls
+assert hints["laddr"] == hints["raddr"] and hints["ms"] is float
 """
 
 

@@ -51,7 +51,7 @@ def test_a_stop_while_a_batch_is_out_loses_none_of_it(cli_handlers, sig):
     out = captured_output()
     with TcpStates(lports=[port]) as tracer:
         conns = [tcp_roundtrip("127.0.0.1", port) for _ in range(3)]
-        inner = tcpstates.renderer(tracer, TEXT, out)
+        inner = tcpstates.SPEC.event_renderer(tracer, TEXT, out)
         calls = []
 
         def render(batch):
@@ -81,7 +81,7 @@ def test_a_stop_inside_the_drain_loses_none_of_its_batch(cli_handlers, sig):
             return batch
         tracer.ring.drain = drain_then_stop
         started = time.monotonic()
-        assert cliutil.stream_events(tracer, out, tcpstates.renderer(tracer, TEXT, out), duration=5) == 0
+        assert cliutil.stream_events(tracer, out, tcpstates.SPEC.event_renderer(tracer, TEXT, out), duration=5) == 0
         assert time.monotonic() - started < 2              # the stop ended the loop
     assert sent == [three_connections_printed(out, conns)]      # all in the batch the stop hit
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import datetime
 
 import pytest
 
@@ -176,7 +177,13 @@ def test_cli_json_carries_the_same_facts():
     assert child == [(a.name, b.name) for a, b in CHILD]
     assert {r["lport"] for r in recs} == {port}
     assert {r["laddr"] for r in recs} == {"127.0.0.1"}
-    assert all(r["ip"] == 4 and isinstance(r["ms"], float) for r in recs)
+    assert all(r["family"] == "AF_INET" and isinstance(r["ms"], float) for r in recs)
+    # the JSON time convention: "time" is the wall clock (RFC 3339, with the zone)
+    # of the kernel's monotonic ts_ns, one clock offset for the whole run
+    offsets = [datetime.fromisoformat(r["time"]).timestamp() * 1e9 - r["ts_ns"] for r in recs]
+    assert all(r["time"][-6] in "+-" and r["time"][-3] == ":" for r in recs)
+    assert max(offsets) - min(offsets) < 2000          # microseconds in "time", float seconds
+    assert abs(offsets[0] - (time.time_ns() - time.monotonic_ns())) < 1e9
 
 
 def test_cli_text_columns_and_time_column():
@@ -283,3 +290,46 @@ def test_small_ring_wraps_without_corruption():
             assert child == CHILD
             assert [(e.oldstate, e.newstate) for e in got if e.rport == 0] == LISTENER
         assert tracer.lost == 0
+
+
+class _Recorded:
+    """Raw records as a recording holds them: every field, no projection (what
+    replay hands the renderers)."""
+
+    def __init__(self, tracer: TcpStates):
+        self.raw_fields, self.decoder = tracer.raw_fields, tracer.decoder
+
+    def project(self, fields) -> None:
+        pass
+
+
+def test_ipv4_mapped_addresses_read_the_same_in_text_and_json():
+    """A dual-stack listener's sockets are IPv6 with IPv4-mapped addresses:
+    the text columns and --json print them alike (::ffff:127.0.0.1)."""
+    from types import SimpleNamespace
+
+    from helpers import captured_output, printed_lines
+    from pytrace.tools.tcpstates import SPEC
+    port = free_port(socket.AF_INET6)
+    with TcpStates(lports=[port]) as tracer:
+        srv = socket.socket(socket.AF_INET6)
+        srv.bind(("::", port))
+        srv.listen(1)
+        cli = socket.create_connection(("127.0.0.1", port))
+        acc, _ = srv.accept()
+        for s in (cli, acc, srv):
+            s.close()
+        time.sleep(0.1)
+        batch = tracer.drain()
+        source = _Recorded(tracer)
+    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=True, ipv6=False)
+    out = captured_output()
+    out.write(SPEC.event_renderer(source, args, out)(batch))
+    rows = [line.split() for line in printed_lines(out)[1:]]
+    records = [json.loads(line) for line in SPEC.event_renderer(source, SimpleNamespace(json=True), out)(batch)
+               .splitlines()]
+    assert len(rows) == len(records) == len(batch) > 0
+    assert [(r[3], r[5]) for r in rows] == [(j["laddr"], j["raddr"]) for j in records]
+    mapped = [j for j in records if j["rport"]]
+    assert mapped and all(j["laddr"] == j["raddr"] == "::ffff:127.0.0.1" and j["family"] == "AF_INET6"
+                          for j in mapped)

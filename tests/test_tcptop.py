@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -185,10 +186,16 @@ def test_cli_sort_and_rows(sort, side):
 def test_cli_json_exact_bytes():
     lines, (c, s) = cli_period("--json", up=123457, down=54321)
     recs = [json.loads(line) for line in lines]
-    got = {(r["pid"], r["comm"], r["ip"], r["laddr"], r["lport"], r["raddr"], r["rport"],
+    got = {(r["pid"], r["comm"], r["family"], r["laddr"], r["lport"], r["raddr"], r["rport"],
             r["rx_bytes"], r["tx_bytes"]) for r in recs}
-    assert got == {(ME, MY_COMM, 4, "127.0.0.1", c, "127.0.0.1", s, 54321, 123457),
-                   (ME, MY_COMM, 4, "127.0.0.1", s, "127.0.0.1", c, 123457, 54321)}
+    assert got == {(ME, MY_COMM, "AF_INET", "127.0.0.1", c, "127.0.0.1", s, 54321, 123457),
+                   (ME, MY_COMM, "AF_INET", "127.0.0.1", s, "127.0.0.1", c, 123457, 54321)}
+    # the interval's end: wall clock (RFC 3339, with the zone) and the kernel's monotonic ns
+    assert len({(r["time"], r["ts_ns"]) for r in recs}) == 1
+    wall = datetime.fromisoformat(recs[0]["time"]).timestamp()
+    assert abs(wall * 1e9 - recs[0]["ts_ns"] - (time.time_ns() - time.monotonic_ns())) < 1e6
+    assert list(recs[0]) == ["time", "ts_ns", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
+                             "rx_bytes", "tx_bytes"]
 
 
 def run_on_tty(*args: str, traffic: bool = True) -> bytes:

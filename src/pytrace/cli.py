@@ -122,8 +122,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
     from . import tools as registry
     from .core import cliutil, objects, prefetch
 
-    module = registry.load(name)
-    sources = (module.__file__, cliutil.__file__)   # where a tool's arguments are defined
+    tool = registry.command(name)       # its SPEC (pytrace.spec), or a legacy module alike
+    sources = tool.sources              # where a tool's arguments are defined
     values = prefetch.parsed_args(sources)
     if values is not None:
         from types import SimpleNamespace
@@ -131,14 +131,14 @@ def _run_tool(name: str, argv: list[str]) -> int:
     else:
         from .core.argparser import ArgParser
         parser = ArgParser(prog=f"pytrace {name}")
-        module.add_arguments(parser)
+        tool.add_arguments(parser)
         args = parser.parse_args(argv)
         # --record checks that its file is new, and other arguments check this
         # host's state (a PID limit, a namespace): those are parsed again at every run
         if getattr(args, "record", None) is None and not cliutil.parsed_on_host():
             prefetch.note_args(sources, vars(args))
     if getattr(args, "ebpf", False):
-        sys.stdout.write(objects.source(getattr(module, "OBJECT", name)))
+        sys.stdout.write(objects.source(tool.object))
         return 0
     if args.verbose:    # logging costs start-up time: only when asked for
         import logging
@@ -160,7 +160,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
                 EventTracer.projection_allowed = False     # sinks store and decode whole records
                 sinks = sinkmod.from_args(name, argv, args)
                 cliutil.set_sinks(sinks)
-            rc = module.run(args)
+            rc = tool.run(args)
         finally:
             cliutil.release_stops()      # a stop still held: status 0, as below
         failed = False

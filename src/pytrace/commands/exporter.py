@@ -45,7 +45,6 @@ when it is loopback; any IP address and this machine's name when it is
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import logging
 import re
@@ -129,45 +128,6 @@ class _Lines:
         return pos + 1
 
 
-def _tracer_class(module: Any) -> type | None:
-    from ..core.tracer import Tracer
-    for value in vars(module).values():
-        if isinstance(value, type) and issubclass(value, Tracer) and getattr(value, "VARIANTS", None) \
-                and value.__module__ == module.__name__:
-            return value
-    return None
-
-
-def _event_type(cls: type) -> type | None:
-    """The dataclass a tracer class's make_event returns (from its annotation)."""
-    try:
-        make = cls.make_event
-        named = make.__annotations__.get("return")
-        if isinstance(named, str) and named.isidentifier():
-            # a class its module makes on first use (PEP 562 __getattr__, e.g.
-            # tcpstates' TcpStateChange) is in its globals once asked for
-            getattr(sys.modules.get(make.__module__), named, None)
-        kind = typing.get_type_hints(make).get("return")
-    except Exception:
-        return None
-    return kind if kind is not None and dataclasses.is_dataclass(kind) else None
-
-
-def _event_fields(cls: type) -> set[str] | None:
-    """Attribute names of the events a tracer class yields."""
-    kind = _event_type(cls)
-    return {f.name for f in dataclasses.fields(kind)} if kind else None
-
-
-def _numeric_field(cls: type, name: str) -> bool:
-    kind = _event_type(cls)
-    try:
-        hint = typing.get_type_hints(kind).get(name) if kind else None
-    except Exception:
-        hint = None
-    return hint is None or hint in (int, float)
-
-
 def load_config(path: str) -> Config:
     try:
         import tomllib
@@ -239,8 +199,8 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
         raise fail(at("tool"), f"unknown tool '{tool}' (pytrace list shows the tools)")
     from ..core.stream import EventTracer
     from ..sinks.prometheus import MAP_COLLECTORS
-    module = registry.load(tool)
-    cls = _tracer_class(module)
+    declared = registry.command(tool)      # its SPEC (or a legacy module alike): tracer and event fields
+    cls = declared.tracer
     collector_cls = MAP_COLLECTORS.get(tool)
     if cls is None or (collector_cls is None and not issubclass(cls, EventTracer)):
         raise fail(at("tool"), f"{tool} has no in-kernel aggregate the exporter reads and streams no events")
@@ -268,7 +228,7 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
             if key in m:
                 raise fail(at(key), f"{key} is for event tools; {tool} exports its in-kernel aggregate")
     else:
-        known = _event_fields(cls)
+        known = declared.event_fields()
     for f in count_by:
         if known is not None and f not in known:
             raise fail(at("count_by"), f"{tool} has no field '{f}' to count by (fields: {', '.join(sorted(known))})")
@@ -276,7 +236,7 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
     if observe is not None and (not isinstance(observe, str) or (known is not None and observe not in known)):
         raise fail(at("observe"), f"observe: {tool} events have no field {observe!r}"
                    + (f" (fields: {', '.join(sorted(known))})" if known else ""))
-    if observe is not None and not _numeric_field(cls, observe):
+    if observe is not None and not declared.numeric_field(observe):
         raise fail(at("observe"), f"observe: {tool}'s {observe} is not a number")
     scale = m.get("scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:

@@ -10,11 +10,9 @@ from ..core.errors import UsageError
 
 
 def _variants(module) -> list:
-    for value in vars(module).values():
-        variants = getattr(value, "VARIANTS", None)
-        if variants and isinstance(value, type):
-            return list(variants)
-    return list(getattr(module, "VARIANTS", ()))
+    """The hook variants of a tool module (tests/matrix.py reads them too)."""
+    name = module.__name__.rsplit(".", 1)[-1]
+    return list(registry.command(name).variants)
 
 
 def run(argv: list[str]) -> int:
@@ -26,8 +24,8 @@ def run(argv: list[str]) -> int:
     can_probe = not privileges.missing()
     rows = []
     for name in registry.names():
-        module = registry.load(name)
-        variants = _variants(module)
+        tool = registry.command(name)      # its SPEC, or a legacy module alike
+        variants = list(tool.variants)
         hooks = ",".join(v.hook for v in variants) or "-"
         if not variants:
             here = "no BPF"
@@ -36,7 +34,7 @@ def run(argv: list[str]) -> int:
         else:
             chosen, _ = loader.planned(variants)
             here = chosen.hook + (f" ({chosen.note})" if chosen.note else "") if chosen else "NONE usable"
-        rows.append((name, here, hooks, getattr(module, "SUMMARY", "")))
+        rows.append((name, here, hooks, tool.summary))
     w = [max(len(r[i]) for r in rows + [("TOOL", "HOOK HERE", "VARIANTS", "")]) for i in range(3)]
     sys.stdout.write(f"{'TOOL':<{w[0]}}  {'HOOK HERE':<{w[1]}}  {'VARIANTS':<{w[2]}}  DESCRIPTION\n")
     for name, here, hooks, summary in rows:

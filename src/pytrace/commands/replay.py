@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import inspect
 import os
 import re
 import sqlite3
@@ -84,10 +83,8 @@ def parse_where(items: list[str]) -> list[tuple[str, bool, str]]:
 
 
 def event_filter(source: Any, conds: list[tuple[str, bool, str]]) -> Callable[[tuple], bool]:
-    make = source.make_event
-
     def keep(raw: tuple) -> bool:
-        ev = make(raw)
+        ev = source.make_event(raw)
         d = ev.to_dict() if hasattr(ev, "to_dict") else {}
         for name, equal, want in conds:
             if name in d:
@@ -95,35 +92,12 @@ def event_filter(source: Any, conds: list[tuple[str, bool, str]]) -> Callable[[t
             elif hasattr(ev, name):
                 value = getattr(ev, name)
             else:
-                known = sorted(set(d) | set(getattr(ev, "__dataclass_fields__", {})))
+                known = sorted(set(d) | set(getattr(ev, "FIELDS", ())) | set(getattr(ev, "__dataclass_fields__", {})))
                 raise UsageError(f"--where {name}: no such field (fields: {', '.join(known)})")
             if _matches(value, want) != equal:
                 return False
         return True
     return keep
-
-
-def _call(fn: Callable, source: Any, args: Any, out: cliutil.Output) -> Any:
-    """Call a tool's renderer factory, passing what its parameters name."""
-    by_name = {"tracer": source, "source": source, "args": args, "out": out}
-    params = list(inspect.signature(fn).parameters)
-    if not all(p in by_name for p in params):
-        raise PytraceError(f"cannot call {fn.__module__}.{fn.__name__}{inspect.signature(fn)} to replay")
-    return fn(*(by_name[p] for p in params))
-
-
-def _tool_renderer(module: Any, source: Any, args: Any, out: cliutil.Output):
-    """The tool's own renderer for these args (see the protocol in pytrace.sinks)."""
-    json_mode = getattr(args, "json", False)
-    if hasattr(module, "renderer"):
-        return _call(module.renderer, source, args, out)
-    if json_mode:
-        fn = getattr(module, "_json_renderer", None)
-        return _call(fn, source, args, out) if fn else cliutil.json_renderer(source)
-    if hasattr(module, "_text_renderer"):
-        return _call(module._text_renderer, source, args, out)
-    raise PytraceError(f"{module.NAME} has no renderer replay can use for its text output "
-                       "(replay --json prints its events)")
 
 
 def add_arguments(p: ArgParser) -> None:
@@ -177,10 +151,10 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     until = parse_time(args.until, rec.start_ns, "--until") if args.until is not None else None
     if not registry.exists(rec.tool):
         raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
-    module = registry.load(rec.tool)
+    tool = registry.command(rec.tool)   # its SPEC, or a legacy module alike (pytrace.spec)
     cliutil.skip_host_checks()          # its flags were checked where they ran
     tool_parser = _RecordedFlags(prog=f"pytrace {rec.tool}")
-    module.add_arguments(tool_parser)
+    tool.add_arguments(tool_parser)
     try:
         targs = tool_parser.parse_args(_without_sink_flags(rec.argv))
     except UsageError as exc:
@@ -195,7 +169,7 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
         cliutil.share_epoch(rec.epoch)
     out = cliutil.Output(targs.json)
     if rec.kind == "snapshots":
-        return _replay_snapshots(rec, module, targs, out, since, until, conds)
+        return _replay_snapshots(rec, tool, targs, out, since, until, conds)
     if rec.kind not in ("events", "mixed"):
         sys.stderr.write(f"pytrace replay: {args.file} holds no events ({rec.tool} "
                          f"{' '.join(rec.argv)} did not stream any)\n")
@@ -203,11 +177,9 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     from ..core.stream import EventTracer
     EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
     source = rec.source()
-    intro = getattr(module, "intro", None)
-    if intro is not None:           # what the tool prints once, before its renderer's header
-        out.write(intro(targs))
+    out.write(tool.intro(targs))    # what the tool prints once, before its renderer's header
     try:
-        render = _tool_renderer(module, source, targs, out)
+        render = tool.event_renderer(source, targs, out)
         keep = event_filter(source, conds) if conds else None
         if rec.kind == "mixed":     # events and interval snapshots (sockrmem), as printed
             items = rec.mixed(since, until)
@@ -215,7 +187,7 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
             items = ((batch, losts, None) for batch, losts in rec.batches(since, until))
         for batch, losts, snap in items:
             if snap is not None:
-                out.write(module.render_snapshot(snap, targs))
+                out.write(tool.render_snapshot(snap, targs))
                 continue
             if keep is not None:
                 batch = [r for r in batch if keep(r)]
@@ -246,19 +218,18 @@ def _without_sink_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def _replay_snapshots(rec: Any, module: Any, targs: Any, out: cliutil.Output, since: int | None,
+def _replay_snapshots(rec: Any, tool: Any, targs: Any, out: cliutil.Output, since: int | None,
                       until: int | None, conds: list[tuple[str, bool, str]]) -> int:
     from dataclasses import replace
-    render = getattr(module, "render_snapshot", None)
-    intro = getattr(module, "intro", None)
-    if render is not None and intro is not None:
-        out.write(intro(targs))
+    render = tool.render_snapshot
+    if render is not None:
+        out.write(tool.intro(targs))
     # an intro that depends on what the tool resolved live is rebuilt from the first snapshot
-    late_intro = getattr(module, "replay_intro", None) if render is not None else None
+    late_intro = render is not None
     for snap in rec.snapshots(since, until):
-        if late_intro is not None:
-            out.write(late_intro(targs, snap))
-            late_intro = None
+        if late_intro:
+            out.write(tool.replay_intro(targs, snap))
+            late_intro = False
         if conds:
             series = []
             for s in snap.series:

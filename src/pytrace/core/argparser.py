@@ -53,11 +53,23 @@ def _terminal_columns() -> int:
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit status 2."""
+    """argparse that reports a usage error as one line and exit status 2, and
+    ends its help with the tool's examples, as BCC's tools do (examples:
+    (command line, what it does) pairs, set by spec.ToolSpec.add_arguments)."""
+
+    examples: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *args: Any, **kw: Any):
         kw.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kw)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if not self.examples:
+            return text
+        width = max(len(cmd) for cmd, _ in self.examples)
+        lines = [f"  {cmd:<{width}}  # {what}" if what else f"  {cmd}" for cmd, what in self.examples]
+        return text + "\nexamples:\n" + "\n".join(lines) + "\n"
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -122,19 +122,23 @@ class Map:
         return total
 
     def pop_decoded_items(self) -> list[tuple[Any, Any]]:
-        """Every (key, value), decoded, each deleted as it is read: in one step
+        """Every (key, value), decoded, each deleted as it is read (pop_items)."""
+        dk, dv = self._decoder("key"), self._decoder("value")
+        return [(dk(k), dv(v)) for k, v in self.pop_items()]
+
+    def pop_items(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) as bytes, each deleted as it is read: in one step
         with BPF_MAP_LOOKUP_AND_DELETE_ELEM where the kernel has it for this map
         (hash maps: Linux 5.14+), else lookup then delete.  For tools that print
         and reset per interval (tcptop) without losing what arrives meanwhile."""
         lb = libbpf.lib()
-        dk, dv = self._decoder("key"), self._decoder("value")
         buf = C.create_string_buffer(self.value_size)
         out = []
         for k in self.keys():
             if getattr(self, "_pop_ok", True):
                 rc = lb.bpf_map_lookup_and_delete_elem(self.fd, k, buf)
                 if rc == 0:
-                    out.append((dk(k), dv(buf.raw)))
+                    out.append((k, buf.raw))
                     continue
                 if rc == -errno.ENOENT:     # libbpf 1.x returns -errno
                     continue
@@ -142,8 +146,30 @@ class Map:
             v = self.lookup(k)
             if v is not None:
                 self.delete(k)
-                out.append((dk(k), dv(v)))
+                out.append((k, v))
         return out
+
+    # -- rows: key and value as one flat tuple, as a generated row type takes them ----------
+    def _part_format(self, part: str) -> tuple[str, tuple[str, ...]]:
+        desc = self.types().get(part)
+        if desc is None:
+            raise PytraceError(f"map {self.name}: no BTF type for its {part}")
+        if desc in self.obj.types.struct_names():
+            layout = self.obj.types.struct(desc)
+            return layout.format, layout.names
+        count = struct.calcsize("<" + desc) // struct.calcsize("<" + desc[-1]) if not desc.endswith("s") else 1
+        return "<" + desc, (part,) if count == 1 else tuple(f"{part}[{i}]" for i in range(count))
+
+    def row_names(self) -> tuple[str, ...]:
+        """The names of a row's values (rows()): the key's fields, then the value's."""
+        return self._part_format("key")[1] + self._part_format("value")[1]
+
+    def pop_rows(self) -> list[tuple]:
+        """pop_items(), each key and value unpacked into one tuple (names: row_names());
+        a generated row type's decoder() takes them (core/event.Event)."""
+        unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
+        unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
+        return [unpack_key(k) + unpack_value(v) for k, v in self.pop_items()]
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")

@@ -704,6 +704,23 @@ def wall_iso(wall_ns: int) -> str:
         f".{wall_ns % 1_000_000_000 // 1000:06d}"
 
 
+def rfc3339(wall_ns: int) -> str:
+    """Wall-clock nanoseconds -> RFC 3339 local time with microseconds and the
+    zone's offset (2026-12-07T10:04:05.123456+01:00): --json's "time"."""
+    sec = wall_ns // 1_000_000_000
+    return _rfc3339_second(sec) + f".{wall_ns % 1_000_000_000 // 1000:06d}" + _zone(sec)
+
+
+def _rfc3339_second(sec: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec))
+
+
+def _zone(sec: int) -> str:
+    off = time.localtime(sec).tm_gmtoff // 60
+    sign = "-" if off < 0 else "+"
+    return f"{sign}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
+
+
 class SinceFirst:
     """Time since the first event seen: BCC's TIME(s) columns start at the
     first event, not at the tracer's start (Clock.since_start)."""
@@ -736,6 +753,8 @@ class Clock:
                 _epoch.extend((self.offset, self.start_ns))
         self._sec = -1
         self._text = ""
+        self._rfc_sec = -1
+        self._rfc_text = ("", "")
 
     def hms(self, mono_ns: int) -> str:
         sec = (mono_ns + self.offset) // 1_000_000_000
@@ -746,6 +765,16 @@ class Clock:
 
     def iso(self, mono_ns: int) -> str:
         return wall_iso(mono_ns + self.offset)
+
+    def rfc3339(self, mono_ns: int) -> str:
+        """rfc3339() of a kernel monotonic time; the second's text is kept."""
+        wall = mono_ns + self.offset
+        sec = wall // 1_000_000_000
+        if sec != self._rfc_sec:
+            self._rfc_sec = sec
+            self._rfc_text = (_rfc3339_second(sec), _zone(sec))
+        day, zone = self._rfc_text
+        return f"{day}.{wall % 1_000_000_000 // 1000:06d}{zone}"
 
     def since_start(self, mono_ns: int) -> float:
         return (mono_ns - self.start_ns) / 1e9

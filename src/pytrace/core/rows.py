@@ -9,7 +9,8 @@ BTF layout, after any projection) as the unpacking target:
     lines = rows(batch)
 
 The field order therefore always follows the C struct; the expression only
-names fields.
+names fields (field_variable() says which variable a field is bound to: an
+array's name[0] becomes name_0_).
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
     from typing import Any
 
 
-def _ident(field: str) -> str:
+def field_variable(field: str) -> str:
+    """The variable a raw field is bound to in a compiled row (names[0] -> names_0_)."""
     name = "".join(c if c.isalnum() or c == "_" else "_" for c in field)   # re would cost start-up
     return name + "_" if keyword.iskeyword(name) else name
 
 
 def compile_rows(fields: Sequence[str], expr: str, env: dict[str, Any]) -> Callable[[list[tuple]], list]:
     """A function mapping a batch of records to [expr for each record]."""
-    target = ", ".join(_ident(f) for f in fields)
+    target = ", ".join(field_variable(f) for f in fields)
     src = f"def rows(batch):\n    return [{expr} for ({target},) in batch]\n"
     namespace = dict(env)
     exec(_compiled(src), namespace)  # noqa: S102 - our own expression

@@ -1,23 +1,27 @@
 """Base of every event-streaming tool's library object.
 
-A subclass names its object, its event struct and its hook variants, turns
-its options into rodata, and turns a raw record (the tuple that the BTF
-layout decodes) into its frozen dataclass:
+A subclass names its object and hook variants, turns its options into
+rodata, and declares its record type (spec/eventtype.EventType: renames and
+conversions; build.py generates the class from the object's BTF):
 
     class TcpStates(EventTracer):
-        OBJECT, EVENT = "tcpstates", "tcpstates_event"
+        OBJECT = "tcpstates"
+        EVENT_TYPE = TCPSTATES_EVENT          # its struct is the ring's record
         VARIANTS = (Variant("tp_btf", ("tcpstates_tp_btf",)), ...)
         def rodata(self): ...
-        def make_event(self, raw): ...
 
     with TcpStates(lports=[80]) as t:
         for ev in t.events(duration=5):
             print(ev.newstate)
 
-Two ways out: events() yields dataclasses; batches() yields lists of raw
-tuples (field order: `raw_fields`, index by name: `idx`) for callers that
-format in bulk, like the CLI.  `lost` counts records the kernel could not
-queue because the ring (and its spare, see core/ringbuf.py) was full.
+Two ways out: events() yields the generated, frozen event objects; batches()
+yields lists of raw tuples (field order: `raw_fields`, index by name: `idx`)
+for callers that format in bulk, like the CLI, which turn them into events
+with decoder() when they need to.  `lost` counts records the kernel could
+not queue because the ring (and its spare, see core/ringbuf.py) was full.
+
+(A tool not yet converted names its struct in EVENT and writes make_event(raw)
+itself; decoder() is then its make_event.)
 """
 
 from __future__ import annotations
@@ -29,12 +33,21 @@ from .tracer import Tracer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
-    from collections.abc import Iterator     # collections.abc imports collections: ~1 ms
+    from collections.abc import Callable, Iterator     # collections.abc imports collections: ~1 ms
     from typing import Any, ClassVar
 
 
 class EventTracer(Tracer):
-    EVENT: ClassVar[str]
+    EVENT: ClassVar[str]                # the C struct of a ring record
+    EVENT_TYPE: ClassVar[Any] = None    # its spec.EventType, for a converted tool
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        declared = cls.__dict__.get("EVENT_TYPE")
+        if declared is not None:
+            declared.bind(cls.OBJECT)
+            if "EVENT" not in cls.__dict__:
+                cls.EVENT = declared.struct
 
     def __init__(self, *, hook: str | None = None, interval_ms: int = DEFAULT_INTERVAL_MS,
                  ring_bytes: int | None = None):
@@ -45,9 +58,23 @@ class EventTracer(Tracer):
         self.raw_fields: tuple[str, ...] = ()
         self.idx: dict[str, int] = {}
         self._lost = None
+        self._decoding: tuple | None = None
+
+    def decoder(self) -> Callable[[tuple], Any]:
+        """raw tuple -> event, for the records as they are now (raw_fields:
+        projected, or a recording's, which replay sets).  Made once per
+        field order: get it once per batch, not per record."""
+        if self.EVENT_TYPE is None:
+            return self.make_event
+        fields = self.raw_fields
+        known = getattr(self, "_decoding", None)      # replay may make us without __init__
+        if known is None or known[0] is not fields:
+            known = self._decoding = (fields, self.EVENT_TYPE.cls.decoder(fields))
+        return known[1]
 
     def make_event(self, raw: tuple) -> Any:
-        raise NotImplementedError
+        """One raw tuple -> its event (the generated class of EVENT_TYPE)."""
+        return self.decoder()(raw)
 
     def map_sizes(self) -> dict[str, int] | None:
         return {"events": self.ring_bytes} if self.ring_bytes else None
@@ -103,8 +130,8 @@ class EventTracer(Tracer):
         return ring_drain(self.ring)
 
     def events(self, duration: float | None = None) -> Iterator[Any]:
-        make = self.make_event
         for batch in self.batches(duration):
+            make = self.decoder()
             for raw in batch:
                 yield make(raw)
 

@@ -18,26 +18,23 @@ influx.InfluxSink (over the reusable influx.InfluxWriter), and
 prometheus.EventCounter (events counted for `pytrace exporter`, which also
 reads the tools' in-kernel maps at scrape time).
 
-Replay protocol.  `pytrace replay` re-runs a tool's own renderer on the
-stored records.  An event tool module provides
+Replay protocol.  `pytrace replay` re-runs a tool's own renderers on the
+stored records, through the calls pytrace.spec's docstring lists (a tool's
+SPEC provides them; tools/_legacy.py keeps the old module attributes working
+for tools not converted yet):
 
-    renderer(source, args, out) -> render(batch: list[tuple]) -> str
+    intro(args) -> str                        printed first
+    event_renderer(source, args, out) -> render(batch: list[tuple]) -> str | bytes
+    render_snapshot(snap, args) -> str        an interval tool's interval
+    replay_intro(args, first_snapshot) -> str when the intro depends on what the
+                                              tool resolved live (count's tracepoints)
 
-(or the pair _json_renderer(source) / _text_renderer(source, args, out)),
-(parameters are passed by name: tracer or source, args, out), where `source`
-is the live tracer or, on replay, an unopened instance of the same tracer
-class whose raw_fields/idx come from the recording: so render() and
-make_event() may use only raw_fields, idx, make_event and constructor
-defaults, plus whatever an optional prepare_replay() method of the tracer
-sets up (kernel symbol or enum tables that setup() would load).  Clocks made
-with cliutil.Clock() replay with the recorded epoch.  Without a usable
-renderer, replay --json prints make_event(raw).to_dict() per record.  A tool
-that prints something before its renderer's header (a "Tracing ..." line)
-provides it as intro(args) -> str, which replay prints first.
-An aggregating tool provides render_snapshot(snapshot, args) -> str and,
-optionally, intro(args) -> str for what it prints once before the first one,
-or replay_intro(args, first_snapshot) -> str when that text depends on what
-the tool resolved live (count: how many tracepoints its wildcards matched).
+where `source` is the live tracer or, on replay, an unopened instance of the
+same tracer class whose raw_fields/idx come from the recording: so a
+renderer may use only raw_fields, idx, decoder()/make_event, project() and
+constructor defaults, plus whatever an optional prepare_replay() method of
+the tracer sets up (kernel symbol or enum tables that setup() would load).
+Clocks made with cliutil.Clock() replay with the recorded epoch.
 """
 
 from __future__ import annotations

@@ -156,6 +156,12 @@ class TcpSubnetCollector(MapCollector):
         yield fam
 
 
+def _labels_of(tool: str) -> tuple[str, ...]:
+    """The fields that say which row a tool's table row is (its SPEC's labels)."""
+    from ..tools import spec
+    return spec(tool).labels
+
+
 class TcpTopCollector(MapCollector):
     """tcptop: bytes sent and received, summed by the flow fields in count_by.
 
@@ -164,7 +170,7 @@ class TcpTopCollector(MapCollector):
     TOOL = "tcptop"
     NAME = "pytrace_tcp"
     HELP = "TCP payload bytes per process and connection, from tcptop's in-kernel flow table"
-    GROUP_FIELDS = ("pid", "comm", "laddr", "lport", "raddr", "rport")
+    GROUP_FIELDS = _labels_of("tcptop")       # pid, comm, family, laddr, lport, raddr, rport
 
     def __init__(self, *a: Any, **kw: Any):
         super().__init__(*a, **kw)

@@ -60,11 +60,13 @@ class Snapshot:
     series: tuple[Series, ...] = ()
     interval: float | None = None      # seconds covered, when the tool prints on an interval
     values: tuple[tuple[str, Number], ...] = ()   # about the whole interval, no row's (tcptop: load average)
+    mono_ns: int | None = None         # CLOCK_MONOTONIC of the same moment (the kernel's clock)
 
     @classmethod
     def now(cls, tool: str, series: Iterable[Series], interval: float | None = None,
             values: Mapping[str, Number] | None = None) -> "Snapshot":
-        return cls(tool, time.time_ns(), tuple(series), interval, tuple((values or {}).items()))
+        return cls(tool, time.time_ns(), tuple(series), interval, tuple((values or {}).items()),
+                   time.monotonic_ns())
 
     def value(self, name: str, default: Number | None = None) -> Number | None:
         for k, v in self.values:
@@ -77,9 +79,11 @@ class Snapshot:
                "series": [s.to_json() for s in self.series]}
         if self.values:
             out["values"] = dict(self.values)
+        if self.mono_ns is not None:
+            out["mono_ns"] = self.mono_ns
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> "Snapshot":
         return cls(d["tool"], d["time_ns"], tuple(Series.from_json(s) for s in d["series"]), d.get("interval"),
-                   tuple(d.get("values", {}).items()))
+                   tuple(d.get("values", {}).items()), d.get("mono_ns"))

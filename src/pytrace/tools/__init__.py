@@ -1,12 +1,17 @@
-"""The tool registry: every module in this package that defines NAME is a tool.
+"""The tool registry: every module in this package is a tool, named by its file.
 
 Modules are discovered by file name and imported only when used, so starting
-one tool does not pay for importing the others.  A tool module provides:
+one tool does not pay for importing the others.  A tool module declares
 
-    NAME, SUMMARY           the command name and a one-line description
-    add_arguments(parser)   its flags (plus cliutil.add_common)
-    run(args) -> int        the command
-    OBJECT (optional)       the BPF object whose source --ebpf prints (default NAME)
+    SPEC = ToolSpec(...)     (pytrace.spec: name, summary, tracer, kind,
+                              options, columns, event type, examples)
+
+and command(name) returns it: the CLI, `pytrace replay`, `pytrace list`, the
+exporter and the contract test (tests/test_contract.py) call only what
+pytrace.spec's docstring lists.  A module not yet converted provides the old
+attributes instead (NAME, SUMMARY, add_arguments(parser), run(args), OBJECT,
+renderer...); command() wraps it in tools/_legacy.LegacyTool, which offers
+the same calls.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # types is ~0.3 ms of every start-up
     from types import ModuleType
+    from typing import Any
+
+    from ..spec import ToolSpec
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,10 +34,25 @@ def names() -> list[str]:
 
 
 def exists(name: str) -> bool:
-    return name.isidentifier() and os.path.exists(os.path.join(_HERE, f"{name}.py"))
+    return name.isidentifier() and not name.startswith("_") and os.path.exists(os.path.join(_HERE, f"{name}.py"))
 
 
 def load(name: str) -> ModuleType:
     module = f"pytrace.tools.{name}"
     __import__(module)     # not importlib.import_module: importing importlib costs start-up
     return sys.modules[module]
+
+
+def spec(name: str) -> ToolSpec | None:
+    """The tool's declared SPEC, or None for a tool not converted yet."""
+    return getattr(load(name), "SPEC", None)
+
+
+def command(name: str) -> Any:
+    """What the commands call on a tool: its SPEC, or the legacy module wrapped alike."""
+    module = load(name)
+    declared = getattr(module, "SPEC", None)
+    if declared is not None:
+        return declared
+    from ._legacy import LegacyTool
+    return LegacyTool(name, module)

@@ -18,20 +18,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..core.aggregate import print_loop, timestamp_line
-from ..core.cliutil import add_common, address, port, seconds, wall_iso
+from ..core.aggregate import timestamp_line
+from ..core.cliutil import address, port
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj
 from ..core.tracer import Tracer
-from ..sinks.snapshot import Series, Snapshot
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcprtt"
-SUMMARY = "histogram of TCP round-trip time (srtt)"
+from ..sinks.snapshot import Snapshot
+from ..spec import HISTOGRAM, Exclusive, Option, ToolSpec, interval_flags, timestamp
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -81,76 +75,50 @@ class TcpRtt(Tracer):
         return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Summarize TCP RTT as a histogram."
-    p.add_argument("-i", "--interval", type=seconds, metavar="SEC", help="print every SEC seconds")
-    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
-    p.add_argument("-m", "--millisecond", action="store_true", help="histogram in milliseconds")
-    p.add_argument("-p", "--lport", type=port, default=0, help="only this local port")
-    p.add_argument("-P", "--rport", type=port, default=0, help="only this remote port")
-    p.add_argument("-a", "--laddr", type=address("-a"), help="only this local address")
-    p.add_argument("-A", "--raddr", type=address("-A"), help="only this remote address")
-    by = p.add_mutually_exclusive_group()
-    by.add_argument("-b", "--lhist", action="store_true", help="a histogram per local address")
-    by.add_argument("-B", "--rhist", action="store_true", help="a histogram per remote address")
-    p.add_argument("-e", "--extension", action="store_true", help="show the average RTT too")
-    add_common(p, [v.hook for v in TcpRtt.VARIANTS])
+# -- the command line ---------------------------------------------------------------
 
-
-def render(hists: dict, args: argparse.Namespace) -> str:
+def text(snap: Snapshot, args: Any) -> str:
+    """libbpf-tools' titles over each histogram (-b/-B: one per address)."""
     parts = []
-    for addr, h in sorted(hists.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
+    for s in sorted(snap.series, key=lambda s: (not s.labels, s.labels)):
+        label = dict(s.labels)
         if args.lhist:
-            title = f"Local Address = {addr}"
+            title = f"Local Address = {label.get('laddr')}"
         elif args.rhist:
-            title = f"Remote Address = {addr}"
+            title = f"Remote Address = {label.get('raddr')}"
         else:
             title = "All Addresses = ******"
-        if args.extension and h.average is not None:
-            title += f" [AVG {h.average:.0f}]"
-        parts.append(title + "\n" + h.render())
-    return "\n".join(parts)
+        if args.extension and s.hist.average is not None:
+            title += f" [AVG {s.hist.average:.0f}]"
+        parts.append(title + "\n" + s.hist.render())
+    return timestamp_line(snap, args) + "\n".join(parts) + ("\n" if parts else "")
 
 
-def to_json(hists: dict, args: argparse.Namespace, wall_ns: int) -> str:
-    import json
-    recs = []
-    for addr, h in hists.items():
-        rec = {"ts": wall_iso(wall_ns), **h.to_dict()}
-        if args.lhist:
-            rec["laddr"] = str(addr)
-        elif args.rhist:
-            rec["raddr"] = str(addr)
-        recs.append(json.dumps(rec))
-    return "".join(r + "\n" for r in recs)
-
-
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing TCP RTT... Hit Ctrl-C to end.\n"
-
-
-def snapshot(hists: dict, args: argparse.Namespace) -> Snapshot:
-    key = "laddr" if args.lhist else "raddr" if args.rhist else None
-    return Snapshot.now(NAME, [Series.of({key: str(a)} if key and a is not None else {}, hist=h)
-                               for a, h in hists.items()], args.interval)
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    key = "laddr" if args.lhist else "raddr" if args.rhist else None
-    hists = {}
-    for s in snap.series:
-        label = s.label(key) if key else None
-        hists[ipaddress.ip_address(label) if label else None] = s.hist
-    if args.json:
-        return to_json(hists, args, snap.time_ns)
-    return timestamp_line(snap, args) + render(hists, args) + ("\n" if hists else "")
-
-
-def run(args: argparse.Namespace) -> int:
-    tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
-                    by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: snapshot(tracer.histograms(clear=True), args), render_snapshot, intro)
+SPEC = ToolSpec(
+    "tcprtt", "histogram of TCP round-trip time (srtt)", TcpRtt, HISTOGRAM,
+    description="Summarize TCP RTT as a histogram.",
+    options=(
+        *interval_flags(every="print every SEC seconds"),
+        timestamp(),
+        Option("-m", "--millisecond", action="store_true", help="histogram in milliseconds", kw="ms"),
+        Option("-p", "--lport", type=port, default=0, help="only this local port", kw="lport"),
+        Option("-P", "--rport", type=port, default=0, help="only this remote port", kw="rport"),
+        Option("-a", "--laddr", type=address("-a"), help="only this local address", kw="laddr"),
+        Option("-A", "--raddr", type=address("-A"), help="only this remote address", kw="raddr"),
+        Exclusive(Option("-b", "--lhist", action="store_true", help="a histogram per local address", kw="by_laddr"),
+                  Option("-B", "--rhist", action="store_true", help="a histogram per remote address", kw="by_raddr")),
+        Option("-e", "--extension", action="store_true", help="show the average RTT too"),
+    ),
+    read=lambda tracer, args: tracer.histograms(clear=True),
+    label=lambda args: "laddr" if args.lhist else "raddr" if args.rhist else None,
+    text=text,
+    intro="Tracing TCP RTT... Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace tcprtt", "one histogram of every connection's RTT, at Ctrl-C"),
+        ("pytrace tcprtt -i 1 -d 10", "every second for 10 seconds"),
+        ("pytrace tcprtt -m -e", "in milliseconds, with the average"),
+        ("pytrace tcprtt -p 80", "only connections with local port 80"),
+        ("pytrace tcprtt -A 192.0.2.1", "only connections to 192.0.2.1"),
+        ("pytrace tcprtt -B", "a histogram per remote address"),
+    ),
+)

@@ -16,47 +16,36 @@ name when it first moved bytes in the period.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
-import time
-from dataclasses import dataclass
 from typing import Any
 
-from ..core.aggregate import Rows, local_time, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, int_range, intervals, process_id, seconds
+from ..core.aggregate import local_time
+from ..core.cliutil import int_range
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
+from ..core.net import AF_INET, AF_INET6
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
+from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid
+from ..spec.text import table
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcptop"
-SUMMARY = "TCP send/receive throughput per process and connection"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 SORTS = ("all", "sent", "received")
 MAX_ROWS = 10240       # the flow table's size
 
-
-@dataclass(frozen=True, slots=True)
-class TcpFlow:
-    pid: int
-    comm: str
-    family: int          # AF_INET or AF_INET6
-    laddr: Addr
-    lport: int
-    raddr: Addr
-    rport: int
-    rx_bytes: int
-    tx_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "comm": self.comm, "ip": 4 if self.family == AF_INET else 6,
-                "laddr": str(self.laddr), "lport": self.lport, "raddr": str(self.raddr),
-                "rport": self.rport, "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes}
+# A row of the kernel's flow table: key struct tcptop_key and value struct
+# tcptop_val of src/bpf/tcptop.bpf.c; build.py generates TcpFlow from their BTF.
+TCP_FLOW = EventType("TcpFlow", map="flows", doc="The bytes one process moved on one TCP connection in a period.",
+                     fields="""
+    pid
+    comm: text                  # the task's name when it first moved bytes in the period
+    family: family              # AF_INET or AF_INET6
+    laddr <- saddr: address
+    lport
+    raddr <- daddr: address
+    rport <- dport
+    rx_bytes <- received        # bytes read (a peek reads nothing)
+    tx_bytes <- sent            # bytes sent
+    -pad
+""")
 
 
 def sort_key(sort: str):
@@ -89,6 +78,7 @@ class TcpTop(Tracer):
 
     def setup(self) -> None:
         self._flows = self.obj.map("flows")
+        self._decode = TCP_FLOW.cls.decoder(self._flows.row_names())
         self._missed = self.obj.global_u64("missed")
 
     @property
@@ -96,36 +86,25 @@ class TcpTop(Tracer):
         """Sends/receives not counted since the start because the flow table was full."""
         return self._missed.value
 
-    def read(self, sort: str = "all") -> list[TcpFlow]:
-        """The flows that moved bytes since the last read (or the start), busiest
-        first; each is taken out of the kernel's table as it is read."""
-        out = []
-        for k, v in self._flows.pop_decoded_items():
-            fam = k["family"]
-            out.append(TcpFlow(k["pid"], comm_text(v["comm"]), fam, addr_obj(fam, k["saddr"]), k["lport"],
-                               addr_obj(fam, k["daddr"]), k["dport"], v["received"], v["sent"]))
+    def read(self, sort: str = "all") -> list:
+        """The flows (TcpFlow) that moved bytes since the last read (or the start),
+        busiest first; each is taken out of the kernel's table as it is read."""
+        decode = self._decode
+        out = [decode(row) for row in self._flows.pop_rows()]
         out.sort(key=sort_key(sort))
         return out
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Summarize TCP send/recv throughput by host (and process)."
-    p.add_argument("-C", "--noclear", action="store_true", help="don't clear the screen")
-    p.add_argument("-S", "--nosummary", action="store_true", help="skip system summary line")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
-    add_family_args(p)
-    p.add_argument("-s", "--sort", choices=SORTS, default="all",
-                   help="sort by sent + received (all, default), sent, or received bytes")
-    p.add_argument("-r", "--rows", type=int_range(1, MAX_ROWS), default=20, help="maximum rows to print (default 20)")
-    p.add_argument("interval", nargs="?", type=seconds, default=1,
-                   help="output interval, in seconds (default 1)")
-    p.add_argument("count", nargs="?", type=intervals, help="number of outputs")
-    add_common(p, [v.hook for v in TcpTop.VARIANTS])
+def __getattr__(name: str) -> type:
+    """TcpFlow, the class generated from the flow table's BTF (PEP 562)."""
+    if name == "TcpFlow":
+        return TCP_FLOW.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _pid_width() -> int:
+# -- the text: BCC's layout, an IPv4 table, then an IPv6 one, each busiest first -----------
+
+def _pid_width(args: Any = None) -> int:
     """Wide enough for the largest PID this system can hand out (libbpf-tools)."""
     try:
         return max(6, len(open("/proc/sys/kernel/pid_max").read().strip()))
@@ -133,28 +112,16 @@ def _pid_width() -> int:
         return 7
 
 
-def render(flows: list[TcpFlow], args: argparse.Namespace, pw: int, loadavg: str = "?\n",
-           clock: str | None = None) -> str:
-    """BCC's layout: an IPv4 table, then an IPv6 one, each busiest first."""
-    lines = []
-    if not args.nosummary:
-        lines.append(f"{clock or time.strftime('%H:%M:%S'):<8} loadavg: {loadavg}")
-    for fam, w, la, ra in ((AF_INET, 21, "LADDR", "RADDR"), (AF_INET6, 32, "LADDR6", "RADDR6")):
-        rows = [f for f in flows if f.family == fam]
-        if not rows:
-            continue
-        lines.append(("\n" if fam == AF_INET6 else "") +
-                     f"{'PID':<{pw}} {'COMM':<12} {la:<{w}} {ra:<{w}} {'RX_KB':>6} {'TX_KB':>6}")
-        for f in rows:
-            lines.append(f"{f.pid:<{pw}} {f.comm[:12]:<12} {f'{f.laddr}:{f.lport}':<{w}} "
-                         f"{f'{f.raddr}:{f.rport}':<{w}} {f.rx_bytes // 1024:>6} {f.tx_bytes // 1024:>6}")
-    return "\n".join(lines) + "\n"
+COLUMNS = (
+    Column("PID", "pid", width=_pid_width),
+    Column("COMM", "comm", width=12, clip=True),
+    Column("LADDR", lambda d: f"{d['laddr']}:{d['lport']}", width=21),
+    Column("RADDR", lambda d: f"{d['raddr']}:{d['rport']}", width=21),
+    Column("RX_KB", lambda d: d["rx_bytes"] // 1024, width=6, align=">"),
+    Column("TX_KB", lambda d: d["tx_bytes"] // 1024, width=6, align=">"),
+)
+COLUMNS6 = tuple(c.but(header=c.header + "6", width=32) if c.header in ("LADDR", "RADDR") else c for c in COLUMNS)
 
-
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-ROWS = Rows(TcpFlow, labels=("pid", "comm", "family", "laddr", "lport", "raddr", "rport"),
-            values=("rx_bytes", "tx_bytes"), convert={"laddr": ipaddress.ip_address, "raddr": ipaddress.ip_address})
 _LOAD = ("load1", "load5", "load15", "running", "threads", "last_pid")
 
 
@@ -175,40 +142,45 @@ def _loadavg_text(snap: Snapshot) -> str:
     return f"{v[0]:.2f} {v[1]:.2f} {v[2]:.2f} {v[3]}/{v[4]} {v[5]}\n"      # as fs/proc/loadavg.c prints it
 
 
-def snapshot(tracer: TcpTop, args: argparse.Namespace) -> Snapshot:
-    flows = tracer.read(args.sort)[:args.rows]
-    return ROWS.snapshot(NAME, flows, args.interval, {**loadavg(), "missed": tracer.missed})
-
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    flows = ROWS.rows(snap)
-    if args.json:
-        import json
-        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
-        return "".join(json.dumps({"ts": ts, **f.to_dict()}, separators=(",", ":")) + "\n" for f in flows)
-    # refresh in place on a terminal; elsewhere (or -C) periods follow each other
+def text(snap: Snapshot, args: Any) -> str:
+    """One period: the summary line, then the tables; refreshed in place on a
+    terminal (elsewhere, or with -C, periods follow each other)."""
+    flows = SPEC.rows(snap)
+    tables = [table(columns, rows, args) for columns, rows in
+              ((COLUMNS, [f for f in flows if f.family == AF_INET]),
+               (COLUMNS6, [f for f in flows if f.family == AF_INET6])) if rows]
+    body = "\n".join(tables)
+    if not args.nosummary:
+        body = f"{local_time(snap):<8} loadavg: {_loadavg_text(snap)}\n" + body
     clear = sys.stdout.isatty() and not args.noclear
-    return ("\033[H\033[2J" if clear else "\n") + render(flows, args, _pid_width(), _loadavg_text(snap),
-                                                         local_time(snap))
+    return ("\033[H\033[2J" if clear else "\n") + (body or "\n")
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = TcpTop(pid=args.pid, family=family_of(args),
-                    hook=args.hook)
-    reported = 0
-
-    def take() -> Snapshot:
-        nonlocal reported
-        snap = snapshot(tracer, args)
-        missed = snap.value("missed", 0)
-        if missed > reported:
-            sys.stderr.write(f"tcptop: {missed - reported} sends/receives not counted (flow table full)\n")
-            reported = missed
-        return snap
-
-    with tracer:
-        return print_loop(args, take, render_snapshot, intro)
+SPEC = ToolSpec(
+    "tcptop", "TCP send/receive throughput per process and connection", TcpTop, TOP,
+    description="Summarize TCP send/recv throughput by host (and process).",
+    event=TCP_FLOW,
+    labels=("pid", "comm", "family", "laddr", "lport", "raddr", "rport"), values=("rx_bytes", "tx_bytes"),
+    options=(
+        Option("-C", "--noclear", action="store_true", help="don't clear the screen"),
+        Option("-S", "--nosummary", action="store_true", help="skip system summary line"),
+        pid(),
+        family(),
+        Option("-s", "--sort", choices=SORTS, default="all",
+               help="sort by sent + received (all, default), sent, or received bytes"),
+        Option("-r", "--rows", type=int_range(1, MAX_ROWS), default=20, help="maximum rows to print (default 20)"),
+        *interval_positionals(default=1),
+    ),
+    read=lambda tracer, args: tracer.read(args.sort)[:args.rows],
+    extra=lambda tracer, args: {**loadavg(), "missed": tracer.missed},
+    missed="sends/receives not counted (flow table full)",
+    columns=COLUMNS, text=text,
+    intro="Tracing... Output every {interval} secs. Hit Ctrl-C to end\n",
+    examples=(
+        ("pytrace tcptop", "every second, the busiest connections"),
+        ("pytrace tcptop -C 5 3", "every 5 seconds, 3 times, without clearing the screen"),
+        ("pytrace tcptop -p 181", "only process 181"),
+        ("pytrace tcptop -s sent -r 5", "the 5 connections that sent most"),
+        ("pytrace tcptop --json 10", "one JSON object per connection, every 10 seconds"),
+    ),
+)

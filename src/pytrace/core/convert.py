@@ -1,0 +1,301 @@
+"""The conversions a tool's event type may declare, one table for every use of a value.
+
+A record's raw value (what struct.unpack gives for a C field) reaches a
+person in three ways, and each conversion says all three once:
+
+    value   raw -> the library's Python value     (generated from_raw)
+    json    Python value -> its JSON value        (generated to_dict)
+    parse   JSON value, or its text -> Python value (generated from_dict:
+            snapshot labels, which are text, back into rows)
+    text    how the CLI's fast text path prints the raw value without making
+            the Python value at all (core/rows.py, spec/text.py): a printf code
+            and an expression over the raw field's variable ({0}) and the
+            variables of the raw fields it needs ({1}, ...)
+
+An event type names them (spec/eventtype.py): `laddr <- saddr: address`
+converts raw saddr, given raw family (the conversion's default needs), into
+the field laddr.  `address(af)` names other raw fields to pass.
+
+This module is on the text path's start-up (spec/text.py reads `text`), so it
+imports nothing heavy: ipaddress, socket and enum are imported inside the
+functions that need them, which only the library and --json call.
+
+A tool that needs a conversion of its own declares a Conversion in its module
+and register()s it before its event type is declared; build-time generation
+(core/gentypes.py) then imports it from there.
+"""
+
+from __future__ import annotations
+
+from _socket import AF_INET, AF_INET6, inet_ntop
+
+from .net import STATE_NAMES, addr_obj, comm_text, tcp_state
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+
+class Conversion:
+    """One conversion (see the module docstring).  value/json/parse are module-level
+    functions (generated code imports them by module and name); json and parse
+    None mean the value is already JSON (an int, a str)."""
+
+    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind")
+
+    def __init__(self, name: str, value: Callable | None, json: Callable | None = None,
+                 parse: Callable | None = None, needs: tuple[str, ...] = (),
+                 text: tuple | None = None, kind: str = ""):
+        self.name, self.value, self.json, self.parse = name, value, json, parse
+        self.needs, self.text, self.kind = tuple(needs), text, kind or name
+
+
+_TABLE: dict[str, Conversion] = {}
+
+
+def register(conv: Conversion) -> Conversion:
+    """Make a conversion known by its name (a tool's own, before its event type)."""
+    _TABLE[conv.name] = conv
+    return conv
+
+
+def get(name: str) -> Conversion:
+    try:
+        return _TABLE[name]
+    except KeyError:
+        raise KeyError(f"no conversion '{name}' (known: {', '.join(sorted(_TABLE))})") from None
+
+
+def names() -> list[str]:
+    return sorted(_TABLE)
+
+
+# -- identities: a field declared with no conversion, by its C format ------------------
+
+def bytes_json(v: bytes) -> str:
+    return v.hex()
+
+
+def bytes_parse(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else bytes.fromhex(v)
+
+
+def int_parse(v: Any) -> int:
+    return int(v)
+
+
+def float_parse(v: Any) -> float:
+    return float(v)
+
+
+def bool_parse(v: Any) -> bool:
+    return v in (True, "True", "true", "1", 1)
+
+
+def ints_json(v: tuple) -> list:
+    return list(v)
+
+
+def ints_parse(v: Any) -> tuple:
+    return tuple(int(x) for x in v)
+
+
+register(Conversion("int", None, None, int_parse, text=("d", "{0}")))
+register(Conversion("bool", None, None, bool_parse, text=("d", "{0}")))
+register(Conversion("float", None, None, float_parse, text=("f", "{0}")))
+register(Conversion("bytes", None, bytes_json, bytes_parse, text=("s", "{0}.hex().encode()")))
+register(Conversion("ints", None, ints_json, ints_parse))
+
+
+def identity_for(fmt: str, count: int) -> str:
+    """The conversion of an undeclared field, from its struct code and count (core/btf.Field)."""
+    if count > 1:
+        return "ints"
+    if fmt.endswith("s"):
+        return "bytes"
+    if fmt == "?":
+        return "bool"
+    if fmt in ("f", "d"):
+        return "float"
+    return "int"
+
+
+# -- numbers shown another way --------------------------------------------------------
+
+def hex_json(v: int) -> str:
+    return f"{v:x}"
+
+
+def hex_parse(v: Any) -> int:
+    return v if isinstance(v, int) else int(v, 16)
+
+
+register(Conversion("hex", None, hex_json, hex_parse, text=("x", "{0}")))
+
+
+def us_to_ms_value(v: int) -> float:
+    return v / 1000.0
+
+
+def ms_json(v: float) -> float:
+    return round(v, 3)
+
+
+# "%d.%03d" of the integer microseconds: exact, as the C tools print it
+register(Conversion("us_to_ms", us_to_ms_value, ms_json, float_parse,
+                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float"))
+
+
+def ns_to_us_value(v: int) -> float:
+    return v / 1000.0
+
+
+register(Conversion("ns_to_us", ns_to_us_value, ms_json, float_parse,
+                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float"))
+
+
+def ns_to_ms_value(v: int) -> float:
+    return v / 1e6
+
+
+register(Conversion("ns_to_ms", ns_to_ms_value, ms_json, float_parse,
+                    text=("%d.%03d", ("{0} // 1000000", "{0} // 1000 % 1000")), kind="float"))
+
+
+# -- text -----------------------------------------------------------------------------
+
+def text_value(raw: bytes) -> str:
+    return comm_text(raw)
+
+
+def text_parse(v: Any) -> str:
+    return str(v)
+
+
+# the memo of core/net.ByteLabels: a command name is formatted once per run
+register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
+
+
+# -- addresses --------------------------------------------------------------------------
+
+def address_value(raw: bytes, family: int):
+    """ipaddress.IPv4Address / IPv6Address of a 16-byte field (v4 in the first 4), None
+    for another family."""
+    return addr_obj(family, raw)
+
+
+def address_json(addr: Any) -> str | None:
+    """The text inet_ntop gives, which is also the CLI's: an IPv4-mapped address
+    is ::ffff:192.0.2.1 (str() of an IPv6Address says ::ffff:c000:201 before
+    Python 3.13)."""
+    if addr is None:
+        return None
+    if addr.version == 6:
+        return inet_ntop(AF_INET6, addr.packed)
+    return str(addr)
+
+
+def address_parse(v: Any):
+    import ipaddress
+    if v is None or v in ("", "None", "?"):
+        return None
+    return v if not isinstance(v, str) else ipaddress.ip_address(v)
+
+
+register(Conversion("address", address_value, address_json, address_parse, needs=("family",),
+                    text=("s", "((_a4get({0}) if {1} == 2 else _a6get({0}) if {1} == 10 else None) "
+                               "or _addr({1}, {0}))")))
+
+
+class _Memo(dict):
+    """value -> its converted value, made once: an enum's constructor costs
+    about a microsecond, a dict lookup a few dozen nanoseconds."""
+
+    def __init__(self, make: Callable[[Any], Any]):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, value: Any) -> Any:
+        out = self[value] = self.make(value)
+        return out
+
+
+def _family_member(v: int):
+    import socket      # the text path never needs it (~1.5 ms)
+    try:
+        return socket.AddressFamily(v)
+    except ValueError:
+        return v
+
+
+_FAMILIES = _Memo(_family_member)
+
+
+def family_value(v: int):
+    """socket.AddressFamily (AF_INET == 2 still holds), or the number for an unknown one."""
+    return _FAMILIES[v]
+
+
+def enum_json(v: Any) -> Any:
+    """An enum member by name, anything else as it is."""
+    return getattr(v, "name", v)
+
+
+def family_parse(v: Any):
+    import socket
+    if isinstance(v, str) and not v.isdigit():
+        return socket.AddressFamily[v]
+    return family_value(int(v))
+
+
+register(Conversion("family", family_value, enum_json, family_parse,
+                    text=("s", "_family_names[{0}]"), kind="enum"))
+
+
+_TCP_STATES = _Memo(tcp_state)
+
+
+def tcp_state_value(v: int):
+    """net.TcpState, or the number for one it does not name."""
+    return _TCP_STATES[v]
+
+
+def tcp_state_parse(v: Any):
+    if isinstance(v, str) and not v.isdigit():
+        from .net import TcpState
+        return TcpState[v]
+    return tcp_state(int(v))
+
+
+register(Conversion("TcpState", tcp_state_value, enum_json, tcp_state_parse,
+                    text=("s", "_tcp_state_names[{0}]"), kind="enum"))
+
+
+# -- what the text expressions above refer to --------------------------------------------
+
+def text_env(context: dict) -> dict:
+    """The names the `text` expressions use, for one renderer: memoised labels
+    (core/net.ByteLabels) and name tables.  context keeps what is made once per
+    renderer (the ByteLabels, the Clock).  The names start with _: in a
+    compiled row every raw field is a variable of its own name (a struct with
+    a field addr would hide a function addr)."""
+    from .net import ByteLabels
+    labels = context.get("labels")
+    if labels is None:
+        labels = context["labels"] = ByteLabels()
+    return {**{"_" + name: value for name, value in labels.row_env().items()},
+            "_tcp_state_names": _TCP_STATE_NAMES, "_family_names": _FAMILY_NAMES}
+
+
+_TCP_STATE_NAMES = tuple(n.encode() for n in STATE_NAMES)
+
+
+class _Names(dict):
+    """Known numbers' names; any other number as its digits (a u16 field has 65536)."""
+
+    def __missing__(self, key: int) -> bytes:
+        return str(key).encode()
+
+
+_FAMILY_NAMES = _Names({0: b"AF_UNSPEC", 1: b"AF_UNIX", AF_INET: b"AF_INET", AF_INET6: b"AF_INET6", 17: b"AF_PACKET"})

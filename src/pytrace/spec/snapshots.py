@@ -1,0 +1,48 @@
+"""The interval tools' snapshots, derived from their SPEC.
+
+Every interval's output goes through a sinks.Snapshot (what --record and
+--influx store, what `pytrace replay` renders again): a table or top tool's
+rows become one Series each, the SPEC's `labels` fields as text labels (the
+JSON value's text: InfluxDB tags, replay --where) and its `values` fields as
+numbers; a histogram tool's histograms one Series each, labelled by what
+`label(args)` names (tcprtt -B: raddr).  rows() turns a snapshot back into
+the row type (its generated from_dict(): labels are parsed back by their
+conversions), so text and JSON are printed from the snapshot only, live and
+on replay alike.
+"""
+
+from __future__ import annotations
+
+from ..sinks.snapshot import Series, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from . import ToolSpec
+
+
+def rows_snapshot(spec: ToolSpec, rows: list[Any], args: Any, values: dict | None = None) -> Snapshot:
+    series = []
+    for row in rows:
+        d = row.to_dict()
+        series.append(Series.of({n: d[n] for n in spec.labels}, {n: d[n] for n in spec.values}))
+    return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
+    make = spec.event.cls.from_dict
+    return [make({**dict(s.labels), **dict(s.values)}) for s in snap.series]
+
+
+def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:
+    """hists: {label value (None: not labelled): Log2Histogram}."""
+    name = spec.label(args) if spec.label is not None else None
+    series = [Series.of({name: _label_text(v)} if name and v is not None else {}, hist=h)
+              for v, h in hists.items()]
+    return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def _label_text(value: Any) -> str:
+    from ..core.convert import address_json
+    return address_json(value) if hasattr(value, "packed") else str(value)

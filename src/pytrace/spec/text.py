@@ -1,0 +1,212 @@
+"""Columns, and the text output derived from them.
+
+A Column is a header over one field:
+
+    Column("LADDR", "laddr", width=lambda args: 39 if args.wide else 15)
+    Column("->")                                   # a literal, in the header and every row
+    Column("TIME", "ts_ns", width=8, form="hms", when="timestamp")   # only with -T
+
+width is a number or a function of the parsed arguments (None: the last,
+unpadded column); align "<" or ">"; when: the argument (name, or function of
+the arguments) that shows the column.
+
+Event tools: event_text() turns the columns into the CLI's hot path.  Each
+column's field is traced back through the event type's declaration to its
+raw field and conversion (`laddr <- saddr: address`), whose `text` form
+(core/convert.py) prints the raw value directly: one compiled comprehension
+per run (core/rows.py) formats whole batches of raw tuples into bytes, and
+the tracer decodes only the raw fields the shown columns need
+(EventTracer.project).  form= picks another text form than the field's
+conversion ("hms", "since_start": core/cliutil.Clock's times).
+
+Interval tools: table() prints rows (their to_dict(), so an address reads
+the same as in --json) under the same kind of columns; field may then be a
+function of the row's dict (Column("LADDR", lambda d: f"{d['laddr']}:{d['lport']}")).
+"""
+
+from __future__ import annotations
+
+from ..core import convert
+from ..core.rows import field_variable, compile_rows
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .eventtype import EventType
+
+
+class Column:
+    __slots__ = ("header", "field", "width", "align", "form", "precision", "when", "clip")
+
+    def __init__(self, header: str, field: str | Callable[[dict], Any] | None = None, *,
+                 width: int | Callable[[Any], int] | None = None, align: str = "<", form: str | None = None,
+                 precision: str = "", when: str | Callable[[Any], bool] | None = None, clip: bool = False):
+        if align not in ("<", ">"):
+            raise ValueError(f"column {header}: align is '<' or '>'")
+        self.header, self.field, self.width, self.align = header, field, width, align
+        self.form, self.precision, self.when, self.clip = form, precision, when, clip
+
+    def shown(self, args: Any) -> bool:
+        if self.when is None:
+            return True
+        if isinstance(self.when, str):
+            return bool(getattr(args, self.when, False))
+        return bool(self.when(args))
+
+    def width_for(self, args: Any) -> int | None:
+        return self.width(args) if callable(self.width) else self.width
+
+    def head(self, args: Any) -> str:
+        w = self.width_for(args)
+        return self.header if w is None else f"{self.header:{self.align}{w}}"
+
+    def but(self, **changes: Any) -> Column:
+        """A copy with some settings changed (an IPv6 table's wider address column)."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        header, field = values.pop("header"), values.pop("field")
+        return Column(header, field, **values)
+
+    def __repr__(self) -> str:
+        return f"Column({self.header!r}, {self.field!r})"
+
+
+def header_line(columns: list[Column], args: Any) -> str:
+    return " ".join(c.head(args) for c in columns) + "\n"
+
+
+# -- event tools: the compiled hot path ---------------------------------------------------
+
+# Text forms of the times of a record's monotonic timestamp (core/cliutil.Clock)
+TIME_FORMS = {
+    "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
+    "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
+}
+
+
+def _time_env(context: dict) -> dict:
+    from ..core.cliutil import Clock
+    clock = context.get("clock")
+    if clock is None:
+        clock = context["clock"] = Clock()
+    last = [-1, b""]
+    offset = clock.offset
+
+    def hms(mono_ns: int) -> bytes:
+        sec = (mono_ns + offset) // 1_000_000_000
+        if sec != last[0]:
+            last[0], last[1] = sec, clock.hms(mono_ns).encode()
+        return last[1]
+    return {"_hms": hms, "_start_ns": clock.start_ns}
+
+
+class CompiledText:
+    """What event_text() derived from the columns: header, per-row format,
+    expressions and the raw fields they read."""
+
+    def __init__(self, header: str, fmt: str, exprs: list[str], raw: set[str], env: dict):
+        self.header, self.fmt, self.exprs, self.raw, self.env = header, fmt, exprs, raw, env
+
+
+def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: tuple[str, ...]) -> CompiledText:
+    """The header and the row format of the shown columns of an event tool."""
+    context: dict = {}
+    env = convert.text_env(context)
+    pieces, exprs, raw = [], [], set()
+    by_base = _raw_variables(raw_names)
+    for c in columns:
+        width = c.width_for(args)
+        if c.field is None:                 # a literal
+            pieces.append(c.header.replace("%", "%%"))
+            continue
+        decl = et.field(c.field)
+        if c.form in TIME_FORMS:
+            code, template = TIME_FORMS[c.form]
+            needs: tuple[str, ...] = ()
+            if "_hms" not in env:
+                env.update(_time_env(context))
+        else:
+            conv = convert.get(c.form or decl.conversion or "int")
+            if conv.text is None:
+                raise ValueError(f"column {c.header}: conversion {conv.name} has no text form; give form=")
+            code, template = conv.text
+            needs = decl.args if decl.args is not None else conv.needs
+        names = [decl.raw, *needs]
+        for n in names:
+            if n not in by_base:
+                raise ValueError(f"column {c.header}: no raw field {n} in {et.name}'s records")
+            raw.update(by_base[n])
+        variables = [_variable(by_base[n]) for n in names]
+        flags = ("-" if c.align == "<" else "") + (str(width) if width else "") + (c.precision or "")
+        if isinstance(template, tuple):     # several values, one format of its own ("%d.%03d")
+            values = [t.format(*variables) for t in template]
+            if width:
+                pieces.append(f"%{flags}s")
+                exprs.append(f"(b{code!r} % ({', '.join(values)},))")
+            else:
+                pieces.append(code)
+                exprs.extend(values)
+        else:
+            pieces.append(f"%{flags}{code}")
+            exprs.append(template.format(*variables))
+    return CompiledText(header_line(columns, args), " ".join(pieces) + "\n", exprs, raw, env)
+
+
+def _raw_variables(raw_names: tuple[str, ...]) -> dict[str, list[str]]:
+    """raw base name -> the raw tuple's names for it (an array has name[0], name[1], ...)."""
+    out: dict[str, list[str]] = {}
+    for name in raw_names:
+        out.setdefault(name.split("[", 1)[0], []).append(name)
+    return out
+
+
+def _variable(names: list[str]) -> str:
+    """The expression of a raw field in a compiled row (core/rows binds field_variable(name))."""
+    if len(names) == 1:
+        return field_variable(names[0])
+    return "(" + ", ".join(field_variable(n) for n in names) + ",)"
+
+
+def event_text(columns: tuple[Column, ...], et: EventType, source: Any, args: Any, out: Any
+               ) -> Callable[[list[tuple]], bytes]:
+    """The text renderer of an event tool: writes the header, then returns
+    render(batch) -> bytes.  source: the live tracer, or replay's stand-in
+    (only its raw_fields and project() are used)."""
+    shown = [c for c in columns if c.shown(args)]
+    layout_names = tuple(source.raw_fields)
+    compiled = compile_columns(shown, et, args, layout_names)
+    out.write(compiled.header)
+    source.project({n.split("[", 1)[0] for n in compiled.raw} | compiled.raw)
+    rows = compile_rows(source.raw_fields, f"_fmt % ({', '.join(compiled.exprs)},)",
+                        {"_fmt": compiled.fmt.encode(), **compiled.env})
+
+    def render(batch: list[tuple]) -> bytes:
+        return b"".join(rows(batch))
+    return render
+
+
+# -- interval tools: rows under columns ---------------------------------------------------------
+
+def cell(c: Column, row: dict, args: Any) -> str:
+    if c.field is None:
+        return c.header
+    value = c.field(row) if callable(c.field) else row[c.field]
+    text = "" if value is None else str(value)
+    width = c.width_for(args)
+    if width is None:
+        return text
+    if c.clip:
+        text = text[:width]
+    return f"{text:{c.align}{width}}"
+
+
+def table(columns: tuple[Column, ...] | list[Column], rows: list[Any], args: Any) -> str:
+    """A header and a line per row (rows: events/rows with to_dict(), or dicts)."""
+    shown = [c for c in columns if c.shown(args)]
+    lines = [header_line(shown, args)]
+    for r in rows:
+        d = r if isinstance(r, dict) else r.to_dict()
+        lines.append(" ".join(cell(c, d, args) for c in shown) + "\n")
+    return "".join(lines)

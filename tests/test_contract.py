@@ -1,0 +1,248 @@
+"""The per-tool contract, checked the same way for every tool in the registry.
+
+Each tool with a SPEC (pytrace.spec) must:
+  - answer --help with status 0, its help ending with its examples, and
+    every example a command line its parser accepts;
+  - print its BPF source for --ebpf;
+  - refuse bad input with one line on stderr and status 2;
+  - with --json, print one JSON object per line, whose names are the
+    spec's: "time" (RFC 3339 with zone), the kernel's monotonic "ts_ns",
+    then the fields of its event type (a histogram: its label and the
+    histogram's);
+  - stop on SIGINT and on SIGTERM with status 0, leaving nothing in the
+    kernel (tests/kernelstate.py);
+  - replay a recording (--record) byte for byte as it printed live, text
+    and JSON;
+  - run with each hook variant this kernel allows forced (--hook), on that
+    variant's programs (a kernel matrix case: tests/matrix.py).
+Tools without a SPEC are skipped, naming what is missing: converting a tool
+turns its cases on.  The traffic is loopback TCP made by this process
+(TRAFFIC says otherwise for a tool that needs another kind to print).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from datetime import datetime
+
+import pytest
+
+import kernelstate
+from helpers import PYTRACE, LoopbackPair, bpf_prog_ids, bpf_progs, has_bpf_link, run_cli, tcp_roundtrip, wait_until
+from matrix import cli_hook_or_skip, variants
+from pytrace import spec as specs
+from pytrace import tools as registry
+from pytrace.core import loader, objects
+from pytrace.core.argparser import ArgParser
+
+TOOLS = registry.names()
+
+
+def spec_of(name: str):
+    """The tool's SPEC, or a skip naming what is missing."""
+    declared = registry.spec(name)
+    if declared is None:
+        pytest.skip(f"{name}: pytrace/tools/{name}.py declares no SPEC (pytrace.spec.ToolSpec) yet")
+    return declared
+
+
+def tcp_traffic() -> None:
+    """A few loopback TCP connections of this process, with data both ways."""
+    pair = LoopbackPair(nodelay=True)
+    try:
+        pair.exchange(20, 2048)
+    finally:
+        pair.close()
+    tcp_roundtrip("127.0.0.1")
+    tcp_roundtrip("::1")
+
+
+# tool -> what makes it print (default: tcp_traffic), for tools that need more
+TRAFFIC: dict[str, object] = {}
+# tool -> arguments its contract runs add (e.g. a short interval)
+ARGS: dict[str, list[str]] = {}
+
+
+def spec_variants() -> list:
+    """(tool, hook) of every variant of every tool with a SPEC, as matrix cases."""
+    params = []
+    for name in TOOLS:
+        declared = registry.spec(name)
+        if declared is not None:
+            params += [pytest.param(name, p.values[0], id=f"{name}-{p.values[0]}", marks=p.marks)
+                       for p in variants(declared.tracer, tool=name)]
+    return params
+
+
+# -- what needs no BPF --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_help_ends_with_the_examples(name):
+    declared = spec_of(name)
+    assert declared.examples, f"{name} declares no examples"
+    r = run_cli(name, "--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.rstrip("\n").splitlines()
+    tail = lines[-len(declared.examples):]
+    assert lines[-len(declared.examples) - 1] == "examples:"
+    for line, (command, what) in zip(tail, declared.examples):
+        assert line.strip().startswith(command + " ") and line.endswith(f"# {what}"), line
+    assert declared.description.split()[0] in r.stdout
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_example_parses(name):
+    declared = spec_of(name)
+    for command, _ in declared.examples:
+        parser = ArgParser(prog=f"pytrace {name}")
+        declared.add_arguments(parser)
+        parser.parse_args(shlex.split(command)[2:])      # a usage error would exit
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_ebpf_prints_the_source(name):
+    declared = spec_of(name)
+    r = run_cli(name, "--ebpf")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == objects.source(declared.object) and 'SEC("' in r.stdout
+
+
+@pytest.mark.parametrize("args", [["--no-such-flag"], ["--hook", "nosuchhook"], ["--json", "extra", "words", "x"]])
+@pytest.mark.parametrize("name", TOOLS)
+def test_bad_input_is_one_line_and_exit_2(name, args):
+    spec_of(name)
+    r = run_cli(name, *args)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"pytrace {name}: error: ")
+
+
+def test_list_shows_each_spec_summary():
+    out = run_cli("list").stdout.splitlines()
+    for name in TOOLS:
+        declared = registry.spec(name)
+        if declared is not None:
+            (line,) = [l for l in out if l.split()[:1] == [name]]
+            assert line.endswith(declared.summary) and declared.kind
+
+
+# -- running: JSON names, signals, the kernel left as found, replay --------------------------
+
+def expected_names(declared, record: dict) -> list[str]:
+    """The names a --json record of this tool has, in order."""
+    fields = list(declared.event.cls.FIELDS) if declared.event is not None else []
+    if declared.kind == specs.EVENTS:
+        return (["time"] if declared.event.cls.TIME else []) + fields
+    if declared.kind == specs.HISTOGRAM:
+        labels = [k for k in record if k not in ("time", "ts_ns", "unit", "count", "sum", "average", "buckets")]
+        assert len(labels) <= 1, labels
+        return ["time", "ts_ns", *labels, "unit", "count", "sum", "average", "buckets"]
+    return ["time", "ts_ns", *fields]
+
+
+def attached_count(pid: int) -> int:
+    """BPF links (and perf-event attachments) the process holds."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link", "anon_inode:[perf_event]")
+        except OSError:
+            continue
+    return n
+
+
+def run_tool(name: str, *args: str, sig: int = signal.SIGINT, hook: str | None = None) -> tuple[int, str, str]:
+    """Start the tool, wait until every program of its variant is attached, make
+    its traffic, stop it with sig: (status, stdout, stderr)."""
+    declared = registry.spec(name)
+    variant = next(v for v in declared.variants if v.hook == hook) if hook else loader.planned(declared.variants)[0]
+    proc = subprocess.Popen([*PYTRACE, name, *ARGS.get(name, []), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = wait_until(lambda: proc.poll() is not None or
+                           (has_bpf_link(proc.pid) and attached_count(proc.pid) >= len(variant.programs)), 20)
+        assert ready and proc.poll() is None, f"pytrace {name} {' '.join(args)} did not start: {proc.stderr.read()}"
+        TRAFFIC.get(name, tcp_traffic)()
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("name", TOOLS)
+def test_json_records_and_a_clean_stop(name, sig):
+    declared = spec_of(name)
+    before = kernelstate.snapshot()
+    rc, out, err = run_tool(name, "--json", sig=sig)
+    assert rc == 0, err
+    assert kernelstate.left_since(before) == {}
+    records = [json.loads(line) for line in out.splitlines()]
+    records = [r for r in records if r.get("type") != "lost"]
+    assert records, f"{name} --json printed nothing for the traffic"
+    for r in records:
+        assert list(r) == expected_names(declared, r)
+        if "time" in r:
+            assert r["time"][-6] in "+-" and r["time"][-3] == ":", r["time"]     # RFC 3339, with the zone
+            datetime.fromisoformat(r["time"])
+        if "ts_ns" in r:
+            assert isinstance(r["ts_ns"], int) and 0 < r["ts_ns"] <= time.monotonic_ns()
+
+
+@pytest.mark.parametrize("mode", ["text", "json"])
+@pytest.mark.parametrize("name", TOOLS)
+def test_replay_is_byte_identical(name, mode, tmp_path):
+    spec_of(name)
+    path = str(tmp_path / f"{name}.db")
+    rc, live, err = run_tool(name, "--record", path, *(["--json"] if mode == "json" else []))
+    assert rc == 0, err
+    assert live.strip(), f"{name} printed nothing for the traffic"
+    replayed = run_cli("replay", path, *(["--json"] if mode == "json" else []))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == live
+
+
+@pytest.mark.parametrize("name,hook", spec_variants())
+def test_forced_hook_runs_that_variant(name, hook):
+    declared = spec_of(name)
+    cli_hook_or_skip(declared.tracer, hook, tool=name)
+    variant = next(v for v in declared.variants if v.hook == hook)
+    names: list[str] = []
+    proc = subprocess.Popen([*PYTRACE, name, *ARGS.get(name, []), "--hook", hook, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: proc.poll() is not None or attached_count(proc.pid) >= len(variant.programs), 20)
+        assert proc.poll() is None, proc.stderr.read()
+        names = held_program_names(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    # the kernel keeps 15 characters of a program's name (bpftool may show more, from BTF)
+    assert sorted(n[:15] for n in names) == sorted(p[:15] for p in variant.programs)
+
+
+def held_program_names(pid: int) -> list[str]:
+    mine = bpf_prog_ids(pid)
+    return [p.get("name", "") for p in bpf_progs() if p["id"] in mine]
+
+
+def test_readme_tool_table_is_current():
+    """README's table of tools is generated from the registry (pytrace/spec/readme.py)."""
+    from pytrace.spec import readme
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path) as fh:
+        text = fh.read()
+    assert readme.replaced(text) == text, "stale: python -m pytrace.spec.readme --write README.md"
