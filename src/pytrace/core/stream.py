@@ -37,13 +37,14 @@ class EventTracer(Tracer):
     EVENT: ClassVar[str]
 
     def __init__(self, *, hook: str | None = None, interval_ms: int = DEFAULT_INTERVAL_MS,
-                 ring_bytes: int | None = None):
-        super().__init__(hook=hook)
+                 ring_bytes: int | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.interval_ms = interval_ms
         self.ring_bytes = ring_bytes
         self.ring: RingBuffer | None = None
         self.raw_fields: tuple[str, ...] = ()
         self.idx: dict[str, int] = {}
+        self.keep_fields: frozenset[str] = frozenset()   # decoded whatever project() is told
         self._lost = None
 
     def make_event(self, raw: tuple) -> Any:
@@ -74,7 +75,7 @@ class EventTracer(Tracer):
         users do not project."""
         if not EventTracer.projection_allowed:
             return
-        fmt, names = self.layout.projection(fields)
+        fmt, names = self.layout.projection(set(fields) | (self.keep_fields & set(self.layout.names)))
         self.ring.set_format(fmt)
         self._set_fields(names)
 
@@ -101,6 +102,19 @@ class EventTracer(Tracer):
     def drain(self) -> list[tuple]:
         """Whatever is queued now, without waiting (e.g. after Ctrl-C)."""
         return ring_drain(self.ring)
+
+    def owner(self, raw: tuple, netns: bool = True) -> tuple:
+        """The end of an event made by make_event(): (cgroup_id, netns, labels),
+        or (cgroup_id, labels) for an event that has its own netns.  The ids
+        are the kernel's (0 unless labels, or a filter that reads them, are
+        on; filter.h); labels is a core/containers.Labels, or None."""
+        i = self.idx
+        at, ns_at = i.get("cgroup_id"), i.get("netns")
+        cgid = raw[at] if at is not None else 0
+        ns = raw[ns_at] if ns_at is not None else 0
+        labeler = self.labeler
+        labels = labeler.labels(cgid, ns) if labeler is not None and cgid else None
+        return (cgid, ns, labels) if netns else (cgid, labels)
 
     def events(self, duration: float | None = None) -> Iterator[Any]:
         make = self.make_event
