@@ -15,6 +15,8 @@
  *   pt_task_wanted()      the current task: for what runs in the process the
  *                         event belongs to (system calls, uprobes, the start
  *                         of a connect remembered until its outcome);
+ *   pt_task_sk_wanted(sk) a task's system call on a socket: the task's cgroup
+ *                         and mount namespace, the socket's network namespace;
  *   pt_sk_wanted(sk)      a socket, in any context, softirq included: its
  *                         cgroup (the creating task's, or for an accepted
  *                         socket the listener's) and its network namespace.
@@ -95,11 +97,18 @@ static __always_inline struct cgroup *pt_task_cgroup(void)
 	return BPF_CORE_READ(t, cgroups, dfl_cgrp);
 }
 
-/* The cgroup of a full socket, NULL if the kernel does not know it. */
+/* The cgroup of a socket, NULL if the kernel does not know it (or sk is a
+ * request or time-wait socket, which have no cgroup). */
 static __always_inline struct cgroup *pt_sk_cgroup(const struct sock *sk)
 {
 	__u64 v = 0;
+	__u8 state;
 
+	if (!sk)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return 0;
 	bpf_probe_read_kernel(&v, sizeof(v), (const void *)sk +
 			      bpf_core_field_offset(struct sock, sk_cgrp_data));
 	if (!bpf_core_field_exists(struct sock_cgroup_data, cgroup) && (v & 3))
@@ -175,12 +184,16 @@ static __always_inline bool pt_in_cgroupmap(__u64 id)
 	return bpf_map_lookup_elem(&pt_cgroupmap, &id) != 0;
 }
 
-/* The current task passes every filter that is on. */
-static __always_inline bool pt_task_wanted(void)
+/*
+ * The current task passes every filter that is on; in a system call on a
+ * socket (sk non-NULL), the network namespace is the socket's (they differ
+ * after setns()), the rest the task's.
+ */
+static __always_inline bool pt_task_sk_wanted(const struct sock *sk)
 {
 	if (pt_by_cgroup && !pt_cgroup_in_set(pt_task_cgroup()))
 		return false;
-	if (pt_netns && pt_task_netns() != pt_netns)
+	if (pt_netns && (sk ? sk_netns(sk) : pt_task_netns()) != pt_netns)
 		return false;
 	if (pt_by_cgroupmap && !pt_in_cgroupmap(pt_cgroup_id(pt_task_cgroup())))
 		return false;
@@ -193,17 +206,41 @@ static __always_inline bool pt_task_wanted(void)
 	return true;
 }
 
-/* A socket passes every filter that is on (any context). */
-static __always_inline bool pt_sk_wanted(const struct sock *sk)
+static __always_inline bool pt_task_wanted(void)
+{
+	return pt_task_sk_wanted(0);
+}
+
+/* -p PID (tgid_wanted) and every filter of the current task. */
+static __always_inline bool pt_proc_wanted(__u32 tgid)
+{
+	return tgid_wanted(tgid) && pt_task_wanted();
+}
+
+/* A socket's cgroup passes the cgroup filters that are on (any context). */
+static __always_inline bool pt_sk_cgroup_wanted(const struct sock *sk)
 {
 	if (pt_by_cgroup && !pt_cgroup_in_set(pt_sk_cgroup(sk)))
-		return false;
-	if (pt_netns && sk_netns(sk) != pt_netns)
 		return false;
 	if (pt_by_cgroupmap && !pt_in_cgroupmap(pt_cgroup_id(pt_sk_cgroup(sk))))
 		return false;
 	return true;
 }
+
+/* A socket passes every filter that is on (any context). */
+static __always_inline bool pt_sk_wanted(const struct sock *sk)
+{
+	if (!pt_sk_cgroup_wanted(sk))
+		return false;
+	if (pt_netns && sk_netns(sk) != pt_netns)
+		return false;
+	return true;
+}
+
+/* Some cgroup filter is on (one that a packet without a socket cannot pass). */
+#define pt_by_any_cgroup (pt_by_cgroup || pt_by_cgroupmap)
+/* Some filter is on (one that an event of no task or socket cannot pass). */
+#define pt_filtering (pt_by_any_cgroup || pt_netns || pt_by_mntnsmap)
 
 /* Labels: the event's cgroup id (and network namespace), 0 unless asked for
  * (an event type carries `__u64 cgroup_id` and, unless it always reports

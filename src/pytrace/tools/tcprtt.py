@@ -20,6 +20,7 @@ from typing import Any
 
 from ..core.aggregate import print_loop, timestamp_line
 from ..core.cliutil import add_common, address, port, seconds, wall_iso
+from ..core.cliutil import add_container_args, container_filters
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj
@@ -38,6 +39,7 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class TcpRtt(Tracer):
     OBJECT = "tcprtt"
+    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap"})
     VARIANTS = (
         Variant("fentry", ("tcprtt_fentry",)),
         Variant("kprobe", ("tcprtt_kprobe",)),
@@ -47,8 +49,8 @@ class TcpRtt(Tracer):
 
     def __init__(self, *, lport: int = 0, rport: int = 0, laddr: str | None = None,
                  raddr: str | None = None, by_laddr: bool = False, by_raddr: bool = False,
-                 ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+                 ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if by_laddr and by_raddr:
             raise ValueError("by_laddr and by_raddr are exclusive")
         from ..core.net import parse_addr
@@ -95,6 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     by.add_argument("-b", "--lhist", action="store_true", help="a histogram per local address")
     by.add_argument("-B", "--rhist", action="store_true", help="a histogram per remote address")
     p.add_argument("-e", "--extension", action="store_true", help="show the average RTT too")
+    add_container_args(p, TcpRtt)
     add_common(p, [v.hook for v in TcpRtt.VARIANTS])
 
 
@@ -151,6 +154,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
-                    by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook)
+                    by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook, **container_filters(args))
     with tracer:
         return print_loop(args, lambda: snapshot(tracer.histograms(clear=True), args), render_snapshot, intro)

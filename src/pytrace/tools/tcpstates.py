@@ -14,8 +14,8 @@ task or none (0) for changes made in softirq on packet arrival.
 
 from __future__ import annotations
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, ports, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, ports, run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, STATE_NAMES, ByteLabels, addr_obj, comm_text, tcp_state
@@ -26,6 +26,7 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
     import argparse
     import ipaddress
 
+    from ..core.containers import Labels
     from ..core.net import TcpState
     from typing import Any
 
@@ -48,18 +49,23 @@ class _TcpStateChange:
     oldstate: TcpState
     newstate: TcpState
     ms: float                  # time spent in oldstate (0 for the first change seen)
+    cgroup_id: int = 0         # the socket's cgroup and netns (with labels=True)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "skaddr": f"{self.skaddr:x}", "pid": self.pid, "comm": self.comm,
                 "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
                 "raddr": str(self.raddr), "rport": self.rport, "oldstate": self.oldstate.name,
-                "newstate": self.newstate.name, "ms": round(self.ms, 3)}
+                "newstate": self.newstate.name, "ms": round(self.ms, 3),
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 # PEP 562: importing TcpStateChange makes the dataclass, which the CLI's text
 # output never needs (importing dataclasses would cost its start-up ~7 ms).
 _event_class, __getattr__ = lazy_event(globals(), "TcpStateChange", _TcpStateChange,
-                                         imports=("ipaddress", "pytrace.core.net:TcpState"))
+                                         imports=("ipaddress", "pytrace.core.net:TcpState",
+                                                  "pytrace.core.containers:Labels"))
 
 
 if TYPE_CHECKING:
@@ -69,6 +75,7 @@ if TYPE_CHECKING:
 class TcpStates(EventTracer):
     OBJECT = "tcpstates"
     EVENT = "tcpstates_event"
+    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "labels"})
     VARIANTS = (
         Variant("tp_btf", ("tcpstates_tp_btf",)),
         Variant("raw_tp", ("tcpstates_raw_tp",)),
@@ -92,7 +99,7 @@ class TcpStates(EventTracer):
             raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
             addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]], addr_obj(fam, raw[i["daddr"]]),
             raw[i["dport"]], tcp_state(raw[i["oldstate"]]), tcp_state(raw[i["newstate"]]),
-            raw[i["delta_us"]] / 1000.0)
+            raw[i["delta_us"]] / 1000.0, *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -105,12 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-L", "--localport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
     p.add_argument("-D", "--remoteport", type=ports("-D"), metavar="PORTS", help="only these remote ports (comma list)")
     add_family_args(p)
+    add_container_args(p, TcpStates)
     add_common(p, [v.hook for v in TcpStates.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpStates(family=family_of(args),
-                       lports=args.localport, rports=args.remoteport, hook=args.hook)
+                       lports=args.localport, rports=args.remoteport, hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..core.aggregate import Rows, local_time, print_loop
 from ..core.cliutil import add_common, add_family_args, family_of, int_range, intervals, process_id, seconds
+from ..core.cliutil import add_container_args, container_filters
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
 from ..core.tracer import Tracer
@@ -70,6 +71,7 @@ def sort_key(sort: str):
 
 class TcpTop(Tracer):
     OBJECT = "tcptop"
+    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap"})
     VARIANTS = (
         Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv")),
         Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),
@@ -78,8 +80,8 @@ class TcpTop(Tracer):
                 needs="tracepoints sock_send/recv_length"),
     )
 
-    def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if family not in (0, AF_INET, AF_INET6):
             raise ValueError("family must be 0, AF_INET or AF_INET6")
         self.pid, self.family = pid, family
@@ -122,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("interval", nargs="?", type=seconds, default=1,
                    help="output interval, in seconds (default 1)")
     p.add_argument("count", nargs="?", type=intervals, help="number of outputs")
+    add_container_args(p, TcpTop)
     add_common(p, [v.hook for v in TcpTop.VARIANTS])
 
 
@@ -198,7 +201,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpTop(pid=args.pid, family=family_of(args),
-                    hook=args.hook)
+                    hook=args.hook, **container_filters(args))
     reported = 0
 
     def take() -> Snapshot:
