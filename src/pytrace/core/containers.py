@@ -565,6 +565,7 @@ class Scope:
     def start(self, obj: BpfObject) -> None:
         if not (self.cgroups or self.selectors):
             return
+        self.stop()                 # one object at a time: a second open() replaces the first
         self._map = obj.map("pt_cgroups")
         for cg in self.cgroups:
             self._add(cg)
@@ -574,13 +575,17 @@ class Scope:
         self._write_levels()
 
     def stop(self) -> None:
+        """The watcher stopped; the set forgotten (a tracer opened again starts afresh)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             os.write(self._stop_w, b"x")
             thread.join(5)
             os.close(self._stop_r)
             os.close(self._stop_w)
-        self._map = None
+        with self._lock:
+            self._map = None
+            self._members.clear()
+            self.followed.clear()
 
     # -- the kernel's set ------------------------------------------------------------------------
     def _add(self, cg: Cgroup) -> None:
