@@ -84,6 +84,7 @@ class Lab:
         self.root = debian_root()
         self.boxes: list[Box] = []
         self.made_dirs: list[str] = []          # cgroups to remove, deepest first at close
+        self.ever_made: set[str] = set()
         self._runc = ["--runtime", "runc"] if shutil.which("runc") else []
         self._v1_before = {h: os.path.isdir(f"{V1_ROOT}/{h}/libpod_parent") for h in _hierarchies()}
         self._unified_before = os.path.isdir(f"{containers.cgroup2_mount()}/libpod_parent")
@@ -122,6 +123,7 @@ class Lab:
         scope = self._mkdir_cgroup("machine.slice", f"machine-{name}.scope")
         for sub in ("payload", "supervisor"):           # made by nspawn: removed by us
             self.made_dirs.append(f"{scope}/{sub}")
+            self.ever_made.add(f"{scope}/{sub}")
         script = ('echo $$ > "$1/cgroup.procs" && shift && exec "$@"')
         cmd = ["sh", "-c", script, "sh", f"{containers.cgroup2_mount()}{scope}",
                "systemd-nspawn", "--register=no", "--keep-unit", "-q", "--private-network",
@@ -137,8 +139,25 @@ class Lab:
 
     def host(self, port: int) -> Box:
         proc = subprocess.Popen(["python3", str(TESTS / "ctrload.py"), str(port)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         box = Box("host", None, port, None, proc.pid, proc)
+        self.boxes.append(box)
+        self._wait_listening(box)
+        return box
+
+    def in_cgroup(self, parts: tuple[str, ...], port: int) -> Box:
+        """The host's traffic in a cgroup of our own making, at the path parts
+        (e.g. laid out as a kubelet and containerd lay a pod's container)."""
+        path = self._mkdir_cgroup(*parts)
+        proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
+                                 f"{containers.cgroup2_mount()}{path}", "python3", str(TESTS / "ctrload.py"),
+                                 str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        inside = lambda: containers.cgroup_of_pid(proc.pid).path == path     # noqa: E731
+        deadline = time.monotonic() + START_TIMEOUT
+        while not inside() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        box = Box(parts[-1], None, port, None, proc.pid, proc)
         self.boxes.append(box)
         self._wait_listening(box)
         return box
@@ -172,6 +191,7 @@ class Lab:
             if not os.path.isdir(full):
                 os.mkdir(full)
                 self.made_dirs.append(path)
+                self.ever_made.add(path)
         return path
 
     def _wait_pid_in(self, cgroup: str, proc: subprocess.Popen, name: str) -> int:
@@ -252,6 +272,8 @@ class Lab:
         for cg in containers.walk_cgroups(depth=3):
             if PREFIX in cg.path:
                 left.append(f"cgroup {cg.path}")
+        left += [f"cgroup {p}" for p in sorted(self.ever_made)
+                 if os.path.isdir(f"{containers.cgroup2_mount()}{p}") and f"cgroup {p}" not in left]
         if not self._unified_before and os.path.isdir(f"{containers.cgroup2_mount()}/libpod_parent"):
             left.append("cgroup /libpod_parent")
         for h, existed in self._v1_before.items():

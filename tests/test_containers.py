@@ -147,9 +147,8 @@ def test_event_tool_container_filter_exact(lab, tool):
     others = {"B": lab.b.pids(), "N": lab.n.pids(), "H": lab.h.pids()}
     mine, leaks, unknown = [], [], []
     for e in events:
-        if ports_of is not None:
-            owner = owner_of_ports(ports_of(e))
-        else:
+        owner = owner_of_ports(ports_of(e)) if ports_of is not None else None
+        if owner is None:       # no participant's port (a listen on a port of the kernel's choice): its PID
             owner = "A" if e.pid in a_pids else next((k for k, p in others.items() if e.pid in p), None)
         (mine if owner == "A" else unknown if owner is None else leaks).append(e)
     assert mine, f"{tool}: no event of container A in {DURATION}s ({len(events)} events)"
@@ -185,7 +184,8 @@ def test_cgroup_with_descendants_and_netns(lab):
     by_id = {owner_of_ports({e.rport}) for e in _events(TcpConnect, cgroup=str(lab.b.cgroup.id))}
     assert by_id == {"B"}
     by_netns = [e for e in _events(TcpStates, netns=f"/proc/{lab.b.pid}/ns/net", labels=True)]
-    assert {owner_of_ports({e.lport, e.rport}) for e in by_netns} == {"B"}
+    b_pids = lab.b.pids()
+    assert {owner_of_ports({e.lport, e.rport}) or ("B" if e.pid in b_pids else None) for e in by_netns} == {"B"}
     assert {e.netns for e in by_netns} == {lab.b.netns}
     by_inode = {owner_of_ports({e.rport}) for e in _events(TcpConnect, netns=lab.n.netns)}
     assert by_inode == {"N"}
@@ -214,6 +214,33 @@ def test_container_started_later_is_followed(lab):
     owners = {owner_of_ports({e.rport}) for e in got}
     assert len(got) >= 5 and owners == {"LATE"}, (len(got), owners)
     assert {e.labels for e in got} == {expected_labels(late)}
+
+
+def test_kubelet_cgroup_layout_labels_and_follow(lab):
+    """Traffic in cgroups laid out as a kubelet (systemd driver) and
+    containerd lay a pod's container, made after the tool started: followed
+    by the container id's prefix, labelled with the pod UID and runtime from
+    the path (no Kubernetes here: the pod's name needs the runtime's state)."""
+    uid = "0b6f1f2e-4a59-4c3e-9d7c-1234567890ab"
+    cid = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
+    parts = ("kubepods.slice", "kubepods-burstable.slice", f"kubepods-burstable-pod{uid.replace('-', '_')}.slice",
+             f"cri-containerd-{cid}.scope")
+    with _usable(TcpConnect, container=cid[:12], labels=True) as t:
+        assert not t.scope.followed
+        box = lab.in_cgroup(parts, PORTS["LATE"])
+        try:
+            got = []
+            deadline = time.monotonic() + 30
+            for batch in t.batches():
+                got.extend(t.make_event(r) for r in batch)
+                if len(got) >= 5 or time.monotonic() > deadline:
+                    break
+        finally:
+            lab.stop(box)
+    assert len(got) >= 5 and {owner_of_ports({e.rport}) for e in got} == {"LATE"}
+    path = "/" + "/".join(parts)
+    assert {e.labels for e in got} == {Labels(box.leaf.id, path, box.netns, "containerd", cid, None, None, None,
+                                              uid)}
 
 
 # -- interval tools: activity under A's filter (its PIDs and ports only), none under an idle cgroup ----
@@ -347,15 +374,20 @@ def _variants() -> list:
 
 
 @pytest.mark.parametrize("cls,hook", _variants())
-def test_every_variant_loads_with_every_filter(lab, cls, hook):
+def test_every_variant_loads_with_every_filter(lab, pinned, cls, hook):
     """The filters' code is dead unless on: here it is on, all of it, for the
     verifier of each variant this kernel allows (matrix.opened skips the others)."""
     kw = {k: v for k, v in (("cgroup", lab.a.cgroup.path), ("netns", lab.a.netns), ("container", NAMES["A"]))
           if k in cls.SCOPE}
+    if "cgroupmap" in cls.SCOPE:
+        kw["cgroupmap"] = pinned("cg", lab.a.leaf.id, 8)
+    if "mntnsmap" in cls.SCOPE:
+        kw["mntnsmap"] = pinned("mnt", lab.a.mntns, 4)
     if "labels" in cls.SCOPE:
         kw["labels"] = True
     args = ("127.0.0.0/8",) if cls is TcpSubnet else (["syscalls:sys_enter_connect"],) \
         if cls is TracepointCount else ()
     with opened(cls, hook, *args, **kw) as t:
         assert t.obj.rodata["pt_by_cgroup"] is True and t.obj.rodata["pt_netns"] == lab.a.netns
+        assert t.obj.rodata.get("pt_by_cgroupmap") == ("cgroupmap" in cls.SCOPE or None)
         assert t.scope.followed and {c.name for c in t.scope.followed.values()} == {NAMES["A"]}

@@ -44,6 +44,7 @@ import os
 import re
 import select
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ def cgroup_at(path: str) -> Cgroup:
     """The cgroup of a directory of the hierarchy (absolute, or from its root)."""
     root = cgroup2_mount()
     full = os.path.normpath(path if path.startswith(root + "/") or path == root else root + "/" + path.lstrip("/"))
+    if full != root and not full.startswith(root + "/"):
+        raise UsageError(f"cgroup {path}: outside the cgroup v2 hierarchy ({root})")
     rel = full[len(root):] or "/"
     try:
         st = os.stat(full)
@@ -571,6 +574,12 @@ class Scope:
             self._add(cg)
         if self.selectors:
             self._follow(containers())
+            for sel in self.selectors:
+                if not any(matches(sel, c) for c in self.followed.values()):
+                    import logging      # no handler: Python's last resort prints it on stderr
+                    logging.getLogger("pytrace.containers").warning(
+                        "%s: no container '%s' yet; it is traced once it starts", self.tool, sel)
+                    sys.stderr.flush()
             self._start_watch()
         self._write_levels()
 

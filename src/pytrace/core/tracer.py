@@ -58,9 +58,9 @@ class Tracer:
         self.hook = hook
         self.obj: BpfObject | None = None
         self.scope: Any = None      # core/containers.Scope, when a filter or labels are asked for
-        unknown = set(scope) - SCOPE_KEYWORDS
-        if unknown:
-            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {', '.join(sorted(unknown))}")
+        unknown = sorted(set(scope) - SCOPE_KEYWORDS)
+        if unknown:     # as Python says it
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument '{unknown[0]}'")
         if any(v not in (None, False, "", 0, [], ()) for v in scope.values()):
             from .containers import Scope
             self.scope = Scope(self.TOOL or self.OBJECT, self.SCOPE, **scope)
@@ -139,3 +139,7 @@ class Tracer:
 
 
 SCOPE_KEYWORDS = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+# A tool's SCOPE, by whose its events are (src/bpf/filter.h), plus LABELS where it streams events:
+TASK_SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap"})    # a task's
+SOCKET_SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap"})  # a socket's, in softirq too: no mount ns
+LABELS = frozenset({"labels"})

@@ -31,12 +31,11 @@ from typing import Any, Sequence
 
 from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, intervals, process_id, seconds
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_stack, remember
 from ..sinks.snapshot import Series, Snapshot
 
@@ -80,7 +79,7 @@ class ProbeCount:
 class TracepointCount(Tracer):
     OBJECT = "count"
     TOOL = "count"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("count_tracepoint",)),)
 
     def __init__(self, tracepoints: Sequence[str], *, by: Sequence[str] = (),

@@ -27,13 +27,14 @@ from typing import Any
 
 from ..core import libbpf, privileges
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, elf_file, json_renderer, process_id, stream_events
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, container_filters, elf_file,
+                            json_renderer, process_id, stream_events)
 from ..core.containers import Labels
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -116,7 +117,7 @@ class HostLookup:
 class GetHostLatency(EventTracer):
     OBJECT = "gethostlatency"
     EVENT = "gethostlatency_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("uprobe", (*(f"gethostlatency_entry_{f}" for f in FUNCTIONS), "gethostlatency_return")),)
 
     def __init__(self, *, pid: int = 0, libc: str | None = None, **kw: Any):

@@ -20,12 +20,11 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, process_id
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -40,7 +39,7 @@ READS = ("read", "readv", "pread64", "recvfrom", "recvmsg", "recvmmsg")
 
 class So1stByte(Tracer):
     OBJECT = "so1stbyte"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("so1stbyte_connect", "so1stbyte_connect_exit", "so1stbyte_close",
                                        *(f"so1stbyte_{d}_{r}" for r in READS for d in ("enter", "exit")))),)
 

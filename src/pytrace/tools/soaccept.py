@@ -19,13 +19,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
-from ..core.cliutil import container_filters
+from ..core.cliutil import Output, container_filters, run_stream
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import ACCEPT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -68,7 +68,7 @@ class AcceptCall:
 class SoAccept(EventTracer):
     OBJECT = "soaccept"
     EVENT = "soaccept_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("tracepoint", ("soaccept_enter4", "soaccept_enter", "soaccept_exit4",
                                        "soaccept_exit")),)
 
@@ -83,7 +83,8 @@ class SoAccept(EventTracer):
         i = self.idx
         fam = raw[i["family"]]
         return AcceptCall(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["listen_fd"]],
-                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]], *self.owner(raw))
+                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]],
+                          *self.owner(raw))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,4 +105,5 @@ def renderer(source: SoAccept, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(SoAccept(pid=args.pid, lports=args.port, hook=args.hook, **container_filters(args)), args, renderer)
+    tracer = SoAccept(pid=args.pid, lports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)

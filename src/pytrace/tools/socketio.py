@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, process_id
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, process_id
 from ..core.socklayer import DIRS, cstr, sock_io_variants
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -56,7 +55,7 @@ class SocketIOCount:
 
 class SocketIO(Tracer):
     OBJECT = "socketio"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socketio")
 
     def __init__(self, *, pid: int = 0, by_lport: bool = False, family: int = 0, hook: str | None = None, **scope: Any):

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, process_id,
-                            release_stops, seconds)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, add_container_args,
+                            container_filters, emit_batch, process_id, release_stops, seconds)
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs, cstr
 from ..core.stream import EventTracer
+from ..core.tracer import TASK_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -82,7 +82,7 @@ class RmemEvent:
 class SockRmem(EventTracer):
     OBJECT = "sockrmem"
     EVENT = "sockrmem_event"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("sockrmem_kprobe", *_EVENT_PROGS)),
         Variant("tracepoint", tuple(f"sockrmem_{c}" for c in ("read", "readv", "recvfrom", "recvmsg",

@@ -18,11 +18,10 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, process_id
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.hist import Log2Histogram
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -35,7 +34,7 @@ SUMMARY = "socket send/recv size histograms per process"
 
 class SockSize(Tracer):
     OBJECT = "socksize"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socksize")
 
     def __init__(self, *, pid: int = 0, per_pid: bool = True, hook: str | None = None, **scope: Any):

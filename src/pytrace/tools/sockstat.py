@@ -25,11 +25,10 @@ from typing import Any
 
 from ..core.aggregate import local_time, print_loop
 from ..core.bpfobject import ncpus_possible
-from ..core.cliutil import add_common, intervals, process_id, seconds
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -63,7 +62,7 @@ class SockStatSnapshot:
 
 class SockStat(Tracer):
     OBJECT = "sockstat"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv"),
                 needs="tracepoints sock_send/recv_length"),

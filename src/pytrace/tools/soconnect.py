@@ -18,13 +18,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
-from ..core.cliutil import container_filters
+from ..core.cliutil import Output, container_filters, run_stream
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import CONNECT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -68,7 +68,7 @@ class ConnectCall:
 class SoConnect(EventTracer):
     OBJECT = "soconnect"
     EVENT = "soconnect_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("tracepoint", ("soconnect_enter", "soconnect_exit")),)
 
     def __init__(self, *, pid: int = 0, rports: list[int] | None = None, **kw: Any):
@@ -104,4 +104,5 @@ def renderer(source: SoConnect, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(SoConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args)), args, renderer)
+    tracer = SoConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)

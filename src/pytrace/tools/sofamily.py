@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, process_id
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -55,7 +54,7 @@ class FamilyCount:
 
 class SoFamily(Tracer):
     OBJECT = "sofamily"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("sofamily_socket", "sofamily_connect", "sofamily_accept4",
                                        "sofamily_accept")),)
 

@@ -21,12 +21,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, int_range, json_renderer, process_id, run_stream
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, container_filters, int_range,
+                            json_renderer, process_id, run_stream)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -66,7 +67,7 @@ class Listen:
 class SoListen(EventTracer):
     OBJECT = "solisten"
     EVENT = "solisten_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("solisten_fexit",)),
         Variant("kprobe", ("solisten_kprobe", "solisten_kretprobe")),
@@ -86,7 +87,8 @@ class SoListen(EventTracer):
         i = self.idx
         fam = raw[i["family"]]
         return Listen(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["netns"]], fam,
-                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], raw[i["backlog"]], raw[i["ret"]], *self.owner(raw, netns=False))
+                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], raw[i["backlog"]], raw[i["ret"]],
+                      *self.owner(raw, netns=False))
 
 
 def netns_inode(pid: int | str = "self") -> int:

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, process_id
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name, protocol_name, type_name
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -58,7 +57,7 @@ class ProtocolCount:
 
 class SoProtocol(Tracer):
     OBJECT = "soprotocol"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("soprotocol_kprobe_connect", "soprotocol_kprobe_accept")),
         Variant("tracepoint", ("soprotocol_connect", "soprotocol_accept4", "soprotocol_accept")),

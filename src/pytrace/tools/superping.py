@@ -21,13 +21,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
-                            process_id, stream_events)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, process_id, stream_events)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -68,7 +68,7 @@ class PingReply:
 class SuperPing(EventTracer):
     OBJECT = "superping"
     EVENT = "superping_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("superping_kprobe_ip_send", "superping_kprobe_ip6_send", "superping_kprobe_icmp_rcv",
                            "superping_kprobe_icmpv6_rcv")),

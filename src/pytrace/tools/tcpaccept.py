@@ -19,13 +19,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
-                            json_renderer, ports, process_id, run_stream)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, ports, process_id, run_stream)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -61,7 +61,7 @@ class Accept:
 class TcpAccept(EventTracer):
     OBJECT = "tcpaccept"
     EVENT = "tcpaccept_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcpaccept_kretprobe",)),
         Variant("tracepoint", ("tcpaccept_tp_accept4", "tcpaccept_tp_accept"), "no io_uring"),

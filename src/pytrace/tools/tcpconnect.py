@@ -40,6 +40,7 @@ from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -115,7 +116,7 @@ UDP_PROGRAMS = ("tcpconnect_udp_enter", "tcpconnect_udp_exit")
 class TcpConnect(EventTracer):
     OBJECT = "tcpconnect"
     EVENT = "tcpconnect_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcpconnect_kprobe_v4", "tcpconnect_kprobe_v6", "tcpconnect_raw_tp")),
         Variant("tp_btf", ("tcpconnect_tp_btf",)),

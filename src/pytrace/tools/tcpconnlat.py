@@ -18,13 +18,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, bad_value, family_of,
-                            json_renderer, process_id, run_stream)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            bad_value, container_filters, family_of, json_renderer, process_id, run_stream)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -65,7 +65,7 @@ class ConnectLatency:
 class TcpConnLat(EventTracer):
     OBJECT = "tcpconnlat"
     EVENT = "tcpconnlat_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("tcpconnlat_fentry_v4", "tcpconnlat_fentry_v6", "tcpconnlat_tp_btf_end")),
         Variant("kprobe", ("tcpconnlat_kprobe_v4", "tcpconnlat_kprobe_v6", "tcpconnlat_raw_tp_end")),

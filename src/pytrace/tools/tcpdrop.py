@@ -24,15 +24,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
-                            netns_inode, process_id, run_stream)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, netns_inode, process_id, run_stream)
 from ..core.containers import Labels
 from ..core.drops import DROP_REASONS, TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -80,7 +80,7 @@ class TcpDropEvent:
 class TcpDrop(EventTracer):
     OBJECT = "tcpdrop"
     EVENT = "tcpdrop_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpdrop_tp_btf",), needs=DROP_REASONS),
         Variant("raw_tp", ("tcpdrop_raw_tp",), needs=DROP_REASONS),

@@ -24,6 +24,7 @@ from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
 from ..core.stream import EventTracer, lazy_event
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
 class TcpLife(EventTracer):
     OBJECT = "tcplife"
     EVENT = "tcplife_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "labels"})
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcplife_tp_btf",)),
         Variant("raw_tp", ("tcplife_raw_tp",)),

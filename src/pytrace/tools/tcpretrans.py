@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, run_stream)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, run_stream)
 from ..core.containers import Labels
 from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -93,7 +93,7 @@ class FlowCount:
 class TcpRetrans(EventTracer):
     OBJECT = "tcpretrans"
     EVENT = "tcpretrans_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpretrans_tp_btf",), note=_TP_NOTE),
         Variant("raw_tp", ("tcpretrans_raw_tp",), note=_TP_NOTE),

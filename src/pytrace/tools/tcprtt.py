@@ -19,12 +19,11 @@ import ipaddress
 from typing import Any
 
 from ..core.aggregate import print_loop, timestamp_line
-from ..core.cliutil import add_common, address, port, seconds, wall_iso
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, address, container_filters, port, seconds, wall_iso
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj
-from ..core.tracer import Tracer
+from ..core.tracer import SOCKET_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -39,7 +38,7 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class TcpRtt(Tracer):
     OBJECT = "tcprtt"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap"})
+    SCOPE = SOCKET_SCOPE
     VARIANTS = (
         Variant("fentry", ("tcprtt_fentry",)),
         Variant("kprobe", ("tcprtt_kprobe",)),
@@ -154,6 +153,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRtt(lport=args.lport, rport=args.rport, laddr=args.laddr, raddr=args.raddr,
-                    by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook, **container_filters(args))
+                    by_laddr=args.lhist, by_raddr=args.rhist, ms=args.millisecond, hook=args.hook,
+                    **container_filters(args))
     with tracer:
         return print_loop(args, lambda: snapshot(tracer.histograms(clear=True), args), render_snapshot, intro)

@@ -20,6 +20,7 @@ from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, STATE_NAMES, ByteLabels, addr_obj, comm_text, tcp_state
 from ..core.stream import EventTracer, lazy_event
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
 class TcpStates(EventTracer):
     OBJECT = "tcpstates"
     EVENT = "tcpstates_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "labels"})
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpstates_tp_btf",)),
         Variant("raw_tp", ("tcpstates_raw_tp",)),

@@ -26,7 +26,7 @@ from ..core.aggregate import local_time, print_loop
 from ..core.cliutil import add_common, add_container_args, bad_value, container_filters, seconds
 from ..core.errors import UsageError
 from ..core.loader import Variant
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -93,7 +93,7 @@ def _words(raw: bytes, fmt: str) -> list[int]:
 
 class TcpSubnet(Tracer):
     OBJECT = "tcpsubnet"
-    SCOPE = frozenset({"cgroup", "netns", "container"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("tcpsubnet_kprobe",)),
         Variant("tp_btf", ("tcpsubnet_tp_btf",), needs="tracepoint sock_send_length"),

@@ -21,12 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, add_family_args, family_of, ports
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, ports
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import histograms
-from ..core.tracer import Tracer
+from ..core.tracer import SOCKET_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -41,7 +40,7 @@ AFTER_ENQUEUE = ("tp_btf", "raw_tp")    # variants that sample after the connect
 
 class TcpSynBl(Tracer):
     OBJECT = "tcpsynbl"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap"})
+    SCOPE = SOCKET_SCOPE
     VARIANTS = (
         Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6"), needs="trampolines for tcp_v*_syn_recv_sock"),
         Variant("kprobe", ("tcpsynbl_kprobe_v4", "tcpsynbl_kprobe_v6")),

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, local_time, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, int_range, intervals, process_id, seconds
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (add_common, add_container_args, add_family_args, container_filters, family_of, int_range,
+                            intervals, process_id, seconds)
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, addr_obj, comm_text
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -71,7 +71,7 @@ def sort_key(sort: str):
 
 class TcpTop(Tracer):
     OBJECT = "tcptop"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap"})
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv")),
         Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),

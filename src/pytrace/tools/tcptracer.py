@@ -22,13 +22,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, family_of, int_range,
-                            json_renderer, process_id, run_stream)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, int_range, json_renderer, process_id, run_stream)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -66,7 +66,7 @@ class TcpEvent:
 class TcpTracer(EventTracer):
     OBJECT = "tcptracer"
     EVENT = "tcptracer_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcptracer_kprobe_v4", "tcptracer_kprobe_v6", "tcptracer_kretprobe_accept",
                            "tcptracer_raw_tp")),

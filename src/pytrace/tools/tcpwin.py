@@ -21,13 +21,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, ports, stream_events)
-from ..core.cliutil import add_container_args, container_filters
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, ports, stream_events)
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -71,7 +71,7 @@ class TcpWindow:
 class TcpWin(EventTracer):
     OBJECT = "tcpwin"
     EVENT = "tcpwin_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("tcpwin_fentry",)),
         Variant("kprobe", ("tcpwin_kprobe",)),

@@ -17,13 +17,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
-from ..core.cliutil import container_filters
+from ..core.cliutil import Output, container_filters, run_stream
 from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import add_call_arguments, call_renderer
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -58,7 +58,7 @@ class UdpConnectCall:
 class UdpConnect(EventTracer):
     OBJECT = "udpconnect"
     EVENT = "udpconnect_event"
-    SCOPE = frozenset({"cgroup", "netns", "container", "labels"})
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),
         Variant("tracepoint", ("udpconnect_tracepoint", "udpconnect_tracepoint_exit")),
@@ -96,4 +96,5 @@ def renderer(source: UdpConnect, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(UdpConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args)), args, renderer)
+    tracer = UdpConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)
