@@ -7,8 +7,10 @@
  *
  * Every switch is const volatile rodata, written before load: the verifier
  * knows its value, so the branches of a filter that is off are dead code it
- * removes, and what is left of an unused filter is the load of its switch
- * (the cost of any other pytrace filter, such as -4/-6).
+ * removes.  What is left with every filter off is one load of pt_on and a
+ * jump the verifier has made unconditional (the cost of any other pytrace
+ * filter, such as -4/-6); events with labels (cgroup_id, netns) store zeros
+ * there unless pt_labels.
  *
  * Whose is an event?
  *
@@ -44,6 +46,7 @@
 
 #include "pytrace.h"
 
+const volatile bool pt_on = false;		/* some filter below is on: with none, one test */
 const volatile bool pt_by_cgroup = false;	/* --cgroup, --container: pt_cgroups */
 const volatile __u32 pt_netns = 0;		/* --netns: the inode; 0: any */
 const volatile bool pt_by_cgroupmap = false;	/* --cgroupmap: pt_cgroupmap */
@@ -191,6 +194,8 @@ static __always_inline bool pt_in_cgroupmap(__u64 id)
  */
 static __always_inline bool pt_task_sk_wanted(const struct sock *sk)
 {
+	if (!pt_on)
+		return true;
 	if (pt_by_cgroup && !pt_cgroup_in_set(pt_task_cgroup()))
 		return false;
 	if (pt_netns && (sk ? sk_netns(sk) : pt_task_netns()) != pt_netns)
@@ -220,6 +225,8 @@ static __always_inline bool pt_proc_wanted(__u32 tgid)
 /* A socket's cgroup passes the cgroup filters that are on (any context). */
 static __always_inline bool pt_sk_cgroup_wanted(const struct sock *sk)
 {
+	if (!pt_on)
+		return true;
 	if (pt_by_cgroup && !pt_cgroup_in_set(pt_sk_cgroup(sk)))
 		return false;
 	if (pt_by_cgroupmap && !pt_in_cgroupmap(pt_cgroup_id(pt_sk_cgroup(sk))))
@@ -230,6 +237,8 @@ static __always_inline bool pt_sk_cgroup_wanted(const struct sock *sk)
 /* A socket passes every filter that is on (any context). */
 static __always_inline bool pt_sk_wanted(const struct sock *sk)
 {
+	if (!pt_on)
+		return true;
 	if (!pt_sk_cgroup_wanted(sk))
 		return false;
 	if (pt_netns && sk_netns(sk) != pt_netns)
@@ -239,8 +248,6 @@ static __always_inline bool pt_sk_wanted(const struct sock *sk)
 
 /* Some cgroup filter is on (one that a packet without a socket cannot pass). */
 #define pt_by_any_cgroup (pt_by_cgroup || pt_by_cgroupmap)
-/* Some filter is on (one that an event of no task or socket cannot pass). */
-#define pt_filtering (pt_by_any_cgroup || pt_netns || pt_by_mntnsmap)
 
 /* Labels: the event's cgroup id (and network namespace), 0 unless asked for
  * (an event type carries `__u64 cgroup_id` and, unless it always reports

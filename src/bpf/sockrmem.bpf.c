@@ -93,7 +93,7 @@ static __always_inline struct sockrmem_event *new_event(__u32 kind)
 {
 	struct sockrmem_event *e;
 
-	if (pt_filtering)
+	if (pt_on)		/* any filter (filter.h) */
 		return NULL;
 	e = event_reserve(struct sockrmem_event);
 	if (!e)

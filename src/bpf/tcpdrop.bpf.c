@@ -76,10 +76,12 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
 	netns = skb_netns(skb, sk);
-	if (pt_netns && netns != pt_netns)
-		return 0;
-	if (pt_by_any_cgroup && (!sk || !pt_sk_cgroup_wanted(sk)))
-		return 0;
+	if (pt_on) {
+		if (pt_netns && netns != pt_netns)
+			return 0;
+		if (pt_by_any_cgroup && (!sk || !pt_sk_cgroup_wanted(sk)))
+			return 0;
+	}
 	now = bpf_ktime_get_ns();
 	e = event_reserve(struct tcpdrop_event);
 	if (!e)

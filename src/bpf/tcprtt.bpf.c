@@ -80,7 +80,7 @@ static __always_inline int account(const struct sock *sk, __u16 family, __u16 sp
 	    !addr_matches(targ_raddr, targ_rfamily, daddr, family))
 		return 0;
 	/* filter.h: the socket's cgroup and netns; a record without one passes none */
-	if (pt_filtering && (!sk || !pt_sk_wanted(sk)))
+	if (pt_on && (!sk || !pt_sk_wanted(sk)))
 		return 0;
 
 	if (targ_laddr_hist) {

@@ -154,7 +154,7 @@ int tcpwin_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 
 	if (!wanted(family, ctx->sport, ctx->dport))
 		return 0;
-	if (pt_filtering && (!bpf_core_field_exists(ctx->skaddr) || !pt_sk_wanted(BPF_CORE_READ(ctx, skaddr))))
+	if (pt_on && (!bpf_core_field_exists(ctx->skaddr) || !pt_sk_wanted(BPF_CORE_READ(ctx, skaddr))))
 		return 0;
 	now = bpf_ktime_get_ns();
 	e = event_reserve(struct tcpwin_event);

@@ -281,36 +281,48 @@ def _allow_host(text: str) -> str:
 
 # -- cgroups, namespaces, containers (src/bpf/filter.h, core/containers.py) -----------
 
+def container_options(tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> list[tuple[str, tuple, dict]]:
+    """The options of the tracer class's SCOPE (core/tracer.py), declared once:
+    (the tracer keyword, flags, argparse settings) each.  add_container_args
+    adds them to a parser; a declared option group (pytrace.spec) can take
+    them as they are (keyword -> Option(*flags, kw=keyword, **settings))."""
+    scope = tracer.SCOPE
+    table = [
+        ("cgroup", ("--cgroup",), dict(
+            metavar="PATH|ID", action="append", type=cgroup_ref,
+            help="only this cgroup (v2) and its descendants: a directory of the cgroup2 mount, a path as "
+                 "/proc/PID/cgroup gives it, or an id (repeatable)")),
+        ("netns", netns_flags, dict(
+            dest="netns", metavar="NS", type=netns_ref,
+            help="only this network namespace: an ip netns name, a path or an inode")),
+        ("container", ("--container",), dict(
+            metavar="NAME|ID", action="append", type=container_ref,
+            help="only this container (podman, docker, containerd, cri-o, systemd-nspawn), by name or id, "
+                 "including when it starts or restarts later (repeatable)")),
+        ("cgroupmap", ("--cgroupmap",), dict(
+            metavar="MAPPATH", type=pinned_map,
+            help="only cgroups in this pinned BPF hash map of cgroup ids (as BCC's)")),
+        ("mntnsmap", ("--mntnsmap",), dict(
+            metavar="MAPPATH", type=pinned_map,
+            help="only mount namespaces in this pinned BPF hash map of inodes (as BCC's)")),
+        ("labels", ("--show-container",), dict(
+            action="store_true", dest="show_container",
+            help="a CONTAINER column (name, or short id); with --json, the cgroup id and path, netns, "
+                 "container and Kubernetes pod of each event")),
+    ]
+    return [row for row in table if row[0] in scope]
+
+
 def add_container_args(p: Any, tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> None:
-    """The filters of the tracer class's SCOPE (core/tracer.py) as options, in
-    one group: --cgroup, --netns (netns_flags: a tool's BCC spelling), --container,
+    """The filters of the tracer class's SCOPE as options, in one group of the
+    help: --cgroup, --netns (netns_flags: a tool's BCC spelling), --container,
     --cgroupmap, --mntnsmap, and --show-container where events are labelled.
     container_filters(args) turns them into the tracer's keywords."""
-    scope = tracer.SCOPE
-    if not scope:
-        return
-    g = p.add_argument_group("cgroups, namespaces and containers")
-    if "cgroup" in scope:
-        g.add_argument("--cgroup", metavar="PATH|ID", action="append", type=cgroup_ref,
-                       help="only this cgroup (v2) and its descendants: a directory of the cgroup2 "
-                            "mount, a path as /proc/PID/cgroup gives it, or an id (repeatable)")
-    if "netns" in scope:
-        g.add_argument(*netns_flags, dest="netns", metavar="NS", type=netns_ref,
-                       help="only this network namespace: an ip netns name, a path or an inode")
-    if "container" in scope:
-        g.add_argument("--container", metavar="NAME|ID", action="append", type=container_ref,
-                       help="only this container (podman, docker, containerd, cri-o, systemd-nspawn), "
-                            "by name or id, including when it starts or restarts later (repeatable)")
-    if "cgroupmap" in scope:
-        g.add_argument("--cgroupmap", metavar="MAPPATH", type=pinned_map,
-                       help="only cgroups in this pinned BPF hash map of cgroup ids (as BCC's)")
-    if "mntnsmap" in scope:
-        g.add_argument("--mntnsmap", metavar="MAPPATH", type=pinned_map,
-                       help="only mount namespaces in this pinned BPF hash map of inodes (as BCC's)")
-    if "labels" in scope:
-        g.add_argument("--show-container", action="store_true",
-                       help="a CONTAINER column (name, or short id); with --json, the cgroup id and path, "
-                            "netns, container and Kubernetes pod of each event")
+    options = container_options(tracer, netns_flags)
+    if options:
+        g = p.add_argument_group("cgroups, namespaces and containers")
+        for _kw, flags, settings in options:
+            g.add_argument(*flags, **settings)
 
 
 def container_filters(args: Any) -> dict[str, Any]:

@@ -555,6 +555,8 @@ class Scope:
             ro["pt_by_cgroupmap"] = True
         if self.mntnsmap:
             ro["pt_by_mntnsmap"] = True
+        if ro:
+            ro["pt_on"] = True
         if self.labels:
             ro["pt_labels"] = True
         return ro

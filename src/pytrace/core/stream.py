@@ -113,7 +113,7 @@ class EventTracer(Tracer):
         cgid = raw[at] if at is not None else 0
         ns = raw[ns_at] if ns_at is not None else 0
         labeler = self.labeler
-        labels = labeler.labels(cgid, ns) if labeler is not None and cgid else None
+        labels = labeler.labels(cgid, ns) if labeler is not None else None
         return (cgid, ns, labels) if netns else (cgid, labels)
 
     def events(self, duration: float | None = None) -> Iterator[Any]:
