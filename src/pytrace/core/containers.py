@@ -425,7 +425,10 @@ class Labeler:
         path = self._paths.get(cgid)
         if path is None and cgid and time.monotonic() - self._walked >= self.MISS_INTERVAL:
             with self._lock:
-                self._paths.update((cg.id, cg.path) for cg in walk_cgroups())
+                try:
+                    self._paths.update((cg.id, cg.path) for cg in walk_cgroups())
+                except PytraceError:        # no cgroup2 mounted: ids without paths
+                    pass
                 self._walked = time.monotonic()
                 path = self._paths.get(cgid)
         return path
