@@ -22,22 +22,28 @@
  * tcp_destroy_sock (inet_csk_destroy_sock) forgets a socket that is freed
  * with unread data, so that its address reused by a new socket cannot
  * inherit the old clock.
+ *
+ * Whose (filter.h): the reader's, a task's system call on a socket: its
+ * cgroup and mount namespace, the socket's network namespace.
  */
 #include "events.h"
+#include "filter.h"
 
 /* Widest fields first: no holes for the ring to carry. */
 struct tcppktlat_event {
 	__u64 ts_ns;		/* the read */
 	__u64 latency_ns;	/* arrival of the oldest unread segment -> the read */
+	__u64 cgroup_id;	/* the reader's (filter.h labels) */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 	__u32 pid;		/* the reader */
 	__u32 tid;
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
-	__u16 pad;
+	__u16 pad[3];		/* to the struct's 8-byte end: no tail padding to leak */
 };
 
 /* Filters, set by the loader before load. */
@@ -124,6 +130,8 @@ static __always_inline int on_read(struct sock *sk, __u64 key)
 		return 0;
 	if (waited < min_ns)
 		return 0;
+	if (!pt_task_sk_wanted(sk))
+		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e = event_reserve(struct tcppktlat_event);
 	if (!e)
@@ -132,10 +140,12 @@ static __always_inline int on_read(struct sock *sk, __u64 key)
 	e->latency_ns = waited;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_sk_netns_label(sk);
 	e->family = family;
 	e->sport = sk_sport(sk);
 	e->dport = sk_dport(sk);
-	e->pad = 0;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	sk_read_addrs(sk, family, e->saddr, e->daddr);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	event_submit(e, now);

@@ -22,6 +22,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, bad_value, port, process_id
 from ..core.loader import Variant
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid
 
 TYPE_CHECKING = False
@@ -44,6 +45,8 @@ PKTLAT_EVENT = EventType("PacketLatency", struct="tcppktlat_event",
     rport <- dport
     latency_ns                  # arrival of the oldest unread segment -> the read
     ms <- latency_ns: ns_to_ms  # the same, in milliseconds
+    cgroup_id                   # the reader's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
     -pad
 """)
 
@@ -52,6 +55,7 @@ MAX_MIN_US = 3_600_000_000     # an hour: a threshold past it can only hide ever
 
 class TcpPktLat(EventTracer):
     OBJECT = "tcppktlat"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = PKTLAT_EVENT
     VARIANTS = (
         Variant("tp_btf", ("tcppktlat_tp_btf_segment", "tcppktlat_tp_btf_read", "tcppktlat_tp_btf_destroy")),
