@@ -19,8 +19,10 @@ cgroups (containerlab.Lab.leftovers), BPF objects (kernelstate).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 
@@ -380,6 +382,47 @@ def test_cli_declared_tool_container_column_and_json_labels(lab):
     for rec in recs:
         assert PORTS["A"] in (rec["lport"], rec["rport"])
         assert {k: rec[k] for k in want} == want
+
+
+def _labelled_run(tool: str, *extra: str, n: int = 4, env: dict | None = None) -> list[str]:
+    cli = Cli(tool, "--container", NAMES["A"], "--show-container", *extra, env=env)
+    wait_until(lambda: len(cli.seen) >= n or cli.read_until(lambda line: False, 0.2) is not None, 10)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    return lines
+
+
+@pytest.mark.parametrize("tool", ["tcppktlat", "tcpconnect"])      # declared by its ToolSpec; not yet
+def test_labels_are_recorded_and_replayed(lab, tmp_path, tool):
+    path = tmp_path / f"{tool}.db"
+    _labelled_run(tool, "--record", str(path))
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT cgroup_id, netns, data FROM labels").fetchall()
+    want = expected_labels(lab.a).to_dict()
+    assert [(cg, ns, json.loads(d)) for cg, ns, d in rows] == [(want["cgroup_id"], want["netns"], want)]
+
+    text = run_cli("replay", str(path))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("CONTAINER"))
+    assert lines[head + 1:] and {r.split()[0] for r in lines[head + 1:]} == {NAMES["A"]}
+
+    js = run_cli("replay", "--json", str(path))
+    assert js.returncode == 0, js.stderr
+    recs = [json.loads(line) for line in js.stdout.splitlines()]
+    assert recs and all({k: r[k] for k in want} == want for r in recs)
+
+
+def test_labels_are_influx_tags(lab, tmp_path):
+    from influxlab import ENV, influx_server
+    with influx_server(tmp_path / "influxdb") as server:
+        lines = _labelled_run("tcppktlat", "--json", "--influx", server.url("labels"), env=ENV)
+        assert wait_until(lambda: server.count("labels", "tcppktlat") == len(lines), 15)
+        tags = server.query('SHOW TAG VALUES FROM "tcppktlat" WITH KEY IN ("container", "runtime", "cgroup")',
+                            "labels")
+    want = expected_labels(lab.a)
+    assert {(t["key"], t["value"]) for t in tags} == {("container", want.container), ("runtime", want.runtime),
+                                                     ("cgroup", want.cgroup)}
 
 
 def test_cli_bad_filters_one_line(lab):

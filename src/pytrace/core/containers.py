@@ -398,6 +398,9 @@ class Labels:
             return self.container
         return self.container_id[:12] if self.container_id else "-"
 
+    # what a sink that tells tags from fields (InfluxDB) takes as tags: the names, not the ids
+    TAGS = ("cgroup", "runtime", "container_id", "container", "pod", "namespace", "pod_uid")
+
     def to_dict(self) -> dict[str, Any]:
         return {"cgroup_id": self.cgroup_id, "cgroup": self.cgroup, "netns": self.netns,
                 "runtime": self.runtime, "container_id": self.container_id, "container": self.container,
