@@ -497,7 +497,7 @@ class Recording:
             try:
                 d = json.loads(data)
                 out[(int(cg), int(ns))] = Labels(**{k: d.get(k) for k in Labels.__dataclass_fields__})
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, AttributeError):     # not JSON, not an object, not Labels'
                 raise self._damaged("labels") from None
         return out
 
