@@ -390,13 +390,15 @@ def _report(args: argparse.Namespace) -> int:
     if not args.db and not args.from_influx:
         raise UsageError("name at least one store (DB) or --from-influx URL")
     rows: list = []
+    points: list = []       # the points tables: which points are egress ones (the qdisc note)
     for path in args.db:
         rows.extend(store.read_sqlite(path))
+        points.extend(store.read_points(path))
     if args.from_influx:
         rows.extend(store.read_influx(args.from_influx))
     if not rows:
         raise PytraceError("no records in " + ", ".join(args.db + ([args.from_influx] if args.from_influx else [])))
-    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset))
+    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset), points=points)
     _emit_report(rep, args)
     return 0
 
