@@ -724,3 +724,32 @@ def test_plot_fits_every_text_it_holds(tmp_path):
     assert len(boxes) == len(texts)
     for text, x0, y0, x1, y1 in boxes:
         assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height, (text, x0, x1, width)
+
+
+def test_demo_store_has_its_agent_and_points(tmp_path):
+    """`vnet demo -o FILE` keeps what `record` keeps: the agent row (host
+    demo, selector, start and end), the 16 points with their device,
+    direction, method and hook, and the records; `vnet report FILE` then
+    knows the egress points.  The agents and points tables were empty."""
+    db = str(tmp_path / "demo.db")
+    before = time.time_ns()
+    res = run_cli("vnet", "demo", "-n", "10", "-o", db, "--json", timeout=60)
+    after = time.time_ns()
+    assert res.returncode == 0, res.stderr
+    [agent] = store.read_agents(db)
+    assert agent["host"] == "demo" and agent["clock_offset_ns"] == 0 and agent["lost"] == 0
+    assert agent["selector"] == Topology.selector().describe()
+    assert before <= agent["start_ns"] <= agent["end_ns"] <= after
+    assert json.loads(agent["argv"]) == ["vnet", "demo", "-n", "10", "-o", db, "--json"]
+    from pytrace.vnet.demo import HOPS_AB, HOPS_BA
+    points = store.read_points(db)
+    assert sorted((p["label"], p["device"], p["direction"], p["method"]) for p in points) == \
+        sorted((lbl, dev, d, m) for lbl, _, dev, d, m in HOPS_AB + HOPS_BA)
+    assert all(p["host"] == "demo" and p["hook"] and p["point_id"] is not None and p["ifindex"] > 0
+               and p["removed_ns"] is None and before <= p["added_ns"] <= after for p in points)
+    rows = store.read_sqlite(db)
+    assert len(rows) == 10 * 16 and {r.point for r in rows} == {p["label"] for p in points}
+    res = run_cli("vnet", "report", db)
+    assert res.returncode == 0, res.stderr
+    assert "Egress points fire before the device's qdisc" in res.stdout and "hA.ul0.out (ul0)" in res.stdout
+

@@ -437,7 +437,11 @@ def _demo(args: argparse.Namespace) -> int:
     with demo.Topology() as topo:
         if tbf:
             topo.tbf(*tbf, rate=args.tbf_rate)
-        with VnetTracer(topo.points(), topo.selector(args.sample), host="demo", hook=args.hook) as tracer:
+        selector = topo.selector(args.sample)
+        with VnetTracer(topo.points(), selector, host="demo", hook=args.hook) as tracer:
+            # what `record` keeps besides the records (the namespaces are gone by the time the store is written)
+            points = [{**ap.info(), "host": "demo"} for ap in tracer.points.values()]
+            started = time.time_ns()
             if not args.json:
                 _note(f"topology up ({', '.join(topo.ns.values())}); tracing {len(tracer.points)} points; "
                       f"sending {args.count} UDP datagrams cA -> cB and back")
@@ -451,12 +455,18 @@ def _demo(args: argparse.Namespace) -> int:
                 sinks.events(batch)
                 sinks.lost(tracer.lost)
             lost = tracer.lost
+            ended = tracer.now_ns()
     if args.db:
         from ..vnet.store import SqliteStore
         with SqliteStore(args.db) as st:
+            # the same three tables as a record's: the agent (host "demo"), its points, the records
+            st.begin_agent("demo", 0, selector.describe(), sys.argv[1:], start_ns=started)
+            for info in points:
+                st.point_added("demo", info)
             st.write(rows)
+            st.end_agent(lost, ended)
     from ..vnet.store import Row
-    rep = report.analyze([Row(*r) for r in rows])
+    rep = report.analyze([Row(*r) for r in rows], points=points)
     if not args.json:
         print(f"Traffic: {echo.sent} datagrams of {echo.size} bytes cA -> cB, {echo.received} echoes back"
               + (f"; tbf {args.tbf_rate} on {args.tbf}" if tbf else "") + (f"; {lost} records lost" if lost else ""))
