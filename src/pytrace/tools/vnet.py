@@ -61,6 +61,17 @@ def host_offset(text: str) -> tuple[str, int]:
     return host, duration_ns(value)
 
 
+def negative_durations(parser: argparse.ArgumentParser) -> None:
+    """Let this parser take '-3ms' as a value (`--clock-offset -3ms`), not as
+    an unknown option.  argparse treats a word that starts with '-' as an
+    option unless its negative-number pattern matches it (and the parser has
+    no option that looks like a negative number): a duration is added to
+    that pattern, so that only the `=` form would otherwise work."""
+    numbers = parser._negative_number_matcher
+    parser._negative_number_matcher = re.compile(
+        rf"(?:{numbers.pattern})|(?:^-\d+(?:\.\d+)?\s*(?:ns|us|µs|ms|s)$)")
+
+
 _ring_mb_range = int_range(1, 1024)     # a GiB of ring at most
 
 
@@ -112,6 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="store only, print no records")
     r.add_argument("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")
     add_common(r, HOOKS)
+    negative_durations(r)
 
     rp = sub.add_parser("report", help="per-segment latency from stored records",
                         description="Reconstruct each packet's path and give per-segment latency "
