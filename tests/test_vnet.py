@@ -782,3 +782,28 @@ def test_record_takes_a_negative_clock_offset_as_a_separate_word(topo, tmp_path)
         assert ns.clock_offset == {"-3ms": -3_000_000, "-1.5us": -1_500}[argv[-1].split("=")[-1]]
     res = run_cli("vnet", "record", "-c", "x.toml", "--clock-offset", "-3parsecs")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--clock-offset" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["", "record", "report", "demo", "ctl"])
+def test_help_ends_with_examples_that_parse(command, monkeypatch):
+    """`pytrace vnet [COMMAND] -h` ends with examples (as BCC's tools do), each
+    a command line the parser accepts: the tool's -h shows every command's."""
+    words = ["vnet", *([command] if command else []), "-h"]
+    res = run_cli(*words)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    lines = res.stdout.rstrip("\n").splitlines()
+    start = lines.index("examples:")
+    examples = [line.split("  # ")[0].strip() for line in lines[start + 1:]]
+    assert len(examples) >= 3 and all(line.startswith("  pytrace vnet ") and "  # " in line
+                                      for line in lines[start + 1:])
+    if command:
+        assert all(e.startswith(f"pytrace vnet {command} ") or e == f"pytrace vnet {command}" for e in examples)
+    else:
+        assert {e.split()[2] for e in examples} == {"record", "report", "demo", "ctl"}
+    from pytrace.core import cliutil
+    from pytrace.core.argparser import ArgParser
+    monkeypatch.setattr(cliutil, "_check_host", False)     # an example's namespace need not exist here
+    for e in examples:
+        parser = ArgParser(prog="pytrace vnet")
+        vnet_tool.add_arguments(parser)
+        parser.parse_args(e.split()[2:])        # a usage error would exit

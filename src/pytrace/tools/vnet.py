@@ -103,11 +103,35 @@ def ring_mb(text: str) -> int:
 ring_mb.range_text = _ring_mb_range.range_text      # type: ignore[attr-defined]
 
 
+# Each -h ends with its examples (core/argparser.ArgParser prints them), as
+# BCC's tools do; the tool's own -h with every command's.
+RECORD_EXAMPLES = (
+    ("pytrace vnet record -c points.toml", "trace the config's points into vnet.db"),
+    ("pytrace vnet record -c points.toml -o nodeB.db --host nodeB --ctl /run/vnet.sock",
+     "one agent of several, changeable while it runs"),
+    ("pytrace vnet record -c points.toml --clock-offset -3ms -d 10 -q", "a clock 3 ms behind, 10 s, store only"))
+REPORT_EXAMPLES = (
+    ("pytrace vnet report nodeA.db nodeB.db", "per-segment latency, the clock offset estimated"),
+    ("pytrace vnet report nodeA.db nodeB.db --offset nodeB=-1.25ms --plot vnet.svg",
+     "with a known offset, and a plot"),
+    ("pytrace vnet report vnet.db --flows --json", "per flow too, as JSON"))
+DEMO_EXAMPLES = (
+    ("pytrace vnet demo", "two hosts, VXLAN between them, 200 echoes traced at 16 points"),
+    ("pytrace vnet demo --tbf hA:ul0 --tbf-rate 1mbit --burst 10", "a slow underlay link: find it"),
+    ("pytrace vnet demo -n 50 -o demo.db --plot demo.svg", "keep the store and a plot"))
+CTL_EXAMPLES = (
+    ("pytrace vnet ctl -s /run/vnet.sock list", "the points a record traces"),
+    ("pytrace vnet ctl -s /run/vnet.sock add mid --device vx0 --netns hB --direction ingress --method tc",
+     "attach one more point"),
+    ("pytrace vnet ctl -s /run/vnet.sock remove mid", "detach it"))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Per-hop packet latency in virtualized networks: record packets at trace points "
                      "(tc, XDP, device tracepoints) in any network namespace, then break the latency down "
                      "per segment of each packet's path.")
     p.set_defaults(verbose=False, ebpf=False, btf=None, json=False, hook=None)
+    p.examples = RECORD_EXAMPLES[:1] + REPORT_EXAMPLES[:1] + DEMO_EXAMPLES[:2] + CTL_EXAMPLES[:1]
     sub = p.add_subparsers(dest="command", metavar="{record,report,demo,ctl}", required=True)
 
     r = sub.add_parser("record", help="trace the points of a config file, store the records",
@@ -124,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")
     add_common(r, HOOKS)
     negative_durations(r)
+    r.examples = RECORD_EXAMPLES
 
     rp = sub.add_parser("report", help="per-segment latency from stored records",
                         description="Reconstruct each packet's path and give per-segment latency "
@@ -138,6 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rp.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     rp.add_argument("--json", action="store_true", help="the report as one JSON object")
     rp.add_argument("-v", "--verbose", action="store_true", help="details on errors")
+    rp.examples = REPORT_EXAMPLES
 
     d = sub.add_parser("demo", help="build a two-host container overlay, trace it, report",
                        description="Two hosts (netns), each with a container netns on a veth pair to a "
@@ -154,12 +180,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     d.add_argument("--flows", action="store_true", help="also a table per flow")
     add_common(d, HOOKS)
+    d.examples = DEMO_EXAMPLES
 
     c = sub.add_parser("ctl", help="add/remove/list points of a running record",
                        description="Talk to a `pytrace vnet record --ctl SOCKET`.")
     c.add_argument("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket")
     c.add_argument("--json", action="store_true", help="print the recorder's answer as JSON")
     c.add_argument("-v", "--verbose", action="store_true", help="details on errors")
+    c.examples = CTL_EXAMPLES
     ops = c.add_subparsers(dest="op", metavar="{add,remove,list,reload}", required=True)
     a = ops.add_parser("add", help="attach a new point")
     a.add_argument("label")
