@@ -566,6 +566,13 @@ def test_report_counts_packets_missing_where_their_flow_passes():
     assert ("Not seen where the rest of their flow was: b 1 packet, d 1 packet (lost on the way, or a hook "
             "that did not see them)") in rep.render()
     assert report.analyze([r for r in rows if r.pkt_id not in (103, 107)]).gaps == []
+    # without the points' directions the qdisc note is general; with them it names the egress points
+    general = "Egress points (tc egress, net_dev_queue) fire before the device's qdisc"
+    assert general in rep.render()
+    pts = [{"host": "h", "label": p, "direction": "egress" if p == "b" else "ingress", "device": "eth9"}
+           for p in "abcd"]
+    text = report.analyze(rows, points=pts).render()
+    assert general not in text and "after the egress point (b (eth9)), not before it." in text
 
 
 # -- clocks the report does not know (issue 20) -------------------------------------------------------

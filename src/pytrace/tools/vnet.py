@@ -438,7 +438,8 @@ def _report(args: argparse.Namespace) -> int:
         rows.extend(store.read_influx(args.from_influx))
     if not rows:
         raise PytraceError("no records in " + ", ".join(args.db + ([args.from_influx] if args.from_influx else [])))
-    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset), points=points)
+    # no points tables (InfluxDB, or a store without them): the report cannot name the egress points
+    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset), points=points or None)
     _emit_report(rep, args)
     return 0
 

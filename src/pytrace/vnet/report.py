@@ -36,7 +36,8 @@ Egress points (tc egress, net_dev_queue) fire before the device's qdisc:
 the time a packet waits in a qdisc (a tbf, a full fq) is counted in the
 segment that starts at that egress point, usually the link to the next
 host, not before it.  With the points' directions (the store's points
-table) the report says so for such segments (`qdisc`).
+table) the report says so for such segments (`qdisc`); without them (records
+read from InfluxDB) it says so in general.
 
 Gaps: a packet missing at a point that the other packets of its flow pass
 (its path is part of its flow's usual path, with points left out) is
@@ -173,6 +174,7 @@ class Report:
     end_to_end: list[EndToEnd] = field(default_factory=list)
     impossible: list[Impossible] = field(default_factory=list)
     revisits: int = 0           # packets whose path left a host and came back to it
+    directions_known: bool = True   # the points' directions were given (analyze's points=)
 
     @property
     def bottleneck(self) -> Segment | None:
@@ -288,6 +290,10 @@ class Report:
             where = ", ".join(dict.fromkeys(f"{s.src} ({s.qdisc})" for s in queued))
             out.append(f"Egress points fire before the device's qdisc: a packet's wait in a qdisc is counted in "
                        f"the segment after the egress point ({where}), not before it.")
+        elif not self.directions_known:
+            out.append("Egress points (tc egress, net_dev_queue) fire before the device's qdisc: a packet's wait "
+                       "in a qdisc is counted in the segment after such a point (these records do not say which "
+                       "points are egress ones).")
         if per_flow:
             for f in self.flows:
                 segs = [s for s in self.segments if f in s.flows]
@@ -386,7 +392,8 @@ def analyze(rows: Iterable, reference: str | None = None, manual: dict[str, int]
         hs = (host_of[a], host_of[b])
         ends.append(EndToEnd(a, b, Stats.of(values), hs, clock(*hs)))
     return Report(len(rows), acc.packets, hosts, offs, paths, segments, list(acc.flows_seen),
-                  _gaps(acc.flows_seen, [p for p, _ in paths]), ends, impossible, acc.revisits)
+                  _gaps(acc.flows_seen, [p for p, _ in paths]), ends, impossible, acc.revisits,
+                  directions_known=points is not None)
 
 
 def _first_seen(ends: tuple[str, str], paths: list[tuple[str, ...]]) -> int:
