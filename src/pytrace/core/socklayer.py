@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
-from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, process_id
+from .cliutil import LATENCY_NOTE, Clock, Output, add_common, add_container_args, json_renderer, ports, process_id
 from .hist import Log2Histogram
 from .loader import Variant
 
@@ -158,6 +158,7 @@ def add_call_arguments(p: argparse.ArgumentParser, tracer: Any, description: str
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help=ports_help)
     if timestamp:
         p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
+    add_container_args(p, tracer)
     add_common(p, [v.hook for v in tracer.VARIANTS])
 
 

@@ -97,7 +97,8 @@ class ToolSpec:
                  snapshot: Callable[[Any, Any], Snapshot] | None = None,
                  text: Callable[..., Any] | None = None,
                  intro: str | Callable[[Any], str] | None = None,
-                 missed: str | None = None):
+                 missed: str | None = None,
+                 netns_flags: Sequence[str] = ("--netns",)):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -114,6 +115,7 @@ class ToolSpec:
         self.options, self.columns, self.examples = tuple(options), tuple(columns), tuple(examples)
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed = missed
+        self.netns_flags = tuple(netns_flags)   # --netns as the tool spells it (its SCOPE's options)
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         if event is not None:
             event.bind(tracer.OBJECT)
@@ -161,11 +163,12 @@ class ToolSpec:
 
     # -- the command line --------------------------------------------------------------------
     def add_arguments(self, parser: Any) -> None:
-        from ..core.cliutil import add_common
+        from ..core.cliutil import add_common, add_container_args
         parser.description = self.description
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
+        add_container_args(parser, self.tracer, self.netns_flags)
         add_common(parser, [v.hook for v in self.variants])
 
     def tracer_kwargs(self, args: Any) -> dict[str, Any]:
@@ -173,6 +176,8 @@ class ToolSpec:
         for opt in self.options:
             kwargs.update(opt.tracer_kwargs(args))
         kwargs["hook"] = getattr(args, "hook", None)
+        from ..core.cliutil import container_filters
+        kwargs.update(container_filters(args))      # the tracer's SCOPE (core/tracer.py)
         return kwargs
 
     def make_tracer(self, args: Any) -> Any:

@@ -31,11 +31,11 @@ from typing import Any, Sequence
 
 from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, intervals, process_id, seconds
+from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_stack, remember
 from ..sinks.snapshot import Series, Snapshot
 
@@ -79,13 +79,14 @@ class ProbeCount:
 class TracepointCount(Tracer):
     OBJECT = "count"
     TOOL = "count"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("count_tracepoint",)),)
 
     def __init__(self, tracepoints: Sequence[str], *, by: Sequence[str] = (),
                  filters: Sequence[str] = (), pid: int = 0, per_process: bool = False,
                  kernel_stack: bool = False, user_stack: bool = False, kstack_skip: int = 0,
-                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None):
-        super().__init__(hook=hook)
+                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if not tracepoints:
             raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
         self.specs = list(tracepoints)
@@ -300,6 +301,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default="", metavar="FIELDS",
                    help=f"also key the counts by these record fields (comma list, at most {MAX_KEYS})")
     p.add_argument("-P", "--perpid", action="store_true", help="count per process too")
+    add_container_args(p, TracepointCount)
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 
 
@@ -409,6 +411,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     by = [b for b in args.by.split(",") if b.strip()]
     tracer = TracepointCount(args.tracepoints, by=by, filters=args.filter, pid=args.pid,
-                             per_process=args.perpid, hook=args.hook)
+                             per_process=args.perpid, hook=args.hook, **container_filters(args))
     with tracer:
         return print_loop(NAME, tracer, args, series_of, render_snapshot, header_line(args, len(tracer.names)))

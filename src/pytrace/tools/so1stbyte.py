@@ -20,11 +20,11 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, process_id
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -39,11 +39,12 @@ READS = ("read", "readv", "pread64", "recvfrom", "recvmsg", "recvmmsg")
 
 class So1stByte(Tracer):
     OBJECT = "so1stbyte"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("so1stbyte_connect", "so1stbyte_connect_exit", "so1stbyte_close",
                                        *(f"so1stbyte_{d}_{r}" for r in READS for d in ("enter", "exit")))),)
 
-    def __init__(self, *, pid: int = 0, ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.ms = pid, ms
 
     def rodata(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     add_interval_args(p)
+    add_container_args(p, So1stByte)
     add_common(p, [v.hook for v in So1stByte.VARIANTS])
 
 
@@ -89,6 +91,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with So1stByte(pid=args.pid, ms=args.milliseconds, hook=args.hook) as t:
+    with So1stByte(pid=args.pid, ms=args.milliseconds, hook=args.hook, **container_filters(args)) as t:
         return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
                           render_snapshot, intro)

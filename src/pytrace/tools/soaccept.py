@@ -19,11 +19,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
+from ..core.cliutil import Output, container_filters, run_stream
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import ACCEPT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -44,6 +46,9 @@ class AcceptCall:
     port: int                  # peer port (0 on failure)
     lport: int                 # listening port
     ret: int                   # new fd, or -errno
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     @property
     def error(self) -> int:
@@ -56,12 +61,14 @@ class AcceptCall:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm, "listen_fd": self.listen_fd,
                 "ip": 4 if self.family == AF_INET else 6, "addr": str(self.addr), "port": self.port,
-                "lport": self.lport, "ret": self.ret, "result": self.result}
+                "lport": self.lport, "ret": self.ret, "result": self.result,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class SoAccept(EventTracer):
     OBJECT = "soaccept"
     EVENT = "soaccept_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("tracepoint", ("soaccept_enter4", "soaccept_enter", "soaccept_exit4",
                                        "soaccept_exit")),)
 
@@ -76,7 +83,8 @@ class SoAccept(EventTracer):
         i = self.idx
         fam = raw[i["family"]]
         return AcceptCall(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["listen_fd"]],
-                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]])
+                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]],
+                          *self.owner(raw))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,4 +105,5 @@ def renderer(source: SoAccept, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(SoAccept(pid=args.pid, lports=args.port, hook=args.hook), args, renderer)
+    tracer = SoAccept(pid=args.pid, lports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_family_args, family_of, process_id
+from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, process_id
 from ..core.socklayer import DIRS, cstr, sock_io_variants
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -55,10 +55,11 @@ class SocketIOCount:
 
 class SocketIO(Tracer):
     OBJECT = "socketio"
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socketio")
 
-    def __init__(self, *, pid: int = 0, by_lport: bool = False, family: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, by_lport: bool = False, family: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.by_lport, self.family = pid, by_lport, family
 
     def rodata(self) -> dict[str, Any]:
@@ -94,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-L", "--lport", action="store_true", help="also key by local port")
     add_family_args(p, "sockets")
     add_interval_args(p)
+    add_container_args(p, SocketIO)
     add_common(p, [v.hook for v in SocketIO.VARIANTS])
 
 
@@ -116,6 +118,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     family = family_of(args)
-    with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook) as t:
+    with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook, **container_filters(args)) as t:
         return print_loop(args, lambda: ROWS.snapshot(NAME, t.flows(clear=bool(args.interval)), args.interval),
                           render_snapshot, intro)

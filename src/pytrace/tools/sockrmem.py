@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, emit_batch, process_id,
-                            release_stops, seconds)
+from ..core.cliutil import (LATENCY_NOTE, Output, Terminate, active_sinks, add_common, add_container_args,
+                            container_filters, emit_batch, process_id, release_stops, seconds)
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs, cstr
 from ..core.stream import EventTracer
+from ..core.tracer import TASK_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -81,6 +82,7 @@ class RmemEvent:
 class SockRmem(EventTracer):
     OBJECT = "sockrmem"
     EVENT = "sockrmem_event"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("sockrmem_kprobe", *_EVENT_PROGS)),
         Variant("tracepoint", tuple(f"sockrmem_{c}" for c in ("read", "readv", "recvfrom", "recvmsg",
@@ -131,6 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interval", type=seconds, metavar="SEC", help="print (and reset) every SEC seconds")
     p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
+    add_container_args(p, SockRmem)
     add_common(p, [v.hook for v in SockRmem.VARIANTS])
 
 
@@ -179,7 +182,7 @@ def _uninterrupted():
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SockRmem(pid=args.pid, hook=args.hook)
+    tracer = SockRmem(pid=args.pid, hook=args.hook, **container_filters(args))
     out = Output(args.json)
     sinks = active_sinks()
 

@@ -18,10 +18,10 @@ import json
 from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, process_id
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.hist import Log2Histogram
 from ..core.socklayer import DIRS, cstr, histograms, sock_io_variants
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -34,10 +34,11 @@ SUMMARY = "socket send/recv size histograms per process"
 
 class SockSize(Tracer):
     OBJECT = "socksize"
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socksize")
 
-    def __init__(self, *, pid: int = 0, per_pid: bool = True, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, per_pid: bool = True, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.per_pid = pid, per_pid
 
     def rodata(self) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-C", "--by-comm", action="store_true", help="one histogram per command name, not per PID")
     add_interval_args(p)
+    add_container_args(p, SockSize)
     add_common(p, [v.hook for v in SockSize.VARIANTS])
 
 
@@ -91,6 +93,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with SockSize(pid=args.pid, per_pid=not args.by_comm, hook=args.hook) as t:
+    with SockSize(pid=args.pid, per_pid=not args.by_comm, hook=args.hook, **container_filters(args)) as t:
         return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
                           render_snapshot, intro)

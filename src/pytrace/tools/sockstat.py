@@ -25,10 +25,10 @@ from typing import Any
 
 from ..core.aggregate import local_time, print_loop
 from ..core.bpfobject import ncpus_possible
-from ..core.cliutil import add_common, intervals, process_id, seconds
+from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -62,6 +62,7 @@ class SockStatSnapshot:
 
 class SockStat(Tracer):
     OBJECT = "sockstat"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv"),
                 needs="tracepoints sock_send/recv_length"),
@@ -70,8 +71,8 @@ class SockStat(Tracer):
         Variant("kprobe", (*_SYSCALLS, *(f"sockstat_kprobe_{op}" for op in SOCK_OPS_IO)), note="IP and Unix sockets"),
     )
 
-    def __init__(self, *, pid: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid = pid
 
     def rodata(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
     p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     p.add_argument("-z", "--zeros", action="store_true", help="also print counters that are 0")
+    add_container_args(p, SockStat)
     add_common(p, [v.hook for v in SockStat.VARIANTS])
 
 
@@ -129,5 +131,5 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with SockStat(pid=args.pid, hook=args.hook) as tracer:
+    with SockStat(pid=args.pid, hook=args.hook, **container_filters(args)) as tracer:
         return print_loop(args, lambda: snapshot(tracer.snapshot(clear=True), args.interval), render_snapshot, intro)

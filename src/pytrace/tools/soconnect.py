@@ -18,11 +18,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
+from ..core.cliutil import Output, container_filters, run_stream
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import CONNECT_RESULTS, add_call_arguments, call_renderer, result_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -44,6 +46,9 @@ class ConnectCall:
     port: int
     lat_us: float              # time in connect()
     ret: int                   # 0 or -errno
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     @property
     def error(self) -> int:
@@ -56,12 +61,14 @@ class ConnectCall:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm, "fd": self.fd,
                 "ip": 4 if self.family == AF_INET else 6, "addr": str(self.addr), "port": self.port,
-                "lat_us": round(self.lat_us, 3), "ret": self.ret, "result": self.result}
+                "lat_us": round(self.lat_us, 3), "ret": self.ret, "result": self.result,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class SoConnect(EventTracer):
     OBJECT = "soconnect"
     EVENT = "soconnect_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("tracepoint", ("soconnect_enter", "soconnect_exit")),)
 
     def __init__(self, *, pid: int = 0, rports: list[int] | None = None, **kw: Any):
@@ -76,7 +83,7 @@ class SoConnect(EventTracer):
         fam = raw[i["family"]]
         return ConnectCall(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]),
                            raw[i["fd"]], fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]],
-                           raw[i["lat_ns"]] / 1000.0, raw[i["ret"]])
+                           raw[i["lat_ns"]] / 1000.0, raw[i["ret"]], *self.owner(raw))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,4 +104,5 @@ def renderer(source: SoConnect, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(SoConnect(pid=args.pid, rports=args.port, hook=args.hook), args, renderer)
+    tracer = SoConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)

@@ -23,11 +23,11 @@ from typing import Any
 
 from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, process_id
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import cstr, histograms
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import process_symbols, read_stack, remember
 from ..sinks.snapshot import Series, Snapshot
 
@@ -66,11 +66,12 @@ class ConnLatHistogram:
 
 class SoConnLat(Tracer):
     OBJECT = "soconnlat"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("soconnlat_enter", "soconnlat_exit",
                                        *(f"soconnlat_{w}" for w in WAITS))),)
 
-    def __init__(self, *, pid: int = 0, stacks: bool = True, ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, stacks: bool = True, ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.stacks, self.ms = pid, stacks, ms
 
     def rodata(self) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
     p.add_argument("-S", "--no-stacks", action="store_true", help="do not key by user stack")
     add_interval_args(p)
+    add_container_args(p, SoConnLat)
     add_common(p, [v.hook for v in SoConnLat.VARIANTS])
 
 
@@ -142,7 +144,8 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook) as t:
+    with SoConnLat(pid=args.pid, stacks=not args.no_stacks, ms=args.milliseconds, hook=args.hook,
+                   **container_filters(args)) as t:
         # Printing only at the end: wake every second anyway to read the mappings
         # of the processes seen so far, while they still exist (see core/usyms).
         return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, process_id
+from ..core.cliutil import add_common, add_container_args, container_filters, process_id
 from ..core.loader import Variant
 from ..core.socklayer import counted, cstr, family_name
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 
 TYPE_CHECKING = False
@@ -54,11 +54,12 @@ class FamilyCount:
 
 class SoFamily(Tracer):
     OBJECT = "sofamily"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("sofamily_socket", "sofamily_connect", "sofamily_accept4",
                                        "sofamily_accept")),)
 
-    def __init__(self, *, pid: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid = pid
 
     def rodata(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "process; printed at Ctrl-C or every interval.")
     p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
     add_interval_args(p)
+    add_container_args(p, SoFamily)
     add_common(p, [v.hook for v in SoFamily.VARIANTS])
 
 
@@ -101,6 +103,6 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with SoFamily(pid=args.pid, hook=args.hook) as tracer:
+    with SoFamily(pid=args.pid, hook=args.hook, **container_filters(args)) as tracer:
         return print_loop(args, lambda: ROWS.snapshot(NAME, tracer.counts(clear=bool(args.interval)), args.interval),
                           render_snapshot, intro)

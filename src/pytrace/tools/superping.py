@@ -21,11 +21,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
-                            process_id, stream_events)
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, process_id, stream_events)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -49,6 +51,8 @@ class PingReply:
     netns: int                 # network namespace inode of the ping
     pid: int                   # process that sent the request
     comm: str
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    labels: Labels | None = None
 
     @property
     def latency_us(self) -> float:
@@ -57,12 +61,14 @@ class PingReply:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "ip": 4 if self.family == AF_INET else 6, "id": self.id, "seq": self.seq,
                 "latency_us": round(self.latency_ns / 1000, 3), "saddr": str(self.saddr),
-                "daddr": str(self.daddr), "netns": self.netns, "pid": self.pid, "comm": self.comm}
+                "daddr": str(self.daddr), "netns": self.netns, "pid": self.pid, "comm": self.comm,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class SuperPing(EventTracer):
     OBJECT = "superping"
     EVENT = "superping_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("superping_kprobe_ip_send", "superping_kprobe_ip6_send", "superping_kprobe_icmp_rcv",
                            "superping_kprobe_icmpv6_rcv")),
@@ -82,7 +88,7 @@ class SuperPing(EventTracer):
         fam = raw[i["family"]]
         return PingReply(raw[i["ts_ns"]], fam, raw[i["id"]], raw[i["seq"]], raw[i["latency_ns"]],
                          addr_obj(fam, raw[i["saddr"]]), addr_obj(fam, raw[i["daddr"]]), raw[i["netns"]],
-                         raw[i["pid"]], comm_text(raw[i["comm"]]))
+                         raw[i["pid"]], comm_text(raw[i["comm"]]), *self.owner(raw, netns=False))
 
 
 # -- command line ---------------------------------------------------------------
@@ -96,11 +102,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_family_args(p)
     p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS prefix")
     p.add_argument("-w", "--wide", action="store_true", help="also show the hosts, netns and the ping process")
+    add_container_args(p, SuperPing)
     add_common(p, [v.hook for v in SuperPing.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SuperPing(pid=args.pid, family=family_of(args), hook=args.hook)
+    tracer = SuperPing(pid=args.pid, family=family_of(args), hook=args.hook, **container_filters(args))
     out = Output(args.json)
     with tracer:
         if not args.json:

@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, add_family_args, family_of, ports
+from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, ports
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import histograms
-from ..core.tracer import Tracer
+from ..core.tracer import SOCKET_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -40,6 +40,7 @@ AFTER_ENQUEUE = ("tp_btf", "raw_tp")    # variants that sample after the connect
 
 class TcpSynBl(Tracer):
     OBJECT = "tcpsynbl"
+    SCOPE = SOCKET_SCOPE
     VARIANTS = (
         Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6"), needs="trampolines for tcp_v*_syn_recv_sock"),
         Variant("kprobe", ("tcpsynbl_kprobe_v4", "tcpsynbl_kprobe_v6")),
@@ -47,8 +48,8 @@ class TcpSynBl(Tracer):
         Variant("raw_tp", ("tcpsynbl_raw_tp",), note="backlog +1", needs="tracepoint sk_data_ready"),
     )
 
-    def __init__(self, *, family: int = 0, lports: list[int] | None = None, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, family: int = 0, lports: list[int] | None = None, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.family, self.lports = family, lports or []
 
     def rodata(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_family_args(p, "listeners")
     p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these listening ports (comma list)")
     add_interval_args(p, positional=True)
+    add_container_args(p, TcpSynBl)
     add_common(p, [v.hook for v in TcpSynBl.VARIANTS])
 
 
@@ -103,7 +105,7 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     check_interval_args(args)
     tracer = TcpSynBl(family=family_of(args), lports=args.lport,
-                      hook=args.hook)
+                      hook=args.hook, **container_filters(args))
     with tracer:
         return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
                           render_snapshot, intro)

@@ -21,11 +21,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, ports, stream_events)
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, ports, stream_events)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -53,18 +55,23 @@ class TcpWindow:
     lport: int
     raddr: Addr
     rport: int
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "sock": f"0x{self.skaddr:x}", "snd_cwnd": self.snd_cwnd,
                 "snd_ssthresh": self.ssthresh, "snd_wnd": self.snd_wnd, "srtt_us": self.srtt_us,
                 "sk_sndbuf": self.sndbuf, "sk_wmem_queued": self.wmem_queued,
                 "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
-                "raddr": str(self.raddr), "rport": self.rport}
+                "raddr": str(self.raddr), "rport": self.rport,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class TcpWin(EventTracer):
     OBJECT = "tcpwin"
     EVENT = "tcpwin_event"
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("tcpwin_fentry",)),
         Variant("kprobe", ("tcpwin_kprobe",)),
@@ -87,7 +94,7 @@ class TcpWin(EventTracer):
         return TcpWindow(raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["snd_cwnd"]], raw[i["ssthresh"]],
                          raw[i["snd_wnd"]], raw[i["srtt_us"]], raw[i["sndbuf"]], raw[i["wmem_queued"]], fam,
                          addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], addr_obj(fam, raw[i["raddr"]]),
-                         raw[i["rport"]])
+                         raw[i["rport"]], *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -99,12 +106,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
     p.add_argument("-D", "--rport", type=ports("-D"), metavar="PORTS", help="only these remote ports (comma list)")
     add_family_args(p)
+    add_container_args(p, TcpWin)
     add_common(p, [v.hook for v in TcpWin.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpWin(family=family_of(args), lports=args.lport,
-                    rports=args.rport, hook=args.hook)
+                    rports=args.rport, hook=args.hook, **container_filters(args))
     out = Output(args.json)
     with tracer:
         return stream_events(tracer, out, renderer(tracer, args, out))

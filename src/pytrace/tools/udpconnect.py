@@ -17,11 +17,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import Output, run_stream
+from ..core.cliutil import Output, container_filters, run_stream
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, addr_obj, comm_text
 from ..core.socklayer import add_call_arguments, call_renderer
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -42,16 +44,21 @@ class UdpConnectCall:
     rport: int
     lport: int                 # the local port once connect() bound the socket (autobind)
     protocol: int              # 17 UDP, 136 UDP-Lite
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm,
                 "ip": 4 if self.family == AF_INET else 6, "raddr": str(self.raddr), "rport": self.rport,
-                "lport": self.lport, "protocol": self.protocol}
+                "lport": self.lport, "protocol": self.protocol,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class UdpConnect(EventTracer):
     OBJECT = "udpconnect"
     EVENT = "udpconnect_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),
         Variant("tracepoint", ("udpconnect_tracepoint", "udpconnect_tracepoint_exit")),
@@ -69,7 +76,7 @@ class UdpConnect(EventTracer):
         fam = raw[i["family"]]
         return UdpConnectCall(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]), fam,
                               addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]],
-                              raw[i["protocol"]])
+                              raw[i["protocol"]], *self.owner(raw))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,4 +96,5 @@ def renderer(source: UdpConnect, args: argparse.Namespace, out: Output):
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_stream(UdpConnect(pid=args.pid, rports=args.port, hook=args.hook), args, renderer)
+    tracer = UdpConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args))
+    return run_stream(tracer, args, renderer)
