@@ -1,6 +1,6 @@
 """A real InfluxDB 1.x server (Debian's influxd) for the tests that write to
-one: its own directories and loopback ports, authentication on, an admin
-user made at start (with no user yet, InfluxDB lets the first admin be
+one: its own directories and loopback ports, authentication on (unless
+auth=False), an admin user made at start (with no user yet, InfluxDB lets the first admin be
 created without credentials).  Restartable on the same data (outages).
 
     with influx_server(tmp_path) as server:   # or the module fixtures that call it
@@ -29,7 +29,7 @@ ENV = {"INFLUX_USERNAME": USER, "INFLUX_PASSWORD": PASSWORD}
 class InfluxServer:
     """influxd with its own directories and loopback ports; restartable on the same data."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, auth: bool = True):
         self.root = root
         self.port, self.rpc = free_port(), free_port()
         self.config = root / "influxdb.conf"
@@ -51,7 +51,7 @@ bind-address = "127.0.0.1:{self.rpc}"
   enabled = false
 [http]
   bind-address = "127.0.0.1:{self.port}"
-  auth-enabled = true
+  auth-enabled = {"true" if auth else "false"}
   log-enabled = false
 """)
         self.proc: subprocess.Popen | None = None
@@ -107,11 +107,12 @@ bind-address = "127.0.0.1:{self.rpc}"
 
 
 @contextlib.contextmanager
-def influx_server(root: Path) -> Iterator[InfluxServer]:
+def influx_server(root: Path, auth: bool = True) -> Iterator[InfluxServer]:
     root.mkdir(parents=True, exist_ok=True)
-    server = InfluxServer(root)
+    server = InfluxServer(root, auth)
     server.start()
-    server.query(f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}' WITH ALL PRIVILEGES", auth=False)
+    if auth:
+        server.query(f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}' WITH ALL PRIVILEGES", auth=False)
     try:
         yield server
     finally:
