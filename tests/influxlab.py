@@ -30,7 +30,7 @@ class InfluxServer:
     """influxd with its own directories and loopback ports; restartable on the same data."""
 
     def __init__(self, root: Path, auth: bool = True):
-        self.root = root
+        self.root, self.auth = root, auth
         self.port, self.rpc = free_port(), free_port()
         self.config = root / "influxdb.conf"
         self.config.write_text(f"""
@@ -85,10 +85,10 @@ bind-address = "127.0.0.1:{self.rpc}"
     def url(self, db: str, **params: str) -> str:
         return f"http://127.0.0.1:{self.port}/{db}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
 
-    def query(self, q: str, db: str | None = None, auth: bool = True) -> list[dict]:
+    def query(self, q: str, db: str | None = None, auth: bool | None = None) -> list[dict]:
         data = urllib.parse.urlencode({"q": q, "epoch": "ns", **({"db": db} if db else {})}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/query", data=data)
-        if auth:
+        if self.auth if auth is None else auth:
             req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
         with urllib.request.urlopen(req, timeout=10) as r:
             res = json.loads(r.read())["results"][0]

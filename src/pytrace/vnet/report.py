@@ -95,16 +95,11 @@ class Stats:
                 "p25_ns": self.p25, "p75_ns": self.p75}
 
 
-@dataclass
-class Segment:
+class _Span:
+    """From point src to point dst, timed across hosts under a clock (CLOCKS)."""
     src: str
     dst: str
-    stats: Stats
-    flows: dict[str, Stats] = field(default_factory=dict)
-    share: float | None = None  # of the time in every trusted segment (None: not trusted)
-    hosts: tuple[str, str] = ("", "")
-    clock: str = SAME_HOST      # CLOCKS: what the latency across hosts depends on
-    qdisc: str | None = None    # src is an egress point: the device whose qdisc time is in here
+    clock: str
 
     @property
     def name(self) -> str:
@@ -113,6 +108,18 @@ class Segment:
     @property
     def mark(self) -> str:
         return MARKS.get(self.clock, "")
+
+
+@dataclass
+class Segment(_Span):
+    src: str
+    dst: str
+    stats: Stats
+    flows: dict[str, Stats] = field(default_factory=dict)
+    share: float | None = None  # of the time in every trusted segment (None: not trusted)
+    hosts: tuple[str, str] = ("", "")
+    clock: str = SAME_HOST      # CLOCKS: what the latency across hosts depends on
+    qdisc: str | None = None    # src is an egress point: the device whose qdisc time is in here
 
     @property
     def trusted(self) -> bool:
@@ -125,21 +132,13 @@ class Segment:
 
 
 @dataclass
-class EndToEnd:
+class EndToEnd(_Span):
     """One direction: from the first point of the packets' paths to their last."""
     src: str
     dst: str
     stats: Stats
     hosts: tuple[str, str] = ("", "")
     clock: str = SAME_HOST
-
-    @property
-    def name(self) -> str:
-        return f"{self.src} -> {self.dst}"
-
-    @property
-    def mark(self) -> str:
-        return MARKS.get(self.clock, "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"direction": self.name, "from": self.src, "to": self.dst, **self.stats.to_dict(),
