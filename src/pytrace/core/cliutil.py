@@ -280,13 +280,19 @@ def _allow_host(text: str) -> str:
 
 
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
+    """The flags every tool has.  libbpf's log is --libbpf-log everywhere; -v
+    (--verbose) is the same only where the tool has not taken -v for itself:
+    a tool whose BCC namesake has a -v gives it the namesake's meaning
+    (tcptracer's verbose lines, tcpconnlat's program), see spec/options.py."""
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--ebpf", action="store_true", help="print the BPF C source and exit")
     g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
     g.add_argument("--btf", metavar="FILE", type=btf_file,
                    help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
-    g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+    taken = getattr(p, "_option_string_actions", {})
+    verbose = [f for f in ("-v", "--verbose") if f not in taken]
+    g.add_argument("--libbpf-log", *verbose, dest="libbpf_log", action="store_true", help="show libbpf's log")
     add_sink_args(g)
 
 
