@@ -42,13 +42,16 @@ class Conversion:
     functions (generated code imports them by module and name); json and parse
     None mean the value is already JSON (an int, a str)."""
 
-    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind")
+    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind", "env")
 
     def __init__(self, name: str, value: Callable | None, json: Callable | None = None,
                  parse: Callable | None = None, needs: tuple[str, ...] = (),
-                 text: tuple | None = None, kind: str = ""):
+                 text: tuple | None = None, kind: str = "", env: dict | None = None):
         self.name, self.value, self.json, self.parse = name, value, json, parse
         self.needs, self.text, self.kind = tuple(needs), text, kind or name
+        # names the text expression uses besides text_env()'s (a tool's own table);
+        # they start with _ like those
+        self.env = env or {}
 
 
 _TABLE: dict[str, Conversion] = {}

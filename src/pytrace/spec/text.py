@@ -95,6 +95,7 @@ TIME_FORMS = {
     "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
     "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
     "since_first": ("f", "_since_first({0})"),          # seconds since the first event (BCC's TIME(s))
+    "since_first_ns": ("d", "_since_first.ns({0})"),    # the same in nanoseconds (tcptracer -v -t)
 }
 
 
@@ -149,6 +150,7 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
                 raise ValueError(f"column {c.header}: conversion {conv.name} has no text form; give form=")
             code, template = conv.text
             needs = decl.args if decl.args is not None else conv.needs
+            env.update(conv.env)
         names = [decl.raw, *needs]
         for n in names:
             if n not in by_base:
