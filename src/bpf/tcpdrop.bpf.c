@@ -13,7 +13,11 @@
  *
  * The socket, when there is one, is the tracepoint's rx_sk (the receiving
  * socket, newer kernels) or else skb->sk (the sending socket: set on
- * transmit, and still set on a packet that crossed a veth pair).  The
+ * transmit, and still set on a packet that crossed a veth pair).  A drop
+ * with no socket (NO_SOCKET: nothing listens; drops at tc or netfilter
+ * before any socket lookup) is reported only with with_nosock (--no-socket):
+ * BCC's tcpdrop shows drops of a socket only, and on a busy host the others
+ * are thousands a second.  The
  * network namespace (for --netns-id) is the device's, else the socket's.
  * The stack is taken whole (no frames skipped); user space removes the
  * tracing frames above the function that dropped the packet.
@@ -42,6 +46,7 @@ struct tcpdrop_event {
 
 const volatile __u16 target_family = 0;	/* 0: both */
 const volatile __u32 target_netns = 0;		/* 0: all */
+const volatile bool with_nosock = false;	/* --no-socket: drops no socket took too */
 
 /* Anchor the event type in BTF so user space can decode it. */
 struct tcpdrop_event _event_type = {};
@@ -72,6 +77,8 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
+	if (!sk && !with_nosock)
+		return 0;
 	netns = skb_netns(skb, sk);
 	if (target_netns && netns != target_netns)
 		return 0;
