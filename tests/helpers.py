@@ -140,6 +140,27 @@ def socket_drop() -> tuple[int, int]:
     return dport, sport
 
 
+def syn_retransmit(host: str = "127.0.0.1") -> tuple[int, int]:
+    """A loopback connect whose first SYN is dropped (the listener's accept
+    queue is full) and resent after the initial RTO (1 s): a retransmission
+    (SYN_SENT) of this process, in about 1.2 s.  Returns (listener port,
+    the resending client's port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family)
+    srv.bind((host, 0))
+    srv.listen(0)                                   # room for one waiting connection
+    port = srv.getsockname()[1]
+    first = socket.create_connection((host, port), timeout=5)
+    second = socket.socket(family)
+    second.setblocking(False)
+    second.connect_ex((host, port))                 # its SYN is dropped: the queue is full
+    time.sleep(1.2)                                 # the SYN is resent at 1 s
+    client_port = second.getsockname()[1]
+    for s in (first, second, srv):
+        s.close()
+    return port, client_port
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
