@@ -224,7 +224,8 @@ class ToolSpec:
         """BCC's -v/-D/--debug: the program's source, before tracing (to stderr
         with --json, which keeps stdout for JSON lines)."""
         from ..core import objects
-        stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+        where = getattr(args, "print_program", None)
+        stream = sys.stderr if getattr(args, "json", False) or where == "stderr" else sys.stdout
         stream.write(objects.source(self.object))
         stream.flush()
 

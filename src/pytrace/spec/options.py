@@ -139,8 +139,11 @@ def interval_positionals(default: int | None = None) -> tuple[Option, ...]:
             Option("count", nargs="?", type=intervals, help="number of outputs"))
 
 
-def print_program(*flags: str, help: str = "print the BPF program before tracing (BCC's debugging aid)") -> Option:
+def print_program(*flags: str, help: str = "print the BPF program before tracing (BCC's debugging aid)",
+                  stream: str = "stdout") -> Option:
     """BCC's "print the program" flag (tcpconnlat -v, tcprtt -D, stackcount
     --debug): ToolSpec.run prints the C source the object was built from
-    (what --ebpf prints), then traces.  Its dest is always print_program."""
-    return Option(*flags, action="store_true", dest="print_program", help=help)
+    (what --ebpf prints) on stream ("stdout", or "stderr" where the namesake
+    logs it there; stderr anyway with --json), then traces.  Its dest is
+    always print_program."""
+    return Option(*flags, action="store_const", const=stream, default=None, dest="print_program", help=help)
