@@ -117,13 +117,13 @@ class SoftIrqsCollector(MapCollector):
 
     def collect(self) -> Iterator[Any]:
         t, labels, const = self.tracer, [*self.const, "softirq"], list(self.const.values())
-        stats = t.read(reset=False)
+        stats, hists = t.period(reset=False)
         runs = CounterMetricFamily(f"{self.name}_runs", f"{self.help}: handler runs", labels=labels)
         secs = CounterMetricFamily(f"{self.name}_time_seconds", f"{self.help}: time in the handlers",
                                    labels=labels)
         for st in stats:
-            runs.add_metric([*const, st.name], st.count)
-            secs.add_metric([*const, st.name], st.total_ns / 1e9)
+            runs.add_metric([*const, st.softirq], st.count)
+            secs.add_metric([*const, st.softirq], st.total_ns / 1e9)
         yield runs
         yield secs
         if t.dist:
@@ -131,9 +131,9 @@ class SoftIrqsCollector(MapCollector):
                                          labels=labels)
             divisor = 1e9 if t.ns else 1e6
             for st in stats:
-                if st.hist is not None:
-                    buckets, _ = log2_buckets(st.hist, divisor)
-                    hist.add_metric([*const, st.name], buckets, st.total_ns / 1e9)
+                if st.softirq in hists:
+                    buckets, _ = log2_buckets(hists[st.softirq], divisor)
+                    hist.add_metric([*const, st.softirq], buckets, st.total_ns / 1e9)
             yield hist
 
 
