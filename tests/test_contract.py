@@ -69,7 +69,9 @@ TRAFFIC: dict[str, object] = {
     "tcpretrans": syn_retransmit,       # a SYN resent after the listener dropped it
 }
 # tool -> arguments its contract runs add (e.g. a short interval)
-ARGS: dict[str, list[str]] = {}
+ARGS: dict[str, list[str]] = {
+    "stackcount": ["t:syscalls:sys_enter_connect"],     # the connects of tcp_traffic
+}
 
 
 def spec_variants() -> list:

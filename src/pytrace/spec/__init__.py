@@ -45,7 +45,10 @@ columns comma separated (BCC's -s); alternate=("count", OTHER) makes the
 tool the ToolSpec OTHER (its kind, event type, columns, read) whenever
 args.count is set, with this spec's options and tracer (tcpconnect -c,
 tcpretrans -c: an event tool with a counting mode); once=True reads a table
-once, at Ctrl-C (or the end), whatever the interval arguments hold.  An
+once, at Ctrl-C (or the end), whatever the interval arguments hold;
+between(tracer, args) runs every second while an interval tool prints only at
+the end; replay_intro(args, snap) rebuilds from the first snapshot an intro
+that depended on the live system (stackcount's resolved tracepoints).  An
 option made by options.print_program() prints the object's C source before
 tracing (BCC's -v of tcpconnlat, -D of tcprtt).
 
@@ -107,7 +110,9 @@ class ToolSpec:
                  text: Callable[..., Any] | None = None,
                  intro: str | Callable[[Any], str] | None = None,
                  missed: str | None = None, csv: str | None = None,
-                 alternate: tuple[str, ToolSpec] | None = None, once: bool = False):
+                 alternate: tuple[str, ToolSpec] | None = None, once: bool = False,
+                 between: Callable[[Any, Any], None] | None = None,
+                 replay_intro: Callable[[Any, Snapshot], str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -124,6 +129,7 @@ class ToolSpec:
         self.options, self.columns, self.examples = tuple(options), tuple(columns), tuple(examples)
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed, self.csv, self.alternate, self.once = missed, csv, alternate, once
+        self._between, self._replay_intro = between, replay_intro
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         if event is not None:
             event.bind(tracer.OBJECT)
@@ -217,8 +223,9 @@ class ToolSpec:
             return run_stream(self.make_tracer(args), args, self.event_renderer, self.intro)
         from ..core.aggregate import print_loop
         with self.make_tracer(args) as tracer:
+            between = (lambda: spec._between(tracer, args)) if spec._between is not None else None
             return print_loop(args, spec._interval_reader(tracer, args), self.render_snapshot, self.intro,
-                              once=spec.once)
+                              once=spec.once, between=between)
 
     def print_program(self, args: Any) -> None:
         """BCC's -v/-D/--debug: the program's source, before tracing (to stderr
@@ -293,4 +300,7 @@ class ToolSpec:
         return timestamp_line(snap, args) + table(self.columns, self.rows(snap), args)
 
     def replay_intro(self, args: Any, snap: Snapshot) -> str:
-        return ""
+        """What the tool printed first when it depends on what it resolved live
+        (rebuilt from the recording's first snapshot)."""
+        spec = self.mode(args)
+        return spec._replay_intro(args, snap) if spec._replay_intro is not None else ""
