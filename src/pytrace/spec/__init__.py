@@ -48,7 +48,9 @@ tcpretrans -c: an event tool with a counting mode); once=True reads a table
 once, at Ctrl-C (or the end), whatever the interval arguments hold;
 between(tracer, args) runs every second while an interval tool prints only at
 the end; replay_intro(args, snap) rebuilds from the first snapshot an intro
-that depended on the live system (stackcount's resolved tracepoints).  An
+that depended on the live system (stackcount's resolved tracepoints); tee(source, args) returns
+what an event tool also does with each batch besides printing it (tcpstates
+-Y: the systemd journal), or None.  An
 option made by options.print_program() prints the object's C source before
 tracing (BCC's -v of tcpconnlat, -D of tcprtt).
 
@@ -112,7 +114,8 @@ class ToolSpec:
                  missed: str | None = None, csv: str | None = None,
                  alternate: tuple[str, ToolSpec] | None = None, once: bool = False,
                  between: Callable[[Any, Any], None] | None = None,
-                 replay_intro: Callable[[Any, Snapshot], str] | None = None):
+                 replay_intro: Callable[[Any, Snapshot], str] | None = None,
+                 tee: Callable[[Any, Any], Callable[[list[tuple]], None] | None] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -129,7 +132,7 @@ class ToolSpec:
         self.options, self.columns, self.examples = tuple(options), tuple(columns), tuple(examples)
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed, self.csv, self.alternate, self.once = missed, csv, alternate, once
-        self._between, self._replay_intro = between, replay_intro
+        self._between, self._replay_intro, self._tee = between, replay_intro, tee
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         if event is not None:
             event.bind(tracer.OBJECT)
@@ -239,6 +242,17 @@ class ToolSpec:
     # -- event tools ------------------------------------------------------------------------------
     def event_renderer(self, source: Any, args: Any, out: Any) -> Callable[[list[tuple]], str | bytes]:
         """render(batch of raw tuples) for the live tracer or replay's stand-in."""
+        also = self._tee(source, args) if self._tee is not None else None     # before the header
+        render = self._renderer(source, args, out)
+        if also is None:
+            return render
+
+        def both(batch: list[tuple]) -> str | bytes:
+            also(batch)
+            return render(batch)
+        return both
+
+    def _renderer(self, source: Any, args: Any, out: Any) -> Callable[[list[tuple]], str | bytes]:
         if getattr(args, "json", False):
             from .jsonout import event_json
             return event_json(self.event, source)
