@@ -37,6 +37,15 @@ struct tcptop_val {
 
 const volatile __u32 targ_pid = 0;	/* -p: tgid; 0 = all */
 const volatile __u16 targ_family = 0;	/* -4/-6; 0 = both */
+const volatile bool filter_cg = false;	/* -c PATH: only tasks in that cgroup (and below) */
+
+/* -c: the cgroup, at index 0 (user space puts the directory's fd there). */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cgroup_map SEC(".maps");
 
 /* Sends/receives not counted because the flow table was full. */
 __u64 missed = 0;
@@ -59,6 +68,9 @@ static __always_inline int account(const struct sock *sk, __s64 bytes, bool rx)
 		return 0;
 	pid = bpf_get_current_pid_tgid() >> 32;
 	if (targ_pid && pid != targ_pid)
+		return 0;
+	/* 1: under it; 0: not; < 0: no cgroup set (yet): nothing counts */
+	if (filter_cg && bpf_current_task_under_cgroup(&cgroup_map, 0) != 1)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)

@@ -67,16 +67,29 @@ class TcpTop(Tracer):
                 needs="tracepoints sock_send/recv_length"),
     )
 
-    def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None):
+    def __init__(self, *, pid: int = 0, family: int = 0, cgroup: str | None = None, hook: str | None = None):
+        """cgroup: a cgroup v2 directory: only its tasks (and its descendants') count."""
         super().__init__(hook=hook)
         if family not in (0, AF_INET, AF_INET6):
             raise ValueError("family must be 0, AF_INET or AF_INET6")
-        self.pid, self.family = pid, family
+        self.pid, self.family, self.cgroup = pid, family, cgroup
 
     def rodata(self) -> dict[str, Any]:
-        return {"targ_pid": self.pid, "targ_family": self.family}
+        return {"targ_pid": self.pid, "targ_family": self.family, "filter_cg": self.cgroup is not None}
 
     def setup(self) -> None:
+        if self.cgroup is not None:
+            import os
+            import struct
+            from ..core.errors import UsageError
+            try:
+                fd = os.open(cgroup2_dir(self.cgroup), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise UsageError(f"-c {self.cgroup}: {exc.strerror}") from None
+            try:
+                self.obj.map("cgroup_map").update(struct.pack("<I", 0), struct.pack("<I", fd))
+            finally:
+                os.close(fd)
         self._flows = self.obj.map("flows")
         self._decode = TCP_FLOW.cls.decoder(self._flows.row_names())
         self._missed = self.obj.global_u64("missed")
@@ -103,6 +116,38 @@ def __getattr__(name: str) -> type:
 
 
 # -- the text: BCC's layout, an IPv4 table, then an IPv6 one, each busiest first -----------
+
+def cgroup_dir(text: str) -> str:
+    """An argparse type for -c: a directory (whether it is a cgroup v2 one is
+    checked when the tool starts: cgroup2_dir)."""
+    import os
+    from ..core.cliutil import bad_value, checking_host
+    if checking_host() and not os.path.isdir(text):
+        raise bad_value(f"'{text}' is not a directory (a cgroup v2 path, e.g. /sys/fs/cgroup/user.slice)")
+    return text
+
+
+def cgroup2_mounts() -> list[str]:
+    """Where cgroup v2 hierarchies are mounted (/proc/mounts)."""
+    try:
+        with open("/proc/mounts") as fh:
+            return [line.split()[1] for line in fh if line.split()[2:3] == ["cgroup2"]]
+    except OSError:
+        return []
+
+
+def cgroup2_dir(path: str) -> str:
+    """path, if it is a directory of a cgroup v2 hierarchy (what the kernel's
+    cgroup filter takes), else a UsageError that says where that hierarchy is."""
+    import os
+    from ..core.errors import UsageError
+    real = os.path.realpath(path)
+    mounts = cgroup2_mounts()
+    if not any(real == m or real.startswith(m.rstrip("/") + "/") for m in mounts):
+        where = f" (here: {', '.join(mounts)})" if mounts else " (none is mounted here)"
+        raise UsageError(f"-c {path}: not in a cgroup v2 hierarchy{where}")
+    return real
+
 
 def _pid_width(args: Any = None) -> int:
     """Wide enough for the largest PID this system can hand out (libbpf-tools)."""
@@ -144,11 +189,18 @@ def _loadavg_text(snap: Snapshot) -> str:
 
 def text(snap: Snapshot, args: Any) -> str:
     """One period: the summary line, then the tables; refreshed in place on a
-    terminal (elsewhere, or with -C, periods follow each other)."""
-    flows = SPEC.rows(snap)
+    terminal (elsewhere, or with -C, periods follow each other).  Every flow
+    is printed, as BCC; -r ROWS prints the busiest ROWS and says how many
+    were left out."""
+    flows = sorted(SPEC.rows(snap), key=sort_key(args.sort))
+    cut = 0
+    if args.rows is not None and len(flows) > args.rows:
+        cut, flows = len(flows) - args.rows, flows[:args.rows]
     tables = [table(columns, rows, args) for columns, rows in
               ((COLUMNS, [f for f in flows if f.family == AF_INET]),
                (COLUMNS6, [f for f in flows if f.family == AF_INET6])) if rows]
+    if cut:
+        tables.append(f"({cut} more connection{'s' if cut > 1 else ''} not shown: -r {args.rows})\n")
     body = "\n".join(tables)
     if not args.nosummary:
         body = f"{local_time(snap):<8} loadavg: {_loadavg_text(snap)}\n" + body
@@ -168,19 +220,29 @@ SPEC = ToolSpec(
         family(),
         Option("-s", "--sort", choices=SORTS, default="all",
                help="sort by sent + received (all, default), sent, or received bytes"),
-        Option("-r", "--rows", type=int_range(1, MAX_ROWS), default=20, help="maximum rows to print (default 20)"),
+        Option("-r", "--rows", type=int_range(1, MAX_ROWS), default=None,
+               help="maximum rows to print (default: all, as BCC; a line says how many were left out); "
+                    "--json prints every row"),
+        Option("-c", "--cgroup", metavar="PATH", type=cgroup_dir, kw="cgroup",
+               help="trace processes in this cgroup v2 directory (and below) only, e.g. "
+                    "/sys/fs/cgroup/system.slice"),
         *interval_positionals(default=1),
     ),
-    read=lambda tracer, args: tracer.read(args.sort)[:args.rows],
+    read=lambda tracer, args: tracer.read(args.sort),
     extra=lambda tracer, args: {**loadavg(), "missed": tracer.missed},
     missed="sends/receives not counted (flow table full)",
     columns=COLUMNS, text=text,
     intro="Tracing... Output every {interval} secs. Hit Ctrl-C to end\n",
     examples=(
-        ("pytrace tcptop", "every second, the busiest connections"),
+        ("pytrace tcptop", "summarize TCP throughput by active sessions, 1 second refresh"),
+        ("pytrace tcptop -C 5", "don't clear the screen (rolling output), and 5 second summaries"),
         ("pytrace tcptop -C 5 3", "every 5 seconds, 3 times, without clearing the screen"),
         ("pytrace tcptop -p 181", "only process 181"),
+        ("pytrace tcptop -Cp 181", "trace PID 181 only, and don't clear the screen"),
         ("pytrace tcptop -s sent -r 5", "the 5 connections that sent most"),
+        ("pytrace tcptop -c /sys/fs/cgroup", "only processes in this cgroup (v2) and below"),
+        ("pytrace tcptop -4", "trace IPv4 family only"),
+        ("pytrace tcptop -6", "trace IPv6 family only"),
         ("pytrace tcptop --json 10", "one JSON object per connection, every 10 seconds"),
     ),
 )
