@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import sys
 
-from .eventtype import EventType
+from .eventtype import EventType, public_classes
 from .options import Exclusive, Option, family, interval_flags, interval_positionals, pid, print_program, timestamp
 from .text import Column
 
@@ -91,7 +91,7 @@ TOP = "top"
 HISTOGRAM = "histogram"
 KINDS = (EVENTS, TABLE, TOP, HISTOGRAM)
 
-__all__ = ["ToolSpec", "EventType", "Option", "Exclusive", "Column", "family", "pid", "timestamp",
+__all__ = ["ToolSpec", "EventType", "public_classes", "Option", "Exclusive", "Column", "family", "pid", "timestamp",
            "interval_flags", "interval_positionals", "print_program", "EVENTS", "TABLE", "TOP", "HISTOGRAM", "KINDS"]
 
 

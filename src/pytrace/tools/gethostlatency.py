@@ -30,7 +30,7 @@ from ..core.cliutil import LATENCY_NOTE, elf_file
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes
 
 NAME = "gethostlatency"
 
@@ -141,11 +141,7 @@ class GetHostLatency(EventTracer):
                                    "(not a glibc-like C library? use --libc PATH)") from None
         self.functions = tuple(attached)
 
-def __getattr__(name: str) -> type:
-    """HostLookup, the class generated from the record's BTF (PEP 562)."""
-    if name == "HostLookup":
-        return LOOKUP_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, HostLookup=LOOKUP_EVENT)
 
 
 SPEC = ToolSpec(

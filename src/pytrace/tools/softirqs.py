@@ -27,7 +27,7 @@ from ..core.cliutil import bad_value, checking_host
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import Tracer
-from ..spec import HISTOGRAM, TABLE, EventType, Option, ToolSpec, interval_positionals, timestamp
+from ..spec import HISTOGRAM, TABLE, EventType, Option, ToolSpec, interval_positionals, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -139,11 +139,7 @@ class SoftIrqs(Tracer):
         return self.period(reset)[1]
 
 
-def __getattr__(name: str) -> type:
-    """SoftIrqStat, the row class generated from BTF (PEP 562)."""
-    if name == "SoftIrqStat":
-        return SOFTIRQ_STAT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SoftIrqStat=SOFTIRQ_STAT)
 
 
 # -- command line ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..core import convert
 from ..core.cliutil import LATENCY_NOTE, int_range
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,11 +70,7 @@ class SoListen(EventTracer):
         return {"filter_pid": self.pid, "filter_netns": self.netns}
 
 
-def __getattr__(name: str) -> type:
-    """Listen, the class generated from the record's BTF (PEP 562)."""
-    if name == "Listen":
-        return LISTEN_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, Listen=LISTEN_EVENT)
 
 
 def netns_inode(pid: int | str = "self") -> int:

@@ -35,7 +35,7 @@ from ..core.errors import UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.usyms import process_symbols, remember
 from ..sinks.snapshot import Series, Snapshot
-from ..spec import TABLE, EventType, Exclusive, Option, ToolSpec, print_program
+from ..spec import TABLE, EventType, Exclusive, Option, ToolSpec, print_program, public_classes
 from .count import STACK_STORAGE, ProbeCount, TracepointCount
 from .softirqs import cpu_number
 
@@ -245,11 +245,7 @@ def frames(pc: ProbeCount) -> tuple[list[str], list[str]]:
     return k, u
 
 
-def __getattr__(name: str) -> type:
-    """StackCount, the row class generated from BTF (PEP 562)."""
-    if name == "StackCount":
-        return STACK_ROW.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, StackCount=STACK_ROW)
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,11 +56,7 @@ class TcpAccept(EventTracer):
                 "lports": self.lports, "n_lports": len(self.lports)}
 
 
-def __getattr__(name: str) -> type:
-    """Accept, the class generated from the record's BTF (PEP 562)."""
-    if name == "Accept":
-        return ACCEPT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, Accept=ACCEPT_EVENT)
 
 
 SPEC = ToolSpec(

@@ -46,7 +46,7 @@ from ..core.cliutil import LATENCY_NOTE, int_range, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Snapshot
-from ..spec import EVENTS, TABLE, Column, EventType, Exclusive, Option, ToolSpec, family, pid
+from ..spec import EVENTS, TABLE, Column, EventType, Exclusive, Option, ToolSpec, family, pid, public_classes
 
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
@@ -366,13 +366,7 @@ class TcpConnect(EventTracer):
         return rows
 
 
-def __getattr__(name: str) -> type:
-    """Connect and ConnectCount, the classes generated from BTF (PEP 562)."""
-    if name == "Connect":
-        return CONNECT_EVENT.cls
-    if name == "ConnectCount":
-        return CONNECT_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, Connect=CONNECT_EVENT, ConnectCount=CONNECT_COUNT)
 
 
 # -- the command line ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, bad_value
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, print_program
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, print_program, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,11 +64,7 @@ class TcpConnLat(EventTracer):
                 "min_ns": int(round(self.min_ms * 1_000_000))}
 
 
-def __getattr__(name: str) -> type:
-    """ConnectLatency, the class generated from the record's BTF (PEP 562)."""
-    if name == "ConnectLatency":
-        return CONNLAT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, ConnectLatency=CONNLAT_EVENT)
 
 
 def min_latency(text: str) -> float:

@@ -31,7 +31,7 @@ from ..core.drops import DROP_REASONS, TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, EventType, Exclusive, Option, ToolSpec, family
+from ..spec import EVENTS, EventType, Exclusive, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -143,11 +143,7 @@ class TcpDrop(EventTracer):
         drop_names()        # the kernel's tables, read before the first drop arrives
 
 
-def __getattr__(name: str) -> type:
-    """TcpDropEvent, the class generated from the record's BTF (PEP 562)."""
-    if name == "TcpDropEvent":
-        return TCPDROP_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpDropEvent=TCPDROP_EVENT)
 
 
 def _netns(args: Any) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -74,12 +74,7 @@ class TcpLife(EventTracer):
                 "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """TcpSession, the class generated from the record's BTF, imported on first
-    use (PEP 562): the CLI's text output formats raw records and never needs it."""
-    if name == "TcpSession":
-        return TCPLIFE_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpSession=TCPLIFE_EVENT)
 
 
 def _wide(args: Any) -> bool:

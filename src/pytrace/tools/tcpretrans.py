@@ -32,7 +32,7 @@ from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..sinks.snapshot import Snapshot
-from ..spec import EVENTS, TABLE, EventType, Option, ToolSpec, family
+from ..spec import EVENTS, TABLE, EventType, Option, ToolSpec, family, public_classes
 
 RETRANSMIT, TLP = 1, 2
 _TP_NOTE = "-l: only probes that resend a segment"
@@ -148,13 +148,7 @@ class TcpRetrans(EventTracer):
         return {Flow(r.family, r.laddr, r.lport, r.raddr, r.rport): r for r in self.count_rows(clear)}
 
 
-def __getattr__(name: str) -> type:
-    """Retransmit and RetransmitCount, the classes generated from BTF (PEP 562)."""
-    if name == "Retransmit":
-        return RETRANSMIT_EVENT.cls
-    if name == "RetransmitCount":
-        return RETRANSMIT_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, Retransmit=RETRANSMIT_EVENT, RetransmitCount=RETRANSMIT_COUNT)
 
 
 # -- the text: BCC's lines (address:port pairs), and its count table -------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -62,12 +62,7 @@ class TcpStates(EventTracer):
                 "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """TcpStateChange, the generated class, imported on first use (PEP 562): the
-    CLI's text output formats raw records and never needs it."""
-    if name == "TcpStateChange":
-        return TCPSTATES_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpStateChange=TCPSTATES_EVENT)
 
 
 # -- -Y: the systemd journal ---------------------------------------------------------------

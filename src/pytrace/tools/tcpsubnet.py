@@ -29,7 +29,7 @@ from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
-from ..spec import TABLE, EventType, Option, ToolSpec, print_program
+from ..spec import TABLE, EventType, Option, ToolSpec, print_program, public_classes
 
 DEFAULT_SUBNETS = "127.0.0.1/32,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,0.0.0.0/0"
 MAX_SUBNETS = 32     # as in tcpsubnet.bpf.c
@@ -155,11 +155,7 @@ class TcpSubnet(Tracer):
         return out
 
 
-def __getattr__(name: str) -> type:
-    """SubnetBytes, the row class generated from BTF (PEP 562)."""
-    if name == "SubnetBytes":
-        return SUBNET_ROW.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SubnetBytes=SUBNET_ROW)
 
 
 # -- command line ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Snapshot
-from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid
+from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid, public_classes
 from ..spec.text import table
 
 SORTS = ("all", "sent", "received")
@@ -108,11 +108,7 @@ class TcpTop(Tracer):
         return out
 
 
-def __getattr__(name: str) -> type:
-    """TcpFlow, the class generated from the flow table's BTF (PEP 562)."""
-    if name == "TcpFlow":
-        return TCP_FLOW.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpFlow=TCP_FLOW)
 
 
 # -- the text: BCC's layout, an IPv4 table, then an IPv6 one, each busiest first -----------

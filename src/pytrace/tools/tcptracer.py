@@ -22,7 +22,7 @@ from ..core import convert
 from ..core.cliutil import LATENCY_NOTE, int_range
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,11 +97,7 @@ class TcpTracer(EventTracer):
         return {"filter_pid": self.pid, "filter_netns": self.netns, "target_family": self.family}
 
 
-def __getattr__(name: str) -> type:
-    """TcpEvent, the class generated from the record's BTF (PEP 562)."""
-    if name == "TcpEvent":
-        return TCPTRACER_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpEvent=TCPTRACER_EVENT)
 
 
 def _verbose(args: Any) -> bool:
