@@ -407,11 +407,18 @@ def test_documented_columns_are_printed(tool):
     if not fields:
         pytest.skip(f"{tool}'s man page documents no columns (no FIELDS section)")
     seen: set[str] = set()
-    for args in HEADER_RUNS[tool]:
-        rc, out, err, _ = run(tool, args, wait=1.2 if tool == "tcptop" else 0.4)
-        assert rc == 0, err
-        seen |= _tokens(out)
-    assert [f for f in fields if f not in seen] == [], f"{tool}: documented columns not printed"
+    outs: list[str] = []
+    # a second, slower round where the first missed a column: what prints
+    # depends on traffic reaching the tool in time (tcptop's interval)
+    for wait in (1.2 if tool == "tcptop" else 0.4, 2.5):
+        for args in HEADER_RUNS[tool]:
+            rc, out, err, _ = run(tool, args, wait=wait)
+            assert rc == 0, err
+            seen |= _tokens(out)
+            outs.append(out)
+        if all(f in seen for f in fields):
+            break
+    assert [f for f in fields if f not in seen] == [], f"{tool}: documented columns not printed in {outs}"
 
 
 # -- behaviour that spans tools (issue 20) ---------------------------------------------------------
@@ -572,6 +579,6 @@ def test_ctrl_c_gives_one_status(tool):
                 proc.communicate()
         assert "Traceback" not in err, (when, err)
         if when in ("printing", "twice"):
-            assert out.count("\n") > 1, (when, out)        # it was printing when stopped
+            assert out.count("\n") > 1, (when, out)        # its header, and what the traffic made it print
         statuses.append((when, proc.returncode))
     assert {rc for _, rc in statuses} == {0}, statuses
