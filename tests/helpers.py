@@ -101,6 +101,66 @@ def tcp_roundtrip(host: str = "127.0.0.1", port: int | None = None, send: bytes 
     return Connection(family, sport, cport, os.getpid())
 
 
+def _inet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    total = (total >> 16) + (total & 0xffff)
+    total += total >> 16
+    return ~total & 0xffff
+
+
+def socket_drop() -> tuple[int, int]:
+    """A TCP segment dropped by an established loopback socket of this process
+    (drop reason TCP_INVALID_SEQUENCE): a segment far outside its window,
+    written with a raw socket.  Returns (the receiver's port, the sender's)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.create_connection(srv.getsockname(), timeout=5)
+    acc, _ = srv.accept()
+    sport, dport = cli.getsockname()[1], srv.getsockname()[1]
+    lo = socket.inet_aton("127.0.0.1")
+    # seq half the sequence space away from anything in the window; ACK|PSH, 8 bytes
+    head = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (0x7fff0000).to_bytes(4, "big") + \
+        (1).to_bytes(4, "big") + bytes([5 << 4, 0x18]) + (65535).to_bytes(2, "big")
+    payload = b"outside!"
+    pseudo = lo + lo + bytes([0, socket.IPPROTO_TCP]) + (20 + len(payload)).to_bytes(2, "big")
+    tcp = head + _inet_checksum(pseudo + head + b"\0\0\0\0" + payload).to_bytes(2, "big") + b"\0\0" + payload
+    ip = bytes([0x45, 0]) + (20 + len(tcp)).to_bytes(2, "big") + bytes(4) + bytes([64, socket.IPPROTO_TCP]) + \
+        bytes(2) + lo + lo
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        raw.sendto(ip + tcp, ("127.0.0.1", 0))
+    finally:
+        raw.close()
+    time.sleep(0.05)
+    for s in (cli, acc, srv):
+        s.close()
+    return dport, sport
+
+
+def syn_retransmit(host: str = "127.0.0.1") -> tuple[int, int]:
+    """A loopback connect whose first SYN is dropped (the listener's accept
+    queue is full) and resent after the initial RTO (1 s): a retransmission
+    (SYN_SENT) of this process, in about 1.2 s.  Returns (listener port,
+    the resending client's port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family)
+    srv.bind((host, 0))
+    srv.listen(0)                                   # room for one waiting connection
+    port = srv.getsockname()[1]
+    first = socket.create_connection((host, port), timeout=5)
+    second = socket.socket(family)
+    second.setblocking(False)
+    second.connect_ex((host, port))                 # its SYN is dropped: the queue is full
+    time.sleep(1.2)                                 # the SYN is resent at 1 s
+    client_port = second.getsockname()[1]
+    for s in (first, second, srv):
+        s.close()
+    return port, client_port
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

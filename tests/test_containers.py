@@ -340,7 +340,7 @@ def test_cli_container_column_and_json_labels(lab):
     rows = lines[lines.index(head) + 1:]
     assert head.split()[:3] == ["CONTAINER", "PID", "COMM"]
     assert rows and {r.split()[0] for r in rows} == {NAMES["A"]}
-    assert {r.split()[-2] for r in rows} == {str(PORTS["A"])}        # DPORT, then RESULT
+    assert {r.split()[-1] for r in rows} == {str(PORTS["A"])}        # DPORT, last as in BCC
 
     js = Cli("tcpaccept", "--container", lab.a.id[:12], "--show-container", "--json")
     wait_until(lambda: js.read_until(lambda line: False, 0.2) is not None or len(js.seen) >= 3, 10)

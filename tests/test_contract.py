@@ -33,7 +33,8 @@ from datetime import datetime
 import pytest
 
 import kernelstate
-from helpers import PYTRACE, LoopbackPair, bpf_prog_ids, bpf_progs, has_bpf_link, run_cli, tcp_roundtrip, wait_until
+from helpers import (PYTRACE, LoopbackPair, bpf_prog_ids, bpf_progs, has_bpf_link, run_cli, socket_drop,
+                     syn_retransmit, tcp_roundtrip, wait_until)
 from matrix import cli_hook_or_skip, variants
 from pytrace import spec as specs
 from pytrace import tools as registry
@@ -63,9 +64,14 @@ def tcp_traffic() -> None:
 
 
 # tool -> what makes it print (default: tcp_traffic), for tools that need more
-TRAFFIC: dict[str, object] = {}
+TRAFFIC: dict[str, object] = {
+    "tcpdrop": socket_drop,             # a segment an established socket drops
+    "tcpretrans": syn_retransmit,       # a SYN resent after the listener dropped it
+}
 # tool -> arguments its contract runs add (e.g. a short interval)
-ARGS: dict[str, list[str]] = {}
+ARGS: dict[str, list[str]] = {
+    "stackcount": ["t:syscalls:sys_enter_connect"],     # the connects of tcp_traffic
+}
 
 
 def spec_variants() -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import os
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def test_the_three_functions_and_a_failure():
         [("getaddrinfo", "localhost", me, comm), ("gethostbyname", "localhost", me, comm),
          ("gethostbyname2", "localhost", me, comm), ("getaddrinfo", "localhost", me, comm)]
     assert evs[0].ret == 0 and evs[3].ret == socket.EAI_SERVICE
-    assert evs[1].ret != 0 and evs[2].ret != 0     # a struct hostent * (low half)
+    assert evs[1].ret == 0 and evs[2].ret == 0     # found (a struct hostent *, not a number to show)
     for e, span in zip(evs, spans):
         assert 0 < e.latency_ns <= span
 
@@ -111,9 +112,20 @@ def test_cli_text_and_json():
     assert lines[0].split() == ["TIME", "PID", "COMM", "LATms", "HOST"]
     cols = line.split()
     time.strptime(cols[0], "%H:%M:%S")
-    assert cols[1] == me and float(cols[3]) > 0 and cols[4] == "localhost"
+    assert cols[1] == me and re.fullmatch(r"\d+\.\d\d", cols[3]) and cols[4] == "localhost"   # BCC's %10.2f
     rec = json.loads(jline)
     assert (rec["pid"], rec["function"], rec["host"], rec["ret"]) == (int(me), "getaddrinfo", "localhost", 0)
+    assert rec["latency_ns"] > 0 and rec["latency_ms"] == round(rec["latency_ns"] / 1e6, 3)
+
+
+def test_gethostbyname_ret_says_found_or_not():
+    """Issue 20: ret of gethostbyname was a pointer's low half; now 0 found, -1 not found."""
+    with GetHostLatency(pid=os.getpid()) as t:
+        LIBC.gethostbyname(b"localhost")
+        LIBC.gethostbyname(b"no-such-host.invalid")
+        evs = lookups(t, 2)
+    assert [(e.function, e.host, e.ret) for e in evs] == [("gethostbyname", "localhost", 0),
+                                                         ("gethostbyname", "no-such-host.invalid", -1)]
 
 
 @pytest.mark.parametrize("args", [["-p", "x"], ["--libc", "/no/such/libc.so.6"], ["-p", "999999999"],

@@ -22,7 +22,7 @@ from pytrace.core.loader import Variant
 HERE = os.path.dirname(os.path.abspath(__file__))
 # what a tool's class needs to be made at all (everything else has a default)
 REQUIRED = {"count": {"tracepoints": ["syscalls:sys_enter_connect"]},
-            "stackcount": {"tracepoints": ["syscalls:sys_enter_connect"]},
+            "stackcount": {"patterns": ["t:syscalls:sys_enter_connect"]},
             "tunnelmon": {"dev": "lo"}}
 # vnet picks a hook per point (tc, xdp, or the device tracepoints); its
 # tests force each, and `pytrace list` shows the method a point gets by default
@@ -40,6 +40,9 @@ def shipped() -> dict[str, list]:
 
 
 def tracer_class(name: str):
+    declared = registry.spec(name)
+    if declared is not None:
+        return declared.tracer
     module = registry.load(name)
     for value in vars(module).values():
         if isinstance(value, type) and getattr(value, "VARIANTS", None):

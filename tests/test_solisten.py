@@ -180,7 +180,7 @@ def test_cli_json():
     s.close()
     assert rc == 0, err
     recs = cli.json_records()
-    assert [(r["pid"], r["proto"], r["port"], r["addr"], r["backlog"], r["netns"], r["ret"]) for r in recs] == [
+    assert [(r["pid"], r["proto"], r["lport"], r["laddr"], r["backlog"], r["netns"], r["ret"]) for r in recs] == [
         (ME, "TCPv4", port, "127.0.0.1", somaxconn(), HOST_NS, 0)]
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+
+import pytest
 
 from helpers import run_cli
 from ready import started
@@ -73,7 +76,8 @@ def test_cli_json_user_stacks():
     assert rc == 0, err
     recs = cli.json_records()
     assert sum(r["count"] for r in recs) == 3
-    assert all(r["pid"] == ME and "kstack" not in r and "connect" in r["ustack"][0] for r in recs)
+    assert all(r["pid"] == ME and r["kstack"] is None and "connect" in r["ustack"][0] for r in recs)
+    assert all(len(r["ustack_addrs"]) == len(r["ustack"]) for r in recs)
 
 
 def test_unknown_tracepoint_exits_2_with_near_matches():
@@ -82,3 +86,54 @@ def test_unknown_tracepoint_exits_2_with_near_matches():
     assert r.stderr.count("\n") == 1 and "net:net_dev_xmit" in r.stderr
     r = run_cli("stackcount", "-i", "-3", "net:net_dev_xmit")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+# -- BCC's flags (issue 20) --------------------------------------------------------------------
+
+def test_bcc_frames_symbols_offsets_and_raw_addresses():
+    """BCC prints a frame's symbol; -s adds its offset, -v its address first."""
+    got = {}
+    for flags in ([], ["-s"], ["-s", "-v"]):
+        cli = started("stackcount", "-K", *flags, "-p", str(ME), "t:syscalls:sys_enter_connect", links=1)
+        failed_connects(2)
+        rc, lines, err = cli.stop()
+        assert rc == 0, err
+        frames_ = [line[2:] for line in lines if line.startswith("  ") and not line.startswith("    ")]
+        assert frames_, lines
+        got[tuple(flags)] = frames_
+    plain, offsets, verbose = got[()], got[("-s",)], got[("-s", "-v")]
+    assert all("+0x" not in f for f in plain) and all(re.fullmatch(r"\S+\+0x[0-9a-f]+", f) for f in offsets)
+    assert [f.split("+0x")[0] for f in offsets] == plain
+    for f, v in zip(offsets, verbose):
+        addr, text = v.split(None, 1)
+        assert text == f and int(addr, 16) >= 0xffff800000000000
+
+
+def test_regexp_pattern_and_cpu_filter():
+    """-r: the pattern is a regular expression; -c CPU: only that CPU's hits."""
+    if os.cpu_count() < 2:
+        pytest.skip("needs two CPUs")
+    cli = started("stackcount", "-K", "-r", "-p", str(ME), "^syscalls:sys_enter_conn", links=1)
+    on0 = started("stackcount", "-K", "-c", "0", "-p", str(ME), "t:syscalls:sys_enter_connect", links=1)
+    on1 = started("stackcount", "-K", "-c", "1", "-p", str(ME), "t:syscalls:sys_enter_connect", links=1)
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        failed_connects(3)
+    finally:
+        os.sched_setaffinity(0, old)
+    results = [c.stop() for c in (cli, on0, on1)]
+    for rc, _, err in results:
+        assert rc == 0, err
+    assert results[0][1][0] == "Tracing 1 tracepoint... Hit Ctrl-C to end."
+    counts = [sum(int(line) for line in lines if line.strip().isdigit()) for _, lines, _ in results]
+    assert counts == [3, 3, 0]
+
+
+@pytest.mark.parametrize("pattern,needle", [("ip_output", "kprobes"), ("p::ip_output", "kprobes"),
+                                            ("c:malloc", "uprobes"), ("p:c:malloc", "uprobes"),
+                                            ("u:pthread:pthread_create", "USDT")])
+def test_patterns_it_cannot_attach_say_why(pattern, needle):
+    r = run_cli("stackcount", pattern)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert needle in r.stderr

@@ -1,7 +1,7 @@
 """Start-up of the event tools timed from exec to first line (tcpstates, tcplife):
 their command line imports nothing it does not need, and the event classes it
-therefore makes on first use are still public, frozen and slotted (tcpstates':
-generated from BTF at build time; tcplife's: a dataclass made on first use)."""
+therefore makes on first use are still public, frozen and slotted (both
+generated from BTF at build time)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ import pytrace
 from pytrace import tools as registry
 from pytrace.tools import tcplife, tcpstates
 assert "TcpStateChange" not in vars(tcpstates) and "TcpSession" not in vars(tcplife)
-assert "pytrace.gen.tcpstates" not in sys.modules        # nothing made the generated class yet
-# the exporter finds the fields of the events a tool makes: its SPEC's event type,
-# or (a tool not converted yet) make_event's annotation
+assert "pytrace.gen.tcpstates" not in sys.modules        # nothing made the generated classes yet
+assert "pytrace.gen.tcplife" not in sys.modules
+# the exporter finds the fields of the events a tool makes: its SPEC's event type
 assert {"laddr", "newstate"} <= registry.command("tcpstates").event_fields()
 assert {"laddr", "rx_bytes"} <= registry.command("tcplife").event_fields()
 from pytrace.tools.tcplife import TcpSession
@@ -92,14 +92,14 @@ assert ev.to_dict() == {"ts_ns": 1, "skaddr": "ff", "pid": 2, "comm": "c", "fami
                         "oldstate": "SYN_SENT", "newstate": "ESTABLISHED", "ms": 0.5}
 assert TcpStateChange.from_dict(ev.to_dict()) == ev
 
-# tcplife: not converted yet, its dataclass made on first use
-cls, module = TcpSession, tcplife
-assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen and "__slots__" in vars(cls)
-assert (cls.__module__, cls.__qualname__, cls.to_dict.__qualname__) == \\
-    (module.__name__, cls.__name__, cls.__name__ + ".to_dict")
-hints = typing.get_type_hints(cls)
-assert typing.get_type_hints(module.TcpLife.make_event)["return"] is cls
-assert hints["laddr"] == hints["raddr"] and hints["ms"] is float
+# tcplife: generated too, from struct tcplife_event
+assert not dataclasses.is_dataclass(TcpSession) and TcpSession.__module__ == "pytrace.gen.tcplife"
+assert TcpSession is tcplife.TcpSession is tcplife.TcpLife.EVENT_TYPE.cls
+assert TcpSession.FIELDS == ("ts_ns", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "tx_bytes",
+                             "rx_bytes", "ms")
+s = TcpSession(1, 2, "c", socket.AF_INET6, ipaddress.ip_address("::ffff:192.0.2.1"), 3,
+               ipaddress.ip_address("2001:db8::1"), 4, 5, 6, 1.5)
+assert s.to_dict()["laddr"] == "::ffff:192.0.2.1" and TcpSession.from_dict(s.to_dict()) == s
 """
 
 

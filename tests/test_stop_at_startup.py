@@ -113,8 +113,9 @@ def test_event_tool_prints_the_queued_events(sig):
                                                  "tp_btf", traffic, (sig,))
     assert rc == 0, err
     recs = [json.loads(line) for line in out.splitlines()]
-    assert [(r["pid"], r["laddr"], r["lport"], r["raddr"], r["rport"], r["result"]) for r in recs] == \
-        [(ME, "127.0.0.1", lport, "127.0.0.1", port, "OK")]
+    assert [(r["phase"], r["pid"], r["laddr"], r["lport"], r["raddr"], r["rport"], r["result"]) for r in recs] == \
+        [("connect", ME, "127.0.0.1", lport, "127.0.0.1", port, None),
+         ("result", ME, "127.0.0.1", lport, "127.0.0.1", port, "OK")]
 
 
 def test_a_second_ctrl_c_stops_a_start_up_that_does_not_end():

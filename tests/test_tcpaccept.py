@@ -160,8 +160,8 @@ def test_cli_json_ipv6():
     srv.close()
     assert rc == 0, err
     recs = cli.json_records()
-    assert [(r["pid"], r["ip"], r["raddr"], r["rport"], r["laddr"], r["lport"]) for r in recs] == [
-        (ME, 6, "::1", c, "::1", port)]
+    assert [(r["pid"], r["family"], r["raddr"], r["rport"], r["laddr"], r["lport"]) for r in recs] == [
+        (ME, "AF_INET6", "::1", c, "::1", port)]
 
 
 def test_ebpf_prints_the_source():

@@ -4,6 +4,7 @@ a handshake slowed by a dropped SYN, the minimum-latency filter, CLI."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import signal
@@ -136,13 +137,43 @@ def test_failed_connects_pid_and_family_filters():
     assert others == []
 
 
-def test_refused_connect_is_not_shown():
+def test_refused_connect_is_shown_with_its_latency():
+    """BCC times a connect to its first answer, a RST too (issue 20): shown, error ECONNREFUSED."""
     closed = free_port()
     with TcpConnLat() as tracer:
         s = socket.socket()
-        assert s.connect_ex(("127.0.0.1", closed)) != 0
+        t0 = time.monotonic_ns()
+        assert s.connect_ex(("127.0.0.1", closed)) == errno.ECONNREFUSED
+        t1 = time.monotonic_ns()
+        lport = s.getsockname()[1]
         s.close()
-        assert [e for e in tracer.events(duration=0.2) if e.rport == closed] == []
+        events = [e for e in tracer.events(duration=0.3) if e.rport == closed]
+    assert [(e.pid, e.comm, e.family, str(e.laddr), e.lport, str(e.raddr), e.error) for e in events] == [
+        (ME, MY_COMM, socket.AF_INET, "127.0.0.1", lport, "127.0.0.1", errno.ECONNREFUSED)]
+    assert 0 < events[0].delta_ns <= t1 - t0
+
+
+def test_cli_shows_a_refused_connect():
+    closed = free_port(socket.AF_INET6)
+    cli = Cli("tcpconnlat", "-6", "-p", str(ME))
+    s = socket.socket(socket.AF_INET6)
+    assert s.connect_ex(("::1", closed)) == errno.ECONNREFUSED
+    s.close()
+    line = cli.read_until(lambda l: f" {closed} " in l)
+    rc, _, err = cli.stop()
+    assert rc == 0, err
+    cols = line.split()
+    assert cols[:6] == [str(ME), MY_COMM[:12], "6", "::1", "::1", str(closed)] and float(cols[6]) >= 0
+
+
+def test_cli_v_prints_the_program_then_traces():
+    """BCC's -v: the program, then the usual header (libbpf's log is --libbpf-log)."""
+    cli = Cli("tcpconnlat", "-v", "-p", str(ME))
+    header = cli.read_until(lambda l: "LAT(ms)" in l)
+    rc, out, err = cli.stop()
+    assert rc == 0, err
+    assert header.split() == ["PID", "COMM", "IP", "SADDR", "DADDR", "DPORT", "LAT(ms)"]
+    assert 'SEC("tp_btf/inet_sock_set_state")' in "\n".join(out)
 
 
 @pytest.mark.parametrize("hook", variants(TcpConnLat))
@@ -188,13 +219,14 @@ def test_cli_positional_minimum_and_json():
     cli = Cli("tcpconnlat", "--json", "0.5", "-p", str(ME))
     timed_connect("127.0.0.1", fast.getsockname()[1])
     with slow_connect() as (port, lport, t0, t1):
-        assert cli.read_until(lambda l: '"lat_ms"' in l)
+        assert cli.read_until(lambda l: '"ms"' in l)
     rc, _, err = cli.stop()
     fast.close()
     assert rc == 0, err
     recs = cli.json_records()
-    assert [(r["pid"], r["ip"], r["lport"], r["rport"]) for r in recs] == [(ME, 4, lport, port)]
-    assert 900 <= recs[0]["lat_ms"] <= (t1 - t0) / 1e6
+    assert [(r["pid"], r["family"], r["lport"], r["rport"], r["error"]) for r in recs] == [
+        (ME, "AF_INET", lport, port, 0)]
+    assert 900 <= recs[0]["ms"] <= (t1 - t0) / 1e6
 
 
 def test_ebpf_prints_the_source():

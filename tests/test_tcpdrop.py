@@ -57,7 +57,7 @@ def functions(stack) -> list[str]:
 def test_syn_to_closed_port_is_no_socket(family, hook):
     with TwoHosts("drop") as net:
         ino = inode(net.ns_b)
-        with opened(TcpDrop, hook, netns=ino) as tracer:
+        with opened(TcpDrop, hook, netns=ino, no_socket=True) as tracer:
             assert tracer.variant.hook == hook
             cport, port = refused_syn(net, family)
             evs = events_until(tracer, 1)
@@ -88,7 +88,7 @@ def test_dropped_ack_then_old_data_with_socket_state(family):
         cli.connect((b, port))
         acc, _ = srv.accept()
         cport = cli.getsockname()[1]
-        with TcpDrop(netns=inode(net.ns_a)) as in_a, TcpDrop(netns=inode(net.ns_b)) as in_b, \
+        with TcpDrop(netns=inode(net.ns_a), no_socket=True) as in_a, TcpDrop(netns=inode(net.ns_b)) as in_b, \
                 Dropper(cport, count=1, data_only=False, dev=net.dev_a, ns=net.ns_a) as drop:
             cli.send(b"o" * 500)
             assert len(acc.recv(1000)) == 500
@@ -106,8 +106,8 @@ def test_dropped_ack_then_old_data_with_socket_state(family):
 
 def test_family_and_netns_filters():
     with TwoHosts("filt") as net:
-        with TcpDrop(family=socket.AF_INET6, netns=inode(net.ns_b)) as v6, \
-                TcpDrop(netns=inode(net.ns_a)) as other_ns:
+        with TcpDrop(family=socket.AF_INET6, netns=inode(net.ns_b), no_socket=True) as v6, \
+                TcpDrop(netns=inode(net.ns_a), no_socket=True) as other_ns:
             refused_syn(net, socket.AF_INET)
             c6, p6 = refused_syn(net, socket.AF_INET6)
             got6 = events_until(v6, 1)
@@ -116,9 +116,37 @@ def test_family_and_netns_filters():
     assert got_a == []
 
 
+def test_no_socket_drops_only_with_the_flag():
+    """Issue 20: BCC shows no drop without a socket (a SYN to a closed port is
+    NO_SOCKET); a socket's drop (TCP_OLD_DATA) is shown either way."""
+    with TwoHosts("nosk") as net:
+        a, b = net.addrs(socket.AF_INET)
+        port = random.randint(20000, 60000)
+        srv = net.socket_b(socket.AF_INET)
+        srv.bind((b, port))
+        srv.listen(1)
+        cli = net.socket_a(socket.AF_INET)
+        cli.connect((b, port))
+        acc, _ = srv.accept()
+        cport = cli.getsockname()[1]
+        with TcpDrop(netns=inode(net.ns_b)) as default, TcpDrop(netns=inode(net.ns_b), no_socket=True) as every, \
+                Dropper(cport, count=1, data_only=False, dev=net.dev_a, ns=net.ns_a) as drop:
+            rcport, rport = refused_syn(net, socket.AF_INET)
+            cli.send(b"o" * 500)
+            assert len(acc.recv(1000)) == 500
+            got_every = events_until(every, 2)
+            got_default = events_until(default, 1)
+            assert drop.dropped == 1
+        for s in (cli, acc, srv):
+            s.close()
+    assert [(e.sport, e.dport, e.reason) for e in got_default] == [(cport, port, "TCP_OLD_DATA")]
+    assert sorted((e.sport, e.dport, e.reason) for e in got_every) == sorted(
+        [(rcport, rport, "NO_SOCKET"), (cport, port, "TCP_OLD_DATA")])
+
+
 def test_cli_lines_and_stack():
     with TwoHosts("cli") as net:
-        cli = Cli("tcpdrop", "--netns-id", str(inode(net.ns_b)))
+        cli = Cli("tcpdrop", "--no-socket", "--netns-id", str(inode(net.ns_b)))
         assert cli.read_until(lambda l: l.startswith("TIME")).split() == \
             ["TIME", "PID", "IP", "SADDR:SPORT", ">", "DADDR:DPORT", "STATE", "(FLAGS)", "REASON"]
         cport, port = refused_syn(net, socket.AF_INET)
@@ -146,7 +174,7 @@ def test_cli_json_and_pid_netns():
         try:
             assert wait_until(lambda: os.path.exists(f"/proc/{holder.pid}/ns/net") and
                               os.stat(f"/proc/{holder.pid}/ns/net").st_ino == ino, 5)
-            cli = Cli("tcpdrop", "--json", "-6", "--pid-netns", str(holder.pid))
+            cli = Cli("tcpdrop", "--json", "-6", "--no-socket", "--pid-netns", str(holder.pid))
             cport, port = refused_syn(net, socket.AF_INET6)
             line = cli.read_until(lambda l: f'"dport":{port}' in l)
             rc, lines, err = cli.stop()
@@ -155,8 +183,8 @@ def test_cli_json_and_pid_netns():
             holder.wait()
     assert rc == 0, err
     rec = json.loads(line)
-    assert {k: rec[k] for k in ("ip", "sport", "state", "flags", "reason", "netns")} == \
-        {"ip": 6, "sport": cport, "state": None, "flags": "SYN", "reason": "NO_SOCKET", "netns": ino}
+    assert {k: rec[k] for k in ("family", "sport", "state", "flags", "reason", "netns")} == \
+        {"family": "AF_INET6", "sport": cport, "state": None, "flags": "SYN", "reason": "NO_SOCKET", "netns": ino}
     assert "tcp_v6_rcv" in functions(rec["stack"])
     assert len(json_lines := [l for l in lines if l.startswith("{")]) == 1, json_lines
 
@@ -166,7 +194,7 @@ def test_record_replays_the_live_output(tmp_path):
     loads too (TcpDrop.prepare_replay): the live lines again, byte for byte."""
     rec = tmp_path / "tcpdrop.db"
     with TwoHosts("rec") as net:
-        cli = Cli("tcpdrop", "--netns-id", str(inode(net.ns_b)), "--record", str(rec))
+        cli = Cli("tcpdrop", "--no-socket", "--netns-id", str(inode(net.ns_b)), "--record", str(rec))
         cport, port = refused_syn(net, socket.AF_INET)
         a, b = net.addrs(socket.AF_INET)
         assert cli.read_until(lambda l: f"{b}:{port}" in l)
@@ -179,8 +207,8 @@ def test_record_replays_the_live_output(tmp_path):
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout == live
     (rec_json,) = [json.loads(l) for l in run_cli("replay", str(rec), "--json").stdout.splitlines()]
-    assert {k: rec_json[k] for k in ("ip", "saddr", "sport", "daddr", "dport", "state", "flags", "reason")} == \
-        {"ip": 4, "saddr": a, "sport": cport, "daddr": b, "dport": port, "state": None, "flags": "SYN",
+    assert {k: rec_json[k] for k in ("family", "saddr", "sport", "daddr", "dport", "state", "flags", "reason")} == \
+        {"family": "AF_INET", "saddr": a, "sport": cport, "daddr": b, "dport": port, "state": None, "flags": "SYN",
          "reason": "NO_SOCKET"}
     assert [f"\t{f}" for f in rec_json["stack"]] == lines[2:-1]
 

@@ -290,7 +290,8 @@ def test_cli_json_has_exact_bytes():
     rc, _, err = cli.stop()
     assert rc == 0, err
     rec = json.loads(line)
-    assert (rec["pid"], rec["ip"], rec["laddr"], rec["rport"]) == (os.getpid(), 4, "127.0.0.1", s.client_port)
+    assert (rec["pid"], rec["family"], rec["laddr"], rec["rport"]) == (os.getpid(), "AF_INET", "127.0.0.1",
+                                                                      s.client_port)
     assert (rec["tx_bytes"], rec["rx_bytes"]) == (700, 3000)
 
 

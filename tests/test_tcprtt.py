@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import time
 
 import pytest
@@ -83,6 +84,62 @@ def test_per_remote_address_histograms_and_clear():
     assert sum(h.count for a, h in after.items() if a in ours) < 5
 
 
+def test_both_b_and_B_a_histogram_per_address_pair():
+    """Issue 20: -b and -B could not be combined; together they key by (laddr, raddr)."""
+    pp4, pp6 = LoopbackPair("127.0.0.1", nodelay=True), LoopbackPair("::1", nodelay=True)
+    try:
+        with TcpRtt(by_laddr=True, by_raddr=True, lport=pp4.port) as r4, \
+                TcpRtt(by_laddr=True, by_raddr=True, lport=pp6.port) as r6:
+            pp4.exchange(20)
+            pp6.exchange(20)
+            h4, h6 = r4.histograms(), r6.histograms()
+    finally:
+        pp4.close()
+        pp6.close()
+    v4, v6 = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")
+    assert list(h4) == [(v4, v4)] and list(h6) == [(v6, v6)]
+    assert h4[(v4, v4)].count >= 20 and h6[(v6, v6)].count >= 20
+
+
+def test_family_filters():
+    pp4, pp6 = LoopbackPair("127.0.0.1", nodelay=True), LoopbackPair("::1", nodelay=True)
+    try:
+        with TcpRtt(family=socket.AF_INET6, by_raddr=True) as only6, \
+                TcpRtt(family=socket.AF_INET, by_raddr=True) as only4:
+            pp4.exchange(20)
+            pp6.exchange(20)
+            h6, h4 = only6.histograms(), only4.histograms()
+    finally:
+        pp4.close()
+        pp6.close()
+    assert {a.version for a in h6} == {6} and ipaddress.ip_address("::1") in h6
+    assert {a.version for a in h4} == {4} and ipaddress.ip_address("127.0.0.1") in h4
+
+
+def test_cli_man_page_example_with_long_names():
+    """The man page's own `tcprtt -i 3 --lport 80 --byraddr` exited 2 (issue 20); here
+    with the test's port, and -b -B together, printed per pair."""
+    pp = LoopbackPair(nodelay=True)
+    try:
+        import threading
+        t = threading.Timer(0.8, pp.exchange, args=(50,))
+        t.start()
+        r = run_cli("tcprtt", "-i", "3", "-c", "1", "--lport", str(pp.port), "--byraddr")
+        t.join()
+        t = threading.Timer(0.8, pp.exchange, args=(50,))
+        t.start()
+        both = run_cli("tcprtt", "-d", "2", "--lport", str(pp.port), "--byladdr", "--byraddr", "--milliseconds")
+        t.join()
+        debug = run_cli("tcprtt", "-D", "-d", "1", "-4")
+    finally:
+        pp.close()
+    assert r.returncode == 0 and both.returncode == 0 and debug.returncode == 0, r.stderr + both.stderr
+    assert r.stdout.splitlines()[1] == "Remote Address = 127.0.0.1"
+    lines = both.stdout.splitlines()
+    assert lines[1] == "Local Address = 127.0.0.1, Remote Address = 127.0.0.1" and "msecs" in lines[2]
+    assert 'SEC("tp_btf/tcp_probe")' in debug.stdout and "Tracing TCP RTT" in debug.stdout
+
+
 def test_laddr_filter_v6_only():
     pp4, pp6 = LoopbackPair("127.0.0.1", nodelay=True), LoopbackPair("::1", nodelay=True)
     try:
@@ -133,7 +190,7 @@ def test_cli_histogram_and_json():
     assert sum(b["count"] for b in rec["buckets"]) == rec["count"]
 
 
-@pytest.mark.parametrize("args", [["-i", "-1"], ["-p", "x"], ["-a", "not-an-ip"], ["-b", "-B"], ["--nope"]])
+@pytest.mark.parametrize("args", [["-i", "-1"], ["-p", "x"], ["-a", "not-an-ip"], ["-4", "-6"], ["--nope"]])
 def test_bad_input(args):
     r = run_cli("tcprtt", *args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -5,8 +5,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -208,7 +211,7 @@ def test_cli_wide_ipv6():
     tcp_roundtrip("::1", port)
     line = cli.read_until(lambda l: "LISTEN" in l)
     cli.stop()
-    assert line.split()[3] == "::1"
+    assert line.split()[3:5] == ["6", "::1"]         # -w has BCC's IP column
 
 
 def test_ebpf_prints_the_source():
@@ -322,14 +325,157 @@ def test_ipv4_mapped_addresses_read_the_same_in_text_and_json():
         time.sleep(0.1)
         batch = tracer.drain()
         source = _Recorded(tracer)
-    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=True, ipv6=False)
+    args = SimpleNamespace(json=False, timestamp=False, time=False, wide=True, ipv6=False, csv=False, journal=False)
     out = captured_output()
     out.write(SPEC.event_renderer(source, args, out)(batch))
     rows = [line.split() for line in printed_lines(out)[1:]]
     records = [json.loads(line) for line in SPEC.event_renderer(source, SimpleNamespace(json=True), out)(batch)
                .splitlines()]
     assert len(rows) == len(records) == len(batch) > 0
-    assert [(r[3], r[5]) for r in rows] == [(j["laddr"], j["raddr"]) for j in records]
+    assert [(r[4], r[6]) for r in rows] == [(j["laddr"], j["raddr"]) for j in records]
     mapped = [j for j in records if j["rport"]]
     assert mapped and all(j["laddr"] == j["raddr"] == "::ffff:127.0.0.1" and j["family"] == "AF_INET6"
                           for j in mapped)
+
+
+# -- BCC's flags and columns (issue 20) --------------------------------------------------
+
+LONG_COMM_CHILD = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"pytrace-longcom", 0, 0, 0)      # PR_SET_NAME: a 15-character comm
+port = int(sys.argv[1])
+c = socket.create_connection(("127.0.0.1", port))
+print(c.getsockname()[1], flush=True)
+c.close()
+"""
+
+
+def _long_comm_connect(port: int) -> int:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1)
+    child = subprocess.run([sys.executable, "-c", LONG_COMM_CHILD, str(port)], capture_output=True, text=True,
+                           check=True, timeout=10)
+    acc, _ = srv.accept()
+    acc.close()
+    srv.close()
+    return int(child.stdout)
+
+
+def test_cli_time_timestamp_comm_width_and_wide_ip_as_bcc():
+    """-T is HH:MM:SS and -t seconds since the first event (they were swapped, and -t
+    counted from the start); C-COMM is cut to 10 characters (16 with -w, with IP)."""
+    port = free_port()
+    cli = Cli("tcpstates", "-T", "-t", "-D", str(port))
+    wide = Cli("tcpstates", "-w", "-D", str(port))
+    time.sleep(0.3)                     # a first event later than the start
+    lport = _long_comm_connect(port)
+    line = cli.read_until(lambda l: "SYN_SENT" in l and "ESTABLISHED" in l)
+    wline = wide.read_until(lambda l: "SYN_SENT" in l and "ESTABLISHED" in l)
+    rc, lines, err = cli.stop()
+    rcw, wlines, errw = wide.stop()
+    assert rc == 0 and rcw == 0, err + errw
+    assert lines[0].split() == ["TIME", "TIME(s)", "SKADDR", "C-PID", "C-COMM", "LADDR", "LPORT", "RADDR", "RPORT",
+                                "OLDSTATE", "->", "NEWSTATE", "MS"]
+    first = lines[1].split()
+    time.strptime(first[0], "%H:%M:%S")
+    assert first[1] == "0.000000"
+    cols = line.split()
+    assert cols[4:9] == ["pytrace-lo", "127.0.0.1", str(lport), "127.0.0.1", str(port)]
+    assert wlines[0].split() == ["SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT",
+                                 "OLDSTATE", "->", "NEWSTATE", "MS"]
+    assert wline.split()[2:5] == ["pytrace-longcom", "4", "127.0.0.1"]
+
+
+def test_cli_csv_with_times_and_timestamps():
+    """-stT (BCC's example): comma separated, TIME and TIME(s) first, IP, COMM uncut."""
+    port = free_port()
+    cli = Cli("tcpstates", "-stT", "-D", str(port))
+    lport = _long_comm_connect(port)
+    line = cli.read_until(lambda l: ",SYN_SENT,ESTABLISHED," in l)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines[0] == "TIME,TIME(s),SKADDR,C-PID,C-COMM,IP,LADDR,LPORT,RADDR,RPORT,OLDSTATE,NEWSTATE,MS"
+    assert lines[1].split(",")[1] == "0.000000"
+    cols = line.split(",")
+    time.strptime(cols[0], "%H:%M:%S")
+    int(cols[2], 16)
+    assert cols[4:10] == ["pytrace-longcom", "4", "127.0.0.1", str(lport), "127.0.0.1", str(port)]
+    assert re.fullmatch(r"\d+\.\d{3}", cols[12])
+
+
+def _journal_fields(datagram: bytes) -> dict[str, str]:
+    """journald's native protocol, parsed back (NAME=value lines; NAME, length, value)."""
+    out, i = {}, 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            name, value = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            n = int.from_bytes(datagram[nl + 1:nl + 9], "little")
+            name, value = line, datagram[nl + 9:nl + 9 + n]
+            i = nl + 9 + n + 1
+        out[name.decode()] = value.decode()
+    return out
+
+
+def test_journal_entries_in_journalds_native_protocol(tmp_path):
+    """-Y: each change is sent to the journal's socket as BCC's fields; journald
+    does not run on every host, so a socket of the test's stands in for it
+    (PYTRACE_JOURNAL_SOCKET) and reads exactly what journald would get."""
+    path = str(tmp_path / "journal.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(5)
+    port = free_port()
+    cli = Cli("tcpstates", "-Y", "-D", str(port), env={"PYTRACE_JOURNAL_SOCKET": path})
+    conn = tcp_roundtrip("127.0.0.1", port)
+    assert cli.read_until(lambda l: "SYN_SENT" in l and "ESTABLISHED" in l)
+    time.sleep(0.3)
+    rc, lines, err = cli.stop()
+    entries = []
+    sink.settimeout(0.5)
+    try:
+        while True:
+            entries.append(_journal_fields(sink.recv(65536)))
+    except TimeoutError:
+        pass
+    sink.close()
+    assert rc == 0, err
+    changes = [l for l in lines[1:] if "->" in l]
+    assert len(entries) == len(changes) > 0                  # printed and logged alike
+    e = next(e for e in entries if e["OBJECT_TCP_OLD_STATE"] == "SYN_SENT")
+    assert {k: v for k, v in e.items() if k != "OBJECT_TCP_SPAN_TIME"} == {
+        "SYSLOG_IDENTIFIER": "tcpstates", "PRIORITY": "5", "OBJECT_PID": str(os.getpid()),
+        "OBJECT_IPV4_SOURCE_ADDRESS": "127.0.0.1", "OBJECT_TCP_SOURCE_PORT": str(conn.client_port),
+        "OBJECT_IPV4_DESTINATION_ADDRESS": "127.0.0.1", "OBJECT_TCP_DESTINATION_PORT": str(port),
+        "OBJECT_TCP_OLD_STATE": "SYN_SENT", "OBJECT_TCP_NEW_STATE": "ESTABLISHED",
+        "MESSAGE": f"{open('/proc/self/comm').read().strip()} 127.0.0.1 {conn.client_port} \u2192 127.0.0.1 "
+                   f"{port} SYN_SENT \u2192 ESTABLISHED"}
+    assert int(e["OBJECT_TCP_SPAN_TIME"]) >= 0
+
+
+def test_journal_for_real_when_journald_runs():
+    """-Y into the host's journald, read back with journalctl."""
+    if not os.path.exists("/run/systemd/journal/socket"):
+        pytest.skip("systemd-journald does not run here (no /run/systemd/journal/socket: PID 1 is "
+                    f"{open('/proc/1/comm').read().strip()}): the native-protocol test covers -Y")
+    port = free_port()
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    cli = Cli("tcpstates", "-Y", "-D", str(port))
+    conn = tcp_roundtrip("127.0.0.1", port)
+    assert cli.read_until(lambda l: "SYN_SENT" in l and "ESTABLISHED" in l)
+    rc, _, err = cli.stop()
+    assert rc == 0, err
+    out = subprocess.run(["journalctl", "-t", "tcpstates", "--since", since, "-o", "json"], capture_output=True,
+                         text=True, check=True).stdout
+    mine = [json.loads(l) for l in out.splitlines() if f'"OBJECT_TCP_SOURCE_PORT":"{conn.client_port}"' in l]
+    assert {(m["OBJECT_TCP_OLD_STATE"], m["OBJECT_TCP_NEW_STATE"]) for m in mine} >= {("SYN_SENT", "ESTABLISHED")}
+
+
+def test_journal_missing_is_one_line_and_status_1(tmp_path):
+    r = run_cli("tcpstates", "-Y", env={"PYTRACE_JOURNAL_SOCKET": str(tmp_path / "none")})
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "-Y" in r.stderr, r.stderr

@@ -190,10 +190,11 @@ def test_cli_json_and_text_units(hosts):
     try:
         j = Cli("tcpsubnet", "-J", "-N", cli, SUBNETS)
         b = Cli("tcpsubnet", "-f", "b", "-i", "30", "--netns", f"/run/netns/{cli}", SUBNETS)
-        k = Cli("tcpsubnet", "--json", "-f", "K", "-N", str(netns_inode(cli)), SUBNETS)
+        k = Cli("tcpsubnet", "-J", "-f", "K", "-N", str(netns_inode(cli)), SUBNETS)
+        js = Cli("tcpsubnet", "--json", "-N", str(netns_inode(cli)), SUBNETS)
         expected = workload(cli, srv)
         time.sleep(0.1)
-        results = [x.stop() for x in (j, b, k)]
+        results = [x.stop() for x in (j, b, k, js)]
     finally:
         srv.close()
     for rc, _, err in results:
@@ -218,6 +219,24 @@ def test_cli_json_and_text_units(hosts):
         for subnet, v in json.loads(line)["entries"].items():
             ktot[subnet] = ktot.get(subnet, 0) + v
     assert ktot == pytest.approx({s: n / 1024 for s, n in expected.items()})
+    # --json: pytrace's convention, an object per subnet and interval, the library's names
+    per_row: dict[str, int] = {}
+    for line in results[3][1]:
+        rec = json.loads(line)
+        assert list(rec) == ["time", "ts_ns", "index", "subnet", "bytes"]
+        assert SUBNETS.split(",")[rec["index"]] == rec["subnet"]
+        per_row[rec["subnet"]] = per_row.get(rec["subnet"], 0) + rec["bytes"]
+    assert per_row == expected
+
+
+def test_v_prints_the_subnets_and_the_program_then_traces():
+    """BCC's -v: the subnet evaluation and the BPF program (logged, on stderr)."""
+    c = Cli("tcpsubnet", "-v", "192.0.2.0/24,2001:db8::/32")
+    assert c.read_until(lambda line: line.startswith("Tracing..."))
+    rc, _, err = c.stop()
+    assert rc == 0, err
+    assert "subnet 0: 192.0.2.0/24 -> 192.0.2.0/24\nsubnet 1: 2001:db8::/32 -> 2001:db8::/32\n" in err
+    assert 'SEC("kprobe/tcp_sendmsg")' in err
 
 
 def test_kprobe_variant_passes_the_verifier():

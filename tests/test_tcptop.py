@@ -16,7 +16,7 @@ from datetime import datetime
 
 import pytest
 
-from helpers import PYTRACE, Cli, bpf_prog_ids, released, run_cli
+from helpers import PY_COMM, PYTRACE, Cli, bpf_prog_ids, released, run_cli
 from ready import n_programs, started
 from matrix import opened, variants
 from pytrace.core.bpfobject import BpfObject
@@ -181,6 +181,72 @@ def test_cli_sort_and_rows(sort, side):
     # the client sent most, the server received most: with one row, only that one
     assert len(rows) == 1
     assert rows[0][2] == f"127.0.0.1:{c if side == 'client' else s}"
+    assert "(1 more connection not shown: -r 1)" in lines      # and it says a row was cut
+
+
+def test_cli_prints_every_row_by_default():
+    """Issue 20: at most 20 rows were printed, silently; BCC prints every session."""
+    cli = started("tcptop", "-p", str(ME), "-S", "30", links=n_programs(TcpTop, "tp_btf"))
+    ports = [exchange("127.0.0.1", 1000 + i, 500) for i in range(12)]        # 24 flows
+    time.sleep(0.05)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    rows = {tuple(line.split()[2:4]) for line in lines if line.startswith(str(ME))}
+    assert rows == {(f"127.0.0.1:{a}", f"127.0.0.1:{b}") for c, s in ports for a, b in ((c, s), (s, c))}
+    assert not any("not shown" in line for line in lines)
+
+
+CG_CHILD = """
+import socket, sys
+sys.stdin.readline()                         # moved into the cgroup by now
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+c.sendall(b"x" * 3333); got = 0
+while got < 3333:
+    got += len(a.recv(65536))
+print(c.getsockname()[1], srv.getsockname()[1], flush=True)
+for s in (c, a, srv):
+    s.close()
+"""
+
+
+def test_cli_cgroup_path_filters_in_the_kernel():
+    """Issue 20: `tcptop -c PATH` failed to parse; it is libbpf-tools' cgroup filter: only
+    tasks in that cgroup v2 directory (and below), here a child moved into one of the test's.  It is
+    filter.h's --cgroup, spelled as libbpf-tools spell it."""
+    from pytrace.core.containers import cgroup2_mount
+    from pytrace.core.errors import PytraceError
+    try:
+        mount = cgroup2_mount()
+    except PytraceError:
+        pytest.skip("no cgroup v2 hierarchy is mounted here")
+    cg = os.path.join(mount, f"pytrace-tcptop-{ME}")
+    os.mkdir(cg)
+    child = subprocess.Popen([sys.executable, "-c", CG_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        with open(os.path.join(cg, "cgroup.procs"), "w") as fh:
+            fh.write(str(child.pid))
+        cli = started("tcptop", "-S", "-c", cg, "30", links=n_programs(TcpTop, "tp_btf"))
+        exchange("127.0.0.1", 2222, 1111)                 # this process: not in the cgroup
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        cport, sport = map(int, child.stdout.readline().split())
+        child.wait(10)
+        time.sleep(0.05)
+        rc, lines, err = cli.stop()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.rmdir(cg)
+    assert rc == 0, err
+    rows = {tuple(line.split()) for line in lines if line.split()[:1] == [str(child.pid)]}
+    assert rows == {(str(child.pid), PY_COMM[:12], f"127.0.0.1:{cport}", f"127.0.0.1:{sport}", "0", "3"),
+                    (str(child.pid), PY_COMM[:12], f"127.0.0.1:{sport}", f"127.0.0.1:{cport}", "3", "0")}
+    assert not [line for line in lines if line.split()[:1] == [str(ME)]]      # ours filtered out in the kernel
+    bad = run_cli("tcptop", "-c", "/proc")
+    assert bad.returncode == 2 and "cgroup v2" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_cli_json_exact_bytes():

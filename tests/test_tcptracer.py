@@ -23,7 +23,8 @@ ME = os.getpid()
 MY_COMM = open("/proc/self/comm").read().strip()
 
 # accept one connection; print port, then the peer's port; then either close
-# when told ("close") or block in recv() until the peer resets it ("recv")
+# when told ("close") or block in recv() until the peer resets it ("recv"),
+# and then, "recvclose", close it only when told
 SERVER = """
 import socket, sys
 host, mode = sys.argv[1], sys.argv[2]
@@ -41,6 +42,10 @@ else:
         conn.recv(10)
     except ConnectionResetError:
         pass
+    if mode == "recvclose":                 # reset; close only when told
+        print("reset", flush=True)
+        sys.stdin.readline()
+        conn.close()
 print("done", flush=True)
 """
 
@@ -112,7 +117,8 @@ def test_reset_handled_in_softirq_names_the_owner():
                           ("A", child, PY_COMM, srv.port, cport), ("X", child, PY_COMM, srv.port, cport)])
 
 
-def test_reset_of_a_connection_made_before_the_tracer_has_pid_0():
+def test_reset_of_a_connection_made_before_the_tracer_names_its_closer():
+    """The reset side's X comes at its close (the child's exit here), in the child, as BCC's tcp_close()."""
     srv = Server("127.0.0.1", mode="recv")
     c = srv.connect()
     cport = c.getsockname()[1]
@@ -121,7 +127,26 @@ def test_reset_of_a_connection_made_before_the_tracer_has_pid_0():
         c.close()
         srv.wait()
         got = rows(tracer.events(duration=0.3), srv.port)
-    assert got == [("X", 0, "", srv.port, cport), ("X", ME, MY_COMM, cport, srv.port)]
+    assert got == sorted([("X", srv.proc.pid, PY_COMM, srv.port, cport), ("X", ME, MY_COMM, cport, srv.port)])
+
+
+def test_reset_by_the_peer_is_an_x_at_close_time():
+    """Issue 20: BCC reports X for a connection reset by the peer when its process
+    closes it (tcp_close), not when the RST arrives."""
+    srv = Server("127.0.0.1", mode="recvclose")
+    with TcpTracer(pid=srv.proc.pid) as tracer:
+        c = srv.connect()
+        cport = c.getsockname()[1]
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()                                           # RST: the child's recv() sees the reset
+        assert srv.proc.stdout.readline().strip() == "reset"
+        before = rows(tracer.events(duration=0.5), srv.port)
+        srv.close()                                         # now the child closes its socket
+        srv.wait()
+        after = rows(tracer.events(duration=0.3), srv.port)
+    child = srv.proc.pid
+    assert before == [("A", child, PY_COMM, srv.port, cport)]
+    assert after == [("X", child, PY_COMM, srv.port, cport)]
 
 
 def test_pid_filter_keeps_only_that_process():
@@ -231,7 +256,7 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nothing_left_loaded_after_exit(sig):
     held = released_on(sig, "tcptracer")
-    assert len(held) == 3       # state change, accept4, accept
+    assert len(held) == 4       # state change, socket destroyed, accept4, accept
 
 
 def test_record_replays_the_live_output(tmp_path):

@@ -50,6 +50,7 @@ const volatile bool per_process = false;
 const volatile bool kernel_stacks = false;
 const volatile bool user_stacks = false;
 const volatile __u32 kstack_skip = 0;
+const volatile __s32 targ_cpu = -1;		/* stackcount -c: only this CPU; -1 all */
 
 struct count_key {
 	__u32 probe;
@@ -73,6 +74,26 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
 } stacks SEC(".maps");
+
+/*
+ * One row of stackcount's output, as its library and --json have it: what
+ * user space makes of a counts entry once its stacks are read (frames and
+ * addresses, innermost first, 0 ending a stack).  Not used here: declared
+ * for its BTF, from which the row type is generated (tools/stackcount.py).
+ */
+struct stackcount_row {
+	__u64 count;
+	__s32 pid;		/* -P, -U: the process; -1 when not counted per process */
+	__s32 kstack_error;	/* 0; an errno when the stack was not kept; -1 not collected */
+	__s32 ustack_error;
+	__u32 pad;
+	char comm[TASK_COMM_LEN];
+	char tracepoint[64];
+	__u64 kstack[MAX_STACK_DEPTH];
+	__u64 ustack[MAX_STACK_DEPTH];
+};
+
+struct stackcount_row _stackcount_row = {};
 
 /* Hits that found the counts table full: reported, never lost silently. */
 __u64 dropped = 0;
@@ -157,6 +178,8 @@ static __always_inline int count_hit(void *ctx, __u32 probe)
 	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
 		return 0;
 	if (!pt_task_wanted())		/* the current task's (filter.h) */
+		return 0;
+	if (targ_cpu >= 0 && bpf_get_smp_processor_id() != (__u32)targ_cpu)
 		return 0;
 
 #pragma unroll

@@ -23,7 +23,7 @@ struct gethostlatency_event {
 	__u32 pad;
 	__u32 pid;
 	__u32 tid;
-	__s32 ret;		/* the return value (getaddrinfo: 0 or EAI_*; the others: a pointer's low half) */
+	__s32 ret;		/* getaddrinfo: its result (0 or EAI_*); the others: 0 found, -1 not (NULL) */
 	__u32 func;		/* which function: 0 getaddrinfo, 1 gethostbyname, 2 gethostbyname2 */
 	char comm[TASK_COMM_LEN];
 	char host[HOST_LEN];
@@ -96,7 +96,8 @@ int BPF_KRETPROBE(gethostlatency_return, long ret)
 		e->cgroup_id = pt_task_cgroup_label();
 		e->netns = pt_task_netns_label();
 		e->pad = 0;
-		e->ret = (__s32)ret;
+		/* a struct hostent * is no number to show: found or not */
+		e->ret = l->func == 0 ? (__s32)ret : (ret ? 0 : -1);
 		e->func = l->func;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		__builtin_memcpy(e->host, l->host, sizeof(e->host));

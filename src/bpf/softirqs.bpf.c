@@ -7,7 +7,9 @@
  * (what libbpf-tools uses; no tracefs needed), raw_tp, or classic tracepoint
  * (what BCC uses).  A softirq run never migrates and runs of one CPU never
  * overlap, so one start timestamp per CPU is enough, and the per-CPU stats
- * need no atomics.  User space sums the CPUs.
+ * need no atomics.  User space sums the CPUs.  -c CPU: runs on other CPUs
+ * are never timed (their start is not taken).  -C (events) needs nothing
+ * more: the counts are kept anyway.
  */
 #include "pytrace.h"
 
@@ -22,6 +24,7 @@ struct softirq_stat {
 
 const volatile bool targ_dist = false;	/* -d */
 const volatile bool targ_ns = false;	/* -N: histogram unit */
+const volatile __s32 targ_cpu = -1;	/* -c: only this CPU; -1 all */
 
 /* Start of the softirq running on this CPU; 0 when none was seen starting. */
 struct {
@@ -41,7 +44,11 @@ struct {
 static __always_inline int on_entry(void)
 {
 	__u32 zero = 0;
-	__u64 *ts = bpf_map_lookup_elem(&start, &zero);
+	__u64 *ts;
+
+	if (targ_cpu >= 0 && bpf_get_smp_processor_id() != (__u32)targ_cpu)
+		return 0;
+	ts = bpf_map_lookup_elem(&start, &zero);
 
 	if (ts)
 		*ts = bpf_ktime_get_ns();

@@ -14,19 +14,26 @@
  *              inet_sock_set_state.
  *  tracepoint  the same through the classic tracepoint.
  *
- * libbpf-tools and BCC end at tcp_rcv_state_process() in SYN_SENT, which
- * also fires for a RST; ending at ESTABLISHED times only completed
- * handshakes, whichever variant loads.  Failed connects are dropped.
+ * libbpf-tools and BCC end at tcp_rcv_state_process() in SYN_SENT: the
+ * first packet that answers the SYN, a SYN-ACK or a RST.  Here the same two
+ * answers end the clock, whichever variant loads: SYN_SENT -> ESTABLISHED,
+ * and SYN_SENT -> CLOSE with sk_err ECONNREFUSED (tcp_reset() sets it before
+ * tcp_done()), reported with error = ECONNREFUSED.  Connects that end
+ * otherwise (a timeout, an ICMP error, the program giving up) had no answer
+ * to time and are not reported.
  */
 #include "events.h"
 #include "conntrack.h"
 
+#define ECONNREFUSED 111
+
 struct tcpconnlat_event {
-	__u64 ts_ns;		/* handshake complete */
+	__u64 ts_ns;		/* the answer: handshake complete, or refused */
 	__u64 delta_ns;		/* since connect() */
 	__u64 cgroup_id;	/* the connecting task's (filter.h labels) */
 	__u32 pid;
 	__u32 netns;		/* the connecting task's (filter.h labels) */
+	__s32 error;		/* 0, or ECONNREFUSED: the answer was a RST */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -61,6 +68,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	struct tcpconnlat_event *e;
 	struct conn_start st;
 	__u64 now, delta;
+	int err = 0;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
 		if (track_begin)
@@ -69,9 +77,16 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	}
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
-	/* SYN_SENT -> CLOSE: a failed connect, forgotten */
-	if (!conn_take(sk, &st) || newstate != TCP_ESTABLISHED)
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
+	if (!conn_take(sk, &st))
+		return 0;
+	if (newstate == TCP_CLOSE) {
+		/* a failed connect: only a RST is an answer to time */
+		err = BPF_CORE_READ(sk, sk_err);
+		if (err != ECONNREFUSED)
+			return 0;
+	}
 
 	now = bpf_ktime_get_ns();
 	delta = now - st.ts_ns;
@@ -85,6 +100,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	e->pid = st.pid;
 	e->cgroup_id = st.cgroup_id;
 	e->netns = st.netns;
+	e->error = err;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->sport = sk_sport(sk);
 	e->dport = sk_dport(sk);

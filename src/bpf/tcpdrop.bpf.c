@@ -13,10 +13,14 @@
  *
  * The socket, when there is one, is the tracepoint's rx_sk (the receiving
  * socket, newer kernels) or else skb->sk (the sending socket: set on
- * transmit, and still set on a packet that crossed a veth pair).  The
- * network namespace (for --netns, filter.h's pt_netns) is the device's, else
- * the socket's; the cgroup (--cgroup, --container) is the socket's: drops of
- * packets without one are left out while such a filter is on.
+ * transmit, and still set on a packet that crossed a veth pair).  A drop
+ * with no socket (NO_SOCKET: nothing listens; drops at tc or netfilter
+ * before any socket lookup) is reported only with with_nosock (--no-socket):
+ * BCC's tcpdrop shows drops of a socket only, and on a busy host the others
+ * are thousands a second.  The network namespace (for --netns, filter.h's
+ * pt_netns) is the device's, else the socket's; the cgroup (--cgroup,
+ * --container) is the socket's: drops of packets without one are left out
+ * while such a filter is on.
  * The stack is taken whole (no frames skipped); user space removes the
  * tracing frames above the function that dropped the packet.
  */
@@ -45,6 +49,7 @@ struct tcpdrop_event {
 };
 
 const volatile __u16 target_family = 0;	/* 0: both */
+const volatile bool with_nosock = false;	/* --no-socket: drops no socket took too */
 
 /* Anchor the event type in BTF so user space can decode it. */
 struct tcpdrop_event _event_type = {};
@@ -75,6 +80,8 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
+	if (!sk && !with_nosock)
+		return 0;
 	netns = skb_netns(skb, sk);
 	if (pt_on) {
 		if (pt_netns && netns != pt_netns)

@@ -14,8 +14,9 @@
 #define MAX_SLOTS 27
 
 struct tcprtt_key {
-	__u8 addr[16];		/* zero unless -b/-B */
-	__u16 family;
+	__u8 laddr[16];		/* zero unless -b */
+	__u8 raddr[16];		/* zero unless -B (both: a histogram per pair) */
+	__u16 family;		/* zero unless -b or -B */
 	__u16 pad[3];
 };
 
@@ -34,6 +35,7 @@ const volatile __u16 targ_lfamily = 0;		/* -a: family of targ_laddr */
 const volatile __u8 targ_laddr[16] = {};
 const volatile __u16 targ_rfamily = 0;		/* -A */
 const volatile __u8 targ_raddr[16] = {};
+const volatile __u16 targ_family = 0;		/* -4/-6 */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -72,6 +74,8 @@ static __always_inline int account(const struct sock *sk, __u16 family, __u16 sp
 
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
+	if (targ_family && family != targ_family)
+		return 0;
 	if (targ_sport && targ_sport != sport)
 		return 0;
 	if (targ_dport && targ_dport != dport)
@@ -84,10 +88,11 @@ static __always_inline int account(const struct sock *sk, __u16 family, __u16 sp
 		return 0;
 
 	if (targ_laddr_hist) {
-		__builtin_memcpy(key.addr, saddr, 16);
+		__builtin_memcpy(key.laddr, saddr, 16);
 		key.family = family;
-	} else if (targ_raddr_hist) {
-		__builtin_memcpy(key.addr, daddr, 16);
+	}
+	if (targ_raddr_hist) {
+		__builtin_memcpy(key.raddr, daddr, 16);
 		key.family = family;
 	}
 

@@ -36,6 +36,21 @@ struct {
 	__type(value, __u64);
 } subnet_bytes SEC(".maps");
 
+/*
+ * One row of the output, as the library and --json have it: a subnet of the
+ * list (its index, its text as the user wrote it) and the bytes sent to it
+ * in the period.  The kernel keeps only the sums above; user space makes
+ * the rows (this declaration is their type, generated from BTF).
+ */
+struct tcpsubnet_row {
+	__u32 index;
+	__u32 pad;
+	__u64 bytes;
+	char subnet[48];
+};
+
+struct tcpsubnet_row _row_type = {};
+
 static __always_inline void add(__u32 idx, __u64 bytes)
 {
 	__u64 *v = bpf_map_lookup_elem(&subnet_bytes, &idx);

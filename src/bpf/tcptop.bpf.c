@@ -38,7 +38,6 @@ struct tcptop_val {
 
 const volatile __u32 targ_pid = 0;	/* -p: tgid; 0 = all */
 const volatile __u16 targ_family = 0;	/* -4/-6; 0 = both */
-
 /* Sends/receives not counted because the flow table was full. */
 __u64 missed = 0;
 

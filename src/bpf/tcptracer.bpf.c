@@ -6,17 +6,21 @@
  *  C  the connecting task is remembered at the start of connect()
  *     (conntrack.h) and reported when the socket becomes ESTABLISHED.
  *  A  the accepting task, when accept() returns the new socket.
- *  X  when an established connection starts closing: ESTABLISHED or
- *     CLOSE_WAIT -> FIN_WAIT1, LAST_ACK (close() or shutdown()) or CLOSE
- *     (abort, reset, timeout).  The task is current when it holds the
- *     socket lock (the change runs in its system call); a reset or timeout
- *     handled in softirq gets the task seen at C or A instead, or 0.
+ *  X  when an established connection is closed by its process: ESTABLISHED
+ *     or CLOSE_WAIT -> FIN_WAIT1, LAST_ACK (close() or shutdown()) or CLOSE
+ *     (an abortive close), in the task that holds the socket lock.  A
+ *     connection ended under its process by the peer's reset or a timeout
+ *     (the change to CLOSE runs in softirq) is reported as BCC reports it:
+ *     when the process closes the socket (its close() or exit destroys the
+ *     socket: tcp:tcp_destroy_sock), with that process; until then it is
+ *     kept in pending_x.
  *
  *  kprobe      start of C: kprobe tcp_v4/v6_connect; A: kretprobe
- *              inet_csk_accept; C and X: raw_tp inet_sock_set_state.
+ *              inet_csk_accept; C and X: raw_tp inet_sock_set_state and
+ *              tcp_destroy_sock.
  *  tracepoint  C and X: sock:inet_sock_set_state (CLOSE->SYN_SENT is the
- *              start); A: sys_exit_accept4/sys_exit_accept with the fd
- *              walk (sockfd.h).
+ *              start) and tcp:tcp_destroy_sock; A: sys_exit_accept4/
+ *              sys_exit_accept with the fd walk (sockfd.h).
  *
  * Whose (filter.h): at C and A the task's (at the start of the connect, and
  * in accept()); at X the task's when it holds the socket, else that of the
@@ -24,7 +28,7 @@
  * namespace, which only a task has).  CGROUP labels are the socket's.
  *
  * BCC reports X from tcp_close(), so at close() only; here shutdown(SHUT_WR)
- * and a reset also count as the end, and a close by process exit is seen.
+ * also counts as the end (the first of shutdown() and close() is reported).
  */
 #include "events.h"
 #include "sockfd.h"
@@ -60,6 +64,14 @@ struct {
 	__type(key, __u64);
 	__type(value, struct owner);
 } owners SEC(".maps");
+
+/* Connections ended under their process (reset, timeout): X at its close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} pending_x SEC(".maps");
 
 struct tcptracer_event _event_type = {};
 
@@ -145,6 +157,13 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 			if (!pt_task_sk_wanted(sk))
 				goto out;
 			current_owner(&who);
+			emit(sk, 'X', &who);
+		} else if (newstate == TCP_CLOSE) {
+			/* reset or timed out under its process: X when it closes */
+			__u8 one = 1;
+
+			bpf_map_update_elem(&pending_x, &key, &one, BPF_ANY);
+			return 0;
 		} else {
 			/* remembered at C or A only if wanted then */
 			struct owner *o = bpf_map_lookup_elem(&owners, &key);
@@ -153,12 +172,41 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 				__builtin_memcpy(&who, o, sizeof(who));
 			else if (pt_by_mntnsmap || !pt_sk_wanted(sk))
 				goto out;
+			emit(sk, 'X', &who);
 		}
-		emit(sk, 'X', &who);
 	}
 out:
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&owners, &key);
+	return 0;
+}
+
+/* The socket is destroyed: for one ended by a reset or timeout, its close. */
+static __always_inline int on_destroy(struct sock *sk)
+{
+	struct owner who = {};
+	__u64 key = (__u64)sk;
+
+	if (!bpf_map_lookup_elem(&pending_x, &key))
+		return 0;
+	bpf_map_delete_elem(&pending_x, &key);
+	if (sk_owned_by_user(sk)) {
+		if (!pt_task_sk_wanted(sk))	/* whose, as at a close in the system call */
+			goto forget;
+		current_owner(&who);		/* its close(), or its exit */
+	} else {
+		struct owner *o = bpf_map_lookup_elem(&owners, &key);
+
+		if (o)				/* remembered at C or A only if wanted then */
+			__builtin_memcpy(&who, o, sizeof(who));
+		else if (pt_by_mntnsmap || !pt_sk_wanted(sk))
+			goto forget;
+	}
+	bpf_map_delete_elem(&owners, &key);
+	emit(sk, 'X', &who);
+	return 0;
+forget:
+	bpf_map_delete_elem(&owners, &key);
 	return 0;
 }
 
@@ -207,7 +255,19 @@ int BPF_PROG(tcptracer_raw_tp, struct sock *sk, int oldstate, int newstate)
 	return on_state(sk, oldstate, newstate, false);
 }
 
+SEC("raw_tp/tcp_destroy_sock")
+int BPF_PROG(tcptracer_raw_tp_destroy, struct sock *sk)
+{
+	return on_destroy(sk);
+}
+
 /* -- tracepoint variant ------------------------------------------------------ */
+
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int tcptracer_tp_destroy(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return on_destroy((struct sock *)ctx->skaddr);
+}
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int tcptracer_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)

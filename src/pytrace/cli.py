@@ -72,7 +72,7 @@ def _dispatch(argv: list[str], tool: bool) -> int:
     if cmd == "--version":
         print(f"pytrace {__version__}")
         return 0
-    verbose = "-v" in rest or "--verbose" in rest
+    verbose = "--libbpf-log" in rest or "-v" in rest or "--verbose" in rest
     try:
         if cmd == "list":
             from .commands import listing
@@ -108,7 +108,7 @@ def _dispatch(argv: list[str], tool: bool) -> int:
 
 # Flags with which a speculative load would be wasted (help, --ebpf) or
 # wrong (libbpf's log for -v, another kernel BTF for --btf): see core/prefetch.
-_NO_SPECULATION = frozenset(("-h", "--help", "-v", "--verbose", "--ebpf", "--btf"))
+_NO_SPECULATION = frozenset(("-h", "--help", "-v", "--verbose", "--libbpf-log", "--ebpf", "--btf"))
 # What is not a tool (a tool's name is checked once the registry is imported)
 _COMMANDS = frozenset(("-h", "--help", "help", "--version", "list", "doctor", "replay", "exporter"))
 
@@ -140,7 +140,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
     if getattr(args, "ebpf", False):
         sys.stdout.write(objects.source(tool.object))
         return 0
-    if args.verbose:    # logging costs start-up time: only when asked for
+    if getattr(args, "libbpf_log", False):    # logging costs start-up time: only when asked for
         import logging
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     if getattr(args, "btf", None):

@@ -213,3 +213,25 @@ def test_field_declarations_parse_strictly():
             EventType("T", struct="s", fields=bad)
     with pytest.raises(ValueError):
         EventType("T", fields="a")                   # neither struct= nor map=
+
+
+def test_every_tool_exposes_its_generated_classes():
+    """A tool's generated classes are its module's attributes (spec.public_classes,
+    PEP 562), each EventType it declares under its own name, and only those."""
+    import importlib
+    import pkgutil
+    import pytrace.tools
+    from pytrace.spec import public_classes
+    seen = 0
+    for info in pkgutil.iter_modules(pytrace.tools.__path__):
+        mod = importlib.import_module(f"pytrace.tools.{info.name}")
+        declared = [v for v in vars(mod).values() if isinstance(v, EventType)]
+        if not declared:
+            continue
+        assert mod.__getattr__.__qualname__ == f"{public_classes.__name__}.<locals>.module_getattr", info.name
+        for et in declared:
+            assert getattr(mod, et.name) is et.cls, (info.name, et.name)
+            seen += 1
+        with pytest.raises(AttributeError, match=f"pytrace.tools.{info.name}"):
+            getattr(mod, "NoSuchClass")
+    assert seen >= 16

@@ -171,6 +171,12 @@ class Map:
         unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
         return [unpack_key(k) + unpack_value(v) for k, v in self.pop_items()]
 
+    def rows(self) -> list[tuple]:
+        """items() as rows, like pop_rows() but leaving the map as it is."""
+        unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
+        unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
+        return [unpack_key(k) + unpack_value(v) for k, v in self.items()]
+
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")
 

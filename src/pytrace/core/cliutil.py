@@ -281,14 +281,15 @@ def _allow_host(text: str) -> str:
 
 # -- cgroups, namespaces, containers (src/bpf/filter.h, core/containers.py) -----------
 
-def container_options(tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> list[tuple[str, tuple, dict]]:
+def container_options(tracer: Any, netns_flags: tuple[str, ...] = ("--netns",),
+                      cgroup_flags: tuple[str, ...] = ("--cgroup",)) -> list[tuple[str, tuple, dict]]:
     """The options of the tracer class's SCOPE (core/tracer.py), declared once:
     (the tracer keyword, flags, argparse settings) each.  add_container_args
     adds them to a parser; a declared option group (pytrace.spec) can take
     them as they are (keyword -> Option(*flags, kw=keyword, **settings))."""
     scope = tracer.SCOPE
     table = [
-        ("cgroup", ("--cgroup",), dict(
+        ("cgroup", tuple(cgroup_flags), dict(
             metavar="PATH|ID", action="append", type=cgroup_ref,
             help="only this cgroup (v2) and its descendants: a directory of the cgroup2 mount, a path as "
                  "/proc/PID/cgroup gives it, or an id (repeatable)")),
@@ -313,12 +314,13 @@ def container_options(tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) 
     return [row for row in table if row[0] in scope]
 
 
-def add_container_args(p: Any, tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> None:
+def add_container_args(p: Any, tracer: Any, netns_flags: tuple[str, ...] = ("--netns",),
+                       cgroup_flags: tuple[str, ...] = ("--cgroup",)) -> None:
     """The filters of the tracer class's SCOPE as options, in one group of the
     help: --cgroup, --netns (netns_flags: a tool's BCC spelling), --container,
     --cgroupmap, --mntnsmap, and --show-container where events are labelled.
     container_filters(args) turns them into the tracer's keywords."""
-    options = container_options(tracer, netns_flags)
+    options = container_options(tracer, netns_flags, cgroup_flags)
     if options:
         g = p.add_argument_group("cgroups, namespaces and containers")
         for _kw, flags, settings in options:
@@ -404,13 +406,19 @@ def container_column(tracer: Any, renderer: Callable[[Any, Any, Any], Callable[[
 
 
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
+    """The flags every tool has.  libbpf's log is --libbpf-log everywhere; -v
+    (--verbose) is the same only where the tool has not taken -v for itself:
+    a tool whose BCC namesake has a -v gives it the namesake's meaning
+    (tcptracer's verbose lines, tcpconnlat's program), see spec/options.py."""
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--ebpf", action="store_true", help="print the BPF C source and exit")
     g.add_argument("--hook", choices=list(hooks), help="force this hook variant (default: best usable)")
     g.add_argument("--btf", metavar="FILE", type=btf_file,
                    help="kernel BTF file, for kernels without /sys/kernel/btf/vmlinux")
-    g.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+    taken = getattr(p, "_option_string_actions", {})
+    verbose = [f for f in ("-v", "--verbose") if f not in taken]
+    g.add_argument("--libbpf-log", *verbose, dest="libbpf_log", action="store_true", help="show libbpf's log")
     add_sink_args(g)
 
 

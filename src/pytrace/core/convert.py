@@ -42,13 +42,16 @@ class Conversion:
     functions (generated code imports them by module and name); json and parse
     None mean the value is already JSON (an int, a str)."""
 
-    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind")
+    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind", "env")
 
     def __init__(self, name: str, value: Callable | None, json: Callable | None = None,
                  parse: Callable | None = None, needs: tuple[str, ...] = (),
-                 text: tuple | None = None, kind: str = ""):
+                 text: tuple | None = None, kind: str = "", env: dict | None = None):
         self.name, self.value, self.json, self.parse = name, value, json, parse
         self.needs, self.text, self.kind = tuple(needs), text, kind or name
+        # names the text expression uses besides text_env()'s (a tool's own table);
+        # they start with _ like those
+        self.env = env or {}
 
 
 _TABLE: dict[str, Conversion] = {}
@@ -161,6 +164,41 @@ def ns_to_ms_value(v: int) -> float:
 
 register(Conversion("ns_to_ms", ns_to_ms_value, ms_json, float_parse,
                     text=("%d.%03d", ("{0} // 1000000", "{0} // 1000 % 1000")), kind="float"))
+
+
+def us_to_ms2_value(v: int) -> float:
+    return round(v / 1000.0, 2)
+
+
+# "%.2f" of microseconds as milliseconds (BCC tcplife's MS), rounded half up in integers
+register(Conversion("us_to_ms2", us_to_ms2_value, None, float_parse,
+                    text=("%d.%02d", ("({0} + 5) // 1000", "({0} + 5) // 10 % 100")), kind="float"))
+
+
+def ns_to_ms2_value(v: int) -> float:
+    return round(v / 1e6, 2)
+
+
+# "%.2f" of nanoseconds as milliseconds (BCC tcpconnlat's LAT(ms))
+register(Conversion("ns_to_ms2", ns_to_ms2_value, None, float_parse,
+                    text=("%d.%02d", ("({0} + 5000) // 1000000", "({0} + 5000) // 10000 % 100")), kind="float"))
+
+
+def kbytes_value(v: int) -> int:
+    return v >> 10
+
+
+# bytes as whole KiB (BCC's TX_KB/RX_KB columns)
+register(Conversion("kbytes", kbytes_value, None, int_parse, text=("d", "{0} >> 10"), kind="int"))
+
+
+def ipver_value(family: int) -> int:
+    """4 or 6 for AF_INET/AF_INET6 (BCC's IP column), 0 for another family."""
+    return 4 if family == AF_INET else 6 if family == AF_INET6 else 0
+
+
+register(Conversion("ipver", ipver_value, None, int_parse,
+                    text=("d", "(4 if {0} == 2 else 6 if {0} == 10 else 0)"), kind="int"))
 
 
 # -- text -----------------------------------------------------------------------------

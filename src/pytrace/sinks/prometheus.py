@@ -90,17 +90,19 @@ class TcpRttCollector(MapCollector):
 
     @classmethod
     def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
-        return ["laddr"] if options.get("by_laddr") else ["raddr"] if options.get("by_raddr") else []
+        return ["laddr"] * bool(options.get("by_laddr")) + ["raddr"] * bool(options.get("by_raddr"))
 
     def collect(self) -> Iterator[Any]:
+        from ..core.convert import address_json     # ::ffff:192.0.2.1, as the CLI prints it
         t = self.tracer
-        dyn = ["laddr"] if t.by_laddr else ["raddr"] if t.by_raddr else []
+        dyn = ["laddr"] * bool(t.by_laddr) + ["raddr"] * bool(t.by_raddr)
         fam = HistogramMetricFamily(self.name, self.help, labels=[*self.const, *dyn])
         divisor = 1e3 if t.ms else 1e6
         hists = t.histograms()
-        for addr, h in sorted(hists.items(), key=lambda kv: str(kv[0])):
+        for key, h in sorted(hists.items(), key=lambda kv: str(kv[0])):
             buckets, _count = log2_buckets(h, divisor)
-            values = [*self.const.values(), *([str(addr)] if dyn else [])]
+            addrs = key if len(dyn) == 2 else (key,) if dyn else ()
+            values = [*self.const.values(), *(address_json(a) for a in addrs)]
             fam.add_metric(values, buckets, (h.sum or 0) / divisor)
         yield fam
 
@@ -117,13 +119,13 @@ class SoftIrqsCollector(MapCollector):
 
     def collect(self) -> Iterator[Any]:
         t, labels, const = self.tracer, [*self.const, "softirq"], list(self.const.values())
-        stats = t.read(reset=False)
+        stats, hists = t.period(reset=False)
         runs = CounterMetricFamily(f"{self.name}_runs", f"{self.help}: handler runs", labels=labels)
         secs = CounterMetricFamily(f"{self.name}_time_seconds", f"{self.help}: time in the handlers",
                                    labels=labels)
         for st in stats:
-            runs.add_metric([*const, st.name], st.count)
-            secs.add_metric([*const, st.name], st.total_ns / 1e9)
+            runs.add_metric([*const, st.softirq], st.count)
+            secs.add_metric([*const, st.softirq], st.total_ns / 1e9)
         yield runs
         yield secs
         if t.dist:
@@ -131,9 +133,9 @@ class SoftIrqsCollector(MapCollector):
                                          labels=labels)
             divisor = 1e9 if t.ns else 1e6
             for st in stats:
-                if st.hist is not None:
-                    buckets, _ = log2_buckets(st.hist, divisor)
-                    hist.add_metric([*const, st.name], buckets, st.total_ns / 1e9)
+                if st.softirq in hists:
+                    buckets, _ = log2_buckets(hists[st.softirq], divisor)
+                    hist.add_metric([*const, st.softirq], buckets, st.total_ns / 1e9)
             yield hist
 
 

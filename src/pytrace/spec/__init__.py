@@ -40,6 +40,20 @@ numbers (tcptop's load average), or snapshot(tracer, args) -> Snapshot for
 all of it.  missed= names what the snapshot value "missed" counts, reported
 on stderr as it grows.
 
+Modes (additive): csv="csv" names the flag that prints an event tool's
+columns comma separated (BCC's -s); alternate=("count", OTHER) makes the
+tool the ToolSpec OTHER (its kind, event type, columns, read) whenever
+args.count is set, with this spec's options and tracer (tcpconnect -c,
+tcpretrans -c: an event tool with a counting mode); once=True reads a table
+once, at Ctrl-C (or the end), whatever the interval arguments hold;
+between(tracer, args) runs every second while an interval tool prints only at
+the end; replay_intro(args, snap) rebuilds from the first snapshot an intro
+that depended on the live system (stackcount's resolved tracepoints); tee(source, args) returns
+what an event tool also does with each batch besides printing it (tcpstates
+-Y: the systemd journal), or None.  An
+option made by options.print_program() prints the object's C source before
+tracing (BCC's -v of tcpconnlat, -D of tcprtt).
+
 What the registry, cli.py, replay, listing and the exporter call on a tool
 (tools/_legacy.LegacyTool provides the same for tools not yet converted):
 
@@ -60,8 +74,8 @@ from __future__ import annotations
 
 import sys
 
-from .eventtype import EventType
-from .options import Exclusive, Option, family, interval_flags, interval_positionals, pid, timestamp
+from .eventtype import EventType, public_classes
+from .options import Exclusive, Option, family, interval_flags, interval_positionals, pid, print_program, timestamp
 from .text import Column
 
 TYPE_CHECKING = False
@@ -77,8 +91,8 @@ TOP = "top"
 HISTOGRAM = "histogram"
 KINDS = (EVENTS, TABLE, TOP, HISTOGRAM)
 
-__all__ = ["ToolSpec", "EventType", "Option", "Exclusive", "Column", "family", "pid", "timestamp",
-           "interval_flags", "interval_positionals", "EVENTS", "TABLE", "TOP", "HISTOGRAM", "KINDS"]
+__all__ = ["ToolSpec", "EventType", "public_classes", "Option", "Exclusive", "Column", "family", "pid", "timestamp",
+           "interval_flags", "interval_positionals", "print_program", "EVENTS", "TABLE", "TOP", "HISTOGRAM", "KINDS"]
 
 
 class ToolSpec:
@@ -97,8 +111,12 @@ class ToolSpec:
                  snapshot: Callable[[Any, Any], Snapshot] | None = None,
                  text: Callable[..., Any] | None = None,
                  intro: str | Callable[[Any], str] | None = None,
-                 missed: str | None = None,
-                 netns_flags: Sequence[str] = ("--netns",)):
+                 missed: str | None = None, csv: str | None = None,
+                 alternate: tuple[str, ToolSpec] | None = None, once: bool = False,
+                 between: Callable[[Any, Any], None] | None = None,
+                 replay_intro: Callable[[Any, Snapshot], str] | None = None,
+                 tee: Callable[[Any, Any], Callable[[list[tuple]], None] | None] | None = None,
+                 netns_flags: Sequence[str] = ("--netns",), cgroup_flags: Sequence[str] = ("--cgroup",)):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -114,13 +132,20 @@ class ToolSpec:
         self.description = description or summary[:1].upper() + summary[1:] + "."
         self.options, self.columns, self.examples = tuple(options), tuple(columns), tuple(examples)
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
-        self.missed = missed
-        self.netns_flags = tuple(netns_flags)   # --netns as the tool spells it (its SCOPE's options)
+        self.missed, self.csv, self.alternate, self.once = missed, csv, alternate, once
+        self._between, self._replay_intro, self._tee = between, replay_intro, tee
+        # the SCOPE's options as the tool spells them (BCC's -N for --netns, libbpf-tools' -c for --cgroup)
+        self.netns_flags, self.cgroup_flags = tuple(netns_flags), tuple(cgroup_flags)
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         if event is not None:
             event.bind(tracer.OBJECT)
-        # the replay protocol's "no snapshots" for an event tool
-        self.render_snapshot = None if kind == EVENTS else self._render_snapshot
+        if alternate is not None:
+            other = alternate[1]
+            if other.tracer is not tracer or other.name != name or other.alternate is not None:
+                raise ValueError(f"{name}: an alternate mode is the same tool (name, tracer), with no mode of its own")
+        # the replay protocol's "no snapshots" for an event tool (one with a
+        # mode that is an interval tool has them)
+        self.render_snapshot = None if kind == EVENTS and alternate is None else self._render_snapshot
 
     def __repr__(self) -> str:
         return f"ToolSpec({self.name}, {self.kind})"
@@ -153,7 +178,14 @@ class ToolSpec:
 
     def types(self) -> tuple[EventType, ...]:
         """The record types to generate at build time (core/gentypes.py)."""
-        return (self.event,) if self.event is not None else ()
+        own = (self.event,) if self.event is not None else ()
+        return own + (self.alternate[1].types() if self.alternate is not None else ())
+
+    def mode(self, args: Any) -> ToolSpec:
+        """The spec that serves these arguments: this one, or its alternate mode."""
+        if self.alternate is not None and getattr(args, self.alternate[0], False):
+            return self.alternate[1]
+        return self
 
     def event_fields(self) -> set[str] | None:
         return set(self.event.cls.FIELDS) if self.event is not None else None
@@ -168,7 +200,7 @@ class ToolSpec:
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
-        add_container_args(parser, self.tracer, self.netns_flags)
+        add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
         add_common(parser, [v.hook for v in self.variants])
 
     def tracer_kwargs(self, args: Any) -> dict[str, Any]:
@@ -177,7 +209,12 @@ class ToolSpec:
             kwargs.update(opt.tracer_kwargs(args))
         kwargs["hook"] = getattr(args, "hook", None)
         from ..core.cliutil import container_filters
-        kwargs.update(container_filters(args))      # the tracer's SCOPE (core/tracer.py)
+        scoped = container_filters(args)            # the tracer's SCOPE (core/tracer.py)
+        both = [k for k in scoped if kwargs.get(k)]
+        if both:        # tcpdrop's --netns-id and --netns: one namespace
+            from ..core.errors import UsageError
+            raise UsageError(f"--{both[0]} and another option that sets the {both[0]}: give one of them")
+        kwargs.update(scoped)
         return kwargs
 
     def make_tracer(self, args: Any) -> Any:
@@ -185,28 +222,56 @@ class ToolSpec:
 
     def intro(self, args: Any) -> str:
         """What the tool prints once, before anything else (never with --json)."""
+        if self.mode(args) is not self:
+            return self.mode(args).intro(args)
         if self._intro is None or getattr(args, "json", False):
             return ""
         return self._intro(args) if callable(self._intro) else self._intro.format(**vars(args))
 
     def run(self, args: Any) -> int:
-        if self.kind == EVENTS:
+        if getattr(args, "print_program", False):
+            self.print_program(args)
+        spec = self.mode(args)
+        if spec.kind == EVENTS:
             from ..core.cliutil import run_stream
             return run_stream(self.make_tracer(args), args, self.event_renderer, self.intro)
         from ..core.aggregate import print_loop
         with self.make_tracer(args) as tracer:
-            return print_loop(args, self._interval_reader(tracer, args), self.render_snapshot, self.intro)
+            between = (lambda: spec._between(tracer, args)) if spec._between is not None else None
+            return print_loop(args, spec._interval_reader(tracer, args), self.render_snapshot, self.intro,
+                              once=spec.once, between=between)
+
+    def print_program(self, args: Any) -> None:
+        """BCC's -v/-D/--debug: the program's source, before tracing (to stderr
+        with --json, which keeps stdout for JSON lines)."""
+        from ..core import objects
+        where = getattr(args, "print_program", None)
+        stream = sys.stderr if getattr(args, "json", False) or where == "stderr" else sys.stdout
+        stream.write(objects.source(self.object))
+        stream.flush()
 
     # -- event tools ------------------------------------------------------------------------------
     def event_renderer(self, source: Any, args: Any, out: Any) -> Callable[[list[tuple]], str | bytes]:
         """render(batch of raw tuples) for the live tracer or replay's stand-in."""
+        also = self._tee(source, args) if self._tee is not None else None     # before the header
+        render = self._renderer(source, args, out)
+        if also is None:
+            return render
+
+        def both(batch: list[tuple]) -> str | bytes:
+            also(batch)
+            return render(batch)
+        return both
+
+    def _renderer(self, source: Any, args: Any, out: Any) -> Callable[[list[tuple]], str | bytes]:
         if getattr(args, "json", False):
             from .jsonout import event_json
             return event_json(self.event, source)
         if self._text is not None:
             return self._text(source, args, out)
         from .text import event_text
-        return event_text(self.columns, self.event, source, args, out)
+        return event_text(self.columns, self.event, source, args, out,
+                          csv=bool(self.csv and getattr(args, self.csv, False)))
 
     # -- interval tools ---------------------------------------------------------------------------
     def snapshot(self, tracer: Any, args: Any) -> Snapshot:
@@ -240,6 +305,8 @@ class ToolSpec:
         return take
 
     def _render_snapshot(self, snap: Snapshot, args: Any) -> str:
+        if self.mode(args) is not self:
+            return self.mode(args)._render_snapshot(snap, args)
         if getattr(args, "json", False):
             from . import jsonout
             if self.kind == HISTOGRAM:
@@ -258,4 +325,7 @@ class ToolSpec:
         return timestamp_line(snap, args) + table(self.columns, self.rows(snap), args)
 
     def replay_intro(self, args: Any, snap: Snapshot) -> str:
-        return ""
+        """What the tool printed first when it depends on what it resolved live
+        (rebuilt from the recording's first snapshot)."""
+        spec = self.mode(args)
+        return spec._replay_intro(args, snap) if spec._replay_intro is not None else ""

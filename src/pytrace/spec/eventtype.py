@@ -153,3 +153,18 @@ def parse_fields(type_name: str, text: str) -> tuple[tuple[FieldDecl, ...], froz
 def _name_ok(raw: str) -> bool:
     """A raw field name: C identifiers, dotted for nested structs (key.addr)."""
     return bool(raw) and all(part.isidentifier() for part in raw.split("."))
+
+
+def public_classes(module: str, **types: EventType):
+    """A tool module's PEP 562 __getattr__ for its generated classes, imported on
+    first use (the CLI's text output never imports them):
+
+        __getattr__ = public_classes(__name__, Connect=CONNECT_EVENT, ConnectCount=CONNECT_COUNT)
+    """
+    def module_getattr(name: str) -> type:
+        et = types.get(name)
+        if et is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        return et.cls
+    module_getattr.__doc__ = f"{', '.join(types)}: the classes generated from BTF (PEP 562)."
+    return module_getattr

@@ -12,6 +12,14 @@ which at most one may be given (-4/-6), and may set one keyword from them.
 
 The options many tools share are made by the functions below, so that the
 same flag means the same thing everywhere (issue 19 item 3).
+
+One rule for the letters (issue 20): a flag means what the BCC namesake's
+flag means, and pytrace's own flags give way.  So -v is the namesake's -v
+where it has one (tcptracer: verbose lines; tcpconnlat, tcpsubnet: print the
+program, see print_program(); stackcount: raw addresses), and libbpf's log is
+--libbpf-log on every tool; where the namesake has no -v, -v/--verbose stays
+an alias of --libbpf-log (core/cliutil.add_common gives it to every tool
+that has not taken -v itself).
 """
 
 from __future__ import annotations
@@ -129,3 +137,13 @@ def interval_positionals(default: int | None = None) -> tuple[Option, ...]:
     return (Option("interval", nargs="?", type=seconds, default=default,
                    help=f"output interval, in seconds{when}"),
             Option("count", nargs="?", type=intervals, help="number of outputs"))
+
+
+def print_program(*flags: str, help: str = "print the BPF program before tracing (BCC's debugging aid)",
+                  stream: str = "stdout") -> Option:
+    """BCC's "print the program" flag (tcpconnlat -v, tcprtt -D, stackcount
+    --debug): ToolSpec.run prints the C source the object was built from
+    (what --ebpf prints) on stream ("stdout", or "stderr" where the namesake
+    logs it there; stderr anyway with --json), then traces.  Its dest is
+    always print_program."""
+    return Option(*flags, action="store_const", const=stream, default=None, dest="print_program", help=help)

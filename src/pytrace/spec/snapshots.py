@@ -36,10 +36,17 @@ def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
 
 
 def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:
-    """hists: {label value (None: not labelled): Log2Histogram}."""
+    """hists: {label value (None: not labelled): Log2Histogram}; label(args) may
+    name several labels (a tuple), whose values are then tuples too."""
     name = spec.label(args) if spec.label is not None else None
-    series = [Series.of({name: _label_text(v)} if name and v is not None else {}, hist=h)
-              for v, h in hists.items()]
+
+    def labels(v: Any) -> dict:
+        if not name or v is None:
+            return {}
+        if isinstance(name, tuple):
+            return {n: _label_text(x) for n, x in zip(name, v)}
+        return {name: _label_text(v)}
+    series = [Series.of(labels(v), hist=h) for v, h in hists.items()]
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
 
 

@@ -7,8 +7,10 @@ A Column is a header over one field:
     Column("TIME", "ts_ns", width=8, form="hms", when="timestamp")   # only with -T
 
 width is a number or a function of the parsed arguments (None: the last,
-unpadded column); align "<" or ">"; when: the argument (name, or function of
-the arguments) that shows the column.
+unpadded column); align "<" or ">"; precision a printf precision (".10" cuts
+a text to 10 characters, ".6" gives a number six decimals), or a function of
+the arguments; when: the argument (name, or function of the arguments) that
+shows the column.
 
 Event tools: event_text() turns the columns into the CLI's hot path.  Each
 column's field is traced back through the event type's declaration to its
@@ -17,7 +19,10 @@ raw field and conversion (`laddr <- saddr: address`), whose `text` form
 per run (core/rows.py) formats whole batches of raw tuples into bytes, and
 the tracer decodes only the raw fields the shown columns need
 (EventTracer.project).  form= picks another text form than the field's
-conversion ("hms", "since_start": core/cliutil.Clock's times).
+conversion ("hms", "since_start": core/cliutil.Clock's times; "since_first":
+seconds since the first event printed, BCC's TIME(s)).  csv=True prints the
+same columns comma separated, unpadded and uncut (BCC's -s/--csv): literal
+columns are left out, a number keeps its precision.
 
 Interval tools: table() prints rows (their to_dict(), so an address reads
 the same as in --json) under the same kind of columns; field may then be a
@@ -42,7 +47,8 @@ class Column:
 
     def __init__(self, header: str, field: str | Callable[[dict], Any] | None = None, *,
                  width: int | Callable[[Any], int] | None = None, align: str = "<", form: str | None = None,
-                 precision: str = "", when: str | Callable[[Any], bool] | None = None, clip: bool = False):
+                 precision: str | Callable[[Any], str] = "", when: str | Callable[[Any], bool] | None = None,
+                 clip: bool = False):
         if align not in ("<", ">"):
             raise ValueError(f"column {header}: align is '<' or '>'")
         self.header, self.field, self.width, self.align = header, field, width, align
@@ -57,6 +63,9 @@ class Column:
 
     def width_for(self, args: Any) -> int | None:
         return self.width(args) if callable(self.width) else self.width
+
+    def precision_for(self, args: Any) -> str:
+        return self.precision(args) if callable(self.precision) else self.precision
 
     def head(self, args: Any) -> str:
         w = self.width_for(args)
@@ -73,7 +82,9 @@ class Column:
         return f"Column({self.header!r}, {self.field!r})"
 
 
-def header_line(columns: list[Column], args: Any) -> str:
+def header_line(columns: list[Column], args: Any, csv: bool = False) -> str:
+    if csv:
+        return ",".join(c.header for c in columns if c.field is not None) + "\n"
     return " ".join(c.head(args) for c in columns) + "\n"
 
 
@@ -83,11 +94,13 @@ def header_line(columns: list[Column], args: Any) -> str:
 TIME_FORMS = {
     "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
     "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
+    "since_first": ("f", "_since_first({0})"),          # seconds since the first event (BCC's TIME(s))
+    "since_first_ns": ("d", "_since_first.ns({0})"),    # the same in nanoseconds (tcptracer -v -t)
 }
 
 
 def _time_env(context: dict) -> dict:
-    from ..core.cliutil import Clock
+    from ..core.cliutil import Clock, SinceFirst
     clock = context.get("clock")
     if clock is None:
         clock = context["clock"] = Clock()
@@ -99,7 +112,8 @@ def _time_env(context: dict) -> dict:
         if sec != last[0]:
             last[0], last[1] = sec, clock.hms(mono_ns).encode()
         return last[1]
-    return {"_hms": hms, "_start_ns": clock.start_ns}
+    first = SinceFirst()
+    return {"_hms": hms, "_start_ns": clock.start_ns, "_since_first": first}
 
 
 class CompiledText:
@@ -110,16 +124,19 @@ class CompiledText:
         self.header, self.fmt, self.exprs, self.raw, self.env = header, fmt, exprs, raw, env
 
 
-def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: tuple[str, ...]) -> CompiledText:
-    """The header and the row format of the shown columns of an event tool."""
+def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: tuple[str, ...],
+                    csv: bool = False) -> CompiledText:
+    """The header and the row format of the shown columns of an event tool
+    (csv: comma separated, unpadded)."""
     context: dict = {}
     env = convert.text_env(context)
     pieces, exprs, raw = [], [], set()
     by_base = _raw_variables(raw_names)
     for c in columns:
-        width = c.width_for(args)
+        width = None if csv else c.width_for(args)
         if c.field is None:                 # a literal
-            pieces.append(c.header.replace("%", "%%"))
+            if not csv:
+                pieces.append(c.header.replace("%", "%%"))
             continue
         decl = et.field(c.field)
         if c.form in TIME_FORMS:
@@ -133,13 +150,17 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
                 raise ValueError(f"column {c.header}: conversion {conv.name} has no text form; give form=")
             code, template = conv.text
             needs = decl.args if decl.args is not None else conv.needs
+            env.update(conv.env)
         names = [decl.raw, *needs]
         for n in names:
             if n not in by_base:
                 raise ValueError(f"column {c.header}: no raw field {n} in {et.name}'s records")
             raw.update(by_base[n])
         variables = [_variable(by_base[n]) for n in names]
-        flags = ("-" if c.align == "<" else "") + (str(width) if width else "") + (c.precision or "")
+        precision = c.precision_for(args) or ""
+        if csv and code == "s":
+            precision = ""                  # a text is printed whole
+        flags = ("-" if c.align == "<" and width else "") + (str(width) if width else "") + precision
         if isinstance(template, tuple):     # several values, one format of its own ("%d.%03d")
             values = [t.format(*variables) for t in template]
             if width:
@@ -151,7 +172,7 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
         else:
             pieces.append(f"%{flags}{code}")
             exprs.append(template.format(*variables))
-    return CompiledText(header_line(columns, args), " ".join(pieces) + "\n", exprs, raw, env)
+    return CompiledText(header_line(columns, args, csv), ("," if csv else " ").join(pieces) + "\n", exprs, raw, env)
 
 
 def _raw_variables(raw_names: tuple[str, ...]) -> dict[str, list[str]]:
@@ -169,14 +190,14 @@ def _variable(names: list[str]) -> str:
     return "(" + ", ".join(field_variable(n) for n in names) + ",)"
 
 
-def event_text(columns: tuple[Column, ...], et: EventType, source: Any, args: Any, out: Any
-               ) -> Callable[[list[tuple]], bytes]:
+def event_text(columns: tuple[Column, ...], et: EventType, source: Any, args: Any, out: Any,
+               csv: bool = False) -> Callable[[list[tuple]], bytes]:
     """The text renderer of an event tool: writes the header, then returns
     render(batch) -> bytes.  source: the live tracer, or replay's stand-in
-    (only its raw_fields and project() are used)."""
+    (only its raw_fields and project() are used).  csv: comma separated."""
     shown = [c for c in columns if c.shown(args)]
     layout_names = tuple(source.raw_fields)
-    compiled = compile_columns(shown, et, args, layout_names)
+    compiled = compile_columns(shown, et, args, layout_names, csv)
     out.write(compiled.header)
     source.project({n.split("[", 1)[0] for n in compiled.raw} | compiled.raw)
     rows = compile_rows(source.raw_fields, f"_fmt % ({', '.join(compiled.exprs)},)",

@@ -85,8 +85,11 @@ class TracepointCount(Tracer):
     def __init__(self, tracepoints: Sequence[str], *, by: Sequence[str] = (),
                  filters: Sequence[str] = (), pid: int = 0, per_process: bool = False,
                  kernel_stack: bool = False, user_stack: bool = False, kstack_skip: int = 0,
-                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None, **scope: Any):
+                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, cpu: int | None = None,
+                 hook: str | None = None, **scope: Any):
+        """cpu: count only the hits on this CPU (stackcount -c)."""
         super().__init__(hook=hook, **scope)
+        self.cpu = cpu
         if not tracepoints:
             raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
         self.specs = list(tracepoints)
@@ -135,7 +138,7 @@ class TracepointCount(Tracer):
             "cond_strs": list(struct.unpack(f"<{MAX_CONDS * VAL_LEN // 8}Q", strs)),
             "targ_tgid": self.pid, "per_process": self.per_process,
             "kernel_stacks": self.kernel_stack, "user_stacks": self.user_stack,
-            "kstack_skip": self.kstack_skip,
+            "kstack_skip": self.kstack_skip, "targ_cpu": -1 if self.cpu is None else self.cpu,
         }
 
     def rodata(self) -> dict[str, Any]:

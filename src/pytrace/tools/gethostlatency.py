@@ -4,7 +4,7 @@ Library:
 
     from pytrace.tools.gethostlatency import GetHostLatency
     with GetHostLatency() as t:                 # libc found automatically
-        for q in t.events(duration=10):
+        for q in t.events(duration=10):         # HostLookup
             print(q.pid, q.comm, q.function, q.host, q.latency_ms)
 
 getaddrinfo(), gethostbyname() and gethostbyname2() are timed from entry to
@@ -22,26 +22,18 @@ import ctypes as C
 import errno
 import os
 import subprocess
-from dataclasses import dataclass
 from typing import Any
 
-from ..core import libbpf, privileges
+from ..core import convert, libbpf, privileges
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, container_filters, elf_file,
-                            json_renderer, process_id, stream_events)
-from ..core.containers import Labels
+from ..core.cliutil import LATENCY_NOTE, elf_file
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
-from ..core.net import comm_text
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes
 
 NAME = "gethostlatency"
-SUMMARY = "latency of getaddrinfo/gethostbyname[2] calls, by process (uprobes on libc)"
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")    # index = the record's func
 REQUIRED = "getaddrinfo"
@@ -89,34 +81,31 @@ def find_libc(pid: int = 0) -> str:
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class HostLookup:
-    ts_ns: int                 # CLOCK_MONOTONIC of the return
-    pid: int
-    tid: int
-    comm: str
-    function: str              # getaddrinfo, gethostbyname or gethostbyname2
-    host: str                  # the name asked for
-    latency_ns: int
-    ret: int                   # getaddrinfo's result (0 or EAI_*); low 32 bits of a pointer for the others
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
+def function_value(raw: int) -> str:
+    """getaddrinfo, gethostbyname or gethostbyname2."""
+    return FUNCTIONS[raw] if raw < len(FUNCTIONS) else str(raw)
 
-    @property
-    def latency_ms(self) -> float:
-        return self.latency_ns / 1e6
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm,
-                "function": self.function, "host": self.host, "latency_ms": round(self.latency_ns / 1e6, 3),
-                "ret": self.ret,
-                **(self.labels.to_dict() if self.labels else {})}
+convert.register(convert.Conversion("libc_lookup", function_value, None, convert.text_parse, kind="str"))
+
+# struct gethostlatency_event of src/bpf/gethostlatency.bpf.c; build.py generates HostLookup from its BTF
+LOOKUP_EVENT = EventType("HostLookup", struct="gethostlatency_event", doc="One host name lookup through libc.",
+                         fields="""
+    ts_ns                       # CLOCK_MONOTONIC of the return
+    pid
+    tid
+    comm: text
+    function <- func: libc_lookup   # getaddrinfo, gethostbyname or gethostbyname2
+    host: text                  # the name asked for
+    latency_ns
+    latency_ms <- latency_ns: ns_to_ms
+    ret                         # getaddrinfo: 0 or EAI_*; gethostbyname[2]: 0 found, -1 not found (NULL)
+""")
 
 
 class GetHostLatency(EventTracer):
     OBJECT = "gethostlatency"
-    EVENT = "gethostlatency_event"
+    EVENT_TYPE = LOOKUP_EVENT
     SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("uprobe", (*(f"gethostlatency_entry_{f}" for f in FUNCTIONS), "gethostlatency_return")),)
 
@@ -154,45 +143,30 @@ class GetHostLatency(EventTracer):
                                    "(not a glibc-like C library? use --libc PATH)") from None
         self.functions = tuple(attached)
 
-    def make_event(self, raw: tuple) -> HostLookup:
-        i = self.idx
-        func = raw[i["func"]]
-        return HostLookup(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]),
-                          FUNCTIONS[func] if func < len(FUNCTIONS) else str(func), comm_text(raw[i["host"]]),
-                          raw[i["latency_ns"]], raw[i["ret"]], *self.owner(raw))
+__getattr__ = public_classes(__name__, HostLookup=LOOKUP_EVENT)
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Show latency for getaddrinfo/gethostbyname[2] calls, with uprobes on the C library "
-                     "(found automatically; --libc to choose). " + LATENCY_NOTE)
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process (and probe its libc)")
-    p.add_argument("-l", "--libc", metavar="LIBC", type=elf_file, help="the libc.so to probe")
-    add_container_args(p, GetHostLatency)
-    add_common(p, [v.hook for v in GetHostLatency.VARIANTS])
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.libc is not None and not os.path.isfile(args.libc):
-        raise UsageError(f"--libc {args.libc}: no such file")
-    if args.pid and not os.path.exists(f"/proc/{args.pid}"):
-        raise UsageError(f"-p {args.pid}: no such process")
-    tracer = GetHostLatency(pid=args.pid, libc=args.libc, hook=args.hook, **container_filters(args))
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
-
-
-def renderer(source: GetHostLatency, args: argparse.Namespace, out: Output):
-    """libbpf-tools' columns: TIME PID COMM LATms HOST."""
-    if args.json:
-        return json_renderer(source)
-    out.write(f"{'TIME':<8} {'PID':<7} {'COMM':<16} {'LATms':<10} {'HOST'}\n")
-    i = source.idx
-    clock = Clock()
-
-    def render(batch: list[tuple]) -> str:
-        return "".join(f"{clock.hms(r[i['ts_ns']]):<8} {r[i['pid']]:<7} {comm_text(r[i['comm']]):<16} "
-                       f"{r[i['latency_ns']] / 1e6:<10.3f} {comm_text(r[i['host']])}\n" for r in batch)
-    return render
+SPEC = ToolSpec(
+    "gethostlatency", "latency of getaddrinfo/gethostbyname[2] calls, by process (uprobes on libc)",
+    GetHostLatency, EVENTS,
+    description=("Show latency for getaddrinfo/gethostbyname[2] calls, with uprobes on the C library "
+                 "(found automatically; --libc to choose). " + LATENCY_NOTE),
+    event=LOOKUP_EVENT,
+    options=(
+        pid(help="trace this PID only (and probe its libc)"),
+        Option("-l", "--libc", metavar="LIBC", type=elf_file, kw="libc", help="the libc.so to probe"),
+    ),
+    # BCC's "%-9s %-7d %-16s %10.2f %s"
+    columns=(
+        Column("TIME", "ts_ns", width=8, form="hms"),
+        Column("PID", "pid", width=7),
+        Column("COMM", "comm", width=16),
+        Column("LATms", "latency_ms", width=10, align=">", form="ns_to_ms2"),
+        Column("HOST", "host"),
+    ),
+    examples=(
+        ("pytrace gethostlatency", "time getaddrinfo/gethostbyname[2]"),
+        ("pytrace gethostlatency -p 181", "only trace PID 181"),
+        ("pytrace gethostlatency -l /lib/x86_64-linux-gnu/libc.so.6", "probe this C library"),
+    ),
+)

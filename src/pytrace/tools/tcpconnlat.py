@@ -1,70 +1,52 @@
-"""tcpconnlat: latency of active TCP connects (SYN sent to handshake complete).
+"""tcpconnlat: latency of active TCP connects, from connect() to the answer to its SYN.
 
 Library:
 
     from pytrace.tools.tcpconnlat import TcpConnLat
     with TcpConnLat(min_ms=1.0) as tracer:
-        for c in tracer.events(duration=10):
-            print(c.pid, c.comm, c.raddr, c.rport, c.ms)
+        for c in tracer.events(duration=10):            # ConnectLatency
+            print(c.pid, c.comm, c.raddr, c.rport, c.ms, "refused" if c.error else "")
 
 The clock starts in connect() (tcp_v4/v6_connect, or its CLOSE->SYN_SENT
-state change where kprobes are missing) and stops when the socket becomes
-ESTABLISHED.  Connects that fail are not shown.
+state change where kprobes are missing) and stops at the answer to the SYN,
+as in BCC: the handshake completing (the socket becomes ESTABLISHED), or a
+RST refusing it (error is then ECONNREFUSED).  Connects that get no answer
+(timed out, an ICMP error, abandoned) have no latency to show.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
-                            bad_value, container_filters, family_of, json_renderer, process_id, run_stream)
-from ..core.containers import Labels
+from ..core.cliutil import LATENCY_NOTE, bad_value
 from ..core.loader import Variant
-from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, print_program, public_classes
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "tcpconnlat"
-SUMMARY = "latency of TCP connects (SYN sent to handshake complete)"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectLatency:
-    ts_ns: int                 # CLOCK_MONOTONIC when the handshake completed
-    pid: int
-    comm: str
-    family: int
-    laddr: Addr
-    lport: int
-    raddr: Addr
-    rport: int
-    delta_ns: int              # connect() to ESTABLISHED
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
-
-    @property
-    def ms(self) -> float:
-        return self.delta_ns / 1e6
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm,
-                "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
-                "raddr": str(self.raddr), "rport": self.rport, "lat_ms": round(self.ms, 3),
-                **(self.labels.to_dict() if self.labels else {})}
+# struct tcpconnlat_event of src/bpf/tcpconnlat.bpf.c; build.py generates ConnectLatency from its BTF
+CONNLAT_EVENT = EventType("ConnectLatency", struct="tcpconnlat_event",
+                          doc="One active TCP connect and the time its SYN took to be answered.", fields="""
+    ts_ns                       # CLOCK_MONOTONIC of the answer (SYN-ACK or RST)
+    pid                         # the process that called connect()
+    comm: text
+    family: family              # AF_INET or AF_INET6
+    laddr <- saddr: address
+    lport <- sport
+    raddr <- daddr: address
+    rport <- dport
+    delta_ns                    # connect() to the answer
+    ms <- delta_ns: ns_to_ms    # the same, in milliseconds
+    error                       # 0, or ECONNREFUSED (111): the answer was a RST
+    -pad
+""")
 
 
 class TcpConnLat(EventTracer):
     OBJECT = "tcpconnlat"
-    EVENT = "tcpconnlat_event"
+    EVENT_TYPE = CONNLAT_EVENT
     SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("tcpconnlat_fentry_v4", "tcpconnlat_fentry_v6", "tcpconnlat_tp_btf_end")),
@@ -83,15 +65,9 @@ class TcpConnLat(EventTracer):
         return {"filter_pid": self.pid, "target_family": self.family,
                 "min_ns": int(round(self.min_ms * 1_000_000))}
 
-    def make_event(self, raw: tuple) -> ConnectLatency:
-        i = self.idx
-        fam = raw[i["family"]]
-        return ConnectLatency(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
-                              addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
-                              addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["delta_ns"]], *self.owner(raw))
 
+__getattr__ = public_classes(__name__, ConnectLatency=CONNLAT_EVENT)
 
-# -- command line ---------------------------------------------------------------
 
 def min_latency(text: str) -> float:
     try:
@@ -103,55 +79,42 @@ def min_latency(text: str) -> float:
     return value
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace TCP connects and show their latency (SYN sent to established). {LATENCY_NOTE}"
-    p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME(s) column (since the first event)")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
-    p.add_argument("-L", "--lport", action="store_true", help="include an LPORT column")
-    add_family_args(p)
-    p.add_argument("duration_ms", nargs="?", type=min_latency, default=0.0, metavar="MIN_MS",
-                   help="only connects slower than this many milliseconds (fractions allowed)")
-    add_container_args(p, TcpConnLat)
-    add_common(p, [v.hook for v in TcpConnLat.VARIANTS])
-
-
-def run(args: argparse.Namespace) -> int:
-    tracer = TcpConnLat(pid=args.pid, family=family_of(args),
-                        min_ms=args.duration_ms, hook=args.hook, **container_filters(args))
-    return run_stream(tracer, args, renderer)
-
-
-def renderer(source: TcpConnLat, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the tracer, or a
-    recording standing in for it in `pytrace replay`)."""
-    return json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _text_renderer(tracer: TcpConnLat, args: argparse.Namespace, out: Output):
-    """BCC's columns: [TIME(s)] PID COMM IP SADDR [LPORT] DADDR DPORT LAT(ms)."""
-    head = f"{'TIME(s)':<9}" if args.timestamp else ""
-    head += f"{'PID':<6} {'COMM':<12} {'IP':<2} {'SADDR':<16} "
-    if args.lport:
-        head += f"{'LPORT':<6} "
-    out.write(head + f"{'DADDR':<16} {'DPORT':<5} LAT(ms)\n")
-
-    i = tracer.idx
-    i_ts, i_pid, i_comm, i_fam = i["ts_ns"], i["pid"], i["comm"], i["family"]
-    i_sa, i_sp, i_da, i_dp, i_d = i["saddr"], i["sport"], i["daddr"], i["dport"], i["delta_ns"]
-    addr = AddrFormatter()
-    since_first = SinceFirst()
-
-    def render(batch: list[tuple]) -> str:
-        lines = []
-        for r in batch:
-            fam = r[i_fam]
-            line = ""
-            if args.timestamp:
-                line = f"{since_first(r[i_ts]):<9.3f}"
-            line += "%-6d %-12.12s %-2d %-16s " % (r[i_pid], comm_text(r[i_comm]), 4 if fam == AF_INET else 6,
-                                                  addr(fam, r[i_sa]))
-            if args.lport:
-                line += f"{r[i_sp]:<6} "
-            lines.append(line + f"{addr(fam, r[i_da]):<16} {r[i_dp]:<5} {r[i_d] / 1e6:.2f}\n")
-        return "".join(lines)
-    return render
+SPEC = ToolSpec(
+    "tcpconnlat", "latency of TCP connects (connect() to the SYN's answer: SYN-ACK or RST)", TcpConnLat, EVENTS,
+    description=("Trace TCP connects and show connection latency: from connect() to the answer to the SYN, "
+                 "the handshake completing or a RST refusing it (refused connects are shown, as in BCC; "
+                 f"--json says which: error 111). {LATENCY_NOTE}"),
+    event=CONNLAT_EVENT,
+    options=(
+        Option("-t", "--timestamp", action="store_true", help="include a timestamp column (since the first event)"),
+        pid(),
+        Option("-L", "--lport", action="store_true", help="include a LPORT column"),
+        family(),
+        print_program("-v", "--verbose", help="print the resulting BPF program, for debugging purposes"),
+        Option("min_ms", nargs="?", type=min_latency, default=0.0, metavar="min_ms", kw="min_ms",
+               help="minimum duration to trace, in ms (default 0; fractions allowed)"),
+    ),
+    # BCC's "%-9.3f", then "%-7d %-12.12s %-2d %-16s [%-6d] %-16s %-5d %.2f"
+    columns=(
+        Column("TIME(s)", "ts_ns", width=8, form="since_first", precision=".3", when="timestamp"),
+        Column("PID", "pid", width=7),
+        Column("COMM", "comm", width=12, precision=".12"),
+        Column("IP", "family", width=2, form="ipver"),
+        Column("SADDR", "laddr", width=16),
+        Column("LPORT", "lport", width=6, when="lport"),
+        Column("DADDR", "raddr", width=16),
+        Column("DPORT", "rport", width=5),
+        Column("LAT(ms)", "ms", form="ns_to_ms2"),
+    ),
+    examples=(
+        ("pytrace tcpconnlat", "trace all TCP connects, and show connection latency"),
+        ("pytrace tcpconnlat -t", "include timestamps"),
+        ("pytrace tcpconnlat -p 181", "only trace PID 181"),
+        ("pytrace tcpconnlat -L", "include LPORT while printing outputs"),
+        ("pytrace tcpconnlat 1", "trace connection latency slower than 1 ms"),
+        ("pytrace tcpconnlat 0.1", "trace connection latency slower than 100 us"),
+        ("pytrace tcpconnlat -4", "trace IPv4 family only"),
+        ("pytrace tcpconnlat -6", "trace IPv6 family only"),
+        ("pytrace tcpconnlat -v", "print the BPF program, then trace"),
+    ),
+)

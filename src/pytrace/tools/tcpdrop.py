@@ -4,44 +4,39 @@ Library:
 
     from pytrace.tools.tcpdrop import TcpDrop
     with TcpDrop() as tracer:
-        for d in tracer.events(duration=10):
+        for d in tracer.events(duration=10):           # TcpDropEvent
             print(d.saddr, d.sport, ">", d.daddr, d.dport, d.reason, d.flags, d.stack[:3])
 
 Addresses and ports are the dropped packet's own (source > destination),
 so an incoming packet shows the remote end first.  state is the TCP state
 of the socket that received it or, before any socket lookup, of the one
-that sent it if the packet still carries it (transmit path, veth); None
-when there is neither (NO_SOCKET: nothing listens).  reason is the kernel's enum skb_drop_reason name, read from this
-kernel's BTF.  stack is symbolized from /proc/kallsyms, innermost first,
-starting at the function that freed the packet.  PID is the task current
-at the drop (often 0 or unrelated: most drops happen in softirq).
+that sent it if the packet still carries it (transmit path, veth).  Like
+BCC, only drops that have such a socket are reported; no_socket=True
+(--no-socket) adds the others (state None: NO_SOCKET, nothing listens;
+drops at tc or netfilter before any socket lookup), which on a busy host
+are thousands a second.  reason is the kernel's enum skb_drop_reason name,
+read from this kernel's BTF.  stack is symbolized from /proc/kallsyms,
+innermost first, starting at the function that freed the packet.  PID is
+the task current at the drop (often 0 or unrelated: most drops happen in
+softirq).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from dataclasses import dataclass
-from typing import Any
 
-from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
-                            container_filters, family_of, json_renderer, netns_inode, process_id, run_stream)
-from ..core.containers import Labels
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE, Clock, netns_inode, process_id
 from ..core.drops import DROP_REASONS, TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
+from ..spec import EVENTS, EventType, Exclusive, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcpdrop"
-SUMMARY = "TCP packets dropped by the kernel: addresses, state, flags, reason, stack"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+if TYPE_CHECKING:
+    from typing import Any
 
 # include/net/tcp.h TCPHDR_*, in BCC's order
 _FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"),
@@ -49,37 +44,88 @@ _FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"),
 FLAGS_TEXT = tuple("|".join(n for bit, n in _FLAG_NAMES if f & bit) for f in range(256))
 _MACHINERY_DEPTH = 10      # the tracing frames above the drop, at most (classic tracepoints have most)
 
+_names: list = []
 
-@dataclass(frozen=True, slots=True)
-class TcpDropEvent:
-    ts_ns: int                 # CLOCK_MONOTONIC
-    pid: int
-    family: int
-    saddr: Addr
-    sport: int
-    daddr: Addr
-    dport: int
-    state: TcpState | None     # None: the packet reached no socket
-    flags: str                 # "SYN", "ACK|PSH"... as BCC prints them
-    reason: str                # enum skb_drop_reason name without SKB_DROP_REASON_
-    stack: tuple[str, ...]     # "function+0xoff", innermost first
-    skaddr: int
-    netns: int                 # inode number of the network namespace
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    labels: Labels | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "pid": self.pid, "ip": 4 if self.family == AF_INET else 6,
-                "saddr": str(self.saddr), "sport": self.sport, "daddr": str(self.daddr), "dport": self.dport,
-                "state": None if self.state is None else getattr(self.state, "name", str(self.state)),
-                "flags": self.flags, "reason": self.reason, "stack": list(self.stack),
-                "skaddr": f"{self.skaddr:x}", "netns": self.netns,
-                **(self.labels.to_dict() if self.labels else {})}
+def drop_names() -> Any:
+    """This kernel's reason names and symbols (core/drops.DropNames), made once:
+    `pytrace replay` reads a recording with them, right only on its boot."""
+    if not _names:
+        from ..core.drops import DropNames
+        _names.append(DropNames())
+    return _names[0]
+
+
+def state_value(raw: int) -> Any:
+    """The socket's TcpState, None when the packet reached no socket."""
+    return convert.tcp_state_value(raw) if raw else None
+
+
+def state_parse(v: Any) -> Any:
+    return None if v is None else convert.tcp_state_parse(v)
+
+
+def flags_value(raw: int) -> str:
+    """"SYN", "ACK|PSH"... as BCC prints them."""
+    return FLAGS_TEXT[raw & 0xff]
+
+
+def reason_value(raw: int) -> str:
+    return drop_names().reason(raw)
+
+
+def stack_value(addrs: tuple, nbytes: int) -> tuple[str, ...]:
+    """The symbolized stack, tracing frames removed (core/drops.py).
+
+    The innermost frame is our BPF program, whose symbol leaves kallsyms with
+    it: replayed later it resolves to nonsense, which would stop the trimming
+    there.  So everything up to the outermost tracing frame near the top
+    (bpf_trace_run*, perf_trace_*...) goes, whatever it resolves to, and live
+    and replayed stacks agree."""
+    names = drop_names()
+    addrs = addrs[:max(0, nbytes) // 8]
+    fn = names.ksyms.function
+    top = [i for i, a in enumerate(addrs[:_MACHINERY_DEPTH]) if fn(a).startswith(TRACING_PREFIXES)]
+    return tuple(names.stack(addrs[top[-1] + 1:] if top else addrs))
+
+
+def stack_json(v: tuple) -> list:
+    return list(v)
+
+
+def stack_parse(v: Any) -> tuple:
+    return tuple(v)
+
+
+convert.register(convert.Conversion("tcpdrop_state", state_value, convert.enum_json, state_parse, kind="enum"))
+convert.register(convert.Conversion("tcp_flags", flags_value, None, convert.text_parse, kind="str"))
+convert.register(convert.Conversion("drop_reason", reason_value, None, convert.text_parse, kind="str"))
+convert.register(convert.Conversion("kernel_stack", stack_value, stack_json, stack_parse, needs=("stack_bytes",),
+                                    kind="list"))
+
+# struct tcpdrop_event of src/bpf/tcpdrop.bpf.c; build.py generates TcpDropEvent from its BTF
+TCPDROP_EVENT = EventType("TcpDropEvent", struct="tcpdrop_event", doc="One TCP packet dropped by the kernel.",
+                          fields="""
+    ts_ns                       # CLOCK_MONOTONIC
+    pid                         # the task current at the drop (often unrelated)
+    family: family              # AF_INET or AF_INET6
+    saddr: address              # the packet's source
+    sport
+    daddr: address              # the packet's destination
+    dport
+    state: tcpdrop_state        # TCP state of its socket, None: no socket
+    flags <- tcpflags: tcp_flags
+    reason: drop_reason         # enum skb_drop_reason, without SKB_DROP_REASON_
+    stack: kernel_stack         # "function+0xoff", innermost first
+    skaddr: hex                 # the socket (0: none)
+    netns                       # inode of the network namespace
+    -stack_bytes
+""")
 
 
 class TcpDrop(EventTracer):
     OBJECT = "tcpdrop"
-    EVENT = "tcpdrop_event"
+    EVENT_TYPE = TCPDROP_EVENT
     SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpdrop_tp_btf",), needs=DROP_REASONS),
@@ -87,71 +133,25 @@ class TcpDrop(EventTracer):
         Variant("tracepoint", ("tcpdrop_tracepoint",), needs=DROP_REASONS),
     )
 
-    def __init__(self, *, family: int = 0, **kw: Any):
+    def __init__(self, *, family: int = 0, no_socket: bool = False, **kw: Any):
         """kw: netns= (the packet's: its device's, else its socket's; an inode,
         `ip netns` name or path), cgroup=, container= (the socket's; drops
         without a socket pass none of them)... (core/tracer.py)"""
         super().__init__(**kw)
-        self.family = family
+        self.family, self.no_socket = family, no_socket
 
     def rodata(self) -> dict[str, Any]:
-        return {"target_family": self.family}
+        return {"target_family": self.family, "with_nosock": self.no_socket}
 
     def setup(self) -> None:
         super().setup()
-        self.prepare_replay()
-
-    def prepare_replay(self) -> None:
-        """The kernel's tables that records are read with: drop reason names
-        (this kernel's BTF) and symbols (/proc/kallsyms).  Also called by
-        `pytrace replay`, which can only be right on the recording's boot."""
-        from ..core.drops import DropNames
-        self.names = DropNames()
-
-    def reason_name(self, value: int) -> str:
-        return self.names.reason(value)
-
-    def stack_of(self, raw: tuple) -> list[str]:
-        """The symbolized stack of a raw record, tracing frames removed (core/drops.py).
-
-        The innermost frame is our BPF program, whose symbol leaves kallsyms
-        with it: replayed later it resolves to nonsense, which would stop the
-        trimming there.  So everything up to the outermost tracing frame near
-        the top (bpf_trace_run*, perf_trace_*...) goes, whatever it resolves
-        to, and live and replayed stacks agree."""
-        n = max(0, raw[self.idx["stack_bytes"]]) // 8
-        at = self.idx["stack[0]"]
-        addrs = raw[at:at + n]
-        fn = self.names.ksyms.function
-        top = [i for i, a in enumerate(addrs[:_MACHINERY_DEPTH]) if fn(a).startswith(TRACING_PREFIXES)]
-        return self.names.stack(addrs[top[-1] + 1:] if top else addrs)
-
-    def make_event(self, raw: tuple) -> TcpDropEvent:
-        i = self.idx
-        fam = raw[i["family"]]
-        state = raw[i["state"]]
-        return TcpDropEvent(raw[i["ts_ns"]], raw[i["pid"]], fam, addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
-                            addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]],
-                            TcpState.of(state) if state else None, FLAGS_TEXT[raw[i["tcpflags"]]],
-                            self.reason_name(raw[i["reason"]]), tuple(self.stack_of(raw)), raw[i["skaddr"]],
-                            raw[i["netns"]], *self.owner(raw, netns=False))
+        drop_names()        # the kernel's tables, read before the first drop arrives
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace TCP drops by the kernel. {LATENCY_NOTE}"
-    add_family_args(p)
-    ns = p.add_mutually_exclusive_group()
-    ns.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
-                    help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)")
-    ns.add_argument("--pid-netns", type=process_id, default=0, metavar="PID",
-                    help="only the network namespace of this process")
-    add_container_args(p, TcpDrop)
-    add_common(p, [v.hook for v in TcpDrop.VARIANTS])
+__getattr__ = public_classes(__name__, TcpDropEvent=TCPDROP_EVENT)
 
 
-def _netns(args: argparse.Namespace) -> int:
+def _netns(args: Any) -> int:
     if args.pid_netns:
         try:
             return os.stat(f"/proc/{args.pid_netns}/ns/net").st_ino
@@ -160,41 +160,49 @@ def _netns(args: argparse.Namespace) -> int:
     return args.netns_id
 
 
-def run(args: argparse.Namespace) -> int:
-    kw = container_filters(args)
-    if _netns(args):
-        if "netns" in kw:
-            raise UsageError("--netns and --netns-id/--pid-netns: one of them")
-        kw["netns"] = _netns(args)
-    tracer = TcpDrop(family=family_of(args), hook=args.hook, **kw)
-    return run_stream(tracer, args, renderer)
-
-
-def renderer(source: TcpDrop, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the live tracer,
-    or a recording standing in for it in `pytrace replay`)."""
-    return json_renderer(source) if args.json else _text_renderer(source, out)
-
-
-def _text_renderer(tracer: TcpDrop, out: Output):
+def text(source: Any, args: Any, out: Any):
     """BCC tcpdrop's lines (plus REASON), each followed by its stack and a blank line."""
     out.write("%-8s %-7s %-2s %-20s > %-20s %s (%s) %s\n" % ("TIME", "PID", "IP", "SADDR:SPORT", "DADDR:DPORT",
                                                            "STATE", "FLAGS", "REASON"))
-    i = tracer.idx
-    i_ts, i_pid, i_fam, i_sa, i_sp = i["ts_ns"], i["pid"], i["family"], i["saddr"], i["sport"]
-    i_da, i_dp, i_state, i_flags, i_reason = i["daddr"], i["dport"], i["state"], i["tcpflags"], i["reason"]
-    addr, clock, states = AddrFormatter(), Clock(), STATE_NAMES
-    ipver = {AF_INET: 4, AF_INET6: 6}
+    clock, addr, ipver = Clock(), convert.address_json, convert.ipver_value
 
     def render(batch: list[tuple]) -> str:
+        decode = source.decoder()
         lines = []
-        for r in batch:
-            fam, state = r[i_fam], r[i_state]
+        for raw in batch:
+            e = decode(raw)
+            state = "-" if e.state is None else getattr(e.state, "name", str(e.state))
             lines.append("%-8s %-7d %-2d %-20s > %-20s %s (%s) %s\n" % (
-                clock.hms(r[i_ts]), r[i_pid], ipver.get(fam, 0), f"{addr(fam, r[i_sa])}:{r[i_sp]}",
-                f"{addr(fam, r[i_da])}:{r[i_dp]}", states[state] if state else "-", FLAGS_TEXT[r[i_flags]],
-                tracer.reason_name(r[i_reason])))
-            lines.extend(f"\t{frame}\n" for frame in tracer.stack_of(r))
+                clock.hms(e.ts_ns), e.pid, ipver(e.family), f"{addr(e.saddr)}:{e.sport}",
+                f"{addr(e.daddr)}:{e.dport}", state, e.flags, e.reason))
+            lines.extend(f"\t{frame}\n" for frame in e.stack)
             lines.append("\n")
         return "".join(lines)
     return render
+
+
+SPEC = ToolSpec(
+    "tcpdrop", "TCP packets dropped by the kernel: addresses, state, flags, reason, stack", TcpDrop, EVENTS,
+    description=("Trace TCP drops by the kernel: the packet's addresses, its socket's state, its flags, "
+                 "the kernel's drop reason and stack. Like BCC, only drops of packets that reached a socket "
+                 f"(or were sent by one); --no-socket adds the others. {LATENCY_NOTE}"),
+    event=TCPDROP_EVENT,
+    options=(
+        family(),
+        Option("--no-socket", action="store_true", kw="no_socket",
+               help="also drops no socket took (NO_SOCKET: nothing listens; tc or netfilter drops before "
+                    "the socket lookup), which BCC never shows: thousands a second on a busy host"),
+        Exclusive(Option("--netns-id", type=netns_inode, default=0, metavar="INODE",
+                         help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)"),
+                  Option("--pid-netns", type=process_id, default=0, metavar="PID",
+                         help="only the network namespace of this process"),
+                  kw="netns", value=_netns),
+    ),
+    text=text,
+    examples=(
+        ("pytrace tcpdrop", "trace kernel-based TCP packet drops with details"),
+        ("pytrace tcpdrop -4", "trace IPv4 family only"),
+        ("pytrace tcpdrop -6", "trace IPv6 family only"),
+        ("pytrace tcpdrop --no-socket", "also the drops no socket took (e.g. a SYN to a closed port)"),
+    ),
+)

@@ -23,7 +23,7 @@ from ..core.cliutil import LATENCY_NOTE, bad_value, port, process_id
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -82,12 +82,7 @@ class TcpPktLat(EventTracer):
                 "target_family": self.family, "min_ns": self.min_us * 1000}
 
 
-def __getattr__(name: str) -> type:
-    """PacketLatency, the generated class, imported on first use (PEP 562): the
-    CLI's text output formats raw records and never needs it."""
-    if name == "PacketLatency":
-        return PKTLAT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, PacketLatency=PKTLAT_EVENT)
 
 
 def min_latency_us(text: str) -> int:

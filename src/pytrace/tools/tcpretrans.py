@@ -4,12 +4,12 @@ Library:
 
     from pytrace.tools.tcpretrans import TcpRetrans
     with TcpRetrans(lossprobe=True) as tracer:
-        for ev in tracer.events(duration=10):
+        for ev in tracer.events(duration=10):          # Retransmit
             print(ev.kind, ev.laddr, ev.lport, ev.raddr, ev.rport, ev.state.name, ev.seq)
 
     with TcpRetrans(count=True) as tracer:
         time.sleep(10)
-        for flow, c in tracer.counts().items():
+        for flow, c in tracer.counts().items():         # Flow -> RetransmitCount
             print(flow.laddr, flow.lport, flow.raddr, flow.rport, c.retransmits, c.tlps)
 
 kind is "R" for a retransmitted segment and "L" for a tail loss probe; a
@@ -26,57 +26,63 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.aggregate import print_loop
-from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
-                            container_filters, family_of, json_renderer, run_stream)
-from ..core.containers import Labels
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE, Clock
 from ..core.errors import PytraceError
 from ..core.loader import Variant
-from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
-from ..sinks.snapshot import Series, Snapshot
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcpretrans"
-SUMMARY = "TCP retransmits and tail loss probes, traced or counted per flow"
+from ..sinks.snapshot import Snapshot
+from ..spec import EVENTS, TABLE, EventType, Option, ToolSpec, family, public_classes
 
 RETRANSMIT, TLP = 1, 2
 _TP_NOTE = "-l: only probes that resend a segment"
 KINDS = {RETRANSMIT: "R", TLP: "L"}
+_KIND_VALUES = {v: k for k, v in KINDS.items()}
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@dataclass(frozen=True, slots=True)
-class Retransmit:
-    ts_ns: int                 # CLOCK_MONOTONIC
-    skaddr: int
-    pid: int
-    family: int
-    laddr: Addr
-    lport: int
-    raddr: Addr
-    rport: int
-    state: TcpState
-    kind: str                  # "R" retransmit, "L" tail loss probe
-    seq: int                   # first sequence number of the segment (0 for a kprobe TLP)
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
+def kind_value(raw: int) -> str:
+    """R (retransmit) or L (tail loss probe)."""
+    return KINDS.get(raw, "?")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "skaddr": f"{self.skaddr:x}", "pid": self.pid,
-                "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
-                "raddr": str(self.raddr), "rport": self.rport, "type": self.kind,
-                "state": getattr(self.state, "name", str(self.state)), "seq": self.seq,
-                **(self.labels.to_dict() if self.labels else {})}
+
+convert.register(convert.Conversion("retrans_kind", kind_value, None, convert.text_parse,
+                                    text=("s", "(b'R' if {0} == 1 else b'L' if {0} == 2 else b'?')"), kind="str"))
+
+# struct tcpretrans_event of src/bpf/tcpretrans.bpf.c; build.py generates Retransmit from its BTF
+RETRANSMIT_EVENT = EventType("Retransmit", struct="tcpretrans_event",
+                             doc="One retransmitted segment (R) or tail loss probe (L).", fields="""
+    ts_ns                       # CLOCK_MONOTONIC
+    skaddr: hex
+    pid                         # the task current when it went out (often 0 or unrelated)
+    family: family              # AF_INET or AF_INET6
+    laddr <- saddr: address
+    lport
+    raddr <- daddr: address
+    rport
+    state: TcpState
+    kind <- type: retrans_kind  # "R" retransmit, "L" tail loss probe
+    seq                         # first sequence number of the segment (0 for a kprobe TLP)
+""")
+
+# A row of the count mode's flows map (key struct tcpretrans_flow, value struct tcpretrans_count)
+RETRANSMIT_COUNT = EventType("RetransmitCount", map="flows", doc="The retransmits of one flow (count mode).",
+                             fields="""
+    family: family
+    laddr <- saddr: address
+    lport
+    raddr <- daddr: address
+    rport
+    retransmits <- retrans      # retransmitted segments (TLP retransmissions included)
+    tlps <- tlp                 # of which sent by a tail loss probe (kprobe: probe calls)
+    -pad
+""")
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
+    """The key of counts(): one connection, as the local side sees it."""
     family: int
     laddr: Addr
     lport: int
@@ -84,15 +90,9 @@ class Flow:
     rport: int
 
 
-@dataclass(frozen=True, slots=True)
-class FlowCount:
-    retransmits: int           # retransmitted segments (TLP retransmissions included)
-    tlps: int                  # of which sent by a tail loss probe (kprobe: probe calls)
-
-
 class TcpRetrans(EventTracer):
     OBJECT = "tcpretrans"
-    EVENT = "tcpretrans_event"
+    EVENT_TYPE = RETRANSMIT_EVENT
     SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpretrans_tp_btf",), note=_TP_NOTE),
@@ -133,118 +133,92 @@ class TcpRetrans(EventTracer):
     def setup(self) -> None:
         super().setup()
         self._flows = self.obj.map("flows")
+        self._decode_count = RETRANSMIT_COUNT.cls.decoder(self._flows.row_names())
 
-    def make_event(self, raw: tuple) -> Retransmit:
-        i = self.idx
-        fam = raw[i["family"]]
-        return Retransmit(raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], fam,
-                          addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
-                          addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
-                          TcpState.of(raw[i["state"]]), KINDS.get(raw[i["type"]], "?"), raw[i["seq"]], *self.owner(raw))
-
-    def counts(self, clear: bool = False) -> dict[Flow, FlowCount]:
-        """Per-flow totals of count mode (count=True); clear=True resets them."""
-        out: dict[Flow, FlowCount] = {}
-        for key, val in self._flows.decoded_items():
-            fam = key["family"]
-            out[Flow(fam, addr_obj(fam, key["saddr"]), key["lport"], addr_obj(fam, key["daddr"]),
-                     key["rport"])] = FlowCount(val["retrans"], val["tlp"])
+    def count_rows(self, clear: bool = False) -> list:
+        """Count mode: a RetransmitCount per flow, fewest retransmits first (as BCC
+        prints them); clear=True resets the counts."""
+        decode = self._decode_count
+        rows = [decode(r) for r in self._flows.rows()]
         if clear:
             self._flows.clear()
-        return out
+        rows.sort(key=lambda r: (r.retransmits, r.tlps))
+        return rows
+
+    def counts(self, clear: bool = False) -> dict[Flow, Any]:
+        """Count mode: {Flow: RetransmitCount}; clear=True resets them."""
+        return {Flow(r.family, r.laddr, r.lport, r.raddr, r.rport): r for r in self.count_rows(clear)}
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"Trace TCP retransmits. {LATENCY_NOTE}"
-    p.add_argument("-s", "--sequence", action="store_true", help="display TCP sequence numbers")
-    p.add_argument("-l", "--lossprobe", action="store_true", help="include tail loss probe attempts")
-    p.add_argument("-c", "--count", action="store_true",
-                   help="count retransmits per flow, printed at Ctrl-C")
-    add_family_args(p)
-    add_container_args(p, TcpRetrans)
-    add_common(p, [v.hook for v in TcpRetrans.VARIANTS])
+__getattr__ = public_classes(__name__, Retransmit=RETRANSMIT_EVENT, RetransmitCount=RETRANSMIT_COUNT)
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = TcpRetrans(family=family_of(args),
-                        lossprobe=args.lossprobe, count=args.count, hook=args.hook, **container_filters(args))
-    if not args.count:
-        return run_stream(tracer, args, renderer, intro)
-    with tracer:            # -c: one table at Ctrl-C / SIGTERM, like BCC
-        return print_loop(args, lambda: _count_snapshot(tracer, args), render_snapshot, intro, once=True)
+# -- the text: BCC's lines (address:port pairs), and its count table -------------------------
 
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing retransmits ... Hit Ctrl-C to end\n"
-
-
-def renderer(source: TcpRetrans, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the live tracer,
-    or a recording standing in for it in `pytrace replay`)."""
-    return json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-# -- count mode: one snapshot at exit (what the sinks get and replay renders) ----
-
-def snapshot(counts: dict[Flow, FlowCount], lost: int = 0) -> Snapshot:
-    """The flows fewest retransmits first; lost: retransmits of flows the full map could not take."""
-    rows = sorted(counts.items(), key=lambda kv: (kv[1].retransmits, kv[1].tlps))
-    return Snapshot.now(NAME, [Series.of({"ip": 4 if f.family == AF_INET else 6, "laddr": f.laddr, "lport": f.lport,
-                                          "raddr": f.raddr, "rport": f.rport},
-                                         {"retransmits": c.retransmits, "tlps": c.tlps}) for f, c in rows],
-                        values={"lost": lost})
-
-
-def _count_snapshot(tracer: TcpRetrans, args: argparse.Namespace) -> Snapshot:
-    snap = snapshot(tracer.counts(), tracer.lost)
-    if not args.json:
-        Output(False).lost(tracer.lost)      # on stderr, before the table (JSON: in render_snapshot)
-    return snap
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    """BCC's table (LADDR:LPORT <-> RADDR:RPORT RETRANSMITS [TLPS]), or JSON lines
-    after the lost-records line, as Output.lost() prints it."""
-    rows = [(dict(s.labels), dict(s.values)) for s in snap.series]
-    if args.json:
-        import json
-        dumps = json.JSONEncoder(separators=(",", ":")).encode
-        lost = snap.value("lost", 0)
-        out = [dumps({"type": "lost", "count": lost, "total": lost}) + "\n"] if lost else []
-        for lab, val in rows:
-            out.append(dumps({"ip": int(lab["ip"]), "laddr": lab["laddr"], "lport": int(lab["lport"]),
-                              "raddr": lab["raddr"], "rport": int(lab["rport"]), **val}) + "\n")
-        return "".join(out)
-    head = "\n%-25s %-25s %-10s" % ("LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS")
-    lines = [head + (" TLPS" if args.lossprobe else "")]
-    for lab, val in rows:
-        line = "%-20s <-> %-20s %10d" % (f"[{lab['laddr']}]#{lab['lport']}", f"[{lab['raddr']}]#{lab['rport']}",
-                                         val["retransmits"])
-        lines.append(line + (" %4d" % val["tlps"] if args.lossprobe else ""))
-    return "\n".join(lines) + "\n"
-
-
-def _text_renderer(tracer: TcpRetrans, args: argparse.Namespace, out: Output):
-    """BCC tcpretrans's columns, formatted from the raw tuples."""
+def text(source: Any, args: Any, out: Any):
+    """BCC tcpretrans's columns: TIME PID IP LADDR:LPORT T> RADDR:RPORT STATE [SEQ]."""
     head = "%-8s %-7s %-2s %-20s %1s> %-20s" % ("TIME", "PID", "IP", "LADDR:LPORT", "T", "RADDR:RPORT")
     out.write(head + (" %-12s %-10s" % ("STATE", "SEQ") if args.sequence else " %-4s" % "STATE") + "\n")
     fmt = "%-8s %-7d %-2d %-20s %1s> %-20s" + (" %-12s %d\n" if args.sequence else " %s\n")
-    seq = args.sequence
-    i = tracer.idx
-    i_ts, i_pid, i_fam, i_sa, i_lp = i["ts_ns"], i["pid"], i["family"], i["saddr"], i["lport"]
-    i_da, i_rp, i_state, i_type, i_seq = i["daddr"], i["rport"], i["state"], i["type"], i["seq"]
-    addr, clock, states = AddrFormatter(), Clock(), STATE_NAMES
-    ipver = {AF_INET: 4, AF_INET6: 6}
+    clock, addr, ipver = Clock(), convert.address_json, convert.ipver_value
 
     def render(batch: list[tuple]) -> str:
+        decode = source.decoder()
         lines = []
-        for r in batch:
-            fam = r[i_fam]
-            cols = (clock.hms(r[i_ts]), r[i_pid], ipver.get(fam, 0), f"{addr(fam, r[i_sa])}:{r[i_lp]}",
-                    KINDS.get(r[i_type], "?"), f"{addr(fam, r[i_da])}:{r[i_rp]}", states[r[i_state]])
-            lines.append(fmt % (cols + (r[i_seq],) if seq else cols))
+        for raw in batch:
+            e = decode(raw)
+            cols = (clock.hms(e.ts_ns), e.pid, ipver(e.family), f"{addr(e.laddr)}:{e.lport}", e.kind,
+                    f"{addr(e.raddr)}:{e.rport}", getattr(e.state, "name", str(e.state)))
+            lines.append(fmt % (cols + (e.seq,) if args.sequence else cols))
         return "".join(lines)
     return render
 
+
+def count_text(snap: Snapshot, args: Any) -> str:
+    """BCC's table at Ctrl-C: LADDR:LPORT <-> RADDR:RPORT RETRANSMITS (and TLPS with -l)."""
+    head = "\n%-25s %-25s %-10s" % ("LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS")
+    lines = [head + (" TLPS" if args.lossprobe else "")]
+    addr = convert.address_json
+    for r in COUNTS.rows(snap):
+        line = "%-20s <-> %-20s %10d" % (f"[{addr(r.laddr)}]#{r.lport}", f"[{addr(r.raddr)}]#{r.rport}",
+                                         r.retransmits)
+        lines.append(line + (" %4d" % r.tlps if args.lossprobe else ""))
+    return "\n".join(lines) + "\n"
+
+
+OPTIONS = (
+    Option("-s", "--sequence", action="store_true", help="display TCP sequence numbers"),
+    Option("-l", "--lossprobe", action="store_true", kw="lossprobe",
+           help="include tail loss probe attempts"),
+    Option("-c", "--count", action="store_true", kw="count",
+           help="count occurring retransmits per flow, printed at Ctrl-C"),
+    family(),
+)
+INTRO = "Tracing retransmits ... Hit Ctrl-C to end\n"
+
+COUNTS = ToolSpec(
+    "tcpretrans", "retransmits counted per flow (tcpretrans -c)", TcpRetrans, TABLE,
+    event=RETRANSMIT_COUNT,
+    labels=("family", "laddr", "lport", "raddr", "rport"), values=("retransmits", "tlps"),
+    read=lambda tracer, args: tracer.count_rows(),
+    extra=lambda tracer, args: {"missed": tracer.lost},
+    missed="retransmits not counted (flow table full)",
+    text=count_text, intro=INTRO, once=True,
+)
+
+SPEC = ToolSpec(
+    "tcpretrans", "TCP retransmits and tail loss probes, traced or counted per flow", TcpRetrans, EVENTS,
+    description=f"Trace TCP retransmits. {LATENCY_NOTE}",
+    event=RETRANSMIT_EVENT,
+    options=OPTIONS,
+    alternate=("count", COUNTS),
+    text=text, intro=INTRO,
+    examples=(
+        ("pytrace tcpretrans", "trace TCP retransmits"),
+        ("pytrace tcpretrans -l", "include TLP attempts"),
+        ("pytrace tcpretrans -s", "display TCP sequence numbers"),
+        ("pytrace tcpretrans -c", "count retransmits per flow, printed at Ctrl-C"),
+        ("pytrace tcpretrans -4", "trace IPv4 family only"),
+        ("pytrace tcpretrans -6", "trace IPv6 family only"),
+    ),
+)

@@ -18,7 +18,7 @@ from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -66,38 +66,113 @@ class TcpStates(EventTracer):
                 "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """TcpStateChange, the generated class, imported on first use (PEP 562): the
-    CLI's text output formats raw records and never needs it."""
-    if name == "TcpStateChange":
-        return TCPSTATES_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpStateChange=TCPSTATES_EVENT)
+
+
+# -- -Y: the systemd journal ---------------------------------------------------------------
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def journal_socket_path() -> str:
+    """journald's native socket (PYTRACE_JOURNAL_SOCKET overrides it, for tests)."""
+    import os
+    return os.environ.get("PYTRACE_JOURNAL_SOCKET", JOURNAL_SOCKET)
+
+
+def journal_entry(ev: Any) -> bytes:
+    """One state change as a journal entry in journald's native protocol: the
+    fields BCC's tcpstates -Y sends (systemd.journal-fields(7) for the standard
+    ones, OBJECT_TCP_* of its own), a line each; a value with a newline is sent
+    as NAME, a newline, its length (64-bit little endian), the value, a newline."""
+    from ..core.convert import address_json
+    pfx = "IPV6" if ev.family == 10 else "IPV4"
+    fields = {
+        "SYSLOG_IDENTIFIER": "tcpstates",
+        "PRIORITY": "5",
+        "OBJECT_PID": str(ev.pid),
+        f"OBJECT_{pfx}_SOURCE_ADDRESS": address_json(ev.laddr),
+        "OBJECT_TCP_SOURCE_PORT": str(ev.lport),
+        f"OBJECT_{pfx}_DESTINATION_ADDRESS": address_json(ev.raddr),
+        "OBJECT_TCP_DESTINATION_PORT": str(ev.rport),
+        "OBJECT_TCP_OLD_STATE": ev.oldstate.name if hasattr(ev.oldstate, "name") else str(ev.oldstate),
+        "OBJECT_TCP_NEW_STATE": ev.newstate.name if hasattr(ev.newstate, "name") else str(ev.newstate),
+        "OBJECT_TCP_SPAN_TIME": str(round(ev.ms * 1000)),
+    }
+    fields["MESSAGE"] = (f"{ev.comm} {fields[f'OBJECT_{pfx}_SOURCE_ADDRESS']} {ev.lport} \u2192 "
+                         f"{fields[f'OBJECT_{pfx}_DESTINATION_ADDRESS']} {ev.rport} "
+                         f"{fields['OBJECT_TCP_OLD_STATE']} \u2192 {fields['OBJECT_TCP_NEW_STATE']}")
+    out = []
+    for name, value in fields.items():
+        data = value.encode()
+        if b"\n" in data:
+            out.append(name.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n")
+        else:
+            out.append(name.encode() + b"=" + data + b"\n")
+    return b"".join(out)
+
+
+def journal_tee(source: Any, args: Any):
+    """-Y: each change also sent to the systemd journal (live only: replay does not log again)."""
+    if not getattr(args, "journal", False) or not isinstance(source, TcpStates):
+        return None
+    import socket
+    from ..core.errors import PytraceError
+    path = journal_socket_path()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise PytraceError(f"-Y: no systemd journal to log to ({path}: {exc.strerror})") from None
+    source.obj.on_close(sock.close)
+
+    def log(batch: list[tuple]) -> None:
+        decode = source.decoder()
+        for raw in batch:
+            try:
+                sock.send(journal_entry(decode(raw)))
+            except OSError as exc:      # journald gone or refusing: one line, not a traceback per event
+                raise PytraceError(f"-Y: the systemd journal refused an entry ({exc.strerror})") from None
+    return log
+
+
+def _wide(args: Any) -> bool:
+    return args.wide
 
 
 def _address_width(args: Any) -> int:
-    return 39 if (args.wide or args.ipv6) else 15
+    return 26 if args.wide else 15
 
 
 SPEC = ToolSpec(
     "tcpstates", "TCP state changes with the time spent in each state", TcpStates, EVENTS,
-    description=f"Trace TCP state changes and the time spent in each state. {LATENCY_NOTE}",
+    description=f"Trace TCP session state changes and durations. {LATENCY_NOTE}",
     event=TCPSTATES_EVENT,
     options=(
-        Option("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column"),
-        Option("-t", "--time", action="store_true", help="include a TIME(s) column (since start)"),
-        Option("-w", "--wide", action="store_true", help="wide columns (IPv6 addresses)"),
+        Option("-T", "--time", action="store_true", help="include a time column on output (HH:MM:SS)"),
+        Option("-t", "--timestamp", action="store_true",
+               help="include a timestamp on output (seconds since the first event)"),
+        Option("-w", "--wide", action="store_true", help="wide column output (fits IPv6 addresses)"),
+        Option("-s", "--csv", action="store_true", help="comma separated values output"),
         Option("-L", "--localport", type=ports("-L"), metavar="PORTS", kw="lports",
-               help="only these local ports (comma list)"),
+               help="comma-separated list of local ports to trace"),
         Option("-D", "--remoteport", type=ports("-D"), metavar="PORTS", kw="rports",
-               help="only these remote ports (comma list)"),
+               help="comma-separated list of remote ports to trace"),
+        Option("-Y", "--journal", action="store_true",
+               help="log session state changes to the systemd journal (its native socket) too"),
         family(),
     ),
+    csv="csv", tee=journal_tee,
+    # BCC's "%-16x %-5d %-10.10s %s%-15s %-5d %-15s %-5d %-11s -> %-11s %.3f" (the IP
+    # column only with -w, "%-2s", or -s); -w: C-COMM 16, addresses 26
     columns=(
-        Column("TIME", "ts_ns", width=8, form="hms", when="timestamp"),
-        Column("TIME(s)", "ts_ns", width=9, form="since_start", precision=".6", when="time"),
+        Column("TIME", "ts_ns", width=8, form="hms", when="time"),
+        Column("TIME(s)", "ts_ns", width=9, form="since_first", precision=".6", when="timestamp"),
         Column("SKADDR", "skaddr", width=16),
-        Column("C-PID", "pid", width=7),
-        Column("C-COMM", "comm", width=16),
+        Column("C-PID", "pid", width=5),
+        Column("C-COMM", "comm", width=lambda a: 16 if a.wide else 10, precision=lambda a: ".16" if a.wide else ".10"),
+        Column("IP", "family", width=2, form="ipver", when=lambda a: a.wide or a.csv),
         Column("LADDR", "laddr", width=_address_width),
         Column("LPORT", "lport", width=5),
         Column("RADDR", "raddr", width=_address_width),
@@ -108,11 +183,17 @@ SPEC = ToolSpec(
         Column("MS", "ms"),
     ),
     examples=(
-        ("pytrace tcpstates", "every TCP state change"),
-        ("pytrace tcpstates -T", "with a HH:MM:SS column"),
-        ("pytrace tcpstates -L 80,443", "only sockets with local port 80 or 443"),
-        ("pytrace tcpstates -D 80", "only sockets with remote port 80"),
-        ("pytrace tcpstates -6 -w", "IPv6 only, wide address columns"),
+        ("pytrace tcpstates", "trace all TCP state changes"),
+        ("pytrace tcpstates -t", "include timestamp column"),
+        ("pytrace tcpstates -T", "include time column (HH:MM:SS)"),
+        ("pytrace tcpstates -w", "wider columns (fit IPv6)"),
+        ("pytrace tcpstates -stT", "csv output, with times & timestamps"),
+        ("pytrace tcpstates -Y", "log events to the systemd journal"),
+        ("pytrace tcpstates -L 80", "only trace local port 80"),
+        ("pytrace tcpstates -L 80,81", "only trace local ports 80 and 81"),
+        ("pytrace tcpstates -D 80", "only trace remote port 80"),
+        ("pytrace tcpstates -4", "trace IPv4 family only"),
+        ("pytrace tcpstates -6", "trace IPv6 family only"),
         ("pytrace tcpstates --json", "one JSON object per change"),
     ),
 )

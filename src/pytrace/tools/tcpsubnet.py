@@ -5,7 +5,7 @@ Library:
     from pytrace.tools.tcpsubnet import TcpSubnet
     with TcpSubnet("192.0.2.0/24,2001:db8::/32,0.0.0.0/0") as t:
         time.sleep(5)
-        for s in t.read():                  # subnets that got bytes since the last read()
+        for s in t.read():                  # SubnetBytes: subnets that got bytes since the last read()
             print(s.subnet, s.bytes)
 
 Each send is counted under the first subnet in the list that holds its
@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+import sys
 from typing import Any, Sequence
 
-from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_common, add_container_args, bad_value, container_filters, seconds
+from ..core.aggregate import local_time
+from ..core.cliutil import bad_value, intervals, seconds
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Series, Snapshot
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcpsubnet"
-SUMMARY = "TCP bytes sent, summed per destination subnet"
+from ..sinks.snapshot import Snapshot
+from ..spec import TABLE, EventType, Option, ToolSpec, print_program, public_classes
 
 DEFAULT_SUBNETS = "127.0.0.1/32,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,0.0.0.0/0"
 MAX_SUBNETS = 32     # as in tcpsubnet.bpf.c
+SUBNET_TEXT = 47     # characters of a subnet's text a row keeps (struct tcpsubnet_row)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,22 +40,27 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORMATS = {"b": (8, 1), "k": (8, 1024), "m": (8, 1024 ** 2),
            "B": (1, 1), "K": (1, 1024), "M": (1, 1024 ** 2)}
 
+# struct tcpsubnet_row of src/bpf/tcpsubnet.bpf.c: the rows user space makes from
+# the per-CPU sums (build.py generates SubnetBytes from its BTF)
+SUBNET_ROW = EventType("SubnetBytes", struct="tcpsubnet_row", doc="The bytes sent to one subnet in a period.",
+                       fields="""
+    index                       # position in the subnet list
+    subnet: text                # as the user wrote it, e.g. 10.0.0.0/8
+    bytes                       # bytes sent to it in the period
+    -pad
+""")
 
-@dataclass(frozen=True, slots=True)
+
 class Subnet:
-    text: str            # as the user wrote it, e.g. "10.0.0.0/8"
-    network: Network     # host bits cleared
+    """One subnet of the list: its text as written, and the network (host bits cleared)."""
 
+    __slots__ = ("text", "network")
 
-@dataclass(frozen=True, slots=True)
-class SubnetBytes:
-    index: int           # position in the subnet list
-    subnet: str          # as the user wrote it
-    network: Network
-    bytes: int           # bytes sent to it in the period
+    def __init__(self, text: str, network: Network):
+        self.text, self.network = text, network
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "subnet": self.subnet, "bytes": self.bytes}
+    def __repr__(self) -> str:
+        return f"Subnet({self.text!r}, {self.network})"
 
 
 def parse_subnets(spec: str | Sequence[str | Subnet]) -> list[Subnet]:
@@ -74,6 +74,8 @@ def parse_subnets(spec: str | Sequence[str | Subnet]) -> list[Subnet]:
         addr, slash, bits = text.partition("/")
         if not slash or not bits.isdigit():
             raise UsageError(f"subnet '{text}': expected ADDRESS/PREFIXLEN, e.g. 10.0.0.0/8 or 2001:db8::/32")
+        if len(text) > SUBNET_TEXT:
+            raise UsageError(f"subnet '{text[:60]}': longer than {SUBNET_TEXT} characters")
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError as exc:
@@ -124,10 +126,11 @@ class TcpSubnet(Tracer):
     def setup(self) -> None:
         self._bytes = self.obj.map("subnet_bytes")
 
-    def read(self, reset: bool = True) -> list[SubnetBytes]:
-        """Subnets that got bytes since the last read(reset=True) (or the start),
-        in list order.  The kernel's sums are never cleared: periods are
-        differences, so no byte is lost between two reads."""
+    def read(self, reset: bool = True) -> list:
+        """Subnets (SubnetBytes) that got bytes since the last read(reset=True) (or
+        the start), in list order.  The kernel's sums are never cleared: periods
+        are differences, so no byte is lost between two reads."""
+        make = SUBNET_ROW.cls
         out = []
         for i, s in enumerate(self.subnets):
             total = self._bytes.percpu_sum(struct.pack("<I", i)) or 0
@@ -135,8 +138,11 @@ class TcpSubnet(Tracer):
             if reset:
                 self._base[i] = total
             if delta:
-                out.append(SubnetBytes(i, s.text, s.network, delta))
+                out.append(make(i, s.text, delta))
         return out
+
+
+__getattr__ = public_classes(__name__, SubnetBytes=SUBNET_ROW)
 
 
 # -- command line ---------------------------------------------------------------
@@ -148,50 +154,61 @@ def _subnets_arg(text: str) -> list[Subnet]:
         raise bad_value(str(exc)) from None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Summarize TCP send and aggregate by subnet."
-    p.add_argument("subnets", nargs="?", type=_subnets_arg, default=DEFAULT_SUBNETS,
-                   help=f"comma separated list of subnets, IPv4 or IPv6 (default {DEFAULT_SUBNETS})")
-    p.add_argument("-J", dest="json", action="store_true", help="format output in JSON (same as --json)")
-    p.add_argument("-f", "--format", default="B", choices=list(FORMATS),
-                   help="[bkmBKM] format to report: bits, Kbits, Mbits, bytes, KBytes, MBytes (default B)")
-    p.add_argument("-i", "--interval", type=seconds, default=1,
-                   help="output interval, in seconds (default 1)")
-    add_container_args(p, TcpSubnet, netns_flags=("-N", "--netns"))
-    add_common(p, [v.hook for v in TcpSubnet.VARIANTS])
-
-
 def scaled(nbytes: int, fmt: str) -> int | float:
     """BCC's -f conversion: bits/bytes stay integers, K and M are true divisions."""
     mult, div = FORMATS[fmt]
     return nbytes * mult if div == 1 else nbytes * mult / div
 
 
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-def snapshot(rows: list[SubnetBytes], interval: int) -> Snapshot:
-    return Snapshot.now(NAME, [Series.of({"subnet": r.subnet, "index": r.index}, {"bytes": r.bytes})
-                               for r in rows], interval)
-
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n"
+def intro(args: Any) -> str:
+    if args.print_program:      # -v: BCC logs the subnets it evaluates (the program follows, spec.run)
+        subnets = parse_subnets(args.subnets)
+        sys.stderr.write("".join(f"subnet {i}: {s.text} -> {s.network}\n" for i, s in enumerate(subnets)))
+    return "" if args.bcc_json else f"Tracing... Output every {args.interval} secs. Hit Ctrl-C to end\n"
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    # like BCC: the largest first
-    rows = sorted(((s.label("subnet"), int(s.label("index")), dict(s.values)["bytes"]) for s in snap.series),
-                  key=lambda r: (-r[2], r[1]))
-    if args.json:
+def text(snap: Snapshot, args: Any) -> str:
+    """BCC's output: the date and time, then each subnet, largest first ("%-21s %6d"
+    in -f units); -J: its JSON object per interval ({"date", "time", "entries"})."""
+    rows = sorted(SPEC.rows(snap), key=lambda r: (-r.bytes, r.index))
+    if args.bcc_json:
         import json
         rec = {"date": local_time(snap, "%x"), "time": local_time(snap, "%X"),
-               "entries": {subnet: scaled(n, args.format) for subnet, _, n in rows}}
+               "entries": {r.subnet: scaled(r.bytes, args.format) for r in rows}}
         return json.dumps(rec) + "\n"
     lines = [local_time(snap, "[%x %X]")]
-    lines += [f"{subnet:<21} {int(scaled(n, args.format)):>6}" for subnet, _, n in rows]
+    lines += [f"{r.subnet:<21} {int(scaled(r.bytes, args.format)):>6}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    with TcpSubnet(args.subnets, hook=args.hook, **container_filters(args)) as tracer:
-        return print_loop(args, lambda: snapshot(tracer.read(), args.interval), render_snapshot, intro)
+SPEC = ToolSpec(
+    "tcpsubnet", "TCP bytes sent, summed per destination subnet", TcpSubnet, TABLE,
+    description=("Summarize TCP send and aggregate by subnet. IPv6 subnets work too (BCC: IPv4 only). "
+                 "-J prints BCC's JSON (an object per interval); --json pytrace's (an object per subnet)."),
+    event=SUBNET_ROW,
+    labels=("subnet", "index"), values=("bytes",),
+    options=(
+        Option("subnets", nargs="?", type=_subnets_arg, default=DEFAULT_SUBNETS, kw="subnets",
+               help=f"comma separated list of subnets, IPv4 or IPv6 (default {DEFAULT_SUBNETS})"),
+        print_program("-v", "--verbose", stream="stderr",
+                      help="verbose: print the subnets as evaluated and the BPF program (on stderr), then trace"),
+        Option("-J", dest="bcc_json", action="store_true",
+               help="format output in JSON, as BCC: an object per interval (--json: one per subnet)"),
+        Option("-f", "--format", default="B", choices=list(FORMATS),
+               help="[bkmBKM] format to report: bits, Kbits, Mbits, bytes, KBytes, MBytes (default B)"),
+        Option("-i", "--interval", type=seconds, default=1, metavar="SEC",
+               help="output interval, in seconds (default 1)"),
+        Option("-c", "--count", type=intervals, metavar="N", help="stop after N intervals"),
+        Option("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds"),
+    ),
+    netns_flags=("-N", "--netns"),      # filter.h's --netns (an inode, ip netns name or path)
+    read=lambda tracer, args: tracer.read(),
+    text=text, intro=intro,
+    examples=(
+        ("pytrace tcpsubnet", "summarize TCP traffic by the default subnets"),
+        ("pytrace tcpsubnet 0.0.0.0/0", "summarize all IPv4 TCP traffic"),
+        ("pytrace tcpsubnet -J -fk 0.0.0.0/0", "all IPv4 TCP traffic, in BCC's JSON and Kb"),
+        ("pytrace tcpsubnet 192.0.2.0/24,2001:db8::/32,0.0.0.0/0,::/0", "IPv6 subnets too"),
+        ("pytrace tcpsubnet -i 10 -c 6", "every 10 seconds, 6 times"),
+    ),
+)

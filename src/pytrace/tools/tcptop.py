@@ -25,7 +25,7 @@ from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6
 from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
-from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid
+from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid, public_classes
 from ..spec.text import table
 
 SORTS = ("all", "sent", "received")
@@ -96,11 +96,7 @@ class TcpTop(Tracer):
         return out
 
 
-def __getattr__(name: str) -> type:
-    """TcpFlow, the class generated from the flow table's BTF (PEP 562)."""
-    if name == "TcpFlow":
-        return TCP_FLOW.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpFlow=TCP_FLOW)
 
 
 # -- the text: BCC's layout, an IPv4 table, then an IPv6 one, each busiest first -----------
@@ -145,11 +141,18 @@ def _loadavg_text(snap: Snapshot) -> str:
 
 def text(snap: Snapshot, args: Any) -> str:
     """One period: the summary line, then the tables; refreshed in place on a
-    terminal (elsewhere, or with -C, periods follow each other)."""
-    flows = SPEC.rows(snap)
+    terminal (elsewhere, or with -C, periods follow each other).  Every flow
+    is printed, as BCC; -r ROWS prints the busiest ROWS and says how many
+    were left out."""
+    flows = sorted(SPEC.rows(snap), key=sort_key(args.sort))
+    cut = 0
+    if args.rows is not None and len(flows) > args.rows:
+        cut, flows = len(flows) - args.rows, flows[:args.rows]
     tables = [table(columns, rows, args) for columns, rows in
               ((COLUMNS, [f for f in flows if f.family == AF_INET]),
                (COLUMNS6, [f for f in flows if f.family == AF_INET6])) if rows]
+    if cut:
+        tables.append(f"({cut} more connection{'s' if cut > 1 else ''} not shown: -r {args.rows})\n")
     body = "\n".join(tables)
     if not args.nosummary:
         body = f"{local_time(snap):<8} loadavg: {_loadavg_text(snap)}\n" + body
@@ -169,19 +172,27 @@ SPEC = ToolSpec(
         family(),
         Option("-s", "--sort", choices=SORTS, default="all",
                help="sort by sent + received (all, default), sent, or received bytes"),
-        Option("-r", "--rows", type=int_range(1, MAX_ROWS), default=20, help="maximum rows to print (default 20)"),
+        Option("-r", "--rows", type=int_range(1, MAX_ROWS), default=None,
+               help="maximum rows to print (default: all, as BCC; a line says how many were left out); "
+                    "--json prints every row"),
         *interval_positionals(default=1),
     ),
-    read=lambda tracer, args: tracer.read(args.sort)[:args.rows],
+    cgroup_flags=("-c", "--cgroup"),    # libbpf-tools' -c PATH: filter.h's --cgroup (with descendants)
+    read=lambda tracer, args: tracer.read(args.sort),
     extra=lambda tracer, args: {**loadavg(), "missed": tracer.missed},
     missed="sends/receives not counted (flow table full)",
     columns=COLUMNS, text=text,
     intro="Tracing... Output every {interval} secs. Hit Ctrl-C to end\n",
     examples=(
-        ("pytrace tcptop", "every second, the busiest connections"),
+        ("pytrace tcptop", "summarize TCP throughput by active sessions, 1 second refresh"),
+        ("pytrace tcptop -C 5", "don't clear the screen (rolling output), and 5 second summaries"),
         ("pytrace tcptop -C 5 3", "every 5 seconds, 3 times, without clearing the screen"),
         ("pytrace tcptop -p 181", "only process 181"),
+        ("pytrace tcptop -Cp 181", "trace PID 181 only, and don't clear the screen"),
         ("pytrace tcptop -s sent -r 5", "the 5 connections that sent most"),
+        ("pytrace tcptop -c /sys/fs/cgroup", "only processes in this cgroup (v2) and below"),
+        ("pytrace tcptop -4", "trace IPv4 family only"),
+        ("pytrace tcptop -6", "trace IPv6 family only"),
         ("pytrace tcptop --json 10", "one JSON object per connection, every 10 seconds"),
     ),
 )

@@ -4,74 +4,91 @@ Library:
 
     from pytrace.tools.tcptracer import TcpTracer
     with TcpTracer() as tracer:
-        for ev in tracer.events(duration=10):
+        for ev in tracer.events(duration=10):          # TcpEvent
             print(ev.type, ev.pid, ev.comm, ev.saddr, ev.sport, ev.daddr, ev.dport)
 
 C is reported when a connect completes, with the process that called
-connect(); A when accept() returns, with the accepting process; X when an
-established connection starts to close: close() or shutdown() (the calling
-process), or a reset or timeout (the process seen at C or A, 0 if none was).
-BCC reports X from tcp_close() only, so it shows no X for shutdown() and
-shows it later, at close(), for a reset connection.
+connect(); A when accept() returns, with the accepting process; X when the
+process ends an established connection: its close() or shutdown(), or, for
+a connection the peer reset (or that timed out) under it, its close() of the
+socket (or its exit), as BCC reports it.  BCC reports X from tcp_close()
+only, so it shows no X for a shutdown(); here the first of shutdown() and
+close() is the X.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
-                            container_filters, family_of, int_range, json_renderer, process_id, run_stream)
-from ..core.containers import Labels
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE
 from ..core.loader import Variant
-from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family, pid, public_classes
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "tcptracer"
-SUMMARY = "TCP connect, accept and close events (C/A/X)"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 TYPE_WORDS = {"C": "connect", "A": "accept", "X": "close"}
+_LETTERS = {word: letter for letter, word in TYPE_WORDS.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class TcpEvent:
-    ts_ns: int                 # CLOCK_MONOTONIC
-    type: str                  # "C", "A" or "X"
-    pid: int
-    comm: str
-    family: int
-    saddr: Addr                # local address
-    sport: int
-    daddr: Addr                # remote address
-    dport: int
-    netns: int                 # inode of the socket's network namespace
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    labels: Labels | None = None
+def type_value(raw: int) -> str:
+    return chr(raw)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "type": TYPE_WORDS.get(self.type, self.type), "pid": self.pid,
-                "comm": self.comm, "ip": 4 if self.family == AF_INET else 6, "saddr": str(self.saddr),
-                "daddr": str(self.daddr), "sport": self.sport, "dport": self.dport, "netns": self.netns,
-                **(self.labels.to_dict() if self.labels else {})}
+
+def type_json(letter: str) -> str:
+    """connect, accept or close (BCC's -v words)."""
+    return TYPE_WORDS.get(letter, "unknown")
+
+
+def type_parse(v: Any) -> str:
+    return _LETTERS.get(v, v) if isinstance(v, str) else chr(int(v))
+
+
+def bracketed_value(raw: bytes, family: int) -> Any:
+    return convert.address_value(raw, family)
+
+
+_WORDS = {ord(letter): word.encode() for letter, word in TYPE_WORDS.items()}
+convert.register(convert.Conversion("tcptracer_type", type_value, type_json, type_parse, text=("c", "{0}"),
+                                    kind="str"))
+# -v's TYPE column: the word
+convert.register(convert.Conversion("tcptracer_word", type_value, type_json, type_parse,
+                                    text=("s", "_tcptracer_words.get({0}, b'unknown')"), kind="str",
+                                    env={"_tcptracer_words": _WORDS}))
+# BCC brackets IPv6 addresses ([::1]); the value and JSON are the address itself
+convert.register(convert.Conversion("tcptracer_addr", bracketed_value, convert.address_json, convert.address_parse,
+                                    needs=("family",),
+                                    text=("s", "((_a4get({0}) or _addr({1}, {0})) if {1} == 2 else "
+                                               "b'[' + (_a6get({0}) or _addr({1}, {0})) + b']')")))
+
+# struct tcptracer_event of src/bpf/tcptracer.bpf.c; build.py generates TcpEvent from its BTF
+TCPTRACER_EVENT = EventType("TcpEvent", struct="tcptracer_event",
+                            doc="One TCP connect (C), accept (A) or close (X).", fields="""
+    ts_ns                       # CLOCK_MONOTONIC
+    type: tcptracer_type        # "C", "A" or "X" (JSON: connect, accept, close)
+    pid
+    comm: text
+    family: family              # AF_INET or AF_INET6
+    saddr: address              # local address
+    sport
+    daddr: address              # remote address
+    dport
+    netns                       # inode of the socket's network namespace
+    -pad
+""")
 
 
 class TcpTracer(EventTracer):
     OBJECT = "tcptracer"
-    EVENT = "tcptracer_event"
+    EVENT_TYPE = TCPTRACER_EVENT
     SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcptracer_kprobe_v4", "tcptracer_kprobe_v6", "tcptracer_kretprobe_accept",
-                           "tcptracer_raw_tp")),
-        Variant("tracepoint", ("tcptracer_tracepoint", "tcptracer_tp_accept4", "tcptracer_tp_accept"),
-                "no io_uring"),
+                           "tcptracer_raw_tp", "tcptracer_raw_tp_destroy")),
+        Variant("tracepoint", ("tcptracer_tracepoint", "tcptracer_tp_destroy", "tcptracer_tp_accept4",
+                               "tcptracer_tp_accept"), "no io_uring"),
     )
 
     def __init__(self, *, pid: int = 0, family: int = 0, **kw: Any):
@@ -82,86 +99,57 @@ class TcpTracer(EventTracer):
     def rodata(self) -> dict[str, Any]:
         return {"filter_pid": self.pid, "target_family": self.family}
 
-    def make_event(self, raw: tuple) -> TcpEvent:
-        i = self.idx
-        fam = raw[i["family"]]
-        return TcpEvent(raw[i["ts_ns"]], chr(raw[i["type"]]), raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
-                        addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
-                        addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["netns"]], *self.owner(raw, netns=False))
+
+__getattr__ = public_classes(__name__, TcpEvent=TCPTRACER_EVENT)
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Trace TCP connects (C), accepts (A) and closes (X). Here -v is BCC's verbose output "
-                     "(TYPE words, NETNS column, TIME(ns)); --libbpf-log shows libbpf's log. " + LATENCY_NOTE)
-    p.add_argument("-t", "--timestamp", action="store_true",
-                   help="include a TIME(s) column (TIME(ns) with -v), since the first event")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
-    add_family_args(p)
-    p.add_argument("--libbpf-log", action="store_true", help="show libbpf's log (what -v does in other tools)")
-    add_container_args(p, TcpTracer, netns_flags=("-N", "--netns"))   # BCC's -N
-    add_common(p, [v.hook for v in TcpTracer.VARIANTS])   # its -v/--verbose serves as BCC's -v
+def _verbose(args: Any) -> bool:
+    return args.verbose
 
 
-def run(args: argparse.Namespace) -> int:
-    # -v means BCC's verbose columns here, not hundreds of lines of libbpf's log
-    logging.getLogger("pytrace.libbpf").setLevel(logging.DEBUG if args.libbpf_log else logging.WARNING)
-    tracer = TcpTracer(pid=args.pid, family=family_of(args), hook=args.hook, **container_filters(args))
-    return run_stream(tracer, args, renderer, intro)
+def _terse(args: Any) -> bool:
+    return not args.verbose
 
 
-def intro(args: argparse.Namespace) -> str:
-    """What the CLI prints once, before the renderer's header."""
-    return "" if args.json else "Tracing TCP established connections. Ctrl-C to end.\n"
-
-
-def renderer(source: TcpTracer, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the tracer, or a
-    recording standing in for it in `pytrace replay`)."""
-    return json_renderer(source) if args.json else _text_renderer(source, args, out)
-
-
-def _text_renderer(tracer: TcpTracer, args: argparse.Namespace, out: Output):
-    """BCC's columns: [TIME(s)] T PID COMM IP SADDR DADDR SPORT DPORT; with -v
-    [TIME(ns)] TYPE ... [NETNS].  IPv6 addresses are bracketed, as in BCC."""
-    verbose, show_netns = args.verbose, args.verbose and not args.netns
-    if verbose:
-        head = f"{'TIME(ns)':<14}" if args.timestamp else ""
-        head += "%-12s %-6s %-16s %-2s %-16s %-16s %-6s %-7s" % ("TYPE", "PID", "COMM", "IP", "SADDR", "DADDR",
-                                                               "SPORT", "DPORT")
-        if show_netns:
-            head += "NETNS"
-    else:
-        head = f"{'TIME(s)':<9}" if args.timestamp else ""
-        head += "%-2s %-6s %-16s %-2s %-16s %-16s %-6s %s" % ("T", "PID", "COMM", "IP", "SADDR", "DADDR",
-                                                            "SPORT", "DPORT")
-    out.write(head + "\n")
-
-    i = tracer.idx
-    i_ts, i_type, i_pid, i_comm, i_fam, i_ns = i["ts_ns"], i["type"], i["pid"], i["comm"], i["family"], i["netns"]
-    i_sa, i_sp, i_da, i_dp = i["saddr"], i["sport"], i["daddr"], i["dport"]
-    addr = AddrFormatter()
-    since_first = SinceFirst()
-
-    def text(fam: int, raw: bytes) -> str:
-        a = addr(fam, raw)
-        return a if fam == AF_INET else f"[{a}]"
-
-    def render(batch: list[tuple]) -> str:
-        lines = []
-        for r in batch:
-            fam, t = r[i_fam], chr(r[i_type])
-            line = ""
-            if args.timestamp:
-                delta = since_first.ns(r[i_ts])
-                line = f"{delta:<14d}" if verbose else f"{delta / 1e9:<9.3f}"
-            line += f"{TYPE_WORDS.get(t, 'unknown'):<12} " if verbose else f"{t:<2} "
-            line += "%-6d %-16s %-2d %-16s %-16s %-6d %-6d" % (
-                r[i_pid], comm_text(r[i_comm]), 4 if fam == AF_INET else 6, text(fam, r[i_sa]),
-                text(fam, r[i_da]), r[i_sp], r[i_dp])
-            if show_netns:
-                line += f" {r[i_ns]:<8d}"
-            lines.append(line.rstrip() + "\n")
-        return "".join(lines)
-    return render
+SPEC = ToolSpec(
+    "tcptracer", "TCP connect, accept and close events (C/A/X)", TcpTracer, EVENTS,
+    description=("Trace TCP established connections: connects (C), accepts (A) and closes (X). -v is BCC's "
+                 "verbose output (TYPE words, NETNS column, TIME(ns)); libbpf's log is --libbpf-log. "
+                 + LATENCY_NOTE),
+    event=TCPTRACER_EVENT,
+    netns_flags=("-N", "--netns"),      # BCC's -N: filter.h's --netns (an inode, ip netns name or path)
+    options=(
+        Option("-t", "--timestamp", action="store_true",
+               help="include timestamp on output (TIME(s), or TIME(ns) with -v: since the first event)"),
+        pid(),
+        family(),
+        Option("-v", "--verbose", action="store_true",
+               help="print full lines, with long event type names and network namespace numbers"),
+    ),
+    intro="Tracing TCP established connections. Ctrl-C to end.\n",
+    # BCC: [TIME(s) "%-9.3f" | TIME(ns) "%-14d"] then "%-2s " T (or "%-12s " TYPE),
+    # "%-6d %-16s %-2d %-16s %-16s %-6d %-6d", and with -v (no -N) " %-8d" NETNS
+    columns=(
+        Column("TIME(s)", "ts_ns", width=8, form="since_first", precision=".3",
+               when=lambda a: a.timestamp and not a.verbose),
+        Column("TIME(ns)", "ts_ns", width=13, form="since_first_ns", when=lambda a: a.timestamp and a.verbose),
+        Column("T", "type", width=2, when=_terse),
+        Column("TYPE", "type", width=12, form="tcptracer_word", when=_verbose),
+        Column("PID", "pid", width=6),
+        Column("COMM", "comm", width=16),
+        Column("IP", "family", width=2, form="ipver"),
+        Column("SADDR", "saddr", width=16, form="tcptracer_addr"),
+        Column("DADDR", "daddr", width=16, form="tcptracer_addr"),
+        Column("SPORT", "sport", width=6),
+        Column("DPORT", "dport", width=lambda a: 6 if a.verbose and not a.netns else None),
+        Column("NETNS", "netns", when=lambda a: a.verbose and not a.netns),
+    ),
+    examples=(
+        ("pytrace tcptracer", "trace all TCP established connections"),
+        ("pytrace tcptracer -v", "include long event type names and network namespace numbers"),
+        ("pytrace tcptracer -p 181", "only trace PID 181"),
+        ("pytrace tcptracer -N 4026531969", "only trace connections in network namespace 4026531969"),
+        ("pytrace tcptracer -4", "trace IPv4 family only"),
+        ("pytrace tcptracer -6", "trace IPv6 family only"),
+    ),
+)
