@@ -42,13 +42,16 @@ class Conversion:
     functions (generated code imports them by module and name); json and parse
     None mean the value is already JSON (an int, a str)."""
 
-    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind")
+    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind", "env")
 
     def __init__(self, name: str, value: Callable | None, json: Callable | None = None,
                  parse: Callable | None = None, needs: tuple[str, ...] = (),
-                 text: tuple | None = None, kind: str = ""):
+                 text: tuple | None = None, kind: str = "", env: dict | None = None):
         self.name, self.value, self.json, self.parse = name, value, json, parse
         self.needs, self.text, self.kind = tuple(needs), text, kind or name
+        # names the text expression uses besides text_env()'s (a tool's own
+        # table: "_connect_results"); each starts with _ (see text_env)
+        self.env = env or {}
 
 
 _TABLE: dict[str, Conversion] = {}
@@ -161,6 +164,23 @@ def ns_to_ms_value(v: int) -> float:
 
 register(Conversion("ns_to_ms", ns_to_ms_value, ms_json, float_parse,
                     text=("%d.%03d", ("{0} // 1000000", "{0} // 1000 % 1000")), kind="float"))
+
+
+def whole_us_value(v: int) -> int:
+    return v // 1000
+
+
+# ns shown as whole microseconds (the book's LAT(us) columns); mostly a Column's form=
+register(Conversion("whole_us", whole_us_value, None, int_parse, text=("d", "{0} // 1000"), kind="int"))
+
+
+def ip_version_value(family: int) -> int:
+    return 4 if family == AF_INET else 6 if family == AF_INET6 else 0
+
+
+# a family as BCC's IP column shows it (4 or 6); mostly a Column's form=
+register(Conversion("ip_version", ip_version_value, None, int_parse,
+                    text=("d", "(4 if {0} == 2 else 6 if {0} == 10 else 0)"), kind="int"))
 
 
 # -- text -----------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
             if conv.text is None:
                 raise ValueError(f"column {c.header}: conversion {conv.name} has no text form; give form=")
             code, template = conv.text
+            env.update(conv.env)
             needs = decl.args if decl.args is not None else conv.needs
         names = [decl.raw, *needs]
         for n in names:
