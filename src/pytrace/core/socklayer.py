@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
+from .convert import Conversion, register, text_parse
 from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, process_id
 from .hist import Log2Histogram
 from .loader import Variant
@@ -77,6 +78,33 @@ ACCEPT_RESULTS = {
 def result_text(table: dict[int, str], err: int) -> str:
     """err is 0 or a positive errno."""
     return table.get(err) or errno.errorcode.get(err, str(err))
+
+
+# The results as event fields (`result <- ret: connect_result`): ret is 0, a
+# new fd (accept) or -errno; the text path memoises each ret's bytes.
+
+def connect_result_value(ret: int) -> str:
+    return result_text(CONNECT_RESULTS, -ret if ret < 0 else 0)
+
+
+def accept_result_value(ret: int) -> str:
+    return result_text(ACCEPT_RESULTS, -ret if ret < 0 else 0)
+
+
+class _ResultTexts(dict):
+    def __init__(self, value: Callable[[int], str]):
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, ret: int) -> bytes:
+        text = self[ret] = self.value(ret).encode()
+        return text
+
+
+register(Conversion("connect_result", connect_result_value, None, text_parse, kind="str",
+                    text=("s", "_connect_results[{0}]"), env={"_connect_results": _ResultTexts(connect_result_value)}))
+register(Conversion("accept_result", accept_result_value, None, text_parse, kind="str",
+                    text=("s", "_accept_results[{0}]"), env={"_accept_results": _ResultTexts(accept_result_value)}))
 
 
 # -- maps ------------------------------------------------------------------------------
