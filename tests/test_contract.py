@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from datetime import datetime
@@ -62,8 +63,18 @@ def tcp_traffic() -> None:
     tcp_roundtrip("::1")
 
 
+def udp_connects() -> None:
+    """connect() on UDP sockets, v4 and v6."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u4, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u6:
+        u4.connect(("127.0.0.1", 7777))
+        u6.connect(("::1", 7778))
+
+
 # tool -> what makes it print (default: tcp_traffic), for tools that need more
-TRAFFIC: dict[str, object] = {}
+TRAFFIC: dict[str, object] = {
+    "udpconnect": udp_connects,
+}
 # tool -> arguments its contract runs add (e.g. a short interval)
 ARGS: dict[str, list[str]] = {}
 
