@@ -273,6 +273,54 @@ register(Conversion("family", family_value, enum_json, family_parse,
                     text=("s", "_family_names[{0}]"), kind="enum"))
 
 
+_IP_PROTOCOL = None
+
+
+def ip_protocol_enum():
+    """IpProtocol: an IntEnum of the IPPROTO_* numbers (socket's names, and
+    IPPROTO_MPTCP), made on first use (the text path never needs it)."""
+    global _IP_PROTOCOL
+    if _IP_PROTOCOL is None:
+        import enum
+        import socket
+        names = {v: k for k, v in sorted(vars(socket).items()) if k.startswith("IPPROTO_") and isinstance(v, int)
+                 and k not in ("IPPROTO_HOPOPTS", "IPPROTO_MAX")}
+        names.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
+        _IP_PROTOCOL = enum.IntEnum("IpProtocol", [(n, v) for v, n in sorted(names.items())], module=__name__)
+    return _IP_PROTOCOL
+
+
+def _protocol_member(v: int):
+    try:
+        return ip_protocol_enum()(v)
+    except ValueError:
+        return v
+
+
+_PROTOCOLS = _Memo(_protocol_member)
+
+
+def ip_protocol_value(v: int):
+    """IpProtocol (IPPROTO_UDP == 17 still holds), or the number for one it does not name."""
+    return _PROTOCOLS[v]
+
+
+def ip_protocol_parse(v: Any):
+    if isinstance(v, str) and not v.isdigit():
+        return ip_protocol_enum()[v]
+    return ip_protocol_value(int(v))
+
+
+class _ProtocolNames(dict):
+    def __missing__(self, key: int) -> bytes:
+        name = self[key] = getattr(ip_protocol_value(key), "name", f"IPPROTO_{key}").encode()
+        return name
+
+
+register(Conversion("ip_protocol", ip_protocol_value, enum_json, ip_protocol_parse, kind="enum",
+                    text=("s", "_ip_protocol_names[{0}]"), env={"_ip_protocol_names": _ProtocolNames()}))
+
+
 _TCP_STATES = _Memo(tcp_state)
 
 
