@@ -71,9 +71,29 @@ def udp_connects() -> None:
         u6.connect(("::1", 7778))
 
 
+def loopback_pings() -> None:
+    """ICMP echo to 127.0.0.1 and ::1 from raw sockets of this process."""
+    from netlab import ping
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
+        with socket.socket(family, socket.SOCK_RAW, proto) as s:
+            ping(s, host, 4242, 1)
+
+
+def ce_marked_udp() -> None:
+    """UDP datagrams on loopback with the ECN field CE (3), v4 and v6."""
+    for family, host, level, opt in ((socket.AF_INET, "127.0.0.1", socket.IPPROTO_IP, socket.IP_TOS),
+                                     (socket.AF_INET6, "::1", socket.IPPROTO_IPV6, socket.IPV6_TCLASS)):
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.setsockopt(level, opt, 3)
+            s.sendto(b"ce", (host, 9))
+
+
 # tool -> what makes it print (default: tcp_traffic), for tools that need more
 TRAFFIC: dict[str, object] = {
     "udpconnect": udp_connects,
+    "superping": loopback_pings,
+    "ipecn": ce_marked_udp,
 }
 # tool -> arguments its contract runs add (e.g. a short interval)
 ARGS: dict[str, list[str]] = {}
