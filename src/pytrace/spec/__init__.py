@@ -33,7 +33,10 @@ everything else follows from it, for every tool alike:
 Kinds: EVENTS (an event stream: a ring buffer of `event` records), TABLE (an
 interval table of `event` rows: `labels` say which row, `values` are its
 numbers), TOP (the same, busiest first, refreshed in place), HISTOGRAM
-(log2 histograms, `label(args)` names what each one is for).  An interval
+(log2 histograms, `label(args)` names what each one is for; or, for
+histograms kept per key, `event` is the key's row type (a map key struct's
+EventType) and read() returns {row: Log2Histogram}, or `labels` names the
+parts of a plain tuple key {(v1, v2): Log2Histogram}).  An interval
 tool says how to read one interval: read(tracer, args) -> rows (or
 {label value: Log2Histogram}), extra(tracer, args) -> the interval's own
 numbers (tcptop's load average), or snapshot(tracer, args) -> Snapshot for
@@ -106,6 +109,8 @@ class ToolSpec:
             raise ValueError(f"{name}: an interval tool says how to read an interval: read= or snapshot=")
         if kind in (TABLE, TOP) and not labels:
             raise ValueError(f"{name}: a {kind} tool names the fields that say which row is which: labels=")
+        if kind == HISTOGRAM and label is not None and (labels or event is not None):
+            raise ValueError(f"{name}: a histogram's labels come from label(args), or labels=/event=, not both")
         for example, _what in examples:
             if not example.startswith(f"pytrace {name}"):
                 raise ValueError(f"{name}: example {example!r} is not a pytrace {name} command line")
@@ -220,6 +225,21 @@ class ToolSpec:
         from . import snapshots
         return snapshots.rows(self, snap)
 
+    def histograms(self, snap: Snapshot) -> list[tuple[Any, Any]]:
+        """A HISTOGRAM snapshot's (labels, Log2Histogram) again: labels are the
+        event type's instance when it declares one, else a dict of label text."""
+        from . import snapshots
+        return snapshots.histograms(self, snap)
+
+    def label_names(self, args: Any) -> tuple[str, ...]:
+        """The labels of each histogram of a HISTOGRAM tool (or rows of a table)."""
+        if self.labels:
+            return self.labels
+        if self.event is not None:
+            return tuple(self.event.cls.FIELDS)
+        name = self.label(args) if self.label is not None else None
+        return (name,) if name else ()
+
     def _interval_reader(self, tracer: Any, args: Any) -> Callable[[], Snapshot]:
         reported = 0
 
@@ -238,7 +258,7 @@ class ToolSpec:
         if getattr(args, "json", False):
             from . import jsonout
             if self.kind == HISTOGRAM:
-                return jsonout.histograms_json(snap)
+                return jsonout.histograms_json(snap, self)
             return jsonout.rows_json(snap, self.rows(snap))
         if self._text is not None:
             return self._text(snap, args)

@@ -26,8 +26,16 @@ def rows_snapshot(spec: ToolSpec, rows: list[Any], args: Any, values: dict | Non
     series = []
     for row in rows:
         d = row.to_dict()
-        series.append(Series.of({n: d[n] for n in spec.labels}, {n: d[n] for n in spec.values}))
+        series.append(Series.of({n: label_text(d[n]) for n in spec.labels}, {n: d[n] for n in spec.values}))
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def label_text(value: Any) -> str:
+    """A JSON value as a snapshot label (text): a list (a stack's frames) one
+    item a line, as the conversions' parse() takes it back."""
+    if isinstance(value, (list, tuple)):
+        return "\n".join(str(v) for v in value)
+    return str(value)
 
 
 def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
@@ -36,11 +44,29 @@ def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
 
 
 def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:
-    """hists: {label value (None: not labelled): Log2Histogram}."""
-    name = spec.label(args) if spec.label is not None else None
-    series = [Series.of({name: _label_text(v)} if name and v is not None else {}, hist=h)
-              for v, h in hists.items()]
+    """hists: {label value (None: not labelled): Log2Histogram}; with the spec's
+    event type, {row: Log2Histogram}; with its labels, {(value, ...): Log2Histogram}."""
+    if spec.event is not None:
+        names = spec.label_names(args)
+        series = []
+        for row, h in hists.items():
+            d = row.to_dict()
+            series.append(Series.of({n: label_text(d[n]) for n in names}, hist=h))
+    elif spec.labels:
+        names = spec.labels
+        series = [Series.of(dict(zip(names, (key,) if len(names) == 1 else key)), hist=h) for key, h in hists.items()]
+    else:
+        name = spec.label(args) if spec.label is not None else None
+        series = [Series.of({name: _label_text(v)} if name and v is not None else {}, hist=h)
+                  for v, h in hists.items()]
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def histograms(spec: ToolSpec, snap: Snapshot) -> list[tuple[Any, Any]]:
+    if spec.event is None:
+        return [(dict(s.labels), s.hist) for s in snap.series]
+    make = spec.event.cls.from_dict
+    return [(make(dict(s.labels)), s.hist) for s in snap.series]
 
 
 def _label_text(value: Any) -> str:
