@@ -76,7 +76,7 @@ def sofamily(rows: list[dict], js: list[dict], ports) -> None:
     got = Counter()
     for r in js:
         assert r["pid"] == ME
-        got[(r["kind"], r["family_name"])] += r["count"]
+        got[(r["kind"], r["family"])] += r["count"]
     assert got == {("socket", "AF_INET"): N + 1, ("connect", "AF_INET"): N, ("accept", "AF_INET"): N}
     assert sum(int(r["count"]) for r in rows) == 3 * N + 1
 

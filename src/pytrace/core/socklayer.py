@@ -38,6 +38,16 @@ _PROTOS = {v: k for k, v in vars(socket).items() if k.startswith("IPPROTO_") and
 _PROTOS.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
 
 
+def family_number(v: Any) -> int:
+    """An address family as a number, from its JSON value ("AF_INET6") or number."""
+    if isinstance(v, int):
+        return v
+    try:
+        return int(socket.AddressFamily[v])
+    except KeyError:
+        return int(v) if str(v).isdigit() else 0
+
+
 def protocol_name(protocol: int) -> str:
     return _PROTOS.get(protocol, f"IPPROTO_{protocol}")
 
@@ -140,6 +150,28 @@ def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = Fa
     if clear:
         for kraw, _ in items:
             m.delete(kraw)
+    return out
+
+
+def table_rows(m: Map, row_type: Any, clear: bool = False) -> list:
+    """The rows of a hash map as a generated row type (EventType(map=...)):
+    key fields then value fields; clear=True takes each out as it is read."""
+    decode = row_type.decoder(m.row_names())
+    return [decode(r) for r in m.rows(pop=clear)]
+
+
+def keyed_histograms(m: Map, unit: str, key_type: Any, clear: bool = False) -> dict[Any, Log2Histogram]:
+    """{key row: Log2Histogram} of a hash map of struct log2_hist whose key is a
+    struct with a generated row type (EventType(struct=<key struct>))."""
+    key_fmt, key_names = m._part_format("key")
+    unpack = struct.Struct(key_fmt).unpack_from
+    decode = key_type.decoder(key_names)
+    out: dict[Any, Log2Histogram] = {}
+    for kraw, vraw in (m.pop_items() if clear else m.items()):
+        vals = struct.unpack_from(f"<{HIST_SLOTS + 2}Q", vraw)
+        h = Log2Histogram(tuple(vals[:HIST_SLOTS]), unit, vals[HIST_SLOTS], vals[HIST_SLOTS + 1])
+        k = decode(unpack(kraw))
+        out[k] = out[k] + h if k in out else h
     return out
 
 
