@@ -84,7 +84,7 @@ def sofamily(rows: list[dict], js: list[dict], ports) -> None:
 def soprotocol(rows, js, ports) -> None:
     got = Counter()
     for r in js:
-        got[(r["kind"], r["kproto"], r["protocol_name"])] += r["count"]
+        got[(r["kind"], r["kproto"], r["protocol"])] += r["count"]
     assert got == {("connect", "TCP", "IPPROTO_TCP"): N, ("accept", "TCP", "IPPROTO_TCP"): N}
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
-from .convert import Conversion, register, text_parse
+from .convert import Conversion, enum_json, register, text_parse
 from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, process_id
 from .hist import Log2Histogram
 from .loader import Variant
@@ -57,6 +57,23 @@ def type_name(sock_type: int) -> str:
         return socket.SocketKind(sock_type & 0xF).name
     except ValueError:
         return f"SOCK_{sock_type}"
+
+
+def sock_type_value(v: int):
+    """socket.SocketKind of a socket's type (flags masked off), or the number."""
+    try:
+        return socket.SocketKind(v & 0xF)
+    except ValueError:
+        return v
+
+
+def sock_type_parse(v: Any):
+    if isinstance(v, str) and not v.isdigit():
+        return socket.SocketKind[v]
+    return sock_type_value(int(v))
+
+
+register(Conversion("sock_type", sock_type_value, enum_json, sock_type_parse, kind="enum"))
 
 
 def cstr(raw: bytes) -> str:
