@@ -213,6 +213,13 @@ def sock_io_variants(tool: str) -> tuple[Variant, ...]:
 DIRS = ("send", "recv")   # IO_SEND, IO_RECV in socklayer.h
 
 
+def io_dir_value(v: int) -> str:
+    return DIRS[v & 1]
+
+
+register(Conversion("io_dir", io_dir_value, None, text_parse, kind="str"))
+
+
 # -- attaching ---------------------------------------------------------------------------
 
 def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
