@@ -171,7 +171,10 @@ def expected_names(declared, record: dict) -> list[str]:
         return (["time"] if declared.event.cls.TIME else []) + fields
     if declared.kind == specs.HISTOGRAM:
         labels = [k for k in record if k not in ("time", "ts_ns", "unit", "count", "sum", "average", "buckets")]
-        assert len(labels) <= 1, labels
+        if declared.event is not None or declared.labels:       # histograms kept per key: its fields
+            assert labels == list(declared.label_names(None)), labels
+        else:                                                    # label(args): one at most
+            assert len(labels) <= 1, labels
         return ["time", "ts_ns", *labels, "unit", "count", "sum", "average", "buckets"]
     return ["time", "ts_ns", *fields]
 
