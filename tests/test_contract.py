@@ -89,8 +89,21 @@ def ce_marked_udp() -> None:
             s.sendto(b"ce", (host, 9))
 
 
+def queued_udp() -> None:
+    """UDP through a token bucket (tbf) on a test host's veth: packets wait in the qdisc."""
+    from netlab import QuietHosts
+    with QuietHosts("ctq", ipv6=False) as net:
+        net.qdisc_a("handle", "10:", "tbf", "rate", "1mbit", "burst", "3000", "latency", "2s")
+        s = net.udp_socket(net.ns_a)
+        for _ in range(6):
+            s.sendto(b"q" * 1000, (net.V4[1], 9))
+        s.close()
+        time.sleep(0.1)
+
+
 # tool -> what makes it print (default: tcp_traffic), for tools that need more
 TRAFFIC: dict[str, object] = {
+    "qdisclat": queued_udp,
     "udpconnect": udp_connects,
     "superping": loopback_pings,
     "ipecn": ce_marked_udp,
