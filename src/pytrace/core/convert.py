@@ -197,6 +197,27 @@ def text_parse(v: Any) -> str:
 register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
 
 
+# -- stacks -----------------------------------------------------------------------------
+
+def frames_json(v: Any) -> list | None:
+    return None if v is None else list(v)
+
+
+def frames_parse(v: Any) -> tuple | None:
+    """A stack's frame names back: a list (JSON), or a label's text, one frame a
+    line ("None": no stack collected)."""
+    if v is None or v == "None":
+        return None
+    if isinstance(v, str):
+        return tuple(v.split("\n")) if v else ()
+    return tuple(v)
+
+
+# A stack as its frames' names, innermost first (None: stacks not collected).  The
+# raw record holds a stack id: the tool resolves it (core/usyms) and makes the row.
+register(Conversion("frames", None, frames_json, frames_parse, kind="frames"))
+
+
 # -- addresses --------------------------------------------------------------------------
 
 def address_value(raw: bytes, family: int):
