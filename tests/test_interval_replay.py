@@ -121,7 +121,7 @@ def soconnlat(rows, js, ports) -> None:
 def sockstat(rows, js, ports) -> None:
     total = Counter()
     for r in js:
-        total.update({k: v for k, v in r.items() if k != "ts"})
+        total[r["counter"]] += r["count"]
     assert total == {"socket": N + 1, "socketpair": 0, "bind": 1, "connect": N, "accept": 0, "accept4": N,
                      "send": 2 * N, "recv": 2 * N}
 
