@@ -182,6 +182,8 @@ def expected_names(declared, record: dict) -> list[str]:
     fields = list(declared.event.cls.FIELDS) if declared.event is not None else []
     if declared.kind == specs.EVENTS:
         return (["time"] if declared.event.cls.TIME else []) + fields
+    if declared.kind == specs.HISTOGRAM and "buckets" not in record:     # a count row beside the histograms
+        return ["time", "ts_ns", *list(record)[2:]]
     if declared.kind == specs.HISTOGRAM:
         labels = [k for k in record if k not in ("time", "ts_ns", "unit", "count", "sum", "average", "buckets")]
         if declared.event is not None or declared.labels:       # histograms kept per key: its fields
