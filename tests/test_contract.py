@@ -180,8 +180,10 @@ def test_list_shows_each_spec_summary():
 def expected_names(declared, record: dict) -> list[str]:
     """The names a --json record of this tool has, in order."""
     fields = list(declared.event.cls.FIELDS) if declared.event is not None else []
-    if declared.kind == specs.EVENTS:
+    if declared.kind == specs.EVENTS and not (declared.mixed and "buckets" in record):
         return (["time"] if declared.event.cls.TIME else []) + fields
+    if declared.kind == specs.EVENTS:       # a mixed tool's histogram (sockrmem)
+        return ["time", "ts_ns", *declared.label_names(None), "unit", "count", "sum", "average", "buckets"]
     if declared.kind == specs.HISTOGRAM and "buckets" not in record:     # a count row beside the histograms
         return ["time", "ts_ns", *list(record)[2:]]
     if declared.kind == specs.HISTOGRAM:

@@ -36,7 +36,11 @@ numbers), TOP (the same, busiest first, refreshed in place), HISTOGRAM
 (log2 histograms, `label(args)` names what each one is for; or, for
 histograms kept per key, `event` is the key's row type (a map key struct's
 EventType) and read() returns {row: Log2Histogram}, or `labels` names the
-parts of a plain tuple key {(v1, v2): Log2Histogram}).  An interval
+parts of a plain tuple key {(v1, v2): Log2Histogram}).  An EVENTS tool that
+also says how to read an interval (read= with labels=, or snapshot=) is a
+mixed tool (sockrmem): its events stream as they come and its histograms
+print every interval (-i) and at the end, in one recording, in that order;
+interval_text= is then the text of an interval.  An interval
 tool says how to read one interval: read(tracer, args) -> rows (or
 {label value: Log2Histogram}), extra(tracer, args) -> the interval's own
 numbers (tcptop's load average), or snapshot(tracer, args) -> Snapshot for
@@ -100,7 +104,8 @@ class ToolSpec:
                  snapshot: Callable[[Any, Any], Snapshot] | None = None,
                  text: Callable[..., Any] | None = None,
                  intro: str | Callable[[Any], str] | None = None,
-                 missed: str | None = None):
+                 missed: str | None = None,
+                 interval_text: Callable[[Any, Any], str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -120,10 +125,12 @@ class ToolSpec:
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed = missed
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
+        self._interval_text = interval_text
+        self.mixed = kind == EVENTS and (read is not None or snapshot is not None)
         if event is not None:
             event.bind(tracer.OBJECT)
         # the replay protocol's "no snapshots" for an event tool
-        self.render_snapshot = None if kind == EVENTS else self._render_snapshot
+        self.render_snapshot = None if kind == EVENTS and not self.mixed else self._render_snapshot
 
     def __repr__(self) -> str:
         return f"ToolSpec({self.name}, {self.kind})"
@@ -190,6 +197,8 @@ class ToolSpec:
         return self._intro(args) if callable(self._intro) else self._intro.format(**vars(args))
 
     def run(self, args: Any) -> int:
+        if self.mixed:
+            return self._run_mixed(args)
         if self.kind == EVENTS:
             from ..core.cliutil import run_stream
             return run_stream(self.make_tracer(args), args, self.event_renderer, self.intro)
@@ -216,7 +225,7 @@ class ToolSpec:
         from . import snapshots
         extra = self._extra(tracer, args) if self._extra is not None else None
         data = self._read(tracer, args)
-        if self.kind == HISTOGRAM:
+        if self.kind == HISTOGRAM or self.mixed:
             return snapshots.histograms_snapshot(self, data, args, extra)
         return snapshots.rows_snapshot(self, data, args, extra)
 
@@ -235,7 +244,7 @@ class ToolSpec:
         """The labels of each histogram of a HISTOGRAM tool (or rows of a table)."""
         if self.labels:
             return self.labels
-        if self.event is not None:
+        if self.event is not None and self.kind == HISTOGRAM:
             return tuple(self.event.cls.FIELDS)
         name = self.label(args) if self.label is not None else None
         return (name,) if name else ()
@@ -257,13 +266,15 @@ class ToolSpec:
     def _render_snapshot(self, snap: Snapshot, args: Any) -> str:
         if getattr(args, "json", False):
             from . import jsonout
-            if self.kind == HISTOGRAM:
+            if self.kind == HISTOGRAM or self.mixed:
                 return jsonout.histograms_json(snap, self)
             return jsonout.rows_json(snap, self.rows(snap))
-        if self._text is not None:
+        if self.mixed and self._interval_text is not None:
+            return self._interval_text(snap, args)
+        if self._text is not None and not self.mixed:
             return self._text(snap, args)
         from ..core.aggregate import timestamp_line
-        if self.kind == HISTOGRAM:
+        if self.kind == HISTOGRAM or self.mixed:
             parts = []
             for s in snap.series:
                 title = "".join(f"{k} = {v}\n" for k, v in s.labels)
@@ -274,3 +285,69 @@ class ToolSpec:
 
     def replay_intro(self, args: Any, snap: Snapshot) -> str:
         return ""
+
+    def _run_mixed(self, args: Any) -> int:
+        """A mixed tool's run: events printed as they come, an interval's
+        histograms every args.interval seconds (args.count times at most) and
+        at the end; the sinks get both, in the order they are printed (a
+        'mixed' recording replays them so)."""
+        import time
+
+        from ..core.aggregate import check_interval_args
+        from ..core.cliutil import Output, Terminate, active_sinks, emit_batch, release_stops
+        check_interval_args(args)
+        every, count = getattr(args, "interval", None), getattr(args, "count", None)
+        tracer = self.make_tracer(args)
+        out = Output(getattr(args, "json", False))
+        sinks = active_sinks()
+        printed = 0
+
+        def events(batch: list[tuple]) -> None:
+            with _signals_held():
+                emit_batch(tracer, out, render, batch, sinks)
+
+        def interval() -> None:
+            nonlocal printed
+            with _signals_held():
+                snap = self.snapshot(tracer, args)
+                if sinks is not None:
+                    sinks.snapshot(snap)
+                out.write(self.render_snapshot(snap, args))
+            printed += 1
+
+        with tracer:
+            out.write(self.intro(args))
+            render = self.event_renderer(tracer, args, out)
+            if sinks is not None:
+                sinks.begin(tracer)
+            next_print = time.monotonic() + every if every else None
+            try:
+                release_stops()      # a stop held while the tool started lands here: drained below
+                for batch in tracer.batches(getattr(args, "duration", None)):
+                    events(batch)
+                    if next_print is not None and time.monotonic() >= next_print:
+                        interval()
+                        next_print += every
+                        if count and printed >= count:
+                            break
+            except (KeyboardInterrupt, Terminate):
+                pass
+            try:
+                events(tracer.drain())
+                if not (count and printed >= count):
+                    interval()
+            except (KeyboardInterrupt, Terminate):
+                pass
+        return 0
+
+
+class _signals_held:
+    """Ctrl-C/SIGTERM wait until what was recorded is also printed (so replay equals the output)."""
+
+    def __enter__(self) -> None:
+        import signal
+        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)

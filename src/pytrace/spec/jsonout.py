@@ -65,7 +65,7 @@ def histograms_json(snap: Snapshot, spec: Any = None) -> str:
     when it declares one), then the histogram's; a series of counts without
     a histogram, its labels then its values."""
     head = snapshot_head(snap)
-    if spec is not None and spec.event is not None:
+    if spec is not None and spec.event is not None and spec.kind == "histogram":
         return "".join(_encode({**head, **row.to_dict(), **h.to_dict()}) + "\n"
                        for row, h in spec.histograms(snap) if h is not None)
     # a histogram tool's counts (tcpnagle's Nagle settings): a row of labels and values

@@ -46,7 +46,7 @@ def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
 def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:
     """hists: {label value (None: not labelled): Log2Histogram}; with the spec's
     event type, {row: Log2Histogram}; with its labels, {(value, ...): Log2Histogram}."""
-    if spec.event is not None:
+    if spec.event is not None and spec.kind == "histogram":
         names = spec.label_names(args)
         series = []
         for row, h in hists.items():
@@ -63,7 +63,7 @@ def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | N
 
 
 def histograms(spec: ToolSpec, snap: Snapshot) -> list[tuple[Any, Any]]:
-    if spec.event is None:
+    if spec.event is None or spec.kind != "histogram":
         return [(dict(s.labels), s.hist) for s in snap.series]
     make = spec.event.cls.from_dict
     return [(make(dict(s.labels)), s.hist) for s in snap.series]
