@@ -109,7 +109,9 @@ TRAFFIC: dict[str, object] = {
     "ipecn": ce_marked_udp,
 }
 # tool -> arguments its contract runs add (e.g. a short interval)
-ARGS: dict[str, list[str]] = {}
+ARGS: dict[str, list[str]] = {
+    "count": ["syscalls:sys_enter_connect"],
+}
 
 
 def spec_variants() -> list:

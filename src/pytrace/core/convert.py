@@ -197,6 +197,25 @@ def text_parse(v: Any) -> str:
 register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
 
 
+# -- values a tool resolves itself ---------------------------------------------------------
+
+# A field whose value the tool sets from its own tables, not from the raw value alone
+# (count: a probe's index -> its tracepoint): the generated class carries it as text.
+register(Conversion("resolved", None, None, text_parse, kind="str"))
+
+
+def fields_parse(v: Any) -> dict:
+    """A {name: value} field back from JSON (or its JSON text, as a label keeps it)."""
+    if isinstance(v, str):
+        import json
+        return json.loads(v)
+    return dict(v)
+
+
+# A {name: value} the tool decodes itself (count: the values of --by fields)
+register(Conversion("fields", None, None, fields_parse, kind="dict"))
+
+
 # -- stacks -----------------------------------------------------------------------------
 
 def frames_json(v: Any) -> list | None:

@@ -244,8 +244,12 @@ class ProcessSymbols:
         return f"{path or '[anon]'}+0x{addr - lo:x}"
 
     def stack(self, addrs) -> list[str]:
+        """Names of return addresses, or of read_build_id_stack()'s frames."""
         out = []
         for a in addrs:
+            if isinstance(a, tuple):
+                out += stack_names(self.pid, (a,))
+                continue
             if not a:
                 break
             out.append(self.name(a))

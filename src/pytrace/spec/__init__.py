@@ -105,7 +105,9 @@ class ToolSpec:
                  text: Callable[..., Any] | None = None,
                  intro: str | Callable[[Any], str] | None = None,
                  missed: str | None = None,
-                 interval_text: Callable[[Any, Any], str] | None = None):
+                 interval_text: Callable[[Any, Any], str] | None = None,
+                 rows: Callable[[Snapshot], list] | None = None,
+                 replay_intro: Callable[[Any, Snapshot], str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -125,7 +127,7 @@ class ToolSpec:
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed = missed
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
-        self._interval_text = interval_text
+        self._interval_text, self._rows, self._replay_intro = interval_text, rows, replay_intro
         self.mixed = kind == EVENTS and (read is not None or snapshot is not None)
         if event is not None:
             event.bind(tracer.OBJECT)
@@ -190,21 +192,30 @@ class ToolSpec:
     def make_tracer(self, args: Any) -> Any:
         return self.tracer(**self.tracer_kwargs(args))
 
-    def intro(self, args: Any) -> str:
-        """What the tool prints once, before anything else (never with --json)."""
+    def intro(self, args: Any, tracer: Any = None) -> str:
+        """What the tool prints once, before anything else (never with --json).
+        An intro(args, tracer) needs the opened tracer (count: how many
+        tracepoints its patterns matched): on replay it is "" and the spec's
+        replay_intro(args, first snapshot) says it instead."""
         if self._intro is None or getattr(args, "json", False):
             return ""
-        return self._intro(args) if callable(self._intro) else self._intro.format(**vars(args))
+        if not callable(self._intro):
+            return self._intro.format(**vars(args))
+        if self._intro.__code__.co_argcount == 2:
+            return self._intro(args, tracer) if tracer is not None else ""
+        return self._intro(args)
 
     def run(self, args: Any) -> int:
         if self.mixed:
             return self._run_mixed(args)
         if self.kind == EVENTS:
             from ..core.cliutil import run_stream
-            return run_stream(self.make_tracer(args), args, self.event_renderer, self.intro)
+            tracer = self.make_tracer(args)
+            return run_stream(tracer, args, self.event_renderer, lambda a: self.intro(a, tracer))
         from ..core.aggregate import print_loop
         with self.make_tracer(args) as tracer:
-            return print_loop(args, self._interval_reader(tracer, args), self.render_snapshot, self.intro)
+            return print_loop(args, self._interval_reader(tracer, args), self.render_snapshot,
+                              lambda a: self.intro(a, tracer))
 
     # -- event tools ------------------------------------------------------------------------------
     def event_renderer(self, source: Any, args: Any, out: Any) -> Callable[[list[tuple]], str | bytes]:
@@ -230,7 +241,10 @@ class ToolSpec:
         return snapshots.rows_snapshot(self, data, args, extra)
 
     def rows(self, snap: Snapshot) -> list[Any]:
-        """A TABLE or TOP snapshot's rows again (the event type's instances)."""
+        """A TABLE or TOP snapshot's rows again (the event type's instances;
+        rows= says how for a tool that makes its own snapshot=)."""
+        if self._rows is not None:
+            return self._rows(snap)
         from . import snapshots
         return snapshots.rows(self, snap)
 
@@ -284,7 +298,11 @@ class ToolSpec:
         return timestamp_line(snap, args) + table(self.columns, self.rows(snap), args)
 
     def replay_intro(self, args: Any, snap: Snapshot) -> str:
-        return ""
+        """What replay prints before the first snapshot: an intro made from the
+        opened tracer, again, from what the snapshot kept."""
+        if self._replay_intro is None or getattr(args, "json", False):
+            return ""
+        return self._replay_intro(args, snap)
 
     def _run_mixed(self, args: Any) -> int:
         """A mixed tool's run: events printed as they come, an interval's
@@ -316,7 +334,7 @@ class ToolSpec:
             printed += 1
 
         with tracer:
-            out.write(self.intro(args))
+            out.write(self.intro(args, tracer))
             render = self.event_renderer(tracer, args, out)
             if sinks is not None:
                 sinks.begin(tracer)

@@ -26,15 +26,20 @@ def rows_snapshot(spec: ToolSpec, rows: list[Any], args: Any, values: dict | Non
     series = []
     for row in rows:
         d = row.to_dict()
-        series.append(Series.of({n: label_text(d[n]) for n in spec.labels}, {n: d[n] for n in spec.values}))
+        series.append(Series.of({n: label_text(d[n]) for n in spec.labels if d[n] is not None},
+                                {n: d[n] for n in spec.values}))
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
 
 
 def label_text(value: Any) -> str:
     """A JSON value as a snapshot label (text): a list (a stack's frames) one
-    item a line, as the conversions' parse() takes it back."""
+    item a line, as the conversions' parse() takes it back.  (A None value is
+    no label: from_dict() gives None back for a label that is not there.)"""
     if isinstance(value, (list, tuple)):
         return "\n".join(str(v) for v in value)
+    if isinstance(value, dict):
+        import json
+        return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 
@@ -51,7 +56,7 @@ def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | N
         series = []
         for row, h in hists.items():
             d = row.to_dict()
-            series.append(Series.of({n: label_text(d[n]) for n in names}, hist=h))
+            series.append(Series.of({n: label_text(d[n]) for n in names if d[n] is not None}, hist=h))
     elif spec.labels:
         names = spec.labels
         series = [Series.of(dict(zip(names, (key,) if len(names) == 1 else key)), hist=h) for key, h in hists.items()]
