@@ -197,6 +197,13 @@ def text_parse(v: Any) -> str:
 register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
 
 
+# -- the fields of a standalone type (a tool without BPF: no raw bytes) ----------------------
+
+register(Conversion("str", None, None, text_parse, text=("s", "str({0}).encode()"), kind="str"))
+# a float shown to 3 decimals in JSON (nstat's rates)
+register(Conversion("float3", None, ms_json, float_parse, text=("f", "{0}"), kind="float"))
+
+
 # -- values a tool resolves itself ---------------------------------------------------------
 
 # A field whose value the tool sets from its own tables, not from the raw value alone

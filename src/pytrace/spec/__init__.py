@@ -107,7 +107,8 @@ class ToolSpec:
                  missed: str | None = None,
                  interval_text: Callable[[Any, Any], str] | None = None,
                  rows: Callable[[Snapshot], list] | None = None,
-                 replay_intro: Callable[[Any, Snapshot], str] | None = None):
+                 replay_intro: Callable[[Any, Snapshot], str] | None = None,
+                 immediate: Callable[[Any], bool] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -128,9 +129,10 @@ class ToolSpec:
         self.missed = missed
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         self._interval_text, self._rows, self._replay_intro = interval_text, rows, replay_intro
+        self._immediate = immediate
         self.mixed = kind == EVENTS and (read is not None or snapshot is not None)
         if event is not None:
-            event.bind(tracer.OBJECT)
+            event.bind(tracer.OBJECT)       # a tool without BPF: its name, for gen/<name>.py
         # the replay protocol's "no snapshots" for an event tool
         self.render_snapshot = None if kind == EVENTS and not self.mixed else self._render_snapshot
 
@@ -143,9 +145,9 @@ class ToolSpec:
         return self
 
     @property
-    def object(self) -> str:
-        """The BPF object whose source --ebpf prints."""
-        return self.tracer.OBJECT
+    def object(self) -> str | None:
+        """The BPF object whose source --ebpf prints (None: a tool without BPF, nstat)."""
+        return self.tracer.OBJECT if self.tracer.VARIANTS else None
 
     @property
     def variants(self) -> tuple:
@@ -180,7 +182,15 @@ class ToolSpec:
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
-        add_common(parser, [v.hook for v in self.variants])
+        if self.variants:
+            add_common(parser, [v.hook for v in self.variants])
+            return
+        # a tool without BPF: no --ebpf, --hook, --btf
+        from ..core.cliutil import add_sink_args
+        g = parser.add_argument_group("pytrace options")
+        g.add_argument("--json", action="store_true", help="one JSON object per line")
+        g.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+        add_sink_args(g)
 
     def tracer_kwargs(self, args: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -214,6 +224,14 @@ class ToolSpec:
             return run_stream(tracer, args, self.event_renderer, lambda a: self.intro(a, tracer))
         from ..core.aggregate import print_loop
         with self.make_tracer(args) as tracer:
+            if self._immediate is not None and self._immediate(args):     # one output now (nstat -a)
+                import sys as _sys
+
+                from ..core.cliutil import publish
+                snap = self.snapshot(tracer, args)
+                publish(snap)
+                _sys.stdout.write(self.intro(args, tracer) + self.render_snapshot(snap, args))
+                return 0
             return print_loop(args, self._interval_reader(tracer, args), self.render_snapshot,
                               lambda a: self.intro(a, tracer))
 
