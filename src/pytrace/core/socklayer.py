@@ -1,9 +1,9 @@
 """What the socket-layer tools share on the Python side (src/bpf/socklayer.h
-is the kernel half): names of families, protocols and socket types, the
-result texts of connect()/accept(), histogram maps, per-CPU counters,
-tracefs for variants that mix classic tracepoints with other hooks, and the
-command line of the tools that print one line per system call (soaccept,
-soconnect, udpconnect)."""
+is the kernel half): the conversions of their record fields (socket types,
+I/O directions, the result texts of connect()/accept()), reading their maps
+(rows of a generated type, histograms keyed by a generated key type,
+per-CPU counters), their hook variants, and tracefs for variants that mix
+classic tracepoints with other hooks."""
 
 from __future__ import annotations
 
@@ -15,27 +15,11 @@ from typing import Any, Callable
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
 from .convert import Conversion, enum_json, register, text_parse
-from .cliutil import LATENCY_NOTE, Clock, Output, add_common, json_renderer, ports, process_id
 from .hist import Log2Histogram
 from .loader import Variant
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
 
 HIST_SLOTS = 32   # as socklayer.h
-
-
-def family_name(family: int) -> str:
-    try:
-        return socket.AddressFamily(family).name
-    except ValueError:
-        return f"AF_{family}"
-
-
-_PROTOS = {v: k for k, v in vars(socket).items() if k.startswith("IPPROTO_") and isinstance(v, int)
-           and k not in ("IPPROTO_IP", "IPPROTO_HOPOPTS", "IPPROTO_MAX")}
-_PROTOS.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
 
 
 def family_number(v: Any) -> int:
@@ -49,14 +33,9 @@ def family_number(v: Any) -> int:
 
 
 def protocol_name(protocol: int) -> str:
-    return _PROTOS.get(protocol, f"IPPROTO_{protocol}")
-
-
-def type_name(sock_type: int) -> str:
-    try:
-        return socket.SocketKind(sock_type & 0xF).name
-    except ValueError:
-        return f"SOCK_{sock_type}"
+    """IPPROTO_UDP for 17 (convert's IpProtocol names), IPPROTO_<n> for one it does not name."""
+    from .convert import ip_protocol_value
+    return getattr(ip_protocol_value(protocol), "name", f"IPPROTO_{protocol}")
 
 
 def sock_type_value(v: int):
@@ -74,10 +53,6 @@ def sock_type_parse(v: Any):
 
 
 register(Conversion("sock_type", sock_type_value, enum_json, sock_type_parse, kind="enum"))
-
-
-def cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 # The result texts of the book's soconnect.bt and soaccept.bt.
@@ -230,33 +205,3 @@ def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
         obj.on_close(tracefs.unmount)
     for name in variant.programs:
         obj.attach(name)
-
-
-# -- one line per system call (soaccept, soconnect, udpconnect) ------------------------
-
-def add_call_arguments(p: argparse.ArgumentParser, tracer: Any, description: str, ports_help: str,
-                       timestamp: bool = True) -> None:
-    """-p PID, -P PORTS (and -T unless the tool always prints its time), plus the common flags."""
-    p.description = f"{description} {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help=ports_help)
-    if timestamp:
-        p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
-    add_common(p, [v.hook for v in tracer.VARIANTS])
-
-
-def call_renderer(source: Any, args: argparse.Namespace, out: Output, header: str,
-                  line: Callable[[Any], str], clock_column: bool) -> Callable[[list[tuple]], str]:
-    """The events as the book's tools print them: the header, then a line per
-    event, after an HH:MM:SS column when clock_column; or, with --json, the
-    events' dicts."""
-    if args.json:
-        return json_renderer(source)
-    out.write(("TIME     " if clock_column else "") + header)
-    make, clock = source.make_event, Clock()
-
-    def render(batch: list[tuple]) -> str:
-        if clock_column:
-            return "".join([f"{clock.hms(ev.ts_ns)} {line(ev)}" for ev in map(make, batch)])
-        return "".join([line(ev) for ev in map(make, batch)])
-    return render

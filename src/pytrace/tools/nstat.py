@@ -29,9 +29,6 @@ from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
 from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, timestamp
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
 
 NAME = "nstat"
 SUMMARY = "deltas of the kernel's SNMP/netstat counters (no BPF), key counters marked"
