@@ -108,7 +108,8 @@ class ToolSpec:
                  interval_text: Callable[[Any, Any], str] | None = None,
                  rows: Callable[[Snapshot], list] | None = None,
                  replay_intro: Callable[[Any, Snapshot], str] | None = None,
-                 immediate: Callable[[Any], bool] | None = None):
+                 immediate: Callable[[Any], bool] | None = None,
+                 exported: Sequence[str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -130,6 +131,8 @@ class ToolSpec:
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         self._interval_text, self._rows, self._replay_intro = interval_text, rows, replay_intro
         self._immediate = immediate
+        # the values `pytrace exporter` serves as counters (default: every one of values=)
+        self.exported = tuple(exported) if exported is not None else None
         self.mixed = kind == EVENTS and (read is not None or snapshot is not None)
         if event is not None:
             event.bind(tracer.OBJECT)       # a tool without BPF: its name, for gen/<name>.py

@@ -171,12 +171,18 @@ class NetStat:
             out.append(make(name, delta, total, rate, is_key(name)))
         return NstatSample(time.time(), interval, tuple(out))
 
-    # a context manager, as the tools' tracers are (nothing to release)
-    def __enter__(self) -> NetStat:
+    # opened and closed as the tools' tracers are (nothing to release)
+    def open(self) -> NetStat:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         pass
+
+    def __enter__(self) -> NetStat:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # -- command line ---------------------------------------------------------------
@@ -234,7 +240,7 @@ class _NetStatPrimed(NetStat):
         super().__init__(**kw)
         self.absolute = absolute
 
-    def __enter__(self) -> NetStat:
+    def open(self) -> NetStat:
         if not self.absolute:
             self.sample()
         return self
@@ -261,7 +267,7 @@ SPEC = ToolSpec(
         Option("-N", "--netns", metavar="NS", type=netns_ref, kw="netns",
                help="counters of this network namespace (ip netns name, path or inode)"),
     ),
-    snapshot=snapshot, text=text, intro=intro,
+    snapshot=snapshot, text=text, intro=intro, exported=("total",),
     immediate=lambda args: args.absolute,
     examples=(
         ("pytrace nstat", "every second, the counters that changed"),

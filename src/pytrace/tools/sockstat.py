@@ -139,7 +139,7 @@ SPEC = ToolSpec(
         pid("only this process"),
         Option("-z", "--zeros", action="store_true", help="also print counters that are 0"),
     ),
-    read=lambda tracer, args: tracer.rows(clear=True),
+    read=lambda tracer, args: tracer.rows(clear=bool(args.interval)),
     extra=lambda tracer, args: hook_index(tracer),
     text=text, intro=intro,
     examples=(
