@@ -675,7 +675,7 @@ def run_stream(tracer: Any, args: Any, renderer: Callable[[Any, Any, Output], Ca
     with tracer:
         if intro is not None:
             out.write(intro(args))
-        return stream_events(tracer, out, renderer(tracer, args, out))
+        return stream_events(tracer, out, renderer(tracer, args, out), getattr(args, "duration", None))
 
 
 _epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran

@@ -83,11 +83,12 @@ def header_line(columns: list[Column], args: Any) -> str:
 TIME_FORMS = {
     "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
     "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
+    "since_first": ("f", "_since_first({0})"),          # seconds since the first event (BCC's TIME(s))
 }
 
 
 def _time_env(context: dict) -> dict:
-    from ..core.cliutil import Clock
+    from ..core.cliutil import Clock, SinceFirst
     clock = context.get("clock")
     if clock is None:
         clock = context["clock"] = Clock()
@@ -99,7 +100,7 @@ def _time_env(context: dict) -> dict:
         if sec != last[0]:
             last[0], last[1] = sec, clock.hms(mono_ns).encode()
         return last[1]
-    return {"_hms": hms, "_start_ns": clock.start_ns}
+    return {"_hms": hms, "_start_ns": clock.start_ns, "_since_first": SinceFirst()}
 
 
 class CompiledText:
