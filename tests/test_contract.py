@@ -101,8 +101,25 @@ def queued_udp() -> None:
         time.sleep(0.1)
 
 
+def passed_fds() -> None:
+    """A pipe's two ends passed over a Unix socketpair (SCM_RIGHTS) and received."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        socket.send_fds(a, [b"fd"], [r, w])
+        _, fds, _, _ = socket.recv_fds(b, 16, 4)
+        for fd in fds:
+            os.close(fd)
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
 # tool -> what makes it print (default: tcp_traffic), for tools that need more
 TRAFFIC: dict[str, object] = {
+    "sofdsnoop": passed_fds,
     "qdisclat": queued_udp,
     "udpconnect": udp_connects,
     "superping": loopback_pings,
@@ -202,14 +219,23 @@ def expected_names(declared, record: dict) -> list[str]:
 
 
 def attached_count(pid: int) -> int:
-    """BPF links (and perf-event attachments) the process holds."""
-    n = 0
+    """Programs the process has attached: its BPF links, plus its perf events
+    that no link holds (kernels before 5.15 attach kprobes and tracepoints
+    through a perf event alone; later ones hold each such event by a link of
+    link_type perf, which must not count twice)."""
+    links = perf_events = perf_links = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            n += os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link", "anon_inode:[perf_event]")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target == "anon_inode:bpf_link":
+                links += 1
+                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                    perf_links += "link_type:\tperf" in fh.read()
+            elif target == "anon_inode:[perf_event]":
+                perf_events += 1
         except OSError:
             continue
-    return n
+    return links + max(0, perf_events - perf_links)
 
 
 def run_tool(name: str, *args: str, sig: int = signal.SIGINT, hook: str | None = None) -> tuple[int, str, str]:
