@@ -205,6 +205,12 @@ def build_id_frame_name(bid: bytes, file_off: int) -> str:
     if hit:
         fn, delta = hit
         return f"{fn}+0x{delta:x}" if delta else fn
+    try:
+        beyond = file_off >= os.path.getsize(path)
+    except OSError:
+        beyond = False
+    if beyond:      # no place in the file: a return address the frame-pointer walk made up
+        return "[unknown]"
     return f"{os.path.basename(path)}+0x{file_off:x}"
 
 
