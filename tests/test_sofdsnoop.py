@@ -214,3 +214,13 @@ def test_fds_left_in_the_sender_are_not_reused_by_a_later_message():
     fds = [e.fd for e in events]
     assert len(fds) == 7 and len(set(fds)) == 7
     assert [as_tuple(e) for e in events] == p.sends()
+
+
+def test_kprobe_variant_verifies():
+    """Where kprobes cannot attach (here), the kprobe variant's programs still
+    load: the verifier of this kernel accepts them; --hook kprobe says in one
+    line why it cannot run."""
+    from netlab import forced_hook_fails_cleanly, kprobe_programs_verify
+    kprobe = next(v for v in SoFdSnoop.VARIANTS if v.hook == "kprobe")
+    kprobe_programs_verify("sofdsnoop", set(kprobe.programs))
+    forced_hook_fails_cleanly("sofdsnoop", "kprobe")

@@ -161,7 +161,11 @@ def comm_part(text: str) -> str:
 SPEC = ToolSpec(
     "sofdsnoop", "file descriptors passed over Unix sockets (SCM_RIGHTS)", SoFdSnoop, EVENTS,
     description=("Trace file descriptors passed via socket (SCM_RIGHTS over Unix sockets): a line per "
-                 "descriptor sent or received, as BCC's sofdsnoop. NAME is taken in the kernel as the "
+                 "descriptor sent or received, as BCC's sofdsnoop. FD is the sender's descriptor on a SEND "
+                 "line and the receiver's new one on a RECV line (-w adds the sender's PID and COMM, "
+                 "also when only the receiver is traced; --json has its descriptor too). At most 16 "
+                 "descriptors of a message are shown; sendmmsg/recvmmsg and io_uring are not traced. NAME is "
+                 "taken in the kernel as the "
                  "descriptor passes, for received files too (BCC names only sent ones, and only while "
                  "the sender lives). With kprobes: __scm_send and scm_detach_fds, as BCC; without: the "
                  f"sendmsg/recvmsg tracepoints, a send reported once it succeeded. {LATENCY_NOTE}"),
