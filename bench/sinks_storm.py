@@ -25,27 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
+from pathlib import Path
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("SHARED", os.path.join(HERE, "..", "..", "shared", "bench"))
 PYTRACE = [sys.executable, "-m", "pytrace.cli"]
-INFLUX_CONF = """reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{root}/meta"
-  logging-enabled = false
-[data]
-  dir = "{root}/data"
-  wal-dir = "{root}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{port}"
-  log-enabled = false
-"""
+# the tests' InfluxDB server (tests/influxlab.py), here without authentication
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from influxlab import influx_server  # noqa: E402
 
 
 def free_port() -> int:
@@ -69,16 +57,9 @@ def ready(pid: int, timeout: float = 15) -> None:
     raise SystemExit("the tracer did not reach its loop")
 
 
-def influx_count(port: int, db: str) -> int:
-    q = urllib.parse.urlencode({"q": 'SELECT count("pid") FROM "tcpstates"', "db": db})
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/query?{q}", timeout=60) as r:
-        res = json.loads(r.read())["results"][0]
-    return res["series"][0]["values"][0][1] if "series" in res else 0
-
-
-def one(mode: str, work: str, storm: str, n: int, k: int, influx_port: int, run: int) -> dict:
+def one(mode: str, work: str, storm: str, n: int, k: int, influx: Any, run: int) -> dict:
     port = 47000 + run % 2000
-    extra = {"plain": [], "influx": ["--influx", f"http://127.0.0.1:{influx_port}/storm{run}"],
+    extra = {"plain": [], "influx": ["--influx", influx.url(f"storm{run}")],
              "record": ["--record", f"{work}/run{run}.db"]}[mode]
     out_path = f"{work}/out{run}.txt"
     with open(out_path, "w") as out:
@@ -95,7 +76,7 @@ def one(mode: str, work: str, storm: str, n: int, k: int, influx_port: int, run:
     os.unlink(out_path)
     stored = None
     if mode == "influx":
-        stored = influx_count(influx_port, f"storm{run}")
+        stored = influx.count(f"storm{run}")
     elif mode == "record":
         db = sqlite3.connect(f"{work}/run{run}.db")
         stored = db.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -123,39 +104,34 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("sinks_storm.py: needs root")
     work = tempfile.mkdtemp(prefix="pt-sinks-bench.")
-    influxd = None
     try:
         storm = os.path.join(work, "connstorm")
         subprocess.run(["gcc", "-O2", "-o", storm, os.path.join(SHARED, "connstorm.c")], check=True)
-        influx_port = free_port()
-        with open(f"{work}/influxdb.conf", "w") as fh:
-            fh.write(INFLUX_CONF.format(root=work, port=influx_port, rpc=free_port()))
-        influxd = subprocess.Popen(["influxd", "run", "-config", f"{work}/influxdb.conf"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3)
-        results = []
-        run = 0
-        for _ in range(args.rounds):
-            for mode in ("plain", "influx", "record"):
-                run += 1
-                r = one(mode, work, storm, args.n, args.k, influx_port, run)
-                print(json.dumps(r), file=sys.stderr)
-                results.append(r)
-        load = os.getloadavg()[0]
-        print(f"tcpstates, {args.n} connections x {args.k} workers ({10 * args.n} events), "
-              f"{args.rounds} rounds, load average {load:.1f} at the end\n")
-        print("| sink | lost in the kernel | printed | in the sink | dropped by the sink | Ctrl-C to exit s |")
-        print("|---|---|---|---|---|---|")
-        for mode in ("plain", "influx", "record"):
-            rs = [r for r in results if r["mode"] == mode]
-            print(f"| {mode} | {cell([r['lost'] for r in rs])} | {cell([r['printed'] for r in rs])} | "
-                  f"{cell([r['stored'] for r in rs])} | {cell([r['dropped'] for r in rs])} | "
-                  f"{cell([r['exit_s'] for r in rs])} |")
+        with influx_server(Path(work) / "influxdb", auth=False) as influx:
+            return run_rounds(args, work, storm, influx)
     finally:
-        if influxd is not None:
-            influxd.terminate()
-            influxd.wait(30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_rounds(args: argparse.Namespace, work: str, storm: str, influx: Any) -> int:
+    results = []
+    run = 0
+    for _ in range(args.rounds):
+        for mode in ("plain", "influx", "record"):
+            run += 1
+            r = one(mode, work, storm, args.n, args.k, influx, run)
+            print(json.dumps(r), file=sys.stderr)
+            results.append(r)
+    load = os.getloadavg()[0]
+    print(f"tcpstates, {args.n} connections x {args.k} workers ({10 * args.n} events), "
+          f"{args.rounds} rounds, load average {load:.1f} at the end\n")
+    print("| sink | lost in the kernel | printed | in the sink | dropped by the sink | Ctrl-C to exit s |")
+    print("|---|---|---|---|---|---|")
+    for mode in ("plain", "influx", "record"):
+        rs = [r for r in results if r["mode"] == mode]
+        print(f"| {mode} | {cell([r['lost'] for r in rs])} | {cell([r['printed'] for r in rs])} | "
+              f"{cell([r['stored'] for r in rs])} | {cell([r['dropped'] for r in rs])} | "
+              f"{cell([r['exit_s'] for r in rs])} |")
     return 0
 
 

@@ -6,6 +6,7 @@
     python3 scripts/kernel_lab.py matrix [KERNEL...] [-- PYTEST-ARGS]
     python3 scripts/kernel_lab.py btf    [KERNEL...]       # refresh vmlinux/x86/btf/ from the guests
     python3 scripts/kernel_lab.py list                     # what is cached
+    python3 scripts/kernel_lab.py report                   # the table of the last runs' results
 
 KERNEL is 5.10, 6.1 or 6.12 (Debian bullseye, bookworm, trixie); the default
 is all three.  Each is Debian's own `linux-image-amd64` of that release,
@@ -304,6 +305,7 @@ def main(argv: list[str]) -> int:
     sp = sub.add_parser("run")
     sp.add_argument("kernel", choices=list(SUITES))
     sub.add_parser("list")
+    sub.add_parser("report")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         say("run as root (apt, qemu, and the guest loads BPF programs)")
@@ -333,6 +335,8 @@ def main(argv: list[str]) -> int:
             sys.stdout.write((out / "stdout").read_text())
             sys.stderr.write((out / "stderr").read_text())
             return rc
+        if args.cmd == "report":
+            return check_union([n for n in SUITES if (LAB / "results" / f"{n}.json").exists()])
         if args.cmd == "btf":
             return refresh_btf(kernels)
         return matrix(kernels, rest)

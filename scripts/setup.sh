@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(clang llvm libbpf-dev libbpf1 bpftool iproute2 libbpf-tools python3 python3-venv python3-pip influxdb prometheus
       gcc libc6-dev util-linux procps debootstrap
+      podman runc systemd-container  # test_containers.py: real containers (runc: crun refuses hybrid cgroup hosts)
       nodejs $(command -v npm >/dev/null || echo npm) chromium)  # npm: unless nodejs brings its own (NodeSource)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,7 +1,13 @@
 """The suite runs as root against the real kernel: no mocks.
 
 It needs the package importable with its built objects (scripts/test.sh sets
-that up on a fresh machine).
+that up on a fresh machine).  Two tiers:
+
+    tests/unit/   neither root nor a kernel: pure logic, over files and records
+                  made by the test (scripts/test.sh runs it as nobody first)
+    tests/        everything else: root, the real kernel, real traffic
+
+A run that collects any test outside tests/unit must be root's.
 """
 
 from __future__ import annotations
@@ -15,10 +21,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
 def pytest_configure(config):
     _configure_matrix(config)
+
+
+def pytest_collection_finish(session):
+    """Root and the built objects, unless every test collected is a unit test."""
+    if all(UNIT in Path(str(item.path)).parents for item in session.items):
+        return
     if os.geteuid() != 0:
-        pytest.exit("the pytrace suite loads BPF programs: run it as root (scripts/test.sh)", returncode=2)
+        pytest.exit("the pytrace suite loads BPF programs: run it as root (scripts/test.sh); "
+                    "tests/unit alone needs no privilege", returncode=2)
     from pytrace.core import objects
     if not os.path.exists(os.path.join(objects.BPF_DIR, "tcpstates.bpf.o")):
         pytest.exit(f"no built BPF objects in {objects.BPF_DIR}: run scripts/test.sh (or python3 build.py)",

@@ -56,7 +56,7 @@ def render_table(runs: dict[str, dict]) -> str:
             tool, hook = key.split(":", 1)
             if hook not in tools.setdefault(tool, []):
                 tools[tool].append(hook)
-    head = ("| tool | floor | " + " | ".join(f"{runs[n].get('release', n)}" for n in names)
+    head = ("| tool | floor | " + " | ".join(_label(n, runs[n]) for n in names)
             + " | variants: floor, kernels where attached and checked |")
     lines = [head, "|" + "---|" * (3 + len(names))]
     for tool in sorted(tools):

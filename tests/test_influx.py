@@ -7,120 +7,27 @@ points that did not fit, and says how many."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import secrets
 import socket
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from helpers import Cli, free_port, run_cli, tcp_roundtrip, wait_until
+from influxlab import ENV, PASSWORD, USER, influx_server
 from ready import n_programs, started
 from pytrace.tools.tcptop import TcpTop
 
 PER_CONNECTION = 7     # tcpstates -L port: 2 listener + 5 accepted-socket changes
-USER = "pt_admin"
-PASSWORD = secrets.token_hex(12)
-ENV = {"INFLUX_USERNAME": USER, "INFLUX_PASSWORD": PASSWORD}
-
-
-class InfluxServer:
-    """influxd with its own directories and loopback ports; restartable on the same data."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port, self.rpc = free_port(), free_port()
-        self.config = root / "influxdb.conf"
-        self.config.write_text(f"""
-reporting-disabled = true
-bind-address = "127.0.0.1:{self.rpc}"
-[meta]
-  dir = "{root}/meta"
-  logging-enabled = false
-[data]
-  dir = "{root}/data"
-  wal-dir = "{root}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-[http]
-  bind-address = "127.0.0.1:{self.port}"
-  auth-enabled = true
-  log-enabled = false
-""")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        if self.proc is not None:
-            return
-        log = open(self.root / "influxd.log", "ab")
-        self.proc = subprocess.Popen(["influxd", "run", "-config", str(self.config)], stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
-        assert wait_until(self.ping, 20), (self.root / "influxd.log").read_text()[-2000:]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def ping(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=1) as r:
-                return r.status == 204
-        except OSError:
-            return False
-
-    def url(self, db: str, **params: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{db}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-
-    def query(self, q: str, db: str | None = None, auth: bool = True) -> list[dict]:
-        data = urllib.parse.urlencode({"q": q, "epoch": "ns", **({"db": db} if db else {})}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/query", data=data)
-        if auth:
-            req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-        with urllib.request.urlopen(req, timeout=10) as r:
-            res = json.loads(r.read())["results"][0]
-        assert "error" not in res, res
-        out = []
-        for s in res.get("series", []):
-            out += [dict(zip(s["columns"], v)) for v in s["values"]]
-        return out
-
-    def count(self, db: str, measurement: str = "tcpstates") -> int:
-        try:
-            rows = self.query(f'SELECT count("pid") FROM "{measurement}"', db)
-        except (OSError, AssertionError):   # server down, or no database yet
-            return -1
-        return rows[0]["count"] if rows else 0
 
 
 @pytest.fixture(scope="module")
 def influx(tmp_path_factory):
-    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
-    server.start()
-    # with no user yet, InfluxDB lets the first admin be created without credentials
-    server.query(f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}' WITH ALL PRIVILEGES", auth=False)
-    try:
+    with influx_server(tmp_path_factory.mktemp("influxdb")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def events_of(rows: list[dict]) -> list[dict]:

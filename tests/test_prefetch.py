@@ -63,6 +63,39 @@ def test_a_remembered_command_is_loaded_ahead_and_taken(cli_state):
     check_server_side(events, conn)
 
 
+def test_an_object_remembered_by_another_installation_is_not_loaded(cli_state, tmp_path):
+    """The cache is shared by every pytrace a user runs (two venvs, an upgrade in
+    place): an object another installation remembered may have other record
+    layouts, so only this installation's objects are speculated on."""
+    import shutil
+    from pytrace.core import objects
+    port = free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    with TcpStates(lports=[port]):
+        pass
+    name = os.path.join(cachefile.DIR, prefetch._name("tcpstates"))
+    known = cachefile.read_dict(prefetch._name("tcpstates"))
+    entry = known[tuple(argv)]
+    assert entry[2] == os.path.join(objects.BPF_DIR, "tcpstates.bpf.o")
+
+    cli_state()                                        # this installation's: speculated
+    prefetch.start("tcpstates", argv)
+    assert prefetch._pending is not None
+    prefetch._discard()
+
+    other = tmp_path / "other" / "pytrace" / "bpf"
+    other.mkdir(parents=True, mode=0o755)
+    copy = shutil.copy2(entry[2], other / "tcpstates.bpf.o")
+    st = os.stat(copy)
+    known[tuple(argv)] = (*entry[:2], str(copy), (st.st_size, st.st_mtime_ns), *entry[4:])
+    with open(name, "wb") as fh:
+        fh.write(marshal.dumps(known))
+    cli_state()                                        # another installation's: not even opened
+    prefetch.start("tcpstates", argv)
+    assert prefetch._pending is None and prefetch._done is None
+
+
 def test_another_load_is_not_taken_and_the_command_stops_speculating(cli_state):
     port, other = free_port(), free_port()
     argv = ["-L", str(port)]

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from helpers import Cli, free_port, tcp_roundtrip, wait_until
-from test_influx import ENV, PASSWORD, USER, InfluxServer
+from helpers import Cli, free_port, tcp_roundtrip
+from influxlab import ENV, influx_server
 
 N = 4000        # connections: one tcplife -L event each, well within the 8 MiB ring
 WORKERS = 2
@@ -68,13 +68,8 @@ def storm(port: int, n: int = N, workers: int = WORKERS) -> float:
 
 @pytest.fixture(scope="module")
 def influx(tmp_path_factory):
-    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
-    server.start()
-    server.query(f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}' WITH ALL PRIVILEGES", auth=False)
-    try:
+    with influx_server(tmp_path_factory.mktemp("influxdb")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_storm_reaches_the_recording_and_influxdb_exactly(influx, tmp_path):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import kernelstate
-from helpers import run_cli, usage_error
+from helpers import netns as netns_named, run_cli, usage_error
 from matrix import opened, variants
 from pytrace.core import loader
 from pytrace.tools.sofdsnoop import SoFdSnoop
@@ -224,3 +224,28 @@ def test_kprobe_variant_verifies():
     kprobe = next(v for v in SoFdSnoop.VARIANTS if v.hook == "kprobe")
     kprobe_programs_verify("sofdsnoop", set(kprobe.programs))
     forced_hook_fails_cleanly("sofdsnoop", "kprobe")
+
+
+def own_cgroup() -> tuple[str, int]:
+    """This process's cgroup v2 path and id (the id is its directory's inode)."""
+    with open("/proc/self/cgroup") as fh:
+        path = next(line.split(":", 2)[2].strip() for line in fh if line.startswith("0::"))
+    return path, os.stat(f"/sys/fs/cgroup{path}").st_ino
+
+
+def test_netns_and_cgroup_filters_and_labels():
+    """filter.h: passes of the test's children (this cgroup, this namespace) are
+    reported under their own cgroup and namespace, with those as labels, and
+    none under another namespace."""
+    path, cgid = own_cgroup()
+    netns = os.stat("/proc/self/ns/net").st_ino
+    with Passing() as p:
+        with SoFdSnoop(cgroup=[path], netns=str(netns), labels=True) as mine:
+            p.run()
+            events = [e for e in mine.events(duration=0.3) if e.pid in (p.s["pid"], p.r["pid"])]
+    assert [as_tuple(e) for e in events] == p.sends() + p.receives()
+    assert {(e.cgroup_id, e.netns) for e in events} == {(cgid, netns)}
+    with netns_named(f"ptfd{os.getpid()}") as other:
+        with Passing() as p, SoFdSnoop(netns=other) as t:
+            p.run()
+            assert [e for e in t.events(duration=0.3) if e.pid in (p.s["pid"], p.r["pid"])] == []

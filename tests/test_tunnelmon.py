@@ -359,3 +359,24 @@ def test_simulate_command_cleans_up_on_signal():
         rc, _, err = cli.stop(signal.SIGTERM)
     assert rc == 0, err
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{name}-")]
+
+
+@pytest.mark.parametrize("command", ["", "simulate"])
+def test_help_ends_with_examples_that_parse(command, monkeypatch):
+    """`pytrace tunnelmon [simulate] -h` ends with examples (as BCC's tools
+    do), each a command line the parser accepts."""
+    res = run_cli("tunnelmon", *([command] if command else []), "-h")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    lines = res.stdout.rstrip("\n").splitlines()
+    start = lines.index("examples:")
+    assert len(lines) - start - 1 >= 2
+    assert all(line.startswith(f"  pytrace tunnelmon {command}".rstrip()) and "  # " in line
+               for line in lines[start + 1:])
+    from pytrace.core import cliutil
+    from pytrace.core.argparser import ArgParser
+    from pytrace.tools import tunnelmon as tool
+    monkeypatch.setattr(cliutil, "_check_host", False)     # an example's namespace need not exist here
+    for line in lines[start + 1:]:
+        parser = ArgParser(prog="pytrace tunnelmon")
+        tool.add_arguments(parser)
+        parser.parse_args(line.split("  # ")[0].split()[2:])     # a usage error would exit

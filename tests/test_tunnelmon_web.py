@@ -181,6 +181,26 @@ def test_chord_view_in_chromium(browser):
             assert browser.js(ribbons) == sorted([f"{h0.addr}|{h1.addr}", f"{h0.addr}|{h2.addr}"])
             assert browser.js("[...document.getElementById('vni').options].map(o => o.value)") == \
                 ["all", "100", "200"]
+            # the VNIs in the diagram itself: a ring per host split by VNI, each host's label
+            # naming its VNIs, the ribbons' VNIs, a legend; every label inside the picture
+            bands = "[...document.querySelectorAll('#chord path.vni')].map(e => e.dataset.host + '/' + e.dataset.vni).sort()"
+            labels = ("[...document.querySelectorAll('#chord text.label')]"
+                      ".map(e => [e.dataset.host, e.dataset.vnis, e.textContent])")
+            ribbon_vnis = ("Object.fromEntries([...document.querySelectorAll('#chord path.ribbon')]"
+                           ".map(e => [[e.dataset.source, e.dataset.target].sort().join('|'), e.dataset.vnis]))")
+            legend = "[...document.querySelectorAll('#chord g.vni-legend g.entry')].map(e => e.textContent)"
+            a0, a1, a2 = str(h0.addr), str(h1.addr), str(h2.addr)
+            assert browser.js(bands) == sorted([f"{a0}/100", f"{a0}/200", f"{a1}/100", f"{a1}/200", f"{a2}/200"])
+            assert sorted(browser.js(labels)) == sorted([[a0, "100,200", f"{a0}VNI 100, 200"],
+                                                         [a1, "100,200", f"{a1}VNI 100, 200"],
+                                                         [a2, "200", f"{a2}VNI 200"]])
+            assert browser.js(ribbon_vnis) == {"|".join(sorted([a0, a1])): "100,200", "|".join(sorted([a0, a2])): "200"}
+            assert browser.js(legend) == ["VNI 100", "VNI 200"]
+            inside = ("(() => { const s = document.getElementById('chord').getBoundingClientRect();"
+                      " return [...document.querySelectorAll('#chord text')].filter(t => {"
+                      " const r = t.getBoundingClientRect(); return r.left < s.left || r.right > s.right"
+                      " || r.top < s.top || r.bottom > s.bottom; }).map(t => t.textContent); })()")
+            assert browser.js(inside) == []
 
             # the VNI selector filters: VNI 100 has no h2
             browser.js("(() => { const s = document.getElementById('vni'); s.value = '100';"
@@ -188,6 +208,10 @@ def test_chord_view_in_chromium(browser):
             assert browser.wait_js(f"{arcs}.length === 2")
             assert browser.js(arcs) == sorted([str(h0.addr), str(h1.addr)])
             assert browser.js(ribbons) == [f"{h0.addr}|{h1.addr}"]
+            assert browser.js(bands) == sorted([f"{h0.addr}/100", f"{h1.addr}/100"])
+            assert browser.js(legend) == ["VNI 100"]
+            assert sorted(browser.js(labels)) == sorted([[str(h0.addr), "100", f"{h0.addr}VNI 100"],
+                                                         [str(h1.addr), "100", f"{h1.addr}VNI 100"]])
 
             # back to all VNIs; click h2's arc (a real mouse click at its centroid)
             browser.js("(() => { const s = document.getElementById('vni'); s.value = 'all';"

@@ -27,7 +27,7 @@ from pytrace.vnet import config, report, store
 from pytrace.vnet.config import ROLE_ANY, ROLE_DST, ROLE_SRC, Point, Selector
 from pytrace.vnet.demo import ADDR, Topology
 from pytrace.vnet.store import Row
-from pytrace.vnet.tracer import VnetTracer
+from pytrace.vnet.tracer import VnetTracer, flow_text
 
 A, B = ipaddress.ip_address(ADDR["cA"]), ipaddress.ip_address(ADDR["cB"])
 VXLAN_OVERHEAD = 50          # outer Ethernet + IPv4 + UDP + VXLAN
@@ -566,3 +566,251 @@ def test_report_counts_packets_missing_where_their_flow_passes():
     assert ("Not seen where the rest of their flow was: b 1 packet, d 1 packet (lost on the way, or a hook "
             "that did not see them)") in rep.render()
     assert report.analyze([r for r in rows if r.pkt_id not in (103, 107)]).gaps == []
+    # without the points' directions the qdisc note is general; with them it names the egress points
+    general = "Egress points (tc egress, net_dev_queue) fire before the device's qdisc"
+    assert general in rep.render()
+    pts = [{"host": "h", "label": p, "direction": "egress" if p == "b" else "ingress", "device": "eth9"}
+           for p in "abcd"]
+    text = report.analyze(rows, points=pts).render()
+    assert general not in text and "after the egress point (b (eth9)), not before it." in text
+
+
+# -- clocks the report does not know (issue 20) -------------------------------------------------------
+
+SKEW = 7_000_000        # nodeB's clock runs 7 ms ahead of nodeA's
+CROSS = ("hA.ul0.out -> hB.ul0.in", "hB.ul0.out -> hA.ul0.in")
+
+
+def _two_agents(topo, action, both_ways: bool = True):
+    """Two tracers at once, as two agents would be: nodeA on host A and its
+    container, nodeB on host B and its container with its clock SKEW ahead.
+    The rows of both, and the points (with host) as the stores keep them."""
+    pts = topo.points(both_ways)
+    side_a = [p for p in pts if p.label[1] == "A"]
+    side_b = [p for p in pts if p.label[1] == "B"]
+    with VnetTracer(side_a, topo.selector(), host="nodeA") as ta, \
+            VnetTracer(side_b, topo.selector(), host="nodeB", clock_offset_ns=SKEW) as tb:
+        result = action()
+        time.sleep(0.1)
+        rows = [Row(*r) for t in (ta, tb) for r in t.rows(t.drain())]
+        points = [{**ap.info(), "host": t.host} for t in (ta, tb) for ap in t.points.values()]
+        assert ta.lost == tb.lost == 0
+    return result, rows, points
+
+
+def test_report_one_way_traffic_marks_the_unknown_offset_and_keeps_it_out_of_the_bottleneck(topo):
+    """Only A -> B is traced: no packet went both ways between the agents, so
+    nodeB's offset is unknown (0 assumed) and the link segment holds the whole
+    7 ms skew.  It is marked '?', has no share and is not the bottleneck (it
+    was the headline before); the end-to-end figure carries the mark too; the
+    egress points' segments say the qdisc wait is theirs."""
+    echo, rows, points = _two_agents(topo, lambda: topo.udp_echo(20), both_ways=False)
+    assert echo.sent == 20 and len(rows) == 20 * 8
+    rep = report.analyze(rows, points=points)
+    assert rep.offsets["nodeB"].source == "unknown" and rep.offsets["nodeB"].ns == 0
+    link = rep.segment("hA.ul0.out", "hB.ul0.in")
+    assert link.stats.p50 > SKEW - 1_000_000          # the skew, not the link
+    assert (link.clock, link.mark, link.trusted, link.share) == ("unknown", "?", False, None)
+    assert link.hosts == ("nodeA", "nodeB")
+    assert [s.name for s in rep.excluded] == [CROSS[0]]
+    b = rep.bottleneck
+    assert b is not None and b.name != CROSS[0] and b.hosts[0] == b.hosts[1] and b.clock == "same host"
+    assert abs(sum(s.share for s in rep.segments if s.trusted) - 1) < 1e-9
+    # end to end, one direction, across the two hosts: marked as well
+    [e2e] = rep.end_to_end
+    assert (e2e.name, e2e.stats.count, e2e.clock, e2e.mark) == ("cA.eth0.out -> cB.eth0.in", 20, "unknown", "?")
+    assert rep.both_ways() == []
+    # the egress points sit before their device's qdisc
+    assert {s.src: s.qdisc for s in rep.segments if s.qdisc} == \
+        {"cA.eth0.out": "eth0", "hA.vx0.out": "vx0", "hA.ul0.out": "ul0", "hB.veth0.out": "veth0"}
+    text = rep.render()
+    assert f"{CROSS[0]} ?" in text and f"Most of the latency: {b.name} (" in text
+    assert "Most of the latency: hA.ul0.out" not in text
+    assert "Marked segments cross hosts whose clock offset is not known (? unknown, 0 assumed)" in text
+    assert "END TO END (usecs)" in text and "cA.eth0.out -> cB.eth0.in ?" in text
+    assert ("Egress points fire before the device's qdisc: a packet's wait in a qdisc is counted in the segment "
+            "after the egress point (cA.eth0.out (eth0), hA.vx0.out (vx0), hA.ul0.out (ul0), "
+            "hB.veth0.out (veth0)), not before it.") in text
+    d = rep.to_dict()
+    assert d["excluded"] == [CROSS[0]] and d["bottleneck"]["segment"] == b.name
+    assert {s["segment"]: (s["clock"], s["share"]) for s in d["segments"]}[CROSS[0]] == ("unknown", None)
+    assert d["end_to_end"][0]["direction"] == "cA.eth0.out -> cB.eth0.in"
+
+
+def test_report_estimated_given_and_wrong_offsets(topo):
+    """The echo goes both ways: the offset is estimated (the link segments are
+    marked '*' and left out); given right with --offset they count; given
+    wrong (0 for a 7 ms skew) every reply seems to reach A before B sent it:
+    the report says so and marks the segments '!'.  The two directions' end
+    to end p50s add up to the same round trip whatever the offset."""
+    echo, rows, points = _two_agents(topo, lambda: topo.udp_echo(20))
+    assert (echo.sent, echo.received) == (20, 20)
+    est = report.analyze(rows, points=points)
+    assert est.offsets["nodeB"].source == "estimated" and abs(est.offsets["nodeB"].ns - SKEW) < 50_000
+    assert sorted(s.name for s in est.excluded) == sorted(CROSS)
+    assert all(est.segment(*c.split(" -> ")).mark == "*" for c in CROSS)
+    assert est.bottleneck.name not in CROSS and est.impossible == []
+    assert [(e.name, e.stats.count, e.clock) for e in est.end_to_end] == \
+        [("cA.eth0.out -> cB.eth0.in", 20, "estimated"), ("cB.eth0.out -> cA.eth0.in", 20, "estimated")]
+    [(there, back)] = est.both_ways()
+    text = est.render()
+    assert f"{CROSS[0]} *" in text and "(* estimated)" in text and "Impossible order" not in text
+    assert (f"both ways (cA.eth0.out -> cB.eth0.in, and back): the p50s add up to "
+            f"{(there.stats.p50 + back.stats.p50) / 1000:.1f} us, whatever the clock offset") in text
+
+    given = report.analyze(rows, manual={"nodeB": SKEW}, points=points)
+    assert given.excluded == [] and given.impossible == []
+    assert all(given.segment(*c.split(" -> ")).clock == "manual" for c in CROSS)
+    assert all(0 <= given.segment(*c.split(" -> ")).stats.min for c in CROSS)
+    assert "Marked segments" not in given.render()
+
+    wrong = report.analyze(rows, manual={"nodeB": 0}, points=points)
+    [imp] = wrong.impossible
+    assert {imp.flow, imp.reverse} == {flow_text(17, str(A), echo.client_port, str(B), echo.server_port),
+                                       flow_text(17, str(B), echo.server_port, str(A), echo.client_port)}
+    assert imp.hosts == ("nodeA", "nodeB") and imp.packets == imp.reverse_packets == 20
+    cross = [s for s in wrong.segments if s.hosts[0] != s.hosts[1]]
+    assert cross and all(s.clock == "contradicted" and s.mark == "!" for s in cross)
+    assert wrong.bottleneck.hosts[0] == wrong.bottleneck.hosts[1]
+    text = wrong.render()
+    assert "Impossible order: " in text and "one of them is received before it is sent" in text
+    assert "(! contradicted by the packets' order)" in text
+
+
+def _marked_rows() -> list[Row]:
+    """Two hosts, one way only (an unknown offset: a marked segment), long
+    labels: every line of the plot's legend is there."""
+    def row(host, ts, point, pid):
+        return Row(host, ts, point, pid, 17, "192.0.2.1", 1000, "192.0.2.2", 2000, 100, 86, 1, 2, 0, 0)
+    rows = []
+    for i in range(50):
+        t = 1_000_000 * i
+        rows += [row("left", t, "left.container.eth0.out", i), row("left", t + 2_000 + 37 * i, "left.vxlan0.out", i),
+                 row("right", t + 9_000 + 11 * i, "right.vxlan0.in", i),
+                 row("right", t + 9_500 + 5 * i, "right.container.eth0.in", i)]
+    return rows
+
+
+def test_plot_fits_every_text_it_holds(tmp_path):
+    """Every text of the SVG (names, figures, the legend with its marks) lies
+    inside the picture: measured by Chromium's text layout (getBBox) when it
+    is installed, and always by a monospace advance of 0.6 em.  The legend
+    line was cut at the right edge."""
+    from pytrace.vnet import plot
+    rep = report.analyze(_marked_rows())
+    assert rep.excluded and rep.bottleneck is not None
+    svg = plot.svg(rep)
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(svg)
+    width, height = float(root.get("width")), float(root.get("height"))
+    texts = [e for e in root.iter() if e.tag.endswith("text")]
+    legend = [e.text for e in texts if e.text and e.text.startswith("hatched, ")]
+    assert legend == ["hatched, ?: clock offset unknown, 0 assumed: not in %"]
+    assert any(e.text == "left.vxlan0.out -> right.vxlan0.in ?" for e in texts)
+    for e in texts:
+        size = float(e.get("font-size", 12))
+        w = len(e.text) * 0.6 * size
+        x = float(e.get("x"))
+        left = {"end": x - w, "middle": x - w / 2}.get(e.get("text-anchor"), x)
+        assert 0 <= left and left + w <= width, e.text
+    path = tmp_path / "plot.svg"
+    path.write_text(svg)
+    from test_tunnelmon_web import CHROMIUM, Browser
+    if CHROMIUM is None:
+        return          # the estimate above was the check
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="pt-vnet-chromium-") as profile:
+        b = Browser(profile)
+        try:
+            b.call("Page.navigate", url=path.as_uri())
+            assert b.wait_js("document.querySelectorAll('text').length > 0")
+            boxes = b.js("[...document.querySelectorAll('text')].map(t => { const r = t.getBBox();"
+                         " return [t.textContent, r.x, r.y, r.x + r.width, r.y + r.height]; })")
+        finally:
+            b.close()
+    assert len(boxes) == len(texts)
+    for text, x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height, (text, x0, x1, width)
+
+
+def test_demo_store_has_its_agent_and_points(tmp_path):
+    """`vnet demo -o FILE` keeps what `record` keeps: the agent row (host
+    demo, selector, start and end), the 16 points with their device,
+    direction, method and hook, and the records; `vnet report FILE` then
+    knows the egress points.  The agents and points tables were empty."""
+    db = str(tmp_path / "demo.db")
+    before = time.time_ns()
+    res = run_cli("vnet", "demo", "-n", "10", "-o", db, "--json", timeout=60)
+    after = time.time_ns()
+    assert res.returncode == 0, res.stderr
+    [agent] = store.read_agents(db)
+    assert agent["host"] == "demo" and agent["clock_offset_ns"] == 0 and agent["lost"] == 0
+    assert agent["selector"] == Topology.selector().describe()
+    assert before <= agent["start_ns"] <= agent["end_ns"] <= after
+    assert json.loads(agent["argv"]) == ["vnet", "demo", "-n", "10", "-o", db, "--json"]
+    from pytrace.vnet.demo import HOPS_AB, HOPS_BA
+    points = store.read_points(db)
+    assert sorted((p["label"], p["device"], p["direction"], p["method"]) for p in points) == \
+        sorted((lbl, dev, d, m) for lbl, _, dev, d, m in HOPS_AB + HOPS_BA)
+    assert all(p["host"] == "demo" and p["hook"] and p["point_id"] is not None and p["ifindex"] > 0
+               and p["removed_ns"] is None and before <= p["added_ns"] <= after for p in points)
+    rows = store.read_sqlite(db)
+    assert len(rows) == 10 * 16 and {r.point for r in rows} == {p["label"] for p in points}
+    res = run_cli("vnet", "report", db)
+    assert res.returncode == 0, res.stderr
+    assert "Egress points fire before the device's qdisc" in res.stdout and "hA.ul0.out (ul0)" in res.stdout
+
+
+def test_record_takes_a_negative_clock_offset_as_a_separate_word(topo, tmp_path):
+    """`--clock-offset -3ms` (the help's own kind of example) is accepted, as
+    is `--clock-offset=-3ms`, and the recorder's clock really runs 3 ms
+    behind: the report estimates -3 ms for it.  A value that is no duration
+    is still refused with one line."""
+    pts = topo.points()
+    db_a, db_b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    a = _recorder(tmp_path, "a", "nodeA", [p for p in pts if p.label[1] == "A"], "-o", db_a)
+    b = _recorder(tmp_path, "b", "nodeB", [p for p in pts if p.label[1] == "B"], "-o", db_b,
+                  "--clock-offset", "-3ms")
+    try:
+        topo.udp_echo(20)
+    finally:
+        for agent in (a, b):
+            _stop(agent)
+    assert store.read_agents(db_b)[0]["clock_offset_ns"] == -3_000_000
+    rep = report.analyze(store.read_sqlite(db_a) + store.read_sqlite(db_b))
+    assert rep.offsets["nodeB"].source == "estimated"
+    assert abs(rep.offsets["nodeB"].ns + 3_000_000) < 50_000, rep.offsets["nodeB"]
+    # the parse alone, both spellings, and a bad value
+    from pytrace.core.argparser import ArgParser
+    parser = ArgParser(prog="pytrace vnet")
+    vnet_tool.add_arguments(parser)
+    for argv in (["--clock-offset", "-3ms"], ["--clock-offset=-3ms"], ["--clock-offset", "-1.5us"]):
+        ns = parser.parse_args(["record", *argv])
+        assert ns.clock_offset == {"-3ms": -3_000_000, "-1.5us": -1_500}[argv[-1].split("=")[-1]]
+    res = run_cli("vnet", "record", "-c", "x.toml", "--clock-offset", "-3parsecs")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--clock-offset" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["", "record", "report", "demo", "ctl"])
+def test_help_ends_with_examples_that_parse(command, monkeypatch):
+    """`pytrace vnet [COMMAND] -h` ends with examples (as BCC's tools do), each
+    a command line the parser accepts: the tool's -h shows every command's."""
+    words = ["vnet", *([command] if command else []), "-h"]
+    res = run_cli(*words)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    lines = res.stdout.rstrip("\n").splitlines()
+    start = lines.index("examples:")
+    examples = [line.split("  # ")[0].strip() for line in lines[start + 1:]]
+    assert len(examples) >= 3 and all(line.startswith("  pytrace vnet ") and "  # " in line
+                                      for line in lines[start + 1:])
+    if command:
+        assert all(e.startswith(f"pytrace vnet {command} ") or e == f"pytrace vnet {command}" for e in examples)
+    else:
+        assert {e.split()[2] for e in examples} == {"record", "report", "demo", "ctl"}
+    from pytrace.core import cliutil
+    from pytrace.core.argparser import ArgParser
+    monkeypatch.setattr(cliutil, "_check_host", False)     # an example's namespace need not exist here
+    for e in examples:
+        parser = ArgParser(prog="pytrace vnet")
+        vnet_tool.add_arguments(parser)
+        parser.parse_args(e.split()[2:])        # a usage error would exit

@@ -8,18 +8,17 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
-import urllib.request
 
 import pytest
 
-from helpers import free_port, run_cli, wait_until
+from helpers import run_cli, wait_until
+from influxlab import influx_server
 from pytrace.core import cliutil
 from pytrace.core.argparser import ArgParser
 from pytrace.vnet import store
 from pytrace.vnet.demo import Topology
-from test_vnet import _recorder, _stop
+from test_vnet import _recorder
 
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
@@ -36,64 +35,10 @@ pytestmark = [
 ]
 
 
-class Influxd:
-    """A throw-away influxd on loopback ports of its own, in a temporary directory."""
-
-    def __init__(self, root):
-        self.root = root
-        self.port, rpc = free_port(), free_port()
-        self.conf = root / "influxd.toml"
-        self.conf.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{root}/meta"
-[data]
-  dir = "{root}/data"
-  wal-dir = "{root}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{self.port}"
-  log-enabled = false
-[logging]
-  level = "error"
-[continuous_queries]
-  enabled = false
-""")
-        self.proc: subprocess.Popen | None = None
-
-    def ping(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=1) as r:
-                return r.status == 204
-        except OSError:
-            return False
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([INFLUXD, "run", "-config", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        assert wait_until(self.ping, 20), "influxd did not start"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
 def influxd(tmp_path):
-    srv = Influxd(tmp_path)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    with influx_server(tmp_path / "influxdb", auth=False) as server:
+        yield server
 
 
 def test_records_reach_influx_and_survive_an_outage(influxd, tmp_path):

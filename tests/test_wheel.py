@@ -23,8 +23,6 @@ left mounted, even when a test fails or is killed.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -41,13 +39,11 @@ from pathlib import Path
 
 import pytest
 
+from debroot import CACHE, debian_root
+from debroot import cache_lock as _cache_lock
 from helpers import has_bpf_link, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("PYTRACE_TEST_CACHE", "/var/cache/pytrace-test"))
-MIRROR = os.environ.get("PYTRACE_TEST_MIRROR", "http://deb.debian.org/debian")
-SUITE, VARIANT = "bookworm", "minbase"
-ROOT_PACKAGES = ("python3", "libbpf1")          # all a host needs besides the wheel
 PURGED_FOR_BARE = ("libbpf1", "libelf1")        # a host that never had libbpf
 TOOLCHAIN = ("clang", "clang-14", "llc", "llvm-strip", "bpftool", "gcc", "cc")
 VENV = "/opt/pytrace"                           # where the wheel goes inside the root
@@ -136,47 +132,6 @@ def _pip_install(python: str, wheels: Path, where: str | None = None) -> list[st
 # ---------------------------------------------------------------------------
 # the cached Debian root and overlay sessions on it
 # ---------------------------------------------------------------------------
-
-class _cache_lock:
-    """One builder of the cache at a time (CI and a developer share this machine)."""
-
-    def __enter__(self):
-        CACHE.mkdir(parents=True, exist_ok=True)
-        self.fh = open(CACHE / ".lock", "w")
-        fcntl.flock(self.fh, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-
-def debian_root() -> Path:
-    key = hashlib.sha256(json.dumps([SUITE, VARIANT, MIRROR, sorted(ROOT_PACKAGES)]).encode()).hexdigest()[:16]
-    final = CACHE / "roots" / f"{SUITE}-{VARIANT}-{key}"
-    done = final / ".pytrace-complete"
-    if done.exists():
-        return final
-    if not shutil.which("debootstrap"):
-        pytest.fail("debootstrap is not installed (scripts/setup.sh installs it)")
-    with _cache_lock():
-        if done.exists():
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(final.name + ".*"):  # left by a builder that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp = final.with_name(f"{final.name}.{os.getpid()}")
-        # in a private mount namespace: the /proc debootstrap mounts cannot outlive it
-        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "debootstrap",
-                               f"--variant={VARIANT}", f"--include={','.join(ROOT_PACKAGES)}",
-                               SUITE, str(tmp), MIRROR], capture_output=True, text=True, timeout=1200)
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            pytest.fail(f"debootstrap failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
-        (tmp / done.name).write_text(json.dumps({"suite": SUITE, "variant": VARIANT, "mirror": MIRROR,
-                                                 "packages": sorted(ROOT_PACKAGES)}))
-        tmp.rename(final)
-    return final
-
 
 # Runs as the holder of the session's mount namespace: mounts, says "ready", then
 # waits for its stdin to close (the test ending, or dying) and the namespace goes.

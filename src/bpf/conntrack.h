@@ -15,12 +15,14 @@
 #ifndef __PYTRACE_CONNTRACK_H
 #define __PYTRACE_CONNTRACK_H
 
-#include "pytrace.h"
+#include "filter.h"
 
 struct conn_start {
 	__u64 ts_ns;		/* CLOCK_MONOTONIC of connect() */
+	__u64 cgroup_id;	/* the task's, with pt_labels (filter.h) */
 	__u32 pid;		/* tgid of the connecting task */
 	__u32 uid;
+	__u32 netns;		/* the task's, with pt_labels */
 	char comm[TASK_COMM_LEN];
 };
 
@@ -41,6 +43,8 @@ static __always_inline void conn_start_now(struct conn_start *st)
 	st->ts_ns = bpf_ktime_get_ns();
 	st->pid = bpf_get_current_pid_tgid() >> 32;
 	st->uid = (__u32)bpf_get_current_uid_gid();
+	st->cgroup_id = pt_task_cgroup_label();
+	st->netns = pt_task_netns_label();
 	bpf_get_current_comm(st->comm, sizeof(st->comm));
 }
 
@@ -76,12 +80,6 @@ static __always_inline bool conn_take(const void *sk, struct conn_start *out)
 static __always_inline bool sk_owned_by_user(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
-}
-
-/* Inode number of the socket's network namespace (as in /proc/PID/ns/net). */
-static __always_inline __u32 sk_netns(const struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
 static __always_inline bool sk_is_inet_tcp(const struct sock *sk, __u16 *family)

@@ -21,6 +21,7 @@
  * integers as 8 bytes, strings up to 31 characters).
  */
 #include "pytrace.h"
+#include "filter.h"
 
 #define MAX_PROBES 1024
 #define MAX_CONDS 4
@@ -167,6 +168,8 @@ static __always_inline int count_hit(void *ctx, __u32 probe)
 		return 0;
 	probe &= MAX_PROBES - 1;	/* the same, in a form every verifier keeps (a power of two) */
 	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	if (!pt_task_wanted())		/* the current task's (filter.h) */
 		return 0;
 
 #pragma unroll

@@ -11,12 +11,16 @@
  * not seen.
  */
 #include "events.h"
+#include "filter.h"
 
 #define HOST_LEN 80
 
 struct gethostlatency_event {
 	__u64 ts_ns;		/* return */
 	__u64 latency_ns;
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
+	__u32 netns;		/* the task's (filter.h labels) */
+	__u32 pad;
 	__u32 pid;
 	__u32 tid;
 	__s32 ret;		/* the return value (getaddrinfo: 0 or EAI_*; the others: a pointer's low half) */
@@ -50,6 +54,8 @@ static __always_inline int entry(const char *name, __u32 func)
 	struct lookup l = {};
 
 	if (targ_tgid && (id >> 32) != targ_tgid)
+		return 0;
+	if (!pt_task_wanted())
 		return 0;
 	l.ts_ns = bpf_ktime_get_ns();
 	l.func = func;
@@ -87,6 +93,9 @@ int BPF_KRETPROBE(gethostlatency_return, long ret)
 		e->latency_ns = now - l->ts_ns;
 		e->pid = id >> 32;
 		e->tid = tid;
+		e->cgroup_id = pt_task_cgroup_label();
+		e->netns = pt_task_netns_label();
+		e->pad = 0;
 		e->ret = (__s32)ret;
 		e->func = l->func;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));

@@ -104,6 +104,12 @@ static __always_inline void tp_or_sk_addrs(const void *tp_saddr, const void *tp_
 	}
 }
 
+/* Inode number of the socket's network namespace (as in /proc/PID/ns/net). */
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
 /* Remote port in host order. */
 static __always_inline __u16 sk_dport(const struct sock *sk)
 {

@@ -71,7 +71,7 @@ int so1stbyte_connect(struct trace_event_raw_sys_enter *ctx)
 	__u64 now;
 	int family;
 
-	if (!tgid_wanted(targ_tgid))
+	if (!pt_proc_wanted(targ_tgid))
 		return 0;
 	family = read_user_sockaddr((const void *)ctx->args[1], &sa);
 	if (family != AF_INET && family != AF_INET6)

@@ -14,6 +14,8 @@
 
 struct soaccept_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
+	__u32 netns;		/* the task's (filter.h labels) */
 	__u32 pid;
 	__s32 ret;		/* the new fd, or -errno */
 	__s32 listen_fd;
@@ -43,7 +45,7 @@ static __always_inline int enter(int fd)
 {
 	__u32 tid = current_tid();
 
-	if (tgid_wanted(targ_tgid))
+	if (pt_proc_wanted(targ_tgid))
 		bpf_map_update_elem(&calls, &tid, &fd, BPF_ANY);
 	return 0;
 }
@@ -77,6 +79,8 @@ static __always_inline int leave(long ret)
 	now = bpf_ktime_get_ns();
 	e->ts_ns = now;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_task_netns_label();
 	e->ret = ret;
 	e->listen_fd = *lfd;
 	e->family = si.family;

@@ -44,7 +44,7 @@ static __always_inline int on_io(struct sock *sk, int dir, long ret)
 	struct socketio_val *v, zero = {};
 	struct sock_info si = {};
 
-	if (!sk || !tgid_wanted(targ_tgid))
+	if (!sk || !pt_proc_wanted(targ_tgid))
 		return 0;
 	sock_facts(0, sk, &si);
 	if (targ_family && si.family != targ_family)

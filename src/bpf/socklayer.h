@@ -16,6 +16,7 @@
 #define __PYTRACE_SOCKLAYER_H
 
 #include "sockfd.h"
+#include "filter.h"
 
 #ifndef AF_UNSPEC
 #define AF_UNSPEC 0

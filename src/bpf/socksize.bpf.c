@@ -28,7 +28,7 @@ static __always_inline int on_io(struct sock *sk, int dir, long ret)
 {
 	struct socksize_key key = {};
 
-	if (ret < 0 || !tgid_wanted(targ_tgid))
+	if (ret < 0 || !pt_proc_wanted(targ_tgid))
 		return 0;
 	if (per_pid)
 		key.pid = bpf_get_current_pid_tgid() >> 32;

@@ -29,7 +29,7 @@ static __always_inline int hit(__u32 idx)
 {
 	__u64 *v;
 
-	if (!tgid_wanted(targ_tgid))
+	if (!pt_proc_wanted(targ_tgid))
 		return 0;
 	v = bpf_map_lookup_elem(&counters, &idx);
 	if (v)

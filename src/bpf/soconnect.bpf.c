@@ -15,6 +15,9 @@
 struct soconnect_event {
 	__u64 ts_ns;		/* CLOCK_MONOTONIC at sys_exit_connect */
 	__u64 lat_ns;		/* time in connect() */
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
+	__u32 netns;		/* the task's (filter.h labels) */
+	__u32 pad;
 	__u32 pid;
 	__u32 tid;
 	__s32 fd;
@@ -36,7 +39,7 @@ struct soconnect_event _event_type = {};
 SEC("tracepoint/syscalls/sys_enter_connect")
 int soconnect_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	if (tgid_wanted(targ_tgid))
+	if (pt_proc_wanted(targ_tgid))
 		connect_enter(&calls, ctx->args[0], (const void *)ctx->args[1]);
 	return 0;
 }
@@ -61,6 +64,9 @@ int soconnect_exit(struct trace_event_raw_sys_exit *ctx)
 	e->lat_ns = now - c->ts_ns;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->tid = tid;
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_task_netns_label();
+	e->pad = 0;
 	e->fd = c->fd;
 	e->ret = ctx->ret;
 	e->family = c->sa.family;

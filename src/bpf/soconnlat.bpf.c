@@ -48,7 +48,7 @@ int soconnlat_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	struct connect_call *c;
 
-	if (!tgid_wanted(targ_tgid))
+	if (!pt_proc_wanted(targ_tgid))
 		return 0;
 	c = connect_enter(&calls, ctx->args[0], (const void *)ctx->args[1]);
 	if (c && user_stacks)

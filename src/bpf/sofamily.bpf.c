@@ -34,7 +34,7 @@ static __always_inline int count(__u8 kind, __u16 family)
 {
 	struct sofamily_key key = {};
 
-	if (!tgid_wanted(targ_tgid))
+	if (!pt_proc_wanted(targ_tgid))
 		return 0;
 	key.pid = bpf_get_current_pid_tgid() >> 32;
 	key.family = family;

@@ -26,6 +26,7 @@
  */
 #include "events.h"
 #include "sockfd.h"
+#include "filter.h"
 
 #define SOL_SOCKET_ 1
 #define SCM_RIGHTS_ 1
@@ -45,6 +46,9 @@ struct sofdsnoop_event {
 	__u64 ts_ns;
 	__u64 sock_ino;		/* the socket's inode (0: unknown) */
 	__u64 ino;		/* the passed file's inode */
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
+	__u32 netns;		/* the task's (filter.h labels) */
+	__u32 pad2;
 	__u32 pid;
 	__u32 tid;
 	__s32 sock_fd;		/* the socket the call was made on (-1: unknown) */
@@ -140,9 +144,11 @@ static __always_inline bool task_wanted(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
-	if (targ_tid)
-		return (__u32)id == targ_tid;
-	return !targ_tgid || (id >> 32) == targ_tgid;
+	if (targ_tid && (__u32)id != targ_tid)
+		return false;
+	if (!targ_tid && targ_tgid && (id >> 32) != targ_tgid)
+		return false;
+	return pt_task_wanted();	/* --cgroup, --netns, --container... (filter.h) */
 }
 
 /* The struct file behind fd in the current task, or NULL. */
@@ -250,6 +256,8 @@ static __always_inline void report(int action, int sock_fd, int fd)
 	e->ts_ns = bpf_ktime_get_ns();
 	e->pid = id >> 32;
 	e->tid = id;
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_task_netns_label();
 	e->action = action;
 	e->sock_fd = sock_fd;
 	e->sock_ino = sock_fd >= 0 ? sock_inode(sock_fd) : 0;

@@ -21,6 +21,7 @@
 
 struct solisten_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
 	__u32 pid;
 	__u32 netns;
 	__u32 backlog;		/* effective: sk_max_ack_backlog */
@@ -32,7 +33,6 @@ struct solisten_event {
 };
 
 const volatile __u32 filter_pid = 0;		/* -p */
-const volatile __u32 filter_netns = 0;		/* -n */
 
 /* listen() in flight, by thread id: the socket (kprobe) or the fd (syscall). */
 struct {
@@ -54,9 +54,9 @@ static __always_inline int report(const struct sock *sk, int ret)
 
 	if (!sk || !sk_is_inet_tcp(sk, &family))
 		return 0;
-	netns = sk_netns(sk);
-	if (filter_netns && netns != filter_netns)
+	if (!pt_task_sk_wanted(sk))
 		return 0;
+	netns = sk_netns(sk);
 
 	e = event_reserve(struct solisten_event);
 	if (!e)
@@ -64,6 +64,7 @@ static __always_inline int report(const struct sock *sk, int ret)
 	now = bpf_ktime_get_ns();
 	e->ts_ns = now;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->cgroup_id = pt_task_cgroup_label();
 	e->netns = netns;
 	e->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	e->ret = ret;

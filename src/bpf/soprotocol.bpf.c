@@ -54,7 +54,7 @@ static __always_inline int from_socket(__u8 kind, struct socket *sock)
 	struct sock_info si = {};
 	struct sock *sk;
 
-	if (!tgid_wanted(targ_tgid) || !sock)
+	if (!pt_proc_wanted(targ_tgid) || !sock)
 		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk)
@@ -78,14 +78,14 @@ int BPF_KPROBE(soprotocol_kprobe_accept, struct socket *sock)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int soprotocol_connect(struct trace_event_raw_sys_enter *ctx)
 {
-	if (!tgid_wanted(targ_tgid))
+	if (!pt_proc_wanted(targ_tgid))
 		return 0;
 	return from_socket(K_CONNECT, fd_to_socket(ctx->args[0]));
 }
 
 static __always_inline int accepted(long ret)
 {
-	if (ret < 0 || !tgid_wanted(targ_tgid))
+	if (ret < 0 || !pt_proc_wanted(targ_tgid))
 		return 0;
 	return from_socket(K_ACCEPT, fd_to_socket(ret));
 }

@@ -29,6 +29,7 @@
  */
 #include "events.h"
 #include "skbinfo.h"
+#include "filter.h"
 
 #define ICMP_ECHOREPLY_ 0
 #define ICMP_ECHO_ 8
@@ -38,6 +39,7 @@
 struct superping_event {
 	__u64 ts_ns;		/* reply seen */
 	__u64 latency_ns;
+	__u64 cgroup_id;	/* the sender's (filter.h labels) */
 	__u32 netns;
 	__u32 pid;		/* sender of the request */
 	__u16 family;
@@ -62,6 +64,7 @@ struct ping_key {
 struct ping_start {
 	__u64 ts_ns;
 	__u64 skb;		/* the request's skb where it was first queued */
+	__u64 cgroup_id;
 	__u32 pid;
 	bool crossing;
 	__u8 pad[3];
@@ -131,6 +134,8 @@ static __always_inline int request_out(const struct sk_buff *skb)
 		return 0;
 	if (!echo_at(skb_nh(skb), 0, skb_netns(skb, NULL), &key, &ip))
 		return 0;
+	if (!pt_task_wanted())		/* the sender's cgroup and namespaces */
+		return 0;
 	/* the same packet queued to a further device of this namespace (a bridge, then its port) */
 	seen = bpf_map_lookup_elem(&requests, &key);
 	if (seen && seen->skb == (__u64)(unsigned long)skb)
@@ -138,6 +143,7 @@ static __always_inline int request_out(const struct sk_buff *skb)
 	st.ts_ns = bpf_ktime_get_ns();
 	st.skb = (__u64)(unsigned long)skb;
 	st.crossing = !sent_here;
+	st.cgroup_id = pt_task_cgroup_label();
 	st.pid = id >> 32;
 	__builtin_memcpy(st.local, ip.saddr, 16);
 	bpf_get_current_comm(st.comm, sizeof(st.comm));
@@ -164,6 +170,7 @@ static __always_inline int reply_in(const struct sk_buff *skb, const unsigned ch
 		e->ts_ns = now;
 		e->latency_ns = now - st->ts_ns;
 		e->netns = key.netns;
+		e->cgroup_id = st->cgroup_id;
 		e->pid = st->pid;
 		e->family = key.family;
 		e->id = bpf_ntohs(key.id);

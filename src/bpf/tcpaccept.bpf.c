@@ -16,7 +16,9 @@
 
 struct tcpaccept_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;	/* the accepting task's (filter.h labels) */
 	__u32 pid;
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -46,6 +48,8 @@ static __always_inline int report(const struct sock *sk)
 	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (!port_allowed(lports, n_lports, lport))
 		return 0;
+	if (!pt_task_sk_wanted(sk))
+		return 0;
 
 	e = event_reserve(struct tcpaccept_event);
 	if (!e)
@@ -53,6 +57,8 @@ static __always_inline int report(const struct sock *sk)
 	now = bpf_ktime_get_ns();
 	e->ts_ns = now;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_sk_netns_label(sk);
 	e->family = family;
 	e->lport = lport;
 	e->rport = sk_dport(sk);

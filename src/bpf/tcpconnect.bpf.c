@@ -18,6 +18,8 @@
  * before the handshake finished.  UDP connect()s (--udp) come from the
  * connect syscall tracepoints, with the fd -> socket walk (sockfd.h).
  *
+ * Whose connects (filter.h): the task's cgroup and namespaces, at the start.
+ *
  * With do_count set, attempts are counted per (saddr, daddr, dport) in the
  * counts map instead of streamed.
  */
@@ -28,8 +30,10 @@
 struct tcpconnect_event {
 	__u64 ts_ns;		/* when the outcome was known */
 	__u64 start_ns;		/* connect() */
+	__u64 cgroup_id;	/* the connecting task's (filter.h labels) */
 	__u32 pid;
 	__u32 uid;
+	__u32 netns;		/* the connecting task's (filter.h labels) */
 	__s32 error;		/* errno the attempt failed with, 0 if none */
 	__u16 family;
 	__u16 sport;
@@ -84,7 +88,7 @@ struct tcpconnect_event _event_type = {};
 
 static __always_inline bool task_wanted(void)
 {
-	if (!tgid_wanted(filter_pid))
+	if (!tgid_wanted(filter_pid) || !pt_task_wanted())
 		return false;
 	if (filter_uid != 0xffffffff &&
 	    (__u32)bpf_get_current_uid_gid() != filter_uid)
@@ -129,6 +133,8 @@ static __always_inline void finish(const struct conn_start *st,
 	e->start_ns = st->ts_ns;
 	e->pid = st->pid;
 	e->uid = st->uid;
+	e->cgroup_id = st->cgroup_id;
+	e->netns = st->netns;
 	e->error = err;
 	e->family = t->family;
 	e->sport = t->sport;

@@ -24,7 +24,9 @@
 struct tcpconnlat_event {
 	__u64 ts_ns;		/* handshake complete */
 	__u64 delta_ns;		/* since connect() */
+	__u64 cgroup_id;	/* the connecting task's (filter.h labels) */
 	__u32 pid;
+	__u32 netns;		/* the connecting task's (filter.h labels) */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -44,7 +46,7 @@ static __always_inline void begin(struct sock *sk)
 {
 	__u16 family;
 
-	if (filter_pid && (bpf_get_current_pid_tgid() >> 32) != filter_pid)
+	if (!tgid_wanted(filter_pid) || !pt_task_wanted())
 		return;
 	if (!sk_is_inet_tcp(sk, &family))
 		return;
@@ -81,6 +83,8 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	e->ts_ns = now;
 	e->delta_ns = delta;
 	e->pid = st.pid;
+	e->cgroup_id = st.cgroup_id;
+	e->netns = st.netns;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->sport = sk_sport(sk);
 	e->dport = sk_dport(sk);

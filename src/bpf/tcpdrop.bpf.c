@@ -14,18 +14,22 @@
  * The socket, when there is one, is the tracepoint's rx_sk (the receiving
  * socket, newer kernels) or else skb->sk (the sending socket: set on
  * transmit, and still set on a packet that crossed a veth pair).  The
- * network namespace (for --netns-id) is the device's, else the socket's.
+ * network namespace (for --netns, filter.h's pt_netns) is the device's, else
+ * the socket's; the cgroup (--cgroup, --container) is the socket's: drops of
+ * packets without one are left out while such a filter is on.
  * The stack is taken whole (no frames skipped); user space removes the
  * tracing frames above the function that dropped the packet.
  */
 #include "events.h"
 #include "kfreeskb.h"
+#include "filter.h"
 
 #define MAX_STACK 48
 
 struct tcpdrop_event {
 	__u64 ts_ns;
 	__u64 skaddr;		/* 0: no socket */
+	__u64 cgroup_id;	/* the socket's (filter.h labels); 0: none */
 	__u32 netns;		/* inode number of the network namespace */
 	__u32 pid;
 	__u32 reason;		/* enum skb_drop_reason */
@@ -41,7 +45,6 @@ struct tcpdrop_event {
 };
 
 const volatile __u16 target_family = 0;	/* 0: both */
-const volatile __u32 target_netns = 0;		/* 0: all */
 
 /* Anchor the event type in BTF so user space can decode it. */
 struct tcpdrop_event _event_type = {};
@@ -73,8 +76,12 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
 	netns = skb_netns(skb, sk);
-	if (target_netns && netns != target_netns)
-		return 0;
+	if (pt_on) {
+		if (pt_netns && netns != pt_netns)
+			return 0;
+		if (pt_by_any_cgroup && (!sk || !pt_sk_cgroup_wanted(sk)))
+			return 0;
+	}
 	now = bpf_ktime_get_ns();
 	e = event_reserve(struct tcpdrop_event);
 	if (!e)
@@ -82,6 +89,7 @@ static __always_inline int on_drop(void *ctx, const struct kfree_skb_call *c)
 	e->ts_ns = now;
 	e->skaddr = (__u64)sk;
 	e->netns = netns;
+	e->cgroup_id = sk ? pt_sk_cgroup_label(sk) : 0;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->reason = c->reason;
 	e->family = ip.family;

@@ -34,16 +34,22 @@
  * happened to run.  The owner is cached at the changes only a system call
  * makes: ->SYN_SENT (connect), ->FIN_WAIT1 and ->LAST_ACK (close/shutdown),
  * and used at CLOSE, which is often in softirq.
+ *
+ * Whose (filter.h): the socket's cgroup and network namespace, judged at its
+ * birth, so only the sockets reported take map space.
  */
 #include "events.h"
 #include "sockstate.h"
+#include "filter.h"
 
 struct tcplife_event {
 	__u64 ts_ns;		/* CLOCK_MONOTONIC at close */
 	__u64 span_us;		/* from the last early state (as BCC) to CLOSE */
 	__u64 rx_b;		/* payload bytes received */
 	__u64 tx_b;		/* payload bytes sent and acknowledged */
+	__u64 cgroup_id;	/* the socket's (filter.h labels) */
 	__u32 pid;
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -133,6 +139,8 @@ static __always_inline int on_change(const struct sock_state_change *ch)
 		if (!port_allowed(lports, n_lports, lport) ||
 		    !port_allowed(rports, n_rports, rport))
 			return 0;
+		if (!pt_sk_wanted(sk))
+			return 0;
 		now = bpf_ktime_get_ns();
 		c = bpf_map_lookup_elem(&conns, &key);
 		if (c) {
@@ -202,6 +210,8 @@ static __always_inline int on_change(const struct sock_state_change *ch)
 	e->lport = lport;
 	e->rport = rport;
 	e->pad = 0;
+	e->cgroup_id = pt_sk_cgroup_label(sk);
+	e->netns = pt_sk_netns_label(sk);
 	if (c->flags & CONN_HAVE_PID) {
 		e->pid = c->pid;
 		__builtin_memcpy(e->comm, c->comm, sizeof(e->comm));

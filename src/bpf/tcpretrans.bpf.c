@@ -28,8 +28,12 @@
  * included.  The tests check it against that counter.  The kernel also
  * counts an attempt whose transmit then failed; such attempts are not
  * retransmissions on the wire and are left out here.
+ *
+ * Whose (filter.h): the socket's cgroup and network namespace (timers and
+ * softirq retransmit for no task).
  */
 #include "events.h"
+#include "filter.h"
 
 #define RETRANSMIT 1
 #define TLP 2
@@ -38,8 +42,10 @@
 struct tcpretrans_event {
 	__u64 ts_ns;
 	__u64 skaddr;
+	__u64 cgroup_id;	/* the socket's (filter.h labels) */
 	__u32 pid;
 	__u32 seq;		/* first sequence number of the segment */
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -131,6 +137,8 @@ static __always_inline void emit(const struct origin *o, __u8 type, __u64 now)
 	e->skaddr = (__u64)o->sk;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->seq = seq;
+	e->cgroup_id = pt_sk_cgroup_label(o->sk);
+	e->netns = pt_sk_netns_label(o->sk);
 	e->family = o->family;
 	e->lport = o->lport;
 	e->rport = o->rport;
@@ -188,6 +196,8 @@ static __always_inline int handle(void *ctx, const struct origin *o, int type,
 	if (o->family != AF_INET && o->family != AF_INET6)
 		return 0;
 	if (target_family && o->family != target_family)
+		return 0;
+	if (!pt_sk_wanted(o->sk))
 		return 0;
 	tlp = type == TLP || (check_stack && from_loss_probe(ctx));
 	if (count_mode) {

@@ -9,6 +9,7 @@
  * tracepoint.  All aggregate in the kernel; user space reads the map.
  */
 #include "pytrace.h"
+#include "filter.h"
 
 #define MAX_SLOTS 27
 
@@ -61,7 +62,7 @@ static __always_inline bool addr_matches(const volatile __u8 *want,
  * sport/dport in host order; addresses 16 bytes (v4 in the first 4);
  * srtt_us is tp->srtt_us >> 3, i.e. microseconds.
  */
-static __always_inline int account(__u16 family, __u16 sport, __u16 dport,
+static __always_inline int account(const struct sock *sk, __u16 family, __u16 sport, __u16 dport,
 				   const __u8 *saddr, const __u8 *daddr,
 				   __u64 srtt_us)
 {
@@ -77,6 +78,9 @@ static __always_inline int account(__u16 family, __u16 sport, __u16 dport,
 		return 0;
 	if (!addr_matches(targ_laddr, targ_lfamily, saddr, family) ||
 	    !addr_matches(targ_raddr, targ_rfamily, daddr, family))
+		return 0;
+	/* filter.h: the socket's cgroup and netns; a record without one passes none */
+	if (pt_on && (!sk || !pt_sk_wanted(sk)))
 		return 0;
 
 	if (targ_laddr_hist) {
@@ -114,7 +118,7 @@ static __always_inline int from_sock(struct sock *sk)
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	sk_read_addrs(sk, family, saddr, daddr);
-	return account(family, sk_sport(sk), sk_dport(sk),
+	return account(sk, family, sk_sport(sk), sk_dport(sk),
 		       saddr, daddr, BPF_CORE_READ(tp, srtt_us) >> 3);
 }
 
@@ -151,8 +155,8 @@ int tcprtt_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 		bpf_probe_read_kernel(saddr, 16, &ctx->saddr[8]);
 		bpf_probe_read_kernel(daddr, 16, &ctx->daddr[8]);
 	}
-	return account(family, ctx->sport, ctx->dport, saddr, daddr,
-		       ctx->srtt);
+	return account(bpf_core_field_exists(ctx->skaddr) ? BPF_CORE_READ(ctx, skaddr) : 0,
+		       family, ctx->sport, ctx->dport, saddr, daddr, ctx->srtt);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -6,19 +6,25 @@
  * of preference: tp_btf (direct BTF access, no tracefs needed), raw_tp, and
  * the classic tracepoint (needs tracefs), see sockstate.h.  The Python side
  * loads exactly one.
+ *
+ * Whose (filter.h): the socket's cgroup and network namespace (a change in
+ * softirq runs in whichever task was interrupted).
  */
 #include "events.h"
 #include "sockstate.h"
+#include "filter.h"
 
 /* Widest fields first: no holes for the ring to carry. */
 struct tcpstates_event {
 	__u64 skaddr;
 	__u64 ts_ns;
 	__u64 delta_us;		/* time in oldstate; 0 for the first change seen */
+	__u64 cgroup_id;	/* the socket's (filter.h labels) */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 	__u32 pid;
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -63,11 +69,12 @@ struct {
 /* Anchor the event type in BTF so user space can decode it. */
 struct tcpstates_event _event_type = {};
 
-static __always_inline bool wanted(__u16 family, __u16 sport, __u16 dport)
+static __always_inline bool wanted(const struct sock *sk, __u16 family, __u16 sport, __u16 dport)
 {
 	if (target_family && family != target_family)
 		return false;
-	return port_allowed(lports, n_lports, sport) && port_allowed(rports, n_rports, dport);
+	return port_allowed(lports, n_lports, sport) && port_allowed(rports, n_rports, dport) &&
+	       pt_sk_wanted(sk);
 }
 
 /* Send a held LISTEN -> SYN_RECV of socket key, completed with c's flow. */
@@ -77,7 +84,7 @@ static __always_inline void send_held(__u64 key, const struct sock_state_change 
 
 	if (!h)
 		return;
-	if (wanted(c->family, c->sport, c->dport)) {
+	if (wanted(c->sk, c->family, c->sport, c->dport)) {
 		e = event_reserve(struct tcpstates_event);
 		if (e) {
 			__builtin_memcpy(e, h, sizeof(*e));
@@ -99,7 +106,7 @@ static __always_inline int emit(const struct sock_state_change *c)
 	now = bpf_ktime_get_ns();
 	if (c->oldstate == TCP_SYN_RECV)
 		send_held(key, c, now);
-	if (!hold && !wanted(c->family, c->sport, c->dport))
+	if (!hold && !wanted(c->sk, c->family, c->sport, c->dport))
 		return 0;
 
 	prev = bpf_map_lookup_elem(&last_change, &key);
@@ -110,6 +117,7 @@ static __always_inline int emit(const struct sock_state_change *c)
 		struct tcpstates_event h = {
 			.skaddr = key, .ts_ns = now, .delta_us = delta, .family = c->family,
 			.oldstate = c->oldstate, .newstate = c->newstate,
+			.cgroup_id = pt_sk_cgroup_label(c->sk), .netns = pt_sk_netns_label(c->sk),
 		};
 
 		h.pid = bpf_get_current_pid_tgid() >> 32;
@@ -120,6 +128,8 @@ static __always_inline int emit(const struct sock_state_change *c)
 		e->ts_ns = now;
 		e->delta_us = delta;
 		e->pid = bpf_get_current_pid_tgid() >> 32;
+		e->cgroup_id = pt_sk_cgroup_label(c->sk);
+		e->netns = pt_sk_netns_label(c->sk);
 		e->family = c->family;
 		e->sport = c->sport;
 		e->dport = c->dport;

@@ -15,6 +15,7 @@
  * tracepoint.
  */
 #include "pytrace.h"
+#include "filter.h"
 
 #define MAX_SUBNETS 32
 
@@ -27,7 +28,6 @@ const volatile __u32 n6 = 0;
 const volatile __u64 net6[2 * MAX_SUBNETS] = {};	/* two halves per subnet */
 const volatile __u64 mask6[2 * MAX_SUBNETS] = {};
 const volatile __u32 idx6[MAX_SUBNETS] = {};
-const volatile __u32 targ_netns = 0;	/* -N: netns inode; 0 = all */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -76,8 +76,7 @@ static __always_inline int account(const struct sock *sk, __s64 bytes)
 
 	if (!sk || bytes <= 0)
 		return 0;
-	if (targ_netns &&
-	    BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != targ_netns)
+	if (!pt_task_sk_wanted(sk))	/* -N/--netns: the socket's; the task's cgroup */
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == AF_INET) {

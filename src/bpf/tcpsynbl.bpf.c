@@ -47,6 +47,8 @@ static __always_inline int account(const struct sock *sk, bool from_v4_fn, bool 
 		return 0;
 	if (!port_allowed(lports, n_lports, BPF_CORE_READ(sk, __sk_common.skc_num)))
 		return 0;
+	if (!pt_sk_wanted(sk))		/* the listener's cgroup and netns (filter.h) */
+		return 0;
 	key.backlog_max = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	key.after_enqueue = after_enqueue;
 	hist_add(&hists, &key, BPF_CORE_READ(sk, sk_ack_backlog));

@@ -16,6 +16,7 @@
  * sends or reads, so the current task is the flow's owner.
  */
 #include "pytrace.h"
+#include "filter.h"
 
 #define MSG_PEEK 2
 
@@ -59,6 +60,8 @@ static __always_inline int account(const struct sock *sk, __s64 bytes, bool rx)
 		return 0;
 	pid = bpf_get_current_pid_tgid() >> 32;
 	if (targ_pid && pid != targ_pid)
+		return 0;
+	if (!pt_task_sk_wanted(sk))	/* the task's cgroup, the socket's netns */
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)

@@ -18,6 +18,11 @@
  *              start); A: sys_exit_accept4/sys_exit_accept with the fd
  *              walk (sockfd.h).
  *
+ * Whose (filter.h): at C and A the task's (at the start of the connect, and
+ * in accept()); at X the task's when it holds the socket, else that of the
+ * task remembered at C or A, else the socket's (cgroup, netns; not the mount
+ * namespace, which only a task has).  CGROUP labels are the socket's.
+ *
  * BCC reports X from tcp_close(), so at close() only; here shutdown(SHUT_WR)
  * and a reset also count as the end, and a close by process exit is seen.
  */
@@ -27,6 +32,7 @@
 
 struct tcptracer_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;	/* the socket's (filter.h labels) */
 	__u32 pid;
 	__u32 netns;
 	__u16 family;
@@ -40,7 +46,6 @@ struct tcptracer_event {
 };
 
 const volatile __u32 filter_pid = 0;		/* -p */
-const volatile __u32 filter_netns = 0;		/* -N */
 const volatile __u16 target_family = 0;		/* -4/-6 */
 
 /* The task of each connection seen at C or A, for an X from softirq. */
@@ -73,8 +78,6 @@ static __always_inline void emit(const struct sock *sk, __u8 type,
 	if (target_family && family != target_family)
 		return;
 	netns = sk_netns(sk);
-	if (filter_netns && netns != filter_netns)
-		return;
 	sport = sk_sport(sk);
 	dport = sk_dport(sk);
 	if (!sport || !dport)	/* not a connection (yet, or any more) */
@@ -86,6 +89,7 @@ static __always_inline void emit(const struct sock *sk, __u8 type,
 	now = bpf_ktime_get_ns();
 	e->ts_ns = now;
 	e->pid = who->pid;
+	e->cgroup_id = pt_sk_cgroup_label(sk);
 	e->netns = netns;
 	e->family = family;
 	e->sport = sport;
@@ -121,7 +125,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	if (!sk_is_inet_tcp(sk, &family))
 		return 0;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-		if (track_begin)
+		if (track_begin && pt_task_sk_wanted(sk))
 			conn_begin(sk);
 		return 0;
 	}
@@ -138,15 +142,21 @@ static __always_inline int on_state(struct sock *sk, int oldstate,
 	    (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK ||
 	     newstate == TCP_CLOSE)) {
 		if (sk_owned_by_user(sk)) {
+			if (!pt_task_sk_wanted(sk))
+				goto out;
 			current_owner(&who);
 		} else {
+			/* remembered at C or A only if wanted then */
 			struct owner *o = bpf_map_lookup_elem(&owners, &key);
 
 			if (o)
 				__builtin_memcpy(&who, o, sizeof(who));
+			else if (pt_by_mntnsmap || !pt_sk_wanted(sk))
+				goto out;
 		}
 		emit(sk, 'X', &who);
 	}
+out:
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&owners, &key);
 	return 0;
@@ -159,6 +169,8 @@ static __always_inline int on_accept(const struct sock *sk)
 
 	if (!sk || !sk_is_inet_tcp(sk, &family))	/* accept() of any socket */
 		return 0;
+	if (!pt_task_sk_wanted(sk))
+		return 0;
 	current_owner(&who);
 	remember(sk, &who);
 	emit(sk, 'A', &who);
@@ -170,14 +182,16 @@ static __always_inline int on_accept(const struct sock *sk)
 SEC("kprobe/tcp_v4_connect")
 int BPF_KPROBE(tcptracer_kprobe_v4, struct sock *sk)
 {
-	conn_begin(sk);
+	if (pt_task_sk_wanted(sk))
+		conn_begin(sk);
 	return 0;
 }
 
 SEC("kprobe/tcp_v6_connect")
 int BPF_KPROBE(tcptracer_kprobe_v6, struct sock *sk)
 {
-	conn_begin(sk);
+	if (pt_task_sk_wanted(sk))
+		conn_begin(sk);
 	return 0;
 }
 

@@ -10,12 +10,18 @@
  *    top of that same function.  The classic record carries cwnd, ssthresh,
  *    snd_wnd and srtt itself; the socket's send buffer size and queued
  *    bytes are read from skaddr (-1 before the record had it).
+ *
+ * Whose (filter.h): the socket's cgroup and network namespace; a classic
+ * record without skaddr is nobody's, and passes no filter.
  */
 #include "events.h"
+#include "filter.h"
 
 struct tcpwin_event {
 	__u64 ts_ns;
 	__u64 skaddr;
+	__u64 cgroup_id;	/* the socket's (filter.h labels) */
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u32 snd_cwnd;		/* segments */
 	__u32 ssthresh;		/* segments; 0x7fffffff: still in slow start */
 	__u32 snd_wnd;		/* bytes the peer lets us send */
@@ -57,6 +63,8 @@ static __always_inline void fill_from_sock(struct tcpwin_event *e, const struct 
 {
 	e->ts_ns = now;
 	e->skaddr = (__u64)sk;
+	e->cgroup_id = pt_sk_cgroup_label(sk);
+	e->netns = pt_sk_netns_label(sk);
 	e->sndbuf = BPF_CORE_READ(sk, sk_sndbuf);
 	e->wmem_queued = BPF_CORE_READ(sk, sk_wmem_queued);
 	e->family = family;
@@ -75,7 +83,7 @@ static __always_inline int from_sock(const struct sock *sk)
 	struct tcpwin_event *e;
 	__u64 now;
 
-	if (!wanted(family, sk_sport(sk), sk_dport(sk)))
+	if (!wanted(family, sk_sport(sk), sk_dport(sk)) || !pt_sk_wanted(sk))
 		return 0;
 	now = bpf_ktime_get_ns();
 	e = event_reserve(struct tcpwin_event);
@@ -118,6 +126,8 @@ static __always_inline void fill_from_record(struct tcpwin_event *e, struct trac
 {
 	e->ts_ns = now;
 	e->skaddr = 0;
+	e->cgroup_id = 0;
+	e->netns = 0;
 	e->sndbuf = -1;
 	e->wmem_queued = -1;
 	e->family = family;
@@ -143,6 +153,8 @@ int tcpwin_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 	__u64 now;
 
 	if (!wanted(family, ctx->sport, ctx->dport))
+		return 0;
+	if (pt_on && (!bpf_core_field_exists(ctx->skaddr) || !pt_sk_wanted(BPF_CORE_READ(ctx, skaddr))))
 		return 0;
 	now = bpf_ktime_get_ns();
 	e = event_reserve(struct tcpwin_event);

@@ -20,8 +20,10 @@
 
 struct udpconnect_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;	/* the task's (filter.h labels) */
 	__u32 pid;
 	__u32 tid;
+	__u32 netns;		/* the socket's (filter.h labels) */
 	__u16 family;		/* of the destination */
 	__u16 port;
 	__u16 lport;		/* once connect() bound the socket */
@@ -51,6 +53,8 @@ static __always_inline int emit(const struct sock *sk, const struct pt_sockaddr 
 		return 0;
 	if (!port_allowed(rports, n_rports, sa->port))
 		return 0;
+	if (!pt_task_sk_wanted(sk))
+		return 0;
 	e = event_reserve(struct udpconnect_event);
 	if (!e)
 		return 0;
@@ -58,6 +62,8 @@ static __always_inline int emit(const struct sock *sk, const struct pt_sockaddr 
 	e->ts_ns = now;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->tid = current_tid();
+	e->cgroup_id = pt_task_cgroup_label();
+	e->netns = pt_sk_netns_label(sk);
 	e->family = sa->family;
 	e->port = sa->port;
 	e->lport = sk_sport(sk);

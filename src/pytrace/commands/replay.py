@@ -179,7 +179,11 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     source = rec.source()
     out.write(tool.intro(targs))    # what the tool prints once, before its renderer's header
     try:
-        render = tool.event_renderer(source, targs, out)
+        if getattr(targs, "show_container", False) and not targs.json:
+            from ..core.cliutil import container_column
+            render = container_column(source, tool.event_renderer, targs, out)
+        else:
+            render = tool.event_renderer(source, targs, out)
         keep = event_filter(source, conds) if conds else None
         if rec.kind == "mixed":     # events and interval snapshots (sockrmem), as printed
             items = rec.mixed(since, until)

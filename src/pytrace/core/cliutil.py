@@ -279,6 +279,130 @@ def _allow_host(text: str) -> str:
 
 
 
+# -- cgroups, namespaces, containers (src/bpf/filter.h, core/containers.py) -----------
+
+def container_options(tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> list[tuple[str, tuple, dict]]:
+    """The options of the tracer class's SCOPE (core/tracer.py), declared once:
+    (the tracer keyword, flags, argparse settings) each.  add_container_args
+    adds them to a parser; a declared option group (pytrace.spec) can take
+    them as they are (keyword -> Option(*flags, kw=keyword, **settings))."""
+    scope = tracer.SCOPE
+    table = [
+        ("cgroup", ("--cgroup",), dict(
+            metavar="PATH|ID", action="append", type=cgroup_ref,
+            help="only this cgroup (v2) and its descendants: a directory of the cgroup2 mount, a path as "
+                 "/proc/PID/cgroup gives it, or an id (repeatable)")),
+        ("netns", netns_flags, dict(
+            dest="netns", metavar="NS", type=netns_ref,
+            help="only this network namespace: an ip netns name, a path or an inode")),
+        ("container", ("--container",), dict(
+            metavar="NAME|ID", action="append", type=container_ref,
+            help="only this container (podman, docker, containerd, cri-o, systemd-nspawn), by name or id, "
+                 "including when it starts or restarts later (repeatable)")),
+        ("cgroupmap", ("--cgroupmap",), dict(
+            metavar="MAPPATH", type=pinned_map,
+            help="only cgroups in this pinned BPF hash map of cgroup ids (as BCC's)")),
+        ("mntnsmap", ("--mntnsmap",), dict(
+            metavar="MAPPATH", type=pinned_map,
+            help="only mount namespaces in this pinned BPF hash map of inodes (as BCC's)")),
+        ("labels", ("--show-container",), dict(
+            action="store_true", dest="show_container",
+            help="a CONTAINER column (name, or short id); with --json, the cgroup id and path, netns, "
+                 "container and Kubernetes pod of each event")),
+    ]
+    return [row for row in table if row[0] in scope]
+
+
+def add_container_args(p: Any, tracer: Any, netns_flags: tuple[str, ...] = ("--netns",)) -> None:
+    """The filters of the tracer class's SCOPE as options, in one group of the
+    help: --cgroup, --netns (netns_flags: a tool's BCC spelling), --container,
+    --cgroupmap, --mntnsmap, and --show-container where events are labelled.
+    container_filters(args) turns them into the tracer's keywords."""
+    options = container_options(tracer, netns_flags)
+    if options:
+        g = p.add_argument_group("cgroups, namespaces and containers")
+        for _kw, flags, settings in options:
+            g.add_argument(*flags, **settings)
+
+
+def container_filters(args: Any) -> dict[str, Any]:
+    """The tracer keywords of add_container_args' options (those given)."""
+    kw = {key: getattr(args, key) for key in ("cgroup", "netns", "container", "cgroupmap", "mntnsmap")
+          if getattr(args, key, None)}
+    if getattr(args, "show_container", False):
+        kw["labels"] = True
+    return kw
+
+
+def cgroup_ref(text: str) -> str:
+    """--cgroup: a cgroup v2 path or id (checked against this host)."""
+    if not text or "\0" in text or len(text) > 4096:
+        raise bad_value(f"'{text}' is not a cgroup (a path or an id)")
+    if text.isdigit() and not 1 <= int(text) < 1 << 64:
+        raise bad_value(f"'{text}' is not a cgroup id")
+    if not checking_host():
+        return text
+    from .containers import resolve_cgroup
+    try:
+        resolve_cgroup(text)
+    except PytraceError as exc:
+        raise bad_value(str(exc)) from None
+    return text
+
+
+def container_ref(text: str) -> str:
+    """--container: a container name or id (it may start later)."""
+    if not text or len(text) > 255 or "/" in text or not text.isprintable():
+        raise bad_value(f"'{text}' is not a container name or id")
+    return text
+
+
+def pinned_map(text: str) -> str:
+    """--cgroupmap/--mntnsmap: a pinned BPF map (checked when the tool loads)."""
+    if not text.startswith("/"):
+        raise bad_value(f"'{text}': the absolute path of a pinned BPF map (under /sys/fs/bpf)")
+    if checking_host() and not os.path.exists(text):
+        raise bad_value(f"{text}: no such pinned map")
+    return text
+
+
+def container_column(tracer: Any, renderer: Callable[[Any, Any, Any], Callable[[list[tuple]], str]],
+                     args: Any, out: Any) -> Callable[[list[tuple]], str]:
+    """--show-container in text: renderer's lines behind a CONTAINER column,
+    whatever the tool prints (each record rendered alone, its lines prefixed)."""
+    width = 16
+    tracer.keep_fields = frozenset(("cgroup_id", "netns"))
+
+    class _Prefixed:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(out, name)
+
+        def write(self, text: str | bytes) -> None:
+            if isinstance(text, bytes):
+                text = text.decode()
+            head = f"{'CONTAINER':<{width}} "
+            out.write("".join(head + line if line.strip() else line for line in text.splitlines(True)))
+
+    render = renderer(tracer, args, _Prefixed())
+    labeler = tracer.labeler
+    i_cg, i_ns = tracer.idx.get("cgroup_id"), tracer.idx.get("netns")
+
+    def prefixed(batch: list[tuple]) -> str:
+        parts = []
+        for r in batch:
+            text = render([r])
+            if isinstance(text, bytes):
+                text = text.decode()
+            if not text:
+                continue
+            cgid = r[i_cg] if i_cg is not None else 0
+            name = labeler.labels(cgid, r[i_ns] if i_ns is not None else 0).short if cgid else "-"
+            col = f"{name[:width]:<{width}} "
+            parts.append("".join(col + line for line in text.splitlines(True)))
+        return "".join(parts)
+    return prefixed
+
+
 def add_common(p: argparse.ArgumentParser, hooks: Iterable[str]) -> None:
     g = p.add_argument_group("pytrace options")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -675,7 +799,10 @@ def run_stream(tracer: Any, args: Any, renderer: Callable[[Any, Any, Output], Ca
     with tracer:
         if intro is not None:
             out.write(intro(args))
-        return stream_events(tracer, out, renderer(tracer, args, out), getattr(args, "duration", None))
+        duration = getattr(args, "duration", None)
+        if getattr(args, "show_container", False) and not args.json:
+            return stream_events(tracer, out, container_column(tracer, renderer, args, out), duration)
+        return stream_events(tracer, out, renderer(tracer, args, out), duration)
 
 
 _epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran

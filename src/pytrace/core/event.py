@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 
 class Event:
-    __slots__ = ()
+    # whose the event was (core/containers.Labels), set by the tracer that
+    # decoded it when labels were asked for (Tracer(labels=True)); not a
+    # field: equality, to_dict() and pickling leave it out
+    __slots__ = ("_labels",)
     FIELDS: tuple[str, ...] = ()
     RAW_FIELDS: tuple[str, ...] = ()
     RAW_DEFAULTS: tuple = ()
@@ -69,6 +72,19 @@ class Event:
         if tail:
             return lambda raw: make(pick(raw + tail))
         return lambda raw: make(pick(raw))
+
+    @property
+    def labels(self) -> Any:
+        """core/containers.Labels of the event's cgroup and netns, or None."""
+        try:
+            return self._labels
+        except AttributeError:
+            return None
+
+    def labelled(self, labels: Any) -> Event:
+        """This event, with its labels (it is not a field: the event stays immutable)."""
+        object.__setattr__(self, "_labels", labels)
+        return self
 
     def values(self) -> tuple:
         return tuple(getattr(self, name) for name in self.FIELDS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from .cliutil import bad_value, netns_inode
+from .cliutil import bad_value, netns_inode, netns_ref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -30,8 +30,11 @@ def device_name(text: str) -> str:
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", "--dev", type=device_name, metavar="NAME", help="only this network device")
-    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
-                   help="only devices of this network namespace (inode, as ls -Li /proc/PID/ns/net)")
+    ns = p.add_mutually_exclusive_group()
+    ns.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
+                    help="only devices of this network namespace (inode, as ls -Li /proc/PID/ns/net)")
+    ns.add_argument("--netns", dest="netns_ref", type=netns_ref, metavar="NS",
+                    help="only devices of this network namespace: an ip netns name, a path or an inode")
 
 
 def device_options() -> tuple:
@@ -59,7 +62,9 @@ def check_device_args(args: argparse.Namespace) -> None:
     would show nothing, never saying why.  (The library takes any name: a
     device may be made after the tracer starts.)"""
     from .errors import UsageError
-    from .netattach import ifindex, netns_path
+    from .netattach import ifindex, netns_inode as inode_of, netns_path
+    if getattr(args, "netns_ref", None):          # --netns NS: the same filter as --netns-id
+        args.netns_id = inode_of(args.netns_ref)
     dev, netns = args.dev, args.netns_id
     if not dev:
         return

@@ -52,6 +52,12 @@ _args: tuple | None = None     # (source stamps, parsed arguments) remembered wi
 _noted: tuple | None = None    # this run's, to remember with its load
 
 
+# this installation's objects (core/objects.BPF_DIR, without importing os):
+# a cache directory is shared by every pytrace a user runs, and an object
+# remembered by another one may have other record layouts than ours
+_BPF_DIR = __file__.rpartition("/core/")[0] + "/bpf"
+
+
 def start(tool: str, argv: list[str]) -> None:
     """Speculate for `pytrace tool argv` (cli.py, before it imports anything else).
 
@@ -68,6 +74,8 @@ def start(tool: str, argv: list[str]) -> None:
     entry = _remembered(tool).get(_argv)
     try:
         spec, variant, path, stamp, image, args, libs = entry
+        if path.rpartition("/")[0] != _BPF_DIR:   # another installation's object (the cache is shared)
+            return
         st = posix.stat(path)
         if (st.st_size, st.st_mtime_ns) != stamp:  # another build of the object
             return

@@ -50,13 +50,14 @@ class EventTracer(Tracer):
                 cls.EVENT = declared.struct
 
     def __init__(self, *, hook: str | None = None, interval_ms: int = DEFAULT_INTERVAL_MS,
-                 ring_bytes: int | None = None):
-        super().__init__(hook=hook)
+                 ring_bytes: int | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.interval_ms = interval_ms
         self.ring_bytes = ring_bytes
         self.ring: RingBuffer | None = None
         self.raw_fields: tuple[str, ...] = ()
         self.idx: dict[str, int] = {}
+        self.keep_fields: frozenset[str] = frozenset()   # decoded whatever project() is told
         self._lost = None
         self._decoding: tuple | None = None
 
@@ -69,8 +70,21 @@ class EventTracer(Tracer):
         fields = self.raw_fields
         known = getattr(self, "_decoding", None)      # replay may make us without __init__
         if known is None or known[0] is not fields:
-            known = self._decoding = (fields, self.EVENT_TYPE.cls.decoder(fields))
+            known = self._decoding = (fields, self._labelling(fields, self.EVENT_TYPE.cls.decoder(fields)))
         return known[1]
+
+    def _labelling(self, fields: tuple[str, ...], decode: Callable[[tuple], Any]) -> Callable[[tuple], Any]:
+        """decode, or, with labels asked for, decode and label each event from
+        its raw cgroup_id and netns (filter.h fills them only then)."""
+        labeler = self.labeler if getattr(self, "scope", None) is not None else None
+        if labeler is None or "cgroup_id" not in fields:
+            return decode
+        i_cg = fields.index("cgroup_id")
+        i_ns = fields.index("netns") if "netns" in fields else None
+
+        def decode_labelled(raw: tuple) -> Any:
+            return decode(raw).labelled(labeler.labels(raw[i_cg], raw[i_ns] if i_ns is not None else 0))
+        return decode_labelled
 
     def make_event(self, raw: tuple) -> Any:
         """One raw tuple -> its event (the generated class of EVENT_TYPE)."""
@@ -101,7 +115,7 @@ class EventTracer(Tracer):
         users do not project."""
         if not EventTracer.projection_allowed:
             return
-        fmt, names = self.layout.projection(fields)
+        fmt, names = self.layout.projection(set(fields) | (self.keep_fields & set(self.layout.names)))
         self.ring.set_format(fmt)
         self._set_fields(names)
 
@@ -128,6 +142,19 @@ class EventTracer(Tracer):
     def drain(self) -> list[tuple]:
         """Whatever is queued now, without waiting (e.g. after Ctrl-C)."""
         return ring_drain(self.ring)
+
+    def owner(self, raw: tuple, netns: bool = True) -> tuple:
+        """The end of an event made by make_event(): (cgroup_id, netns, labels),
+        or (cgroup_id, labels) for an event that has its own netns.  The ids
+        are the kernel's (0 unless labels, or a filter that reads them, are
+        on; filter.h); labels is a core/containers.Labels, or None."""
+        i = self.idx
+        at, ns_at = i.get("cgroup_id"), i.get("netns")
+        cgid = raw[at] if at is not None else 0
+        ns = raw[ns_at] if ns_at is not None else 0
+        labeler = self.labeler
+        labels = labeler.labels(cgid, ns) if labeler is not None else None
+        return (cgid, ns, labels) if netns else (cgid, labels)
 
     def events(self, duration: float | None = None) -> Iterator[Any]:
         for batch in self.batches(duration):

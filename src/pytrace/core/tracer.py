@@ -32,16 +32,38 @@ class Tracer:
     (or `with pytrace.stop_on_signals(): ...` to end the block quietly on a
     stop).  A stop that lands during close() waits until it is complete
     (core/stops.releasing).
+
+    Whose events: a tool whose object has the filters of src/bpf/filter.h
+    names them in SCOPE, and every such tracer takes them as keywords:
+
+        cgroup=PATH|ID (or a list)   those cgroups (v2) and their descendants
+        netns=NS                     an `ip netns` name, a path or an inode
+        container=NAME|ID (or list)  containers, followed as they come and go
+        cgroupmap=PATH, mntnsmap=PATH   BCC's pinned sets
+        labels=True                  events carry cgroup_id, netns and labels
+                                     (core/containers.Labels)
+
+    (core/containers.Scope resolves them and keeps the kernel's set current.)
     """
 
     OBJECT: ClassVar[str]
     VARIANTS: ClassVar[Sequence[Variant]]
     TOOL: ClassVar[str] = ""            # name in messages, when not OBJECT
     NEED_NET_ADMIN: ClassVar[bool] = False
+    # filter.h's filters the object has: cgroup, netns, container, cgroupmap,
+    # mntnsmap, and "labels" where its events carry cgroup_id (and netns)
+    SCOPE: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, *, hook: str | None = None):
+    def __init__(self, *, hook: str | None = None, **scope: Any):
         self.hook = hook
         self.obj: BpfObject | None = None
+        self.scope: Any = None      # core/containers.Scope, when a filter or labels are asked for
+        unknown = sorted(set(scope) - SCOPE_KEYWORDS)
+        if unknown:     # as Python says it
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument '{unknown[0]}'")
+        if any(v not in (None, False, "", 0, [], ()) for v in scope.values()):
+            from .containers import Scope
+            self.scope = Scope(self.TOOL or self.OBJECT, self.SCOPE, **scope)
 
     # -- what a tool provides -------------------------------------------------
     def rodata(self) -> dict[str, Any]:
@@ -61,8 +83,12 @@ class Tracer:
     # -- life cycle -----------------------------------------------------------
     def open(self):
         tool, rodata, map_sizes = self.TOOL or self.OBJECT, self.rodata(), self.map_sizes()
+        scope = self.scope
+        if scope is not None:
+            rodata = {**rodata, **scope.rodata()}
         spec = None
-        if type(self).attach is Tracer.attach:     # a plain load: the CLI may have started it (prefetch.py)
+        # a plain load: the CLI may have started it (prefetch.py); not with pinned maps to reuse
+        if type(self).attach is Tracer.attach and not (scope is not None and scope.pinned):
             try:
                 btf = objects.custom_btf()
             except PytraceError:
@@ -73,10 +99,13 @@ class Tracer:
                 self.obj = prefetch.take(spec, self.OBJECT, rodata, map_sizes)
         if self.obj is None:
             self.obj = loader.load(tool, self.OBJECT, self.VARIANTS, rodata=rodata, hook=self.hook,
-                                   map_sizes=map_sizes, attach=self.attach, need_net_admin=self.NEED_NET_ADMIN)
+                                   map_sizes=map_sizes, attach=self.attach, need_net_admin=self.NEED_NET_ADMIN,
+                                   before_load=scope.before_load if scope is not None and scope.pinned else None)
             if spec is not None:
                 prefetch.remember(spec, self.obj)
         try:
+            if scope is not None:
+                scope.start(self.obj)
             self.setup()
         except BaseException:
             self.close()
@@ -84,6 +113,8 @@ class Tracer:
         return self
 
     def close(self) -> None:
+        if self.scope is not None:
+            self.scope.stop()
         if self.obj is not None:
             self.obj.close()
             self.obj = None
@@ -100,3 +131,15 @@ class Tracer:
     @property
     def variant(self) -> Variant | None:
         return getattr(self.obj, "variant", None)
+
+    @property
+    def labeler(self) -> Any:
+        """cgroup id -> core/containers.Labels, when labels were asked for; else None."""
+        return self.scope.labeler if self.scope is not None else None
+
+
+SCOPE_KEYWORDS = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
+# A tool's SCOPE, by whose its events are (src/bpf/filter.h), plus LABELS where it streams events:
+TASK_SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap"})    # a task's
+SOCKET_SCOPE = frozenset({"cgroup", "netns", "container", "cgroupmap"})  # a socket's, in softirq too: no mount ns
+LABELS = frozenset({"labels"})

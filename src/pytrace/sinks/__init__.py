@@ -99,6 +99,7 @@ class EventSource:
     hook: str
     epoch: tuple[int, int]            # (wall - monotonic offset, start) in ns, as cliutil.Clock
     make_event: Callable[[tuple], Any]
+    labeler: Any = None               # core/containers.Labeler when labels were asked for (events carry them)
 
     @classmethod
     def of(cls, tracer: Any, tool: str) -> "EventSource":
@@ -115,7 +116,8 @@ class EventSource:
             raise RuntimeError(f"{tool}: records are projected to {len(tracer.raw_fields)} fields; "
                                "sinks need every field (EventTracer.projection_allowed)")
         return cls(tool, f"{kind.__module__}:{kind.__qualname__}", tracer.EVENT, tuple(tracer.raw_fields),
-                   layout.format, getattr(variant, "hook", ""), ep, tracer.make_event)
+                   layout.format, getattr(variant, "hook", ""), ep, tracer.make_event,
+                   getattr(tracer, "labeler", None))
 
     @property
     def time_index(self) -> int | None:

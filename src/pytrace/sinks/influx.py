@@ -489,7 +489,12 @@ class InfluxSink(Sink):
             out = []
             for n, raw in enumerate(batch[start:start + writer.batch], start):
                 ev = make(raw)
-                tags, fields = split_event(ev.to_dict(), getattr(type(ev), "INFLUX_TAGS", None))
+                d, tag_names = ev.to_dict(), getattr(type(ev), "INFLUX_TAGS", None)
+                labels = getattr(ev, "labels", None)
+                if labels is not None:      # whose the event was (--show-container, labels=True): tags
+                    d.update(labels.to_dict())
+                    tag_names = (*tag_names, *labels.TAGS) if tag_names is not None else None
+                tags, fields = split_event(d, tag_names)
                 # the kernel's timestamp when the record has one; else the read time, kept
                 # distinct per record so two equal points of a batch do not overwrite each other
                 t = raw[ti] + off if ti is not None else now + n

@@ -11,6 +11,11 @@ Layout (format_version 1):
                the BPF object)
     lost       id, batch, t_ns, count (new losses), total (cumulative)
     snapshots  id, t_ns, data (Snapshot JSON)
+    labels     cgroup_id, netns, data (core/containers.Labels JSON): whose
+               the recorded events were, one row per (cgroup, netns) pair
+               met, when labels were asked for (--show-container); replay
+               labels the events from it (a recording without the table:
+               none were)
 
 A tool that streams events and also prints interval snapshots (sockrmem)
 makes kind 'mixed': each snapshot's JSON then also holds "events_before",
@@ -72,6 +77,8 @@ CREATE TABLE events (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGE
 CREATE TABLE lost (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, t_ns INTEGER NOT NULL,
                    count INTEGER NOT NULL, total INTEGER NOT NULL);
 CREATE TABLE snapshots (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE labels (cgroup_id INTEGER NOT NULL, netns INTEGER NOT NULL, data TEXT NOT NULL,
+                     PRIMARY KEY (cgroup_id, netns));
 """
 
 
@@ -105,6 +112,9 @@ class Recorder(Sink):
         self._offset = 0
         self.header_kind = ""
         self.n_events = 0          # records written: where a mixed recording's snapshots fall
+        self._labeler = None       # with labels: core/containers.Labeler, and where a record's ids are
+        self._label_at: tuple[int, int | None] = (0, None)
+        self._labelled: set[tuple[int, int]] = set()
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
         try:
@@ -125,6 +135,10 @@ class Recorder(Sink):
         self._ti = source.time_index
         self._offset = source.epoch[0]
         self.used = True
+        if source.labeler is not None and "cgroup_id" in source.fields:
+            self._labeler = source.labeler
+            self._label_at = (source.fields.index("cgroup_id"),
+                              source.fields.index("netns") if "netns" in source.fields else None)
         self.db.execute(
             "UPDATE header SET kind='events', event=?, fields=?, record_format=?, hook=?, tracer_class=?, "
             "clock_offset_ns=?, clock_start_ns=?",
@@ -137,6 +151,8 @@ class Recorder(Sink):
         self.batch += 1
         size, ti, off, b = len(data) // n, self._ti, self._offset, self.batch
         blobs = [data[i:i + size] for i in range(0, len(data), size)]
+        if self._labeler is not None:
+            self._record_labels(self._iter_unpack(data))
         if ti is None:
             now = time.time_ns()
             rows = [(b, now, blob) for blob in blobs]
@@ -148,6 +164,8 @@ class Recorder(Sink):
     def events(self, batch: list[tuple]) -> None:
         self.batch += 1
         pack, ti, off, b = self._pack, self._ti, self._offset, self.batch
+        if self._labeler is not None:
+            self._record_labels(batch)
         if ti is None:
             now = time.time_ns()
             rows = [(b, now, pack(*r)) for r in batch]
@@ -155,6 +173,20 @@ class Recorder(Sink):
             rows = [(b, r[ti] + off, pack(*r)) for r in batch]
         self._write("INSERT INTO events (batch, t_ns, rec) VALUES (?, ?, ?)", rows)
         self.n_events += len(rows)
+
+    def _record_labels(self, records: Any) -> None:
+        """The labels of the (cgroup, netns) pairs these records are the first of."""
+        cg_at, ns_at = self._label_at
+        seen, new = self._labelled, {}
+        for r in records:
+            pair = (r[cg_at], r[ns_at] if ns_at is not None else 0)
+            if pair[0] and pair not in seen and pair not in new:
+                new[pair] = self._labeler.labels(*pair)
+        if new:
+            seen.update(new)
+            self._write("INSERT OR REPLACE INTO labels (cgroup_id, netns, data) VALUES (?, ?, ?)",
+                        [(cg, ns, json.dumps(lab.to_dict(), separators=(",", ":")))
+                         for (cg, ns), lab in new.items()])
 
     def lost(self, total: int) -> None:
         new = total - self.reported_lost
@@ -444,7 +476,41 @@ class Recording:
             src = kind.__new__(kind)
         src.raw_fields = self.fields
         src.idx = {n: i for i, n in enumerate(self.fields)}
+        labels = self.labels()
+        # recorded with labels: the events get them back (Tracer.labeler reads scope)
+        src.scope = _RecordedScope(labels) if labels else None
         prepare = getattr(src, "prepare_replay", None)
         if prepare is not None:   # a tool whose make_event needs kernel tables loads them here
             prepare()
         return src
+
+    def labels(self) -> dict[tuple[int, int], Any]:
+        """(cgroup id, netns) -> core/containers.Labels, as recorded (none
+        without labels, or in a recording older than the table)."""
+        from ..core.containers import Labels
+        try:
+            rows = self.db.execute("SELECT cgroup_id, netns, data FROM labels").fetchall()
+        except sqlite3.Error:
+            return {}
+        out = {}
+        for cg, ns, data in rows:
+            try:
+                d = json.loads(data)
+                out[(int(cg), int(ns))] = Labels(**{k: d.get(k) for k in Labels.__dataclass_fields__})
+            except (TypeError, ValueError, AttributeError):     # not JSON, not an object, not Labels'
+                raise self._damaged("labels") from None
+        return out
+
+
+class _RecordedScope:
+    """What replay's stand-in tracer has for a live tracer's core/containers.Scope:
+    only its labeler, which answers from the recording."""
+
+    def __init__(self, labels: dict[tuple[int, int], Any]):
+        self.labeler = self
+        self._labels = labels
+
+    def labels(self, cgroup_id: int, netns: int) -> Any:
+        from ..core.containers import Labels
+        found = self._labels.get((cgroup_id, netns))
+        return found if found is not None else Labels(cgroup_id, None, netns)

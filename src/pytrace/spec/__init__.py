@@ -109,7 +109,8 @@ class ToolSpec:
                  rows: Callable[[Snapshot], list] | None = None,
                  replay_intro: Callable[[Any, Snapshot], str] | None = None,
                  immediate: Callable[[Any], bool] | None = None,
-                 exported: Sequence[str] | None = None):
+                 exported: Sequence[str] | None = None,
+                 netns_flags: Sequence[str] = ("--netns",)):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
         if event is None and kind in (EVENTS, TABLE, TOP):
@@ -128,6 +129,7 @@ class ToolSpec:
         self.options, self.columns, self.examples = tuple(options), tuple(columns), tuple(examples)
         self.event, self.labels, self.values, self.label = event, tuple(labels), tuple(values), label
         self.missed = missed
+        self.netns_flags = tuple(netns_flags)   # --netns as the tool spells it (its SCOPE's options)
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
         self._interval_text, self._rows, self._replay_intro = interval_text, rows, replay_intro
         self._immediate = immediate
@@ -180,15 +182,16 @@ class ToolSpec:
 
     # -- the command line --------------------------------------------------------------------
     def add_arguments(self, parser: Any) -> None:
-        from ..core.cliutil import add_common
+        from ..core.cliutil import add_common, add_container_args
         parser.description = self.description
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
         if self.variants:
+            add_container_args(parser, self.tracer, self.netns_flags)
             add_common(parser, [v.hook for v in self.variants])
             return
-        # a tool without BPF: no --ebpf, --hook, --btf
+        # a tool without BPF: no --ebpf, --hook, --btf, and no kernel filters
         from ..core.cliutil import add_sink_args
         g = parser.add_argument_group("pytrace options")
         g.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -200,6 +203,8 @@ class ToolSpec:
         for opt in self.options:
             kwargs.update(opt.tracer_kwargs(args))
         kwargs["hook"] = getattr(args, "hook", None)
+        from ..core.cliutil import container_filters
+        kwargs.update(container_filters(args))      # the tracer's SCOPE (core/tracer.py)
         return kwargs
 
     def make_tracer(self, args: Any) -> Any:

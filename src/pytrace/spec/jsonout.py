@@ -48,7 +48,18 @@ def event_json(et: EventType, source: Any) -> Callable[[list[tuple]], str]:
             d = decode(raw).to_dict()
             out.append(_encode({"time": stamp(d[when]), **d}) + "\n")
         return "".join(out)
-    return render
+
+    def render_labelled(batch: list[tuple]) -> str:
+        decode = source.decoder()
+        out = []
+        for raw in batch:
+            ev = decode(raw)
+            d = ev.to_dict()
+            if ev.labels is not None:
+                d.update(ev.labels.to_dict())
+            out.append(_encode({"time": stamp(d[when]), **d} if when is not None else d) + "\n")
+        return "".join(out)
+    return render_labelled if getattr(source, "labeler", None) is not None else render
 
 
 def snapshot_head(snap: Snapshot) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ..core.bpfobject import BpfObject
 from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_build_id_stack, read_stack
 from ..sinks.snapshot import Series, Snapshot
 from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, timestamp
@@ -94,13 +94,14 @@ class ProbeCount:
 class TracepointCount(Tracer):
     OBJECT = "count"
     TOOL = "count"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("count_tracepoint",)),)
 
     def __init__(self, tracepoints: Sequence[str], *, by: Sequence[str] = (),
                  filters: Sequence[str] = (), pid: int = 0, per_process: bool = False,
                  kernel_stack: bool = False, user_stack: bool = False, kstack_skip: int = 0,
-                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None):
-        super().__init__(hook=hook)
+                 stack_storage: int = STACK_STORAGE, max_keys: int = 10240, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if not tracepoints:
             raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
         self.specs = list(tracepoints)

@@ -27,11 +27,14 @@ from typing import Any
 
 from ..core import libbpf, privileges
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, elf_file, json_renderer, process_id, stream_events
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, container_filters, elf_file,
+                            json_renderer, process_id, stream_events)
+from ..core.containers import Labels
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -96,6 +99,9 @@ class HostLookup:
     host: str                  # the name asked for
     latency_ns: int
     ret: int                   # getaddrinfo's result (0 or EAI_*); low 32 bits of a pointer for the others
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -104,12 +110,14 @@ class HostLookup:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm,
                 "function": self.function, "host": self.host, "latency_ms": round(self.latency_ns / 1e6, 3),
-                "ret": self.ret}
+                "ret": self.ret,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class GetHostLatency(EventTracer):
     OBJECT = "gethostlatency"
     EVENT = "gethostlatency_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (Variant("uprobe", (*(f"gethostlatency_entry_{f}" for f in FUNCTIONS), "gethostlatency_return")),)
 
     def __init__(self, *, pid: int = 0, libc: str | None = None, **kw: Any):
@@ -151,7 +159,7 @@ class GetHostLatency(EventTracer):
         func = raw[i["func"]]
         return HostLookup(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]),
                           FUNCTIONS[func] if func < len(FUNCTIONS) else str(func), comm_text(raw[i["host"]]),
-                          raw[i["latency_ns"]], raw[i["ret"]])
+                          raw[i["latency_ns"]], raw[i["ret"]], *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -161,6 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(found automatically; --libc to choose). " + LATENCY_NOTE)
     p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process (and probe its libc)")
     p.add_argument("-l", "--libc", metavar="LIBC", type=elf_file, help="the libc.so to probe")
+    add_container_args(p, GetHostLatency)
     add_common(p, [v.hook for v in GetHostLatency.VARIANTS])
 
 
@@ -169,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--libc {args.libc}: no such file")
     if args.pid and not os.path.exists(f"/proc/{args.pid}"):
         raise UsageError(f"-p {args.pid}: no such process")
-    tracer = GetHostLatency(pid=args.pid, libc=args.libc, hook=args.hook)
+    tracer = GetHostLatency(pid=args.pid, libc=args.libc, hook=args.hook, **container_filters(args))
     out = Output(args.json)
     with tracer:
         return stream_events(tracer, out, renderer(tracer, args, out))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
@@ -38,11 +38,12 @@ SO1STBYTE_KEY = EventType("So1stByteKey", struct="so1stbyte_key", doc="Whose fir
 
 class So1stByte(Tracer):
     OBJECT = "so1stbyte"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("so1stbyte_connect", "so1stbyte_connect_exit", "so1stbyte_close",
                                        *(f"so1stbyte_{d}_{r}" for r in READS for d in ("enter", "exit")))),)
 
-    def __init__(self, *, pid: int = 0, ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.ms = pid, ms
 
     def rodata(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.socklayer import ACCEPT_RESULTS  # noqa: F401  (registers accept_result)
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, timestamp
 
 TYPE_CHECKING = False
@@ -40,11 +41,14 @@ SOACCEPT_EVENT = EventType("AcceptCall", struct="soaccept_event", doc="One accep
     ret                             # the new descriptor, or -errno
     result <- ret: accept_result    # the book's text of ret ("Success", "None to accept"...)
     -pad
+    cgroup_id                   # the caller's cgroup id (0 unless labels=True)
+    netns                       # the caller's network namespace inode (0 unless labels=True)
 """)
 
 
 class SoAccept(EventTracer):
     OBJECT = "soaccept"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = SOACCEPT_EVENT
     VARIANTS = (Variant("tracepoint", ("soaccept_enter4", "soaccept_enter", "soaccept_exit4",
                                        "soaccept_exit")),)

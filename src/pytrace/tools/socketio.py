@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..core.aggregate import timestamp_line
 from ..core.socklayer import sock_io_variants, table_rows
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import TABLE, Column, EventType, Option, ToolSpec, family, interval_flags, pid, timestamp
 from ..spec.text import table
 
@@ -46,10 +46,11 @@ SOCKETIO_COUNT = EventType("SocketIOCount", map="io", doc="One process's I/O in 
 
 class SocketIO(Tracer):
     OBJECT = "socketio"
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socketio")
 
-    def __init__(self, *, pid: int = 0, by_lport: bool = False, family: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, by_lport: bool = False, family: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.by_lport, self.family = pid, by_lport, family
 
     def rodata(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs
 from ..core.stream import EventTracer
+from ..core.tracer import TASK_SCOPE
 from ..spec import EVENTS as STREAM, EventType, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
@@ -68,6 +69,7 @@ SOCKRMEM_EVENT = EventType("RmemEvent", struct="sockrmem_event", doc="A receive 
 
 class SockRmem(EventTracer):
     OBJECT = "sockrmem"
+    SCOPE = TASK_SCOPE
     EVENT_TYPE = SOCKRMEM_EVENT
     VARIANTS = (
         Variant("kprobe", ("sockrmem_kprobe", *_EVENT_PROGS)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..core.aggregate import timestamp_line
 from ..core.socklayer import keyed_histograms, sock_io_variants
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
@@ -33,10 +33,11 @@ SOCKSIZE_KEY = EventType("SockSizeKey", struct="socksize_key", doc="Whose sizes 
 
 class SockSize(Tracer):
     OBJECT = "socksize"
+    SCOPE = TASK_SCOPE
     VARIANTS = sock_io_variants("socksize")
 
-    def __init__(self, *, pid: int = 0, per_pid: bool = True, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, per_pid: bool = True, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.per_pid = pid, per_pid
 
     def rodata(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..core.aggregate import local_time
 from ..core.bpfobject import ncpus_possible
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid
 
 TYPE_CHECKING = False
@@ -64,6 +64,7 @@ def probes_of(hook: str) -> dict[str, str]:
 
 class SockStat(Tracer):
     OBJECT = "sockstat"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("tp_btf", (*_SYSCALLS, "sockstat_tp_btf_send", "sockstat_tp_btf_recv"),
                 needs="tracepoints sock_send/recv_length"),
@@ -72,8 +73,8 @@ class SockStat(Tracer):
         Variant("kprobe", (*_SYSCALLS, *(f"sockstat_kprobe_{op}" for op in SOCK_OPS_IO)), note="IP and Unix sockets"),
     )
 
-    def __init__(self, *, pid: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid = pid
 
     def rodata(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.socklayer import CONNECT_RESULTS  # noqa: F401  (registers connect_result)
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, timestamp
 
 TYPE_CHECKING = False
@@ -38,11 +39,15 @@ SOCONNECT_EVENT = EventType("ConnectCall", struct="soconnect_event", doc="One co
     lat_us <- lat_ns: ns_to_us      # time in connect()
     ret                             # 0 or -errno
     result <- ret: connect_result   # the book's text of ret ("Connect refused", "In progress"...)
+    cgroup_id                       # the caller's cgroup id (0 unless labels=True)
+    netns                           # the caller's network namespace inode (0 unless labels=True)
+    -pad
 """)
 
 
 class SoConnect(EventTracer):
     OBJECT = "soconnect"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = SOCONNECT_EVENT
     VARIANTS = (Variant("tracepoint", ("soconnect_enter", "soconnect_exit")),)
 

@@ -25,7 +25,7 @@ from ..core.aggregate import timestamp_line
 from ..core.bpfobject import BpfObject
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_build_id_stack, stack_names
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
 
@@ -48,11 +48,12 @@ CONNLAT_KEY = EventType("ConnLatKey", struct="soconnlat_key", doc="The process a
 
 class SoConnLat(Tracer):
     OBJECT = "soconnlat"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("soconnlat_enter", "soconnlat_exit",
                                        *(f"soconnlat_{w}" for w in WAITS))),)
 
-    def __init__(self, *, pid: int = 0, stacks: bool = True, ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, stacks: bool = True, ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid, self.stacks, self.ms = pid, stacks, ms
 
     def rodata(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ..core import convert
 from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import family_number, table_rows
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
 from ..spec.text import table
 
@@ -50,11 +50,12 @@ FAMILY_COUNT = EventType("FamilyCount", map="counts", doc="Calls of one kind, by
 
 class SoFamily(Tracer):
     OBJECT = "sofamily"
+    SCOPE = TASK_SCOPE
     VARIANTS = (Variant("tracepoint", ("sofamily_socket", "sofamily_connect", "sofamily_accept4",
                                        "sofamily_accept")),)
 
-    def __init__(self, *, pid: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid = pid
 
     def rodata(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ..core.cliutil import LATENCY_NOTE, bad_value, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import attach_with_tracefs
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
 
 TYPE_CHECKING = False
@@ -113,15 +114,19 @@ SOFDSNOOP_EVENT = EventType("FdPass", struct="sofdsnoop_event", doc="A file desc
     peer_fd                     # RECV: its descriptor in the sender (-1: not seen)
     sock_ino
     ino                         # the file's inode
+    cgroup_id                   # the task's cgroup id (0 unless labels=True)
+    netns                       # the task's network namespace inode (0 unless labels=True)
     -kind
     -deleted
     -depth
     -pad
+    -pad2
 """)
 
 
 class SoFdSnoop(EventTracer):
     OBJECT = "sofdsnoop"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = SOFDSNOOP_EVENT
     VARIANTS = (
         Variant("kprobe", ("sofdsnoop_enter_sendmsg", "sofdsnoop_exit_sendmsg", "sofdsnoop_enter_recvmsg",

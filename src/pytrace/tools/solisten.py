@@ -21,10 +21,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import LATENCY_NOTE, Clock, Output, add_common, int_range, json_renderer, process_id, run_stream
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, container_filters, int_range,
+                            json_renderer, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -47,6 +50,8 @@ class Listen:
     lport: int
     backlog: int               # effective (after the somaxconn clamp)
     ret: int                   # listen()'s result: 0 or -errno
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    labels: Labels | None = None
 
     @property
     def proto(self) -> str:
@@ -55,12 +60,14 @@ class Listen:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm, "netns": self.netns,
                 "proto": self.proto, "backlog": self.backlog, "port": self.lport,
-                "addr": str(self.laddr), "ret": self.ret}
+                "addr": str(self.laddr), "ret": self.ret,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class SoListen(EventTracer):
     OBJECT = "solisten"
     EVENT = "solisten_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("solisten_fexit",)),
         Variant("kprobe", ("solisten_kprobe", "solisten_kretprobe")),
@@ -68,18 +75,20 @@ class SoListen(EventTracer):
         Variant("tp_btf", ("solisten_tp_btf",), "new only"),
     )
 
-    def __init__(self, *, pid: int = 0, netns: int = 0, **kw: Any):
+    def __init__(self, *, pid: int = 0, **kw: Any):
+        """kw: netns= (an inode, `ip netns` name or path), cgroup=, container=... (core/tracer.py)"""
         super().__init__(**kw)
-        self.pid, self.netns = pid, netns
+        self.pid = pid
 
     def rodata(self) -> dict[str, Any]:
-        return {"filter_pid": self.pid, "filter_netns": self.netns}
+        return {"filter_pid": self.pid}
 
     def make_event(self, raw: tuple) -> Listen:
         i = self.idx
         fam = raw[i["family"]]
         return Listen(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["netns"]], fam,
-                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], raw[i["backlog"]], raw[i["ret"]])
+                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], raw[i["backlog"]], raw[i["ret"]],
+                      *self.owner(raw, netns=False))
 
 
 def netns_inode(pid: int | str = "self") -> int:
@@ -93,15 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = f"Trace listen() on TCP sockets. {LATENCY_NOTE}"
     p.add_argument("-t", "--timestamp", action="store_true", help="include a TIME column (HH:MM:SS)")
     p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
-    p.add_argument("-n", "--netns", type=int_range(0, 0xffffffff), default=0,
-                   help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     p.add_argument("--show-netns", action="store_true", help="include a NETNS column")
     p.add_argument("--ret", action="store_true", help="include a RET column (listen()'s result)")
+    add_container_args(p, SoListen, netns_flags=("-n", "--netns"))   # BCC's -n
     add_common(p, [v.hook for v in SoListen.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = SoListen(pid=args.pid, netns=args.netns, hook=args.hook)
+    tracer = SoListen(pid=args.pid, hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer)
 
 

@@ -20,7 +20,7 @@ from ..core import convert
 from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import table_rows
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
 from ..spec.text import table
 
@@ -54,13 +54,14 @@ PROTOCOL_COUNT = EventType("ProtocolCount", map="counts", doc="Calls of one kind
 
 class SoProtocol(Tracer):
     OBJECT = "soprotocol"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("soprotocol_kprobe_connect", "soprotocol_kprobe_accept")),
         Variant("tracepoint", ("soprotocol_connect", "soprotocol_accept4", "soprotocol_accept")),
     )
 
-    def __init__(self, *, pid: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.pid = pid
 
     def rodata(self) -> dict[str, Any]:

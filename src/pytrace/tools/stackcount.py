@@ -18,7 +18,8 @@ import errno
 from typing import Any
 
 from ..core import aggregate
-from ..core.cliutil import add_common, intervals, process_id, seconds, stack_storage
+from ..core.cliutil import (add_common, add_container_args, container_filters, intervals, process_id, seconds,
+                            stack_storage)
 from ..core.ksyms import kernel_symbols
 from ..core.usyms import process_symbols
 from ..sinks.snapshot import Series, Snapshot
@@ -65,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="count only hits whose fields satisfy EXPR, in the kernel (see pytrace count -h)")
     p.add_argument("--stack-storage-size", type=stack_storage, default=STACK_STORAGE, metavar="N",
                    help=f"distinct stacks kept (default {STACK_STORAGE})")
+    add_container_args(p, TracepointCount)
     add_common(p, [v.hook for v in TracepointCount.VARIANTS])
 
 
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     tracer = TracepointCount(args.tracepoints, filters=args.filter, pid=args.pid,
                              per_process=args.perpid, kernel_stack=not args.user_stacks_only,
                              user_stack=not args.kernel_stacks_only, kstack_skip=0,
-                             stack_storage=args.stack_storage_size, hook=args.hook)
+                             stack_storage=args.stack_storage_size, hook=args.hook, **container_filters(args))
     with tracer:
         return print_loop(NAME, tracer, args, stack_series, render_snapshot,
                           header_line(args, len(tracer.names)))

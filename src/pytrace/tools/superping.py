@@ -28,6 +28,7 @@ from ..core import convert
 from ..core.cliutil import LATENCY_NOTE
 from ..core.loader import Variant
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, EventType, Option, ToolSpec, family, pid, timestamp
 
 TYPE_CHECKING = False
@@ -49,11 +50,13 @@ SUPERPING_EVENT = EventType("PingReply", struct="superping_event", doc="An echo 
     comm: text
     crossing                    # a namespace the request crossed, not the one that sent it (-w)
     -pad
+    cgroup_id                   # the sender's cgroup id (0 unless labels=True)
 """)
 
 
 class SuperPing(EventTracer):
     OBJECT = "superping"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = SUPERPING_EVENT
     VARIANTS = (
         Variant("kprobe", ("superping_kprobe_ip_send", "superping_kprobe_ip6_send", "superping_kprobe_icmp_rcv",

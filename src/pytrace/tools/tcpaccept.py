@@ -19,11 +19,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
-                            json_renderer, ports, process_id, run_stream)
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, ports, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -45,16 +47,21 @@ class Accept:
     rport: int
     laddr: Addr
     lport: int
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm,
                 "ip": 4 if self.family == AF_INET else 6, "raddr": str(self.raddr), "rport": self.rport,
-                "laddr": str(self.laddr), "lport": self.lport}
+                "laddr": str(self.laddr), "lport": self.lport,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class TcpAccept(EventTracer):
     OBJECT = "tcpaccept"
     EVENT = "tcpaccept_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcpaccept_kretprobe",)),
         Variant("tracepoint", ("tcpaccept_tp_accept4", "tcpaccept_tp_accept"), "no io_uring"),
@@ -73,7 +80,7 @@ class TcpAccept(EventTracer):
         fam = raw[i["family"]]
         return Accept(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
                       addr_obj(fam, raw[i["raddr"]]), raw[i["rport"]],
-                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]])
+                      addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -85,12 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
     p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help="only these local ports (comma list)")
     add_family_args(p)
+    add_container_args(p, TcpAccept)
     add_common(p, [v.hook for v in TcpAccept.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpAccept(pid=args.pid, family=family_of(args),
-                       lports=args.port, hook=args.hook)
+                       lports=args.port, hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer)
 
 

@@ -34,11 +34,13 @@ from typing import Any
 
 from ..core import tracefs
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, family_of, int_range,
-                            json_renderer, ports, process_id, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, int_range, json_renderer, ports, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -76,6 +78,9 @@ class Connect:
     rport: int
     ok: bool                   # connected
     error: int                 # errno of a failure (0: none)
+    cgroup_id: int = 0         # the connecting task's cgroup and netns (with labels=True)
+    netns: int = 0
+    labels: Labels | None = None
 
     @property
     def result(self) -> str:
@@ -86,7 +91,8 @@ class Connect:
                 "comm": self.comm, "ip": 4 if self.family == AF_INET else 6,
                 "proto": PROTO_NAMES.get(self.proto, str(self.proto)), "laddr": str(self.laddr),
                 "lport": self.lport, "raddr": str(self.raddr), "rport": self.rport,
-                "ok": self.ok, "error": self.error, "result": self.result}
+                "ok": self.ok, "error": self.error, "result": self.result,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,7 @@ UDP_PROGRAMS = ("tcpconnect_udp_enter", "tcpconnect_udp_exit")
 class TcpConnect(EventTracer):
     OBJECT = "tcpconnect"
     EVENT = "tcpconnect_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcpconnect_kprobe_v4", "tcpconnect_kprobe_v6", "tcpconnect_raw_tp")),
         Variant("tp_btf", ("tcpconnect_tp_btf",)),
@@ -154,7 +161,7 @@ class TcpConnect(EventTracer):
                        comm_text(raw[i["comm"]]), fam, raw[i["proto"]],
                        addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
                        addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]],
-                       bool(raw[i["ok"]]), raw[i["error"]])
+                       bool(raw[i["ok"]]), raw[i["error"]], *self.owner(raw))
 
     def counts(self, clear: bool = False) -> list[ConnectCount]:
         """Count mode: attempts per (laddr, raddr, rport[, lport]), most first."""
@@ -187,13 +194,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="count connects per source address and destination address/port; print at exit")
     p.add_argument("-s", "--source-port", action="store_true", help="with -c: count per source port too")
     p.add_argument("--udp", action="store_true", help="trace UDP connect()s too (PROTO column)")
+    add_container_args(p, TcpConnect)
     add_common(p, [v.hook for v in TcpConnect.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpConnect(pid=args.pid, uid=args.uid, family=family_of(args),
                         dports=args.port, udp=args.udp, count=args.count, count_sport=args.source_port,
-                        hook=args.hook)
+                        hook=args.hook, **container_filters(args))
     if not args.count:
         return run_stream(tracer, args, renderer, intro)
     with tracer:            # -c: one table at Ctrl-C / SIGTERM, like BCC

@@ -18,11 +18,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, bad_value, family_of,
-                            json_renderer, process_id, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            bad_value, container_filters, family_of, json_renderer, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -45,6 +47,9 @@ class ConnectLatency:
     raddr: Addr
     rport: int
     delta_ns: int              # connect() to ESTABLISHED
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     @property
     def ms(self) -> float:
@@ -53,12 +58,14 @@ class ConnectLatency:
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm,
                 "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
-                "raddr": str(self.raddr), "rport": self.rport, "lat_ms": round(self.ms, 3)}
+                "raddr": str(self.raddr), "rport": self.rport, "lat_ms": round(self.ms, 3),
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class TcpConnLat(EventTracer):
     OBJECT = "tcpconnlat"
     EVENT = "tcpconnlat_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("fentry", ("tcpconnlat_fentry_v4", "tcpconnlat_fentry_v6", "tcpconnlat_tp_btf_end")),
         Variant("kprobe", ("tcpconnlat_kprobe_v4", "tcpconnlat_kprobe_v6", "tcpconnlat_raw_tp_end")),
@@ -81,7 +88,7 @@ class TcpConnLat(EventTracer):
         fam = raw[i["family"]]
         return ConnectLatency(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
                               addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
-                              addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["delta_ns"]])
+                              addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["delta_ns"]], *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -104,12 +111,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_family_args(p)
     p.add_argument("duration_ms", nargs="?", type=min_latency, default=0.0, metavar="MIN_MS",
                    help="only connects slower than this many milliseconds (fractions allowed)")
+    add_container_args(p, TcpConnLat)
     add_common(p, [v.hook for v in TcpConnLat.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpConnLat(pid=args.pid, family=family_of(args),
-                        min_ms=args.duration_ms, hook=args.hook)
+                        min_ms=args.duration_ms, hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer)
 
 

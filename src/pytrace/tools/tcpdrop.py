@@ -24,13 +24,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
-                            netns_inode, process_id, run_stream)
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, netns_inode, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.drops import DROP_REASONS, TRACING_PREFIXES
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -63,30 +65,37 @@ class TcpDropEvent:
     stack: tuple[str, ...]     # "function+0xoff", innermost first
     skaddr: int
     netns: int                 # inode number of the network namespace
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "ip": 4 if self.family == AF_INET else 6,
                 "saddr": str(self.saddr), "sport": self.sport, "daddr": str(self.daddr), "dport": self.dport,
                 "state": None if self.state is None else getattr(self.state, "name", str(self.state)),
                 "flags": self.flags, "reason": self.reason, "stack": list(self.stack),
-                "skaddr": f"{self.skaddr:x}", "netns": self.netns}
+                "skaddr": f"{self.skaddr:x}", "netns": self.netns,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class TcpDrop(EventTracer):
     OBJECT = "tcpdrop"
     EVENT = "tcpdrop_event"
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpdrop_tp_btf",), needs=DROP_REASONS),
         Variant("raw_tp", ("tcpdrop_raw_tp",), needs=DROP_REASONS),
         Variant("tracepoint", ("tcpdrop_tracepoint",), needs=DROP_REASONS),
     )
 
-    def __init__(self, *, family: int = 0, netns: int = 0, **kw: Any):
+    def __init__(self, *, family: int = 0, **kw: Any):
+        """kw: netns= (the packet's: its device's, else its socket's; an inode,
+        `ip netns` name or path), cgroup=, container= (the socket's; drops
+        without a socket pass none of them)... (core/tracer.py)"""
         super().__init__(**kw)
-        self.family, self.netns = family, netns
+        self.family = family
 
     def rodata(self) -> dict[str, Any]:
-        return {"target_family": self.family, "target_netns": self.netns}
+        return {"target_family": self.family}
 
     def setup(self) -> None:
         super().setup()
@@ -125,7 +134,7 @@ class TcpDrop(EventTracer):
                             addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]],
                             TcpState.of(state) if state else None, FLAGS_TEXT[raw[i["tcpflags"]]],
                             self.reason_name(raw[i["reason"]]), tuple(self.stack_of(raw)), raw[i["skaddr"]],
-                            raw[i["netns"]])
+                            raw[i["netns"]], *self.owner(raw, netns=False))
 
 
 # -- command line ---------------------------------------------------------------
@@ -138,6 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="only this network namespace (its inode number, as in ls -L -i /proc/PID/ns/net)")
     ns.add_argument("--pid-netns", type=process_id, default=0, metavar="PID",
                     help="only the network namespace of this process")
+    add_container_args(p, TcpDrop)
     add_common(p, [v.hook for v in TcpDrop.VARIANTS])
 
 
@@ -151,8 +161,12 @@ def _netns(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    tracer = TcpDrop(family=family_of(args), netns=_netns(args),
-                     hook=args.hook)
+    kw = container_filters(args)
+    if _netns(args):
+        if "netns" in kw:
+            raise UsageError("--netns and --netns-id/--pid-netns: one of them")
+        kw["netns"] = _netns(args)
+    tracer = TcpDrop(family=family_of(args), hook=args.hook, **kw)
     return run_stream(tracer, args, renderer)
 
 

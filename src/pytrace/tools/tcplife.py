@@ -17,18 +17,22 @@ ms runs from the last of SYN_SENT/SYN_RECV/ESTABLISHED to CLOSE, as in BCC.
 
 from __future__ import annotations
 
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_family_args, family_of,
-                            json_renderer, ports, process_id, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Clock, Output, SinceFirst, add_common, add_container_args,
+                            add_family_args, container_filters, family_of, json_renderer, ports, process_id,
+                            run_stream)
 from ..core.loader import Variant
 from ..core.rows import compile_rows
 from ..core.net import AF_INET, AF_INET6, ByteLabels, addr_obj, comm_text
 from ..core.stream import EventTracer, lazy_event
+from ..core.tracer import LABELS, SOCKET_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
     import argparse
     import ipaddress
     from typing import Any
+
+    from ..core.containers import Labels
 
 NAME = "tcplife"
 SUMMARY = "TCP sessions at close: owner, addresses, bytes each way, lifespan"
@@ -48,17 +52,22 @@ class _TcpSession:
     tx_bytes: int              # payload sent (and acknowledged)
     rx_bytes: int              # payload received
     ms: float                  # lifespan
+    cgroup_id: int = 0         # the socket's cgroup and netns (with labels=True)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm,
                 "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
                 "raddr": str(self.raddr), "rport": self.rport, "tx_bytes": self.tx_bytes,
-                "rx_bytes": self.rx_bytes, "ms": round(self.ms, 3)}
+                "rx_bytes": self.rx_bytes, "ms": round(self.ms, 3),
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 # PEP 562: importing TcpSession makes the dataclass, which the CLI's text
 # output never needs (importing dataclasses would cost its start-up ~7 ms).
-_event_class, __getattr__ = lazy_event(globals(), "TcpSession", _TcpSession, imports=("ipaddress",))
+_event_class, __getattr__ = lazy_event(globals(), "TcpSession", _TcpSession,
+                                       imports=("ipaddress", "pytrace.core.containers:Labels"))
 
 
 if TYPE_CHECKING:
@@ -68,6 +77,7 @@ if TYPE_CHECKING:
 class TcpLife(EventTracer):
     OBJECT = "tcplife"
     EVENT = "tcplife_event"
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcplife_tp_btf",)),
         Variant("raw_tp", ("tcplife_raw_tp",)),
@@ -100,7 +110,7 @@ class TcpLife(EventTracer):
         return _event_class()(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
                               addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
                               addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
-                              raw[i["tx_b"]], raw[i["rx_b"]], raw[i["span_us"]] / 1000.0)
+                              raw[i["tx_b"]], raw[i["rx_b"]], raw[i["span_us"]] / 1000.0, *self.owner(raw))
 
 
 # -- command line ---------------------------------------------------------------
@@ -116,12 +126,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", "--remoteport", type=ports("-D"), metavar="PORTS",
                    help="only these remote ports (comma list)")
     add_family_args(p)
+    add_container_args(p, TcpLife)
     add_common(p, [v.hook for v in TcpLife.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpLife(family=family_of(args), pid=args.pid,
-                     lports=args.localport, rports=args.remoteport, hook=args.hook)
+                     lports=args.localport, rports=args.remoteport, hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer)
 
 

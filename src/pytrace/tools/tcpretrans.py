@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.aggregate import print_loop
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of,
-                            json_renderer, run_stream)
+from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, json_renderer, run_stream)
+from ..core.containers import Labels
 from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6, STATE_NAMES, AddrFormatter, TcpState, addr_obj
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -61,12 +63,16 @@ class Retransmit:
     state: TcpState
     kind: str                  # "R" retransmit, "L" tail loss probe
     seq: int                   # first sequence number of the segment (0 for a kprobe TLP)
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    netns: int = 0
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "skaddr": f"{self.skaddr:x}", "pid": self.pid,
                 "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
                 "raddr": str(self.raddr), "rport": self.rport, "type": self.kind,
-                "state": getattr(self.state, "name", str(self.state)), "seq": self.seq}
+                "state": getattr(self.state, "name", str(self.state)), "seq": self.seq,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,7 @@ class FlowCount:
 class TcpRetrans(EventTracer):
     OBJECT = "tcpretrans"
     EVENT = "tcpretrans_event"
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpretrans_tp_btf",), note=_TP_NOTE),
         Variant("raw_tp", ("tcpretrans_raw_tp",), note=_TP_NOTE),
@@ -133,7 +140,7 @@ class TcpRetrans(EventTracer):
         return Retransmit(raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["pid"]], fam,
                           addr_obj(fam, raw[i["saddr"]]), raw[i["lport"]],
                           addr_obj(fam, raw[i["daddr"]]), raw[i["rport"]],
-                          TcpState.of(raw[i["state"]]), KINDS.get(raw[i["type"]], "?"), raw[i["seq"]])
+                          TcpState.of(raw[i["state"]]), KINDS.get(raw[i["type"]], "?"), raw[i["seq"]], *self.owner(raw))
 
     def counts(self, clear: bool = False) -> dict[Flow, FlowCount]:
         """Per-flow totals of count mode (count=True); clear=True resets them."""
@@ -156,12 +163,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--count", action="store_true",
                    help="count retransmits per flow, printed at Ctrl-C")
     add_family_args(p)
+    add_container_args(p, TcpRetrans)
     add_common(p, [v.hook for v in TcpRetrans.VARIANTS])
 
 
 def run(args: argparse.Namespace) -> int:
     tracer = TcpRetrans(family=family_of(args),
-                        lossprobe=args.lossprobe, count=args.count, hook=args.hook)
+                        lossprobe=args.lossprobe, count=args.count, hook=args.hook, **container_filters(args))
     if not args.count:
         return run_stream(tracer, args, renderer, intro)
     with tracer:            # -c: one table at Ctrl-C / SIGTERM, like BCC

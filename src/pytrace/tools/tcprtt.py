@@ -23,7 +23,7 @@ from ..core.cliutil import address, port
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj
-from ..core.tracer import Tracer
+from ..core.tracer import SOCKET_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 from ..spec import HISTOGRAM, Exclusive, Option, ToolSpec, interval_flags, timestamp
 
@@ -32,6 +32,7 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class TcpRtt(Tracer):
     OBJECT = "tcprtt"
+    SCOPE = SOCKET_SCOPE
     VARIANTS = (
         Variant("fentry", ("tcprtt_fentry",)),
         Variant("kprobe", ("tcprtt_kprobe",)),
@@ -41,8 +42,8 @@ class TcpRtt(Tracer):
 
     def __init__(self, *, lport: int = 0, rport: int = 0, laddr: str | None = None,
                  raddr: str | None = None, by_laddr: bool = False, by_raddr: bool = False,
-                 ms: bool = False, hook: str | None = None):
-        super().__init__(hook=hook)
+                 ms: bool = False, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if by_laddr and by_raddr:
             raise ValueError("by_laddr and by_raddr are exclusive")
         from ..core.net import parse_addr

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, family
 
 TYPE_CHECKING = False
@@ -39,12 +40,15 @@ TCPSTATES_EVENT = EventType("TcpStateChange", struct="tcpstates_event", doc="One
     oldstate: TcpState
     newstate: TcpState
     ms <- delta_us: us_to_ms    # time spent in oldstate (0 for the first change seen)
+    cgroup_id                   # the socket's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
 """)
 
 
 class TcpStates(EventTracer):
     OBJECT = "tcpstates"
     EVENT_TYPE = TCPSTATES_EVENT
+    SCOPE = SOCKET_SCOPE | LABELS
     VARIANTS = (
         Variant("tp_btf", ("tcpstates_tp_btf",)),
         Variant("raw_tp", ("tcpstates_raw_tp",)),

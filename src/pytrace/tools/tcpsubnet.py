@@ -18,16 +18,15 @@ the rest of IPv4; add ::/0 for IPv6).
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_common, bad_value, netns_ref, seconds
+from ..core.cliutil import add_common, add_container_args, bad_value, container_filters, seconds
 from ..core.errors import UsageError
 from ..core.loader import Variant
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Series, Snapshot
 
 TYPE_CHECKING = False
@@ -87,20 +86,6 @@ def parse_subnets(spec: str | Sequence[str | Subnet]) -> list[Subnet]:
     return out
 
 
-def netns_inode(spec: str | int) -> int:
-    """A network namespace as its inode: a number, a path (/proc/PID/ns/net,
-    /run/netns/NAME) or the name of an `ip netns`."""
-    if isinstance(spec, int) or spec.isdigit():
-        return int(spec)
-    for path in (spec, f"/run/netns/{spec}"):
-        if os.path.sep in path or path.startswith("/run/"):
-            try:
-                return os.stat(path).st_ino
-            except OSError:
-                continue
-    raise UsageError(f"network namespace '{spec}': not an inode number, a namespace file or an ip netns name")
-
-
 def _words(raw: bytes, fmt: str) -> list[int]:
     """Address bytes as the kernel compares them: native words of memory."""
     return list(struct.unpack("<" + fmt * (len(raw) // struct.calcsize(fmt)), raw))
@@ -108,6 +93,7 @@ def _words(raw: bytes, fmt: str) -> list[int]:
 
 class TcpSubnet(Tracer):
     OBJECT = "tcpsubnet"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("tcpsubnet_kprobe",)),
         Variant("tp_btf", ("tcpsubnet_tp_btf",), needs="tracepoint sock_send_length"),
@@ -115,15 +101,16 @@ class TcpSubnet(Tracer):
         Variant("tracepoint", ("tcpsubnet_tracepoint",), needs="tracepoint sock_send_length"),
     )
 
-    def __init__(self, subnets: str | Sequence[str | Subnet] = DEFAULT_SUBNETS, *, netns: int | str = 0,
-                 hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, subnets: str | Sequence[str | Subnet] = DEFAULT_SUBNETS, *, hook: str | None = None,
+                 **scope: Any):
+        """scope: netns= (the sockets': an inode, `ip netns` name or path), cgroup=,
+        container= (the sending task's)... (core/tracer.py)"""
+        super().__init__(hook=hook, **scope)
         self.subnets = parse_subnets(subnets)
-        self.netns = netns_inode(netns) if netns else 0
         self._base: dict[int, int] = {}
 
     def rodata(self) -> dict[str, Any]:
-        ro: dict[str, Any] = {"targ_netns": self.netns}
+        ro: dict[str, Any] = {}
         v4 = [(i, s.network) for i, s in enumerate(self.subnets) if s.network.version == 4]
         v6 = [(i, s.network) for i, s in enumerate(self.subnets) if s.network.version == 6]
         ro["n4"], ro["idx4"] = len(v4), [i for i, _ in v4]
@@ -170,10 +157,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="[bkmBKM] format to report: bits, Kbits, Mbits, bytes, KBytes, MBytes (default B)")
     p.add_argument("-i", "--interval", type=seconds, default=1,
                    help="output interval, in seconds (default 1)")
-    # resolved when the tracer starts, not here: `pytrace replay` parses these
-    # flags again after the namespace may be gone
-    p.add_argument("-N", "--netns", default=0, type=netns_ref,
-                   help="only sockets of this network namespace (inode, /proc/PID/ns/net or ip netns name)")
+    add_container_args(p, TcpSubnet, netns_flags=("-N", "--netns"))
     add_common(p, [v.hook for v in TcpSubnet.VARIANTS])
 
 
@@ -209,5 +193,5 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with TcpSubnet(args.subnets, netns=args.netns, hook=args.hook) as tracer:
+    with TcpSubnet(args.subnets, hook=args.hook, **container_filters(args)) as tracer:
         return print_loop(args, lambda: snapshot(tracer.read(), args.interval), render_snapshot, intro)

@@ -23,7 +23,7 @@ from ..core.aggregate import timestamp_line
 from ..core.cliutil import ports
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
-from ..core.tracer import Tracer
+from ..core.tracer import SOCKET_SCOPE, Tracer
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, family, interval_positionals, timestamp
 
 TYPE_CHECKING = False
@@ -42,6 +42,7 @@ TCPSYNBL_KEY = EventType("SynBacklogKey", struct="tcpsynbl_key", doc="The listen
 
 class TcpSynBl(Tracer):
     OBJECT = "tcpsynbl"
+    SCOPE = SOCKET_SCOPE
     VARIANTS = (
         Variant("fentry", ("tcpsynbl_fentry_v4", "tcpsynbl_fentry_v6"), needs="trampolines for tcp_v*_syn_recv_sock"),
         Variant("kprobe", ("tcpsynbl_kprobe_v4", "tcpsynbl_kprobe_v6")),
@@ -49,8 +50,8 @@ class TcpSynBl(Tracer):
         Variant("raw_tp", ("tcpsynbl_raw_tp",), note="backlog +1", needs="tracepoint sk_data_ready"),
     )
 
-    def __init__(self, *, family: int = 0, lports: list[int] | None = None, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, family: int = 0, lports: list[int] | None = None, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         self.family, self.lports = family, lports or []
 
     def rodata(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ..core.aggregate import local_time
 from ..core.cliutil import int_range
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6
-from ..core.tracer import Tracer
+from ..core.tracer import TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid
 from ..spec.text import table
@@ -59,6 +59,7 @@ def sort_key(sort: str):
 
 class TcpTop(Tracer):
     OBJECT = "tcptop"
+    SCOPE = TASK_SCOPE
     VARIANTS = (
         Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv")),
         Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),
@@ -67,8 +68,8 @@ class TcpTop(Tracer):
                 needs="tracepoints sock_send/recv_length"),
     )
 
-    def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None):
-        super().__init__(hook=hook)
+    def __init__(self, *, pid: int = 0, family: int = 0, hook: str | None = None, **scope: Any):
+        super().__init__(hook=hook, **scope)
         if family not in (0, AF_INET, AF_INET6):
             raise ValueError("family must be 0, AF_INET or AF_INET6")
         self.pid, self.family = pid, family

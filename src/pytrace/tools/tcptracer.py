@@ -22,11 +22,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_family_args, family_of, int_range,
-                            json_renderer, process_id, run_stream)
+from ..core.cliutil import (LATENCY_NOTE, Output, SinceFirst, add_common, add_container_args, add_family_args,
+                            container_filters, family_of, int_range, json_renderer, process_id, run_stream)
+from ..core.containers import Labels
 from ..core.loader import Variant
 from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -51,16 +53,20 @@ class TcpEvent:
     daddr: Addr                # remote address
     dport: int
     netns: int                 # inode of the socket's network namespace
+    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
+    labels: Labels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts_ns": self.ts_ns, "type": TYPE_WORDS.get(self.type, self.type), "pid": self.pid,
                 "comm": self.comm, "ip": 4 if self.family == AF_INET else 6, "saddr": str(self.saddr),
-                "daddr": str(self.daddr), "sport": self.sport, "dport": self.dport, "netns": self.netns}
+                "daddr": str(self.daddr), "sport": self.sport, "dport": self.dport, "netns": self.netns,
+                **(self.labels.to_dict() if self.labels else {})}
 
 
 class TcpTracer(EventTracer):
     OBJECT = "tcptracer"
     EVENT = "tcptracer_event"
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcptracer_kprobe_v4", "tcptracer_kprobe_v6", "tcptracer_kretprobe_accept",
                            "tcptracer_raw_tp")),
@@ -68,19 +74,20 @@ class TcpTracer(EventTracer):
                 "no io_uring"),
     )
 
-    def __init__(self, *, pid: int = 0, netns: int = 0, family: int = 0, **kw: Any):
+    def __init__(self, *, pid: int = 0, family: int = 0, **kw: Any):
+        """kw: netns= (an inode, `ip netns` name or path), cgroup=, container=... (core/tracer.py)"""
         super().__init__(**kw)
-        self.pid, self.netns, self.family = pid, netns, family
+        self.pid, self.family = pid, family
 
     def rodata(self) -> dict[str, Any]:
-        return {"filter_pid": self.pid, "filter_netns": self.netns, "target_family": self.family}
+        return {"filter_pid": self.pid, "target_family": self.family}
 
     def make_event(self, raw: tuple) -> TcpEvent:
         i = self.idx
         fam = raw[i["family"]]
         return TcpEvent(raw[i["ts_ns"]], chr(raw[i["type"]]), raw[i["pid"]], comm_text(raw[i["comm"]]), fam,
                         addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]],
-                        addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["netns"]])
+                        addr_obj(fam, raw[i["daddr"]]), raw[i["dport"]], raw[i["netns"]], *self.owner(raw, netns=False))
 
 
 # -- command line ---------------------------------------------------------------
@@ -91,18 +98,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timestamp", action="store_true",
                    help="include a TIME(s) column (TIME(ns) with -v), since the first event")
     p.add_argument("-p", "--pid", type=process_id, default=0, help="trace this PID only")
-    p.add_argument("-N", "--netns", type=int_range(0, 0xffffffff), default=0,
-                   help="trace this network namespace only (inode, as in ls -Li /proc/PID/ns/net)")
     add_family_args(p)
     p.add_argument("--libbpf-log", action="store_true", help="show libbpf's log (what -v does in other tools)")
+    add_container_args(p, TcpTracer, netns_flags=("-N", "--netns"))   # BCC's -N
     add_common(p, [v.hook for v in TcpTracer.VARIANTS])   # its -v/--verbose serves as BCC's -v
 
 
 def run(args: argparse.Namespace) -> int:
     # -v means BCC's verbose columns here, not hundreds of lines of libbpf's log
     logging.getLogger("pytrace.libbpf").setLevel(logging.DEBUG if args.libbpf_log else logging.WARNING)
-    tracer = TcpTracer(pid=args.pid, netns=args.netns,
-                       family=family_of(args), hook=args.hook)
+    tracer = TcpTracer(pid=args.pid, family=family_of(args), hook=args.hook, **container_filters(args))
     return run_stream(tracer, args, renderer, intro)
 
 

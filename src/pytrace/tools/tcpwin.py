@@ -21,6 +21,7 @@ from ..core import convert
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, SOCKET_SCOPE
 from ..spec import EVENTS, EventType, Option, ToolSpec, family
 
 TYPE_CHECKING = False
@@ -46,11 +47,14 @@ TCPWIN_EVENT = EventType("TcpWindow", struct="tcpwin_event", doc="A socket's win
     raddr: address
     rport
     -pad
+    cgroup_id                   # the socket's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
 """)
 
 
 class TcpWin(EventTracer):
     OBJECT = "tcpwin"
+    SCOPE = SOCKET_SCOPE | LABELS
     EVENT_TYPE = TCPWIN_EVENT
     VARIANTS = (
         Variant("fentry", ("tcpwin_fentry",)),

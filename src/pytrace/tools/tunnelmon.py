@@ -290,6 +290,17 @@ def web_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+# Each -h ends with its examples (core/argparser.ArgParser prints them), as BCC's tools do.
+SIMULATE_EXAMPLES = (
+    ("pytrace tunnelmon simulate", "3 hosts, 3 clients each, VNIs 100 and 200, pinging for 30 s"),
+    ("pytrace tunnelmon simulate --hosts 4 --loud h0c1 --web 8080", "one loud client, watched in the browser"))
+EXAMPLES = (
+    ("pytrace tunnelmon --dev eth0", "VXLAN traffic on eth0, per outer pair, VNI and inner pair, every second"),
+    ("pytrace tunnelmon --dev ul0 --netns hA -i 5 -c 3 --sort vni", "in a namespace, 3 intervals of 5 s, by VNI"),
+    ("pytrace tunnelmon --dev eth0 --web 8080", "and a live chord diagram on http://127.0.0.1:8080/"),
+    *SIMULATE_EXAMPLES[:1])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count VXLAN traffic on an underlay device per (outer pair, VNI, inner pair). "
                      "SRC is this host's side; TX what it sent, RX what it received.")
@@ -313,8 +324,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, [v.hook for v in TunnelMon.VARIANTS])
     sub = p.add_subparsers(dest="command", metavar="simulate")
     from ..tunnelmon import simulate
-    simulate.add_arguments(sub.add_parser(
-        "simulate", help="build a simulated VXLAN overlay in network namespaces and send traffic"))
+    sim = sub.add_parser("simulate", help="build a simulated VXLAN overlay in network namespaces and send traffic")
+    simulate.add_arguments(sim)
+    sim.examples = SIMULATE_EXAMPLES
+    p.examples = EXAMPLES
 
 
 def _sorted(flows: tuple[TunnelFlow, ...], key: str) -> list[TunnelFlow]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
+from ..core.tracer import LABELS, TASK_SCOPE
 from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
 
 TYPE_CHECKING = False
@@ -34,11 +35,14 @@ UDPCONNECT_EVENT = EventType("UdpConnectCall", struct="udpconnect_event", doc="O
     rport <- port
     lport                       # the local port once connect() bound the socket (autobind)
     protocol                    # 17 UDP, 136 UDP-Lite
+    cgroup_id                   # the caller's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
 """)
 
 
 class UdpConnect(EventTracer):
     OBJECT = "udpconnect"
+    SCOPE = TASK_SCOPE | LABELS
     EVENT_TYPE = UDPCONNECT_EVENT
     VARIANTS = (
         Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),

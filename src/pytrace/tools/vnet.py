@@ -61,6 +61,17 @@ def host_offset(text: str) -> tuple[str, int]:
     return host, duration_ns(value)
 
 
+def negative_durations(parser: argparse.ArgumentParser) -> None:
+    """Let this parser take '-3ms' as a value (`--clock-offset -3ms`), not as
+    an unknown option.  argparse treats a word that starts with '-' as an
+    option unless its negative-number pattern matches it (and the parser has
+    no option that looks like a negative number): a duration is added to
+    that pattern, so that only the `=` form would otherwise work."""
+    numbers = parser._negative_number_matcher
+    parser._negative_number_matcher = re.compile(
+        rf"(?:{numbers.pattern})|(?:^-\d+(?:\.\d+)?\s*(?:ns|us|µs|ms|s)$)")
+
+
 _ring_mb_range = int_range(1, 1024)     # a GiB of ring at most
 
 
@@ -92,11 +103,35 @@ def ring_mb(text: str) -> int:
 ring_mb.range_text = _ring_mb_range.range_text      # type: ignore[attr-defined]
 
 
+# Each -h ends with its examples (core/argparser.ArgParser prints them), as
+# BCC's tools do; the tool's own -h with every command's.
+RECORD_EXAMPLES = (
+    ("pytrace vnet record -c points.toml", "trace the config's points into vnet.db"),
+    ("pytrace vnet record -c points.toml -o nodeB.db --host nodeB --ctl /run/vnet.sock",
+     "one agent of several, changeable while it runs"),
+    ("pytrace vnet record -c points.toml --clock-offset -3ms -d 10 -q", "a clock 3 ms behind, 10 s, store only"))
+REPORT_EXAMPLES = (
+    ("pytrace vnet report nodeA.db nodeB.db", "per-segment latency, the clock offset estimated"),
+    ("pytrace vnet report nodeA.db nodeB.db --offset nodeB=-1.25ms --plot vnet.svg",
+     "with a known offset, and a plot"),
+    ("pytrace vnet report vnet.db --flows --json", "per flow too, as JSON"))
+DEMO_EXAMPLES = (
+    ("pytrace vnet demo", "two hosts, VXLAN between them, 200 echoes traced at 16 points"),
+    ("pytrace vnet demo --tbf hA:ul0 --tbf-rate 1mbit --burst 10", "a slow underlay link: find it"),
+    ("pytrace vnet demo -n 50 -o demo.db --plot demo.svg", "keep the store and a plot"))
+CTL_EXAMPLES = (
+    ("pytrace vnet ctl -s /run/vnet.sock list", "the points a record traces"),
+    ("pytrace vnet ctl -s /run/vnet.sock add mid --device vx0 --netns hB --direction ingress --method tc",
+     "attach one more point"),
+    ("pytrace vnet ctl -s /run/vnet.sock remove mid", "detach it"))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Per-hop packet latency in virtualized networks: record packets at trace points "
                      "(tc, XDP, device tracepoints) in any network namespace, then break the latency down "
                      "per segment of each packet's path.")
     p.set_defaults(verbose=False, ebpf=False, btf=None, json=False, hook=None)
+    p.examples = RECORD_EXAMPLES[:1] + REPORT_EXAMPLES[:1] + DEMO_EXAMPLES[:2] + CTL_EXAMPLES[:1]
     sub = p.add_subparsers(dest="command", metavar="{record,report,demo,ctl}", required=True)
 
     r = sub.add_parser("record", help="trace the points of a config file, store the records",
@@ -112,6 +147,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="store only, print no records")
     r.add_argument("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")
     add_common(r, HOOKS)
+    negative_durations(r)
+    r.examples = RECORD_EXAMPLES
 
     rp = sub.add_parser("report", help="per-segment latency from stored records",
                         description="Reconstruct each packet's path and give per-segment latency "
@@ -126,6 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rp.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     rp.add_argument("--json", action="store_true", help="the report as one JSON object")
     rp.add_argument("-v", "--verbose", action="store_true", help="details on errors")
+    rp.examples = REPORT_EXAMPLES
 
     d = sub.add_parser("demo", help="build a two-host container overlay, trace it, report",
                        description="Two hosts (netns), each with a container netns on a veth pair to a "
@@ -142,12 +180,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
     d.add_argument("--flows", action="store_true", help="also a table per flow")
     add_common(d, HOOKS)
+    d.examples = DEMO_EXAMPLES
 
     c = sub.add_parser("ctl", help="add/remove/list points of a running record",
                        description="Talk to a `pytrace vnet record --ctl SOCKET`.")
     c.add_argument("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket")
     c.add_argument("--json", action="store_true", help="print the recorder's answer as JSON")
     c.add_argument("-v", "--verbose", action="store_true", help="details on errors")
+    c.examples = CTL_EXAMPLES
     ops = c.add_subparsers(dest="op", metavar="{add,remove,list,reload}", required=True)
     a = ops.add_parser("add", help="attach a new point")
     a.add_argument("label")
@@ -390,13 +430,16 @@ def _report(args: argparse.Namespace) -> int:
     if not args.db and not args.from_influx:
         raise UsageError("name at least one store (DB) or --from-influx URL")
     rows: list = []
+    points: list = []       # the points tables: which points are egress ones (the qdisc note)
     for path in args.db:
         rows.extend(store.read_sqlite(path))
+        points.extend(store.read_points(path))
     if args.from_influx:
         rows.extend(store.read_influx(args.from_influx))
     if not rows:
         raise PytraceError("no records in " + ", ".join(args.db + ([args.from_influx] if args.from_influx else [])))
-    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset))
+    # no points tables (InfluxDB, or a store without them): the report cannot name the egress points
+    rep = report.analyze(rows, reference=args.reference, manual=dict(args.offset), points=points or None)
     _emit_report(rep, args)
     return 0
 
@@ -435,7 +478,11 @@ def _demo(args: argparse.Namespace) -> int:
     with demo.Topology() as topo:
         if tbf:
             topo.tbf(*tbf, rate=args.tbf_rate)
-        with VnetTracer(topo.points(), topo.selector(args.sample), host="demo", hook=args.hook) as tracer:
+        selector = topo.selector(args.sample)
+        with VnetTracer(topo.points(), selector, host="demo", hook=args.hook) as tracer:
+            # what `record` keeps besides the records (the namespaces are gone by the time the store is written)
+            points = [{**ap.info(), "host": "demo"} for ap in tracer.points.values()]
+            started = time.time_ns()
             if not args.json:
                 _note(f"topology up ({', '.join(topo.ns.values())}); tracing {len(tracer.points)} points; "
                       f"sending {args.count} UDP datagrams cA -> cB and back")
@@ -449,12 +496,18 @@ def _demo(args: argparse.Namespace) -> int:
                 sinks.events(batch)
                 sinks.lost(tracer.lost)
             lost = tracer.lost
+            ended = tracer.now_ns()
     if args.db:
         from ..vnet.store import SqliteStore
         with SqliteStore(args.db) as st:
+            # the same three tables as a record's: the agent (host "demo"), its points, the records
+            st.begin_agent("demo", 0, selector.describe(), sys.argv[1:], start_ns=started)
+            for info in points:
+                st.point_added("demo", info)
             st.write(rows)
+            st.end_agent(lost, ended)
     from ..vnet.store import Row
-    rep = report.analyze([Row(*r) for r in rows])
+    rep = report.analyze([Row(*r) for r in rows], points=points)
     if not args.json:
         print(f"Traffic: {echo.sent} datagrams of {echo.size} bytes cA -> cB, {echo.received} echoes back"
               + (f"; tbf {args.tbf_rate} on {args.tbf}" if tbf else "") + (f"; {lost} records lost" if lost else ""))

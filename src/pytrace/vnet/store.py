@@ -89,11 +89,13 @@ class SqliteStore:
             self.db.close()
             self.db = None
 
-    def begin_agent(self, host: str, clock_offset_ns: int, selector: str, argv: Iterable[str] = ()) -> None:
+    def begin_agent(self, host: str, clock_offset_ns: int, selector: str, argv: Iterable[str] = (),
+                    start_ns: int | None = None) -> None:
+        """start_ns: when the agent started tracing (wall clock; default now)."""
+        start = time.time_ns() if start_ns is None else start_ns
         cur = self.db.execute("INSERT INTO agents (host, start_ns, clock_offset_ns, selector, argv) "
                               "VALUES (?, ?, ?, ?, ?)",
-                              (host, time.time_ns() + clock_offset_ns, clock_offset_ns, selector,
-                               json.dumps(list(argv))))
+                              (host, start + clock_offset_ns, clock_offset_ns, selector, json.dumps(list(argv))))
         self._agent = cur.lastrowid
 
     def end_agent(self, lost: int, end_ns: int) -> None:

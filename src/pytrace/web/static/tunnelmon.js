@@ -1,21 +1,28 @@
 // tunnelmon web view: a chord diagram of the hosts (outer IPs) that talk
 // through VXLAN tunnels, weighted by bytes, from /api/stats (pytrace
 // tunnelmon --web).  Arcs are hosts carrying traffic, ribbons the pairs that
-// talk; clicking a host lists the inner (overlay) addresses behind it.
+// talk; a ring outside the arcs splits each host by VNI (a colour per VNI,
+// named in the legend), each host's label names its VNIs and each ribbon's
+// tooltip gives its bytes per VNI (BCC's tunnel_monitor shows the VNI in its
+// view too); clicking a host lists the inner (overlay) addresses behind it.
 // Needs only d3, bundled with pytrace (static/vendor/): works offline.
 "use strict";
 
 (function () {
-  const RADIUS = 270, THICK = 20;
+  const RADIUS = 230, THICK = 20, RING = 10, GAP = 3;
   const state = { data: null, vni: "all", selected: null, timer: null };
   const color = d3.scaleOrdinal(d3.schemeTableau10);
+  const vniColor = d3.scaleOrdinal(d3.schemeSet2);
   const $ = (id) => document.getElementById(id);
 
   const svg = d3.select("#chord");
   const ribbonLayer = svg.append("g").attr("class", "ribbons");
   const arcLayer = svg.append("g").attr("class", "arcs");
+  const vniLayer = svg.append("g").attr("class", "vnis");
   const labelLayer = svg.append("g").attr("class", "labels");
+  const legendLayer = svg.append("g").attr("class", "vni-legend");
   const arc = d3.arc().innerRadius(RADIUS).outerRadius(RADIUS + THICK);
+  const vniArc = d3.arc().innerRadius(RADIUS + THICK + GAP).outerRadius(RADIUS + THICK + GAP + RING);
   const ribbon = d3.ribbon().radius(RADIUS - 2);
   const chordLayout = d3.chord().padAngle(0.04).sortSubgroups(d3.descending);
 
@@ -70,6 +77,27 @@
     return { names, matrix };
   }
 
+  // Bytes per VNI: of each host (sent and received), of each pair of hosts.
+  function vniBytes(flows) {
+    const host = new Map(), pair = new Map();
+    const add = (map, key, vni, n) => {
+      const m = map.get(key) || new Map();
+      m.set(vni, (m.get(vni) || 0) + n);
+      map.set(key, m);
+    };
+    for (const f of flows) {
+      const n = f.tx_bytes + f.rx_bytes;
+      if (n === 0) continue;
+      const vni = String(f.vni);
+      add(host, f.outer_src, vni, n);
+      add(host, f.outer_dst, vni, n);
+      add(pair, [f.outer_src, f.outer_dst].sort(compareAddr).join("|"), vni, n);
+    }
+    return { host, pair };
+  }
+
+  const byVni = (m) => [...(m || new Map()).entries()].sort((a, b) => a[0] - b[0]);
+
   function compareAddr(a, b) {
     const key = (x) => x.includes(":") ? "6" + x.split(":").map((p) => p.padStart(4, "0")).join(":")
       : "4" + x.split(".").map((p) => p.padStart(3, "0")).join(".");
@@ -109,7 +137,10 @@
   }
 
   function renderChord() {
-    const { names, matrix } = hostMatrix(visibleFlows());
+    const flows = visibleFlows();
+    const { names, matrix } = hostMatrix(flows);
+    const perVni = vniBytes(flows);
+    hostNames = names;
     $("empty").hidden = names.length > 0;
     const chords = chordLayout(matrix);
     groupValue = chords.groups.reduce((acc, g) => { acc[g.index] = g.value; return acc; }, []);
@@ -124,9 +155,11 @@
       .attr("data-target", (c) => names[c.target.index])
       .attr("d", ribbon)
       .attr("fill", (c) => color(names[leaf(c)]))
+      .attr("data-vnis", (c) => byVni(perVni.pair.get(pairKey(c))).map(([v]) => v).join(","))
       .selectAll("title").data((c) => [c]).join("title")
       .text((c) => `${names[c.source.index]} → ${names[c.target.index]}: ${bytes(c.source.value)}\n` +
-        `${names[c.target.index]} → ${names[c.source.index]}: ${bytes(c.target.value)}`);
+        `${names[c.target.index]} → ${names[c.source.index]}: ${bytes(c.target.value)}\n` +
+        byVni(perVni.pair.get(pairKey(c))).map(([v, n]) => `VNI ${v}: ${bytes(n)}`).join("\n"));
 
     arcLayer.selectAll("path.arc")
       .data(chords.groups, (g) => names[g.index])
@@ -142,23 +175,71 @@
       .selectAll("title").data((g) => [g]).join("title")
       .text((g) => `${names[g.index]}: ${bytes(g.value)} sent and received`);
 
+    // the VNI ring: each host's arc split by its VNIs' shares of its bytes
+    const bands = chords.groups.flatMap((g) => {
+      const parts = byVni(perVni.host.get(names[g.index]));
+      const total = parts.reduce((acc, [, n]) => acc + n, 0) || 1;
+      let at = g.startAngle;
+      return parts.map(([vni, n]) => {
+        const end = at + (g.endAngle - g.startAngle) * n / total;
+        const band = { host: names[g.index], vni, bytes: n, startAngle: at, endAngle: end };
+        at = end;
+        return band;
+      });
+    });
+    vniLayer.selectAll("path.vni")
+      .data(bands, (b) => b.host + "|" + b.vni)
+      .join("path")
+      .attr("class", "vni")
+      .attr("data-host", (b) => b.host)
+      .attr("data-vni", (b) => b.vni)
+      .attr("d", vniArc)
+      .attr("fill", (b) => vniColor(b.vni))
+      .selectAll("title").data((b) => [b]).join("title")
+      .text((b) => `${b.host}, VNI ${b.vni}: ${bytes(b.bytes)} sent and received`);
+
+    const vnisOf = (g) => byVni(perVni.host.get(names[g.index])).map(([v]) => v);
     labelLayer.selectAll("text.label")
       .data(chords.groups, (g) => names[g.index])
       .join("text")
       .attr("class", "label")
       .classed("selected", (g) => names[g.index] === sel)
+      .attr("data-host", (g) => names[g.index])
+      .attr("data-vnis", (g) => vnisOf(g).join(","))
       .each(function (g) {
         const a = (g.startAngle + g.endAngle) / 2;
-        const r = RADIUS + THICK + 8;
+        const r = RADIUS + THICK + GAP + RING + 8;
         const flip = a > Math.PI;
-        d3.select(this)
+        const text = d3.select(this)
           .attr("transform", `rotate(${(a * 180 / Math.PI) - 90}) translate(${r}) ${flip ? "rotate(180)" : ""}`)
-          .attr("text-anchor", flip ? "end" : "start")
-          .attr("dy", "0.35em");
+          .attr("text-anchor", flip ? "end" : "start");
+        // two lines: the host, then its VNIs
+        text.selectAll("tspan").data([names[g.index], "VNI " + vnisOf(g).join(", ")]).join("tspan")
+          .attr("x", 0)
+          .attr("dy", (_, i) => i ? "1.2em" : "-0.25em")
+          .attr("class", (_, i) => i ? "vnis" : "host")
+          .text((line) => line);
       })
-      .text((g) => names[g.index])
       .on("click", (event, g) => select(names[g.index]));
+
+    // the legend: one swatch per VNI shown
+    const vnis = [...new Set(bands.map((b) => b.vni))].sort((a, b) => a - b);
+    const entries = legendLayer.attr("transform", "translate(-450, -445)")
+      .selectAll("g.entry").data(vnis, (v) => v).join((enter) => {
+        const e = enter.append("g").attr("class", "entry");
+        e.append("rect").attr("width", 12).attr("height", 12).attr("y", -10);
+        e.append("text").attr("x", 18);
+        return e;
+      });
+    entries.attr("transform", (_, i) => `translate(0, ${i * 18})`).attr("data-vni", (v) => v);
+    entries.select("rect").attr("fill", (v) => vniColor(v));
+    entries.select("text").text((v) => "VNI " + v);
   }
+
+  function pairKey(c) {
+    return [hostNames[c.source.index], hostNames[c.target.index]].sort(compareAddr).join("|");
+  }
+  let hostNames = [];
 
   // A ribbon takes the colour of its end with less traffic overall: seen from
   // one monitored host (a star) each ribbon then has its peer's colour.
