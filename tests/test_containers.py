@@ -43,6 +43,7 @@ from pytrace.tools.soconnlat import SoConnLat
 from pytrace.tools.sofamily import SoFamily
 from pytrace.tools.solisten import SoListen
 from pytrace.tools.soprotocol import SoProtocol
+from pytrace.tools.sofdsnoop import SoFdSnoop
 from pytrace.tools.superping import SuperPing
 from pytrace.tools.tcpaccept import TcpAccept
 from pytrace.tools.tcpconnect import TcpConnect
@@ -251,18 +252,18 @@ def test_kubelet_cgroup_layout_labels_and_follow(lab):
 
 INTERVAL_TOOLS = {
     # name: (class, keywords, read(tracer) -> (amount, pids or None, ports or None))
-    "sockstat": (SockStat, {}, lambda t: (sum(t.snapshot().counts.values()), None, None)),
+    "sockstat": (SockStat, {}, lambda t: (sum(t.counts().values()), None, None)),
     "sofamily": (SoFamily, {}, lambda t: (sum(c.count for c in t.counts()), {c.pid for c in t.counts()}, None)),
     "soprotocol": (SoProtocol, {}, lambda t: (sum(c.count for c in t.counts()), {c.pid for c in t.counts()},
                                               None)),
-    "soconnlat": (SoConnLat, {}, lambda t: (sum(h.hist.count for h in t.histograms()),
-                                            {h.pid for h in t.histograms()}, None)),
+    "soconnlat": (SoConnLat, {}, lambda t: (sum(h.count for h in t.histograms().values()),
+                                            {k.pid for k in t.histograms()}, None)),
     "so1stbyte": (So1stByte, {}, lambda t: (sum(h.count for h in t.histograms().values()),
-                                            {k[0] for k in t.histograms()}, None)),
+                                            {k.pid for k in t.histograms()}, None)),
     "socketio": (SocketIO, {}, lambda t: (sum(f.calls for f in t.flows()), {f.pid for f in t.flows()},
                                           {p for f in t.flows() for p in (f.rport,)})),
     "socksize": (SockSize, {}, lambda t: (sum(h.count for h in t.histograms().values()),
-                                          {k[0] for k in t.histograms()}, None)),
+                                          {k.pid for k in t.histograms()}, None)),
     "sockrmem": (SockRmem, {}, lambda t: (t.histograms()[0].count, None, None)),
     "tcptop": (TcpTop, {}, lambda t: (sum(f.tx_bytes + f.rx_bytes for f in t.read()), {f.pid for f in t.read()},
                                       {p for f in t.read() for p in (f.lport, f.rport)})),
@@ -442,7 +443,7 @@ def test_cli_bad_filters_one_line(lab):
 ALL_TOOLS = [TcpConnect, TcpConnLat, TcpAccept, TcpTracer, TcpLife, TcpStates, TcpPktLat, TcpWin, TcpRetrans, TcpDrop,
              SoConnect, SoAccept, UdpConnect, SoListen, GetHostLatency, SuperPing, SockStat, SoFamily,
              SoProtocol, SoConnLat, So1stByte, SocketIO, SockSize, SockRmem, TcpTop, TcpRtt, TcpSynBl, TcpSubnet,
-             TracepointCount]
+             TracepointCount, SoFdSnoop]
 
 
 def _variants() -> list:

@@ -210,3 +210,23 @@ def test_influx_gets_each_key_as_a_tagged_point(influx):
     assert [(r["tracepoint"], r["key.ret"], r["count"], r["tracepoints"]) for r in rows if r["tracepoint"]] \
         == [("syscalls:sys_exit_connect", "-111", 3, None)]
     assert [r["tracepoints"] for r in rows if not r["tracepoint"]] == [1]
+
+
+def test_user_stack_of_an_exited_process_is_named():
+    """The user stacks stackcount -U prints (TracepointCount's ustacks map):
+    kept by build id, so a client that exited before the print is named, not
+    printed as 0x7f... addresses (issue 20)."""
+    import subprocess
+    import sys
+    from pytrace.core.usyms import process_symbols
+    with socket.socket() as srv, TracepointCount(["syscalls:sys_enter_connect"], user_stack=True) as c:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        code = f"import socket; socket.create_connection(('127.0.0.1', {srv.getsockname()[1]})).close()"
+        child = subprocess.Popen([sys.executable, "-c", code])
+        assert child.wait(10) == 0
+        assert not os.path.exists(f"/proc/{child.pid}")
+        mine = [pc for pc in c.counts() if pc.pid == child.pid]
+    assert [pc.count for pc in mine] == [1]
+    first = process_symbols(child.pid).stack(mine[0].ustack)[0]
+    assert "connect" in first and not first.startswith(("0x", "[build id"))

@@ -1,6 +1,6 @@
 """soaccept, soconnect and udpconnect with --record FILE: `pytrace replay FILE`
-prints the live output again byte for byte (their renderers are module-level
-renderer(source, args, out), core/socklayer.call_renderer), and --json of the
+prints the live output again byte for byte (their text is their SPEC's
+columns), and --json of the
 same recording holds exactly the calls this process made."""
 
 from __future__ import annotations
@@ -58,19 +58,19 @@ def connects() -> list[tuple]:
 
 
 def udp_connects() -> list[tuple]:
-    """UDP connects, v4 and v6.  Returns (ip, raddr, rport) per call."""
+    """UDP connects, v4 and v6.  Returns (family, raddr, rport) per call."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u4, \
             socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u6:
         u4.connect(("127.0.0.1", 7777))
         u6.connect(("::1", 7778))
-    return [(4, "127.0.0.1", 7777), (6, "::1", 7778)]
+    return [("AF_INET", "127.0.0.1", 7777), ("AF_INET6", "::1", 7778)]
 
 
 # tool, flags, tracer class, the calls, what of a JSON record they predict
 CASES: list[tuple[str, list[str], type, Callable[[], list[tuple]], Callable[[dict], tuple]]] = [
     ("soaccept", ["-T"], SoAccept, accepts, lambda r: (r["addr"], r["port"], r["lport"], r["result"])),
     ("soconnect", ["-T"], SoConnect, connects, lambda r: (r["addr"], r["port"], r["ret"], r["result"])),
-    ("udpconnect", [], UdpConnect, udp_connects, lambda r: (r["ip"], r["raddr"], r["rport"])),
+    ("udpconnect", [], UdpConnect, udp_connects, lambda r: (r["family"], r["raddr"], r["rport"])),
 ]
 
 

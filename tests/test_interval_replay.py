@@ -76,7 +76,7 @@ def sofamily(rows: list[dict], js: list[dict], ports) -> None:
     got = Counter()
     for r in js:
         assert r["pid"] == ME
-        got[(r["kind"], r["family_name"])] += r["count"]
+        got[(r["kind"], r["family"])] += r["count"]
     assert got == {("socket", "AF_INET"): N + 1, ("connect", "AF_INET"): N, ("accept", "AF_INET"): N}
     assert sum(int(r["count"]) for r in rows) == 3 * N + 1
 
@@ -84,7 +84,7 @@ def sofamily(rows: list[dict], js: list[dict], ports) -> None:
 def soprotocol(rows, js, ports) -> None:
     got = Counter()
     for r in js:
-        got[(r["kind"], r["kproto"], r["protocol_name"])] += r["count"]
+        got[(r["kind"], r["kproto"], r["protocol"])] += r["count"]
     assert got == {("connect", "TCP", "IPPROTO_TCP"): N, ("accept", "TCP", "IPPROTO_TCP"): N}
 
 
@@ -121,7 +121,7 @@ def soconnlat(rows, js, ports) -> None:
 def sockstat(rows, js, ports) -> None:
     total = Counter()
     for r in js:
-        total.update({k: v for k, v in r.items() if k != "ts"})
+        total[r["counter"]] += r["count"]
     assert total == {"socket": N + 1, "socketpair": 0, "bind": 1, "connect": N, "accept": 0, "accept4": N,
                      "send": 2 * N, "recv": 2 * N}
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import Cli
+from helpers import Cli, run_cli
 from netlab import QuietHosts, bad_input, forced_hook_fails_cleanly, kprobe_programs_verify, released_after_exit
 from matrix import opened, variants
 from pytrace.tools.ipecn import IpEcn
@@ -61,7 +61,7 @@ def test_ce_marked_udp_is_seen_and_unmarked_is_not(hook, family):
     assert len(evs) == 4
     for e in evs:
         assert (e.family, str(e.saddr), str(e.daddr), e.dport, e.protocol) == (family, a, b, dport, 17)
-        assert (e.ecn_name, e.dscp, e.length, e.dev, e.netns) == ("CE", 0, iplen, "b0", ino)
+        assert (e.ecn, e.dscp, e.length, e.dev, e.netns) == ("CE", 0, iplen, "b0", ino)
 
 
 def test_all_ect_adds_ect_marks():
@@ -73,7 +73,7 @@ def test_all_ect_adds_ect_marks():
             ect0 = send_udp(net, socket.AF_INET, 2, dport, 2)
             ect1 = send_udp(net, socket.AF_INET, 1 | (10 << 2), dport, 1)   # DSCP 10 + ECT(1)
             evs = collect(tracer, 3)
-    got = sorted((e.sport, e.ecn_name, e.dscp) for e in evs)
+    got = sorted((e.sport, e.ecn, e.dscp) for e in evs)
     assert got == sorted([(ect0, "ECT(0)", 0), (ect0, "ECT(0)", 0), (ect1, "ECT(1)", 10)])
     assert plain not in {e.sport for e in evs}
 
@@ -96,9 +96,30 @@ def test_cli_text_and_json():
     assert lines[0] == "Tracing inbound IPv4/IPv6 ECN Congestion Encountered packets. Hit Ctrl-C to end."
     assert line and time.strptime(line.split()[0], "%H:%M:%S"), lines
     rec = json.loads(jline)
-    assert {k: rec[k] for k in ("ip", "ecn", "protocol", "saddr", "sport", "daddr", "dport", "len", "dev")} == \
-        {"ip": 4, "ecn": "CE", "protocol": "IPPROTO_UDP", "saddr": "192.0.2.1", "sport": sport,
-         "daddr": "192.0.2.2", "dport": dport, "len": PAYLOAD + 28, "dev": "b0"}
+    assert {k: rec[k] for k in ("family", "ecn", "protocol", "saddr", "sport", "daddr", "dport", "length", "dev")} == \
+        {"family": "AF_INET", "ecn": "CE", "protocol": "IPPROTO_UDP", "saddr": "192.0.2.1", "sport": sport,
+         "daddr": "192.0.2.2", "dport": dport, "length": PAYLOAD + 28, "dev": "b0"}
+
+
+def test_replay_keeps_the_intro(tmp_path):
+    """pytrace replay printed ipecn's records without its intro line (issue 20)."""
+    path = str(tmp_path / "ecn.db")
+    dport = random.randint(20000, 60000)
+    with QuietHosts("ecnr") as net:
+        cli = Cli("ipecn", "--record", path, "--netns-id", str(net.inode(net.ns_b)))
+        try:
+            sport = send_udp(net, socket.AF_INET, 3, dport, 2)
+            want = f" ECN CE from: 192.0.2.1 to: 192.0.2.2 UDP {sport} > {dport} dev b0"
+            assert cli.read_until(lambda s: s.endswith(want))
+            assert cli.read_until(lambda s: s.endswith(want))
+        finally:
+            rc, lines, err = cli.stop()
+    assert rc == 0, err
+    assert lines[0] == "Tracing inbound IPv4/IPv6 ECN Congestion Encountered packets. Hit Ctrl-C to end."
+    assert len(lines) == 3
+    replayed = run_cli("replay", path)
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.splitlines() == lines
 
 
 def test_kprobe_variant_verifies():

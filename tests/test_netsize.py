@@ -64,7 +64,7 @@ def slots_of(values) -> tuple[int, ...]:
 
 
 def by_kind(hists, dev: str) -> dict:
-    return {h.kind: h.hist for h in hists if h.dev == dev}
+    return {k.kind: h for k, h in hists.items() if k.dev == dev}
 
 
 def send_udp(net: QuietHosts, sizes=SIZES) -> None:
@@ -90,7 +90,7 @@ def test_udp_sizes_at_the_four_points(hook):
     tx = [n + 8 + 20 + 14 for n in SIZES]    # skb->len on transmit: with the Ethernet header
     rx = [n + 8 + 20 for n in SIZES]         # on receive: without it
     a, b = by_kind(ha, "a0"), by_kind(hb, "b0")
-    assert {h.dev for h in ha} == {"a0"} and {h.dev for h in hb} == {"b0"}
+    assert {k.dev for k in ha} == {"a0"} and {k.dev for k in hb} == {"b0"}
     assert set(a) == {"send", "nic_send"} and set(b) == {"recv", "nic_recv"}
     for h, sizes in ((a["send"], tx), (a["nic_send"], tx), (b["recv"], rx), (b["nic_recv"], rx)):
         assert (h.unit, h.count, h.sum, h.slots) == ("bytes", len(sizes), sum(sizes), slots_of(sizes))
@@ -143,11 +143,11 @@ def test_dev_filter_and_clear():
             first = only_b0.histograms(clear=True)
             after = only_b0.histograms()
             none = nothing.histograms()
-    mine = [h for h in first if h.netns == ino_b]
-    assert {(h.dev, h.kind, h.hist.count) for h in mine} >= {("b0", "recv", 2)}
-    assert {h.dev for h in first} == {"b0"}
-    assert not [h for h in after if h.netns == ino_b]
-    assert none == []
+    mine = {k: h for k, h in first.items() if k.netns == ino_b}
+    assert {(k.dev, k.kind, h.count) for k, h in mine.items()} >= {("b0", "recv", 2)}
+    assert {k.dev for k in first} == {"b0"}
+    assert not [k for k in after if k.netns == ino_b]
+    assert none == {}
 
 
 def test_cli_text_and_json():
@@ -173,7 +173,7 @@ def test_cli_text_and_json():
     recs = {r["kind"]: r for r in (json.loads(s) for s in jlines if s.startswith("{"))}
     assert set(recs) == {"send", "nic_send", "recv"}   # recv: B's ICMP port unreachables
     assert (recs["send"]["dev"], recs["send"]["netns"], recs["send"]["count"], recs["send"]["sum"]) == \
-        ("a0", str(ino), 2, 142 + 342)
+        ("a0", ino, 2, 142 + 342)
 
 
 @pytest.mark.parametrize("args", [["-D", "a/b"], ["-D", "x" * 16], ["--netns-id", "0"], ["-i", "x"],

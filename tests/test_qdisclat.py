@@ -35,7 +35,7 @@ def wait_count(t: QdiscLat, n: int, timeout: float = 3.0) -> list:
     end = time.monotonic() + timeout
     while True:
         hs = t.histograms()
-        if sum(q.hist.count for q in hs) >= n or time.monotonic() > end:
+        if sum(h.count for h in hs.values()) >= n or time.monotonic() > end:
             return hs
         time.sleep(0.05)
 
@@ -54,9 +54,9 @@ def test_tbf_queueing(hook):
             assert t.variant.hook == hook
             blast(net)
             hs = wait_count(t, N)
-    assert [(q.kind, q.handle_text, q.parent_text, q.dev, q.netns, q.hist.unit, q.hist.count) for q in hs] == \
+    assert [(q.qdisc, q.handle, q.parent, q.dev, q.netns, h.unit, h.count) for q, h in hs.items()] == \
         [("tbf", "10:", "root", "a0", ino, "usecs", N)]
-    h = hs[0].hist
+    (h,) = hs.values()
     # the last packet waited for the bucket to refill (minus the time the sends took)
     assert h.buckets()[-1][1] >= last_wait_us() * 0.8
     assert h.sum >= last_wait_us() * 0.8
@@ -72,7 +72,7 @@ def test_bypass_path_is_not_seen():
                 time.sleep(0.01)          # the queue is empty each time: bypass
             s.close()
             time.sleep(0.1)
-            assert t.histograms() == []
+            assert t.histograms() == {}
 
 
 def test_dev_filter_nanoseconds_and_clear():
@@ -85,8 +85,8 @@ def test_dev_filter_nanoseconds_and_clear():
             t.histograms(clear=True)
             after = t.histograms()
             nothing = none.histograms()
-    assert [(q.hist.unit, q.hist.count) for q in first] == [("nsecs", 3)]
-    assert after == [] and nothing == []
+    assert [(h.unit, h.count) for h in first.values()] == [("nsecs", 3)]
+    assert after == {} and nothing == {}
 
 
 def test_handle_text():

@@ -60,4 +60,4 @@ def test_cli_json_and_lport_filter():
         rc, lines, err = cli.stop()
     assert rc == 0, err
     (rec,) = cli.json_records()
-    assert (rec["addr"], rec["port"], rec["lport"], rec["ip"]) == ("127.0.0.1", cport, port, 4)
+    assert (rec["addr"], rec["port"], rec["lport"], rec["family"]) == ("127.0.0.1", cport, port, "AF_INET")

@@ -82,7 +82,7 @@ def slots(*values: int) -> tuple[int, ...]:
 def test_socksize_histograms_exact(hook):
     with opened(SockSize, hook, pid=ME) as t:
         workload()
-        hists = t.histograms()
+        hists = {key.values(): h for key, h in t.histograms().items()}     # SockSizeKey (pid, comm, dir)
     assert set(hists) == {(ME, COMM, "send"), (ME, COMM, "recv")}
     for d in ("send", "recv"):
         h = hists[(ME, COMM, d)]

@@ -90,8 +90,8 @@ def test_cli_text_and_json():
     assert cli.read_until(lambda line: str(port) in line)
     rc, lines, err = cli.stop()
     (rec,) = cli.json_records()
-    assert (rec["ip"], rec["addr"], rec["port"], rec["ret"], rec["result"]) == \
-        (6, "::1", port, -111, "Connect refused")
+    assert (rec["family"], rec["addr"], rec["port"], rec["ret"], rec["result"]) == \
+        ("AF_INET6", "::1", port, -111, "Connect refused")
 
 
 def test_bad_port_exits_2():

@@ -6,6 +6,8 @@ import errno
 import os
 import select
 import socket
+import subprocess
+import sys
 import time
 
 from helpers import free_port
@@ -31,11 +33,28 @@ def test_blocking_connects_with_user_stacks():
         hists = t.histograms()
         for s in socks:
             s.close()
-    assert sum(h.hist.count for h in hists) == 4
-    assert sum(h.hist.sum for h in hists) <= elapsed_us
-    for h in hists:
-        assert (h.pid, h.hist.unit) == (ME, "usecs")
-        assert "connect" in h.frames()[0]             # libc's connect() wrapper
+    assert sum(h.count for h in hists.values()) == 4
+    assert sum(h.sum for h in hists.values()) <= elapsed_us
+    for k, h in hists.items():
+        assert (k.pid, h.unit) == (ME, "usecs")
+        assert "connect" in k.ustack[0]               # libc's connect() wrapper
+
+
+def test_stack_of_a_client_that_exited_is_named():
+    """A short-lived client connects and exits before the histograms are read:
+    its stack is still named (issue 20: it printed raw addresses, the
+    process's mappings being gone)."""
+    with socket.socket() as srv, SoConnLat() as t:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        code = f"import socket; socket.create_connection(('127.0.0.1', {srv.getsockname()[1]})).close()"
+        child = subprocess.Popen([sys.executable, "-c", code])
+        assert child.wait(10) == 0
+        assert not os.path.exists(f"/proc/{child.pid}")         # reaped: its maps are gone
+        hists = {k: h for k, h in t.histograms().items() if k.pid == child.pid}
+    assert [h.count for h in hists.values()] == [1]
+    (key,) = hists
+    assert "connect" in key.ustack[0] and not key.ustack[0].startswith(("0x", "[build id"))
 
 
 def test_nonblocking_connect_ends_at_poll():
@@ -53,13 +72,13 @@ def test_nonblocking_connect_ends_at_poll():
         p.register(c, select.POLLOUT)
         assert p.poll(5000)
         elapsed_us = (time.monotonic_ns() - t0) / 1000
-        (h,) = t.histograms()
+        ((k, h),) = t.histograms().items()
         c.close()
-    assert h.ustack is None and h.frames() == []
-    assert h.hist.count == 1
-    assert delay * 1e6 <= h.hist.sum <= elapsed_us
-    (low, high, n), = [b for b in h.hist.buckets() if b[2]]
-    assert low <= h.hist.sum <= high
+    assert k.ustack is None
+    assert h.count == 1
+    assert delay * 1e6 <= h.sum <= elapsed_us
+    (low, high, n), = [b for b in h.buckets() if b[2]]
+    assert low <= h.sum <= high
 
 
 def test_cli_json():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from helpers import run_cli
+from helpers import free_port, run_cli
 from ready import started
 from matrix import covers
 from pytrace.tools.count import TracepointCount
@@ -78,6 +80,66 @@ def test_cli_json_user_stacks():
     assert sum(r["count"] for r in recs) == 3
     assert all(r["pid"] == ME and r["kstack"] is None and "connect" in r["ustack"][0] for r in recs)
     assert all(len(r["ustack_addrs"]) == len(r["ustack"]) for r in recs)
+
+
+def exited_client(connects: int) -> int:
+    """A child process that makes `connects` refused connects and exits, reaped: its PID."""
+    code = (f"import socket\nfor _ in range({connects}):\n    s = socket.socket()\n"
+            f"    s.connect_ex(('127.0.0.1', {free_port()}))\n    s.close()\n")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    assert child.wait(10) == 0
+    assert not os.path.exists(f"/proc/{child.pid}")         # reaped: its maps are gone
+    return child.pid
+
+
+def test_user_stacks_of_a_process_that_exited_are_named():
+    """Issue 20: -U printed raw addresses (0x7f...) for a process gone before the print."""
+    with TracepointCount(["syscalls:sys_enter_connect"], user_stack=True) as c:
+        pid = exited_client(2)
+        got = [pc for pc in c.counts() if pc.pid == pid]
+    assert sum(pc.count for pc in got) == 2
+    for pc in got:
+        _, u = frames(pc)
+        assert "connect" in u[0] and not any(f.startswith("0x") for f in u), u
+
+
+def test_cli_user_stacks_of_a_process_that_exited_are_named():
+    cli = started("stackcount", "-U", "--json", "syscalls:sys_enter_connect", links=1)
+    pid = exited_client(3)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    recs = [r for r in cli.json_records() if r["pid"] == pid]
+    assert sum(r["count"] for r in recs) == 3
+    for r in recs:
+        assert "connect" in r["ustack"][0] and not any(f.startswith("0x") for f in r["ustack"]), r["ustack"]
+
+    cli = started("stackcount", "-U", "syscalls:sys_enter_connect", links=1)
+    pid = exited_client(1)
+    rc, lines, err = cli.stop()
+    assert rc == 0, err
+    at = next(i for i, line in enumerate(lines) if line.startswith("    ") and line.endswith(f" [{pid}]"))
+    assert lines[at + 1].strip() == "1"
+    stack = []
+    for line in reversed(lines[1:at]):          # its frames, above its "comm [pid]" line
+        if not line.startswith("  ") or line.startswith("    "):
+            break
+        stack.insert(0, line.strip())
+    assert "connect" in stack[0] and not any(f.startswith("0x") for f in stack), stack
+
+
+def test_a_frame_beyond_its_file_is_unknown():
+    """A build-id frame whose offset lies past the end of its file is a return
+    address the frame-pointer walk made up: "[unknown]" (as BCC prints it), not
+    "python3.11+0xffff..."."""
+    from pytrace.core import usyms
+    path = os.path.realpath(sys.executable)
+    bid = usyms.elf_build_id(path)
+    if bid is None:
+        import pytest
+        pytest.skip(f"{path} has no GNU build id note")
+    usyms.build_ids().add(path)
+    assert usyms.build_id_frame_name(bid, os.path.getsize(path) + 4096) == "[unknown]"
+    assert usyms.build_id_frame_name(bid, 0x10) != "[unknown]"
 
 
 def test_unknown_tracepoint_exits_2_with_near_matches():

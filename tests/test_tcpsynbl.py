@@ -125,7 +125,7 @@ def test_cli_text_and_json():
     assert len(recs) == 1
     rec = recs[0]
     assert (rec["backlog_max"], rec["after_enqueue"], rec["unit"], rec["count"], rec["sum"]) == \
-        ("9", 1, "backlog", 2, 3)
+        (9, 1, "backlog", 2, 3)
 
 
 @pytest.mark.parametrize("args", [["0"], ["1", "x"], ["-L", "http"], ["-4", "-6"], ["--hook", "nope"],

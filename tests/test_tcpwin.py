@@ -114,7 +114,8 @@ def test_cli_csv_and_json():
     assert times == sorted(times)
     import json
     rec = json.loads(jline)
-    assert (rec["lport"], rec["rport"], rec["sk_sndbuf"]) == (c.port, c.cport, 2 * SNDBUF)
+    assert (rec["lport"], rec["rport"], rec["sndbuf"], rec["skaddr"]) == \
+        (c.port, c.cport, 2 * SNDBUF, table[0]["sock"][2:])
 
 
 def test_kprobe_variant_verifies():

@@ -95,6 +95,19 @@ struct stackcount_row {
 
 struct stackcount_row _stackcount_row = {};
 
+/*
+ * User stacks: each frame kept as its ELF file's build id and file offset,
+ * so that a process that exited before the print is still named
+ * (core/usyms.py).  A map of its own: kernel stacks stay 8 bytes a frame.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 8192);	/* set to 1 by user space when no user stacks are kept */
+	__uint(map_flags, BPF_F_STACK_BUILD_ID);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, MAX_STACK_DEPTH * sizeof(struct bpf_stack_build_id));
+} ustacks SEC(".maps");
+
 /* Hits that found the counts table full: reported, never lost silently. */
 __u64 dropped = 0;
 
@@ -213,7 +226,7 @@ static __always_inline int count_hit(void *ctx, __u32 probe)
 	if (kernel_stacks)
 		key.kstack = bpf_get_stackid(ctx, &stacks, kstack_skip & BPF_F_SKIP_FIELD_MASK);
 	if (user_stacks)
-		key.ustack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+		key.ustack = bpf_get_stackid(ctx, &ustacks, BPF_F_USER_STACK);
 
 	val = bpf_map_lookup_elem(&counts, &key);
 	if (val) {

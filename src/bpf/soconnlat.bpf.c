@@ -8,7 +8,9 @@
  * or epoll wait that returns ready descriptors (as the book does; a wait for
  * unrelated descriptors in between ends it early).  The user stack is taken
  * at sys_enter_connect; it goes past the first frame only where the calling
- * code keeps frame pointers.
+ * code keeps frame pointers.  Its frames are kept as build id and file
+ * offset (BPF_F_STACK_BUILD_ID), so they can be named after the process
+ * exited: the usual case for short-lived clients (core/usyms.py).
  */
 #include "socklayer.h"
 
@@ -28,9 +30,10 @@ CONNECT_CALLS(calls);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 2048);
+	__uint(map_flags, BPF_F_STACK_BUILD_ID);
 	__uint(key_size, sizeof(__u32));
-	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+	__uint(value_size, MAX_STACK_DEPTH * sizeof(struct bpf_stack_build_id));
 } stacks SEC(".maps");
 
 struct {

@@ -14,6 +14,14 @@
  *    netif_receive_skb (reply off the device).  This is measured at device
  *    level, so it excludes the local IP stack and includes the qdisc.
  *
+ * One ping is one round trip: the request is remembered where it leaves a
+ * socket (skb->sk set: the namespace that sent it), on the first device it
+ * is queued to there (a bridge's port after the bridge is the same skb).  On
+ * its way through other namespaces (veth pairs, a router, a bridge, VXLAN)
+ * the device-level hooks see it again, without a socket: with all_crossings
+ * each of those is remembered too, keyed by its namespace, and its reply
+ * there is reported as a crossing (crossing = true), inner hops first.
+ *
  * Requests are remembered by (netns, family, id, seq, pinged address), so
  * pings from different namespaces or to different hosts cannot be confused;
  * the reply is matched on its source address.  The pinging task (pid, comm)
@@ -37,7 +45,8 @@ struct superping_event {
 	__u16 family;
 	__u16 id;		/* host order */
 	__u16 seq;
-	__u16 pad;
+	bool crossing;		/* a namespace the request crossed, not the one that sent it */
+	__u8 pad;
 	__u8 saddr[16];		/* request source (this host) */
 	__u8 daddr[16];		/* request destination (the pinged host) */
 	char comm[TASK_COMM_LEN];
@@ -54,15 +63,18 @@ struct ping_key {
 
 struct ping_start {
 	__u64 ts_ns;
+	__u64 skb;		/* the request's skb where it was first queued */
 	__u64 cgroup_id;
 	__u32 pid;
-	__u32 pad;
+	bool crossing;
+	__u8 pad[3];
 	__u8 local[16];
 	char comm[TASK_COMM_LEN];
 };
 
 const volatile __u32 targ_tgid = 0;	/* -p: requests of this process only */
 const volatile __u16 target_family = 0;
+const volatile bool all_crossings = false;	/* -w: every namespace crossing, not only the round trip */
 
 /* LRU: a request never answered must not stay forever. */
 struct {
@@ -111,17 +123,26 @@ static __always_inline bool echo_at(const unsigned char *nh, int want_reply, __u
 static __always_inline int request_out(const struct sk_buff *skb)
 {
 	struct ping_key key = {};
-	struct ping_start st = {};
+	struct ping_start st = {}, *seen;
 	struct pkt_ip ip;
 	__u64 id = bpf_get_current_pid_tgid();
+	bool sent_here = BPF_CORE_READ(skb, sk) != NULL;
 
 	if (targ_tgid && (id >> 32) != targ_tgid)
+		return 0;
+	if (!sent_here && !all_crossings)
 		return 0;
 	if (!echo_at(skb_nh(skb), 0, skb_netns(skb, NULL), &key, &ip))
 		return 0;
 	if (!pt_task_wanted())		/* the sender's cgroup and namespaces */
 		return 0;
+	/* the same packet queued to a further device of this namespace (a bridge, then its port) */
+	seen = bpf_map_lookup_elem(&requests, &key);
+	if (seen && seen->skb == (__u64)(unsigned long)skb)
+		return 0;
 	st.ts_ns = bpf_ktime_get_ns();
+	st.skb = (__u64)(unsigned long)skb;
+	st.crossing = !sent_here;
 	st.cgroup_id = pt_task_cgroup_label();
 	st.pid = id >> 32;
 	__builtin_memcpy(st.local, ip.saddr, 16);
@@ -154,6 +175,7 @@ static __always_inline int reply_in(const struct sk_buff *skb, const unsigned ch
 		e->family = key.family;
 		e->id = bpf_ntohs(key.id);
 		e->seq = bpf_ntohs(key.seq);
+		e->crossing = st->crossing;
 		e->pad = 0;
 		__builtin_memcpy(e->saddr, st->local, 16);
 		__builtin_memcpy(e->daddr, key.peer, 16);

@@ -21,6 +21,8 @@
 
 struct tcpsynbl_key {
 	__u64 backlog_max;
+	__u32 after_enqueue;	/* sampled after the connection was queued (+1): sk_data_ready */
+	__u32 pad;
 };
 
 const volatile __u16 target_family = 0;		/* 0: both (family of the listener) */
@@ -34,7 +36,7 @@ struct {
 	__type(value, struct log2_hist);
 } hists SEC(".maps");
 
-static __always_inline int account(const struct sock *sk, bool from_v4_fn)
+static __always_inline int account(const struct sock *sk, bool from_v4_fn, bool after_enqueue)
 {
 	struct tcpsynbl_key key = {};
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -48,6 +50,7 @@ static __always_inline int account(const struct sock *sk, bool from_v4_fn)
 	if (!pt_sk_wanted(sk))		/* the listener's cgroup and netns (filter.h) */
 		return 0;
 	key.backlog_max = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	key.after_enqueue = after_enqueue;
 	hist_add(&hists, &key, BPF_CORE_READ(sk, sk_ack_backlog));
 	return 0;
 }
@@ -55,25 +58,25 @@ static __always_inline int account(const struct sock *sk, bool from_v4_fn)
 SEC("fentry/tcp_v4_syn_recv_sock")
 int BPF_PROG(tcpsynbl_fentry_v4, const struct sock *sk)
 {
-	return account(sk, true);
+	return account(sk, true, false);
 }
 
 SEC("fentry/tcp_v6_syn_recv_sock")
 int BPF_PROG(tcpsynbl_fentry_v6, const struct sock *sk)
 {
-	return account(sk, false);
+	return account(sk, false, false);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
 int BPF_KPROBE(tcpsynbl_kprobe_v4, const struct sock *sk)
 {
-	return account(sk, true);
+	return account(sk, true, false);
 }
 
 SEC("kprobe/tcp_v6_syn_recv_sock")
 int BPF_KPROBE(tcpsynbl_kprobe_v6, const struct sock *sk)
 {
-	return account(sk, false);
+	return account(sk, false, false);
 }
 
 /* sk_data_ready fires for every socket that gets data: keep listeners. */
@@ -82,7 +85,7 @@ static __always_inline int data_ready(const struct sock *sk)
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN ||
 	    BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	return account(sk, false);
+	return account(sk, false, true);
 }
 
 TP_BTF_AND_RAW_TP("sk_data_ready", tcpsynbl_tp_btf, tcpsynbl_raw_tp,

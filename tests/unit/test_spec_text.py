@@ -70,3 +70,14 @@ def test_a_table_of_rows():
     assert text == ("PID   COMM ADDR               KB\n"
                     "1     pyth ::ffff:192.0.2.1:80    4\n"
                     "22    sh   192.0.2.2:443       0\n")
+
+
+def test_time_since_the_first_event():
+    """form="since_first": BCC's TIME(s), 0 at the first record printed, not at the tool's start."""
+    columns = (Column("TIME(s)", "ts_ns", width=13, form="since_first", precision=".9"), Column("FMT", "fmt"))
+    out = captured_output()
+    render = event_text(columns, EVENT, Source(), SimpleNamespace(), out)
+    first = raw("192.0.2.1", 80, 0, 1)
+    out.write(render([first[:-1] + (5 * 10**9,), first[:-1] + (5 * 10**9 + 1500,)]))
+    out.write(render([first[:-1] + (7 * 10**9 + 250_000_000,)]))
+    assert printed_lines(out) == ["TIME(s)       FMT", "0.000000000   80", "0.000001500   80", "2.250000000   80"]

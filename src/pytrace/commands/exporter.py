@@ -23,6 +23,13 @@ The config (TOML) names which tools run and what becomes a metric:
     name = "tcp_session_seconds"
 
 Read when Prometheus scrapes /metrics (sinks/prometheus.py MAP_COLLECTORS):
+  any table, top or histogram tool (sofamily, socketio, skbdrop, count, nstat,
+             so1stbyte, soconnlat, netsize, qdisclat, tcpsynbl, ...): what its
+             output shows each interval, from its SPEC, never reset: each row's
+             numbers as counters pytrace_<tool>_<value>_total (labelled by the
+             row; count_by sums over the other labels), each histogram as a
+             Prometheus histogram pytrace_<tool>_seconds (or _bytes), labelled
+             by what it is for; a mixed tool (sockrmem) also counts its events
   tcprtt     histogram pytrace_tcp_rtt_seconds (labels laddr/raddr with by_laddr/by_raddr)
   softirqs   pytrace_softirq_runs_total, _time_seconds_total, and with dist=true the
              histogram pytrace_softirq_duration_seconds (label softirq)
@@ -198,10 +205,13 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
     if not registry.exists(tool):
         raise fail(at("tool"), f"unknown tool '{tool}' (pytrace list shows the tools)")
     from ..core.stream import EventTracer
-    from ..sinks.prometheus import MAP_COLLECTORS
+    from ..sinks.prometheus import MAP_COLLECTORS, spec_collector
     declared = registry.command(tool)      # its SPEC (or a legacy module alike): tracer and event fields
     cls = declared.tracer
     collector_cls = MAP_COLLECTORS.get(tool)
+    spec = declared.spec
+    if collector_cls is None and spec is not None and (spec.kind != "event stream" or spec.mixed):
+        collector_cls = spec_collector(spec)     # its interval output, from the SPEC
     if cls is None or (collector_cls is None and not issubclass(cls, EventTracer)):
         raise fail(at("tool"), f"{tool} has no in-kernel aggregate the exporter reads and streams no events")
 
@@ -222,7 +232,7 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
     if collector_cls is not None:
         known: set[str] | None = set(collector_cls.GROUP_FIELDS)
         if count_by and not known:
-            raise fail(at("count_by"), f"count_by is for event tools and tcptop; {tool} exports "
+            raise fail(at("count_by"), f"count_by is for event tools and tables; {tool} exports "
                        "its in-kernel aggregate as it is")
         for key in ("observe", "scale"):
             if key in m:
@@ -361,9 +371,11 @@ class Exporter:
             self.tracers.append(tracer)
             if e.collector_cls is not None:
                 self.registry.register(e.collector_cls(tracer, e.name, e.help, e.labels, e.count_by))
-            else:
+            spec = getattr(e.collector_cls, "SPEC", None)
+            if e.collector_cls is None or (spec is not None and spec.mixed):     # events counted too
                 what = f"{e.tool} events' {e.observe}" if e.observe else f"{e.tool} events"
-                counter = EventCounter(e.tool, e.name, e.help or what
+                name = e.name if e.collector_cls is None else f"{e.name}_events_total"
+                counter = EventCounter(e.tool, name, e.help or what
                                        + (f" by {', '.join(e.count_by)}" if e.count_by else ""),
                                        e.count_by, e.labels, e.observe, e.scale)
                 pump = EventPump(tracer, counter, e.tool, self._error)

@@ -164,6 +164,13 @@ class Map:
         """The names of a row's values (rows()): the key's fields, then the value's."""
         return self._part_format("key")[1] + self._part_format("value")[1]
 
+    def rows(self, pop: bool = False) -> list[tuple]:
+        """items() (pop: pop_items()), each key and value unpacked into one tuple
+        (names: row_names())."""
+        unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
+        unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
+        return [unpack_key(k) + unpack_value(v) for k, v in (self.pop_items() if pop else self.items())]
+
     def pop_rows(self) -> list[tuple]:
         """pop_items(), each key and value unpacked into one tuple (names: row_names());
         a generated row type's decoder() takes them (core/event.Event)."""

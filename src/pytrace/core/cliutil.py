@@ -807,9 +807,10 @@ def run_stream(tracer: Any, args: Any, renderer: Callable[[Any, Any, Output], Ca
     with tracer:
         if intro is not None:
             out.write(intro(args))
+        duration = getattr(args, "duration", None)
         if getattr(args, "show_container", False) and not args.json:
-            return stream_events(tracer, out, container_column(tracer, renderer, args, out))
-        return stream_events(tracer, out, renderer(tracer, args, out))
+            return stream_events(tracer, out, container_column(tracer, renderer, args, out), duration)
+        return stream_events(tracer, out, renderer(tracer, args, out), duration)
 
 
 _epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran

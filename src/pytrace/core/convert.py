@@ -58,7 +58,13 @@ _TABLE: dict[str, Conversion] = {}
 
 
 def register(conv: Conversion) -> Conversion:
-    """Make a conversion known by its name (a tool's own, before its event type)."""
+    """Make a conversion known by its name (a tool's own, before its event type).
+    Names are one namespace for every tool: a tool's own starts with its name
+    (tcptracer_type), and a name taken twice is an error, not a silent swap
+    that would change another tool's output when both are imported."""
+    known = _TABLE.get(conv.name)
+    if known is not None and known is not conv:
+        raise ValueError(f"conversion {conv.name!r} is registered twice")
     _TABLE[conv.name] = conv
     return conv
 
@@ -192,11 +198,20 @@ def kbytes_value(v: int) -> int:
 register(Conversion("kbytes", kbytes_value, None, int_parse, text=("d", "{0} >> 10"), kind="int"))
 
 
+def whole_us_value(v: int) -> int:
+    return v // 1000
+
+
+# ns shown as whole microseconds (the book's LAT(us) columns); mostly a Column's form=
+register(Conversion("whole_us", whole_us_value, None, int_parse, text=("d", "{0} // 1000"), kind="int"))
+
+
 def ipver_value(family: int) -> int:
     """4 or 6 for AF_INET/AF_INET6 (BCC's IP column), 0 for another family."""
     return 4 if family == AF_INET else 6 if family == AF_INET6 else 0
 
 
+# a family as BCC's IP column shows it; mostly a Column's form=
 register(Conversion("ipver", ipver_value, None, int_parse,
                     text=("d", "(4 if {0} == 2 else 6 if {0} == 10 else 0)"), kind="int"))
 
@@ -213,6 +228,53 @@ def text_parse(v: Any) -> str:
 
 # the memo of core/net.ByteLabels: a command name is formatted once per run
 register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
+
+
+# -- the fields of a standalone type (a tool without BPF: no raw bytes) ----------------------
+
+register(Conversion("str", None, None, text_parse, text=("s", "str({0}).encode()"), kind="str"))
+# a float shown to 3 decimals in JSON (nstat's rates)
+register(Conversion("float3", None, ms_json, float_parse, text=("f", "{0}"), kind="float"))
+
+
+# -- values a tool resolves itself ---------------------------------------------------------
+
+# A field whose value the tool sets from its own tables, not from the raw value alone
+# (count: a probe's index -> its tracepoint): the generated class carries it as text.
+register(Conversion("resolved", None, None, text_parse, kind="str"))
+
+
+def fields_parse(v: Any) -> dict:
+    """A {name: value} field back from JSON (or its JSON text, as a label keeps it)."""
+    if isinstance(v, str):
+        import json
+        return json.loads(v)
+    return dict(v)
+
+
+# A {name: value} the tool decodes itself (count: the values of --by fields)
+register(Conversion("fields", None, None, fields_parse, kind="dict"))
+
+
+# -- stacks -----------------------------------------------------------------------------
+
+def frames_json(v: Any) -> list | None:
+    return None if v is None else list(v)
+
+
+def frames_parse(v: Any) -> tuple | None:
+    """A stack's frame names back: a list (JSON), or a label's text, one frame a
+    line ("None": no stack collected)."""
+    if v is None or v == "None":
+        return None
+    if isinstance(v, str):
+        return tuple(v.split("\n")) if v else ()
+    return tuple(v)
+
+
+# A stack as its frames' names, innermost first (None: stacks not collected).  The
+# raw record holds a stack id: the tool resolves it (core/usyms) and makes the row.
+register(Conversion("frames", None, frames_json, frames_parse, kind="frames"))
 
 
 # -- addresses --------------------------------------------------------------------------
@@ -289,6 +351,54 @@ def family_parse(v: Any):
 
 register(Conversion("family", family_value, enum_json, family_parse,
                     text=("s", "_family_names[{0}]"), kind="enum"))
+
+
+_IP_PROTOCOL = None
+
+
+def ip_protocol_enum():
+    """IpProtocol: an IntEnum of the IPPROTO_* numbers (socket's names, and
+    IPPROTO_MPTCP), made on first use (the text path never needs it)."""
+    global _IP_PROTOCOL
+    if _IP_PROTOCOL is None:
+        import enum
+        import socket
+        names = {v: k for k, v in sorted(vars(socket).items()) if k.startswith("IPPROTO_") and isinstance(v, int)
+                 and k not in ("IPPROTO_HOPOPTS", "IPPROTO_MAX")}
+        names.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
+        _IP_PROTOCOL = enum.IntEnum("IpProtocol", [(n, v) for v, n in sorted(names.items())], module=__name__)
+    return _IP_PROTOCOL
+
+
+def _protocol_member(v: int):
+    try:
+        return ip_protocol_enum()(v)
+    except ValueError:
+        return v
+
+
+_PROTOCOLS = _Memo(_protocol_member)
+
+
+def ip_protocol_value(v: int):
+    """IpProtocol (IPPROTO_UDP == 17 still holds), or the number for one it does not name."""
+    return _PROTOCOLS[v]
+
+
+def ip_protocol_parse(v: Any):
+    if isinstance(v, str) and not v.isdigit():
+        return ip_protocol_enum()[v]
+    return ip_protocol_value(int(v))
+
+
+class _ProtocolNames(dict):
+    def __missing__(self, key: int) -> bytes:
+        name = self[key] = getattr(ip_protocol_value(key), "name", f"IPPROTO_{key}").encode()
+        return name
+
+
+register(Conversion("ip_protocol", ip_protocol_value, enum_json, ip_protocol_parse, kind="enum",
+                    text=("s", "_ip_protocol_names[{0}]"), env={"_ip_protocol_names": _ProtocolNames()}))
 
 
 _TCP_STATES = _Memo(tcp_state)

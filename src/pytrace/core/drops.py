@@ -32,6 +32,25 @@ def trim_tracing(frames: list[str]) -> list[str]:
     return frames[k:]
 
 
+_reasons: dict[int, str] | None = None
+
+
+def reason_value(value: int) -> str:
+    """A drop reason's name on the running kernel (an event type's `reason: drop_reason`)."""
+    global _reasons
+    if _reasons is None:
+        _reasons = drop_reasons()
+    return _reasons.get(value) or str(value)
+
+
+def _register() -> None:
+    from .convert import Conversion, register, text_parse
+    register(Conversion("drop_reason", reason_value, None, text_parse, kind="str"))
+
+
+_register()
+
+
 class DropNames:
     """Reason numbers and stack addresses to text, for one kernel."""
 

@@ -152,13 +152,25 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def _libbpf_path() -> str:
+    """The libbpf this process uses: the cache is kept per libbpf, so it must be
+    loaded before the cache is read (a tool reads it before opening its object,
+    and would otherwise find nothing and try variants known to fail)."""
+    if not libbpf.lib_path:
+        try:
+            libbpf.lib()
+        except Exception:       # no usable libbpf: the object's open says so
+            return ""
+    return libbpf.lib_path
+
+
 def _load_all() -> dict:
     data = cachefile.read(CACHE)
     try:
         info = jsonfile.loads(data.decode()) if data is not None else {}
     except ValueError:
         return {}
-    if not isinstance(info, dict) or info.get("boot_id") != _boot_id() or info.get("libbpf") != libbpf.lib_path:
+    if not isinstance(info, dict) or info.get("boot_id") != _boot_id() or info.get("libbpf") != _libbpf_path():
         return {}
     return info
 
@@ -171,7 +183,7 @@ def _load_cache() -> dict:
 def _save(kinds: dict | None = None, refused: dict | None = None) -> None:
     import json     # writing only; reading is jsonfile's
     info = _load_all()
-    info = {"boot_id": _boot_id(), "libbpf": libbpf.lib_path,
+    info = {"boot_id": _boot_id(), "libbpf": _libbpf_path(),
             "kinds": kinds if kinds is not None else info.get("kinds", {}),
             "refused": refused if refused is not None else info.get("refused", {})}
     cachefile.write(CACHE, json.dumps(info).encode())   # read-only /run: probes just run again

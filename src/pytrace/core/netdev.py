@@ -37,6 +37,20 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                     help="only devices of this network namespace: an ip netns name, a path or an inode")
 
 
+def device_options() -> tuple:
+    """-D/--dev NAME and --netns-id INODE as SPEC options (tracer keywords dev,
+    netns); the command line checks that the device exists (check_device_args)."""
+    from ..spec import Option
+
+    def checked_dev(args: argparse.Namespace) -> str | None:
+        check_device_args(args)
+        return args.dev
+    return (Option("-D", "--dev", type=device_name, metavar="NAME", kw="dev", value=checked_dev,
+                   help="only this network device"),
+            Option("--netns-id", type=netns_inode, default=0, metavar="INODE", kw="netns",
+                   help="only devices of this network namespace (inode, as ls -Li /proc/PID/ns/net)"))
+
+
 def device_rodata(dev: str | None, netns: int) -> dict:
     return {"targ_dev": (dev or "").encode(), "targ_netns": netns}
 

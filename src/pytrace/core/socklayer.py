@@ -1,9 +1,9 @@
 """What the socket-layer tools share on the Python side (src/bpf/socklayer.h
-is the kernel half): names of families, protocols and socket types, the
-result texts of connect()/accept(), histogram maps, per-CPU counters,
-tracefs for variants that mix classic tracepoints with other hooks, and the
-command line of the tools that print one line per system call (soaccept,
-soconnect, udpconnect)."""
+is the kernel half): the conversions of their record fields (socket types,
+I/O directions, the result texts of connect()/accept()), reading their maps
+(rows of a generated type, histograms keyed by a generated key type,
+per-CPU counters), their hook variants, and tracefs for variants that mix
+classic tracepoints with other hooks."""
 
 from __future__ import annotations
 
@@ -14,42 +14,45 @@ from typing import Any, Callable
 
 from . import tracefs
 from .bpfobject import BpfObject, Map, ncpus_possible
-from .cliutil import LATENCY_NOTE, Clock, Output, add_common, add_container_args, json_renderer, ports, process_id
+from .convert import Conversion, enum_json, register, text_parse
 from .hist import Log2Histogram
 from .loader import Variant
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
 
 HIST_SLOTS = 32   # as socklayer.h
 
 
-def family_name(family: int) -> str:
+def family_number(v: Any) -> int:
+    """An address family as a number, from its JSON value ("AF_INET6") or number."""
+    if isinstance(v, int):
+        return v
     try:
-        return socket.AddressFamily(family).name
-    except ValueError:
-        return f"AF_{family}"
-
-
-_PROTOS = {v: k for k, v in vars(socket).items() if k.startswith("IPPROTO_") and isinstance(v, int)
-           and k not in ("IPPROTO_IP", "IPPROTO_HOPOPTS", "IPPROTO_MAX")}
-_PROTOS.update({0: "IPPROTO_IP", 262: "IPPROTO_MPTCP"})
+        return int(socket.AddressFamily[v])
+    except KeyError:
+        return int(v) if str(v).isdigit() else 0
 
 
 def protocol_name(protocol: int) -> str:
-    return _PROTOS.get(protocol, f"IPPROTO_{protocol}")
+    """IPPROTO_UDP for 17 (convert's IpProtocol names), IPPROTO_<n> for one it does not name."""
+    from .convert import ip_protocol_value
+    return getattr(ip_protocol_value(protocol), "name", f"IPPROTO_{protocol}")
 
 
-def type_name(sock_type: int) -> str:
+def sock_type_value(v: int):
+    """socket.SocketKind of a socket's type (flags masked off), or the number."""
     try:
-        return socket.SocketKind(sock_type & 0xF).name
+        return socket.SocketKind(v & 0xF)
     except ValueError:
-        return f"SOCK_{sock_type}"
+        return v
 
 
-def cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
+def sock_type_parse(v: Any):
+    if isinstance(v, str) and not v.isdigit():
+        return socket.SocketKind[v]
+    return sock_type_value(int(v))
+
+
+register(Conversion("sock_type", sock_type_value, enum_json, sock_type_parse, kind="enum"))
 
 
 # The result texts of the book's soconnect.bt and soaccept.bt.
@@ -77,6 +80,33 @@ ACCEPT_RESULTS = {
 def result_text(table: dict[int, str], err: int) -> str:
     """err is 0 or a positive errno."""
     return table.get(err) or errno.errorcode.get(err, str(err))
+
+
+# The results as event fields (`result <- ret: connect_result`): ret is 0, a
+# new fd (accept) or -errno; the text path memoises each ret's bytes.
+
+def connect_result_value(ret: int) -> str:
+    return result_text(CONNECT_RESULTS, -ret if ret < 0 else 0)
+
+
+def accept_result_value(ret: int) -> str:
+    return result_text(ACCEPT_RESULTS, -ret if ret < 0 else 0)
+
+
+class _ResultTexts(dict):
+    def __init__(self, value: Callable[[int], str]):
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, ret: int) -> bytes:
+        text = self[ret] = self.value(ret).encode()
+        return text
+
+
+register(Conversion("connect_result", connect_result_value, None, text_parse, kind="str",
+                    text=("s", "_connect_results[{0}]"), env={"_connect_results": _ResultTexts(connect_result_value)}))
+register(Conversion("accept_result", accept_result_value, None, text_parse, kind="str",
+                    text=("s", "_accept_results[{0}]"), env={"_accept_results": _ResultTexts(accept_result_value)}))
 
 
 # -- maps ------------------------------------------------------------------------------
@@ -115,6 +145,28 @@ def histograms(m: Map, unit: str, key_of: Callable[[Any], Any], clear: bool = Fa
     return out
 
 
+def table_rows(m: Map, row_type: Any, clear: bool = False) -> list:
+    """The rows of a hash map as a generated row type (EventType(map=...)):
+    key fields then value fields; clear=True takes each out as it is read."""
+    decode = row_type.decoder(m.row_names())
+    return [decode(r) for r in m.rows(pop=clear)]
+
+
+def keyed_histograms(m: Map, unit: str, key_type: Any, clear: bool = False) -> dict[Any, Log2Histogram]:
+    """{key row: Log2Histogram} of a hash map of struct log2_hist whose key is a
+    struct with a generated row type (EventType(struct=<key struct>))."""
+    key_fmt, key_names = m._part_format("key")
+    unpack = struct.Struct(key_fmt).unpack_from
+    decode = key_type.decoder(key_names)
+    out: dict[Any, Log2Histogram] = {}
+    for kraw, vraw in (m.pop_items() if clear else m.items()):
+        vals = struct.unpack_from(f"<{HIST_SLOTS + 2}Q", vraw)
+        h = Log2Histogram(tuple(vals[:HIST_SLOTS]), unit, vals[HIST_SLOTS], vals[HIST_SLOTS + 1])
+        k = decode(unpack(kraw))
+        out[k] = out[k] + h if k in out else h
+    return out
+
+
 # the family operations the kprobe variants hook (SOCK_OPS_IO in socklayer.h)
 SOCK_OPS_IO = ("inet_sendmsg", "inet6_sendmsg", "unix_stream_sendmsg", "unix_dgram_sendmsg",
                "inet_recvmsg", "inet6_recvmsg", "unix_stream_recvmsg", "unix_dgram_recvmsg")
@@ -136,6 +188,13 @@ def sock_io_variants(tool: str) -> tuple[Variant, ...]:
 DIRS = ("send", "recv")   # IO_SEND, IO_RECV in socklayer.h
 
 
+def io_dir_value(v: int) -> str:
+    return DIRS[v & 1]
+
+
+register(Conversion("io_dir", io_dir_value, None, text_parse, kind="str"))
+
+
 # -- attaching ---------------------------------------------------------------------------
 
 def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
@@ -146,34 +205,3 @@ def attach_with_tracefs(obj: BpfObject, variant: Variant) -> None:
         obj.on_close(tracefs.unmount)
     for name in variant.programs:
         obj.attach(name)
-
-
-# -- one line per system call (soaccept, soconnect, udpconnect) ------------------------
-
-def add_call_arguments(p: argparse.ArgumentParser, tracer: Any, description: str, ports_help: str,
-                       timestamp: bool = True) -> None:
-    """-p PID, -P PORTS (and -T unless the tool always prints its time), plus the common flags."""
-    p.description = f"{description} {LATENCY_NOTE}"
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-P", "--port", type=ports("-P"), metavar="PORTS", help=ports_help)
-    if timestamp:
-        p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS column")
-    add_container_args(p, tracer)
-    add_common(p, [v.hook for v in tracer.VARIANTS])
-
-
-def call_renderer(source: Any, args: argparse.Namespace, out: Output, header: str,
-                  line: Callable[[Any], str], clock_column: bool) -> Callable[[list[tuple]], str]:
-    """The events as the book's tools print them: the header, then a line per
-    event, after an HH:MM:SS column when clock_column; or, with --json, the
-    events' dicts."""
-    if args.json:
-        return json_renderer(source)
-    out.write(("TIME     " if clock_column else "") + header)
-    make, clock = source.make_event, Clock()
-
-    def render(batch: list[tuple]) -> str:
-        if clock_column:
-            return "".join([f"{clock.hms(ev.ts_ns)} {line(ev)}" for ev in map(make, batch)])
-        return "".join([line(ev) for ev in map(make, batch)])
-    return render

@@ -11,16 +11,18 @@ Two kinds of collector, both registered with a prometheus_client registry:
   event-streaming tool's events by chosen event fields as they stream (fed
   by an EventPump thread), plus the events the kernel lost.
 
-MAP_COLLECTORS names the tools with an in-kernel aggregate (tcprtt, softirqs,
-tcpsubnet, tcptop); every other event-streaming tool is counted, and one
-numeric event field can be observed as a histogram (tcplife's ms, tcpconnlat's
-delta_ns...).
+MAP_COLLECTORS names the tools with a collector of their own (tcprtt,
+softirqs, tcpsubnet, tcptop); every other table, top or histogram tool is
+served from its SPEC by a SpecCollector (spec_collector()); every other
+event-streaming tool is counted, and one numeric event field can be observed
+as a histogram (tcplife's ms, tcpconnlat's delta_ns...).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
 import threading
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -201,6 +203,109 @@ class TcpTopCollector(MapCollector):
                                 labels=list(self.const))
         m.add_metric(const, missed)
         yield m
+
+
+# -- any table, top or histogram tool, from its SPEC ---------------------------------------
+
+_UNITS = {"usecs": ("seconds", 1e6), "msecs": ("seconds", 1e3), "nsecs": ("seconds", 1e9), "bytes": ("bytes", 1.0)}
+
+
+def label_name(name: str) -> str:
+    """A snapshot label as a Prometheus label name (count's key.ret -> key_ret)."""
+    out = re.sub(r"[^a-zA-Z0-9_]", "_", name)
+    return out if not out[:1].isdigit() else "_" + out
+
+
+class SpecCollector(MapCollector):
+    """A tool's interval snapshot (its SPEC's read/snapshot), taken at scrape
+    time from the tracer as the CLI takes it, but never clearing: the kernel's
+    sums since the exporter started.
+
+      a row's values (TABLE/TOP; a histogram tool's count rows) -> counters
+          <name>_<value>_total, labelled by the row's labels (or, with
+          count_by, summed over the rest);
+      a histogram -> a Prometheus histogram <name>_seconds (usecs, msecs,
+          nsecs), _bytes, or _<unit>, labelled by the histogram's labels
+    (<name>: the config's name, default pytrace_<tool>)."""
+
+    SPEC: ClassVar[Any] = None
+
+    @classmethod
+    def dynamic_labels(cls, options: dict[str, Any], count_by: Sequence[str] = ()) -> list[str]:
+        if count_by:
+            return list(count_by)
+        names = cls.SPEC.labels or (cls.SPEC.label_names(None) if cls.SPEC.kind == "histogram" else ())
+        return [label_name(n) for n in names]
+
+    def __init__(self, *a: Any, **kw: Any):
+        super().__init__(*a, **kw)
+        self.args = _spec_args(self.SPEC, self.tracer)
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Any]:
+        spec = self.SPEC
+        with self._lock:
+            snap = spec.snapshot(self.tracer, self.args)
+        exported = getattr(spec, "exported", None)
+        const_names, const_values = list(self.const), list(self.const.values())
+        counters: dict[str, dict[tuple, float]] = {}
+        counter_labels: dict[str, list[str]] = {}
+        hists: dict[str, list] = {}
+        for series in snap.series:
+            labels = {label_name(k): v for k, v in series.labels}
+            if series.hist is not None:
+                hists.setdefault(series.hist.unit, []).append((labels, series.hist))
+                continue
+            for value, number in series.values:
+                if exported is not None and value not in exported:
+                    continue
+                names = [label_name(n) for n in self.count_by] if self.count_by else sorted(labels)
+                known = counter_labels.setdefault(value, names)
+                key = tuple(labels.get(n, "") for n in known)
+                acc = counters.setdefault(value, {})
+                acc[key] = acc.get(key, 0) + number
+        for value, acc in counters.items():
+            fam = CounterMetricFamily(f"{self.name}_{value}", f"{self.help}: {value}",
+                                      labels=[*const_names, *counter_labels[value]])
+            for key, number in sorted(acc.items()):
+                fam.add_metric([*const_values, *key], number)
+            yield fam
+        for unit, items in hists.items():
+            suffix, divisor = _UNITS.get(unit, (label_name(unit), 1.0))
+            names = sorted({n for labels, _ in items for n in labels})
+            fam = HistogramMetricFamily(f"{self.name}_{suffix}", f"{self.help} ({suffix})",
+                                        labels=[*const_names, *names])
+            for labels, h in sorted(items, key=lambda lh: sorted(lh[0].items())):
+                buckets, _count = log2_buckets(h, divisor)
+                fam.add_metric([*const_values, *(labels.get(n, "") for n in names)], buckets,
+                               (h.sum or 0) / divisor)
+            yield fam
+
+
+def _spec_args(spec: Any, tracer: Any) -> Any:
+    """The arguments a SPEC's read/snapshot get: the command line's defaults,
+    with the options the tracer was made with, and no interval (nothing is
+    cleared: each scrape sees the sums since the start)."""
+    from ..core.argparser import ArgParser
+    parser = ArgParser(prog=f"pytrace {spec.name}")
+    spec.add_arguments(parser)
+    args = parser.parse_args([])
+    for opt in spec.options:
+        for one in getattr(opt, "options", (opt,)):
+            if one.kw is not None and one.value is None and hasattr(tracer, one.kw):
+                setattr(args, one.dest, getattr(tracer, one.kw))
+    for name in ("interval", "count", "duration"):
+        setattr(args, name, None)
+    args.json = False
+    return args
+
+
+def spec_collector(spec: Any) -> type[SpecCollector]:
+    """The collector of a table, top or histogram tool (or a mixed one's histograms)."""
+    return type(f"{spec.name}SpecCollector", (SpecCollector,), {
+        "SPEC": spec, "TOOL": spec.name, "NAME": f"pytrace_{spec.name}",
+        "HELP": f"{spec.summary} (pytrace {spec.name})",
+        "GROUP_FIELDS": tuple(spec.labels) if spec.kind in ("interval table", "top") else ()})
 
 
 MAP_COLLECTORS: dict[str, type[MapCollector]] = {

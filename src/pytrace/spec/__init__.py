@@ -33,7 +33,14 @@ everything else follows from it, for every tool alike:
 Kinds: EVENTS (an event stream: a ring buffer of `event` records), TABLE (an
 interval table of `event` rows: `labels` say which row, `values` are its
 numbers), TOP (the same, busiest first, refreshed in place), HISTOGRAM
-(log2 histograms, `label(args)` names what each one is for).  An interval
+(log2 histograms, `label(args)` names what each one is for; or, for
+histograms kept per key, `event` is the key's row type (a map key struct's
+EventType) and read() returns {row: Log2Histogram}, or `labels` names the
+parts of a plain tuple key {(v1, v2): Log2Histogram}).  An EVENTS tool that
+also says how to read an interval (read= with labels=, or snapshot=) is a
+mixed tool (sockrmem): its events stream as they come and its histograms
+print every interval (-i) and at the end, in one recording, in that order;
+interval_text= is then the text of an interval.  An interval
 tool says how to read one interval: read(tracer, args) -> rows (or
 {label value: Log2Histogram}), extra(tracer, args) -> the interval's own
 numbers (tcptop's load average), or snapshot(tracer, args) -> Snapshot for
@@ -116,6 +123,10 @@ class ToolSpec:
                  between: Callable[[Any, Any], None] | None = None,
                  replay_intro: Callable[[Any, Snapshot], str] | None = None,
                  tee: Callable[[Any, Any], Callable[[list[tuple]], None] | None] | None = None,
+                 interval_text: Callable[[Any, Any], str] | None = None,
+                 rows: Callable[[Snapshot], list] | None = None,
+                 immediate: Callable[[Any], bool] | None = None,
+                 exported: Sequence[str] | None = None,
                  netns_flags: Sequence[str] = ("--netns",), cgroup_flags: Sequence[str] = ("--cgroup",)):
         if kind not in KINDS:
             raise ValueError(f"{name}: kind must be one of {', '.join(KINDS)}")
@@ -125,6 +136,8 @@ class ToolSpec:
             raise ValueError(f"{name}: an interval tool says how to read an interval: read= or snapshot=")
         if kind in (TABLE, TOP) and not labels:
             raise ValueError(f"{name}: a {kind} tool names the fields that say which row is which: labels=")
+        if kind == HISTOGRAM and label is not None and (labels or event is not None):
+            raise ValueError(f"{name}: a histogram's labels come from label(args), or labels=/event=, not both")
         for example, _what in examples:
             if not example.startswith(f"pytrace {name}"):
                 raise ValueError(f"{name}: example {example!r} is not a pytrace {name} command line")
@@ -137,15 +150,21 @@ class ToolSpec:
         # the SCOPE's options as the tool spells them (BCC's -N for --netns, libbpf-tools' -c for --cgroup)
         self.netns_flags, self.cgroup_flags = tuple(netns_flags), tuple(cgroup_flags)
         self._read, self._extra, self._snapshot, self._text, self._intro = read, extra, snapshot, text, intro
+        self._interval_text, self._rows, self._replay_intro = interval_text, rows, replay_intro
+        self._immediate = immediate
+        # the values `pytrace exporter` serves as counters (default: every one of values=)
+        self.exported = tuple(exported) if exported is not None else None
+        self.mixed = kind == EVENTS and (read is not None or snapshot is not None)
         if event is not None:
-            event.bind(tracer.OBJECT)
+            event.bind(tracer.OBJECT)       # a tool without BPF: its name, for gen/<name>.py
         if alternate is not None:
             other = alternate[1]
             if other.tracer is not tracer or other.name != name or other.alternate is not None:
                 raise ValueError(f"{name}: an alternate mode is the same tool (name, tracer), with no mode of its own")
         # the replay protocol's "no snapshots" for an event tool (one with a
-        # mode that is an interval tool has them)
-        self.render_snapshot = None if kind == EVENTS and alternate is None else self._render_snapshot
+        # mode that is an interval tool, or mixed, has them)
+        self.render_snapshot = None if kind == EVENTS and alternate is None and not self.mixed \
+            else self._render_snapshot
 
     def __repr__(self) -> str:
         return f"ToolSpec({self.name}, {self.kind})"
@@ -156,9 +175,9 @@ class ToolSpec:
         return self
 
     @property
-    def object(self) -> str:
-        """The BPF object whose source --ebpf prints."""
-        return self.tracer.OBJECT
+    def object(self) -> str | None:
+        """The BPF object whose source --ebpf prints (None: a tool without BPF, nstat)."""
+        return self.tracer.OBJECT if self.tracer.VARIANTS else None
 
     @property
     def variants(self) -> tuple:
@@ -200,8 +219,16 @@ class ToolSpec:
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
-        add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
-        add_common(parser, [v.hook for v in self.variants])
+        if self.variants:
+            add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
+            add_common(parser, [v.hook for v in self.variants])
+            return
+        # a tool without BPF: no --ebpf, --hook, --btf, and no kernel filters
+        from ..core.cliutil import add_sink_args
+        g = parser.add_argument_group("pytrace options")
+        g.add_argument("--json", action="store_true", help="one JSON object per line")
+        g.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+        add_sink_args(g)
 
     def tracer_kwargs(self, args: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -220,26 +247,43 @@ class ToolSpec:
     def make_tracer(self, args: Any) -> Any:
         return self.tracer(**self.tracer_kwargs(args))
 
-    def intro(self, args: Any) -> str:
-        """What the tool prints once, before anything else (never with --json)."""
-        if self.mode(args) is not self:
-            return self.mode(args).intro(args)
+    def intro(self, args: Any, tracer: Any = None) -> str:
+        """What the tool prints once, before anything else (never with --json).
+        An intro(args, tracer) needs the opened tracer (count: how many
+        tracepoints its patterns matched): on replay it is "" and the spec's
+        replay_intro(args, first snapshot) says it instead."""
+        mode = self.mode(args)
+        if mode is not self:
+            return mode.intro(args, tracer)
         if self._intro is None or getattr(args, "json", False):
             return ""
-        return self._intro(args) if callable(self._intro) else self._intro.format(**vars(args))
+        if not callable(self._intro):
+            return self._intro.format(**vars(args))
+        if self._intro.__code__.co_argcount == 2:
+            return self._intro(args, tracer) if tracer is not None else ""
+        return self._intro(args)
 
     def run(self, args: Any) -> int:
         if getattr(args, "print_program", False):
             self.print_program(args)
+        if self.mixed:
+            return self._run_mixed(args)
         spec = self.mode(args)
         if spec.kind == EVENTS:
             from ..core.cliutil import run_stream
-            return run_stream(self.make_tracer(args), args, self.event_renderer, self.intro)
+            tracer = self.make_tracer(args)
+            return run_stream(tracer, args, self.event_renderer, lambda a: self.intro(a, tracer))
         from ..core.aggregate import print_loop
         with self.make_tracer(args) as tracer:
+            if spec._immediate is not None and spec._immediate(args):     # one output now (nstat -a)
+                from ..core.cliutil import publish
+                snap = spec.snapshot(tracer, args)
+                publish(snap)
+                sys.stdout.write(self.intro(args, tracer) + self.render_snapshot(snap, args))
+                return 0
             between = (lambda: spec._between(tracer, args)) if spec._between is not None else None
-            return print_loop(args, spec._interval_reader(tracer, args), self.render_snapshot, self.intro,
-                              once=spec.once, between=between)
+            return print_loop(args, spec._interval_reader(tracer, args), self.render_snapshot,
+                              lambda a: self.intro(a, tracer), once=spec.once, between=between)
 
     def print_program(self, args: Any) -> None:
         """BCC's -v/-D/--debug: the program's source, before tracing (to stderr
@@ -281,14 +325,32 @@ class ToolSpec:
         from . import snapshots
         extra = self._extra(tracer, args) if self._extra is not None else None
         data = self._read(tracer, args)
-        if self.kind == HISTOGRAM:
+        if self.kind == HISTOGRAM or self.mixed:
             return snapshots.histograms_snapshot(self, data, args, extra)
         return snapshots.rows_snapshot(self, data, args, extra)
 
     def rows(self, snap: Snapshot) -> list[Any]:
-        """A TABLE or TOP snapshot's rows again (the event type's instances)."""
+        """A TABLE or TOP snapshot's rows again (the event type's instances;
+        rows= says how for a tool that makes its own snapshot=)."""
+        if self._rows is not None:
+            return self._rows(snap)
         from . import snapshots
         return snapshots.rows(self, snap)
+
+    def histograms(self, snap: Snapshot) -> list[tuple[Any, Any]]:
+        """A HISTOGRAM snapshot's (labels, Log2Histogram) again: labels are the
+        event type's instance when it declares one, else a dict of label text."""
+        from . import snapshots
+        return snapshots.histograms(self, snap)
+
+    def label_names(self, args: Any) -> tuple[str, ...]:
+        """The labels of each histogram of a HISTOGRAM tool (or rows of a table)."""
+        if self.labels:
+            return self.labels
+        if self.event is not None and self.kind == HISTOGRAM:
+            return tuple(self.event.cls.FIELDS)
+        name = self.label(args) if self.label is not None else None
+        return (name,) if name else ()
 
     def _interval_reader(self, tracer: Any, args: Any) -> Callable[[], Snapshot]:
         reported = 0
@@ -309,13 +371,15 @@ class ToolSpec:
             return self.mode(args)._render_snapshot(snap, args)
         if getattr(args, "json", False):
             from . import jsonout
-            if self.kind == HISTOGRAM:
-                return jsonout.histograms_json(snap)
+            if self.kind == HISTOGRAM or self.mixed:
+                return jsonout.histograms_json(snap, self)
             return jsonout.rows_json(snap, self.rows(snap))
-        if self._text is not None:
+        if self.mixed and self._interval_text is not None:
+            return self._interval_text(snap, args)
+        if self._text is not None and not self.mixed:
             return self._text(snap, args)
         from ..core.aggregate import timestamp_line
-        if self.kind == HISTOGRAM:
+        if self.kind == HISTOGRAM or self.mixed:
             parts = []
             for s in snap.series:
                 title = "".join(f"{k} = {v}\n" for k, v in s.labels)
@@ -325,7 +389,75 @@ class ToolSpec:
         return timestamp_line(snap, args) + table(self.columns, self.rows(snap), args)
 
     def replay_intro(self, args: Any, snap: Snapshot) -> str:
-        """What the tool printed first when it depends on what it resolved live
-        (rebuilt from the recording's first snapshot)."""
+        """What replay prints before the first snapshot: an intro made from the
+        opened tracer (what it resolved live), again, from what the snapshot kept."""
         spec = self.mode(args)
-        return spec._replay_intro(args, snap) if spec._replay_intro is not None else ""
+        if spec._replay_intro is None or getattr(args, "json", False):
+            return ""
+        return spec._replay_intro(args, snap)
+
+    def _run_mixed(self, args: Any) -> int:
+        """A mixed tool's run: events printed as they come, an interval's
+        histograms every args.interval seconds (args.count times at most) and
+        at the end; the sinks get both, in the order they are printed (a
+        'mixed' recording replays them so)."""
+        import time
+
+        from ..core.aggregate import check_interval_args
+        from ..core.cliutil import Output, Terminate, active_sinks, emit_batch, release_stops
+        check_interval_args(args)
+        every, count = getattr(args, "interval", None), getattr(args, "count", None)
+        tracer = self.make_tracer(args)
+        out = Output(getattr(args, "json", False))
+        sinks = active_sinks()
+        printed = 0
+
+        def events(batch: list[tuple]) -> None:
+            with _signals_held():
+                emit_batch(tracer, out, render, batch, sinks)
+
+        def interval() -> None:
+            nonlocal printed
+            with _signals_held():
+                snap = self.snapshot(tracer, args)
+                if sinks is not None:
+                    sinks.snapshot(snap)
+                out.write(self.render_snapshot(snap, args))
+            printed += 1
+
+        with tracer:
+            out.write(self.intro(args, tracer))
+            render = self.event_renderer(tracer, args, out)
+            if sinks is not None:
+                sinks.begin(tracer)
+            next_print = time.monotonic() + every if every else None
+            try:
+                release_stops()      # a stop held while the tool started lands here: drained below
+                for batch in tracer.batches(getattr(args, "duration", None)):
+                    events(batch)
+                    if next_print is not None and time.monotonic() >= next_print:
+                        interval()
+                        next_print += every
+                        if count and printed >= count:
+                            break
+            except (KeyboardInterrupt, Terminate):
+                pass
+            try:
+                events(tracer.drain())
+                if not (count and printed >= count):
+                    interval()
+            except (KeyboardInterrupt, Terminate):
+                pass
+        return 0
+
+
+class _signals_held:
+    """Ctrl-C/SIGTERM wait until what was recorded is also printed (so replay equals the output)."""
+
+    def __enter__(self) -> None:
+        import signal
+        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)

@@ -24,6 +24,10 @@ added in C appears in the event, its to_dict() and --json at the next build,
 with no Python edit.  Fields come in the order of the lines, then the
 unmentioned ones in C order.
 
+A tool without BPF (nstat) declares standalone=True: no struct or map, the
+declared lines are the fields, each of the kind its conversion says
+(int, float, bool, str; default int).
+
 build.py generates the class (core/gentypes.py) into pytrace/gen/<object>.py;
 `.cls` imports it when first asked (the CLI's text output never asks).
 A type is bound to its object by the ToolSpec that uses it (or object=).
@@ -65,12 +69,15 @@ class EventType:
     doc     the class's docstring (first line: what one instance is)
     """
 
-    __slots__ = ("name", "struct", "map", "object", "doc", "time", "declared", "hidden", "_cls")
+    __slots__ = ("name", "struct", "map", "object", "doc", "time", "declared", "hidden", "_cls", "standalone")
 
     def __init__(self, name: str, *, struct: str | None = None, map: str | None = None, fields: str = "",
-                 time: str | None = None, doc: str = "", object: str | None = None):
-        if (struct is None) == (map is None):
+                 time: str | None = None, doc: str = "", object: str | None = None, standalone: bool = False):
+        if standalone and (struct is not None or map is not None):
+            raise ValueError(f"{name}: a standalone type has no struct= or map=")
+        if not standalone and (struct is None) == (map is None):
             raise ValueError(f"{name}: give struct= (a ring-buffer record) or map= (a map's rows), not both")
+        self.standalone = standalone
         self.name, self.struct, self.map, self.object = name, struct, map, object
         self.doc, self.time = doc, time
         self.declared, self.hidden = parse_fields(name, fields)
@@ -113,7 +120,7 @@ class EventType:
         return FieldDecl(name, name, "", None, "")
 
     def __repr__(self) -> str:
-        where = f"struct {self.struct}" if self.struct else f"map {self.map}"
+        where = f"struct {self.struct}" if self.struct else f"map {self.map}" if self.map else "standalone"
         return f"EventType({self.name}, {where}, object={self.object})"
 
 

@@ -71,7 +71,14 @@ def rows_json(snap: Snapshot, rows: list[Any]) -> str:
     return "".join(_encode({**head, **r.to_dict()}) + "\n" for r in rows)
 
 
-def histograms_json(snap: Snapshot) -> str:
+def histograms_json(snap: Snapshot, spec: Any = None) -> str:
+    """A histogram per line: its labels (typed, through the spec's event type
+    when it declares one), then the histogram's; a series of counts without
+    a histogram, its labels then its values."""
     head = snapshot_head(snap)
-    return "".join(_encode({**head, **dict(s.labels), **s.hist.to_dict()}) + "\n"
-                   for s in snap.series if s.hist is not None)
+    if spec is not None and spec.event is not None and spec.kind == "histogram":
+        return "".join(_encode({**head, **row.to_dict(), **h.to_dict()}) + "\n"
+                       for row, h in spec.histograms(snap) if h is not None)
+    # a histogram tool's counts (tcpnagle's Nagle settings): a row of labels and values
+    return "".join(_encode({**head, **dict(s.labels), **(s.hist.to_dict() if s.hist is not None else dict(s.values))})
+                   + "\n" for s in snap.series if s.hist is not None or s.values)

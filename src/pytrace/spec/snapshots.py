@@ -26,8 +26,21 @@ def rows_snapshot(spec: ToolSpec, rows: list[Any], args: Any, values: dict | Non
     series = []
     for row in rows:
         d = row.to_dict()
-        series.append(Series.of({n: d[n] for n in spec.labels}, {n: d[n] for n in spec.values}))
+        series.append(Series.of({n: label_text(d[n]) for n in spec.labels if d[n] is not None},
+                                {n: d[n] for n in spec.values}))
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def label_text(value: Any) -> str:
+    """A JSON value as a snapshot label (text): a list (a stack's frames) one
+    item a line, as the conversions' parse() takes it back.  (A None value is
+    no label: from_dict() gives None back for a label that is not there.)"""
+    if isinstance(value, (list, tuple)):
+        return "\n".join(str(v) for v in value)
+    if isinstance(value, dict):
+        import json
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
 
 
 def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
@@ -36,18 +49,37 @@ def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
 
 
 def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:
-    """hists: {label value (None: not labelled): Log2Histogram}; label(args) may
-    name several labels (a tuple), whose values are then tuples too."""
-    name = spec.label(args) if spec.label is not None else None
+    """hists: {label value (None: not labelled): Log2Histogram}, where label(args)
+    may name several labels (a tuple), whose values are then tuples too; with
+    the spec's event type, {row: Log2Histogram}; with its labels,
+    {(value, ...): Log2Histogram}."""
+    if spec.event is not None and spec.kind == "histogram":
+        names = spec.label_names(args)
+        series = []
+        for row, h in hists.items():
+            d = row.to_dict()
+            series.append(Series.of({n: label_text(d[n]) for n in names if d[n] is not None}, hist=h))
+    elif spec.labels:
+        names = spec.labels
+        series = [Series.of(dict(zip(names, (key,) if len(names) == 1 else key)), hist=h) for key, h in hists.items()]
+    else:
+        name = spec.label(args) if spec.label is not None else None
 
-    def labels(v: Any) -> dict:
-        if not name or v is None:
-            return {}
-        if isinstance(name, tuple):
-            return {n: _label_text(x) for n, x in zip(name, v)}
-        return {name: _label_text(v)}
-    series = [Series.of(labels(v), hist=h) for v, h in hists.items()]
+        def labels(v: Any) -> dict:
+            if not name or v is None:
+                return {}
+            if isinstance(name, tuple):
+                return {n: _label_text(x) for n, x in zip(name, v)}
+            return {name: _label_text(v)}
+        series = [Series.of(labels(v), hist=h) for v, h in hists.items()]
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
+
+
+def histograms(spec: ToolSpec, snap: Snapshot) -> list[tuple[Any, Any]]:
+    if spec.event is None or spec.kind != "histogram":
+        return [(dict(s.labels), s.hist) for s in snap.series]
+    make = spec.event.cls.from_dict
+    return [(make(dict(s.labels)), s.hist) for s in snap.series]
 
 
 def _label_text(value: Any) -> str:

@@ -149,8 +149,8 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
             if conv.text is None:
                 raise ValueError(f"column {c.header}: conversion {conv.name} has no text form; give form=")
             code, template = conv.text
-            needs = decl.args if decl.args is not None else conv.needs
             env.update(conv.env)
+            needs = decl.args if decl.args is not None else conv.needs
         names = [decl.raw, *needs]
         for n in names:
             if n not in by_base:

@@ -15,15 +15,18 @@ Library:
         time.sleep(5)
         for pc in c.counts():              # ProbeCount, frozen
             print(pc.tracepoint, pc.key, pc.count)
+        for h in c.hits():                 # TracepointHits (the CLI's rows: key a dict)
+            print(h.tracepoint, h.key, h.count)
 
-`pytrace stackcount` uses the same class with kernel/user stacks in the key.
+`pytrace stackcount` uses the same class with kernel/user stacks in the key
+(ProbeCount and the snapshot helpers below are its).  User stacks are kept
+by build id (the ustacks map), so a process that exited is still named.
 """
 
 from __future__ import annotations
 
 import ctypes as C
 import errno
-import json
 import struct
 import sys
 from dataclasses import dataclass
@@ -31,13 +34,13 @@ from typing import Any, Sequence
 
 from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..core.usyms import read_stack, remember
+from ..core.usyms import read_build_id_stack, read_stack
 from ..sinks.snapshot import Series, Snapshot
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -53,6 +56,18 @@ STACK_STORAGE = 8192
 # share count_tracepoint and tell themselves apart by BPF cookie (Linux 5.15+)
 FIXED_PROBES = 16
 KeyValue = int | str
+
+# A row of the counts map as the CLI shows it: the key struct count_key (its
+# probe index and --by values resolved by the tracer), the value the count
+TRACEPOINT_HITS = EventType("TracepointHits", map="counts", doc="Hits of one tracepoint with one key.", fields="""
+    tracepoint <- probe: resolved   # "category:name"
+    key <- vals: fields             # {field: value} of the --by fields
+    pid                             # with per-process keys (-P), else None
+    comm: text
+    count <- value
+    -kstack
+    -ustack
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +160,8 @@ class TracepointCount(Tracer):
         return self._rodata
 
     def map_sizes(self) -> dict[str, int]:
-        want_stacks = self.kernel_stack or self.user_stack
-        return {"stacks": self.stack_storage if want_stacks else 1, "counts": self.max_keys}
+        return {"stacks": self.stack_storage if self.kernel_stack else 1,
+                "ustacks": self.stack_storage if self.user_stack else 1, "counts": self.max_keys}
 
     def _programs(self) -> tuple[str, ...]:
         """A program each for a few tracepoints; one shared by cookie for many."""
@@ -186,6 +201,7 @@ class TracepointCount(Tracer):
     def setup(self) -> None:
         self._counts = self.obj.map("counts")
         self._stacks = self.obj.map("stacks")
+        self._ustacks = self.obj.map("ustacks")
         self._dropped = self.obj.global_u64("dropped")
         self._key_layout = self.obj.types.struct("count_key")
 
@@ -227,6 +243,10 @@ class TracepointCount(Tracer):
                 out.append((f.name, v))
         return tuple(out)
 
+    def _user_stack(self, sid: int) -> tuple[tuple | None, int]:
+        """(build id, file offset) frames, or (None, address) (core/usyms.read_build_id_stack)."""
+        return read_build_id_stack(self._ustacks, sid, MAX_STACK_DEPTH)
+
     def _kernel_stack(self, sid: int) -> tuple[tuple[int, ...] | None, int]:
         addrs, err = self._stack(sid)
         if addrs:
@@ -248,7 +268,7 @@ class TracepointCount(Tracer):
             if probe >= len(self.names):
                 continue
             kst, kerr = self._kernel_stack(k["kstack"])
-            ust, uerr = self._stack(k["ustack"])
+            ust, uerr = self._user_stack(k["ustack"])
             pid = k["pid"] if self.per_process else None
             comm = k["comm"].split(b"\0", 1)[0].decode(errors="replace") if self.per_process else None
             ident = (self.names[probe], self._key_values(probe, k["vals"]), pid, comm, kst, ust, kerr, uerr)
@@ -259,10 +279,16 @@ class TracepointCount(Tracer):
         if clear:
             for kraw, _ in items:
                 self._counts.delete(kraw)
-            if self.kernel_stack or self.user_stack:
+            if self.kernel_stack:
                 self._stacks.clear()
+            if self.user_stack:
+                self._ustacks.clear()
         out.sort(key=lambda pc: (pc.count, pc.tracepoint, pc.key))
         return out
+
+    def hits(self, clear: bool = False) -> list:
+        """counts() as TracepointHits rows (key a dict), fewest first."""
+        return [hit_of(pc) for pc in self.counts(clear)]
 
     def totals(self) -> dict[str, int]:
         """{tracepoint: hits} over every key (without clearing)."""
@@ -272,24 +298,6 @@ class TracepointCount(Tracer):
         return out
 
 
-# -- command line (shared with stackcount) -------------------------------------------
-
-def add_probe_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("tracepoints", nargs="*", metavar="TRACEPOINT",
-                   help="category:name (also t:category:name), shell wildcards allowed, "
-                        "e.g. net:net_dev_xmit 'syscalls:sys_exit_conn*'")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-i", "--interval", type=seconds, metavar="SEC",
-                   help="print (and reset) every SEC seconds")
-    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-n", "--count", type=intervals, metavar="N", help="stop after N intervals")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each output")
-    p.add_argument("--filter", action="append", default=[], metavar="EXPR",
-                   help="count only hits whose fields satisfy EXPR, evaluated in the kernel: "
-                        "FIELD OP VALUE joined by &&, OP one of == != < <= > >= & ; VALUE a number, "
-                        "an errno name (-ECONNREFUSED) or a string (e.g. 'ret < 0', 'name == lo')")
-
-
 def errno_note(field: str, v: KeyValue) -> str:
     """ret/err fields that are negative errnos get the errno's name."""
     if isinstance(v, int) and v < 0 and field in ("ret", "err", "error", "rc") and -v in errno.errorcode:
@@ -297,23 +305,14 @@ def errno_note(field: str, v: KeyValue) -> str:
     return str(v)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count hits of tracepoints per probe (and per field values with --by), "
-                     "printed at the end or every interval. Filters and keys run in the kernel.")
-    add_probe_arguments(p)
-    p.add_argument("--by", default="", metavar="FIELDS",
-                   help=f"also key the counts by these record fields (comma list, at most {MAX_KEYS})")
-    p.add_argument("-P", "--perpid", action="store_true", help="count per process too")
-    add_container_args(p, TracepointCount)
-    add_common(p, [v.hook for v in TracepointCount.VARIANTS])
-
-
 # -- snapshots: what --record/--influx get and what replay renders ---------------------
 # A series per ProbeCount: labels tracepoint, pid/comm (with -P) and "key.<field>"
 # per --by field (prefixed: a tracepoint may have fields named pid or comm);
 # values count and, when some key values are strings, str_keys (a bitmask over
 # the key's positions) so replay gives each key value back its type.  The
-# snapshot's own value "tracepoints" is how many the specs resolved to live.
+# snapshot's own values: "tracepoints", how many the specs resolved to live,
+# and "missed", the hits not counted because the key table was full.
+# (series_of, count_of, probes, render_json and print_loop are stackcount's too.)
 
 def series_of(pc: ProbeCount, extra: dict[str, str] | None = None) -> Series:
     labels: dict[str, Any] = {"tracepoint": pc.tracepoint}
@@ -337,42 +336,45 @@ def count_of(s: Series) -> ProbeCount:
     return ProbeCount(labels["tracepoint"], key, int(values["count"]), pid, labels.get("comm"))
 
 
+def hit_of(pc: ProbeCount) -> Any:
+    """A ProbeCount as the generated row the CLI prints (TracepointHits)."""
+    return TRACEPOINT_HITS.cls(pc.tracepoint, dict(pc.key), pc.pid, pc.comm, pc.count)
+
+
 def probes(snap: Snapshot) -> int:
     return int(snap.value("tracepoints", 0))
 
 
 def render_json(snap: Snapshot, to_json) -> str:
+    """stackcount's JSON (count's own is its SPEC's)."""
+    import json
     ts = aggregate.local_time(snap, "%Y-%m-%dT%H:%M:%S")
     return "".join(json.dumps({"ts": ts, **to_json(s)}) + "\n" for s in snap.series)
 
 
 def print_loop(tool: str, tracer: TracepointCount, args: argparse.Namespace, series, render_snapshot,
                header: str = "") -> int:
-    """Print the header, then the counts (reset each interval) on every tick:
-    interval, duration or Ctrl-C; each interval is a Snapshot of series(pc)
-    handed to the sinks and printed by render_snapshot(snap, args)."""
+    """stackcount's run: the header, then the counts (reset each interval) on
+    every tick: interval, duration or Ctrl-C; each interval is a Snapshot of
+    series(pc) handed to the sinks and printed by render_snapshot(snap, args)."""
     reported = 0
 
     def snapshot() -> Snapshot:
         nonlocal reported
-        counts = tracer.counts(clear=bool(args.interval))
-        dropped = tracer.dropped
+        snap = interval_snapshot(tool, tracer, args, series)
+        dropped = int(snap.value("missed", 0))
         if dropped > reported:
             sys.stderr.write(f"{dropped - reported} hits not counted: the key table is full\n")
             reported = dropped
-        return Snapshot.now(tool, [series(pc) for pc in counts], args.interval,
-                            {"tracepoints": len(tracer.names)})
+        return snap
 
-    def between() -> None:
-        # Printing only at the end with user stacks: wake every second anyway to read
-        # the mappings of the processes seen so far, while they still exist.
-        remember({pc.pid for pc in tracer.counts() if pc.pid})
+    return aggregate.print_loop(args, snapshot, render_snapshot, lambda a: header + "\n" if header else "")
 
-    aggregate.print_loop(args, snapshot, render_snapshot, lambda a: header + "\n" if header else "",
-                         between=between if tracer.user_stack else None)
-    if len(tracer.names) > 50:
-        sys.stderr.write(f"detaching {len(tracer.names)} tracepoints (the kernel takes a while)...\n")
-    return 0
+
+def interval_snapshot(tool: str, tracer: TracepointCount, args: Any, series=series_of) -> Snapshot:
+    counts = tracer.counts(clear=bool(args.interval))
+    return Snapshot.now(tool, [series(pc) for pc in counts], args.interval,
+                        {"tracepoints": len(tracer.names), "missed": tracer.dropped})
 
 
 def header_line(args: argparse.Namespace, n: int) -> str:
@@ -383,15 +385,7 @@ def header_line(args: argparse.Namespace, n: int) -> str:
             "... Hit Ctrl-C to end.")
 
 
-def replay_intro(args: argparse.Namespace, first: Snapshot) -> str:
-    """What run() printed first, from the recording's first snapshot."""
-    text = header_line(args, probes(first))
-    return text + "\n" if text else ""
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return render_json(snap, lambda s: count_of(s).to_dict())
+def text(snap: Snapshot, args: argparse.Namespace) -> str:
     counts = [count_of(s) for s in snap.series]
     by = [b for b in args.by.split(",") if b.strip()]
     width = max([36, *(len(pc.tracepoint) for pc in counts)])
@@ -411,9 +405,51 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
     return aggregate.timestamp_line(snap, args) + "\n".join(lines) + "\n\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    by = [b for b in args.by.split(",") if b.strip()]
-    tracer = TracepointCount(args.tracepoints, by=by, filters=args.filter, pid=args.pid,
-                             per_process=args.perpid, hook=args.hook, **container_filters(args))
-    with tracer:
-        return print_loop(NAME, tracer, args, series_of, render_snapshot, header_line(args, len(tracer.names)))
+def tracepoint_spec(text: str) -> str:
+    """An argparse type: category:name (t:category:name, category/name), wildcards allowed."""
+    from ..core.cliutil import bad_value
+    name = tp.normalize(text)
+    if name.count(":") != 1 or not all(name.split(":")):
+        raise bad_value(f"'{text}': write a tracepoint as category:name (e.g. net:net_dev_xmit)")
+    return text
+
+
+def _by(args: Any) -> list[str]:
+    return [b for b in args.by.split(",") if b.strip()]
+
+
+SPEC = ToolSpec(
+    "count", SUMMARY, TracepointCount, TABLE,
+    description=("Count hits of tracepoints per probe (and per field values with --by), "
+                 "printed at the end or every interval. Filters and keys run in the kernel."),
+    event=TRACEPOINT_HITS,
+    labels=("tracepoint", "key", "pid", "comm"), values=("count",),
+    options=(
+        Option("tracepoints", nargs="*", metavar="TRACEPOINT", kw="tracepoints", type=tracepoint_spec,
+               help="category:name (also t:category:name), shell wildcards allowed, "
+                    "e.g. net:net_dev_xmit 'syscalls:sys_exit_conn*'"),
+        pid("only this process"),
+        *interval_flags(),
+        timestamp(),
+        Option("--filter", action="append", default=[], metavar="EXPR", kw="filters",
+               help="count only hits whose fields satisfy EXPR, evaluated in the kernel: "
+                    "FIELD OP VALUE joined by &&, OP one of == != < <= > >= & ; VALUE a number, "
+                    "an errno name (-ECONNREFUSED) or a string (e.g. 'ret < 0', 'name == lo')"),
+        Option("--by", default="", metavar="FIELDS", kw="by", value=_by,
+               help=f"also key the counts by these record fields (comma list, at most {MAX_KEYS})"),
+        Option("-P", "--perpid", action="store_true", kw="per_process", help="count per process too"),
+    ),
+    snapshot=lambda tracer, args: interval_snapshot("count", tracer, args),
+    rows=lambda snap: [hit_of(count_of(s)) for s in snap.series],
+    missed="hits not counted: the key table is full",
+    text=text,
+    intro=lambda args, tracer: (header_line(args, len(tracer.names)) + "\n") if not args.json else "",
+    replay_intro=lambda args, snap: header_line(args, probes(snap)) + "\n",
+    examples=(
+        ("pytrace count net:net_dev_xmit net:netif_receive_skb -i 1", "packets sent and received, every second"),
+        ("pytrace count syscalls:sys_exit_connect --filter 'ret < 0' --by ret", "failed connects by errno"),
+        ("pytrace count 'syscalls:sys_enter_conn*' -P -d 10", "connect calls per process, for 10 seconds"),
+        ("pytrace count net:net_dev_xmit --by name -c 5 -i 2", "transmits per device, every 2 s, 5 times"),
+        ("pytrace count tcp:tcp_retransmit_skb --json", "one JSON object per tracepoint and key"),
+    ),
+)

@@ -4,8 +4,8 @@ Library:
 
     from pytrace.tools.ipecn import IpEcn
     with IpEcn() as t:
-        for p in t.events(duration=10):
-            print(p.ecn_name, p.saddr, p.sport, p.daddr, p.dport, p.dev)
+        for p in t.events(duration=10):            # EcnPacket
+            print(p.ecn, p.saddr, p.sport, p.daddr, p.dport, p.dev)
 
 A router or the sender marks a packet CE (ECN field 3 in the IPv4 TOS or
 the IPv6 traffic class) when congestion builds up: seeing them means a
@@ -15,58 +15,50 @@ ECT(0)/ECT(1) (ECN-capable, no congestion) are reported too.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import (LATENCY_NOTE, Clock, Output, add_common, add_family_args, family_of, json_renderer,
-                            netns_inode, stream_events)
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE, netns_inode
 from ..core.loader import Variant
-from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
-from ..core.socklayer import protocol_name
 from ..core.stream import EventTracer
+from ..spec import EVENTS, EventType, Option, ToolSpec, family
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "ipecn"
-SUMMARY = "received IP packets marked ECN Congestion Experienced"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 ECN_NAMES = ("Not-ECT", "ECT(1)", "ECT(0)", "CE")
 
 
-@dataclass(frozen=True, slots=True)
-class EcnPacket:
-    ts_ns: int
-    family: int
-    ecn: int                   # 3 CE, 2 ECT(0), 1 ECT(1)
-    dscp: int
-    protocol: int              # IPPROTO_*
-    saddr: Addr
-    sport: int                 # TCP/UDP only, else 0
-    daddr: Addr
-    dport: int
-    length: int                # IP length
-    dev: str                   # receiving device
-    ifindex: int
-    netns: int                 # its network namespace (inode)
+def ecn_value(v: int) -> str:
+    """The ECN codepoint's name (RFC 3168)."""
+    return ECN_NAMES[v & 3]
 
-    @property
-    def ecn_name(self) -> str:
-        return ECN_NAMES[self.ecn & 3]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "ip": 4 if self.family == AF_INET else 6, "ecn": self.ecn_name,
-                "dscp": self.dscp, "protocol": protocol_name(self.protocol), "saddr": str(self.saddr),
-                "sport": self.sport, "daddr": str(self.daddr), "dport": self.dport, "len": self.length,
-                "dev": self.dev, "ifindex": self.ifindex, "netns": self.netns}
+convert.register(convert.Conversion("ecn", ecn_value, None, convert.text_parse, kind="str",
+                                    text=("s", "_ecn_names[{0} & 3]"),
+                                    env={"_ecn_names": tuple(n.encode() for n in ECN_NAMES)}))
+
+# struct ipecn_event of src/bpf/ipecn.bpf.c; build.py generates EcnPacket
+IPECN_EVENT = EventType("EcnPacket", struct="ipecn_event", doc="A received IP packet with an ECN mark.", fields="""
+    ts_ns                       # CLOCK_MONOTONIC of the packet
+    family: family
+    ecn: ecn                    # CE, or with all_ect ECT(0)/ECT(1)
+    dscp
+    protocol <- proto: ip_protocol
+    saddr: address
+    sport                       # TCP/UDP only, else 0
+    daddr: address
+    dport
+    length <- len               # the IP length
+    dev: text                   # the receiving device
+    ifindex
+    netns                       # the device's network namespace (inode)
+    -pad
+""")
 
 
 class IpEcn(EventTracer):
     OBJECT = "ipecn"
-    EVENT = "ipecn_event"
+    EVENT_TYPE = IPECN_EVENT
     VARIANTS = (
         Variant("kprobe", ("ipecn_kprobe_ip_rcv", "ipecn_kprobe_ipv6_rcv")),
         Variant("tp_btf", ("ipecn_tp_btf",)),
@@ -81,54 +73,72 @@ class IpEcn(EventTracer):
     def rodata(self) -> dict[str, Any]:
         return {"any_ect": self.all_ect, "target_family": self.family, "target_netns": self.netns}
 
-    def make_event(self, raw: tuple) -> EcnPacket:
-        i = self.idx
-        fam = raw[i["family"]]
-        return EcnPacket(raw[i["ts_ns"]], fam, raw[i["ecn"]], raw[i["dscp"]], raw[i["proto"]],
-                         addr_obj(fam, raw[i["saddr"]]), raw[i["sport"]], addr_obj(fam, raw[i["daddr"]]),
-                         raw[i["dport"]], raw[i["len"]], comm_text(raw[i["dev"]]), raw[i["ifindex"]],
-                         raw[i["netns"]])
+
+def __getattr__(name: str) -> type:
+    """EcnPacket, the class generated from the record's BTF (PEP 562)."""
+    if name == "EcnPacket":
+        return IPECN_EVENT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- command line ---------------------------------------------------------------
+# -- the text: 'HH:MM:SS ECN CE from: SADDR' as the book's tool, then where it went ---------
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Trace received IPv4/IPv6 packets marked ECN Congestion Experienced (as the book's "
-                      "ipecn.bt, plus IPv6, ports and device). " + LATENCY_NOTE)
-    p.add_argument("-a", "--all-ect", action="store_true",
-                   help="also packets marked ECT(0)/ECT(1) (ECN-capable, not congested)")
-    add_family_args(p)
-    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
-                   help="only packets received in this network namespace (inode, as ls -Li /proc/PID/ns/net)")
-    add_common(p, [v.hook for v in IpEcn.VARIANTS])
+_TEXT = ("ts_ns", "family", "ecn", "proto", "saddr", "sport", "daddr", "dport", "dev")
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = IpEcn(all_ect=args.all_ect, family=family_of(args),
-                   netns=args.netns_id, hook=args.hook)
-    out = Output(args.json)
-    with tracer:
-        if not args.json:
-            what = "ECN-marked" if args.all_ect else "ECN Congestion Encountered"
-            out.write(f"Tracing inbound IPv4/IPv6 {what} packets. Hit Ctrl-C to end.\n")
-        return stream_events(tracer, out, renderer(tracer, args, out))
+def text(source: Any, args: Any, out: Any):
+    from ..core.rows import compile_rows, field_variable
+    from ..spec.text import _time_env
+    source.project(set(_TEXT))
+    v = {n: field_variable(n) for n in _TEXT}
+    addr = convert.get("address").text[1]
+    context: dict = {}
+    env = {**convert.text_env(context), **_time_env(context), "_ecn_names": tuple(n.encode() for n in ECN_NAMES),
+           "_proto": _ShortProtocols(), "_fmt": b"%s ECN %s from: %s to: %s %s%s dev %s\n"}
+    expr = (f"_fmt % (_hms({v['ts_ns']}), _ecn_names[{v['ecn']} & 3], {addr.format(v['saddr'], v['family'])}, "
+            f"{addr.format(v['daddr'], v['family'])}, _proto[{v['proto']}], "
+            f"(b' %d > %d' % ({v['sport']}, {v['dport']}) if {v['proto']} in (6, 17) else b''), "
+            f"(_cget({v['dev']}) or _comm_of({v['dev']})))")
+    rows = compile_rows(source.raw_fields, expr, env)
 
-
-def renderer(source: IpEcn, args: argparse.Namespace, out: Output):
-    """'HH:MM:SS ECN CE from: SADDR' as the book's tool, then where it went."""
-    if args.json:
-        return json_renderer(source)
-    addr, clock = AddrFormatter(), Clock()
-    i = source.idx
-
-    def render(batch: list[tuple]) -> str:
-        lines = []
-        for r in batch:
-            fam, proto = r[i["family"]], r[i["proto"]]
-            pname = protocol_name(proto).replace("IPPROTO_", "")
-            ports = f" {r[i['sport']]} > {r[i['dport']]}" if proto in (6, 17) else ""
-            lines.append(f"{clock.hms(r[i['ts_ns']])} ECN {ECN_NAMES[r[i['ecn']] & 3]} from: "
-                         f"{addr(fam, r[i['saddr']])} to: {addr(fam, r[i['daddr']])} {pname}{ports} "
-                         f"dev {comm_text(r[i['dev']])}\n")
-        return "".join(lines)
+    def render(batch: list[tuple]) -> bytes:
+        return b"".join(rows(batch))
     return render
+
+
+class _ShortProtocols(dict):
+    """IP protocol number -> b"UDP" (its IPPROTO_ name without the prefix)."""
+
+    def __missing__(self, key: int) -> bytes:
+        name = getattr(convert.ip_protocol_value(key), "name", f"IPPROTO_{key}")
+        out = self[key] = name.removeprefix("IPPROTO_").encode()
+        return out
+
+
+def intro(args: Any) -> str:
+    what = "ECN-marked" if args.all_ect else "ECN Congestion Encountered"
+    return f"Tracing inbound IPv4/IPv6 {what} packets. Hit Ctrl-C to end.\n"
+
+
+SPEC = ToolSpec(
+    "ipecn", "received IP packets marked ECN Congestion Experienced", IpEcn, EVENTS,
+    description=("Trace received IPv4/IPv6 packets marked ECN Congestion Experienced (as the book's "
+                 f"ipecn.bt, plus IPv6, ports and device). {LATENCY_NOTE}"),
+    event=IPECN_EVENT,
+    options=(
+        Option("-a", "--all-ect", action="store_true", kw="all_ect",
+               help="also packets marked ECT(0)/ECT(1) (ECN-capable, not congested)"),
+        family(),
+        Option("--netns-id", type=netns_inode, default=0, metavar="INODE", kw="netns",
+               help="only packets received in this network namespace (inode, as ls -Li /proc/PID/ns/net)"),
+    ),
+    text=text,
+    intro=intro,
+    examples=(
+        ("pytrace ipecn", "every received packet marked CE"),
+        ("pytrace ipecn -a", "also packets marked ECT(0) or ECT(1)"),
+        ("pytrace ipecn -6", "IPv6 only"),
+        ("pytrace ipecn --netns-id 4026531840", "only packets received in that network namespace"),
+        ("pytrace ipecn --json", "one JSON object per packet"),
+    ),
+)

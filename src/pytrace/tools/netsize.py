@@ -6,9 +6,9 @@ Library:
     from pytrace.tools.netsize import NetSize
     with NetSize(dev="eth0") as t:
         time.sleep(10)
-        for h in t.histograms():              # DeviceSizes, frozen
-            print(h.dev, h.kind, h.hist.count)
-            print(h.hist.render())
+        for k, h in t.histograms().items():      # NetSizeKey: Log2Histogram
+            print(k.dev, k.kind, h.count)
+            print(h.render())
 
 kind is where the size was taken (the book's netsize.bt):
   recv      netif_receive_skb: received, after GRO merged segments
@@ -21,40 +21,36 @@ without it on receive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common
-from ..core.hist import Log2Histogram
+from ..core import convert
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.net import comm_text
-from ..core.netdev import add_device_args, check_device_args, dev_label, device_rodata
-from ..core.socklayer import histograms
+from ..core.netdev import dev_label, device_options, device_rodata
+from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, EventType, ToolSpec, interval_flags, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "netsize"
-SUMMARY = "packet size histograms per device, rx/tx, before and after GRO/GSO"
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS = ("recv", "send", "nic_recv", "nic_send")     # as src/bpf/netsize.bpf.c
 WHERE = {"recv": "netif_receive_skb, after GRO", "send": "net_dev_queue, before GSO",
          "nic_recv": "napi_gro_receive_entry, before GRO", "nic_send": "net_dev_xmit, to the driver"}
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSizes:
-    dev: str
-    netns: int                 # network namespace inode of the device
-    kind: str                  # recv, send, nic_recv, nic_send
-    hist: Log2Histogram        # unit "bytes"
+def kind_value(v: int) -> str:
+    return KINDS[v] if v < len(KINDS) else str(v)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"dev": self.dev, "netns": self.netns, "kind": self.kind, **self.hist.to_dict()}
+
+convert.register(convert.Conversion("netsize_kind", kind_value, None, convert.text_parse, kind="str"))
+
+# The hists map's key (struct netsize_key)
+NETSIZE_KEY = EventType("NetSizeKey", struct="netsize_key", doc="The device and point a histogram is for.",
+                        fields="""
+    dev <- dev.name: text
+    netns <- dev.netns          # the device's network namespace (inode)
+    kind: netsize_kind          # recv, send, nic_recv, nic_send
+""")
 
 
 class NetSize(Tracer):
@@ -74,49 +70,40 @@ class NetSize(Tracer):
     def setup(self) -> None:
         self._hists = self.obj.map("hists")
 
-    def histograms(self, clear: bool = False) -> list[DeviceSizes]:
-        """One histogram per device and kind, by device then kind."""
-        raw = histograms(self._hists, "bytes",
-                         lambda k: (comm_text(k["dev.name"]), k["dev.netns"], k["kind"]), clear)
-        out = [DeviceSizes(dev, ns, KINDS[kind] if kind < len(KINDS) else str(kind), h)
-               for (dev, ns, kind), h in raw.items()]
-        return sorted(out, key=lambda d: (d.netns, d.dev, KINDS.index(d.kind) if d.kind in KINDS else 9))
-
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({"dev": d.dev, "netns": d.netns, "kind": d.kind}, hist=d.hist)
-                                   for d in self.histograms(clear)], interval)
+    def histograms(self, clear: bool = False) -> dict:
+        """{NetSizeKey: size histogram in bytes}, by namespace, device, then kind."""
+        hists = keyed_histograms(self._hists, "bytes", NETSIZE_KEY.cls, clear)
+        order = {k: i for i, k in enumerate(KINDS)}
+        return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev, order.get(kh[0].kind, 9))))
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Packet size histograms per network device: recv (after GRO), send (before GSO), "
-                     "nic_recv (before GRO, NAPI devices) and nic_send (to the driver), as the book's "
-                     "netsize.bt.  Sizes are skb->len: link-layer header included on transmit only.")
-    add_device_args(p)
-    add_interval_args(p)
-    add_common(p, [v.hook for v in NetSize.VARIANTS])
+def __getattr__(name: str) -> type:
+    """NetSizeKey, the class generated from the key's BTF (PEP 562)."""
+    if name == "NetSizeKey":
+        return NETSIZE_KEY.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing net device send/receive. Hit Ctrl-C to end.\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + "".join(
+        f"dev {dev_label(k.dev, k.netns)}: {k.kind}_bytes ({WHERE.get(k.kind, '?')})\n{h.render()}\n"
+        for k, h in SPEC.histograms(snap))
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return json_lines(snap)
-    parts = [timestamp_line(snap, args)]
-    for s in snap.series:
-        kind = s.label("kind")
-        parts.append(f"dev {dev_label(s.label('dev'), int(s.label('netns')))}: {kind}_bytes "
-                     f"({WHERE.get(kind, '?')})\n{s.hist.render()}\n")
-    return "".join(parts)
-
-
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    check_device_args(args)
-    tracer = NetSize(dev=args.dev, netns=args.netns_id, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "netsize", "packet size histograms per device, rx/tx, before and after GRO/GSO", NetSize, HISTOGRAM,
+    description=("Packet size histograms per network device: recv (after GRO), send (before GSO), "
+                 "nic_recv (before GRO, NAPI devices) and nic_send (to the driver), as the book's "
+                 "netsize.bt.  Sizes are skb->len: link-layer header included on transmit only."),
+    event=NETSIZE_KEY,
+    options=(*device_options(), *interval_flags(), timestamp()),
+    read=lambda tracer, args: tracer.histograms(clear=bool(args.interval)),
+    text=text,
+    intro="Tracing net device send/receive. Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace netsize", "histograms of every device, at Ctrl-C"),
+        ("pytrace netsize -D eth0 -i 1 -T", "device eth0, every second, with the time"),
+        ("pytrace netsize --netns-id 4026531840", "only devices of that network namespace"),
+        ("pytrace netsize --json", "one JSON object per device and point"),
+    ),
+)

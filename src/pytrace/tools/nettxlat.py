@@ -5,9 +5,9 @@ Library:
     from pytrace.tools.nettxlat import NetTxLat
     with NetTxLat(dev="eth0") as t:
         time.sleep(10)
-        for d in t.histograms():              # DeviceTxLatency, frozen
-            print(d.dev, d.hist.count, d.hist.average)
-            print(d.hist.render())
+        for d, h in t.histograms().items():       # DeviceKey: Log2Histogram
+            print(d.dev, d.netns, h.count, h.average)
+            print(h.render())
 
 The time from a packet being handed to the driver (net:net_dev_start_xmit)
 to the driver freeing it once sent (skb:consume_skb), as the book's
@@ -19,39 +19,26 @@ as a transmit latency.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common
-from ..core.hist import Log2Histogram
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.net import comm_text
-from ..core.netdev import add_device_args, check_device_args, dev_label, device_rodata
-from ..core.socklayer import histograms
+from ..core.netdev import dev_label, device_options, device_rodata
+from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "nettxlat"
-SUMMARY = "device transmit latency histograms (driver start to TX completion)"
+if TYPE_CHECKING:
+    from typing import Any
 
 NO_COMPLETION = ("veth and lo have no TX completion: their skbs are consumed by the receiving side, "
                  "so on them this is NOT a transmit latency (the number is meaningless there); "
                  "use a real NIC")
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceTxLatency:
-    dev: str
-    netns: int
-    hist: Log2Histogram
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dev": self.dev, "netns": self.netns, **self.hist.to_dict()}
+# The hists map's key (struct dev_id of skbinfo.h)
+DEVICE_KEY = EventType("DeviceKey", struct="dev_id", doc="The device a histogram is for.", fields="""
+    dev <- name: text
+    netns                       # the device's network namespace (inode)
+""")
 
 
 class NetTxLat(Tracer):
@@ -74,47 +61,43 @@ class NetTxLat(Tracer):
     def setup(self) -> None:
         self._hists = self.obj.map("hists")
 
-    def histograms(self, clear: bool = False) -> list[DeviceTxLatency]:
-        raw = histograms(self._hists, self.unit, lambda k: (comm_text(k["name"]), k["netns"]), clear)
-        return sorted((DeviceTxLatency(dev, ns, h) for (dev, ns), h in raw.items()),
-                      key=lambda d: (d.netns, d.dev))
-
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({"dev": d.dev, "netns": d.netns}, hist=d.hist)
-                                   for d in self.histograms(clear)], interval)
+    def histograms(self, clear: bool = False) -> dict:
+        """{DeviceKey: transmit latency histogram}, by namespace then device."""
+        hists = keyed_histograms(self._hists, self.unit, DEVICE_KEY.cls, clear)
+        return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev)))
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Device transmit latency per device: from net_dev_start_xmit (handed to the driver) "
-                     "to consume_skb (freed by the driver after sending), as the book's nettxlat.bt. "
-                     f"NOTE: {NO_COMPLETION}.")
-    add_device_args(p)
-    p.add_argument("-N", "--nanoseconds", action="store_true", help="histograms in nanoseconds")
-    add_interval_args(p)
-    add_common(p, [v.hook for v in NetTxLat.VARIANTS])
+def __getattr__(name: str) -> type:
+    """DeviceKey, the class generated from the key's BTF (PEP 562)."""
+    if name == "DeviceKey":
+        return DEVICE_KEY.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def intro(args: argparse.Namespace) -> str:
-    if args.json:
-        return ""
-    return f"Tracing net device xmit queue latency. Hit Ctrl-C to end.\n(Note: {NO_COMPLETION}.)\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + "".join(f"dev {dev_label(d.dev, d.netns)}:\n{h.render()}\n"
+                                                for d, h in SPEC.histograms(snap))
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return json_lines(snap)
-    parts = [timestamp_line(snap, args)]
-    for s in snap.series:
-        parts.append(f"dev {dev_label(s.label('dev'), int(s.label('netns')))}:\n{s.hist.render()}\n")
-    return "".join(parts)
-
-
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    check_device_args(args)
-    tracer = NetTxLat(dev=args.dev, netns=args.netns_id, ns=args.nanoseconds, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "nettxlat", "device transmit latency histograms (driver start to TX completion)", NetTxLat, HISTOGRAM,
+    description=("Device transmit latency per device: from net_dev_start_xmit (handed to the driver) "
+                 "to consume_skb (freed by the driver after sending), as the book's nettxlat.bt. "
+                 f"NOTE: {NO_COMPLETION}."),
+    event=DEVICE_KEY,
+    options=(
+        *device_options(),
+        Option("-N", "--nanoseconds", action="store_true", kw="ns", help="histograms in nanoseconds"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=lambda tracer, args: tracer.histograms(clear=bool(args.interval)),
+    text=text,
+    intro=f"Tracing net device xmit queue latency. Hit Ctrl-C to end.\n(Note: {NO_COMPLETION}.)\n",
+    examples=(
+        ("pytrace nettxlat", "a histogram per device, at Ctrl-C"),
+        ("pytrace nettxlat -D eth0 -i 1", "device eth0, every second"),
+        ("pytrace nettxlat -N -T -i 5 -c 3", "in nanoseconds, every 5 seconds, 3 times"),
+        ("pytrace nettxlat --json", "one JSON object per device"),
+    ),
+)

@@ -12,28 +12,23 @@ Library:
     ns = NetStat(patterns=["Tcp*"])
     ns.sample()                      # primes the baseline (deltas since boot)
     time.sleep(1)
-    for c in ns.sample():            # NstatSample: deltas since the previous sample
+    for c in ns.sample():            # NstatSample of CounterDelta: deltas since the previous sample
         print(c.name, c.delta, c.rate, c.key)
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
-import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from ..core.aggregate import local_time, print_loop
-from ..core.cliutil import add_sink_args, bad_value, intervals, netns_ref, publish, seconds
+from ..core.aggregate import local_time
+from ..core.cliutil import bad_value, netns_ref
 from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, timestamp
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
 
 NAME = "nstat"
 SUMMARY = "deltas of the kernel's SNMP/netstat counters (no BPF), key counters marked"
@@ -106,29 +101,30 @@ def read_counters(netns: str | None = None) -> dict[str, int]:
         raise PytraceError(f"entering netns {netns} needs root (CAP_SYS_ADMIN)") from None
 
 
-@dataclass(frozen=True, slots=True)
-class CounterDelta:
-    name: str          # nstat name, e.g. TcpExtListenOverflows
-    delta: int         # change since the previous sample (since boot for the first)
-    total: int         # value now
-    rate: float        # delta per second over the sample's interval
-    key: bool          # one of the chapter's counters (retransmits, overflows, drops, resets, errors)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "delta": self.delta, "total": self.total,
-                "rate": round(self.rate, 3), "key": self.key}
+# One counter's change over a sample: no BPF, so the type is declared here alone
+COUNTER_DELTA = EventType("CounterDelta", standalone=True, doc="One counter's change over a sample.", fields="""
+    name: str           # nstat name, e.g. TcpExtListenOverflows
+    delta               # change since the previous sample (since boot for the first)
+    total               # value now
+    rate: float3        # delta per second over the sample's interval
+    key: bool           # one of the chapter's counters (retransmits, overflows, drops, resets, errors)
+""")
 
 
-@dataclass(frozen=True, slots=True)
 class NstatSample:
-    ts: float                          # time.time() of the sample
-    interval: float | None             # seconds since the previous sample (None: since boot)
-    counters: tuple[CounterDelta, ...]
+    """The deltas of one sample (CounterDelta rows), with when it was taken."""
 
-    def __iter__(self) -> Iterator[CounterDelta]:
+    __slots__ = ("ts", "interval", "counters")
+
+    def __init__(self, ts: float, interval: float | None, counters: tuple):
+        self.ts = ts                   # time.time() of the sample
+        self.interval = interval       # seconds since the previous sample (None: since boot)
+        self.counters = counters
+
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.counters)
 
-    def get(self, name: str) -> CounterDelta | None:
+    def get(self, name: str) -> Any:
         for c in self.counters:
             if c.name == name:
                 return c
@@ -139,10 +135,14 @@ class NstatSample:
 
 
 class NetStat:
-    """Samples the counters; each sample holds the deltas since the previous one."""
+    """Samples the counters; each sample holds the deltas since the previous one.
+    (No BPF: OBJECT names its generated types, VARIANTS is empty.)"""
+
+    OBJECT = "nstat"
+    VARIANTS = ()
 
     def __init__(self, patterns: Iterable[str] = (), netns: str | None = None, zeros: bool = False,
-                 key_only: bool = False):
+                 key_only: bool = False, hook: str | None = None):
         self.patterns = list(patterns)
         self.netns, self.zeros, self.key_only = netns, zeros, key_only
         self._prev: dict[str, int] | None = None
@@ -159,6 +159,7 @@ class NetStat:
         prev, prev_t = self._prev, self._prev_t
         self._prev, self._prev_t = now, now_t
         interval = None if prev_t is None else max(now_t - prev_t, 1e-9)
+        make = COUNTER_DELTA.cls
         out = []
         for name, total in now.items():
             if not self.wanted(name):
@@ -167,83 +168,112 @@ class NetStat:
             if delta == 0 and not self.zeros:
                 continue
             rate = delta / interval if interval else 0.0
-            out.append(CounterDelta(name, delta, total, rate, is_key(name)))
+            out.append(make(name, delta, total, rate, is_key(name)))
         return NstatSample(time.time(), interval, tuple(out))
+
+    # opened and closed as the tools' tracers are (nothing to release)
+    def open(self) -> NetStat:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NetStat:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # -- command line ---------------------------------------------------------------
 
 def pattern(text: str) -> str:
+    """An argparse type: a shell pattern that names at least one counter (the
+    counters' names are the same in every namespace; a pattern that matches
+    none would print nothing, never saying why)."""
     if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", text):
         raise bad_value(f"'{text}' is not a counter name pattern (e.g. TcpExt* or *Retrans*)")
+    from ..core.cliutil import checking_host
+    if checking_host() and not any(fnmatch.fnmatchcase(name, text) for name in read_counters()):
+        raise bad_value(f"'{text}' matches no counter (e.g. TcpExt*, *Retrans*, TcpActiveOpens)")
     return text
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Print the changes of the kernel's network counters (/proc/net/snmp, netstat, "
-                     "snmp6) every interval, like nstat. No BPF. Marked with * are the counters to "
-                     "look at first: retransmits, listen overflows and drops, resets, errors.")
-    p.add_argument("patterns", nargs="*", type=pattern, metavar="PATTERN",
-                   help="only counters matching these shell patterns (e.g. 'TcpExt*' '*Retrans*')")
-    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
-                   help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-a", "--absolute", action="store_true",
-                   help="print the values since boot once and exit")
-    p.add_argument("-z", "--zeros", action="store_true", help="also show counters that did not change")
-    p.add_argument("-k", "--key", action="store_true", help="only the marked (key) counters")
-    p.add_argument("-T", "--timestamp", action="store_true", help="print a timestamp with each interval")
-    p.add_argument("-N", "--netns", metavar="NS", type=netns_ref,
-                   help="counters of this network namespace (ip netns name, path or inode)")
-    g = p.add_argument_group("pytrace options")
-    g.add_argument("--json", action="store_true", help="one JSON object per counter and interval")
-    g.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
-    add_sink_args(g)
+def __getattr__(name: str) -> type:
+    """CounterDelta, the class generated from its declaration (PEP 562)."""
+    if name == "CounterDelta":
+        return COUNTER_DELTA.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-def snapshot(sample: NstatSample) -> Snapshot:
-    """One series per counter (labels name, key); the interval is the sample's own (None: since boot)."""
+def snapshot(ns: NetStat, args: Any) -> Snapshot:
+    """One series per counter (labels name, key); time and interval are the sample's own."""
+    sample = ns.sample()
     return Snapshot(NAME, int(sample.ts * 1e9),
-                    tuple(Series.of({"name": c.name, "key": int(c.key)},
-                                    {"delta": c.delta, "total": c.total, "rate": c.rate}) for c in sample),
-                    sample.interval)
+                    tuple(Series.of({"name": c.name, "key": c.key}, {"delta": c.delta, "total": c.total,
+                                                                    "rate": c.rate}) for c in sample),
+                    sample.interval, (), time.monotonic_ns())
 
 
-def intro(args: argparse.Namespace) -> str:
-    if args.json:
-        return ""
+def intro(args: Any) -> str:
     if args.absolute:
         return "#kernel\n"
     return (f"#kernel: counter changes every {args.interval} s "
             "(* = retransmits, listen overflows/drops, resets, errors). Ctrl-C to end.\n")
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    rows = [(s.label("name"), s.label("key") == "1", dict(s.values)) for s in snap.series]
-    if args.json:
-        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
-        interval = None if snap.interval is None else round(snap.interval, 3)
-        return "".join(json.dumps({"ts": ts, "interval": interval, "name": name, "delta": v["delta"],
-                                   "total": v["total"], "rate": round(v["rate"], 3), "key": key}) + "\n"
-                       for name, key, v in rows)
+def text(snap: Snapshot, args: Any) -> str:
     lines = []
     if args.timestamp:
         span = f" ({snap.interval:.2f} s)" if snap.interval else " (since boot)"
         lines.append(local_time(snap) + span)
-    for name, key, v in rows:
-        lines.append(f"{'*' if key else ' '} {name:<32} {v['delta']:<16} {v['rate']:.1f}")
+    for c in SPEC.rows(snap):
+        lines.append(f"{'*' if c.key else ' '} {c.name:<32} {c.delta:<16} {c.rate:.1f}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def run(args: argparse.Namespace) -> int:
-    ns = NetStat(args.patterns, netns=args.netns, zeros=args.zeros, key_only=args.key)
-    first = ns.sample()
-    if args.absolute:
-        snap = snapshot(first)
-        publish(snap)
-        sys.stdout.write(intro(args) + render_snapshot(snap, args))
-        return 0
-    return print_loop(args, lambda: snapshot(ns.sample()), render_snapshot, intro)
+class _NetStatPrimed(NetStat):
+    """The CLI's sampler: its first sample (deltas since boot) is taken when it
+    starts, so the first interval shows the changes during it (-a: since boot)."""
+
+    def __init__(self, *, absolute: bool = False, **kw: Any):
+        super().__init__(**kw)
+        self.absolute = absolute
+
+    def open(self) -> NetStat:
+        if not self.absolute:
+            self.sample()
+        return self
+
+
+_EVERY, _COUNT, _DURATION = interval_flags()
+
+SPEC = ToolSpec(
+    "nstat", SUMMARY, _NetStatPrimed, TABLE,
+    description=("Print the changes of the kernel's network counters (/proc/net/snmp, netstat, "
+                 "snmp6) every interval, like nstat. No BPF. Marked with * are the counters to "
+                 "look at first: retransmits, listen overflows and drops, resets, errors."),
+    event=COUNTER_DELTA,
+    labels=("name", "key"), values=("delta", "total", "rate"),
+    options=(
+        Option("patterns", nargs="*", type=pattern, metavar="PATTERN", kw="patterns",
+               help="only counters matching these shell patterns (e.g. 'TcpExt*' '*Retrans*')"),
+        _EVERY.but(default=1, help="print every SEC seconds (default 1)"), _COUNT, _DURATION,
+        Option("-a", "--absolute", action="store_true", kw="absolute",
+               help="print the values since boot once and exit"),
+        Option("-z", "--zeros", action="store_true", kw="zeros", help="also show counters that did not change"),
+        Option("-k", "--key", action="store_true", kw="key_only", help="only the marked (key) counters"),
+        timestamp("print a timestamp with each interval"),
+        Option("-N", "--netns", metavar="NS", type=netns_ref, kw="netns",
+               help="counters of this network namespace (ip netns name, path or inode)"),
+    ),
+    snapshot=snapshot, text=text, intro=intro, exported=("total",),
+    immediate=lambda args: args.absolute,
+    examples=(
+        ("pytrace nstat", "every second, the counters that changed"),
+        ("pytrace nstat -k -T", "only the key counters, with the time"),
+        ("pytrace nstat 'TcpExt*' -i 5 -c 12", "TcpExt counters, every 5 seconds for a minute"),
+        ("pytrace nstat -a Tcp*", "the Tcp counters' values since boot, once"),
+        ("pytrace nstat --json", "one JSON object per counter and interval"),
+    ),
+)

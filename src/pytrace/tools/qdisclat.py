@@ -5,9 +5,9 @@ Library:
     from pytrace.tools.qdisclat import QdiscLat
     with QdiscLat(dev="eth0") as t:
         time.sleep(10)
-        for q in t.histograms():               # QdiscLatency, frozen
-            print(q.kind, q.handle_text, q.dev, q.hist.count, q.hist.average)
-            print(q.hist.render())
+        for q, h in t.histograms().items():      # QdiscKey: Log2Histogram
+            print(q.qdisc, q.handle, q.parent, q.dev, h.count, h.average)
+            print(h.render())
 
 The time each packet spent in a queueing discipline, from qdisc_enqueue to
 qdisc_dequeue (the book's qdisc-fq.bt, qdisc-codel.bt... for every qdisc
@@ -19,25 +19,18 @@ qdisc (noqueue: veth, lo).  A bulk dequeue reports only its first packet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common
-from ..core.hist import Log2Histogram
+from ..core import convert
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.net import comm_text
-from ..core.netdev import add_device_args, check_device_args, dev_label, device_rodata
-from ..core.socklayer import histograms
+from ..core.netdev import dev_label, device_options, device_rodata
+from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "qdisclat"
-SUMMARY = "queueing latency histograms per qdisc and device (enqueue to dequeue)"
 # every variant pairs the qdisc:qdisc_enqueue tracepoint (features.NEEDS) with qdisc_dequeue
 ENQUEUE = "tracepoint qdisc_enqueue"
 
@@ -52,26 +45,20 @@ def handle_text(handle: int) -> str:
     return f"{major:x}:{minor:x}" if minor else f"{major:x}:"
 
 
-@dataclass(frozen=True, slots=True)
-class QdiscLatency:
-    kind: str                  # "tbf", "fq_codel", ...
-    handle: int
-    parent: int
-    dev: str
-    netns: int
-    hist: Log2Histogram
+def handle_parse(v: Any) -> str:
+    return str(v)
 
-    @property
-    def handle_text(self) -> str:
-        return handle_text(self.handle)
 
-    @property
-    def parent_text(self) -> str:
-        return handle_text(self.parent)
+convert.register(convert.Conversion("tc_handle", handle_text, None, handle_parse, kind="str"))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"qdisc": self.kind, "handle": self.handle_text, "parent": self.parent_text, "dev": self.dev,
-                "netns": self.netns, **self.hist.to_dict()}
+# The hists map's key (struct qdisc_id)
+QDISC_KEY = EventType("QdiscKey", struct="qdisc_id", doc="The qdisc a histogram is for.", fields="""
+    qdisc <- kind: text         # "tbf", "fq_codel", ...
+    handle: tc_handle           # as tc shows it: 10:, 1:10
+    parent: tc_handle           # root, or the parent's handle
+    dev <- dev.name: text
+    netns <- dev.netns          # the device's network namespace (inode)
+""")
 
 
 class QdiscLat(Tracer):
@@ -93,50 +80,46 @@ class QdiscLat(Tracer):
     def setup(self) -> None:
         self._hists = self.obj.map("hists")
 
-    def histograms(self, clear: bool = False) -> list[QdiscLatency]:
-        raw = histograms(self._hists, self.unit, lambda k: (comm_text(k["kind"]), k["handle"], k["parent"],
-                                                            comm_text(k["dev.name"]), k["dev.netns"]), clear)
-        return sorted((QdiscLatency(*key, h) for key, h in raw.items()),
-                      key=lambda q: (q.netns, q.dev, q.handle))
-
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({"qdisc": q.kind, "handle": q.handle_text, "parent": q.parent_text,
-                                              "dev": q.dev, "netns": q.netns}, hist=q.hist)
-                                   for q in self.histograms(clear)], interval)
+    def histograms(self, clear: bool = False) -> dict:
+        """{QdiscKey: queueing latency histogram}, by namespace, device, then handle."""
+        hists = keyed_histograms(self._hists, self.unit, QDISC_KEY.cls, clear)
+        return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev, kh[0].handle)))
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Queueing latency per qdisc and device, from qdisc_enqueue to qdisc_dequeue of the same "
-                     "packet (every qdisc kind, unlike the book's per-kind qdisc-*.bt). Packets on the bypass "
-                     "path (an empty work-conserving qdisc such as pfifo_fast sends at once) and devices "
-                     "without a qdisc (noqueue: veth, lo) are not seen; a bulk dequeue counts its first "
-                     "packet only.")
-    add_device_args(p)
-    p.add_argument("-N", "--nanoseconds", action="store_true", help="histograms in nanoseconds")
-    add_interval_args(p)
-    add_common(p, [v.hook for v in QdiscLat.VARIANTS])
+def __getattr__(name: str) -> type:
+    """QdiscKey, the class generated from the key's BTF (PEP 562)."""
+    if name == "QdiscKey":
+        return QDISC_KEY.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing qdisc enqueue-to-dequeue latency. Hit Ctrl-C to end.\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + "".join(
+        f"qdisc {q.qdisc} {q.handle} parent {q.parent} dev {dev_label(q.dev, q.netns)}:\n{h.render()}\n"
+        for q, h in SPEC.histograms(snap))
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return json_lines(snap)
-    parts = [timestamp_line(snap, args)]
-    for s in snap.series:
-        parts.append(f"qdisc {s.label('qdisc')} {s.label('handle')} parent {s.label('parent')} dev "
-                     f"{dev_label(s.label('dev'), int(s.label('netns')))}:\n{s.hist.render()}\n")
-    return "".join(parts)
-
-
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    check_device_args(args)
-    tracer = QdiscLat(dev=args.dev, netns=args.netns_id, ns=args.nanoseconds, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "qdisclat", "queueing latency histograms per qdisc and device (enqueue to dequeue)", QdiscLat, HISTOGRAM,
+    description=("Queueing latency per qdisc and device, from qdisc_enqueue to qdisc_dequeue of the same "
+                 "packet (every qdisc kind, unlike the book's per-kind qdisc-*.bt). Packets on the bypass "
+                 "path (an empty work-conserving qdisc such as pfifo_fast sends at once) and devices "
+                 "without a qdisc (noqueue: veth, lo) are not seen; a bulk dequeue counts its first "
+                 "packet only."),
+    event=QDISC_KEY,
+    options=(
+        *device_options(),
+        Option("-N", "--nanoseconds", action="store_true", kw="ns", help="histograms in nanoseconds"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=lambda tracer, args: tracer.histograms(clear=bool(args.interval)),
+    text=text,
+    intro="Tracing qdisc enqueue-to-dequeue latency. Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace qdisclat", "a histogram per qdisc, at Ctrl-C"),
+        ("pytrace qdisclat -D eth0 -i 1", "the qdiscs of eth0, every second"),
+        ("pytrace qdisclat -N -T", "in nanoseconds, with the time"),
+        ("pytrace qdisclat --json", "one JSON object per qdisc"),
+    ),
+)

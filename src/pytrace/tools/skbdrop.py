@@ -19,24 +19,20 @@ starting at the function that freed the packet.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import Any
 
-from ..core.aggregate import add_interval_args, check_interval_args, print_loop, timestamp_line
-from ..core.cliutil import add_common, netns_inode, stack_storage, wall_iso
+from ..core import convert
+from ..core.aggregate import timestamp_line
+from ..core.cliutil import netns_inode, stack_storage
 from ..core.drops import DROP_REASONS, DropNames
 from ..core.loader import Variant
-from ..core.socklayer import counted, protocol_name
+from ..core.socklayer import protocol_name, table_rows
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "skbdrop"
-SUMMARY = "packet drops by reason, protocol and kernel stack, counted in the kernel"
+if TYPE_CHECKING:
+    from typing import Any
 
 STACK_STORAGE = 4096
 ETHERTYPES = {0x0800: "IPv4", 0x86DD: "IPv6", 0x0806: "ARP", 0x8100: "802.1Q", 0x88A8: "802.1ad",
@@ -53,15 +49,20 @@ def protocol_text(ethertype: int, ipproto: int) -> str:
     return l3
 
 
-@dataclass(frozen=True, slots=True)
-class SkbDropCount:
-    reason: str                 # enum skb_drop_reason name, without SKB_DROP_REASON_
-    protocol: str               # "IPv4/UDP", "ARP", ...
-    count: int
-    stack: tuple[str, ...]      # "function+0xoff", innermost first; () without stacks
+convert.register(convert.Conversion("skb_protocol", protocol_text, None, convert.text_parse, needs=("ipproto",),
+                                    kind="str"))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "protocol": self.protocol, "count": self.count, "stack": list(self.stack)}
+# A row of the drops map: key struct skbdrop_key, value the count; kstack (a
+# stack id in the map) is resolved by counts()
+SKBDROP_COUNT = EventType("SkbDropCount", map="drops", doc="Drops with one reason, protocol and kernel stack.",
+                          fields="""
+    reason: drop_reason         # enum skb_drop_reason's name, without SKB_DROP_REASON_
+    protocol <- ethertype: skb_protocol     # "IPv4/UDP", "ARP", ...
+    count <- value
+    stack <- kstack: frames     # "function+0xoff", innermost first; () without stacks
+    -ipproto
+    -pad
+""")
 
 
 class SkbDrop(Tracer):
@@ -96,66 +97,69 @@ class SkbDrop(Tracer):
             return (f"[missed kernel stack: {errno.errorcode.get(err, err)}]",)
         return tuple(self.names.stack(addrs))
 
-    def counts(self, clear: bool = False) -> list[SkbDropCount]:
-        """Drops since the start (or the last clear), one per reason/protocol/stack, most frequent last.
-        (The stack map is never cleared: a key read late must still find its stack.)"""
-        rows = counted(self._drops, clear)
-        out = [SkbDropCount(self.names.reason(k["reason"]), protocol_text(k["ethertype"], k["ipproto"]), n,
-                            self._stack(k["kstack"])) for k, n in rows]
+    def counts(self, clear: bool = False) -> list:
+        """Drops since the start (or the last clear), one SkbDropCount per reason/protocol/stack,
+        most frequent last.  (The stack map is never cleared: a key read late must still find its stack.)"""
+        make = SKBDROP_COUNT.cls
+        merged: dict[tuple, int] = {}
+        for r in table_rows(self._drops, make, clear):      # r.stack: the stack id, as the map holds it
+            key = (r.reason, r.protocol, self._stack(r.stack))
+            merged[key] = merged.get(key, 0) + r.count
+        out = [make(reason, proto, n, stack) for (reason, proto, stack), n in merged.items()]
         return sorted(out, key=lambda d: (d.count, d.reason, d.protocol, d.stack))
 
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({"reason": d.reason, "protocol": d.protocol,
-                                              "stack": ";".join(d.stack)}, {"count": d.count})
-                                   for d in self.counts(clear)], interval)
+
+def __getattr__(name: str) -> type:
+    """SkbDropCount, the class generated from the map's BTF (PEP 562)."""
+    if name == "SkbDropCount":
+        return SKBDROP_COUNT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count packet drops (skb:kfree_skb), any protocol, by drop reason, protocol and kernel "
-                     "stack; printed at Ctrl-C or every interval, with a summary by reason.")
-    p.add_argument("-S", "--no-stacks", action="store_true", help="count by reason and protocol only")
-    p.add_argument("-N", "--no-unspecified", action="store_true",
-                   help="leave out drops without a specific reason (NOT_SPECIFIED)")
-    p.add_argument("--netns-id", type=netns_inode, default=0, metavar="INODE",
-                   help="only drops in this network namespace (inode, as ls -Li /proc/PID/ns/net)")
-    p.add_argument("--stack-storage-size", type=stack_storage, default=STACK_STORAGE, metavar="N",
-                   help=f"distinct stacks kept (default {STACK_STORAGE})")
-    add_interval_args(p)
-    add_common(p, [v.hook for v in SkbDrop.VARIANTS])
-
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing skb drops by reason and kernel stack. Hit Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    rows = [(s.label("reason"), s.label("protocol"), s.label("stack") or "", dict(s.values)["count"])
-            for s in snap.series]
-    if args.json:
-        import json
-        ts = wall_iso(snap.time_ns)
-        return "".join(json.dumps({"ts": ts, "reason": r, "protocol": p, "count": n,
-                                   "stack": st.split(";") if st else []}) + "\n" for r, p, st, n in rows)
+def text(snap: Any, args: Any) -> str:
+    """A block per stack (bpftrace's map print), then a summary by reason and protocol."""
+    rows = SPEC.rows(snap)
     parts = [timestamp_line(snap, args)]
     if not args.no_stacks:
-        for reason, proto, stack, n in rows:
-            frames = "".join(f"    {f}\n" for f in stack.split(";")) if stack else ""
-            parts.append(f"{frames}    {reason} [{proto}]\n        {n}\n\n")
+        for d in rows:
+            frames = "".join(f"    {f}\n" for f in d.stack or ())
+            parts.append(f"{frames}    {d.reason} [{d.protocol}]\n        {d.count}\n\n")
     by_reason: dict[tuple[str, str], int] = {}
-    for reason, proto, _stack, n in rows:
-        by_reason[reason, proto] = by_reason.get((reason, proto), 0) + n
+    for d in rows:
+        by_reason[d.reason, d.protocol] = by_reason.get((d.reason, d.protocol), 0) + d.count
     parts.append(f"{'REASON':<32} {'PROTOCOL':<14} {'COUNT':>8}\n")
     for (reason, proto), n in sorted(by_reason.items(), key=lambda kv: (kv[1], kv[0])):
         parts.append(f"{reason:<32} {proto:<14} {n:>8}\n")
     return "".join(parts) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    tracer = SkbDrop(stacks=not args.no_stacks, unspecified=not args.no_unspecified, netns=args.netns_id,
-                     stack_storage=args.stack_storage_size, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "skbdrop", "packet drops by reason, protocol and kernel stack, counted in the kernel", SkbDrop, TABLE,
+    description=("Count packet drops (skb:kfree_skb), any protocol, by drop reason, protocol and kernel "
+                 "stack; printed at Ctrl-C or every interval, with a summary by reason."),
+    event=SKBDROP_COUNT,
+    labels=("reason", "protocol", "stack"), values=("count",),
+    options=(
+        Option("-S", "--no-stacks", action="store_true", kw="stacks", value=lambda args: not args.no_stacks,
+               help="count by reason and protocol only"),
+        Option("-N", "--no-unspecified", action="store_true", kw="unspecified",
+               value=lambda args: not args.no_unspecified,
+               help="leave out drops without a specific reason (NOT_SPECIFIED)"),
+        Option("--netns-id", type=netns_inode, default=0, metavar="INODE", kw="netns",
+               help="only drops in this network namespace (inode, as ls -Li /proc/PID/ns/net)"),
+        Option("--stack-storage-size", type=stack_storage, default=STACK_STORAGE, metavar="N", kw="stack_storage",
+               help=f"distinct stacks kept (default {STACK_STORAGE})"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=lambda tracer, args: tracer.counts(clear=bool(args.interval)),
+    text=text,
+    intro="Tracing skb drops by reason and kernel stack. Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace skbdrop", "drops by reason, protocol and stack, at Ctrl-C"),
+        ("pytrace skbdrop -S -i 1", "by reason and protocol only, every second"),
+        ("pytrace skbdrop -N", "without plain kfree_skb() drops (NOT_SPECIFIED)"),
+        ("pytrace skbdrop --netns-id 4026531840", "only drops in that network namespace"),
+        ("pytrace skbdrop --json", "one JSON object per reason, protocol and stack"),
+    ),
+)

@@ -20,24 +20,18 @@ tracepoint: they are not seen.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, process_id
+from ..core.aggregate import timestamp_line
 from ..core.errors import PytraceError
 from ..core.hist import Log2Histogram
 from ..core.ksyms import kernel_symbols
 from ..core.loader import Variant
 from ..core.socklayer import histograms
 from ..core.tracer import Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "skblife"
-SUMMARY = "skb lifespan histogram (slab allocation to free)"
+if TYPE_CHECKING:
+    from typing import Any
 
 # kmem_cache_alloc/kmem_cache_free carry their cache since 6.1 (features.NEEDS)
 WITH_CACHE = "kmem tracepoints with the cache"
@@ -70,30 +64,8 @@ class SkbLife(Tracer):
         got = histograms(self._hists, self.unit, lambda k: None, clear)
         return got.get(None) or Log2Histogram((0,) * 32, self.unit, 0, 0)
 
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({}, hist=self.histogram(clear))], interval)
 
-
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Histogram of skb lifespans: slab allocation (kmem_cache_alloc from the skbuff caches) "
-                     "to free (kmem_cache_free), as the book's skblife.bt. skbs recycled through the per-CPU "
-                     "NAPI cache (bulk alloc/free) are not seen.")
-    p.add_argument("-p", "--pid", type=process_id, default=0,
-                   help="only skbs allocated while this process runs (its sends, receive work in its context)")
-    p.add_argument("-u", "--microseconds", action="store_true", help="histogram in microseconds")
-    add_interval_args(p)
-    add_common(p, [v.hook for v in SkbLife.VARIANTS])
-
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing skb lifespans (alloc to free). Hit Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return json_lines(snap)
+def text(snap: Any, args: Any) -> str:
     h = snap.series[0].hist if snap.series else None
     body = h.render() if h is not None and h.count else ""
     avg = f" (average {h.average:.0f} {h.unit})" if h is not None and h.count else ""
@@ -101,9 +73,24 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
            f"{h.count if h else 0} skbs{avg}\n{body}\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    tracer = SkbLife(pid=args.pid, us=args.microseconds, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "skblife", "skb lifespan histogram (slab allocation to free)", SkbLife, HISTOGRAM,
+    description=("Histogram of skb lifespans: slab allocation (kmem_cache_alloc from the skbuff caches) "
+                 "to free (kmem_cache_free), as the book's skblife.bt. skbs recycled through the per-CPU "
+                 "NAPI cache (bulk alloc/free) are not seen."),
+    options=(
+        pid("only skbs allocated while this process runs (its sends, receive work in its context)"),
+        Option("-u", "--microseconds", action="store_true", kw="us", help="histogram in microseconds"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=lambda tracer, args: {None: tracer.histogram(clear=bool(args.interval))},
+    text=text,
+    intro="Tracing skb lifespans (alloc to free). Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace skblife", "one histogram, at Ctrl-C"),
+        ("pytrace skblife -u -i 1", "in microseconds, every second"),
+        ("pytrace skblife -p 181", "only skbs allocated while process 181 runs"),
+        ("pytrace skblife --json", "the histogram as JSON"),
+    ),
+)

@@ -5,8 +5,8 @@ Library:
     from pytrace.tools.so1stbyte import So1stByte
     with So1stByte() as t:
         time.sleep(10)
-        for (pid, comm), h in t.histograms().items():     # Log2Histogram
-            print(pid, comm, h.count, h.average)
+        for key, h in t.histograms().items():     # So1stByteKey: Log2Histogram
+            print(key.pid, key.comm, h.count, h.average)
 
 The clock starts when connect() is called and stops when a read system call
 (read, readv, pread64, recvfrom, recvmsg, recvmmsg) on that socket first
@@ -16,25 +16,24 @@ splice or sendfile are not seen.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from ..core.aggregate import add_interval_args, local_time, print_loop, timestamp_line
-from ..core.cliutil import add_common, add_container_args, container_filters, process_id
-from ..core.hist import Log2Histogram
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.socklayer import cstr, histograms
+from ..core.socklayer import keyed_histograms
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "so1stbyte"
-SUMMARY = "time from IP connect() to the first byte read, per process"
+if TYPE_CHECKING:
+    from typing import Any
 
 READS = ("read", "readv", "pread64", "recvfrom", "recvmsg", "recvmmsg")
+
+# The hists map's key (struct so1stbyte_key)
+SO1STBYTE_KEY = EventType("So1stByteKey", struct="so1stbyte_key", doc="Whose first-byte times a histogram holds.",
+                          fields="""
+    pid
+    comm: text
+""")
 
 
 class So1stByte(Tracer):
@@ -53,44 +52,45 @@ class So1stByte(Tracer):
     def setup(self) -> None:
         self._hists = self.obj.map("hists")
 
-    def histograms(self, clear: bool = False) -> dict[tuple[int, str], Log2Histogram]:
-        """{(pid, comm): histogram of connect-to-first-byte times}."""
-        return histograms(self._hists, "msecs" if self.ms else "usecs",
-                          lambda k: (k["pid"], cstr(k["comm"])), clear)
+    def histograms(self, clear: bool = False) -> dict:
+        """{So1stByteKey: histogram of connect-to-first-byte times}."""
+        return keyed_histograms(self._hists, "msecs" if self.ms else "usecs", SO1STBYTE_KEY.cls, clear)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Summarize the time from IP connect() to the first byte read on the socket, "
-                     "as histograms per process; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
-    add_interval_args(p)
-    add_container_args(p, So1stByte)
-    add_common(p, [v.hook for v in So1stByte.VARIANTS])
+def __getattr__(name: str) -> type:
+    """So1stByteKey, the class generated from the key's BTF (PEP 562)."""
+    if name == "So1stByteKey":
+        return SO1STBYTE_KEY.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-def snapshot(hists: dict[tuple[int, str], Log2Histogram], interval: int | None) -> Snapshot:
-    order = sorted(hists.items(), key=lambda kv: (kv[1].count, kv[0]))
-    return Snapshot.now(NAME, [Series.of({"pid": pid, "comm": comm}, hist=h) for (pid, comm), h in order],
-                        interval)
+def read(tracer: So1stByte, args: Any) -> dict:
+    hists = tracer.histograms(clear=bool(args.interval))
+    return dict(sorted(hists.items(), key=lambda kh: (kh[1].count, kh[0].pid, kh[0].comm)))
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing IP socket first-read-byte latency. Ctrl-C to end.\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + "".join(f"{key.comm} [{key.pid}]\n{h.render()}\n"
+                                                for key, h in SPEC.histograms(snap))
 
 
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    rows = [(int(s.label("pid")), s.label("comm"), s.hist) for s in snap.series]
-    if args.json:
-        ts = local_time(snap, "%Y-%m-%dT%H:%M:%S")
-        return "".join(json.dumps({"ts": ts, "pid": pid, "comm": comm, **h.to_dict()}) + "\n"
-                       for pid, comm, h in rows)
-    return timestamp_line(snap, args) + "".join(f"{comm} [{pid}]\n{h.render()}\n" for pid, comm, h in rows)
-
-
-def run(args: argparse.Namespace) -> int:
-    with So1stByte(pid=args.pid, ms=args.milliseconds, hook=args.hook, **container_filters(args)) as t:
-        return print_loop(args, lambda: snapshot(t.histograms(clear=bool(args.interval)), args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "so1stbyte", "time from IP connect() to the first byte read, per process", So1stByte, HISTOGRAM,
+    description=("Summarize the time from IP connect() to the first byte read on the socket, "
+                 "as histograms per process; printed at Ctrl-C or every interval."),
+    event=SO1STBYTE_KEY,
+    options=(
+        pid("only this process"),
+        Option("-m", "--milliseconds", action="store_true", kw="ms", help="histograms in milliseconds"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=read, text=text,
+    intro="Tracing IP socket first-read-byte latency. Ctrl-C to end.\n",
+    examples=(
+        ("pytrace so1stbyte", "a histogram per process, at Ctrl-C"),
+        ("pytrace so1stbyte -m -i 10", "in milliseconds, every 10 seconds"),
+        ("pytrace so1stbyte -p 181", "only process 181"),
+        ("pytrace so1stbyte --json", "one JSON object per histogram"),
+    ),
+)

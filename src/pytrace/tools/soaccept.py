@@ -4,71 +4,52 @@ Library:
 
     from pytrace.tools.soaccept import SoAccept
     with SoAccept(pid=1234) as t:
-        for ev in t.events(duration=10):          # AcceptCall, frozen
+        for ev in t.events(duration=10):          # AcceptCall
             print(ev.comm, ev.addr, ev.port, ev.lport, ev.result)
 
 The peer is read from the accepted socket, so it is known even when the
 caller passes no address buffer.  Failed calls (e.g. "None to accept" for a
-non-blocking accept) are reported with the listening socket's family.
-io_uring accepts do not pass through the system calls and are not seen.
+non-blocking accept) are reported with the listening socket's family and an
+unspecified peer (0.0.0.0, port 0).  io_uring accepts do not pass through
+the system calls and are not seen.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import Output, container_filters, run_stream
-from ..core.containers import Labels
+from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
-from ..core.net import AF_INET, addr_obj, comm_text
-from ..core.socklayer import ACCEPT_RESULTS, add_call_arguments, call_renderer, result_text
+from ..core.socklayer import ACCEPT_RESULTS  # noqa: F401  (registers accept_result)
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "soaccept"
-SUMMARY = "IP accept() calls with peer address, port and result"
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptCall:
-    ts_ns: int
-    pid: int
-    comm: str
-    listen_fd: int
-    family: int
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None   # peer (unspecified on failure)
-    port: int                  # peer port (0 on failure)
-    lport: int                 # listening port
-    ret: int                   # new fd, or -errno
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
-
-    @property
-    def error(self) -> int:
-        return -self.ret if self.ret < 0 else 0
-
-    @property
-    def result(self) -> str:
-        return result_text(ACCEPT_RESULTS, self.error)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "pid": self.pid, "comm": self.comm, "listen_fd": self.listen_fd,
-                "ip": 4 if self.family == AF_INET else 6, "addr": str(self.addr), "port": self.port,
-                "lport": self.lport, "ret": self.ret, "result": self.result,
-                **(self.labels.to_dict() if self.labels else {})}
+# struct soaccept_event of src/bpf/soaccept.bpf.c; build.py generates AcceptCall
+SOACCEPT_EVENT = EventType("AcceptCall", struct="soaccept_event", doc="One accept() or accept4() call.",
+                           fields="""
+    ts_ns                           # CLOCK_MONOTONIC when the call returned
+    pid
+    comm: text
+    listen_fd                       # the listening socket's descriptor
+    family: family
+    addr: address                   # the peer (unspecified when the call failed)
+    port                            # the peer's port (0 when the call failed)
+    lport                           # the listening port
+    ret                             # the new descriptor, or -errno
+    result <- ret: accept_result    # the book's text of ret ("Success", "None to accept"...)
+    -pad
+    cgroup_id                   # the caller's cgroup id (0 unless labels=True)
+    netns                       # the caller's network namespace inode (0 unless labels=True)
+""")
 
 
 class SoAccept(EventTracer):
     OBJECT = "soaccept"
-    EVENT = "soaccept_event"
     SCOPE = TASK_SCOPE | LABELS
+    EVENT_TYPE = SOACCEPT_EVENT
     VARIANTS = (Variant("tracepoint", ("soaccept_enter4", "soaccept_enter", "soaccept_exit4",
                                        "soaccept_exit")),)
 
@@ -79,31 +60,39 @@ class SoAccept(EventTracer):
     def rodata(self) -> dict[str, Any]:
         return {"targ_tgid": self.pid, "lports": self.lports, "n_lports": len(self.lports)}
 
-    def make_event(self, raw: tuple) -> AcceptCall:
-        i = self.idx
-        fam = raw[i["family"]]
-        return AcceptCall(raw[i["ts_ns"]], raw[i["pid"]], comm_text(raw[i["comm"]]), raw[i["listen_fd"]],
-                          fam, addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]], raw[i["ret"]],
-                          *self.owner(raw))
+
+def __getattr__(name: str) -> type:
+    """AcceptCall, the class generated from the record's BTF (PEP 562)."""
+    if name == "AcceptCall":
+        return SOACCEPT_EVENT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_call_arguments(p, SoAccept, "Trace IP accept() calls with the peer's address and port and the result.",
-                       "only these listening ports")
-
-
-def _line(ev: AcceptCall) -> str:
-    addr = str(ev.addr) if ev.ret >= 0 else "-"
-    return f"{ev.pid:<6} {ev.comm:<16} {ev.family:<3} {addr:<16} {ev.port:<5} {ev.lport:<5} {ev.result}\n"
-
-
-def renderer(source: SoAccept, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the live tracer,
-    or a recording standing in for it in `pytrace replay`)."""
-    return call_renderer(source, args, out, f"{'PID':<6} {'PROCESS':<16} FAM {'ADDRESS':<16} {'PORT':<5} "
-                                            f"{'LPORT':<5} RESULT\n", _line, args.timestamp)
-
-
-def run(args: argparse.Namespace) -> int:
-    tracer = SoAccept(pid=args.pid, lports=args.port, hook=args.hook, **container_filters(args))
-    return run_stream(tracer, args, renderer)
+SPEC = ToolSpec(
+    "soaccept", "IP accept() calls with peer address, port and result", SoAccept, EVENTS,
+    description=f"Trace IP accept() calls with the peer's address and port and the result. {LATENCY_NOTE}",
+    event=SOACCEPT_EVENT,
+    options=(
+        pid("only this process"),
+        Option("-P", "--port", type=ports("-P"), metavar="PORTS", kw="lports",
+               help="only these listening ports (comma list)"),
+        timestamp("include a HH:MM:SS column"),
+    ),
+    columns=(
+        Column("TIME", "ts_ns", width=8, form="hms", when="timestamp"),
+        Column("PID", "pid", width=6),
+        Column("PROCESS", "comm", width=16),
+        Column("FAM", "family", width=3, form="int"),
+        Column("ADDRESS", "addr", width=16),
+        Column("PORT", "port", width=5),
+        Column("LPORT", "lport", width=5),
+        Column("RESULT", "result"),
+    ),
+    examples=(
+        ("pytrace soaccept", "every IP accept(), with the peer and the result"),
+        ("pytrace soaccept -T", "with a HH:MM:SS column"),
+        ("pytrace soaccept -p 181", "only process 181"),
+        ("pytrace soaccept -P 80", "only accepts on listening port 80"),
+        ("pytrace soaccept --json", "one JSON object per call"),
+    ),
+)

@@ -5,7 +5,7 @@ Library:
     from pytrace.tools.socketio import SocketIO
     with SocketIO(pid=1234) as t:
         time.sleep(5)
-        for f in t.flows():                 # SocketIOCount, frozen
+        for f in t.flows():                 # SocketIOCount
             print(f.comm, f.dir, f.proto, f.rport, f.calls, f.bytes)
 
 Every call through sock_sendmsg()/sock_recvmsg() is counted (so failed and
@@ -16,41 +16,32 @@ kTLS, sockmap) are not seen.
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, process_id
-from ..core.socklayer import DIRS, cstr, sock_io_variants
+from ..core.aggregate import timestamp_line
+from ..core.socklayer import sock_io_variants, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Snapshot
+from ..spec import TABLE, Column, EventType, Option, ToolSpec, family, interval_flags, pid, timestamp
+from ..spec.text import table
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "socketio"
-SUMMARY = "socket I/O calls and bytes by process, direction, protocol and port"
-
-
-@dataclass(frozen=True, slots=True)
-class SocketIOCount:
-    pid: int
-    comm: str
-    dir: str              # send or recv
-    family: int
-    protocol: int
-    proto: str            # kernel protocol name: TCP, UDP, UNIX-STREAM...
-    lport: int            # 0 unless keyed by local port
-    rport: int            # remote port (0 for non-IP sockets)
-    calls: int
-    bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "comm": self.comm, "dir": self.dir, "family": self.family,
-                "protocol": self.protocol, "proto": self.proto, "lport": self.lport, "rport": self.rport,
-                "calls": self.calls, "bytes": self.bytes}
+# A row of the io map: key struct socketio_key, value struct socketio_val
+SOCKETIO_COUNT = EventType("SocketIOCount", map="io", doc="One process's I/O in one direction on one kind of socket.",
+                           fields="""
+    pid
+    comm: text
+    dir: io_dir                 # send or recv
+    family: family
+    protocol: ip_protocol
+    proto <- proto_name: text   # the kernel's protocol name: TCP, UDP, UNIX-STREAM...
+    lport                       # 0 unless keyed by local port (by_lport)
+    rport                       # the remote port (0 for sockets without one)
+    calls
+    bytes
+    -pad
+    -pad2
+""")
 
 
 class SocketIO(Tracer):
@@ -67,57 +58,56 @@ class SocketIO(Tracer):
 
     def setup(self) -> None:
         self._io = self.obj.map("io")
-        self._kdec = self._io._decoder("key")
 
-    def flows(self, clear: bool = False) -> list[SocketIOCount]:
-        """Everything counted, fewest bytes first; clear=True starts a new interval."""
-        items = self._io.items()
-        out = []
-        for kraw, vraw in items:
-            k = self._kdec(kraw)
-            calls, nbytes = struct.unpack_from("<QQ", vraw)
-            out.append(SocketIOCount(k["pid"], cstr(k["comm"]), DIRS[k["dir"] & 1], k["family"], k["protocol"],
-                                     cstr(k["proto_name"]), k["lport"], k["rport"], calls, nbytes))
-        if clear:
-            for kraw, _ in items:
-                self._io.delete(kraw)
+    def flows(self, clear: bool = False) -> list:
+        """Everything counted (SocketIOCount), fewest bytes first; clear=True starts a new interval."""
+        out = table_rows(self._io, SOCKETIO_COUNT.cls, clear)
         return sorted(out, key=lambda f: (f.bytes, f.calls, f.pid))
 
 
-ROWS = Rows(SocketIOCount, labels=("pid", "comm", "dir", "family", "protocol", "proto", "lport", "rport"),
-            values=("calls", "bytes"))
+def __getattr__(name: str) -> type:
+    """SocketIOCount, the class generated from the map's BTF (PEP 562)."""
+    if name == "SocketIOCount":
+        return SOCKETIO_COUNT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count socket I/O calls and bytes by process, direction, protocol and remote "
-                     "port; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-L", "--lport", action="store_true", help="also key by local port")
-    add_family_args(p, "sockets")
-    add_interval_args(p)
-    add_container_args(p, SocketIO)
-    add_common(p, [v.hook for v in SocketIO.VARIANTS])
+COLUMNS = (
+    Column("PID", "pid", width=7, align=">"),
+    Column("COMM", "comm", width=16),
+    Column("DIR", "dir", width=4),
+    Column("PROTO", "proto", width=12),
+    Column("LPORT", "lport", width=5, align=">", when="lport"),
+    Column("RPORT", "rport", width=5, align=">"),
+    Column("CALLS", "calls", width=8, align=">"),
+    Column("BYTES", "bytes", width=12, align=">"),
+)
 
 
-def render(flows: list[SocketIOCount], lport: bool) -> str:
-    lines = [f"{'PID':>7} {'COMM':<16} {'DIR':<4} {'PROTO':<12} " + (f"{'LPORT':>5} " if lport else "") +
-             f"{'RPORT':>5} {'CALLS':>8} {'BYTES':>12}"]
-    for f in flows:
-        lines.append(f"{f.pid:>7} {f.comm:<16} {f.dir:<4} {f.proto:<12} " + (f"{f.lport:>5} " if lport else "") +
-                     f"{f.rport:>5} {f.calls:>8} {f.bytes:>12}")
-    return "\n".join(lines) + "\n\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + table(COLUMNS, SPEC.rows(snap), args) + "\n"
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing socket I/O. Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    return ROWS.render(snap, args, lambda flows: render(flows, args.lport))
-
-
-def run(args: argparse.Namespace) -> int:
-    family = family_of(args)
-    with SocketIO(pid=args.pid, by_lport=args.lport, family=family, hook=args.hook, **container_filters(args)) as t:
-        return print_loop(args, lambda: ROWS.snapshot(NAME, t.flows(clear=bool(args.interval)), args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "socketio", "socket I/O calls and bytes by process, direction, protocol and port", SocketIO, TABLE,
+    description=("Count socket I/O calls and bytes by process, direction, protocol and remote "
+                 "port; printed at Ctrl-C or every interval."),
+    event=SOCKETIO_COUNT,
+    labels=("pid", "comm", "dir", "family", "protocol", "proto", "lport", "rport"), values=("calls", "bytes"),
+    options=(
+        pid("only this process"),
+        Option("-L", "--lport", action="store_true", kw="by_lport", help="also key by local port"),
+        family("sockets"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    read=lambda tracer, args: tracer.flows(clear=bool(args.interval)),
+    columns=COLUMNS, text=text,
+    intro="Tracing socket I/O. Ctrl-C to end.\n",
+    examples=(
+        ("pytrace socketio", "calls and bytes of every process, at Ctrl-C"),
+        ("pytrace socketio -L -i 1", "keyed by local port too, every second"),
+        ("pytrace socketio -p 181 -4", "IPv4 sockets of process 181"),
+        ("pytrace socketio --json", "one JSON object per process, direction and port"),
+    ),
+)

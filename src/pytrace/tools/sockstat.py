@@ -5,8 +5,8 @@ Library:
     from pytrace.tools.sockstat import SockStat
     with SockStat(pid=1234) as s:
         time.sleep(1)
-        snap = s.snapshot(clear=True)     # SockStatSnapshot
-        print(snap.counts["connect"], snap.probes["send"])
+        counts = s.counts(clear=True)     # {"socket": 3, "connect": 1, ..., "send": 10}
+        print(counts["connect"], s.probes["send"])
 
 The syscalls (socket, socketpair, bind, connect, accept, accept4) are counted
 at their sys_enter tracepoints, so a call is counted whether it succeeds or
@@ -17,26 +17,19 @@ kprobes, those of IP and Unix sockets).
 
 from __future__ import annotations
 
-import json
 import struct
-import time
-from dataclasses import dataclass
-from typing import Any
 
-from ..core.aggregate import local_time, print_loop
+from ..core import convert
+from ..core.aggregate import local_time
 from ..core.bpfobject import ncpus_possible
-from ..core.cliutil import add_common, add_container_args, container_filters, intervals, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "sockstat"
-SUMMARY = "socket syscall and send/recv counts per interval"
+if TYPE_CHECKING:
+    from typing import Any
 
 COUNTERS = ("socket", "socketpair", "bind", "connect", "accept", "accept4", "send", "recv")
 _SYSCALLS = tuple(f"sockstat_{c}" for c in COUNTERS[:6])
@@ -50,14 +43,23 @@ _SENDRECV = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class SockStatSnapshot:
-    ts: float                     # time.time() when read
-    counts: dict[str, int]        # counter -> calls (socket, bind, ..., send, recv)
-    probes: dict[str, str]        # counter -> the probe that counted it
+def counter_value(v: int) -> str:
+    return COUNTERS[v] if v < len(COUNTERS) else str(v)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ts)), **self.counts}
+
+convert.register(convert.Conversion("sockstat_counter", counter_value, None, convert.text_parse, kind="str"))
+
+# A row of the counters map (a per-CPU array: index -> u64), summed over the CPUs
+SOCKSTAT_COUNT = EventType("SockStatCount", map="counters", doc="How often one kind of call was made.", fields="""
+    counter <- key: sockstat_counter    # socket, socketpair, bind, connect, accept, accept4, send, recv
+    count <- value
+""")
+
+
+def probes_of(hook: str) -> dict[str, str]:
+    """counter -> the probe that counts it, for a variant."""
+    send, recv = _SENDRECV[hook]
+    return {**_PROBES, "send": send, "recv": recv}
 
 
 class SockStat(Tracer):
@@ -82,54 +84,69 @@ class SockStat(Tracer):
 
     def setup(self) -> None:
         self._counters = self.obj.map("counters")
-        send, recv = _SENDRECV[self.obj.variant.hook]
-        self.probes = {**_PROBES, "send": send, "recv": recv}
+        self.probes = probes_of(self.obj.variant.hook)
 
-    def snapshot(self, clear: bool = False) -> SockStatSnapshot:
-        counts = {}
-        for i, name in enumerate(COUNTERS):
+    def rows(self, clear: bool = False) -> list:
+        """A SockStatCount per counter, in COUNTERS order (0s included)."""
+        decode = SOCKSTAT_COUNT.cls.decoder(("key", "value"))
+        out = []
+        for i in range(len(COUNTERS)):
             key = struct.pack("<I", i)
-            counts[name] = percpu_u64(self._counters, key)
+            out.append(decode((i, percpu_u64(self._counters, key))))
         if clear:
             zero = bytes(8 * ncpus_possible())
             for i in range(len(COUNTERS)):
                 self._counters.update(struct.pack("<I", i), zero)
-        return SockStatSnapshot(time.time(), counts, dict(self.probes))
+        return out
+
+    def counts(self, clear: bool = False) -> dict[str, int]:
+        """{counter: calls} since the start (or the last clear)."""
+        return {r.counter: r.count for r in self.rows(clear)}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Count socket system calls and socket sends/receives, printed every interval."
-    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
-                   help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    p.add_argument("-z", "--zeros", action="store_true", help="also print counters that are 0")
-    add_container_args(p, SockStat)
-    add_common(p, [v.hook for v in SockStat.VARIANTS])
+def __getattr__(name: str) -> type:
+    """SockStatCount, the class generated from the map's BTF (PEP 562)."""
+    if name == "SockStatCount":
+        return SOCKSTAT_COUNT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- snapshots: what the sinks get each interval, and what replay renders -------
-
-def snapshot(snap: SockStatSnapshot, interval: int) -> Snapshot:
-    return Snapshot.now(NAME, [Series.of({"counter": name, "probe": snap.probes[name]}, {"count": snap.counts[name]})
-                               for name in COUNTERS], interval)
+def hook_index(tracer: SockStat) -> dict[str, int]:
+    """The variant, as a number a snapshot keeps (the text names its probes)."""
+    return {"variant": [v.hook for v in SockStat.VARIANTS].index(tracer.obj.variant.hook)}
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else (f"Tracing sock statistics. Output every {args.interval} second"
-                                 f"{'s' if args.interval != 1 else ''}.\n")
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    rows = [(s.label("counter"), s.label("probe"), dict(s.values)["count"]) for s in snap.series]
-    if args.json:
-        return json.dumps({"ts": local_time(snap, "%Y-%m-%dT%H:%M:%S"), **{c: n for c, _, n in rows}}) + "\n"
+def text(snap: Any, args: Any) -> str:
+    """bpftrace's map print: @[probe]: count (0s only with -z), after the time."""
+    probes = probes_of(SockStat.VARIANTS[int(snap.value("variant", 0))].hook)
     lines = [local_time(snap)]
-    lines += [f"@[{probe}]: {n}" for _, probe, n in rows if n or args.zeros]
+    lines += [f"@[{probes[r.counter]}]: {r.count}" for r in SPEC.rows(snap) if r.count or args.zeros]
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    with SockStat(pid=args.pid, hook=args.hook, **container_filters(args)) as tracer:
-        return print_loop(args, lambda: snapshot(tracer.snapshot(clear=True), args.interval), render_snapshot, intro)
+def intro(args: Any) -> str:
+    return f"Tracing sock statistics. Output every {args.interval} second{'s' if args.interval != 1 else ''}.\n"
+
+
+_EVERY, _COUNT, _DURATION = interval_flags()
+
+SPEC = ToolSpec(
+    "sockstat", "socket syscall and send/recv counts per interval", SockStat, TABLE,
+    description="Count socket system calls and socket sends/receives, printed every interval.",
+    event=SOCKSTAT_COUNT,
+    labels=("counter",), values=("count",),
+    options=(
+        _EVERY.but(default=1, help="print (and reset) every SEC seconds (default 1)"), _COUNT, _DURATION,
+        pid("only this process"),
+        Option("-z", "--zeros", action="store_true", help="also print counters that are 0"),
+    ),
+    read=lambda tracer, args: tracer.rows(clear=bool(args.interval)),
+    extra=lambda tracer, args: hook_index(tracer),
+    text=text, intro=intro,
+    examples=(
+        ("pytrace sockstat", "every second, the calls made since the last"),
+        ("pytrace sockstat -i 5 -c 12 -z", "every 5 seconds for a minute, 0s included"),
+        ("pytrace sockstat -p 181", "only process 181"),
+        ("pytrace sockstat --json", "one JSON object per counter and interval"),
+    ),
+)

@@ -5,8 +5,8 @@ Library:
     from pytrace.tools.sofamily import SoFamily
     with SoFamily() as sf:
         time.sleep(5)
-        for c in sf.counts():            # FamilyCount, frozen
-            print(c.kind, c.pid, c.comm, c.family_name, c.count)
+        for c in sf.counts():            # FamilyCount
+            print(c.kind, c.pid, c.comm, c.family.name, c.count)
 
 kind is "socket" (socket() calls, by the family asked for), "connect" (by
 the family of the address passed to connect()) or "accept" (by the family
@@ -15,41 +15,37 @@ of the accepted socket).  Counted in the kernel at the syscall tracepoints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_container_args, container_filters, process_id
+from ..core import convert
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.socklayer import counted, cstr, family_name
+from ..core.socklayer import family_number, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Snapshot
+from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
+from ..spec.text import table
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "sofamily"
-SUMMARY = "new sockets, connects and accepts by address family and process"
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS = ("socket", "connect", "accept")   # as src/bpf/sofamily.bpf.c
 
 
-@dataclass(frozen=True, slots=True)
-class FamilyCount:
-    kind: str            # socket, connect or accept
-    pid: int
-    comm: str
-    family: int          # AF_* number
-    count: int
+def kind_value(v: int) -> str:
+    return KINDS[v] if v < len(KINDS) else str(v)
 
-    @property
-    def family_name(self) -> str:
-        return family_name(self.family)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "pid": self.pid, "comm": self.comm, "family": self.family,
-                "family_name": self.family_name, "count": self.count}
+convert.register(convert.Conversion("sofamily_kind", kind_value, None, convert.text_parse, kind="str"))
+
+# A row of the counts map: key struct sofamily_key, value the count
+FAMILY_COUNT = EventType("FamilyCount", map="counts", doc="Calls of one kind, by one process, in one family.",
+                         fields="""
+    kind: sofamily_kind         # socket, connect or accept
+    pid
+    comm: text
+    family: family              # AF_INET, AF_INET6, AF_UNIX...
+    count <- value
+    -pad
+""")
 
 
 class SoFamily(Tracer):
@@ -68,41 +64,47 @@ class SoFamily(Tracer):
     def setup(self) -> None:
         self._counts = self.obj.map("counts")
 
-    def counts(self, clear: bool = False) -> list[FamilyCount]:
-        out = [FamilyCount(KINDS[k["kind"]] if k["kind"] < len(KINDS) else str(k["kind"]), k["pid"],
-                           cstr(k["comm"]), k["family"], n)
-               for k, n in counted(self._counts, clear)]
+    def counts(self, clear: bool = False) -> list:
+        """FamilyCount rows since the start (or the last clear), by kind, fewest first."""
+        out = table_rows(self._counts, FAMILY_COUNT.cls, clear)
         return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.family))
 
 
-ROWS = Rows(FamilyCount, labels=("kind", "pid", "comm", "family"), values=("count",))
+def __getattr__(name: str) -> type:
+    """FamilyCount, the class generated from the map's BTF (PEP 562)."""
+    if name == "FamilyCount":
+        return FAMILY_COUNT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count new sockets (socket()), connects and accepts by address family and "
-                     "process; printed at Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    add_interval_args(p)
-    add_container_args(p, SoFamily)
-    add_common(p, [v.hook for v in SoFamily.VARIANTS])
+COLUMNS = (
+    Column("KIND", "kind", width=8),
+    Column("PID", "pid", width=7, align=">"),
+    Column("COMM", "comm", width=16),
+    Column("FAM", lambda d: family_number(d["family"]), width=3, align=">"),
+    Column("FAMILY", "family", width=12),
+    Column("COUNT", "count", width=8, align=">"),
+)
 
 
-def render(counts: list[FamilyCount]) -> str:
-    lines = [f"{'KIND':<8} {'PID':>7} {'COMM':<16} {'FAM':>3} {'FAMILY':<12} {'COUNT':>8}"]
-    for c in counts:
-        lines.append(f"{c.kind:<8} {c.pid:>7} {c.comm:<16} {c.family:>3} {c.family_name:<12} {c.count:>8}")
-    return "\n".join(lines) + "\n\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + table(COLUMNS, SPEC.rows(snap), args) + "\n"
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing socket()/connect()/accept() address families. Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    return ROWS.render(snap, args, render)
-
-
-def run(args: argparse.Namespace) -> int:
-    with SoFamily(pid=args.pid, hook=args.hook, **container_filters(args)) as tracer:
-        return print_loop(args, lambda: ROWS.snapshot(NAME, tracer.counts(clear=bool(args.interval)), args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "sofamily", "new sockets, connects and accepts by address family and process", SoFamily, TABLE,
+    description=("Count new sockets (socket()), connects and accepts by address family and "
+                 "process; printed at Ctrl-C or every interval."),
+    event=FAMILY_COUNT,
+    labels=("kind", "pid", "comm", "family"), values=("count",),
+    options=(pid("only this process"), *interval_flags(), timestamp()),
+    read=lambda tracer, args: tracer.counts(clear=bool(args.interval)),
+    columns=COLUMNS, text=text,
+    intro="Tracing socket()/connect()/accept() address families. Ctrl-C to end.\n",
+    examples=(
+        ("pytrace sofamily", "counts of every process, at Ctrl-C"),
+        ("pytrace sofamily -i 1 -T", "every second, with the time"),
+        ("pytrace sofamily -p 181 -d 10", "process 181 for 10 seconds"),
+        ("pytrace sofamily --json", "one JSON object per process, kind and family"),
+    ),
+)

@@ -5,54 +5,51 @@ Library:
     from pytrace.tools.soprotocol import SoProtocol
     with SoProtocol() as sp:
         time.sleep(5)
-        for c in sp.counts():            # ProtocolCount, frozen
-            print(c.kind, c.comm, c.protocol_name, c.kproto, c.count)
+        for c in sp.counts():            # ProtocolCount
+            print(c.kind, c.comm, c.protocol.name, c.kproto, c.count)
 
-kproto is the kernel's name of the socket's protocol implementation
-(TCP, TCPv6, UDP, UDPv6, UNIX-STREAM...).  Counted in the kernel.
+protocol is the socket's IP protocol (an IpProtocol: IPPROTO_TCP == 6;
+IPPROTO_IP, 0, for AF_UNIX); kproto is the kernel's name of the socket's
+protocol implementation (TCP, TCPv6, UDP, UDPv6, UNIX-STREAM...).  Counted
+in the kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.aggregate import Rows, add_interval_args, print_loop
-from ..core.cliutil import add_common, add_container_args, container_filters, process_id
+from ..core import convert
+from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.socklayer import counted, cstr, family_name, protocol_name, type_name
+from ..core.socklayer import table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..sinks.snapshot import Snapshot
+from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
+from ..spec.text import table
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "soprotocol"
-SUMMARY = "connects and accepts by transport protocol and process"
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS = ("connect", "accept")   # as src/bpf/soprotocol.bpf.c
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolCount:
-    kind: str            # connect or accept
-    pid: int
-    comm: str
-    protocol: int        # sk_protocol: 6 TCP, 17 UDP, 0 for AF_UNIX...
-    kproto: str          # the kernel's struct proto name: TCP, UDPv6, UNIX-STREAM...
-    family: int
-    type: int            # SOCK_STREAM, SOCK_DGRAM...
-    count: int
+def kind_value(v: int) -> str:
+    return KINDS[v] if v < len(KINDS) else str(v)
 
-    @property
-    def protocol_name(self) -> str:
-        return protocol_name(self.protocol)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "pid": self.pid, "comm": self.comm, "protocol": self.protocol,
-                "protocol_name": self.protocol_name, "kproto": self.kproto,
-                "family": family_name(self.family), "type": type_name(self.type), "count": self.count}
+convert.register(convert.Conversion("soprotocol_kind", kind_value, None, convert.text_parse, kind="str"))
+
+# A row of the counts map: key struct soprotocol_key, value the count
+PROTOCOL_COUNT = EventType("ProtocolCount", map="counts", doc="Calls of one kind, by one process, on one protocol.",
+                           fields="""
+    kind: soprotocol_kind       # connect or accept
+    pid
+    comm: text
+    protocol: ip_protocol       # sk_protocol: IPPROTO_TCP, IPPROTO_UDP; IPPROTO_IP for AF_UNIX
+    kproto <- proto_name: text  # the kernel's struct proto name: TCP, UDPv6, UNIX-STREAM...
+    family: family
+    type: sock_type             # SOCK_STREAM, SOCK_DGRAM...
+    count <- value
+    -pad
+""")
 
 
 class SoProtocol(Tracer):
@@ -73,43 +70,48 @@ class SoProtocol(Tracer):
     def setup(self) -> None:
         self._counts = self.obj.map("counts")
 
-    def counts(self, clear: bool = False) -> list[ProtocolCount]:
-        out = [ProtocolCount(KINDS[k["kind"]] if k["kind"] < len(KINDS) else str(k["kind"]), k["pid"],
-                             cstr(k["comm"]), k["protocol"], cstr(k["proto_name"]), k["family"], k["type"], n)
-               for k, n in counted(self._counts, clear)]
+    def counts(self, clear: bool = False) -> list:
+        """ProtocolCount rows since the start (or the last clear), by kind, fewest first."""
+        out = table_rows(self._counts, PROTOCOL_COUNT.cls, clear)
         return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.protocol, c.kproto))
 
 
-ROWS = Rows(ProtocolCount, labels=("kind", "pid", "comm", "protocol", "kproto", "family", "type"),
-            values=("count",))
+def __getattr__(name: str) -> type:
+    """ProtocolCount, the class generated from the map's BTF (PEP 562)."""
+    if name == "ProtocolCount":
+        return PROTOCOL_COUNT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count connects and accepts by transport protocol and process; printed at "
-                     "Ctrl-C or every interval.")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only this process")
-    add_interval_args(p)
-    add_container_args(p, SoProtocol)
-    add_common(p, [v.hook for v in SoProtocol.VARIANTS])
+COLUMNS = (
+    Column("KIND", "kind", width=8),
+    Column("PID", "pid", width=7, align=">"),
+    Column("COMM", "comm", width=16),
+    Column("PROTO", lambda d: int(convert.ip_protocol_parse(d["protocol"])), width=5, align=">"),
+    Column("PROTOCOL", "protocol", width=14),
+    Column("KPROTO", "kproto", width=12),
+    Column("COUNT", "count", width=8, align=">"),
+)
 
 
-def render(counts: list[ProtocolCount]) -> str:
-    lines = [f"{'KIND':<8} {'PID':>7} {'COMM':<16} {'PROTO':>5} {'PROTOCOL':<14} {'KPROTO':<12} {'COUNT':>8}"]
-    for c in counts:
-        lines.append(f"{c.kind:<8} {c.pid:>7} {c.comm:<16} {c.protocol:>5} {c.protocol_name:<14} "
-                     f"{c.kproto:<12} {c.count:>8}")
-    return "\n".join(lines) + "\n\n"
+def text(snap: Any, args: Any) -> str:
+    return timestamp_line(snap, args) + table(COLUMNS, SPEC.rows(snap), args) + "\n"
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing socket connect/accepts. Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    return ROWS.render(snap, args, render)
-
-
-def run(args: argparse.Namespace) -> int:
-    with SoProtocol(pid=args.pid, hook=args.hook, **container_filters(args)) as tracer:
-        return print_loop(args, lambda: ROWS.snapshot(NAME, tracer.counts(clear=bool(args.interval)), args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "soprotocol", "connects and accepts by transport protocol and process", SoProtocol, TABLE,
+    description=("Count connects and accepts by transport protocol and process; printed at "
+                 "Ctrl-C or every interval."),
+    event=PROTOCOL_COUNT,
+    labels=("kind", "pid", "comm", "protocol", "kproto", "family", "type"), values=("count",),
+    options=(pid("only this process"), *interval_flags(), timestamp()),
+    read=lambda tracer, args: tracer.counts(clear=bool(args.interval)),
+    columns=COLUMNS, text=text,
+    intro="Tracing socket connect/accepts. Ctrl-C to end.\n",
+    examples=(
+        ("pytrace soprotocol", "counts of every process, at Ctrl-C"),
+        ("pytrace soprotocol -i 5 -c 3", "every 5 seconds, 3 times"),
+        ("pytrace soprotocol -p 181", "only process 181"),
+        ("pytrace soprotocol --json", "one JSON object per process, kind and protocol"),
+    ),
+)

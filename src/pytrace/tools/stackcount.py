@@ -132,7 +132,8 @@ STACK_ROW = EventType("StackCount", struct="stackcount_row", object="count",
     kstack: kernel_frames       # "function+0xoff", innermost first; None: not collected
     ustack: user_frames         # the same for the process's stack
     kstack_addrs <- kstack: stack_addrs(kstack_error)    # their return addresses
-    ustack_addrs <- ustack: stack_addrs(ustack_error)
+    ustack_addrs <- ustack: stack_addrs(ustack_error)    # the address; for a frame kept by its file's
+                                # build id (core/usyms: named after the process exited), the file offset
     -kstack_error
     -ustack_error
     -pad
@@ -231,7 +232,12 @@ def row_of(pc: ProbeCount) -> Any:
     return STACK_ROW.cls(pc.tracepoint, pc.pid, pc.comm, pc.count,
                          None if pc.kstack is None else tuple(k), None if pc.ustack is None else tuple(u),
                          None if pc.kstack is None or pc.kstack_error else tuple(pc.kstack),
-                         None if pc.ustack is None or pc.ustack_error else tuple(pc.ustack))
+                         None if pc.ustack is None or pc.ustack_error else tuple(user_addrs(pc.ustack)))
+
+
+def user_addrs(frames_: tuple) -> list[int]:
+    """The numbers of count's user frames: (None, address), or (build id, file offset)."""
+    return [f[1] if isinstance(f, tuple) else f for f in frames_]
 
 
 def frames(pc: ProbeCount) -> tuple[list[str], list[str]]:

@@ -4,8 +4,8 @@ Library:
 
     from pytrace.tools.superping import SuperPing
     with SuperPing() as t:
-        for p in t.events(duration=10):
-            print(p.family, p.daddr, p.id, p.seq, p.latency_us)
+        for p in t.events(duration=10):            # PingReply
+            print(p.family, p.daddr, p.id, p.seq, p.latency_ns)
 
 Any ping tool (or raw ICMP socket) on the host is measured: the time from
 the echo request leaving to the matching echo reply arriving, taken in the
@@ -13,62 +13,51 @@ kernel so the ping process's own scheduling delay is not included.  With
 kprobes (the book's superping.bt) the points are __ip_local_out/icmp_rcv; on
 kernels without them, net_dev_queue/netif_receive_skb: the device level,
 which includes the qdisc and excludes the local IP stack.
+
+One ping is one reply: the round trip seen from the namespace that sent it.
+At device level a request that crosses namespaces (veth, a router, a bridge,
+VXLAN) passes devices in each; with crossings=True (-w) the reply's arrival
+in each of those is reported too, as a crossing (crossing=True), with the
+time since the request left that namespace: inner hops come first, the
+round trip last.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
-                            container_filters, family_of, json_renderer, process_id, stream_events)
-from ..core.containers import Labels
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE
 from ..core.loader import Variant
-from ..core.net import AF_INET, AddrFormatter, addr_obj, comm_text
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
+from ..spec import EVENTS, EventType, Option, ToolSpec, family, pid, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "superping"
-SUMMARY = "ICMP echo latency measured in the kernel, IPv4 and IPv6"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True, slots=True)
-class PingReply:
-    ts_ns: int                 # CLOCK_MONOTONIC of the reply
-    family: int
-    id: int                    # ICMP echo identifier
-    seq: int
-    latency_ns: int
-    saddr: Addr                # this host (the request's source)
-    daddr: Addr                # the pinged host
-    netns: int                 # network namespace inode of the ping
-    pid: int                   # process that sent the request
-    comm: str
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    labels: Labels | None = None
-
-    @property
-    def latency_us(self) -> float:
-        return self.latency_ns / 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "ip": 4 if self.family == AF_INET else 6, "id": self.id, "seq": self.seq,
-                "latency_us": round(self.latency_ns / 1000, 3), "saddr": str(self.saddr),
-                "daddr": str(self.daddr), "netns": self.netns, "pid": self.pid, "comm": self.comm,
-                **(self.labels.to_dict() if self.labels else {})}
+# struct superping_event of src/bpf/superping.bpf.c; build.py generates PingReply
+SUPERPING_EVENT = EventType("PingReply", struct="superping_event", doc="An echo reply matched to its request.",
+                            fields="""
+    ts_ns                       # CLOCK_MONOTONIC of the reply
+    family: family
+    id                          # ICMP echo identifier
+    seq
+    latency_ns                  # request out to reply in
+    saddr: address              # this host (the request's source)
+    daddr: address              # the pinged host
+    netns                       # network namespace (inode) where it was measured
+    pid                         # the process that sent the request
+    comm: text
+    crossing                    # a namespace the request crossed, not the one that sent it (-w)
+    -pad
+    cgroup_id                   # the sender's cgroup id (0 unless labels=True)
+""")
 
 
 class SuperPing(EventTracer):
     OBJECT = "superping"
-    EVENT = "superping_event"
     SCOPE = TASK_SCOPE | LABELS
+    EVENT_TYPE = SUPERPING_EVENT
     VARIANTS = (
         Variant("kprobe", ("superping_kprobe_ip_send", "superping_kprobe_ip6_send", "superping_kprobe_icmp_rcv",
                            "superping_kprobe_icmpv6_rcv")),
@@ -76,62 +65,72 @@ class SuperPing(EventTracer):
         Variant("raw_tp", ("superping_raw_tp_queue", "superping_raw_tp_receive"), note="device level"),
     )
 
-    def __init__(self, *, pid: int = 0, family: int = 0, **kw: Any):
+    def __init__(self, *, pid: int = 0, family: int = 0, crossings: bool = False, **kw: Any):
         super().__init__(**kw)
-        self.pid, self.family = pid, family
+        self.pid, self.family, self.crossings = pid, family, crossings
 
     def rodata(self) -> dict[str, Any]:
-        return {"targ_tgid": self.pid, "target_family": self.family}
-
-    def make_event(self, raw: tuple) -> PingReply:
-        i = self.idx
-        fam = raw[i["family"]]
-        return PingReply(raw[i["ts_ns"]], fam, raw[i["id"]], raw[i["seq"]], raw[i["latency_ns"]],
-                         addr_obj(fam, raw[i["saddr"]]), addr_obj(fam, raw[i["daddr"]]), raw[i["netns"]],
-                         raw[i["pid"]], comm_text(raw[i["comm"]]), *self.owner(raw, netns=False))
+        return {"targ_tgid": self.pid, "target_family": self.family, "all_crossings": self.crossings}
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Measure ICMP echo (ping) latency in the kernel, from request out to reply in, for "
-                     "any ping on this host (IPv4 and IPv6). With kprobes: __ip_local_out (ip6_send_skb) -> icmp_rcv, as "
-                     "the book's superping.bt; without: at device level (net_dev_queue -> "
-                     f"netif_receive_skb), which includes the qdisc. {LATENCY_NOTE}")
-    p.add_argument("-p", "--pid", type=process_id, default=0, help="only pings sent by this process")
-    add_family_args(p)
-    p.add_argument("-T", "--timestamp", action="store_true", help="include a HH:MM:SS prefix")
-    p.add_argument("-w", "--wide", action="store_true", help="also show the hosts, netns and the ping process")
-    add_container_args(p, SuperPing)
-    add_common(p, [v.hook for v in SuperPing.VARIANTS])
+def __getattr__(name: str) -> type:
+    """PingReply, the class generated from the record's BTF (PEP 562)."""
+    if name == "PingReply":
+        return SUPERPING_EVENT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = SuperPing(pid=args.pid, family=family_of(args), hook=args.hook, **container_filters(args))
-    out = Output(args.json)
-    with tracer:
-        if not args.json:
-            out.write("Tracing ICMP echo request latency. Hit Ctrl-C to end.\n")
-        return stream_events(tracer, out, renderer(tracer, args, out))
+# -- the text: the book's line, -w adds where and who -------------------------------------
+
+_TEXT = ("ts_ns", "family", "id", "seq", "latency_ns", "saddr", "daddr", "netns", "pid", "comm", "crossing")
 
 
-def renderer(source: SuperPing, args: argparse.Namespace, out: Output):
-    if args.json:
-        return json_renderer(source)
-    i = source.idx
-    i_fam, i_id, i_seq, i_lat, i_ts = i["family"], i["id"], i["seq"], i["latency_ns"], i["ts_ns"]
-    addr, clock = AddrFormatter(), Clock()
+def text(source: Any, args: Any, out: Any):
+    from ..core.rows import compile_rows, field_variable
+    from ..spec.text import _time_env
+    source.project(set(_TEXT))
+    v = {n: field_variable(n) for n in _TEXT}
+    addr = convert.get("address").text[1]
+    context: dict = {}
+    env = {**convert.text_env(context), **_time_env(context)}
+    parts = ["b'IPv%d ping, ID %d seq %d: %d us' % ("
+             f"(4 if {v['family']} == 2 else 6), {v['id']}, {v['seq']}, {v['latency_ns']} // 1000)"]
+    if args.timestamp:
+        parts.insert(0, f"_hms({v['ts_ns']}) + b' '")
+    if args.wide:
+        parts.append(f"b'  %s -> %s netns %d pid %d %s%s' % ({addr.format(v['saddr'], v['family'])}, "
+                     f"{addr.format(v['daddr'], v['family'])}, {v['netns']}, {v['pid']}, "
+                     f"(_cget({v['comm']}) or _comm_of({v['comm']})), (b' crossing' if {v['crossing']} else b''))")
+    rows = compile_rows(source.raw_fields, " + ".join(parts) + " + b'\\n'", env)
 
-    def render(batch: list[tuple]) -> str:
-        lines = []
-        for r in batch:
-            fam = r[i_fam]
-            line = f"IPv{4 if fam == AF_INET else 6} ping, ID {r[i_id]} seq {r[i_seq]}: {r[i_lat] // 1000} us"
-            if args.wide:
-                line += (f"  {addr(fam, r[i['saddr']])} -> {addr(fam, r[i['daddr']])} netns {r[i['netns']]} "
-                         f"pid {r[i['pid']]} {comm_text(r[i['comm']])}")
-            if args.timestamp:
-                line = f"{clock.hms(r[i_ts])} {line}"
-            lines.append(line + "\n")
-        return "".join(lines)
+    def render(batch: list[tuple]) -> bytes:
+        return b"".join(rows(batch))
     return render
+
+
+SPEC = ToolSpec(
+    "superping", "ICMP echo latency measured in the kernel, IPv4 and IPv6", SuperPing, EVENTS,
+    description=("Measure ICMP echo (ping) latency in the kernel, from request out to reply in, for any ping "
+                 "on this host (IPv4 and IPv6), one line per ping. With kprobes: __ip_local_out "
+                 "(ip6_send_skb) -> icmp_rcv, as the book's superping.bt; without: at device level "
+                 "(net_dev_queue -> netif_receive_skb), which includes the qdisc; there -w also shows the "
+                 "reply's arrival in each network namespace the request crossed (veth, router, bridge, "
+                 f"VXLAN), marked 'crossing'. {LATENCY_NOTE}"),
+    event=SUPERPING_EVENT,
+    options=(
+        pid("only pings sent by this process"),
+        family(),
+        timestamp("include a HH:MM:SS prefix"),
+        Option("-w", "--wide", action="store_true", kw="crossings",
+               help="also show the hosts, netns and the ping process, and each namespace crossing"),
+    ),
+    text=text,
+    intro="Tracing ICMP echo request latency. Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace superping", "the round trip of every ping on this host"),
+        ("pytrace superping -w", "with hosts, namespace and process, and each namespace crossing"),
+        ("pytrace superping -6 -T", "IPv6 pings only, with a HH:MM:SS prefix"),
+        ("pytrace superping -p 181", "only pings sent by process 181"),
+        ("pytrace superping --json", "one JSON object per reply"),
+    ),
+)

@@ -119,9 +119,9 @@ def query_text(raw: bytes, daddr: bytes, family: int, age_us: int) -> bytes:
 
 convert.register(convert.Conversion("connect_phase", phase_value, None, phase_parse,
                                     text=("s", "(b'connect' if {0} == 1 else b'result')"), kind="str"))
-convert.register(convert.Conversion("connect_result", result_value, None, convert.text_parse, needs=("error", "phase"),
-                                    text=("s", "(_connect_results[({0}, {1})] if {2} == 2 else b'-')"), kind="str",
-                                    env={"_connect_results": _RESULTS}))
+convert.register(convert.Conversion("tcpconnect_result", result_value, None, convert.text_parse, needs=("error", "phase"),
+                                    text=("s", "(_tcpconnect_results[({0}, {1})] if {2} == 2 else b'-')"), kind="str",
+                                    env={"_tcpconnect_results": _RESULTS}))
 convert.register(convert.Conversion("ip_proto", None, proto_json, proto_parse,
                                     text=("s", "(b'TCP' if {0} == 6 else b'UDP' if {0} == 17 else b'?')"), kind="int"))
 convert.register(convert.Conversion("truth", truth_value, None, convert.bool_parse, text=("d", "{0}"), kind="bool"))
@@ -148,7 +148,7 @@ CONNECT_EVENT = EventType("Connect", struct="tcpconnect_event",
     rport <- dport
     ok: truth                   # result: connected
     error                       # result: errno of a failure (0: none)
-    result <- ok: connect_result    # OK, ECONNREFUSED, ETIMEDOUT, ..., ABORTED (None for phase connect)
+    result <- ok: tcpconnect_result    # OK, ECONNREFUSED, ETIMEDOUT, ..., ABORTED (None for phase connect)
     query: dns_query            # -d: the DNS name the address answered, None if none
     query_age_us                # -d: the answer's age at connect(), in us
     -pad

@@ -27,7 +27,7 @@ import os
 
 from ..core import convert
 from ..core.cliutil import LATENCY_NOTE, Clock, netns_inode, process_id
-from ..core.drops import DROP_REASONS, TRACING_PREFIXES
+from ..core.drops import DROP_REASONS, TRACING_PREFIXES  # (and registers drop_reason, as skbdrop uses it)
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.stream import EventTracer
@@ -70,10 +70,6 @@ def flags_value(raw: int) -> str:
     return FLAGS_TEXT[raw & 0xff]
 
 
-def reason_value(raw: int) -> str:
-    return drop_names().reason(raw)
-
-
 def stack_value(addrs: tuple, nbytes: int) -> tuple[str, ...]:
     """The symbolized stack, tracing frames removed (core/drops.py).
 
@@ -99,7 +95,6 @@ def stack_parse(v: Any) -> tuple:
 
 convert.register(convert.Conversion("tcpdrop_state", state_value, convert.enum_json, state_parse, kind="enum"))
 convert.register(convert.Conversion("tcp_flags", flags_value, None, convert.text_parse, kind="str"))
-convert.register(convert.Conversion("drop_reason", reason_value, None, convert.text_parse, kind="str"))
 convert.register(convert.Conversion("kernel_stack", stack_value, stack_json, stack_parse, needs=("stack_bytes",),
                                     kind="list"))
 

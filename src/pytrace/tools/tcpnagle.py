@@ -29,25 +29,21 @@ timestamping flag after exit; with no sockops program left it does nothing.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ..core import libbpf
-from ..core.aggregate import add_interval_args, check_interval_args, print_loop, timestamp_line
+from ..core.aggregate import timestamp_line
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import add_common, process_id, wall_iso
 from ..core.errors import PytraceError, UsageError
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import counted, histograms
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, Option, ToolSpec, interval_flags, pid, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcpnagle"
-SUMMARY = "TCP Nagle usage and transmit delays (exact with kprobes; approximation via sockops)"
+if TYPE_CHECKING:
+    from typing import Any
 
 # include/net/tcp.h TCP_NAGLE_*: the combinations the book names
 FLAG_NAMES = {0: "ON", 1: "OFF", 2: "CORK", 3: "OFF|CORK", 4: "PUSH", 5: "OFF|PUSH"}
@@ -123,49 +119,21 @@ class TcpNagle(Tracer):
         raw = histograms(self._hists, self.unit, lambda k: k, clear)
         return {DELAYS[k] if k < len(DELAYS) else str(k): h for k, h in sorted(raw.items())}
 
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        mode = "approximation" if self.approximation else "exact"
-        series = [Series.of({"mode": mode, "nagle": name}, {"count": n}) for name, n in self.counts(clear).items()]
-        series += [Series.of({"mode": mode, "delay": name}, hist=h) for name, h in self.histograms(clear).items()]
-        if not series:
-            series = [Series.of({"mode": mode})]
-        return Snapshot.now(NAME, series, interval)
+
+# -- one interval: the Nagle settings' counts (rows without a histogram), then the delays --
+
+def snapshot(tracer: TcpNagle, args: Any) -> Snapshot:
+    clear = bool(args.interval)
+    mode = "approximation" if tracer.approximation else "exact"
+    series = [Series.of({"mode": mode, "nagle": name}, {"count": n}) for name, n in tracer.counts(clear).items()]
+    series += [Series.of({"mode": mode, "delay": name}, hist=h) for name, h in tracer.histograms(clear).items()]
+    if not series:
+        series = [Series.of({"mode": mode})]
+    return Snapshot.now("tcpnagle", series, args.interval)
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Summarize TCP Nagle usage and transmit delays. With kprobes (the book's tcpnagle.bt): tcp_write_xmit's "
-        "nonagle argument and how long sockets were blocked. WITHOUT kprobes this is an APPROXIMATION "
-        "(sockops BPF TX timestamping, Linux 6.15+): the socket's Nagle setting at each send, and the "
-        "delays send -> device queue (blocked), queue -> driver (xmit) and driver -> ACK (acked) of the last "
-        "skb of each send; only connections established after the start, in the watched cgroup.")
-    p.add_argument("-p", "--pid", type=process_id, default=0,
-                   help="only sends (kprobe: tcp_write_xmit calls) made in this process's context")
-    p.add_argument("-m", "--milliseconds", action="store_true", help="histograms in milliseconds")
-    p.add_argument("--cgroup", metavar="PATH",
-                   help="approximation: the cgroup (v2) to watch (default: the whole hierarchy)")
-    add_interval_args(p)
-    add_common(p, [v.hook for v in TcpNagle.VARIANTS])
-
-
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing TCP nagle and xmit delays. Hit Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
+def text(snap: Snapshot, args: Any) -> str:
     mode = snap.series[0].label("mode") if snap.series else "exact"
-    if args.json:
-        import json
-        ts = wall_iso(snap.time_ns)
-        out = []
-        for s in snap.series:
-            if s.label("nagle"):
-                out.append({"ts": ts, "mode": mode, "nagle": s.label("nagle"), "count": dict(s.values)["count"]})
-            elif s.hist is not None:
-                out.append({"ts": ts, "mode": mode, "delay": s.label("delay"), **s.hist.to_dict()})
-        return "".join(json.dumps(r) + "\n" for r in out)
     parts = [timestamp_line(snap, args)]
     if mode == "approximation":
         parts.append(f"({APPROX_NOTE})\n")
@@ -178,14 +146,42 @@ def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
     return "".join(parts) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    if args.cgroup is not None:
-        root = cgroup2_root()
-        real = os.path.realpath(args.cgroup)
-        if not os.path.isdir(real) or os.path.commonpath((real, root)) != root:
-            raise UsageError(f"--cgroup {args.cgroup}: not a cgroup v2 directory (under {root})")
-    tracer = TcpNagle(pid=args.pid, ms=args.milliseconds, cgroup=args.cgroup, hook=args.hook)
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+def cgroup_path(args: Any) -> str | None:
+    """--cgroup must be a cgroup v2 directory (checked before anything loads)."""
+    if args.cgroup is None:
+        return None
+    root = cgroup2_root()
+    real = os.path.realpath(args.cgroup)
+    if not os.path.isdir(real) or os.path.commonpath((real, root)) != root:
+        raise UsageError(f"--cgroup {args.cgroup}: not a cgroup v2 directory (under {root})")
+    return args.cgroup
+
+
+SPEC = ToolSpec(
+    "tcpnagle", "TCP Nagle usage and transmit delays (exact with kprobes; approximation via sockops)", TcpNagle,
+    HISTOGRAM,
+    description=(
+        "Summarize TCP Nagle usage and transmit delays. With kprobes (the book's tcpnagle.bt): tcp_write_xmit's "
+        "nonagle argument and how long sockets were blocked. WITHOUT kprobes this is an APPROXIMATION "
+        "(sockops BPF TX timestamping, Linux 6.15+): the socket's Nagle setting at each send, and the "
+        "delays send -> device queue (blocked), queue -> driver (xmit) and driver -> ACK (acked) of the last "
+        "skb of each send; only connections established after the start, in the watched cgroup."),
+    options=(
+        pid("only sends (kprobe: tcp_write_xmit calls) made in this process's context"),
+        Option("-m", "--milliseconds", action="store_true", kw="ms", help="histograms in milliseconds"),
+        Option("--cgroup", metavar="PATH", kw="cgroup", value=cgroup_path,
+               help="approximation: the cgroup (v2) to watch (default: the whole hierarchy)"),
+        *interval_flags(),
+        timestamp(),
+    ),
+    labels=("mode", "delay"),
+    snapshot=snapshot, text=text,
+    intro="Tracing TCP nagle and xmit delays. Hit Ctrl-C to end.\n",
+    examples=(
+        ("pytrace tcpnagle", "Nagle settings and delays, at Ctrl-C"),
+        ("pytrace tcpnagle -m -i 5", "in milliseconds, every 5 seconds"),
+        ("pytrace tcpnagle -p 181", "only process 181's sends"),
+        ("pytrace tcpnagle --cgroup /sys/fs/cgroup/system.slice", "approximation: only that cgroup's sockets"),
+        ("pytrace tcpnagle --json", "one JSON object per setting and per delay histogram"),
+    ),
+)

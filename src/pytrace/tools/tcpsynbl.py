@@ -13,29 +13,31 @@ Each completed handshake adds the listener's accept-queue length to the
 histogram of its limit (listen()'s backlog, capped by net.core.somaxconn).
 On the fentry/kprobe variants this is the length before the connection is
 queued, as in libbpf-tools and BCC; on tp_btf/raw_tp (sk_data_ready, for
-kernels without kprobes) it is the length after, i.e. one more.
+kernels without kprobes) it is the length after, i.e. one more: the
+histogram's key says which (after_enqueue).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..core.aggregate import add_interval_args, check_interval_args, json_lines, print_loop, timestamp_line
-from ..core.cliutil import add_common, add_container_args, add_family_args, container_filters, family_of, ports
-from ..core.hist import Log2Histogram
+from ..core.aggregate import timestamp_line
+from ..core.cliutil import ports
 from ..core.loader import Variant
-from ..core.socklayer import histograms
+from ..core.socklayer import keyed_histograms
 from ..core.tracer import SOCKET_SCOPE, Tracer
-from ..sinks.snapshot import Series, Snapshot
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, family, interval_positionals, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
-
-NAME = "tcpsynbl"
-SUMMARY = "histograms of TCP SYN backlog length, per backlog limit"
+if TYPE_CHECKING:
+    from typing import Any
 
 AFTER_ENQUEUE = ("tp_btf", "raw_tp")    # variants that sample after the connection is queued
+
+# The hists map's key (struct tcpsynbl_key)
+TCPSYNBL_KEY = EventType("SynBacklogKey", struct="tcpsynbl_key", doc="The listeners a histogram is for.", fields="""
+    backlog_max                 # the backlog limit (listen()'s, capped by net.core.somaxconn)
+    after_enqueue               # 1: sampled after the connection was queued (every value +1)
+    -pad
+""")
 
 
 class TcpSynBl(Tracer):
@@ -63,49 +65,54 @@ class TcpSynBl(Tracer):
         """True when values include the connection just queued (+1 versus the original)."""
         return self.variant is not None and self.variant.hook in AFTER_ENQUEUE
 
-    def histograms(self, clear: bool = False) -> dict[int, Log2Histogram]:
+    def keyed(self, clear: bool = False) -> dict:
+        """{SynBacklogKey: histogram of the backlog length}, by limit."""
+        hists = keyed_histograms(self._hists, "backlog", TCPSYNBL_KEY.cls, clear)
+        return dict(sorted(hists.items(), key=lambda kh: kh[0].backlog_max))
+
+    def histograms(self, clear: bool = False) -> dict:
         """{backlog limit: histogram of the backlog length}; clear=True resets them."""
-        return histograms(self._hists, "backlog", lambda k: k["backlog_max"], clear)
-
-    def snapshot(self, clear: bool = False, interval: float | None = None) -> Snapshot:
-        return Snapshot.now(NAME, [Series.of({"backlog_max": limit}, {"after_enqueue": int(self.after_enqueue)}, h)
-                                   for limit, h in sorted(self.histograms(clear).items())], interval)
+        return {k.backlog_max: h for k, h in self.keyed(clear).items()}
 
 
-# -- command line ---------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Summarize TCP SYN backlog (accept queue) length as histograms, one per backlog limit. "
-        "Where fentry/kprobe are unavailable (tp_btf/raw_tp sk_data_ready), the length is "
-        "sampled after the new connection was queued: every value is +1 versus libbpf-tools' "
-        "tcpsynbl, and connections refused because the queue was full are not seen (see "
-        "pytrace nstat TcpExtListenOverflows).")
-    add_family_args(p, "listeners")
-    p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these listening ports (comma list)")
-    add_interval_args(p, positional=True)
-    add_container_args(p, TcpSynBl)
-    add_common(p, [v.hook for v in TcpSynBl.VARIANTS])
+def __getattr__(name: str) -> type:
+    """SynBacklogKey, the class generated from the key's BTF (PEP 562)."""
+    if name == "SynBacklogKey":
+        return TCPSYNBL_KEY.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def intro(args: argparse.Namespace) -> str:
-    return "" if args.json else "Tracing SYN backlog size. Ctrl-C to end.\n"
-
-
-def render_snapshot(snap: Snapshot, args: argparse.Namespace) -> str:
-    if args.json:
-        return json_lines(snap)
+def text(snap: Any, args: Any) -> str:
     parts = [timestamp_line(snap, args)]
-    for s in snap.series:
-        note = " (sampled after enqueue: +1)" if dict(s.values).get("after_enqueue") else ""
-        parts.append(f"backlog_max = {s.label('backlog_max')}{note}\n{s.hist.render()}\n")
+    for k, h in SPEC.histograms(snap):
+        note = " (sampled after enqueue: +1)" if k.after_enqueue else ""
+        parts.append(f"backlog_max = {k.backlog_max}{note}\n{h.render()}\n")
     return "".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    check_interval_args(args)
-    tracer = TcpSynBl(family=family_of(args), lports=args.lport,
-                      hook=args.hook, **container_filters(args))
-    with tracer:
-        return print_loop(args, lambda: tracer.snapshot(clear=bool(args.interval), interval=args.interval),
-                          render_snapshot, intro)
+SPEC = ToolSpec(
+    "tcpsynbl", "histograms of TCP SYN backlog length, per backlog limit", TcpSynBl, HISTOGRAM,
+    description=(
+        "Summarize TCP SYN backlog (accept queue) length as histograms, one per backlog limit. "
+        "Where fentry/kprobe are unavailable (tp_btf/raw_tp sk_data_ready), the length is "
+        "sampled after the new connection was queued: every value is +1 versus BCC's "
+        "tcpsynbl, and connections refused because the queue was full are not seen (see "
+        "pytrace nstat TcpExtListenOverflows)."),
+    event=TCPSYNBL_KEY,
+    options=(
+        family("listeners"),
+        Option("-L", "--lport", type=ports("-L"), metavar="PORTS", kw="lports",
+               help="only these listening ports (comma list)"),
+        timestamp(),
+        *interval_positionals(),
+    ),
+    read=lambda tracer, args: tracer.keyed(clear=bool(args.interval)),
+    text=text,
+    intro="Tracing SYN backlog size. Ctrl-C to end.\n",
+    examples=(
+        ("pytrace tcpsynbl", "a histogram per backlog limit, at Ctrl-C"),
+        ("pytrace tcpsynbl -4", "IPv4 listeners only"),
+        ("pytrace tcpsynbl -L 80,443 1 10", "listeners on port 80 or 443, every second, 10 times"),
+        ("pytrace tcpsynbl --json", "one JSON object per backlog limit"),
+    ),
+)

@@ -5,7 +5,7 @@ Library:
 
     from pytrace.tools.tcpwin import TcpWin
     with TcpWin(lports=[8080]) as t:
-        for w in t.events(duration=10):
+        for w in t.events(duration=10):            # TcpWindow
             print(w.skaddr, w.snd_cwnd, w.ssthresh, w.snd_wnd, w.sndbuf, w.wmem_queued)
 
 One row per segment an established connection receives (the top of
@@ -17,61 +17,45 @@ send buffer's size and queued bytes.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import (Clock, LATENCY_NOTE, Output, add_common, add_container_args, add_family_args,
-                            container_filters, family_of, json_renderer, ports, stream_events)
-from ..core.containers import Labels
+from ..core import convert
+from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
-from ..core.net import AF_INET, AddrFormatter, addr_obj
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
+from ..spec import EVENTS, EventType, Option, ToolSpec, family
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "tcpwin"
-SUMMARY = "TCP cwnd, ssthresh, send window and buffer per segment, as CSV to plot"
-
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 HEADER = "event,sock,time_us,snd_cwnd,snd_ssthresh,sk_sndbuf,sk_wmem_queued,snd_wnd,srtt_us,laddr,lport,raddr,rport"
 
-
-@dataclass(frozen=True, slots=True)
-class TcpWindow:
-    ts_ns: int
-    skaddr: int
-    snd_cwnd: int
-    ssthresh: int
-    snd_wnd: int
-    srtt_us: int
-    sndbuf: int
-    wmem_queued: int
-    family: int
-    laddr: Addr
-    lport: int
-    raddr: Addr
-    rport: int
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "sock": f"0x{self.skaddr:x}", "snd_cwnd": self.snd_cwnd,
-                "snd_ssthresh": self.ssthresh, "snd_wnd": self.snd_wnd, "srtt_us": self.srtt_us,
-                "sk_sndbuf": self.sndbuf, "sk_wmem_queued": self.wmem_queued,
-                "ip": 4 if self.family == AF_INET else 6, "laddr": str(self.laddr), "lport": self.lport,
-                "raddr": str(self.raddr), "rport": self.rport,
-                **(self.labels.to_dict() if self.labels else {})}
+# struct tcpwin_event of src/bpf/tcpwin.bpf.c; build.py generates TcpWindow
+TCPWIN_EVENT = EventType("TcpWindow", struct="tcpwin_event", doc="A socket's windows when it received a segment.",
+                         fields="""
+    ts_ns                   # CLOCK_MONOTONIC of the segment
+    skaddr: hex             # the socket's kernel address
+    snd_cwnd                # segments
+    ssthresh                # segments; 2147483647: still in slow start
+    snd_wnd                 # bytes the peer lets us send
+    srtt_us
+    sndbuf                  # sk_sndbuf, bytes (-1: unknown, the classic tracepoint without skaddr)
+    wmem_queued             # sk_wmem_queued, bytes (-1: unknown)
+    family: family
+    laddr: address
+    lport
+    raddr: address
+    rport
+    -pad
+    cgroup_id                   # the socket's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
+""")
 
 
 class TcpWin(EventTracer):
     OBJECT = "tcpwin"
-    EVENT = "tcpwin_event"
     SCOPE = SOCKET_SCOPE | LABELS
+    EVENT_TYPE = TCPWIN_EVENT
     VARIANTS = (
         Variant("fentry", ("tcpwin_fentry",)),
         Variant("kprobe", ("tcpwin_kprobe",)),
@@ -88,51 +72,59 @@ class TcpWin(EventTracer):
         return {"target_family": self.family, "lports": self.lports, "n_lports": len(self.lports),
                 "rports": self.rports, "n_rports": len(self.rports)}
 
-    def make_event(self, raw: tuple) -> TcpWindow:
-        i = self.idx
-        fam = raw[i["family"]]
-        return TcpWindow(raw[i["ts_ns"]], raw[i["skaddr"]], raw[i["snd_cwnd"]], raw[i["ssthresh"]],
-                         raw[i["snd_wnd"]], raw[i["srtt_us"]], raw[i["sndbuf"]], raw[i["wmem_queued"]], fam,
-                         addr_obj(fam, raw[i["laddr"]]), raw[i["lport"]], addr_obj(fam, raw[i["raddr"]]),
-                         raw[i["rport"]], *self.owner(raw))
+
+def __getattr__(name: str) -> type:
+    """TcpWindow, the class generated from the record's BTF (PEP 562)."""
+    if name == "TcpWindow":
+        return TCPWIN_EVENT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- command line ---------------------------------------------------------------
+# -- the text: the book's CSV, then snd_wnd, srtt and the connection -------------------------
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("TCP send congestion window, ssthresh, send window and send buffer for every segment "
-                     "received on established connections, as CSV (the book's tcpwin.bt columns, then "
-                     f"snd_wnd, srtt and the connection). {LATENCY_NOTE}")
-    p.add_argument("-L", "--lport", type=ports("-L"), metavar="PORTS", help="only these local ports (comma list)")
-    p.add_argument("-D", "--rport", type=ports("-D"), metavar="PORTS", help="only these remote ports (comma list)")
-    add_family_args(p)
-    add_container_args(p, TcpWin)
-    add_common(p, [v.hook for v in TcpWin.VARIANTS])
+_CSV = ("skaddr", "ts_ns", "snd_cwnd", "ssthresh", "sndbuf", "wmem_queued", "snd_wnd", "srtt_us",
+        "family", "laddr", "lport", "raddr", "rport")
 
 
-def run(args: argparse.Namespace) -> int:
-    tracer = TcpWin(family=family_of(args), lports=args.lport,
-                    rports=args.rport, hook=args.hook, **container_filters(args))
-    out = Output(args.json)
-    with tracer:
-        return stream_events(tracer, out, renderer(tracer, args, out))
-
-
-def renderer(source: TcpWin, args: argparse.Namespace, out: Output):
-    if args.json:
-        return json_renderer(source)
+def csv_text(source: Any, args: Any, out: Any):
+    """HEADER, then a CSV row per record: time_us counts from the tool's start."""
+    from ..core.cliutil import Clock
+    from ..core.rows import compile_rows, field_variable
     out.write(HEADER + "\n")
-    i = source.idx
-    cols = [i[n] for n in ("skaddr", "ts_ns", "snd_cwnd", "ssthresh", "sndbuf", "wmem_queued", "snd_wnd",
-                           "srtt_us", "family", "laddr", "lport", "raddr", "rport")]
-    clock, addr = Clock(), AddrFormatter()
-    start = clock.start_ns
+    source.project(set(_CSV))
+    v = {n: field_variable(n) for n in _CSV}
+    addr = convert.get("address").text[1]
+    expr = (f"_fmt % ({v['skaddr']}, max(0, {v['ts_ns']} - _start) // 1000, {v['snd_cwnd']}, {v['ssthresh']}, "
+            f"{v['sndbuf']}, {v['wmem_queued']}, {v['snd_wnd']}, {v['srtt_us']}, "
+            f"{addr.format(v['laddr'], v['family'])}, {v['lport']}, {addr.format(v['raddr'], v['family'])}, "
+            f"{v['rport']})")
+    env = {**convert.text_env({}), "_fmt": b"rcv,0x%x,%d,%d,%d,%d,%d,%d,%d,%s,%d,%s,%d\n",
+           "_start": Clock().start_ns}
+    rows = compile_rows(source.raw_fields, expr, env)
 
-    def render(batch: list[tuple]) -> str:
-        lines = []
-        for r in batch:
-            sk, ts, cwnd, ssth, sndbuf, wmem, wnd, srtt, fam, la, lp, ra, rp = (r[c] for c in cols)
-            lines.append(f"rcv,0x{sk:x},{max(0, ts - start) // 1000},{cwnd},{ssth},{sndbuf},{wmem},{wnd},{srtt},"
-                         f"{addr(fam, la)},{lp},{addr(fam, ra)},{rp}\n")
-        return "".join(lines)
+    def render(batch: list[tuple]) -> bytes:
+        return b"".join(rows(batch))
     return render
+
+
+SPEC = ToolSpec(
+    "tcpwin", "TCP cwnd, ssthresh, send window and buffer per segment, as CSV to plot", TcpWin, EVENTS,
+    description=("TCP send congestion window, ssthresh, send window and send buffer for every segment "
+                 "received on established connections, as CSV (the book's tcpwin.bt columns, then "
+                 f"snd_wnd, srtt and the connection). {LATENCY_NOTE}"),
+    event=TCPWIN_EVENT,
+    options=(
+        Option("-L", "--lport", type=ports("-L"), metavar="PORTS", kw="lports",
+               help="only these local ports (comma list)"),
+        Option("-D", "--rport", type=ports("-D"), metavar="PORTS", kw="rports",
+               help="only these remote ports (comma list)"),
+        family(),
+    ),
+    text=csv_text,
+    examples=(
+        ("pytrace tcpwin", "a CSV row per segment received on any TCP connection"),
+        ("pytrace tcpwin -L 8080", "only connections with local port 8080"),
+        ("pytrace tcpwin -D 443 -4", "only IPv4 connections to port 443"),
+        ("pytrace tcpwin --json", "one JSON object per segment"),
+    ),
+)

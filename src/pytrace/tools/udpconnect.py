@@ -4,7 +4,7 @@ Library:
 
     from pytrace.tools.udpconnect import UdpConnect
     with UdpConnect() as t:
-        for ev in t.events(duration=10):          # UdpConnectCall, frozen
+        for ev in t.events(duration=10):          # UdpConnectCall
             print(ev.pid, ev.comm, ev.raddr, ev.rport)
 
 Reported when the call starts, whatever its result (as the book's kprobe
@@ -13,52 +13,37 @@ on ip4/ip6_datagram_connect does); disconnects (AF_UNSPEC) are left out.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
-
-from ..core.cliutil import Output, container_filters, run_stream
-from ..core.containers import Labels
+from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
-from ..core.net import AF_INET, addr_obj, comm_text
-from ..core.socklayer import add_call_arguments, call_renderer
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
-    import argparse
+if TYPE_CHECKING:
+    from typing import Any
 
-NAME = "udpconnect"
-SUMMARY = "connect() on UDP sockets, with the destination"
-
-
-@dataclass(frozen=True, slots=True)
-class UdpConnectCall:
-    ts_ns: int
-    pid: int
-    tid: int
-    comm: str
-    family: int                # of the destination: AF_INET or AF_INET6
-    raddr: ipaddress.IPv4Address | ipaddress.IPv6Address
-    rport: int
-    lport: int                 # the local port once connect() bound the socket (autobind)
-    protocol: int              # 17 UDP, 136 UDP-Lite
-    cgroup_id: int = 0         # filter.h labels (0 unless asked for)
-    netns: int = 0
-    labels: Labels | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ts_ns": self.ts_ns, "pid": self.pid, "tid": self.tid, "comm": self.comm,
-                "ip": 4 if self.family == AF_INET else 6, "raddr": str(self.raddr), "rport": self.rport,
-                "lport": self.lport, "protocol": self.protocol,
-                **(self.labels.to_dict() if self.labels else {})}
+# struct udpconnect_event of src/bpf/udpconnect.bpf.c; build.py generates UdpConnectCall
+UDPCONNECT_EVENT = EventType("UdpConnectCall", struct="udpconnect_event", doc="One connect() on a UDP socket.",
+                             fields="""
+    ts_ns                       # CLOCK_MONOTONIC of the call
+    pid
+    tid
+    comm: text
+    family: family              # of the destination: AF_INET or AF_INET6
+    raddr <- addr: address
+    rport <- port
+    lport                       # the local port once connect() bound the socket (autobind)
+    protocol                    # 17 UDP, 136 UDP-Lite
+    cgroup_id                   # the caller's cgroup id (0 unless labels=True)
+    netns                       # the socket's network namespace inode (0 unless labels=True)
+""")
 
 
 class UdpConnect(EventTracer):
     OBJECT = "udpconnect"
-    EVENT = "udpconnect_event"
     SCOPE = TASK_SCOPE | LABELS
+    EVENT_TYPE = UDPCONNECT_EVENT
     VARIANTS = (
         Variant("kprobe", ("udpconnect_kprobe_v4", "udpconnect_kprobe_v6")),
         Variant("tracepoint", ("udpconnect_tracepoint", "udpconnect_tracepoint_exit")),
@@ -71,30 +56,35 @@ class UdpConnect(EventTracer):
     def rodata(self) -> dict[str, Any]:
         return {"targ_tgid": self.pid, "rports": self.rports, "n_rports": len(self.rports)}
 
-    def make_event(self, raw: tuple) -> UdpConnectCall:
-        i = self.idx
-        fam = raw[i["family"]]
-        return UdpConnectCall(raw[i["ts_ns"]], raw[i["pid"]], raw[i["tid"]], comm_text(raw[i["comm"]]), fam,
-                              addr_obj(fam, raw[i["addr"]]), raw[i["port"]], raw[i["lport"]],
-                              raw[i["protocol"]], *self.owner(raw))
+
+def __getattr__(name: str) -> type:
+    """UdpConnectCall, the class generated from the record's BTF (PEP 562)."""
+    if name == "UdpConnectCall":
+        return UDPCONNECT_EVENT.cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_call_arguments(p, UdpConnect, "Trace connect() calls on UDP sockets.", "only these destination ports",
-                       timestamp=False)
-
-
-def _line(ev: UdpConnectCall) -> str:
-    return f"{ev.pid:<6} {ev.comm:<16} {4 if ev.family == AF_INET else 6:<2} {str(ev.raddr):<16} {ev.rport:<5}\n"
-
-
-def renderer(source: UdpConnect, args: argparse.Namespace, out: Output):
-    """What the CLI prints for a batch of raw records (source: the live tracer,
-    or a recording standing in for it in `pytrace replay`); TIME always, as the book's tool."""
-    return call_renderer(source, args, out, f"{'PID':<6} {'COMM':<16} {'IP':<2} {'RADDR':<16} {'RPORT':<5}\n",
-                         _line, True)
-
-
-def run(args: argparse.Namespace) -> int:
-    tracer = UdpConnect(pid=args.pid, rports=args.port, hook=args.hook, **container_filters(args))
-    return run_stream(tracer, args, renderer)
+SPEC = ToolSpec(
+    "udpconnect", "connect() on UDP sockets, with the destination", UdpConnect, EVENTS,
+    description=f"Trace connect() calls on UDP sockets. {LATENCY_NOTE}",
+    event=UDPCONNECT_EVENT,
+    options=(
+        pid("only this process"),
+        Option("-P", "--port", type=ports("-P"), metavar="PORTS", kw="rports",
+               help="only these destination ports (comma list)"),
+    ),
+    columns=(   # the book's udpconnect.bt: TIME always
+        Column("TIME", "ts_ns", width=8, form="hms"),
+        Column("PID", "pid", width=6),
+        Column("COMM", "comm", width=16),
+        Column("IP", "family", width=2, form="ipver"),
+        Column("RADDR", "raddr", width=16),
+        Column("RPORT", "rport", width=5),
+    ),
+    examples=(
+        ("pytrace udpconnect", "every UDP connect()"),
+        ("pytrace udpconnect -p 181", "only process 181"),
+        ("pytrace udpconnect -P 53", "only connects to port 53 (DNS)"),
+        ("pytrace udpconnect --json", "one JSON object per call"),
+    ),
+)
