@@ -43,7 +43,8 @@ on stderr as it grows.
 What the registry, cli.py, replay, listing and the exporter call on a tool
 (tools/_legacy.LegacyTool provides the same for tools not yet converted):
 
-    name, summary, kind, object, variants, sources, spec
+    name, summary, kind, object, variants, hooks, sources, spec
+    commands, streams                         (spec/commands.py: a tool with subcommands)
     add_arguments(parser), run(args)
     intro(args) -> str                       printed first (not with --json)
     event_renderer(source, args, out)        -> render(batch of raw tuples) -> str | bytes
@@ -140,6 +141,16 @@ class ToolSpec:
         return tuple(self.tracer.VARIANTS)
 
     @property
+    def hooks(self) -> tuple[str, ...]:
+        """What --hook may force: every variant's hook."""
+        return tuple(dict.fromkeys(v.hook for v in self.variants))
+
+    # A tool without subcommands (spec/commands.CommandSpec has them): the tool
+    # itself is what streams, and what the contract test runs
+    commands: tuple = ()
+    streams = True
+
+    @property
     def module(self) -> str:
         return self.tracer.__module__
 
@@ -169,7 +180,7 @@ class ToolSpec:
         for opt in self.options:
             opt.add_to(parser)
         add_container_args(parser, self.tracer, self.netns_flags)
-        add_common(parser, [v.hook for v in self.variants])
+        add_common(parser, list(self.hooks))
 
     def tracer_kwargs(self, args: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}

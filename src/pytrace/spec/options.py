@@ -16,7 +16,7 @@ same flag means the same thing everywhere (issue 19 item 3).
 
 from __future__ import annotations
 
-from ..core.cliutil import family_of, intervals, process_id, seconds
+from ..core.cliutil import _allow_host, family_of, intervals, process_id, seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,3 +129,11 @@ def interval_positionals(default: int | None = None) -> tuple[Option, ...]:
     return (Option("interval", nargs="?", type=seconds, default=default,
                    help=f"output interval, in seconds{when}"),
             Option("count", nargs="?", type=intervals, help="number of outputs"))
+
+
+def allow_host() -> Option:
+    """--allow-host of a command that serves HTTP (core/httpserve; cliutil.add_allow_host)."""
+    return Option("--allow-host", type=_allow_host, action="append", default=[], metavar="NAME",
+                  help="also answer HTTP requests addressed to NAME (repeatable; '*': any).  By default "
+                       "only requests to this server's own address are (and localhost on loopback): "
+                       "a page elsewhere cannot read it by DNS rebinding")
