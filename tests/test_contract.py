@@ -18,7 +18,8 @@ Each tool with a SPEC (pytrace.spec) must:
 Tools without a SPEC are skipped, naming what is missing: converting a tool
 turns its cases on.  The traffic is loopback TCP made by this process
 (TRAFFIC says otherwise for a tool that needs another kind to print; SETUP
-makes what a tool needs to run at all: tunnelmon's namespace).
+makes what a tool needs to run at all: vnet's config file, tunnelmon's
+namespace).
 
 A tool with subcommands (spec/commands.CommandSpec: vnet record|report|demo|
 ctl, tunnelmon [simulate]) has each command checked too: its -h ends with
@@ -86,6 +87,16 @@ SETUP: dict[str, object] = {}
 
 
 @contextlib.contextmanager
+def vnet_config(tmp):
+    """One point: loopback's egress tracepoint in this namespace (nothing is
+    attached to a device), the loopback TCP of tcp_traffic selected."""
+    config = tmp / "points.toml"
+    config.write_text('[select]\nprotocol = "tcp"\nnet = ["127.0.0.1/32", "::1/128"]\n\n'
+                      '[[point]]\nlabel = "lo.out"\ndevice = "lo"\ndirection = "egress"\nmethod = "tracepoint"\n')
+    yield ["-c", str(config), "-o", str(tmp / "vnet.db")], None
+
+
+@contextlib.contextmanager
 def tunnelmon_netns(tmp):
     """A namespace of the test's own, with its loopback up: tunnelmon's tc (or
     XDP) programs go on that loopback, and leave with the namespace at worst."""
@@ -126,7 +137,7 @@ def tunnelmon_attached(ns: str, pid: int, variant) -> bool:
     return all("tunnelmon_tc" in show("tc", "filter", "show", "dev", "lo", way) for way in ("ingress", "egress"))
 
 
-SETUP.update(tunnelmon=tunnelmon_netns)
+SETUP.update(vnet=vnet_config, tunnelmon=tunnelmon_netns)
 TRAFFIC.update(tunnelmon=vxlan_traffic)
 # tool -> ready(what SETUP made, pid, variant): every program of the variant is
 # attached (default: as many BPF links, or perf events, as it has programs)
