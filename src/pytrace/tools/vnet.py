@@ -450,6 +450,7 @@ def _demo(args: argparse.Namespace) -> int:
                       f"sending {args.count} UDP datagrams cA -> cB and back")
             if sinks is not None:
                 sinks.begin(tracer.event_source())
+                sinks.snapshot(tracer.points_snapshot())    # replay names the points (as record's)
             echo = topo.udp_echo(args.count, size=args.size, burst=args.burst)
             demo.settle()
             batch = tracer.drain()
