@@ -160,7 +160,8 @@ class CommandSpec(ToolSpec):
         if kind == EVENTS and renderer is None:
             raise ValueError(f"{name}: an event tool with commands renders its records itself: renderer=")
         if kind != EVENTS:
-            kw.setdefault("snapshot", lambda tracer, args: None)    # it runs its own loop (run=)
+            # what ToolSpec asks of an interval tool, whose loop this one runs itself (run=)
+            kw.setdefault("snapshot", _own_loop(name))
             kw.setdefault("labels", ("-",))
         super().__init__(name, summary, tracer, kind, text=text, event=records, **kw)
         for c in _walk(commands):
@@ -281,6 +282,12 @@ class _PrintSource(argparse.Action):
         from ..core import objects
         sys.stdout.write(objects.source(self.object))
         parser.exit(0)
+
+
+def _own_loop(name: str) -> Callable[[Any, Any], Any]:
+    def snapshot(tracer: Any, args: Any) -> Any:
+        raise NotImplementedError(f"{name} reads its intervals in its own run()")
+    return snapshot
 
 
 def _walk(commands: Sequence[Command]) -> list[Command]:
