@@ -791,6 +791,41 @@ def test_record_takes_a_negative_clock_offset_as_a_separate_word(topo, tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--clock-offset" in res.stderr
 
 
+def test_record_replays_as_printed_with_a_point_added_while_recording(topo, tmp_path):
+    """`vnet record --record FILE`: replay prints what record printed, byte for
+    byte (TIME(s) from the same start, the host and the labels from the
+    recording), the label of a point added over the control socket included;
+    and its --json likewise."""
+    pts = {p.label: p for p in topo.points()}
+    sock, recording = str(tmp_path / "r.sock"), str(tmp_path / "r.rec")
+    rec = Cli("vnet", "record", "-c", _config(tmp_path / "r.toml", "n", [pts["cA.eth0.out"]]),
+              "-o", str(tmp_path / "r.db"), "--ctl", sock, "--record", recording, ready=False)
+    try:
+        assert wait_until(lambda: os.path.exists(sock) or rec.proc.poll() is not None, 15)
+        assert rec.proc.poll() is None, rec.stderr()
+        topo.udp_echo(3, client_port=42011)
+        res = run_cli("vnet", "ctl", "-s", sock, "add", "mid", "--device", "vx0", "--netns", topo.ns["hB"],
+                      "--direction", "ingress", "--method", "tc")
+        assert res.returncode == 0, res.stderr
+        topo.udp_echo(4, client_port=42012)
+        time.sleep(0.3)
+    finally:
+        rc, live, err = rec.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert live[0].split() == ["TIME(s)", "POINT", "PKTID", "FLOW", "LEN", "NETNS", "IFINDEX", "CPU"]
+    points = [line.split()[1] for line in live[1:]]
+    # cA's egress sees every datagram to cB; vx0's ingress on hB those after the add
+    assert (points.count("cA.eth0.out"), points.count("mid"), len(points)) == (7, 4, 11)
+    replay = run_cli("replay", recording)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.splitlines() == live
+    as_json = run_cli("replay", recording, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["point"] for r in records] == points and {r["host"] for r in records} == {"n"}
+    assert all(r["wall_ns"] - r["ts_ns"] == records[0]["wall_ns"] - records[0]["ts_ns"] for r in records)
+
+
 @pytest.mark.parametrize("command", ["", "record", "report", "demo", "ctl"])
 def test_help_ends_with_examples_that_parse(command, monkeypatch):
     """`pytrace vnet [COMMAND] -h` ends with examples (as BCC's tools do), each

@@ -64,7 +64,8 @@ tracing (BCC's -v of tcpconnlat, -D of tcprtt).
 What the registry, cli.py, replay, listing and the exporter call on a tool
 (tools/_legacy.LegacyTool provides the same for tools not yet converted):
 
-    name, summary, kind, object, variants, sources, spec
+    name, summary, kind, object, variants, hooks, sources, spec
+    commands, streams                         (spec/commands.py: a tool with subcommands)
     add_arguments(parser), run(args)
     intro(args) -> str                       printed first (not with --json)
     event_renderer(source, args, out)        -> render(batch of raw tuples) -> str | bytes
@@ -184,6 +185,16 @@ class ToolSpec:
         return tuple(self.tracer.VARIANTS)
 
     @property
+    def hooks(self) -> tuple[str, ...]:
+        """What --hook may force: every variant's hook."""
+        return tuple(dict.fromkeys(v.hook for v in self.variants))
+
+    # A tool without subcommands (spec/commands.CommandSpec has them): the tool
+    # itself is what streams, and what the contract test runs
+    commands: tuple = ()
+    streams = True
+
+    @property
     def module(self) -> str:
         return self.tracer.__module__
 
@@ -221,7 +232,7 @@ class ToolSpec:
             opt.add_to(parser)
         if self.variants:
             add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
-            add_common(parser, [v.hook for v in self.variants])
+            add_common(parser, list(self.hooks))
             return
         # a tool without BPF: no --ebpf, --hook, --btf, and no kernel filters
         from ..core.cliutil import add_sink_args

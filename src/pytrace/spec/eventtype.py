@@ -37,10 +37,6 @@ from __future__ import annotations
 
 import sys
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 
 class FieldDecl:
     """One declared line: field name, its raw field, conversion (or ""), the raw

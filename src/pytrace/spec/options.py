@@ -24,7 +24,7 @@ that has not taken -v itself).
 
 from __future__ import annotations
 
-from ..core.cliutil import family_of, intervals, process_id, seconds
+from ..core.cliutil import _allow_host, family_of, intervals, process_id, seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -147,3 +147,9 @@ def print_program(*flags: str, help: str = "print the BPF program before tracing
     logs it there; stderr anyway with --json), then traces.  Its dest is
     always print_program."""
     return Option(*flags, action="store_const", const=stream, default=None, dest="print_program", help=help)
+def allow_host() -> Option:
+    """--allow-host of a command that serves HTTP (core/httpserve; cliutil.add_allow_host)."""
+    return Option("--allow-host", type=_allow_host, action="append", default=[], metavar="NAME",
+                  help="also answer HTTP requests addressed to NAME (repeatable; '*': any).  By default "
+                       "only requests to this server's own address are (and localhost on loopback): "
+                       "a page elsewhere cannot read it by DNS rebinding")

@@ -6,7 +6,8 @@ one tool does not pay for importing the others.  A tool module declares
     SPEC = ToolSpec(...)     (pytrace.spec: name, summary, tracer, kind,
                               options, columns, event type, examples)
 
-and command(name) returns it: the CLI, `pytrace replay`, `pytrace list`, the
+(or a spec/commands.CommandSpec, for a tool with subcommands: vnet,
+tunnelmon) and command(name) returns it: the CLI, `pytrace replay`, `pytrace list`, the
 exporter and the contract test (tests/test_contract.py) call only what
 pytrace.spec's docstring lists.  A module not yet converted provides the old
 attributes instead (NAME, SUMMARY, add_arguments(parser), run(args), OBJECT,

@@ -45,14 +45,17 @@ from typing import Any, Iterator
 from ..core import netattach, privileges
 from ..core.bpfobject import BpfObject, ncpus_possible
 from ..core.aggregate import print_loop
-from ..core.cliutil import (add_allow_host, add_common, bad_value, intervals, map_size, netns_ref, nonneg_int, port,
-                            release_stops, seconds, wall_iso)
+from ..core.cliutil import (bad_value, intervals, map_size, netns_ref, nonneg_int, port,
+                            release_stops, rfc3339, seconds)
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
 from ..core.periodic import ticks
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot as SinkSnapshot
+from ..spec import TABLE, Option
+from ..spec.commands import Command, CommandSpec, Records
+from ..spec.options import allow_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -301,35 +304,6 @@ EXAMPLES = (
     *SIMULATE_EXAMPLES[:1])
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Count VXLAN traffic on an underlay device per (outer pair, VNI, inner pair). "
-                     "SRC is this host's side; TX what it sent, RX what it received.")
-    p.add_argument("--dev", metavar="DEV", help="underlay device to monitor (required)")
-    p.add_argument("--netns", metavar="NS", type=netns_ref, help="network namespace of DEV (ip netns name, path or inode)")
-    p.add_argument("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)")
-    p.add_argument("--xdp", action="store_true", help="XDP on ingress instead of tc (sees RX only)")
-    p.add_argument("-i", "--interval", type=seconds, default=1, metavar="SEC",
-                   help="print every SEC seconds (default 1)")
-    p.add_argument("-c", "--count", type=intervals, metavar="N", help="stop after N intervals")
-    p.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds")
-    p.add_argument("--sort", type=sort_key, default="bytes", metavar="COL",
-                   help="sort rows by this column (default: tx+rx bytes, largest first)")
-    p.add_argument("-r", "--rows", type=nonneg_int, default=0, metavar="N", help="print at most N rows (0: all)")
-    p.add_argument("--cumulative", action="store_true", help="totals since start, not per interval")
-    p.add_argument("--max-flows", type=map_size(MAX_FLOWS), default=10240, metavar="N",
-                   help="room for N (outer, VNI, inner) keys in the kernel (default 10240)")
-    p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
-                   help="serve a live chord diagram on ADDR:PORT (ADDR default 127.0.0.1)")
-    add_allow_host(p)
-    add_common(p, [v.hook for v in TunnelMon.VARIANTS])
-    sub = p.add_subparsers(dest="command", metavar="simulate")
-    from ..tunnelmon import simulate
-    sim = sub.add_parser("simulate", help="build a simulated VXLAN overlay in network namespaces and send traffic")
-    simulate.add_arguments(sim)
-    sim.examples = SIMULATE_EXAMPLES
-    p.examples = EXAMPLES
-
-
 def _sorted(flows: tuple[TunnelFlow, ...], key: str) -> list[TunnelFlow]:
     if key in ("bytes", "pkts"):
         return sorted(flows, key=lambda f: (-(f.tx_bytes + f.rx_bytes) if key == "bytes"
@@ -410,20 +384,19 @@ def render_snapshot(snap: SinkSnapshot, args: argparse.Namespace) -> str:
         elif labels.get("kind") in anomalies:
             anomalies[labels["kind"]].update({k: int(v) for k, v in values.items()})
     if args.json:
-        ts = wall_iso(snap.time_ns)
-        out = [json.dumps({"type": "flow", "ts": ts, **f.to_dict()}) for f in flows]
+        # spec/jsonout.py's convention: the interval's wall clock and the kernel's
+        # monotonic ns first; the record's "type" says which of RECORDS' it is
+        head = {"time": rfc3339(snap.time_ns), "ts_ns": snap.mono_ns}
+        out = [json.dumps({**head, "type": "flow", **f.to_dict()}) for f in flows]
         if anomalies["skipped"] or anomalies["malformed"]:
-            out.append(json.dumps({"type": "anomalies", "ts": ts, **anomalies}))
+            out.append(json.dumps({**head, "type": "anomalies", **anomalies}))
         return "".join(line + "\n" for line in out)
     hms = time.strftime("%H:%M:%S", time.localtime(snap.time_ns // 1_000_000_000))
     return f"{hms}\n{render_table(flows)}{render_anomalies(**anomalies)}\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "simulate":
-        from ..tunnelmon import simulate
-        release_stops()      # not a tracer's loop: a stop ends it at once, as it always did
-        return simulate.run(args)
+    """`pytrace tunnelmon` without a command (SPEC's run; simulate: _simulate)."""
     if not args.dev:
         raise UsageError("--dev DEV is required (the underlay device; or: pytrace tunnelmon simulate)")
     if args.xdp and args.hook == "tc":
@@ -456,3 +429,55 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if web:
                 web.close()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from ..tunnelmon import simulate
+    release_stops()      # not a tracer's loop: a stop ends it at once, as it always did
+    return simulate.run(args)
+
+
+def _simulate_command() -> Command:
+    from ..tunnelmon import simulate
+    return Command("simulate", "build a simulated VXLAN overlay in network namespaces and send traffic",
+                   run=_simulate, description=simulate.DESCRIPTION, options=simulate.options(),
+                   examples=SIMULATE_EXAMPLES,
+                   instead="builds an overlay in namespaces of its own and pings through it: it traces nothing "
+                         "(except with --web, which monitors one host as `pytrace tunnelmon` does)")
+
+
+SPEC = CommandSpec(
+    NAME, SUMMARY, TunnelMon, TABLE,
+    description=("Count VXLAN traffic on an underlay device per (outer pair, VNI, inner pair). "
+                 "SRC is this host's side; TX what it sent, RX what it received."),
+    options=(
+        Option("--dev", metavar="DEV", help="underlay device to monitor (required)"),
+        Option("--netns", metavar="NS", type=netns_ref,
+               help="network namespace of DEV (ip netns name, path or inode)"),
+        Option("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)"),
+        Option("--xdp", action="store_true", help="XDP on ingress instead of tc (sees RX only)"),
+        Option("-i", "--interval", type=seconds, default=1, metavar="SEC", help="print every SEC seconds (default 1)"),
+        Option("-c", "--count", type=intervals, metavar="N", help="stop after N intervals"),
+        Option("-d", "--duration", type=seconds, metavar="SEC", help="total run time in seconds"),
+        Option("--sort", type=sort_key, default="bytes", metavar="COL",
+               help="sort rows by this column (default: tx+rx bytes, largest first)"),
+        Option("-r", "--rows", type=nonneg_int, default=0, metavar="N", help="print at most N rows (0: all)"),
+        Option("--cumulative", action="store_true", help="totals since start, not per interval"),
+        Option("--max-flows", type=map_size(MAX_FLOWS), default=10240, metavar="N",
+               help="room for N (outer, VNI, inner) keys in the kernel (default 10240)"),
+        Option("--web", type=web_address, metavar="[ADDR:]PORT",
+               help="serve a live chord diagram on ADDR:PORT (ADDR default 127.0.0.1)"),
+        allow_host()),
+    # --json: one record per flow of the interval, then the frames it could not count
+    records=Records("type", *TunnelFlow.__dataclass_fields__, notes=("anomalies",),
+                    kinds={"type": "str", "vni": "int", **{c: "int" for c in COUNTERS},
+                           **{a: "address" for a in ("outer_src", "outer_dst", "inner_src", "inner_dst")}}),
+    run=run, text=render_snapshot, intro=intro,
+    commands=(_simulate_command(),),
+    examples=EXAMPLES,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command line (SPEC's), for callers of the module's old entry point."""
+    SPEC.add_arguments(p)

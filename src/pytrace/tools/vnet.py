@@ -24,10 +24,12 @@ import time
 from typing import Any
 
 from ..core import cliutil
-from ..core.cliutil import add_common, bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
+from ..core.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
 from ..core.errors import PytraceError, UsageError
 from ..core.netdev import device_name
-from ..vnet.tracer import EGRESS_TP, TC, XDP, flow_text
+from ..spec import EVENTS, Option
+from ..spec.commands import Command, CommandSpec, Records
+from ..vnet.tracer import TRACEPOINT_HOOKS, VnetTracer, flow_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -36,8 +38,8 @@ if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
 NAME = "vnet"
 SUMMARY = "per-hop packet latency across veth, bridges, VXLAN and hosts (vNetTracer-style)"
 OBJECT = "vnet"
-HOOKS = ("tp_btf", "raw_tp", "tracepoint")     # --hook applies to the tracepoint points
-VARIANTS = (*TC, *XDP, *EGRESS_TP)             # one per hook kind, for `pytrace list`
+
+VARIANTS = VnetTracer.VARIANTS     # one per hook kind (tests/matrix.py reads a tool module's)
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)$")
 _UNIT = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -59,17 +61,6 @@ def host_offset(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise bad_value(f"'{text}': expected HOST=OFFSET, e.g. nodeB=-1.25ms")
     return host, duration_ns(value)
-
-
-def negative_durations(parser: argparse.ArgumentParser) -> None:
-    """Let this parser take '-3ms' as a value (`--clock-offset -3ms`), not as
-    an unknown option.  argparse treats a word that starts with '-' as an
-    option unless its negative-number pattern matches it (and the parser has
-    no option that looks like a negative number): a duration is added to
-    that pattern, so that only the `=` form would otherwise work."""
-    numbers = parser._negative_number_matcher
-    parser._negative_number_matcher = re.compile(
-        rf"(?:{numbers.pattern})|(?:^-\d+(?:\.\d+)?\s*(?:ns|us|µs|ms|s)$)")
 
 
 _ring_mb_range = int_range(1, 1024)     # a GiB of ring at most
@@ -123,91 +114,19 @@ CTL_EXAMPLES = (
     ("pytrace vnet ctl -s /run/vnet.sock list", "the points a record traces"),
     ("pytrace vnet ctl -s /run/vnet.sock add mid --device vx0 --netns hB --direction ingress --method tc",
      "attach one more point"),
-    ("pytrace vnet ctl -s /run/vnet.sock remove mid", "detach it"))
+    ("pytrace vnet ctl -s /run/vnet.sock remove mid", "detach it"),
+    ("pytrace vnet ctl -s /run/vnet.sock reload", "re-read its config file, as SIGHUP does"))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Per-hop packet latency in virtualized networks: record packets at trace points "
-                     "(tc, XDP, device tracepoints) in any network namespace, then break the latency down "
-                     "per segment of each packet's path.")
-    p.set_defaults(verbose=False, ebpf=False, btf=None, json=False, hook=None)
-    p.examples = RECORD_EXAMPLES[:1] + REPORT_EXAMPLES[:1] + DEMO_EXAMPLES[:2] + CTL_EXAMPLES[:1]
-    sub = p.add_subparsers(dest="command", metavar="{record,report,demo,ctl}", required=True)
-
-    r = sub.add_parser("record", help="trace the points of a config file, store the records",
-                       description="Trace the points of a TOML config file; store every record (SQLite, "
-                                   "and InfluxDB with --influx). SIGHUP re-reads the config file.")
-    r.add_argument("-c", "--config", metavar="FILE", help="trace points and selector (TOML; required)")
-    r.add_argument("-o", "--db", default="vnet.db", type=sqlite_file, metavar="FILE", help="SQLite store (default vnet.db; appended)")
-    r.add_argument("--host", metavar="NAME", type=_label, help="host label of the records (default: config host, else hostname)")
-    r.add_argument("--clock-offset", type=duration_ns, default=0, metavar="DUR",
-                   help="add DUR (e.g. 250ms, -3us) to every timestamp: simulate a host with a skewed clock")
-    r.add_argument("--ctl", metavar="SOCKET", type=output_file, help="listen for `pytrace vnet ctl` on this unix socket")
-    r.add_argument("-d", "--duration", type=seconds, metavar="SEC", help="stop after SEC seconds")
-    r.add_argument("-q", "--quiet", action="store_true", help="store only, print no records")
-    r.add_argument("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")
-    add_common(r, HOOKS)
-    negative_durations(r)
-    r.examples = RECORD_EXAMPLES
-
-    rp = sub.add_parser("report", help="per-segment latency from stored records",
-                        description="Reconstruct each packet's path and give per-segment latency "
-                                    "(overall and per flow), the segment holding most of it, and a plot.")
-    rp.add_argument("db", nargs="*", metavar="DB", help="SQLite stores (one per agent, or shared)")
-    rp.add_argument("--from-influx", metavar="URL", help="read the records from InfluxDB 1.x "
-                                                         "(http://HOST:PORT/DATABASE)")
-    rp.add_argument("--offset", type=host_offset, action="append", default=[], metavar="HOST=DUR",
-                    help="use this clock offset for HOST (relative to the reference) instead of estimating it")
-    rp.add_argument("--reference", metavar="HOST", help="the host whose clock the others are aligned to")
-    rp.add_argument("--flows", action="store_true", help="also a table per flow")
-    rp.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
-    rp.add_argument("--json", action="store_true", help="the report as one JSON object")
-    rp.add_argument("-v", "--verbose", action="store_true", help="details on errors")
-    rp.examples = REPORT_EXAMPLES
-
-    d = sub.add_parser("demo", help="build a two-host container overlay, trace it, report",
-                       description="Two hosts (netns), each with a container netns on a veth pair to a "
-                                   "bridge, VXLAN between the hosts over an underlay veth; a bounded UDP echo "
-                                   "between the containers, traced at all 16 hops; the report. Everything "
-                                   "is removed on exit.")
-    d.add_argument("-n", "--count", type=int_range(1, 1_000_000), default=200, help="datagrams from cA to cB (default 200)")
-    d.add_argument("--size", type=int_range(16, 1400), default=200, help="UDP payload bytes (default 200)")
-    d.add_argument("--burst", type=int_range(1, 1024), default=1, help="datagrams sent before waiting for echoes")
-    d.add_argument("--sample", type=positive_int, default=1, help="trace 1 flow in N")
-    d.add_argument("--tbf", metavar="HOST:DEV", help="add a tbf qdisc on this hop first (e.g. hA:ul0)")
-    d.add_argument("--tbf-rate", default="4mbit", type=tc_rate, metavar="RATE", help="its rate (default 4mbit)")
-    d.add_argument("-o", "--db", metavar="FILE", type=sqlite_file, help="also keep the records in this SQLite store")
-    d.add_argument("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG")
-    d.add_argument("--flows", action="store_true", help="also a table per flow")
-    add_common(d, HOOKS)
-    d.examples = DEMO_EXAMPLES
-
-    c = sub.add_parser("ctl", help="add/remove/list points of a running record",
-                       description="Talk to a `pytrace vnet record --ctl SOCKET`.")
-    c.add_argument("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket")
-    c.add_argument("--json", action="store_true", help="print the recorder's answer as JSON")
-    c.add_argument("-v", "--verbose", action="store_true", help="details on errors")
-    c.examples = CTL_EXAMPLES
-    ops = c.add_subparsers(dest="op", metavar="{add,remove,list,reload}", required=True)
-    a = ops.add_parser("add", help="attach a new point")
-    a.add_argument("label")
-    a.add_argument("--device", required=True, type=device_name)
-    a.add_argument("--netns", type=netns_ref, help="ip netns name, path or inode (default: the recorder's)")
-    a.add_argument("--direction", required=True, choices=("ingress", "egress"))
-    a.add_argument("--method", required=True,
-                   choices=("tc", "xdp", "tracepoint", "net_dev_queue", "netif_receive_skb"))
-    rm = ops.add_parser("remove", help="detach a point")
-    rm.add_argument("label")
-    ops.add_parser("list", help="the points being traced")
-    ops.add_parser("reload", help="re-read the config file (like SIGHUP)")
-
-
-def run(args: argparse.Namespace) -> int:
-    # None of the subcommands runs a loop that ends the CLI's hold on stops
-    # (cliutil.release_stops): record installs its own handlers (a stop sets a
-    # flag), the others stop where the stop lands.
-    cliutil.release_stops()
-    return {"record": _record, "report": _report, "demo": _demo, "ctl": _ctl}[args.command](args)
+def _released(command: Any) -> Any:
+    """A command's run: none of them runs a loop that ends the CLI's hold on
+    stops (cliutil.release_stops): record installs its own handlers (a stop
+    sets a flag), the others stop where the stop lands."""
+    def run(args: argparse.Namespace) -> int:
+        cliutil.release_stops()
+        return command(args)
+    run.__module__ = command.__module__
+    return run
 
 
 def _note(text: str) -> None:
@@ -224,39 +143,67 @@ def _sweep(namespaces=()) -> None:
 
 # -- record --------------------------------------------------------------------------
 
-class _Printer:
-    """Records as text lines (or JSON), formatted in bulk from store rows."""
+HEADER = (f"{'TIME(s)':<11} {'POINT':<16} {'PKTID':<16} {'FLOW':<48} {'LEN':>5} "
+          f"{'NETNS':<10} {'IFINDEX':>7} {'CPU':>3}\n")
 
-    def __init__(self, json_mode: bool, start_ns: int):
+
+def intro(args: argparse.Namespace) -> str:
+    """record's column header (its records follow: _Lines); not with --json or -q."""
+    return HEADER if args.command == "record" and not args.quiet else ""
+
+
+class _Lines:
+    """record's records as text lines (TIME(s): since the tracer opened) or
+    --json, formatted in bulk from store rows (VnetTracer.rows): the live
+    record and `pytrace replay` of its recording alike (source: the tracer,
+    or replay's stand-in with the recording's clock and points)."""
+
+    def __init__(self, source: Any, json_mode: bool):
+        self.source = source
         self.json = json_mode
-        self.start = start_ns
         self._flows: dict[tuple, str] = {}
-        if not json_mode:
-            sys.stdout.write(f"{'TIME(s)':<11} {'POINT':<16} {'PKTID':<16} {'FLOW':<48} {'LEN':>5} "
-                             f"{'NETNS':<10} {'IFINDEX':>7} {'CPU':>3}\n")
-            sys.stdout.flush()
 
-    def rows(self, rows: list[tuple]) -> None:
+    def __call__(self, batch: list[tuple]) -> str:
+        return self.rows(self.source.rows(batch))
+
+    def rows(self, rows: list[tuple]) -> str:
         if not rows:
-            return
+            return ""
         if self.json:
+            # spec/jsonout.py's convention: "time" (here the record clock: this host's
+            # wall clock plus --clock-offset), "ts_ns" the kernel's monotonic ns; then
+            # the record, its clock as "wall_ns" (what the store keeps as ts_ns)
+            from ..core.cliutil import rfc3339
             from ..vnet.tracer import PacketRecord
-            text = "".join(json.dumps(PacketRecord.from_row(r).to_dict(), separators=(",", ":")) + "\n"
-                           for r in rows)
-        else:
-            flows, start, lines = self._flows, self.start, []
+            offset, out = self.source.wall_offset, []
             for r in rows:
-                key = r[4:9]
-                f = flows.get(key)
-                if f is None:
-                    if len(flows) > 65536:
-                        flows.clear()
-                    f = flows[key] = flow_text(*key)
-                lines.append("%-11.6f %-16s %016x %-48s %5d %-10d %7d %3d\n"
-                             % ((r[1] - start) / 1e9, r[2], r[3], f, r[9], r[11], r[12], r[13]))
-            text = "".join(lines)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+                d = PacketRecord.from_row(r).to_dict()
+                wall = d.pop("ts_ns")
+                out.append(json.dumps({"time": rfc3339(wall), "ts_ns": wall - offset, "wall_ns": wall, **d},
+                                      separators=(",", ":")) + "\n")
+            return "".join(out)
+        flows, start, lines = self._flows, self.source.start_ns, []
+        for r in rows:
+            key = r[4:9]
+            f = flows.get(key)
+            if f is None:
+                if len(flows) > 65536:
+                    flows.clear()
+                f = flows[key] = flow_text(*key)
+            lines.append("%-11.6f %-16s %016x %-48s %5d %-10d %7d %3d\n"
+                         % ((r[1] - start) / 1e9, r[2], r[3], f, r[9], r[11], r[12], r[13]))
+        return "".join(lines)
+
+
+def _renderer(source: Any, args: argparse.Namespace, out: Any) -> _Lines:
+    return _Lines(source, args.json)
+
+
+def _points(snap: Any, args: argparse.Namespace, source: Any) -> str:
+    """A points snapshot among a recording's records: which id is which label from here on."""
+    if source is not None and snap.tool == "vnet_points":
+        source.apply_points(snap)
+    return ""
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -294,21 +241,36 @@ def _record(args: argparse.Namespace) -> int:
             store.begin_agent(host, args.clock_offset, cfg.selector.describe(), sys.argv[1:])
             for ap in tracer.points.values():
                 store.point_added(host, ap.info())
+            points = len(tracer.labels)
+
+            def publish_points() -> None:
+                # which id is which label, for replay (the points change: published again)
+                nonlocal points
+                points = len(tracer.labels)
+                if sinks is not None:
+                    sinks.snapshot(tracer.points_snapshot())
             if sinks is not None:
                 sinks.begin(tracer.event_source())
+                publish_points()
             _note(f"tracing {len(tracer.points)} points as host {host} ({cfg.selector.describe()}); "
                   f"records to {args.db}" + (f"; control socket {args.ctl}" if args.ctl else "")
                   + ". Ctrl-C to end.")
-            printer = None if args.quiet else _Printer(args.json, tracer.now_ns())
+            lines = None if args.quiet else SPEC.event_renderer(tracer, args, None)
+            if lines is not None:
+                sys.stdout.write(SPEC.intro(args))
+                sys.stdout.flush()
             deadline = time.monotonic() + args.duration if args.duration else None
 
             def consume(batch: list[tuple]) -> None:
+                if len(tracer.labels) != points:    # a point added since: its records may be here
+                    publish_points()
                 rows = tracer.rows(batch)
                 store.write(rows)
                 if sinks is not None:
                     sinks.events(batch)
-                if printer is not None:
-                    printer.rows(rows)
+                if lines is not None and rows:
+                    sys.stdout.write(lines.rows(rows))
+                    sys.stdout.flush()
 
             reported = 0
             for batch in tracer.batches():
@@ -488,6 +450,7 @@ def _demo(args: argparse.Namespace) -> int:
                       f"sending {args.count} UDP datagrams cA -> cB and back")
             if sinks is not None:
                 sinks.begin(tracer.event_source())
+                sinks.snapshot(tracer.points_snapshot())    # replay names the points (as record's)
             echo = topo.udp_echo(args.count, size=args.size, burst=args.burst)
             demo.settle()
             batch = tracer.drain()
@@ -514,3 +477,112 @@ def _demo(args: argparse.Namespace) -> int:
     _emit_report(rep, args, {"traffic": {"sent": echo.sent, "echoed": echo.echoed, "received": echo.received,
                                          "size": echo.size, "tbf": args.tbf, "lost": lost}})
     return 0
+
+
+# -- the declared command line (pytrace.spec) --------------------------------------------------
+
+
+RECORD = Command(
+    "record", "trace the points of a config file, store the records", run=_released(_record), streams=True,
+    description="Trace the points of a TOML config file; store every record (SQLite, and InfluxDB with "
+                "--influx). SIGHUP re-reads the config file.",
+    options=(
+        Option("-c", "--config", metavar="FILE", help="trace points and selector (TOML; required)"),
+        Option("-o", "--db", default="vnet.db", type=sqlite_file, metavar="FILE",
+               help="SQLite store (default vnet.db; appended)"),
+        Option("--host", metavar="NAME", type=_label,
+               help="host label of the records (default: config host, else hostname)"),
+        Option("--clock-offset", type=duration_ns, default=0, metavar="DUR",
+               help="add DUR (e.g. 250ms, -3us) to every timestamp: simulate a host with a skewed clock"),
+        Option("--ctl", metavar="SOCKET", type=output_file, help="listen for `pytrace vnet ctl` on this unix socket"),
+        Option("-d", "--duration", type=seconds, metavar="SEC", help="stop after SEC seconds"),
+        Option("-q", "--quiet", action="store_true", help="store only, print no records"),
+        Option("--ring-mb", type=ring_mb, default=8, metavar="MB", help="ring buffer size (power of two)")),
+    common=True,
+    # `--clock-offset -3ms`: a negative duration is a value, not a flag
+    dash_values=r"^-\d+(?:\.\d+)?\s*(?:ns|us|µs|ms|s)$",
+    examples=RECORD_EXAMPLES)
+
+REPORT = Command(
+    "report", "per-segment latency from stored records", run=_released(_report),
+    instead="reads the stores that record wrote (SQLite, InfluxDB) and prints one report: it loads no BPF",
+    description="Reconstruct each packet's path and give per-segment latency (overall and per flow), the "
+                "segment holding most of it, and a plot.",
+    options=(
+        Option("db", nargs="*", metavar="DB", help="SQLite stores (one per agent, or shared)"),
+        Option("--from-influx", metavar="URL", help="read the records from InfluxDB 1.x (http://HOST:PORT/DATABASE)"),
+        Option("--offset", type=host_offset, action="append", default=[], metavar="HOST=DUR",
+               help="use this clock offset for HOST (relative to the reference) instead of estimating it"),
+        Option("--reference", metavar="HOST", help="the host whose clock the others are aligned to"),
+        Option("--flows", action="store_true", help="also a table per flow"),
+        Option("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG"),
+        Option("--json", action="store_true", help="the report as one JSON object"),
+        Option("-v", "--verbose", action="store_true", help="details on errors")),
+    examples=REPORT_EXAMPLES)
+
+DEMO = Command(
+    "demo", "build a two-host container overlay, trace it, report", run=_released(_demo),
+    instead="builds its own namespaces, sends a bounded echo through them and ends with a report of what it "
+            "traced (--json: one report object), not a stream of records",
+    description="Two hosts (netns), each with a container netns on a veth pair to a bridge, VXLAN between the "
+                "hosts over an underlay veth; a bounded UDP echo between the containers, traced at all 16 hops; "
+                "the report. Everything is removed on exit.",
+    options=(
+        Option("-n", "--count", type=int_range(1, 1_000_000), default=200,
+               help="datagrams from cA to cB (default 200)"),
+        Option("--size", type=int_range(16, 1400), default=200, help="UDP payload bytes (default 200)"),
+        Option("--burst", type=int_range(1, 1024), default=1, help="datagrams sent before waiting for echoes"),
+        Option("--sample", type=positive_int, default=1, help="trace 1 flow in N"),
+        Option("--tbf", metavar="HOST:DEV", help="add a tbf qdisc on this hop first (e.g. hA:ul0)"),
+        Option("--tbf-rate", default="4mbit", type=tc_rate, metavar="RATE", help="its rate (default 4mbit)"),
+        Option("-o", "--db", metavar="FILE", type=sqlite_file, help="also keep the records in this SQLite store"),
+        Option("--plot", metavar="FILE.svg", type=output_file, help="write the per-segment distributions as SVG"),
+        Option("--flows", action="store_true", help="also a table per flow")),
+    common=True,
+    examples=DEMO_EXAMPLES)
+
+CTL = Command(
+    "ctl", "add/remove/list points of a running record", run=_released(_ctl),
+    instead="talks to a running `vnet record` over its --ctl socket: it loads no BPF",
+    description="Talk to a `pytrace vnet record --ctl SOCKET`.",
+    options=(
+        Option("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket"),
+        Option("--json", action="store_true", help="print the recorder's answer as JSON"),
+        Option("-v", "--verbose", action="store_true", help="details on errors")),
+    examples=CTL_EXAMPLES,
+    dest="op",
+    commands=(
+        Command("add", "attach a new point", instead="asks the recorder to attach a point", options=(
+            Option("label"),
+            Option("--device", required=True, type=device_name),
+            Option("--netns", type=netns_ref, help="ip netns name, path or inode (default: the recorder's)"),
+            Option("--direction", required=True, choices=("ingress", "egress")),
+            Option("--method", required=True,
+                   choices=("tc", "xdp", "tracepoint", "net_dev_queue", "netif_receive_skb")))),
+        Command("remove", "detach a point", instead="asks the recorder to detach a point",
+                options=(Option("label"),)),
+        Command("list", "the points being traced", instead="asks the recorder for its points"),
+        Command("reload", "re-read the config file (like SIGHUP)", instead="asks the recorder to reload")))
+
+SPEC = CommandSpec(
+    NAME, SUMMARY, VnetTracer, EVENTS,
+    description="Per-hop packet latency in virtualized networks: record packets at trace points (tc, XDP, "
+                "device tracepoints) in any network namespace, then break the latency down per segment of "
+                "each packet's path.",
+    commands=(RECORD, REPORT, DEMO, CTL), required=True,
+    hooks=TRACEPOINT_HOOKS,      # --hook applies to the tracepoint points (tc and xdp ones have one hook each)
+    # record's --json, one object per record (_Lines)
+    records=Records("ts_ns", "wall_ns", "host", "point", "pkt_id", "proto", "saddr", "sport", "daddr", "dport",
+                    "length", "ip_len", "netns", "ifindex", "cpu", "encap", time="ts_ns",
+                    kinds={"ts_ns": "int", "wall_ns": "int", "host": "str", "point": "str", "pkt_id": "hex",
+                           "proto": "str", "saddr": "address", "sport": "int", "daddr": "address",
+                           "dport": "int", "length": "int", "ip_len": "int", "netns": "int", "ifindex": "int",
+                           "cpu": "int", "encap": "bool"}),
+    renderer=_renderer, text=_points, intro=intro,
+    examples=RECORD_EXAMPLES[:1] + REPORT_EXAMPLES[:1] + DEMO_EXAMPLES[:2] + CTL_EXAMPLES[:1],
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command line (SPEC's), for callers of the module's old entry point."""
+    SPEC.add_arguments(p)

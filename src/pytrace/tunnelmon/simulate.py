@@ -451,36 +451,49 @@ def _client_rate(text: str) -> tuple[str, float]:
     return name, _rate(rate)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.cliutil import MAX_SECONDS, add_allow_host, int_range, port, positive_int
-    from ..tools.tunnelmon import web_address
-    p.description = ("Build N hosts (network namespaces) on an underlay bridge with a VXLAN overlay "
-                     "between them and several clients per host in different VNIs, and send pings "
-                     "between the clients.  Everything is removed on exit, Ctrl-C or SIGTERM.")
-    p.add_argument("--hosts", type=int_range(2, MAX_CLIENTS), default=3, metavar="N", help="hosts (default 3)")
-    p.add_argument("--clients", type=int_range(1, MAX_CLIENTS), default=3, metavar="N", help="clients per host (default 3)")
-    p.add_argument("--vnis", type=_vni_list, default=[100, 200], metavar="LIST",
-                   help="VNIs, clients spread over them in turn (default 100,200)")
-    p.add_argument("--ipv6", action="store_true", help="IPv6 underlay (2001:db8::/64) instead of 192.0.2.0/24")
-    p.add_argument("--inner-ipv6", action="store_true",
-                   help="IPv6 overlay too (2001:db8:1::/64): the clients ping each other with ICMPv6")
-    p.add_argument("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)")
-    p.add_argument("--rate", type=_rate, default=5.0, metavar="PPS", help="pings per second per flow (default 5)")
-    p.add_argument("--count", type=positive_int, metavar="N", help="pings per flow (default: until the duration ends)")
-    p.add_argument("-d", "--duration", type=int_range(0, MAX_SECONDS, "seconds"), default=30, metavar="SEC",
-                   help="stop sending after SEC seconds (default 30; 0: until Ctrl-C)")
-    p.add_argument("--size", type=int_range(0, CLIENT_MTU - 48), default=56, metavar="BYTES", help="ICMP payload (default 56)")
-    p.add_argument("--loud", metavar="CLIENT", help="this client (e.g. h0c1) sends --loud-factor times more")
-    p.add_argument("--loud-factor", type=positive_int, default=10, metavar="N", help="default 10")
-    p.add_argument("--client-rate", type=_client_rate, action="append", default=[], metavar="CLIENT=PPS",
-                   help="this client's pings per second per flow, instead of --rate (repeatable)")
-    p.add_argument("--from", dest="sources", metavar="CLIENTS",
-                   help="only these clients send (comma-separated, e.g. h0c0,h0c1; default all)")
-    p.add_argument("--name", metavar="NAME", help="namespace name prefix (default pt-tm<pid>)")
-    p.add_argument("--web", type=web_address, metavar="[ADDR:]PORT",
-                   help="also monitor host h0 and serve the web view; stays up after the traffic until Ctrl-C")
-    add_allow_host(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+def _web_address(text: str) -> tuple[str, int]:
+    from ..tools.tunnelmon import web_address     # not at import: tools/tunnelmon imports this module
+    return web_address(text)
+
+
+DESCRIPTION = ("Build N hosts (network namespaces) on an underlay bridge with a VXLAN overlay "
+               "between them and several clients per host in different VNIs, and send pings "
+               "between the clients.  Everything is removed on exit, Ctrl-C or SIGTERM.")
+
+
+def options() -> tuple:
+    """`pytrace tunnelmon simulate`'s options (spec/options.Option), for the
+    tool's SPEC (tools/tunnelmon.py)."""
+    from ..core.cliutil import MAX_SECONDS, int_range, port, positive_int
+    from ..spec.options import Option, allow_host
+    return (
+        Option("--hosts", type=int_range(2, MAX_CLIENTS), default=3, metavar="N", help="hosts (default 3)"),
+        Option("--clients", type=int_range(1, MAX_CLIENTS), default=3, metavar="N",
+               help="clients per host (default 3)"),
+        Option("--vnis", type=_vni_list, default=[100, 200], metavar="LIST",
+               help="VNIs, clients spread over them in turn (default 100,200)"),
+        Option("--ipv6", action="store_true", help="IPv6 underlay (2001:db8::/64) instead of 192.0.2.0/24"),
+        Option("--inner-ipv6", action="store_true",
+               help="IPv6 overlay too (2001:db8:1::/64): the clients ping each other with ICMPv6"),
+        Option("--port", type=port, default=4789, help="VXLAN UDP port (default 4789)"),
+        Option("--rate", type=_rate, default=5.0, metavar="PPS", help="pings per second per flow (default 5)"),
+        Option("--count", type=positive_int, metavar="N", help="pings per flow (default: until the duration ends)"),
+        Option("-d", "--duration", type=int_range(0, MAX_SECONDS, "seconds"), default=30, metavar="SEC",
+               help="stop sending after SEC seconds (default 30; 0: until Ctrl-C)"),
+        Option("--size", type=int_range(0, CLIENT_MTU - 48), default=56, metavar="BYTES",
+               help="ICMP payload (default 56)"),
+        Option("--loud", metavar="CLIENT", help="this client (e.g. h0c1) sends --loud-factor times more"),
+        Option("--loud-factor", type=positive_int, default=10, metavar="N", help="default 10"),
+        Option("--client-rate", type=_client_rate, action="append", default=[], metavar="CLIENT=PPS",
+               help="this client's pings per second per flow, instead of --rate (repeatable)"),
+        Option("--from", dest="sources", metavar="CLIENTS",
+               help="only these clients send (comma-separated, e.g. h0c0,h0c1; default all)"),
+        Option("--name", metavar="NAME", help="namespace name prefix (default pt-tm<pid>)"),
+        Option("--web", type=_web_address, metavar="[ADDR:]PORT",
+               help="also monitor host h0 and serve the web view; stays up after the traffic until Ctrl-C"),
+        allow_host(),
+        Option("-v", "--verbose", action="store_true", help="show libbpf's log"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

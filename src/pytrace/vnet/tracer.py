@@ -146,6 +146,10 @@ def signals_deferred() -> Iterator[None]:
 class VnetTracer:
     """Trace points sharing one ring buffer; records as PacketRecord or raw rows."""
 
+    OBJECT: ClassVar[str] = OBJECT
+    # one variant per hook kind (`pytrace list`, README); a point uses its method's
+    VARIANTS: ClassVar[tuple[Variant, ...]] = (*TC, *XDP, *EGRESS_TP)
+
     def __init__(self, points: Iterable[Point] = (), selector: Selector | None = None, *,
                  host: str | None = None, clock_offset_ns: int = 0, hook: str | None = None,
                  ring_bytes: int = 8 << 20, interval_ms: int = DEFAULT_INTERVAL_MS):
@@ -382,6 +386,44 @@ class VnetTracer:
                             addr_obj(fam or AF_INET, raw[i["daddr"]]), raw[i["dport"]], raw[i["len"]],
                             raw[i["ip_len"]], raw[i["netns"]], raw[i["ifindex"]], raw[i["cpu"]],
                             bool(raw[i["encap"]]))
+
+    make_event = make_record        # what the sinks and replay decode with (--where)
+
+    @property
+    def wall_offset(self) -> int:
+        """The record clock minus the kernel's monotonic clock, ns (fixed at open)."""
+        return self._wall
+
+    @property
+    def start_ns(self) -> int:
+        """The record clock when the tracer opened."""
+        return self._start + self._wall
+
+    # -- recordings (--record, pytrace replay) -------------------------------------------
+    def points_snapshot(self) -> Any:
+        """Which point id is which label, on which host, for every id this
+        tracer gave (removed points too: their last records may still be
+        read): what a recording keeps so that replay prints the labels.
+        Published (sinks.snapshot) whenever the points change."""
+        from ..sinks.snapshot import Series, Snapshot
+        return Snapshot.now("vnet_points", [Series.of({"host": self.host, "point": label},
+                                                      {"point_id": pid, "traced": int(label in self.points)})
+                                            for pid, label in sorted(self.labels.items())])
+
+    def apply_points(self, snap: Any) -> None:
+        """Take the labels and host of a points_snapshot() (replay's stand-in tracer)."""
+        for series in snap.series:
+            labels, values = dict(series.labels), dict(series.values)
+            self.labels[int(values["point_id"])] = labels["point"]
+            self.host = labels["host"]
+
+    def prepare_replay(self) -> None:
+        """Replay's stand-in (an unopened tracer): the recording's record clock
+        (event_source's epoch, which replay shares)."""
+        from ..core import cliutil
+        epoch = cliutil.epoch()
+        if epoch is not None:
+            self._wall, self._start = epoch
 
     def event_source(self, tool: str = "vnet") -> Any:
         """This tracer as pytrace.sinks sees an event tool (for --record / --influx)."""
