@@ -79,3 +79,25 @@ def test_hook_choices_are_the_variants(name):
         assert choices and choices <= set(variants), err
     else:
         assert choices == set(variants), err
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_one_convention_for_duration_interval_and_count(name):
+    """--duration SEC on every tool (-d too, unless its BCC namesake gives -d
+    another meaning); an interval tool's period and count as -i SEC -c N, or as
+    BCC's positional [interval [count]] where its namesake has that."""
+    spec = registry.spec(name)
+    if spec is None:
+        pytest.skip(f"{name} declares no SPEC yet")
+    sub, words = command_parser(name)
+    parser = parser_of(name)
+    assert parser.parse_args([*words, "--duration", "2"]).duration == 2
+    flags = sub._option_string_actions
+    if flags["--duration"].option_strings != ["-d", "--duration"]:
+        assert "-d" in flags, f"{name}: -d is free, and is not --duration"
+    if spec.kind == "event stream":
+        return
+    argv = ["-i", "3"] if "-i" in flags else ["3"]
+    argv += ["--count", "4"] if "--count" in flags else ["4"]
+    args = parser.parse_args([*words, *argv])
+    assert (args.interval, args.count) == (3, 4)

@@ -103,6 +103,25 @@ __all__ = ["ToolSpec", "EventType", "public_classes", "Option", "Exclusive", "Co
            "interval_flags", "interval_positionals", "print_program", "EVENTS", "TABLE", "TOP", "HISTOGRAM", "KINDS"]
 
 
+def add_run_length(parser: Any, interval: bool) -> None:
+    """One convention for how long a tool runs, on every tool that did not
+    declare it: -d/--duration SEC (event streams stop after it, interval
+    tools print their last interval), and for an interval tool -c/--count N
+    intervals.  The long name alone where the tool's BCC namesake gives the
+    letter another meaning (tcpconnect's -d DNS, softirqs' -d histograms,
+    stackcount's -c CPU)."""
+    from ..core.cliutil import intervals, seconds
+    dests = {a.dest for a in parser._actions}
+    taken = parser._option_string_actions
+    wanted = [("duration", "-d", dict(type=seconds, metavar="SEC", help="total run time in seconds"))]
+    if interval:
+        wanted.append(("count", "-c", dict(type=intervals, metavar="N", help="stop after N intervals")))
+    for dest, letter, settings in wanted:
+        if dest not in dests:
+            flags = (f"--{dest}",) if letter in taken else (letter, f"--{dest}")
+            parser.add_argument(*flags, **settings)
+
+
 class ToolSpec:
     """A tool's declared contract (see the module docstring)."""
 
@@ -230,6 +249,7 @@ class ToolSpec:
         parser.examples = self.examples         # core/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
+        add_run_length(parser, interval=self.kind != EVENTS or self.mixed or self.alternate is not None)
         if self.variants:
             add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
             add_common(parser, list(self.hooks))

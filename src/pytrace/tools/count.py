@@ -40,7 +40,7 @@ from ..core.loader import Variant
 from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_build_id_stack, read_stack
 from ..sinks.snapshot import Series, Snapshot
-from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, timestamp
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
@@ -89,6 +89,9 @@ class ProbeCount:
         if self.pid is not None:
             d["pid"], d["comm"] = self.pid, self.comm
         return d
+
+
+__getattr__ = public_classes(__name__, TracepointHits=TRACEPOINT_HITS)
 
 
 class TracepointCount(Tracer):

@@ -19,7 +19,7 @@ from ..core import convert
 from ..core.cliutil import LATENCY_NOTE, netns_inode
 from ..core.loader import Variant
 from ..core.stream import EventTracer
-from ..spec import EVENTS, EventType, Option, ToolSpec, family
+from ..spec import EVENTS, EventType, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,11 +74,7 @@ class IpEcn(EventTracer):
         return {"any_ect": self.all_ect, "target_family": self.family, "target_netns": self.netns}
 
 
-def __getattr__(name: str) -> type:
-    """EcnPacket, the class generated from the record's BTF (PEP 562)."""
-    if name == "EcnPacket":
-        return IPECN_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, EcnPacket=IPECN_EVENT)
 
 
 # -- the text: 'HH:MM:SS ECN CE from: SADDR' as the book's tool, then where it went ---------

@@ -27,7 +27,7 @@ from ..core.loader import Variant
 from ..core.netdev import dev_label, device_options, device_rodata
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..spec import HISTOGRAM, EventType, ToolSpec, interval_flags, timestamp
+from ..spec import HISTOGRAM, EventType, ToolSpec, interval_flags, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,11 +77,7 @@ class NetSize(Tracer):
         return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev, order.get(kh[0].kind, 9))))
 
 
-def __getattr__(name: str) -> type:
-    """NetSizeKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "NetSizeKey":
-        return NETSIZE_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, NetSizeKey=NETSIZE_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

@@ -24,7 +24,7 @@ from ..core.loader import Variant
 from ..core.netdev import dev_label, device_options, device_rodata
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,11 +67,7 @@ class NetTxLat(Tracer):
         return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev)))
 
 
-def __getattr__(name: str) -> type:
-    """DeviceKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "DeviceKey":
-        return DEVICE_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, DeviceKey=DEVICE_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

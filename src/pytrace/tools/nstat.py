@@ -27,7 +27,7 @@ from ..core.aggregate import local_time
 from ..core.cliutil import bad_value, netns_ref
 from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
-from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, timestamp
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp
 
 
 NAME = "nstat"
@@ -199,11 +199,7 @@ def pattern(text: str) -> str:
     return text
 
 
-def __getattr__(name: str) -> type:
-    """CounterDelta, the class generated from its declaration (PEP 562)."""
-    if name == "CounterDelta":
-        return COUNTER_DELTA.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, CounterDelta=COUNTER_DELTA)
 
 
 def snapshot(ns: NetStat, args: Any) -> Snapshot:

@@ -25,7 +25,7 @@ from ..core.loader import Variant
 from ..core.netdev import dev_label, device_options, device_rodata
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -86,11 +86,7 @@ class QdiscLat(Tracer):
         return dict(sorted(hists.items(), key=lambda kh: (kh[0].netns, kh[0].dev, kh[0].handle)))
 
 
-def __getattr__(name: str) -> type:
-    """QdiscKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "QdiscKey":
-        return QDISC_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, QdiscKey=QDISC_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

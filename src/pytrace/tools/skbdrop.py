@@ -28,7 +28,7 @@ from ..core.loader import Variant
 from ..core.socklayer import protocol_name, table_rows
 from ..core.tracer import Tracer
 from ..core.usyms import read_stack
-from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, timestamp
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,11 +109,7 @@ class SkbDrop(Tracer):
         return sorted(out, key=lambda d: (d.count, d.reason, d.protocol, d.stack))
 
 
-def __getattr__(name: str) -> type:
-    """SkbDropCount, the class generated from the map's BTF (PEP 562)."""
-    if name == "SkbDropCount":
-        return SKBDROP_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SkbDropCount=SKBDROP_COUNT)
 
 
 def text(snap: Any, args: Any) -> str:

@@ -20,7 +20,7 @@ from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,11 +57,7 @@ class So1stByte(Tracer):
         return keyed_histograms(self._hists, "msecs" if self.ms else "usecs", SO1STBYTE_KEY.cls, clear)
 
 
-def __getattr__(name: str) -> type:
-    """So1stByteKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "So1stByteKey":
-        return SO1STBYTE_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, So1stByteKey=SO1STBYTE_KEY)
 
 
 def read(tracer: So1stByte, args: Any) -> dict:

@@ -21,7 +21,7 @@ from ..core.loader import Variant
 from ..core.socklayer import ACCEPT_RESULTS  # noqa: F401  (registers accept_result)
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, timestamp
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,11 +61,7 @@ class SoAccept(EventTracer):
         return {"targ_tgid": self.pid, "lports": self.lports, "n_lports": len(self.lports)}
 
 
-def __getattr__(name: str) -> type:
-    """AcceptCall, the class generated from the record's BTF (PEP 562)."""
-    if name == "AcceptCall":
-        return SOACCEPT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, AcceptCall=SOACCEPT_EVENT)
 
 
 SPEC = ToolSpec(

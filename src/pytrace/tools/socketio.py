@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..core.aggregate import timestamp_line
 from ..core.socklayer import sock_io_variants, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import TABLE, Column, EventType, Option, ToolSpec, family, interval_flags, pid, timestamp
+from ..spec import TABLE, Column, EventType, Option, ToolSpec, family, interval_flags, pid, public_classes, timestamp
 from ..spec.text import table
 
 TYPE_CHECKING = False
@@ -65,11 +65,7 @@ class SocketIO(Tracer):
         return sorted(out, key=lambda f: (f.bytes, f.calls, f.pid))
 
 
-def __getattr__(name: str) -> type:
-    """SocketIOCount, the class generated from the map's BTF (PEP 562)."""
-    if name == "SocketIOCount":
-        return SOCKETIO_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SocketIOCount=SOCKETIO_COUNT)
 
 
 COLUMNS = (

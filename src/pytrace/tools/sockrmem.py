@@ -28,7 +28,7 @@ from ..core.loader import Variant
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs
 from ..core.stream import EventTracer
 from ..core.tracer import TASK_SCOPE
-from ..spec import EVENTS as STREAM, EventType, ToolSpec, interval_flags, pid, timestamp
+from ..spec import EVENTS as STREAM, EventType, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -106,11 +106,7 @@ class SockRmem(EventTracer):
         return out[0], out[1]
 
 
-def __getattr__(name: str) -> type:
-    """RmemEvent, the class generated from the record's BTF (PEP 562)."""
-    if name == "RmemEvent":
-        return SOCKRMEM_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, RmemEvent=SOCKRMEM_EVENT)
 
 
 # -- output: events as they come, histograms per interval ------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..core.aggregate import timestamp_line
 from ..core.socklayer import keyed_histograms, sock_io_variants
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,11 +51,7 @@ class SockSize(Tracer):
         return keyed_histograms(self._hists, "bytes", SOCKSIZE_KEY.cls, clear)
 
 
-def __getattr__(name: str) -> type:
-    """SockSizeKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "SockSizeKey":
-        return SOCKSIZE_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SockSizeKey=SOCKSIZE_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

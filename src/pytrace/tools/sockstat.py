@@ -25,7 +25,7 @@ from ..core.bpfobject import ncpus_possible
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid
+from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -104,11 +104,7 @@ class SockStat(Tracer):
         return {r.counter: r.count for r in self.rows(clear)}
 
 
-def __getattr__(name: str) -> type:
-    """SockStatCount, the class generated from the map's BTF (PEP 562)."""
-    if name == "SockStatCount":
-        return SOCKSTAT_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SockStatCount=SOCKSTAT_COUNT)
 
 
 def hook_index(tracer: SockStat) -> dict[str, int]:

@@ -19,7 +19,7 @@ from ..core.loader import Variant
 from ..core.socklayer import CONNECT_RESULTS  # noqa: F401  (registers connect_result)
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, timestamp
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,11 +59,7 @@ class SoConnect(EventTracer):
         return {"targ_tgid": self.pid, "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """ConnectCall, the class generated from the record's BTF (PEP 562)."""
-    if name == "ConnectCall":
-        return SOCONNECT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, ConnectCall=SOCONNECT_EVENT)
 
 
 SPEC = ToolSpec(

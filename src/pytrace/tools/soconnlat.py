@@ -27,7 +27,7 @@ from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import TASK_SCOPE, Tracer
 from ..core.usyms import read_build_id_stack, stack_names
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,11 +93,7 @@ class SoConnLat(Tracer):
         return dict(sorted(out.items(), key=lambda kh: (kh[1].count, kh[0].pid)))
 
 
-def __getattr__(name: str) -> type:
-    """ConnLatKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "ConnLatKey":
-        return CONNLAT_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, ConnLatKey=CONNLAT_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

@@ -20,7 +20,7 @@ from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import family_number, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
+from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, public_classes, timestamp
 from ..spec.text import table
 
 TYPE_CHECKING = False
@@ -70,11 +70,7 @@ class SoFamily(Tracer):
         return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.family))
 
 
-def __getattr__(name: str) -> type:
-    """FamilyCount, the class generated from the map's BTF (PEP 562)."""
-    if name == "FamilyCount":
-        return FAMILY_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, FamilyCount=FAMILY_COUNT)
 
 
 COLUMNS = (

@@ -28,7 +28,7 @@ from ..core.loader import Variant
 from ..core.socklayer import attach_with_tracefs
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -149,11 +149,7 @@ class SoFdSnoop(EventTracer):
     attach = staticmethod(attach_with_tracefs)      # the kprobe variant has syscall tracepoints too
 
 
-def __getattr__(name: str) -> type:
-    """FdPass, the class generated from the record's BTF (PEP 562)."""
-    if name == "FdPass":
-        return SOFDSNOOP_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, FdPass=SOFDSNOOP_EVENT)
 
 
 def comm_part(text: str) -> str:

@@ -21,7 +21,7 @@ from ..core.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
-from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, timestamp
+from ..spec import TABLE, Column, EventType, ToolSpec, interval_flags, pid, public_classes, timestamp
 from ..spec.text import table
 
 TYPE_CHECKING = False
@@ -76,11 +76,7 @@ class SoProtocol(Tracer):
         return sorted(out, key=lambda c: (c.kind, c.count, c.pid, c.protocol, c.kproto))
 
 
-def __getattr__(name: str) -> type:
-    """ProtocolCount, the class generated from the map's BTF (PEP 562)."""
-    if name == "ProtocolCount":
-        return PROTOCOL_COUNT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, ProtocolCount=PROTOCOL_COUNT)
 
 
 COLUMNS = (

@@ -29,7 +29,7 @@ from ..core.cliutil import LATENCY_NOTE
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, EventType, Option, ToolSpec, family, pid, timestamp
+from ..spec import EVENTS, EventType, Option, ToolSpec, family, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,11 +73,7 @@ class SuperPing(EventTracer):
         return {"targ_tgid": self.pid, "target_family": self.family, "all_crossings": self.crossings}
 
 
-def __getattr__(name: str) -> type:
-    """PingReply, the class generated from the record's BTF (PEP 562)."""
-    if name == "PingReply":
-        return SUPERPING_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, PingReply=SUPERPING_EVENT)
 
 
 # -- the text: the book's line, -w adds where and who -------------------------------------

@@ -24,7 +24,7 @@ from ..core.cliutil import ports
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import SOCKET_SCOPE, Tracer
-from ..spec import HISTOGRAM, EventType, Option, ToolSpec, family, interval_positionals, timestamp
+from ..spec import HISTOGRAM, EventType, Option, ToolSpec, family, interval_positionals, public_classes, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,11 +75,7 @@ class TcpSynBl(Tracer):
         return {k.backlog_max: h for k, h in self.keyed(clear).items()}
 
 
-def __getattr__(name: str) -> type:
-    """SynBacklogKey, the class generated from the key's BTF (PEP 562)."""
-    if name == "SynBacklogKey":
-        return TCPSYNBL_KEY.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, SynBacklogKey=TCPSYNBL_KEY)
 
 
 def text(snap: Any, args: Any) -> str:

@@ -22,7 +22,7 @@ from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
-from ..spec import EVENTS, EventType, Option, ToolSpec, family
+from ..spec import EVENTS, EventType, Option, ToolSpec, family, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,11 +73,7 @@ class TcpWin(EventTracer):
                 "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """TcpWindow, the class generated from the record's BTF (PEP 562)."""
-    if name == "TcpWindow":
-        return TCPWIN_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, TcpWindow=TCPWIN_EVENT)
 
 
 # -- the text: the book's CSV, then snd_wnd, srtt and the connection -------------------------

@@ -17,7 +17,7 @@ from ..core.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE
-from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid
+from ..spec import EVENTS, Column, EventType, Option, ToolSpec, pid, public_classes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,11 +57,7 @@ class UdpConnect(EventTracer):
         return {"targ_tgid": self.pid, "rports": self.rports, "n_rports": len(self.rports)}
 
 
-def __getattr__(name: str) -> type:
-    """UdpConnectCall, the class generated from the record's BTF (PEP 562)."""
-    if name == "UdpConnectCall":
-        return UDPCONNECT_EVENT.cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = public_classes(__name__, UdpConnectCall=UDPCONNECT_EVENT)
 
 
 SPEC = ToolSpec(
