@@ -426,6 +426,27 @@ def test_labels_are_influx_tags(lab, tmp_path):
                                                      ("cgroup", want.cgroup)}
 
 
+def test_exporter_counts_events_by_container(lab, tmp_path):
+    """Prometheus labels: count_by a label field (labels=True implied), with the
+    tool's container filter as an option: two containers' accepts, no one else's."""
+    from test_exporter import Exporter
+    exp = Exporter(tmp_path, f"""[[metric]]
+tool = "tcpaccept"
+count_by = ["container", "runtime"]
+options = {{ container = ["{NAMES['A']}", "{NAMES['B']}"] }}
+""")
+    try:
+        def counts() -> dict:
+            return {(s.labels["container"], s.labels["runtime"]): s.value
+                    for s in exp.scrape().get("pytrace_tcpaccept_events", []) if s.name.endswith("_total")}
+        assert wait_until(lambda: len(counts()) == 2 and min(counts().values()) >= 3, 10), counts()
+        got = counts()
+    finally:
+        rc, err = exp.stop()
+    assert rc == 0, err
+    assert set(got) == {(NAMES["A"], "podman"), (NAMES["B"], "podman")}, got
+
+
 def test_cli_bad_filters_one_line(lab):
     for args, needle in ((["--cgroup", "/no/such/cgroup"], "cgroup /no/such/cgroup"),
                          (["--netns", "no-such-ns"], "no-such-ns"),

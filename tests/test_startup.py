@@ -72,11 +72,11 @@ assert pytrace.TcpStateChange is TcpStateChange is tcpstates.TcpStateChange is t
 assert not dataclasses.is_dataclass(TcpStateChange) and "__slots__" in vars(TcpStateChange)
 assert TcpStateChange.__module__ == "pytrace.gen.tcpstates" and TcpStateChange.__qualname__ == "TcpStateChange"
 assert TcpStateChange.FIELDS == ("ts_ns", "skaddr", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
-                                 "oldstate", "newstate", "ms")
+                                 "oldstate", "newstate", "ms", "cgroup_id", "netns")     # the last two: filter.h's
 import ipaddress, socket
 from pytrace.core.net import TcpState
 ev = TcpStateChange(1, 0xff, 2, "c", socket.AF_INET, ipaddress.ip_address("192.0.2.1"), 3,
-                    ipaddress.ip_address("192.0.2.2"), 4, TcpState.SYN_SENT, TcpState.ESTABLISHED, 0.5)
+                    ipaddress.ip_address("192.0.2.2"), 4, TcpState.SYN_SENT, TcpState.ESTABLISHED, 0.5, 7, 8)
 assert pickle.loads(pickle.dumps(ev)) == ev and not hasattr(ev, "__dict__")
 assert hash(ev) == hash(pickle.loads(pickle.dumps(ev)))
 for attempt in (lambda: setattr(ev, "pid", 5), lambda: delattr(ev, "pid")):
@@ -89,16 +89,16 @@ for attempt in (lambda: setattr(ev, "pid", 5), lambda: delattr(ev, "pid")):
 assert repr(ev).startswith("TcpStateChange(ts_ns=1, skaddr=255, pid=2, comm='c'")
 assert ev.to_dict() == {"ts_ns": 1, "skaddr": "ff", "pid": 2, "comm": "c", "family": "AF_INET",
                         "laddr": "192.0.2.1", "lport": 3, "raddr": "192.0.2.2", "rport": 4,
-                        "oldstate": "SYN_SENT", "newstate": "ESTABLISHED", "ms": 0.5}
+                        "oldstate": "SYN_SENT", "newstate": "ESTABLISHED", "ms": 0.5, "cgroup_id": 7, "netns": 8}
 assert TcpStateChange.from_dict(ev.to_dict()) == ev
 
 # tcplife: generated too, from struct tcplife_event
 assert not dataclasses.is_dataclass(TcpSession) and TcpSession.__module__ == "pytrace.gen.tcplife"
 assert TcpSession is tcplife.TcpSession is tcplife.TcpLife.EVENT_TYPE.cls
 assert TcpSession.FIELDS == ("ts_ns", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "tx_bytes",
-                             "rx_bytes", "ms")
+                             "rx_bytes", "ms", "cgroup_id", "netns")
 s = TcpSession(1, 2, "c", socket.AF_INET6, ipaddress.ip_address("::ffff:192.0.2.1"), 3,
-               ipaddress.ip_address("2001:db8::1"), 4, 5, 6, 1.5)
+               ipaddress.ip_address("2001:db8::1"), 4, 5, 6, 1.5, 0, 0)
 assert s.to_dict()["laddr"] == "::ffff:192.0.2.1" and TcpSession.from_dict(s.to_dict()) == s
 """
 

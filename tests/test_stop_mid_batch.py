@@ -12,7 +12,6 @@ import io
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -22,7 +21,15 @@ from pytrace.tools import tcpstates
 from pytrace.tools.tcpstates import TcpStates
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-TEXT = SimpleNamespace(json=False, timestamp=False, time=False, wide=False, ipv6=False)   # the default columns
+def _default_args():
+    """tcpstates' arguments as its parser gives them with no flags: the default columns."""
+    from pytrace.core.argparser import ArgParser
+    parser = ArgParser(prog="pytrace tcpstates")
+    tcpstates.SPEC.add_arguments(parser)
+    return parser.parse_args([])
+
+
+TEXT = _default_args()
 
 
 def three_connections_printed(out, conns) -> int:

@@ -17,6 +17,12 @@ The config (TOML) names which tools run and what becomes a metric:
     options = { lports = [8080] }
 
     [[metric]]
+    tool = "tcpaccept"                 # whose: with a field of core/containers.Labels
+    count_by = ["container", "pod"]    # (container, container_id, runtime, cgroup, pod,
+                                       # namespace...), labels=True is implied
+    options = { container = ["web", "db"] }   # the tool's filters too (cgroup, netns...)
+
+    [[metric]]
     tool = "tcplife"                   # an event field as a histogram
     observe = "ms"                     # buckets le = 2^i ms ...
     scale = 0.001                      # ... exposed in seconds
@@ -239,6 +245,14 @@ def _entry(k: int, m: dict, lines: _Lines, fail: Any, names: dict[str, int]) -> 
                 raise fail(at(key), f"{key} is for event tools; {tool} exports its in-kernel aggregate")
     else:
         known = declared.event_fields()
+        if "labels" in getattr(cls, "SCOPE", ()):
+            # whose the events were (core/containers.Labels): counted by container, pod...
+            from ..core.containers import Labels
+            label_fields = set(Labels.__dataclass_fields__)
+            if known is not None:
+                known = known | label_fields
+            if label_fields & set(count_by):
+                options = {**options, "labels": True}
     for f in count_by:
         if known is not None and f not in known:
             raise fail(at("count_by"), f"{tool} has no field '{f}' to count by (fields: {', '.join(sorted(known))})")

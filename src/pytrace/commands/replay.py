@@ -177,6 +177,9 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     from ..core.stream import EventTracer
     EventTracer.projection_allowed = False     # the renderer gets whole records, as recorded
     source = rec.source()
+    if conds or since is not None:
+        # TIME(s) counts from the run's first event even where it is left out
+        cliutil.share_first_event(rec.first_event_ns())
     out.write(tool.intro(targs))    # what the tool prints once, before its renderer's header
     try:
         if getattr(targs, "show_container", False) and not targs.json:

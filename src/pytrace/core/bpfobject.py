@@ -165,24 +165,15 @@ class Map:
         return self._part_format("key")[1] + self._part_format("value")[1]
 
     def rows(self, pop: bool = False) -> list[tuple]:
-        """items() (pop: pop_items()), each key and value unpacked into one tuple
-        (names: row_names())."""
+        """items() (pop: pop_items(), which empties the map), each key and value
+        unpacked into one tuple (names: row_names())."""
         unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
         unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
         return [unpack_key(k) + unpack_value(v) for k, v in (self.pop_items() if pop else self.items())]
 
     def pop_rows(self) -> list[tuple]:
-        """pop_items(), each key and value unpacked into one tuple (names: row_names());
-        a generated row type's decoder() takes them (core/event.Event)."""
-        unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
-        unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
-        return [unpack_key(k) + unpack_value(v) for k, v in self.pop_items()]
-
-    def rows(self) -> list[tuple]:
-        """items() as rows, like pop_rows() but leaving the map as it is."""
-        unpack_key = struct.Struct(self._part_format("key")[0]).unpack_from
-        unpack_value = struct.Struct(self._part_format("value")[0]).unpack_from
-        return [unpack_key(k) + unpack_value(v) for k, v in self.items()]
+        """rows(pop=True): a generated row type's decoder() takes them (core/event.Event)."""
+        return self.rows(pop=True)
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         libbpf.check(libbpf.lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")

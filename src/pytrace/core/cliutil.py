@@ -856,6 +856,17 @@ def _zone(sec: int) -> str:
     return f"{sign}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
 
 
+# The first event's time when it is known before the renderer sees it:
+# `pytrace replay --where/--since` renders only some of a recording's
+# events, and their TIME(s) count from the run's first event, as printed live.
+_first_event_ns: int | None = None
+
+
+def share_first_event(mono_ns: int | None) -> None:
+    global _first_event_ns
+    _first_event_ns = mono_ns
+
+
 class SinceFirst:
     """Time since the first event seen: BCC's TIME(s) columns start at the
     first event, not at the tracer's start (Clock.since_start)."""
@@ -863,7 +874,7 @@ class SinceFirst:
     __slots__ = ("first",)
 
     def __init__(self) -> None:
-        self.first: int | None = None
+        self.first: int | None = _first_event_ns
 
     def ns(self, mono_ns: int) -> int:
         if self.first is None:

@@ -324,6 +324,18 @@ def pow2_slot(v: float) -> int:
     return min(i, OBSERVE_SLOTS)
 
 
+def event_value(name: str) -> Callable[[Any], Any]:
+    """getter of an event's field, or of its labels' (core/containers.Labels:
+    container, pod, namespace... with labels=True) when it has no such field."""
+    def value(ev: Any) -> Any:
+        try:
+            return getattr(ev, name)
+        except AttributeError:
+            labels = ev.labels
+            return getattr(labels, name) if labels is not None else None
+    return value
+
+
 class EventCounter(Sink):
     """Events counted by the values of some of their fields (count_by); with
     observe, one numeric field of each event goes into a histogram instead
@@ -349,12 +361,14 @@ class EventCounter(Sink):
         if not names:
             return
 
+        get = [event_value(n) for n in names]
+
         def from_event(raw: tuple) -> tuple[str, ...]:
             ev = make(raw)
-            return tuple(label_text(getattr(ev, n)) for n in names)
+            return tuple(label_text(g(ev)) for g in get)
         self._key = from_event
         idx = [source.fields.index(n) for n in names if n in source.fields]
-        if len(idx) == len(names):
+        if len(idx) == len(names) and source.labeler is None:
             # every label is a raw field of the same name: decode each distinct raw value once
             memo: dict[tuple, tuple[str, ...]] = {}
 

@@ -484,6 +484,15 @@ class Recording:
             prepare()
         return src
 
+    def first_event_ns(self) -> int | None:
+        """The kernel monotonic time of the first event recorded, if it has one."""
+        if "ts_ns" not in self.fields or self.header["record_format"] is None:
+            return None
+        row = self.db.execute("SELECT rec FROM events ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return struct.Struct(self.header["record_format"]).unpack(row[0])[self.fields.index("ts_ns")]
+
     def labels(self) -> dict[tuple[int, int], Any]:
         """(cgroup id, netns) -> core/containers.Labels, as recorded (none
         without labels, or in a recording older than the table)."""

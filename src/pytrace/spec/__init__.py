@@ -267,7 +267,8 @@ class ToolSpec:
             kwargs.update(opt.tracer_kwargs(args))
         kwargs["hook"] = getattr(args, "hook", None)
         from ..core.cliutil import container_filters
-        scoped = container_filters(args)            # the tracer's SCOPE (core/tracer.py)
+        scope = getattr(self.tracer, "SCOPE", frozenset())   # its filters (core/tracer.py)
+        scoped = {k: v for k, v in container_filters(args).items() if k in scope}
         both = [k for k in scoped if kwargs.get(k)]
         if both:        # tcpdrop's --netns-id and --netns: one namespace
             from ..core.errors import UsageError
