@@ -205,15 +205,15 @@ def test_remembered_arguments_are_used_while_their_sources_are_unchanged(cli_sta
     source = tmp_path / "tool.py"
     source.write_text("# v1\n")
     prefetch.start("tcpstates", ["-L", str(port)])
-    prefetch.note_args((str(source),), {"localport": [port], "json": False})
+    prefetch.note_args({"localport": [port], "json": False}, (str(source),))
     with TcpStates(lports=[port]):
         pass
 
     cli_state()
     prefetch.start("tcpstates", ["-L", str(port)])
-    assert prefetch.parsed_args((str(source),)) == {"localport": [port], "json": False}
+    assert prefetch.parsed_args() == {"localport": [port], "json": False}
     source.write_text("# v2, another default\n")
-    assert prefetch.parsed_args((str(source),)) is None     # parse again
+    assert prefetch.parsed_args() is None     # parse again
 
 
 def test_the_cli_speculates_on_its_second_run(tmp_path):
@@ -238,3 +238,25 @@ def test_the_cli_speculates_on_its_second_run(tmp_path):
         assert ("argparse" in imported) == (run == 0), sorted(imported)
         if run == 1:
             assert not imported & {"re", "json", "enum"}, sorted(imported & {"re", "json", "enum"})
+
+
+def test_a_changed_module_that_shaped_the_parse_parses_again(tmp_path):
+    """The remembered parse is keyed by every pytrace module the parsing run had
+    imported, not only the tool's own: a change to pytrace/spec (which adds
+    --duration and the container options to every tool) parses again."""
+    import pytrace.spec
+    port = free_port()
+    env = {"PYTRACE_CACHE": str(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
+
+    def parsed() -> bool:
+        cli = Cli("tcpstates", "-L", str(port), env=env)
+        rc, _, err = cli.stop()
+        assert rc == 0, err
+        return any(l.split("|")[-1].strip() == "argparse" for l in err.splitlines() if l.startswith("import time:"))
+    assert parsed() and not parsed()               # parsed once, then remembered
+    st = os.stat(pytrace.spec.__file__)
+    os.utime(pytrace.spec.__file__, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    try:
+        assert parsed()                            # spec/__init__.py changed: parsed again
+    finally:
+        os.utime(pytrace.spec.__file__, ns=(st.st_atime_ns, st.st_mtime_ns))

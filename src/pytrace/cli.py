@@ -122,9 +122,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
     from . import tools as registry
     from .core import cliutil, objects, prefetch
 
-    tool = registry.command(name)       # its SPEC (pytrace.spec), or a legacy module alike
-    sources = tool.sources              # where a tool's arguments are defined
-    values = prefetch.parsed_args(sources)
+    tool = registry.command(name)       # its SPEC (pytrace.spec)
+    values = prefetch.parsed_args()
     if values is not None:
         from types import SimpleNamespace
         args = SimpleNamespace(**values)
@@ -136,7 +135,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
         # --record checks that its file is new, and other arguments check this
         # host's state (a PID limit, a namespace): those are parsed again at every run
         if getattr(args, "record", None) is None and not cliutil.parsed_on_host():
-            prefetch.note_args(sources, vars(args))
+            prefetch.note_args(vars(args))      # keyed by every module the parse imported
     if getattr(args, "ebpf", False):
         sys.stdout.write(objects.source(tool.object))
         return 0

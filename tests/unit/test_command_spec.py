@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 
+import subprocess
+import sys
+
 import pytest
 
 from pytrace.core import cliutil
@@ -65,12 +68,19 @@ def test_tunnelmon_runs_itself_or_simulates():
 
 
 def test_the_argument_cache_is_keyed_on_every_file_that_shapes_the_parse():
-    """core/prefetch keeps a parse while these files are unchanged: simulate's
-    options are declared in tunnelmon/simulate.py."""
-    names = [path.rsplit("/", 2)[-2:] for path in tunnelmon.SPEC.sources]
-    assert ["tunnelmon", "simulate.py"] in names and ["tools", "tunnelmon.py"] in names
-    names = [path.rsplit("/", 2)[-2:] for path in vnet.SPEC.sources]
-    assert ["tools", "vnet.py"] in names and ["spec", "commands.py"] in names
+    """core/prefetch keeps a parse while every pytrace module the parsing run
+    had imported is unchanged: for tunnelmon, simulate's options are declared
+    in tunnelmon/simulate.py; for any tool, the spec and cliutil."""
+    code = ("import sys\nfrom pytrace import tools\nfrom pytrace.core import prefetch\n"
+            "from pytrace.core.argparser import ArgParser\n"
+            "p = ArgParser(prog='x')\ntools.command(sys.argv[1]).add_arguments(p)\n"
+            "print('\\n'.join(prefetch._imported_files()))\n")
+    for tool, wanted in (("tunnelmon", (("tunnelmon", "simulate.py"), ("tools", "tunnelmon.py"))),
+                         ("vnet", (("tools", "vnet.py"), ("spec", "commands.py"))),
+                         ("tcptop", (("tools", "tcptop.py"), ("spec", "__init__.py"), ("core", "cliutil.py")))):
+        out = subprocess.run([sys.executable, "-c", code, tool], capture_output=True, text=True, check=True).stdout
+        names = {tuple(path.rsplit("/", 2)[-2:]) for path in out.split()}
+        assert set(wanted) <= names, (tool, sorted(names))
 
 
 def test_declarations_that_cannot_hold_are_refused():

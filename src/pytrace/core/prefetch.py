@@ -14,7 +14,11 @@ changes from run to run, simply load as before.
 
 The remembered run also keeps what argparse made of the same arguments
 (note_args), so the next one skips building a parser (parsed_args): with
-argparse go re, enum and gettext, ~7 ms of start-up.  Nothing on that path
+argparse go re, enum and gettext, ~7 ms of start-up.  The parse is kept
+with the size and time of every pytrace module the parsing run had
+imported (whatever shaped the parser: the tool, the spec, cliutil, the
+modules their argument types live in...), and used only while all are
+unchanged.  Nothing on that path
 imports them (see core/argparser.py, core/jsonfile.py, net.TcpState).
 
 Only plain loads are speculated: the default attach (no tc, XDP or uprobe
@@ -48,7 +52,7 @@ _done = None               # released by the thread when it is finished
 #              the barelibbpf binding that opened it, its libbpf file]
 _pending: list | None = None
 _claimed: tuple | None = None  # the specification of the process's first load
-_args: tuple | None = None     # (source stamps, parsed arguments) remembered with the load
+_args: tuple | None = None     # (files, their stamps, parsed arguments) remembered with the load
 _noted: tuple | None = None    # this run's, to remember with its load
 
 
@@ -141,28 +145,39 @@ def _open(lb, path: str, spec: tuple, programs: tuple[str, ...], image: bytes | 
     return ptr
 
 
-def parsed_args(sources: tuple[str, ...]) -> dict | None:
-    """What the remembered run's argparse made of this same argv, if the
-    files that define the arguments (sources) are unchanged; else None.
-    The CLI then skips building a parser: argparse, with re, enum and
-    gettext, is ~7 ms of start-up."""
+def parsed_args() -> dict | None:
+    """What the remembered run's argparse made of this same argv, if every
+    module that run had imported is unchanged; else None.  The CLI then
+    skips building a parser: argparse, with re, enum and gettext, is ~7 ms
+    of start-up."""
     try:
-        if _args is None or _args[0] != _stamps(sources):
+        files, stamps, values = _args
+        if _stamps(files) != stamps:
             return None
-    except OSError:
+    except (TypeError, ValueError, OSError):    # nothing remembered, an older cache's entry, a file gone
         return None
-    return _args[1]
+    return values
 
 
-def note_args(sources: tuple[str, ...], values: dict) -> None:
+def note_args(values: dict, files: tuple[str, ...] | None = None) -> None:
     """The CLI's parsed arguments, remembered with this run's load if marshal
-    can store them (a compiled pattern or an address object cannot)."""
+    can store them (a compiled pattern or an address object cannot), keyed by
+    files (default: every pytrace module imported so far, i.e. all that the
+    parser was built from)."""
     global _noted
+    if files is None:
+        files = _imported_files()
     try:
         marshal.dumps(values)
-        _noted = (_stamps(sources), values)
+        _noted = (files, _stamps(files), values)
     except (ValueError, OSError):
         _noted = None
+
+
+def _imported_files() -> tuple[str, ...]:
+    import sys
+    return tuple(sorted({m.__file__ for name, m in list(sys.modules.items())
+                         if (name == "pytrace" or name.startswith("pytrace.")) and getattr(m, "__file__", None)}))
 
 
 def _stamps(files: tuple[str, ...]) -> tuple:

@@ -19,9 +19,8 @@ prometheus.EventCounter (events counted for `pytrace exporter`, which also
 reads the tools' in-kernel maps at scrape time).
 
 Replay protocol.  `pytrace replay` re-runs a tool's own renderers on the
-stored records, through the calls pytrace.spec's docstring lists (a tool's
-SPEC provides them; tools/_legacy.py keeps the old module attributes working
-for tools not converted yet):
+stored records, through the calls pytrace.spec's docstring lists (every
+tool's SPEC provides them):
 
     intro(args) -> str                        printed first
     event_renderer(source, args, out) -> render(batch: list[tuple]) -> str | bytes

@@ -61,8 +61,7 @@ what an event tool also does with each batch besides printing it (tcpstates
 option made by options.print_program() prints the object's C source before
 tracing (BCC's -v of tcpconnlat, -D of tcprtt).
 
-What the registry, cli.py, replay, listing and the exporter call on a tool
-(tools/_legacy.LegacyTool provides the same for tools not yet converted):
+What the registry, cli.py, replay, listing and the exporter call on a tool:
 
     name, summary, kind, object, variants, hooks, sources, spec
     commands, streams                         (spec/commands.py: a tool with subcommands)
@@ -216,14 +215,6 @@ class ToolSpec:
     @property
     def module(self) -> str:
         return self.tracer.__module__
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        """The files that define this tool's arguments: core/prefetch keeps a
-        parse only while they are unchanged."""
-        from ..core import cliutil
-        from . import options
-        return (sys.modules[self.module].__file__, options.__file__, cliutil.__file__)
 
     def types(self) -> tuple[EventType, ...]:
         """The record types to generate at build time (core/gentypes.py)."""

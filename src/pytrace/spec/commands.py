@@ -184,23 +184,6 @@ class CommandSpec(ToolSpec):
         """The tool itself (no command named) runs its tracer until stopped."""
         return not self.required
 
-    @property
-    def sources(self) -> tuple[str, ...]:
-        """ToolSpec's, plus this module and those that define the commands'
-        run() and their options' types: a command may be declared beside its
-        code (tunnelmon/simulate.py), and core/prefetch keeps a parse only
-        while every file that shapes it is unchanged."""
-        import sys
-        funcs: list[Any] = [c.run for c in _walk(self.commands) if c.run is not None]
-        for options in (self.options, *(c.options for c in _walk(self.commands))):
-            for opt in options:
-                for o in getattr(opt, "options", (opt,)):       # an Exclusive's, or the Option
-                    kind = o.settings.get("type")
-                    if kind is not None and getattr(kind, "__module__", None):
-                        funcs.append(kind)
-        files = [getattr(sys.modules.get(f.__module__), "__file__", None) for f in funcs]
-        return tuple(dict.fromkeys([*super().sources, __file__, *(f for f in files if f)]))
-
     def types(self) -> tuple:
         return ()       # build.py generates nothing for Records
 

@@ -9,10 +9,8 @@ one tool does not pay for importing the others.  A tool module declares
 (or a spec/commands.CommandSpec, for a tool with subcommands: vnet,
 tunnelmon) and command(name) returns it: the CLI, `pytrace replay`, `pytrace list`, the
 exporter and the contract test (tests/test_contract.py) call only what
-pytrace.spec's docstring lists.  A module not yet converted provides the old
-attributes instead (NAME, SUMMARY, add_arguments(parser), run(args), OBJECT,
-renderer...); command() wraps it in tools/_legacy.LegacyTool, which offers
-the same calls.
+pytrace.spec's docstring lists.  A module without a SPEC is not a tool: the
+registry refuses it (files starting with _ are the tools' shared parts).
 """
 
 from __future__ import annotations
@@ -44,16 +42,14 @@ def load(name: str) -> ModuleType:
     return sys.modules[module]
 
 
-def spec(name: str) -> ToolSpec | None:
-    """The tool's declared SPEC, or None for a tool not converted yet."""
-    return getattr(load(name), "SPEC", None)
+def spec(name: str) -> ToolSpec:
+    """The tool's declared SPEC."""
+    declared = getattr(load(name), "SPEC", None)
+    if declared is None:
+        raise TypeError(f"pytrace/tools/{name}.py declares no SPEC (pytrace.spec.ToolSpec): not a tool")
+    return declared
 
 
 def command(name: str) -> Any:
-    """What the commands call on a tool: its SPEC, or the legacy module wrapped alike."""
-    module = load(name)
-    declared = getattr(module, "SPEC", None)
-    if declared is not None:
-        return declared
-    from ._legacy import LegacyTool
-    return LegacyTool(name, module)
+    """What the commands call on a tool: its SPEC."""
+    return spec(name)
