@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import _ctypes
 
+from .libbpf_protos import BARE, PROTOTYPES
+
 
 class _Ptr(_ctypes._SimpleCData):
     _type_ = "P"        # ctypes.c_void_p: an int or None
@@ -48,24 +50,13 @@ class _Function(_ctypes.CFuncPtr):
     _restype_ = _Int
 
 
-_PROTOS = {
-    # name: (restype, argtypes), as core/libbpf declares them
-    "libbpf_set_print": (_Ptr, (_Ptr,)),
-    "bpf_object__open_file": (_Ptr, (_Str, _Ptr)),
-    "bpf_object__load": (_Int, (_Ptr,)),
-    "bpf_object__close": (None, (_Ptr,)),
-    "bpf_object__next_program": (_Ptr, (_Ptr, _Ptr)),
-    "bpf_object__next_map": (_Ptr, (_Ptr, _Ptr)),
-    "bpf_object__find_map_by_name": (_Ptr, (_Ptr, _Str)),
-    "bpf_program__name": (_Str, (_Ptr,)),
-    "bpf_program__set_autoload": (_Int, (_Ptr, _Bool)),
-    "bpf_program__type": (_Int, (_Ptr,)),
-    "bpf_map__type": (_Int, (_Ptr,)),
-    "bpf_map__map_flags": (_UInt, (_Ptr,)),
-    "bpf_map__set_map_flags": (_Int, (_Ptr, _UInt)),
-    "bpf_map__set_max_entries": (_Int, (_Ptr, _UInt)),
-    "bpf_map__set_initial_value": (_Int, (_Ptr, _Str, _Size)),
-}
+# core/libbpf_protos' kinds as _ctypes types (a struct pointer is passed as an address)
+KINDS = {"int": _Int, "u32": _UInt, "bool": _Bool, "size": _Size, "str": _Str, "ptr": _Ptr, "void": None,
+         "print_fn": _Ptr}
+
+
+def _kind(name: str):
+    return _Ptr if name.endswith("*") else KINDS[name]
 
 
 class Library:
@@ -77,9 +68,10 @@ class Library:
         for dep in first:
             _ctypes.dlopen(dep, 0)
         self._handle = _ctypes.dlopen(path, 0)    # ctypes.CDLL's mode (_ctypes adds RTLD_NOW)
-        for name, (restype, argtypes) in _PROTOS.items():
+        for name in BARE:
+            restype, argtypes = PROTOTYPES[name]
             fn = _Function((name, self))
-            fn.restype, fn.argtypes = restype, argtypes
+            fn.restype, fn.argtypes = _kind(restype), tuple(_kind(a) for a in argtypes)
             setattr(self, name, fn)
         self.libbpf_set_print(None)     # libbpf's default prints its warnings on stderr
 

@@ -22,6 +22,7 @@ import sys
 
 from . import barelibbpf
 from .errors import PytraceError
+from .libbpf_protos import PROTOTYPES
 
 MIN_VERSION = (1, 1)
 LOGGER = "pytrace.libbpf"
@@ -107,67 +108,12 @@ class TestRunOpts(C.Structure):
                 ("retval", C.c_uint32), ("repeat", C.c_int), ("duration", C.c_uint32),
                 ("flags", C.c_uint32), ("cpu", C.c_uint32), ("batch_size", C.c_uint32)]
 
-P = C.c_void_p
-_PROTOS: dict[str, tuple] = {
-    # name: (restype, argtypes)
-    "libbpf_major_version": (C.c_uint32, []),
-    "libbpf_minor_version": (C.c_uint32, []),
-    "libbpf_version_string": (C.c_char_p, []),
-    "libbpf_set_print": (P, [_PRINT_FN]),
-    "libbpf_strerror": (C.c_int, [C.c_int, C.c_char_p, C.c_size_t]),
-    "bpf_object__open_file": (P, [C.c_char_p, C.POINTER(OpenOpts)]),
-    "bpf_object__load": (C.c_int, [P]),
-    "bpf_object__close": (None, [P]),
-    "bpf_object__find_program_by_name": (P, [P, C.c_char_p]),
-    "bpf_object__find_map_by_name": (P, [P, C.c_char_p]),
-    "bpf_object__next_program": (P, [P, P]),
-    "bpf_object__next_map": (P, [P, P]),
-    "bpf_program__name": (C.c_char_p, [P]),
-    "bpf_program__section_name": (C.c_char_p, [P]),
-    "bpf_program__set_autoload": (C.c_int, [P, C.c_bool]),
-    "bpf_program__type": (C.c_int, [P]),
-    "bpf_program__autoload": (C.c_bool, [P]),
-    "bpf_program__fd": (C.c_int, [P]),
-    "bpf_program__attach": (P, [P]),
-    "bpf_program__attach_tracepoint_opts": (P, [P, C.c_char_p, C.c_char_p, C.POINTER(TracepointOpts)]),
-    "bpf_program__attach_uprobe_opts": (P, [P, C.c_int, C.c_char_p, C.c_size_t, C.POINTER(UprobeOpts)]),
-    "bpf_program__attach_cgroup": (P, [P, C.c_int]),
-    "bpf_program__attach_xdp": (P, [P, C.c_int]),
-    "bpf_program__attach_iter": (P, [P, P]),
-    "bpf_iter_create": (C.c_int, [C.c_int]),
-    "bpf_prog_test_run_opts": (C.c_int, [C.c_int, P]),    # P: a TestRunOpts, by address
-    "bpf_link__destroy": (C.c_int, [P]),
-    "bpf_link__fd": (C.c_int, [P]),
-    "bpf_map__name": (C.c_char_p, [P]),
-    "bpf_map__fd": (C.c_int, [P]),
-    "bpf_map__type": (C.c_int, [P]),
-    "bpf_map__key_size": (C.c_uint32, [P]),
-    "bpf_map__value_size": (C.c_uint32, [P]),
-    "bpf_map__max_entries": (C.c_uint32, [P]),
-    "bpf_map__set_max_entries": (C.c_int, [P, C.c_uint32]),
-    "bpf_map__map_flags": (C.c_uint32, [P]),
-    "bpf_map__set_map_flags": (C.c_int, [P, C.c_uint32]),
-    "bpf_map__initial_value": (P, [P, C.POINTER(C.c_size_t)]),
-    "bpf_map__set_autocreate": (C.c_int, [P, C.c_bool]),
-    "bpf_map__reuse_fd": (C.c_int, [P, C.c_int]),
-    "bpf_map_lookup_elem": (C.c_int, [C.c_int, P, P]),
-    "bpf_map_update_elem": (C.c_int, [C.c_int, P, P, C.c_uint64]),
-    "bpf_map_delete_elem": (C.c_int, [C.c_int, P]),
-    "bpf_map_get_next_key": (C.c_int, [C.c_int, P, P]),
-    "bpf_map_lookup_and_delete_elem": (C.c_int, [C.c_int, P, P]),
-    "bpf_map_create": (C.c_int, [C.c_int, C.c_char_p, C.c_uint32, C.c_uint32, C.c_uint32, P]),
-    "bpf_tc_hook_create": (C.c_int, [C.POINTER(TcHook)]),
-    "bpf_tc_hook_destroy": (C.c_int, [C.POINTER(TcHook)]),
-    "bpf_tc_attach": (C.c_int, [C.POINTER(TcHook), C.POINTER(TcOpts)]),
-    "bpf_tc_detach": (C.c_int, [C.POINTER(TcHook), C.POINTER(TcOpts)]),
-    "bpf_xdp_attach": (C.c_int, [C.c_int, C.c_int, C.c_uint32, P]),
-    "bpf_xdp_detach": (C.c_int, [C.c_int, C.c_uint32, P]),
-    "btf__load_vmlinux_btf": (P, []),
-    "btf__parse": (P, [C.c_char_p, P]),
-    "btf__free": (None, [P]),
-    "btf__find_by_name_kind": (C.c_int, [P, C.c_char_p, C.c_uint32]),
-    "btf__type_by_id": (P, [P, C.c_uint32]),
-    "btf__name_by_offset": (C.c_char_p, [P, C.c_uint32]),
+# core/libbpf_protos' kinds as ctypes types
+KINDS: dict[str, object] = {
+    "int": C.c_int, "u32": C.c_uint32, "u64": C.c_uint64, "bool": C.c_bool, "size": C.c_size_t,
+    "str": C.c_char_p, "ptr": C.c_void_p, "void": None, "print_fn": _PRINT_FN, "size*": C.POINTER(C.c_size_t),
+    "OpenOpts*": C.POINTER(OpenOpts), "TracepointOpts*": C.POINTER(TracepointOpts),
+    "UprobeOpts*": C.POINTER(UprobeOpts), "TcHook*": C.POINTER(TcHook), "TcOpts*": C.POINTER(TcOpts),
 }
 
 
@@ -267,11 +213,11 @@ def lib() -> C.CDLL:
         if os.environ.get("PYTRACE_LIBBPF"):
             raise PytraceError(f"PYTRACE_LIBBPF: cannot use {'; '.join(tried)}")
         raise PytraceError(f"no usable libbpf.so.1: {INSTALL_HINT} (tried: {'; '.join(tried)})")
-    for name, (res, args) in _PROTOS.items():
+    for name, (res, args) in PROTOTYPES.items():
         fn = getattr(_lib, name, None)
         if fn is None:  # optional in this libbpf build
             continue
-        fn.restype, fn.argtypes = res, args
+        fn.restype, fn.argtypes = KINDS[res], [KINDS[a] for a in args]
     _libc = C.CDLL(None, use_errno=True)
     _libc.vsnprintf.argtypes = [C.c_char_p, C.c_size_t, C.c_char_p, C.c_void_p]
     set_log(_log_wanted())
