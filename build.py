@@ -381,9 +381,9 @@ def build(force: bool = False, quiet: bool = False, workers: int | None = None) 
                 Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
     write_manifest()
-    # the tools' event classes, from the objects' BTF (src/pytrace/gen/, core/gentypes.py)
+    # the tools' event classes, from the objects' BTF (src/pytrace/gen/, spec/gentypes.py)
     sys.path.insert(0, str(ROOT / "src"))
-    from pytrace.core import gentypes  # noqa: E402  (imports the tools for their declarations)
+    from pytrace.spec import gentypes  # noqa: E402  (imports the tools for their declarations)
     try:
         gentypes.write_package(OUT)
     except gentypes.GenError as exc:

@@ -253,10 +253,10 @@ class Cli:
 
 
 def captured_output():
-    """A CLI Output (core/cliutil) whose bytes stay in memory, as stdout would
+    """A CLI Output (cli/cliutil) whose bytes stay in memory, as stdout would
     get them; printed_lines() reads them back."""
     import io
-    from pytrace.core.cliutil import Output
+    from pytrace.cli.cliutil import Output
     return Output(False, io.TextIOWrapper(io.BytesIO(), write_through=True))
 
 

@@ -1,4 +1,4 @@
-"""The CLI reader's priority (core/cliutil.CatchUp) follows a real ring's backlog:
+"""The CLI reader's priority (cli/cliutil.CatchUp) follows a real ring's backlog:
 raised to nice -10 while half the ring is unread and to -20 at three quarters,
 back once it is drained."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from helpers import free_port, tcp_roundtrip
-from pytrace.core.cliutil import CatchUp
+from pytrace.cli.cliutil import CatchUp
 from pytrace.tools.tcpstates import TcpStates
 
 RECORDS_PER_CONN = 7      # with -L: 2 listener + 5 child state changes

@@ -53,8 +53,9 @@ from helpers import (PYTRACE, LoopbackPair, bpf_prog_ids, bpf_progs, has_bpf_lin
 from matrix import cli_hook_or_skip, variants
 from pytrace import spec as specs
 from pytrace import tools as registry
-from pytrace.core import cliutil, loader, objects
-from pytrace.core.argparser import ArgParser
+from pytrace.core import loader, objects
+from pytrace.cli import cliutil
+from pytrace.cli.argparser import ArgParser
 
 TOOLS = registry.names()
 

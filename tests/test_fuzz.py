@@ -36,8 +36,8 @@ from helpers import PYTRACE, Cli, free_port, tcp_roundtrip, wait_until
 import kernelstate
 from pytrace import tools as registry
 from pytrace.commands import exporter, replay
-from pytrace.core import cliutil
-from pytrace.core.argparser import ArgParser
+from pytrace.cli import cliutil
+from pytrace.cli.argparser import ArgParser
 
 HUGE = ("99999999999", str(10**30))
 NOT_NUMBERS = ("abc", "", "1.5", "0x10", "1e3", " ")

@@ -158,7 +158,7 @@ def test_tcprtt_intervals_become_fields(influx):
 
 
 def test_tcptop_flows_are_tagged_points_and_the_load_average_one_more(influx):
-    """An aggregating tool through core/aggregate.print_loop: each flow is a
+    """An aggregating tool through cli/aggregate.print_loop: each flow is a
     point tagged by its connection, the interval's load average and missed
     count one point without tags, all at the interval's time."""
     db = "pt_top"

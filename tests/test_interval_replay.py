@@ -1,4 +1,4 @@
-"""The aggregating tools and the sinks (core/aggregate.print_loop): each one,
+"""The aggregating tools and the sinks (cli/aggregate.print_loop): each one,
 run with --record FILE over real connections of this process, stores its
 intervals as snapshots whose rows are exactly the traffic made, and
 `pytrace replay FILE` prints them again byte for byte (text), and as the
@@ -213,7 +213,7 @@ def test_nstat_in_a_namespace_of_its_own(tmp_path):
     assert total == {"TcpActiveOpens": N, "TcpPassiveOpens": N}
 
 
-# -- count and stackcount (their own loop over core/aggregate.print_loop) ---------------
+# -- count and stackcount (their own loop over cli/aggregate.print_loop) ---------------
 
 def test_count_replays_wildcards_typed_keys_and_processes(tmp_path):
     """The header counts what the wildcard resolved to live; ret keys come back

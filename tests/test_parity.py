@@ -55,7 +55,7 @@ import pytest
 from helpers import (PYTRACE, LoopbackPair, has_bpf_link, run_cli, socket_drop, syn_retransmit, tcp_roundtrip,
                      wait_until)
 from pytrace import tools as registry
-from pytrace.core.argparser import ArgParser
+from pytrace.cli.argparser import ArgParser
 
 SUITE = ("tcpaccept", "tcpconnect", "tcpconnlat", "tcpdrop", "tcplife", "tcpretrans", "tcpstates", "tcpsubnet",
          "tcptop", "tcptracer", "solisten", "softirqs", "tcprtt", "gethostlatency", "stackcount", "sofdsnoop")

@@ -1,4 +1,4 @@
-"""core/prefetch: the CLI's speculative load, against the real kernel.
+"""cli/prefetch: the CLI's speculative load, against the real kernel.
 
 A command's first run remembers what it loaded; the next identical command
 loads exactly that in a thread while the CLI imports, and Tracer.open()
@@ -16,7 +16,9 @@ import pytest
 
 from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip, wait_until
 from test_tcpstates import CHILD, LISTENER, by_socket
-from pytrace.core import cachefile, libbpf, prefetch
+from pytrace.core import cachefile, libbpf
+from pytrace.cli import prefetch
+from pytrace.core.tracer import Tracer
 from pytrace.tools.tcpstates import TcpStates
 
 
@@ -33,6 +35,7 @@ def check_server_side(events, conn) -> None:
 def cli_state(tmp_path, monkeypatch):
     """prefetch as a fresh CLI process has it, remembering under tmp_path."""
     monkeypatch.setattr(cachefile, "DIR", str(tmp_path))
+    monkeypatch.setattr(Tracer, "preloads", prefetch)      # as the CLI sets it (a library user's is None)
 
     def fresh():
         for name, value in (("_tool", None), ("_argv", ()), ("_done", None), ("_pending", None),
@@ -143,7 +146,7 @@ def test_an_untaken_speculative_load_leaves_nothing_behind(cli_state):
 EARLY = """
 import sys
 sys.path[:0] = PATHS
-from pytrace.core import prefetch
+from pytrace.cli import prefetch
 prefetch.start("tcpstates", ARGV)
 early = sorted({"ctypes", "os"} & set(sys.modules))
 with prefetch._done:

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from helpers import Cli, free_port, run_cli, tcp_roundtrip
-from pytrace.core import cliutil
+from pytrace.cli import cliutil
 from pytrace.core.net import STATE_NAMES
 from pytrace.sinks import Session, SinkSet
 from pytrace.sinks.record import Recorder

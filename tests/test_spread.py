@@ -1,4 +1,4 @@
-"""The CLI reader (core/cliutil.SpreadReader) moves to the next allowed CPU after
+"""The CLI reader (cli/cliutil.SpreadReader) moves to the next allowed CPU after
 each large batch and is let go once it has caught up, on a real tracer's ring."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pytrace.core.cliutil import SpreadReader
+from pytrace.cli.cliutil import SpreadReader
 from pytrace.tools.tcpstates import TcpStates
 
 ALLOWED = sorted(os.sched_getaffinity(0))

@@ -68,7 +68,7 @@ from pytrace.tools.tcplife import TcpSession
 from pytrace.tools.tcpstates import TcpStateChange
 assert pytrace.TcpStateChange is TcpStateChange is tcpstates.TcpStateChange is tcpstates.TcpStates.EVENT_TYPE.cls
 
-# tcpstates: the class generated from its object's BTF (core/gentypes.py), frozen and slotted
+# tcpstates: the class generated from its object's BTF (spec/gentypes.py), frozen and slotted
 assert not dataclasses.is_dataclass(TcpStateChange) and "__slots__" in vars(TcpStateChange)
 assert TcpStateChange.__module__ == "pytrace.gen.tcpstates" and TcpStateChange.__qualname__ == "TcpStateChange"
 assert TcpStateChange.FIELDS == ("ts_ns", "skaddr", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",

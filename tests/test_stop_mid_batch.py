@@ -16,14 +16,15 @@ import time
 import pytest
 
 from helpers import captured_output, free_port, printed_lines, tcp_roundtrip
-from pytrace.core import cliutil, stops
+from pytrace.core import stops
+from pytrace.cli import cliutil
 from pytrace.tools import tcpstates
 from pytrace.tools.tcpstates import TcpStates
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _default_args():
     """tcpstates' arguments as its parser gives them with no flags: the default columns."""
-    from pytrace.core.argparser import ArgParser
+    from pytrace.cli.argparser import ArgParser
     parser = ArgParser(prog="pytrace tcpstates")
     tcpstates.SPEC.add_arguments(parser)
     return parser.parse_args([])

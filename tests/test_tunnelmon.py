@@ -372,8 +372,8 @@ def test_help_ends_with_examples_that_parse(command, monkeypatch):
     assert len(lines) - start - 1 >= 2
     assert all(line.startswith(f"  pytrace tunnelmon {command}".rstrip()) and "  # " in line
                for line in lines[start + 1:])
-    from pytrace.core import cliutil
-    from pytrace.core.argparser import ArgParser
+    from pytrace.cli import cliutil
+    from pytrace.cli.argparser import ArgParser
     from pytrace.tools import tunnelmon as tool
     monkeypatch.setattr(cliutil, "_check_host", False)     # an example's namespace need not exist here
     for line in lines[start + 1:]:

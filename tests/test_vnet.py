@@ -781,7 +781,7 @@ def test_record_takes_a_negative_clock_offset_as_a_separate_word(topo, tmp_path)
     assert rep.offsets["nodeB"].source == "estimated"
     assert abs(rep.offsets["nodeB"].ns + 3_000_000) < 50_000, rep.offsets["nodeB"]
     # the parse alone, both spellings, and a bad value
-    from pytrace.core.argparser import ArgParser
+    from pytrace.cli.argparser import ArgParser
     parser = ArgParser(prog="pytrace vnet")
     vnet_tool.add_arguments(parser)
     for argv in (["--clock-offset", "-3ms"], ["--clock-offset=-3ms"], ["--clock-offset", "-1.5us"]):
@@ -842,8 +842,8 @@ def test_help_ends_with_examples_that_parse(command, monkeypatch):
         assert all(e.startswith(f"pytrace vnet {command} ") or e == f"pytrace vnet {command}" for e in examples)
     else:
         assert {e.split()[2] for e in examples} == {"record", "report", "demo", "ctl"}
-    from pytrace.core import cliutil
-    from pytrace.core.argparser import ArgParser
+    from pytrace.cli import cliutil
+    from pytrace.cli.argparser import ArgParser
     monkeypatch.setattr(cliutil, "_check_host", False)     # an example's namespace need not exist here
     for e in examples:
         parser = ArgParser(prog="pytrace vnet")

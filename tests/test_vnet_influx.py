@@ -14,8 +14,8 @@ import pytest
 
 from helpers import run_cli, wait_until
 from influxlab import influx_server
-from pytrace.core import cliutil
-from pytrace.core.argparser import ArgParser
+from pytrace.cli import cliutil
+from pytrace.cli.argparser import ArgParser
 from pytrace.vnet import store
 from pytrace.vnet.demo import Topology
 from test_vnet import _recorder

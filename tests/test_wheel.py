@@ -417,7 +417,7 @@ def test_one_platform_wheel_with_everything_needed_at_run_time(wheel):
     assert sources == {o[:-2] + ".c" for o in objs}                         # what --ebpf prints
     assert all(f"pytrace/bpf/{o}.layout.json" in names for o in objs)        # no ELF parse at start
     assert {"pytrace/bpf/src/pytrace.h", "pytrace/bpf/src/events.h"} <= names
-    # the event classes build.py generates from the objects' BTF (core/gentypes.py)
+    # the event classes build.py generates from the objects' BTF (spec/gentypes.py)
     assert {"pytrace/gen/__init__.py", "pytrace/gen/tcpstates.py", "pytrace/gen/tcptop.py"} <= names
     tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "src/pytrace"], capture_output=True, text=True)
     py = {f[len("src/"):] for f in tracked.stdout.split() if f.endswith(".py") and (REPO / f).exists()}

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from pytrace.core import cliutil
-from pytrace.core.argparser import ArgParser
+from pytrace.cli import cliutil
+from pytrace.cli.argparser import ArgParser
 from pytrace.spec import EVENTS, Option
 from pytrace.spec.commands import Command, CommandSpec, Records
 from pytrace.tools import tunnelmon, vnet
@@ -68,16 +68,16 @@ def test_tunnelmon_runs_itself_or_simulates():
 
 
 def test_the_argument_cache_is_keyed_on_every_file_that_shapes_the_parse():
-    """core/prefetch keeps a parse while every pytrace module the parsing run
+    """cli/prefetch keeps a parse while every pytrace module the parsing run
     had imported is unchanged: for tunnelmon, simulate's options are declared
     in tunnelmon/simulate.py; for any tool, the spec and cliutil."""
-    code = ("import sys\nfrom pytrace import tools\nfrom pytrace.core import prefetch\n"
-            "from pytrace.core.argparser import ArgParser\n"
+    code = ("import sys\nfrom pytrace import tools\nfrom pytrace.cli import prefetch\n"
+            "from pytrace.cli.argparser import ArgParser\n"
             "p = ArgParser(prog='x')\ntools.command(sys.argv[1]).add_arguments(p)\n"
             "print('\\n'.join(prefetch._imported_files()))\n")
     for tool, wanted in (("tunnelmon", (("tunnelmon", "simulate.py"), ("tools", "tunnelmon.py"))),
                          ("vnet", (("tools", "vnet.py"), ("spec", "commands.py"))),
-                         ("tcptop", (("tools", "tcptop.py"), ("spec", "__init__.py"), ("core", "cliutil.py")))):
+                         ("tcptop", (("tools", "tcptop.py"), ("spec", "__init__.py"), ("cli", "cliutil.py")))):
         out = subprocess.run([sys.executable, "-c", code, tool], capture_output=True, text=True, check=True).stdout
         names = {tuple(path.rsplit("/", 2)[-2:]) for path in out.split()}
         assert set(wanted) <= names, (tool, sorted(names))

@@ -1,4 +1,4 @@
-"""Event types generated from BTF (core/gentypes.py): a field added to a C
+"""Event types generated from BTF (spec/gentypes.py): a field added to a C
 struct reaches the generated class, to_dict() and --json with no Python
 edit.  A tiny object is compiled here, with clang, twice: without and with
 one more field; the same declaration serves both."""
@@ -16,7 +16,7 @@ import types
 
 import pytest
 
-from pytrace.core import gentypes
+from pytrace.spec import gentypes
 from pytrace.core.btf import ObjectTypes
 from pytrace.spec import EventType
 from pytrace.spec.jsonout import event_json

@@ -76,6 +76,8 @@ import importlib, pkgutil, sys
 import pytrace
 failed = []
 for info in pkgutil.walk_packages(pytrace.__path__, "pytrace.", onerror=failed.append):
+    if info.name.endswith(".__main__"):      # python -m's entry: it runs the command
+        continue
     try:
         importlib.import_module(info.name)
     except Exception as exc:

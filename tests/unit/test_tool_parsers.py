@@ -13,7 +13,7 @@ import re
 import pytest
 
 from pytrace import tools as registry
-from pytrace.core.argparser import ArgParser
+from pytrace.cli.argparser import ArgParser
 
 TOOLS = registry.names()
 
@@ -101,3 +101,13 @@ def test_one_convention_for_duration_interval_and_count(name):
     argv += ["--count", "4"] if "--count" in flags else ["4"]
     args = parser.parse_args([*words, *argv])
     assert (args.interval, args.count) == (3, 4)
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_an_event_stream_can_leave_its_reader_unscheduled(name):
+    """--no-reader-sched turns cli/cliutil's reader scheduling (CatchUp's renice,
+    SpreadReader's CPU rotation) off, on every event stream with BPF."""
+    spec = registry.spec(name)
+    if spec.kind != "event stream" or spec.mixed or not spec.variants or spec.commands:
+        pytest.skip(f"{name} does not stream events through cli/cliutil.stream_events")
+    assert parser_of(name).parse_args(["--no-reader-sched"]).no_reader_sched is True

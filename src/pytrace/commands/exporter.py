@@ -70,8 +70,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tools as registry
-from ..core import cliutil
-from ..core.argparser import ArgParser
+from ..cli import cliutil
+from ..cli.argparser import ArgParser
 from ..core.errors import PytraceError, UsageError
 from ..core.httpserve import QuietServer, refused
 from ..core.httpserve import make_server as serve

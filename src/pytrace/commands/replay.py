@@ -22,8 +22,8 @@ import time
 from typing import Any, Callable
 
 from .. import tools as registry
-from ..core import cliutil
-from ..core.argparser import ArgParser
+from ..cli import cliutil
+from ..cli.argparser import ArgParser
 from ..core.errors import PytraceError, UsageError
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -183,7 +183,7 @@ def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     out.write(tool.intro(targs))    # what the tool prints once, before its renderer's header
     try:
         if getattr(targs, "show_container", False) and not targs.json:
-            from ..core.cliutil import container_column
+            from ..cli.cliutil import container_column
             render = container_column(source, tool.event_renderer, targs, out)
         else:
             render = tool.event_renderer(source, targs, out)

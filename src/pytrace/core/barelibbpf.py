@@ -1,6 +1,6 @@
 """libbpf through _ctypes alone: the calls of the speculative load at start-up.
 
-core/prefetch starts loading a remembered object in a thread before the CLI
+cli/prefetch starts loading a remembered object in a thread before the CLI
 imports anything, and every millisecond before that thread starts is one
 more before the first event (the load is the critical path of start-up).
 The ctypes package costs ~3.5 ms to import (os, struct, its own classes),

@@ -311,7 +311,7 @@ class BpfObject:
 
     def section_image(self, section: str) -> bytes | None:
         """The bytes of a global-data section (e.g. .rodata as written before
-        load: core/prefetch.py replays it); None if the object has none."""
+        load: cli/prefetch.py replays it); None if the object has none."""
         ptr, size = libbpf.section(self._live(), section)
         return C.string_at(ptr, size) if ptr else None
 

@@ -1,5 +1,5 @@
 """Files pytrace keeps between runs, under /run/pytrace ($PYTRACE_CACHE):
-the kernel feature probes, the remembered loads and arguments of core/prefetch
+the kernel feature probes, the remembered loads and arguments of cli/prefetch
 and the compiled row code of core/rows.  Nothing there outlives a reboot.
 PYTRACE_NO_CACHE=1 turns the cache off: nothing is read, nothing written.
 
@@ -23,7 +23,7 @@ works without the cache.
 
 from __future__ import annotations
 
-# posix, not os: core/prefetch reads its file before anything else is
+# posix, not os: cli/prefetch reads its file before anything else is
 # imported, and os costs ~1.5 ms of start-up there (write() imports it)
 import marshal
 import posix

@@ -22,7 +22,7 @@ functions that need them, which only the library and --json call.
 
 A tool that needs a conversion of its own declares a Conversion in its module
 and register()s it before its event type is declared; build-time generation
-(core/gentypes.py) then imports it from there.
+(spec/gentypes.py) then imports it from there.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Base of the event and row classes that core/gentypes.py generates from BTF.
+"""Base of the event and row classes that spec/gentypes.py generates from BTF.
 
 A generated class (in pytrace/gen/<object>.py, written by build.py) is a
 frozen slotted class: one slot per field, no __dict__, equal and hashable by

@@ -244,7 +244,7 @@ def strerror(err: int) -> str:
 def open_object(path: str, programs, map_sizes, btf_path: str | None) -> tuple[int, set[str]]:
     """bpf_object__open_file() with only `programs` to be loaded (all if None)
     and maps resized: (the libbpf object, the names of its programs).
-    BpfObject.open() uses it; core/prefetch opens the same way through
+    BpfObject.open() uses it; cli/prefetch opens the same way through
     barelibbpf.  Raises OSError; the caller closes the object on later errors."""
     lb = lib()
     opts = None

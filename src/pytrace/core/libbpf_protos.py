@@ -73,7 +73,7 @@ PROTOTYPES = {
     "btf__name_by_offset": ("str", ("ptr", "u32")),
 }
 
-# what the speculative load calls before the CLI has imported anything (core/prefetch)
+# what the speculative load calls before the CLI has imported anything (cli/prefetch)
 BARE = ("libbpf_set_print", "bpf_object__open_file", "bpf_object__load", "bpf_object__close",
         "bpf_object__next_program", "bpf_object__next_map", "bpf_object__find_map_by_name",
         "bpf_program__name", "bpf_program__set_autoload", "bpf_program__type", "bpf_map__type",

@@ -4,7 +4,7 @@ The loader's and the BTF layouts' records are named tuples: immutable, cheap,
 comparable.  collections.namedtuple would import collections (with operator,
 keyword, reprlib) and compile each class's __new__ with exec: ~1.5 ms of a
 tool's start-up, in the main thread while the speculative load runs beside it
-(core/prefetch), on a machine where the two take turns more than they share.
+(cli/prefetch), on a machine where the two take turns more than they share.
 record() builds the same kind of class from a tuple subclass and properties.
 """
 

@@ -5,7 +5,7 @@ aggregating tools read their maps directly."""
 from __future__ import annotations
 
 
-from . import loader, objects, prefetch
+from . import loader, objects
 from .bpfobject import BpfObject
 from .errors import PytraceError
 from .loader import Variant
@@ -53,6 +53,9 @@ class Tracer:
     # filter.h's filters the object has: cgroup, netns, container, cgroupmap,
     # mntnsmap, and "labels" where its events carry cgroup_id (and netns)
     SCOPE: ClassVar[frozenset[str]] = frozenset()
+    # the CLI's start-up speculation (cli/prefetch: specification, take, remember),
+    # set by the CLI only: a library user's load neither reads nor writes its cache
+    preloads: ClassVar[Any] = None
 
     def __init__(self, *, hook: str | None = None, **scope: Any):
         self.hook = hook
@@ -87,22 +90,23 @@ class Tracer:
         if scope is not None:
             rodata = {**rodata, **scope.rodata()}
         spec = None
-        # a plain load: the CLI may have started it (prefetch.py); not with pinned maps to reuse
-        if type(self).attach is Tracer.attach and not (scope is not None and scope.pinned):
+        preloads = Tracer.preloads
+        # a plain load: the CLI may have started it (cli/prefetch.py); not with pinned maps to reuse
+        if preloads is not None and type(self).attach is Tracer.attach and not (scope is not None and scope.pinned):
             try:
                 btf = objects.custom_btf()
             except PytraceError:
                 pass                # no speculation; loader.load reports it, in its order of checks
             else:
-                spec = prefetch.specification(tool, self.OBJECT, self.VARIANTS, rodata, self.hook,
+                spec = preloads.specification(tool, self.OBJECT, self.VARIANTS, rodata, self.hook,
                                               map_sizes, btf)
-                self.obj = prefetch.take(spec, self.OBJECT, rodata, map_sizes)
+                self.obj = preloads.take(spec, self.OBJECT, rodata, map_sizes)
         if self.obj is None:
             self.obj = loader.load(tool, self.OBJECT, self.VARIANTS, rodata=rodata, hook=self.hook,
                                    map_sizes=map_sizes, attach=self.attach, need_net_admin=self.NEED_NET_ADMIN,
                                    before_load=scope.before_load if scope is not None and scope.pinned else None)
             if spec is not None:
-                prefetch.remember(spec, self.obj)
+                preloads.remember(spec, self.obj)
         try:
             if scope is not None:
                 scope.start(self.obj)

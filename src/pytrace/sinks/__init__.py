@@ -3,12 +3,12 @@
 Every sink implements one interface, `Sink`, and a tool never knows which are
 attached:
 
-- an event-streaming tool runs core/cliutil.stream_events(tracer, out, render)
+- an event-streaming tool runs cli/cliutil.stream_events(tracer, out, render)
   (usually through cliutil.run_stream(tracer, args, renderer, intro)); that
   loop hands the session's sinks the tracer once (begin), then every batch
   of raw record tuples (events) and the cumulative lost count (lost);
 - an aggregating tool builds a `Snapshot` per interval and calls
-  core/cliutil.publish(snapshot): core/aggregate.print_loop(args, snapshot,
+  cli/cliutil.publish(snapshot): cli/aggregate.print_loop(args, snapshot,
   render_snapshot, intro) does that and the printing (see tools/sofamily.py);
 - cli.py opens the session's sinks from --record/--influx (`from_args`) before
   the tool runs, and closes them afterwards, also on Ctrl-C/SIGTERM/errors.
@@ -102,7 +102,7 @@ class EventSource:
 
     @classmethod
     def of(cls, tracer: Any, tool: str) -> "EventSource":
-        from ..core import cliutil
+        from ..cli import cliutil
         ep = cliutil.epoch()
         if ep is None:
             clock = cliutil.Clock()

@@ -286,7 +286,7 @@ def _spec_args(spec: Any, tracer: Any) -> Any:
     """The arguments a SPEC's read/snapshot get: the command line's defaults,
     with the options the tracer was made with, and no interval (nothing is
     cleared: each scrape sees the sums since the start)."""
-    from ..core.argparser import ArgParser
+    from ..cli.argparser import ArgParser
     parser = ArgParser(prog=f"pytrace {spec.name}")
     spec.add_arguments(parser)
     args = parser.parse_args([])

@@ -1,6 +1,6 @@
 """A sink's own thread: the reader hands a batch over and goes on reading.
 
-The CLI's reader (core/cliutil.stream_events) must drain the ring as fast as
+The CLI's reader (cli/cliutil.stream_events) must drain the ring as fast as
 the kernel fills it.  A sink that stores or converts each record in the
 reader's thread slows it down, and under a storm the ring overflows: with
 the SQLite insert (~5 us a record) or the InfluxDB line protocol (~20 us)

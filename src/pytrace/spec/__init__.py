@@ -21,7 +21,7 @@ everything else follows from it, for every tool alike:
                  and, last, the examples (as BCC's tools end their help)
     the tracer   built from the options' kw= (plus --hook)
     run          EVENTS: the ring buffer streamed (cliutil.run_stream); the
-                 other kinds: one snapshot per interval (core/aggregate.print_loop)
+                 other kinds: one snapshot per interval (cli/aggregate.print_loop)
     text         EVENTS: the columns compiled into the hot path (spec/text.py);
                  TABLE/TOP: the rows under the columns; HISTOGRAM: each
                  histogram under its label; text= replaces it
@@ -109,7 +109,7 @@ def add_run_length(parser: Any, interval: bool) -> None:
     intervals.  The long name alone where the tool's BCC namesake gives the
     letter another meaning (tcpconnect's -d DNS, softirqs' -d histograms,
     stackcount's -c CPU)."""
-    from ..core.cliutil import intervals, seconds
+    from ..cli.cliutil import intervals, seconds
     dests = {a.dest for a in parser._actions}
     taken = parser._option_string_actions
     wanted = [("duration", "-d", dict(type=seconds, metavar="SEC", help="total run time in seconds"))]
@@ -217,7 +217,7 @@ class ToolSpec:
         return self.tracer.__module__
 
     def types(self) -> tuple[EventType, ...]:
-        """The record types to generate at build time (core/gentypes.py)."""
+        """The record types to generate at build time (spec/gentypes.py)."""
         own = (self.event,) if self.event is not None else ()
         return own + (self.alternate[1].types() if self.alternate is not None else ())
 
@@ -235,18 +235,22 @@ class ToolSpec:
 
     # -- the command line --------------------------------------------------------------------
     def add_arguments(self, parser: Any) -> None:
-        from ..core.cliutil import add_common, add_container_args
+        from ..cli.cliutil import add_common, add_container_args
         parser.description = self.description
-        parser.examples = self.examples         # core/argparser.ArgParser prints them last
+        parser.examples = self.examples         # cli/argparser.ArgParser prints them last
         for opt in self.options:
             opt.add_to(parser)
         add_run_length(parser, interval=self.kind != EVENTS or self.mixed or self.alternate is not None)
         if self.variants:
             add_container_args(parser, self.tracer, self.netns_flags, self.cgroup_flags)
             add_common(parser, list(self.hooks))
+            if self.kind == EVENTS and not self.mixed:     # cli/cliutil.stream_events' reader
+                parser.add_argument("--no-reader-sched", action="store_true",
+                                    help="leave the reader's priority and CPU alone: no renice while the ring "
+                                         "backs up, no CPU rotation under a storm (see bench/README.md)")
             return
         # a tool without BPF: no --ebpf, --hook, --btf, and no kernel filters
-        from ..core.cliutil import add_sink_args
+        from ..cli.cliutil import add_sink_args
         g = parser.add_argument_group("pytrace options")
         g.add_argument("--json", action="store_true", help="one JSON object per line")
         g.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
@@ -257,7 +261,7 @@ class ToolSpec:
         for opt in self.options:
             kwargs.update(opt.tracer_kwargs(args))
         kwargs["hook"] = getattr(args, "hook", None)
-        from ..core.cliutil import container_filters
+        from ..cli.cliutil import container_filters
         scope = getattr(self.tracer, "SCOPE", frozenset())   # its filters (core/tracer.py)
         scoped = {k: v for k, v in container_filters(args).items() if k in scope}
         both = [k for k in scoped if kwargs.get(k)]
@@ -293,13 +297,13 @@ class ToolSpec:
             return self._run_mixed(args)
         spec = self.mode(args)
         if spec.kind == EVENTS:
-            from ..core.cliutil import run_stream
+            from ..cli.cliutil import run_stream
             tracer = self.make_tracer(args)
             return run_stream(tracer, args, self.event_renderer, lambda a: self.intro(a, tracer))
-        from ..core.aggregate import print_loop
+        from ..cli.aggregate import print_loop
         with self.make_tracer(args) as tracer:
             if spec._immediate is not None and spec._immediate(args):     # one output now (nstat -a)
-                from ..core.cliutil import publish
+                from ..cli.cliutil import publish
                 snap = spec.snapshot(tracer, args)
                 publish(snap)
                 sys.stdout.write(self.intro(args, tracer) + self.render_snapshot(snap, args))
@@ -401,7 +405,7 @@ class ToolSpec:
             return self._interval_text(snap, args)
         if self._text is not None and not self.mixed:
             return self._text(snap, args)
-        from ..core.aggregate import timestamp_line
+        from ..cli.aggregate import timestamp_line
         if self.kind == HISTOGRAM or self.mixed:
             parts = []
             for s in snap.series:
@@ -426,8 +430,8 @@ class ToolSpec:
         'mixed' recording replays them so)."""
         import time
 
-        from ..core.aggregate import check_interval_args
-        from ..core.cliutil import Output, Terminate, active_sinks, emit_batch, release_stops
+        from ..cli.aggregate import check_interval_args
+        from ..cli.cliutil import Output, Terminate, active_sinks, emit_batch, release_stops
         check_interval_args(args)
         every, count = getattr(args, "interval", None), getattr(args, "count", None)
         tracer = self.make_tracer(args)

@@ -110,7 +110,7 @@ class Command:
         return f"Command({self.name})"
 
     def add_to(self, subparsers: Any, hooks: Sequence[str], top: bool = True) -> Any:
-        from ..core.cliutil import add_common
+        from ..cli.cliutil import add_common
         parser = subparsers.add_parser(self.name, help=self.summary, description=self.description)
         parser.examples = self.examples
         for opt in self.options:
@@ -217,7 +217,7 @@ class CommandSpec(ToolSpec):
 
     # -- the command line --------------------------------------------------------------------
     def add_arguments(self, parser: Any) -> None:
-        from ..core.cliutil import add_common
+        from ..cli.cliutil import add_common
         parser.description = self.description
         parser.examples = self.examples
         for opt in self.options:

@@ -28,7 +28,7 @@ A tool without BPF (nstat) declares standalone=True: no struct or map, the
 declared lines are the fields, each of the kind its conversion says
 (int, float, bool, str; default int).
 
-build.py generates the class (core/gentypes.py) into pytrace/gen/<object>.py;
+build.py generates the class (spec/gentypes.py) into pytrace/gen/<object>.py;
 `.cls` imports it when first asked (the CLI's text output never asks).
 A type is bound to its object by the ToolSpec that uses it (or object=).
 """

@@ -3,7 +3,7 @@
     {"time": "2026-12-07T10:04:05.123456+01:00", "ts_ns": 81234567890123, ...fields}
 
 - the names after "time" are the library's field names (the event's or
-  row's to_dict(), core/gentypes.py), with their JSON values: enums by
+  row's to_dict(), spec/gentypes.py), with their JSON values: enums by
   name, addresses as the CLI prints them (::ffff:192.0.2.1 for IPv4-mapped);
 - "time" is the wall clock, RFC 3339 with the local zone's offset, and
   "ts_ns" the kernel's CLOCK_MONOTONIC ns: an event's own timestamp (the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from ..core.cliutil import Clock, rfc3339
+from ..cli.cliutil import Clock, rfc3339
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -18,13 +18,13 @@ flag means, and pytrace's own flags give way.  So -v is the namesake's -v
 where it has one (tcptracer: verbose lines; tcpconnlat, tcpsubnet: print the
 program, see print_program(); stackcount: raw addresses), and libbpf's log is
 --libbpf-log on every tool; where the namesake has no -v, -v/--verbose stays
-an alias of --libbpf-log (core/cliutil.add_common gives it to every tool
+an alias of --libbpf-log (cli/cliutil.add_common gives it to every tool
 that has not taken -v itself).
 """
 
 from __future__ import annotations
 
-from ..core.cliutil import _allow_host, family_of, intervals, process_id, seconds
+from ..cli.cliutil import _allow_host, family_of, intervals, process_id, seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ raw field and conversion (`laddr <- saddr: address`), whose `text` form
 per run (core/rows.py) formats whole batches of raw tuples into bytes, and
 the tracer decodes only the raw fields the shown columns need
 (EventTracer.project).  form= picks another text form than the field's
-conversion ("hms", "since_start": core/cliutil.Clock's times; "since_first":
+conversion ("hms", "since_start": cli/cliutil.Clock's times; "since_first":
 seconds since the first event printed, BCC's TIME(s)).  csv=True prints the
 same columns comma separated, unpadded and uncut (BCC's -s/--csv): literal
 columns are left out, a number keeps its precision.
@@ -90,7 +90,7 @@ def header_line(columns: list[Column], args: Any, csv: bool = False) -> str:
 
 # -- event tools: the compiled hot path ---------------------------------------------------
 
-# Text forms of the times of a record's monotonic timestamp (core/cliutil.Clock)
+# Text forms of the times of a record's monotonic timestamp (cli/cliutil.Clock)
 TIME_FORMS = {
     "hms": ("s", "_hms({0})"),                          # HH:MM:SS, local time
     "since_start": ("f", "(({0}) - _start_ns) / 1e9"),  # seconds since the tool started
@@ -100,7 +100,7 @@ TIME_FORMS = {
 
 
 def _time_env(context: dict) -> dict:
-    from ..core.cliutil import Clock, SinceFirst
+    from ..cli.cliutil import Clock, SinceFirst
     clock = context.get("clock")
     if clock is None:
         clock = context["clock"] = Clock()

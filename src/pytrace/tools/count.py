@@ -32,7 +32,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..core import aggregate, libbpf, privileges, tracefs, tracepoints as tp
+from ..core import libbpf, privileges, tracefs, tracepoints as tp
+
+from ..cli import aggregate
 from ..core.bpfobject import BpfObject
 from ..core.errors import PytraceError, UsageError
 from ..core.ksyms import kernel_symbols
@@ -43,7 +45,7 @@ from ..sinks.snapshot import Series, Snapshot
 from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+if TYPE_CHECKING:   # annotations only (start-up time: see cli/argparser.py)
     import argparse
 
 NAME = "count"
@@ -410,7 +412,7 @@ def text(snap: Snapshot, args: argparse.Namespace) -> str:
 
 def tracepoint_spec(text: str) -> str:
     """An argparse type: category:name (t:category:name, category/name), wildcards allowed."""
-    from ..core.cliutil import bad_value
+    from ..cli.cliutil import bad_value
     name = tp.normalize(text)
     if name.count(":") != 1 or not all(name.split(":")):
         raise bad_value(f"'{text}': write a tracepoint as category:name (e.g. net:net_dev_xmit)")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core import convert, libbpf, privileges
 from ..core.bpfobject import BpfObject
-from ..core.cliutil import LATENCY_NOTE, elf_file
+from ..cli.cliutil import LATENCY_NOTE, elf_file
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.stream import EventTracer

@@ -16,7 +16,7 @@ ECT(0)/ECT(1) (ECN-capable, no congestion) are reported too.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE, netns_inode
+from ..cli.cliutil import LATENCY_NOTE, netns_inode
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..spec import EVENTS, EventType, Option, ToolSpec, family, public_classes

@@ -19,9 +19,9 @@ as a transmit latency.
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.loader import Variant
-from ..core.netdev import dev_label, device_options, device_rodata
+from ..spec.devices import dev_label, device_options, device_rodata
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import Tracer
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp

@@ -23,8 +23,8 @@ import re
 import time
 from typing import Any, Iterable, Iterator
 
-from ..core.aggregate import local_time
-from ..core.cliutil import bad_value, netns_ref
+from ..cli.aggregate import local_time
+from ..cli.cliutil import bad_value, netns_ref
 from ..core.errors import PytraceError
 from ..sinks.snapshot import Series, Snapshot
 from ..spec import TABLE, EventType, Option, ToolSpec, interval_flags, public_classes, timestamp
@@ -193,7 +193,7 @@ def pattern(text: str) -> str:
     none would print nothing, never saying why)."""
     if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", text):
         raise bad_value(f"'{text}' is not a counter name pattern (e.g. TcpExt* or *Retrans*)")
-    from ..core.cliutil import checking_host
+    from ..cli.cliutil import checking_host
     if checking_host() and not any(fnmatch.fnmatchcase(name, text) for name in read_counters()):
         raise bad_value(f"'{text}' matches no counter (e.g. TcpExt*, *Retrans*, TcpActiveOpens)")
     return text

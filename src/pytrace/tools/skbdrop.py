@@ -21,8 +21,8 @@ from __future__ import annotations
 import errno
 
 from ..core import convert
-from ..core.aggregate import timestamp_line
-from ..core.cliutil import netns_inode, stack_storage
+from ..cli.aggregate import timestamp_line
+from ..cli.cliutil import netns_inode, stack_storage
 from ..core.drops import DROP_REASONS, DropNames
 from ..core.loader import Variant
 from ..core.socklayer import protocol_name, table_rows

@@ -20,7 +20,7 @@ tracepoint: they are not seen.
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.errors import PytraceError
 from ..core.hist import Log2Histogram
 from ..core.ksyms import kernel_symbols

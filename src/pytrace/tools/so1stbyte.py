@@ -16,7 +16,7 @@ splice or sendfile are not seen.
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import TASK_SCOPE, Tracer

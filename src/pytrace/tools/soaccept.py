@@ -16,7 +16,7 @@ the system calls and are not seen.
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, ports
+from ..cli.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.socklayer import ACCEPT_RESULTS  # noqa: F401  (registers accept_result)
 from ..core.stream import EventTracer

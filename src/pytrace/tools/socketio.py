@@ -16,7 +16,7 @@ kTLS, sockmap) are not seen.
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.socklayer import sock_io_variants, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import TABLE, Column, EventType, Option, ToolSpec, family, interval_flags, pid, public_classes, timestamp

@@ -21,8 +21,8 @@ from __future__ import annotations
 import struct
 
 from ..core import convert
-from ..core.aggregate import timestamp_line
-from ..core.cliutil import LATENCY_NOTE
+from ..cli.aggregate import timestamp_line
+from ..cli.cliutil import LATENCY_NOTE
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import HIST_SLOTS, attach_with_tracefs

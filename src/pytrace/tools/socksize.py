@@ -14,7 +14,7 @@ The size is what each call through sock_sendmsg()/sock_recvmsg() returned
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.socklayer import keyed_histograms, sock_io_variants
 from ..core.tracer import TASK_SCOPE, Tracer
 from ..spec import HISTOGRAM, EventType, Option, ToolSpec, interval_flags, pid, public_classes, timestamp

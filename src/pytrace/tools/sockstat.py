@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from ..core import convert
-from ..core.aggregate import local_time
+from ..cli.aggregate import local_time
 from ..core.bpfobject import ncpus_possible
 from ..core.loader import Variant
 from ..core.socklayer import SOCK_OPS_IO, attach_with_tracefs, percpu_u64

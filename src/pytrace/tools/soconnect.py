@@ -14,7 +14,7 @@ progress"; soconnlat follows those to poll/select/epoll).
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, ports
+from ..cli.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.socklayer import CONNECT_RESULTS  # noqa: F401  (registers connect_result)
 from ..core.stream import EventTracer

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno
 
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.bpfobject import BpfObject
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms

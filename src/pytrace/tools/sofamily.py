@@ -16,7 +16,7 @@ of the accepted socket).  Counted in the kernel at the syscall tracepoints.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import family_number, table_rows
 from ..core.tracer import TASK_SCOPE, Tracer

@@ -23,7 +23,7 @@ at most 16 descriptors of a message are reported.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE, bad_value, process_id, seconds
+from ..cli.cliutil import LATENCY_NOTE, bad_value, process_id, seconds
 from ..core.loader import Variant
 from ..core.socklayer import attach_with_tracefs
 from ..core.stream import EventTracer

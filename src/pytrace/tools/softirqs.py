@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 from ..core import convert
-from ..core.cliutil import bad_value, checking_host
+from ..cli.cliutil import bad_value, checking_host
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import Tracer
@@ -167,7 +167,7 @@ def intro(args: Any) -> str:
 def text(snap: Snapshot, args: Any) -> str:
     """BCC's table: SOFTIRQ and TOTAL_usecs (nsecs with -N, count with -C),
     smallest first, so the busiest vector ends up last."""
-    from ..core.aggregate import local_time
+    from ..cli.aggregate import local_time
     lines = [""]
     if args.timestamp:
         lines.append(f"{local_time(snap):<8}")
@@ -182,7 +182,7 @@ def text(snap: Snapshot, args: Any) -> str:
 
 def dist_text(snap: Snapshot, args: Any) -> str:
     """-d: BCC's histogram per vector, under "softirq = NAME"."""
-    from ..core.aggregate import local_time
+    from ..cli.aggregate import local_time
     lines = [""]
     if args.timestamp:
         lines.append(f"{local_time(snap):<8}")

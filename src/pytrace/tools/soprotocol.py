@@ -17,7 +17,7 @@ in the kernel.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.loader import Variant
 from ..core.socklayer import table_rows
 from ..core.tracer import TASK_SCOPE, Tracer

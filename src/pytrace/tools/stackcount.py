@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 from ..core import convert
-from ..core.cliutil import bad_value, intervals, process_id, seconds, stack_storage
+from ..cli.cliutil import bad_value, intervals, process_id, seconds, stack_storage
 from ..core.errors import UsageError
 from ..core.ksyms import kernel_symbols
 from ..core.usyms import process_symbols, remember
@@ -294,7 +294,7 @@ def _stack(frames_: tuple | None, addrs: tuple | None, args: Any) -> list[str]:
 
 def text(snap: Snapshot, args: Any) -> str:
     """BCC's multi-line stacks (fewest first), or its folded lines (-f)."""
-    from ..core import aggregate
+    from ..cli import aggregate
     rows = SPEC.rows(snap)
     if args.folded:
         out = []
@@ -328,7 +328,7 @@ def header(args: Any, n: int) -> str:
 
 def intro(args: Any) -> str:
     """Live: how many tracepoints the patterns resolved to (replay: replay_intro)."""
-    from ..core import cliutil
+    from ..cli import cliutil
     if not cliutil._check_host:         # pytrace replay: rebuilt from the first snapshot
         return ""
     from ..core import tracefs, tracepoints as tp

@@ -25,7 +25,7 @@ round trip last.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE
+from ..cli.cliutil import LATENCY_NOTE
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE

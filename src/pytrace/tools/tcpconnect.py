@@ -42,7 +42,7 @@ import errno
 from typing import Any
 
 from ..core import convert, tracefs
-from ..core.cliutil import LATENCY_NOTE, int_range, ports
+from ..cli.cliutil import LATENCY_NOTE, int_range, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE

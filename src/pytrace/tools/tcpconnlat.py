@@ -16,7 +16,7 @@ RST refusing it (error is then ECONNREFUSED).  Connects that get no answer
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, bad_value
+from ..cli.cliutil import LATENCY_NOTE, bad_value
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE

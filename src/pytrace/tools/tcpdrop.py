@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE, Clock, netns_inode, process_id
+from ..cli.cliutil import LATENCY_NOTE, Clock, netns_inode, process_id
 from ..core.drops import DROP_REASONS, TRACING_PREFIXES  # (and registers drop_reason, as skbdrop uses it)
 from ..core.errors import UsageError
 from ..core.loader import Variant

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 
 from ..core import libbpf
-from ..core.aggregate import timestamp_line
+from ..cli.aggregate import timestamp_line
 from ..core.bpfobject import BpfObject
 from ..core.errors import PytraceError, UsageError
 from ..core.hist import Log2Histogram

@@ -19,7 +19,7 @@ which measures the newest data instead.)
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, bad_value, port, process_id
+from ..cli.cliutil import LATENCY_NOTE, bad_value, port, process_id
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE

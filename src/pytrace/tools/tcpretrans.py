@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE, Clock
+from ..cli.cliutil import LATENCY_NOTE, Clock
 from ..core.errors import PytraceError
 from ..core.loader import Variant
 from ..core.stream import EventTracer

@@ -18,8 +18,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..core.aggregate import timestamp_line
-from ..core.cliutil import address, port
+from ..cli.aggregate import timestamp_line
+from ..cli.cliutil import address, port
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.net import addr_obj

@@ -14,7 +14,7 @@ task or none (0) for changes made in softirq on packet arrival.
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, ports
+from ..cli.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE

@@ -22,8 +22,8 @@ import struct
 import sys
 from typing import Any, Sequence
 
-from ..core.aggregate import local_time
-from ..core.cliutil import bad_value, intervals, seconds
+from ..cli.aggregate import local_time
+from ..cli.cliutil import bad_value, intervals, seconds
 from ..core.errors import UsageError
 from ..core.loader import Variant
 from ..core.tracer import TASK_SCOPE, Tracer

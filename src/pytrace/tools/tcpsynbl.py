@@ -19,8 +19,8 @@ histogram's key says which (after_enqueue).
 
 from __future__ import annotations
 
-from ..core.aggregate import timestamp_line
-from ..core.cliutil import ports
+from ..cli.aggregate import timestamp_line
+from ..cli.cliutil import ports
 from ..core.loader import Variant
 from ..core.socklayer import keyed_histograms
 from ..core.tracer import SOCKET_SCOPE, Tracer

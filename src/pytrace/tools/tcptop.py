@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..core.aggregate import local_time
-from ..core.cliutil import int_range
+from ..cli.aggregate import local_time
+from ..cli.cliutil import int_range
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6
 from ..core.tracer import TASK_SCOPE, Tracer

@@ -18,7 +18,7 @@ send buffer's size and queued bytes.
 from __future__ import annotations
 
 from ..core import convert
-from ..core.cliutil import LATENCY_NOTE, ports
+from ..cli.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, SOCKET_SCOPE
@@ -84,7 +84,7 @@ _CSV = ("skaddr", "ts_ns", "snd_cwnd", "ssthresh", "sndbuf", "wmem_queued", "snd
 
 def csv_text(source: Any, args: Any, out: Any):
     """HEADER, then a CSV row per record: time_us counts from the tool's start."""
-    from ..core.cliutil import Clock
+    from ..cli.cliutil import Clock
     from ..core.rows import compile_rows, field_variable
     out.write(HEADER + "\n")
     source.project(set(_CSV))

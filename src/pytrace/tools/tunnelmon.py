@@ -44,13 +44,13 @@ from typing import Any, Iterator
 
 from ..core import netattach, privileges
 from ..core.bpfobject import BpfObject, ncpus_possible
-from ..core.aggregate import print_loop
-from ..core.cliutil import (bad_value, intervals, map_size, netns_ref, nonneg_int, port,
+from ..cli.aggregate import print_loop
+from ..cli.cliutil import (bad_value, intervals, map_size, netns_ref, nonneg_int, port,
                             release_stops, rfc3339, seconds)
 from ..core.errors import PytraceError, UsageError
 from ..core.loader import Variant
 from ..core.net import addr_obj
-from ..core.periodic import ticks
+from ..cli.periodic import ticks
 from ..core.tracer import Tracer
 from ..sinks.snapshot import Series, Snapshot as SinkSnapshot
 from ..spec import TABLE, Option
@@ -58,7 +58,7 @@ from ..spec.commands import Command, CommandSpec, Records
 from ..spec.options import allow_host
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+if TYPE_CHECKING:   # annotations only (start-up time: see cli/argparser.py)
     import argparse
 
 NAME = "tunnelmon"
@@ -293,7 +293,7 @@ def web_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-# Each -h ends with its examples (core/argparser.ArgParser prints them), as BCC's tools do.
+# Each -h ends with its examples (cli/argparser.ArgParser prints them), as BCC's tools do.
 SIMULATE_EXAMPLES = (
     ("pytrace tunnelmon simulate", "3 hosts, 3 clients each, VNIs 100 and 200, pinging for 30 s"),
     ("pytrace tunnelmon simulate --hosts 4 --loud h0c1 --web 8080", "one loud client, watched in the browser"))

@@ -13,7 +13,7 @@ on ip4/ip6_datagram_connect does); disconnects (AF_UNSPEC) are left out.
 
 from __future__ import annotations
 
-from ..core.cliutil import LATENCY_NOTE, ports
+from ..cli.cliutil import LATENCY_NOTE, ports
 from ..core.loader import Variant
 from ..core.stream import EventTracer
 from ..core.tracer import LABELS, TASK_SCOPE

@@ -23,16 +23,16 @@ import sys
 import time
 from typing import Any
 
-from ..core import cliutil
-from ..core.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
+from ..cli import cliutil
+from ..cli.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
 from ..core.errors import PytraceError, UsageError
-from ..core.netdev import device_name
+from ..spec.devices import device_name
 from ..spec import EVENTS, Option
 from ..spec.commands import Command, CommandSpec, Records
 from ..vnet.tracer import TRACEPOINT_HOOKS, VnetTracer, flow_text
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+if TYPE_CHECKING:   # annotations only (start-up time: see cli/argparser.py)
     import argparse
 
 NAME = "vnet"
@@ -94,7 +94,7 @@ def ring_mb(text: str) -> int:
 ring_mb.range_text = _ring_mb_range.range_text      # type: ignore[attr-defined]
 
 
-# Each -h ends with its examples (core/argparser.ArgParser prints them), as
+# Each -h ends with its examples (cli/argparser.ArgParser prints them), as
 # BCC's tools do; the tool's own -h with every command's.
 RECORD_EXAMPLES = (
     ("pytrace vnet record -c points.toml", "trace the config's points into vnet.db"),
@@ -173,7 +173,7 @@ class _Lines:
             # spec/jsonout.py's convention: "time" (here the record clock: this host's
             # wall clock plus --clock-offset), "ts_ns" the kernel's monotonic ns; then
             # the record, its clock as "wall_ns" (what the store keeps as ts_ns)
-            from ..core.cliutil import rfc3339
+            from ..cli.cliutil import rfc3339
             from ..vnet.tracer import PacketRecord
             offset, out = self.source.wall_offset, []
             for r in rows:

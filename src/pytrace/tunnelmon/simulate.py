@@ -464,7 +464,7 @@ DESCRIPTION = ("Build N hosts (network namespaces) on an underlay bridge with a 
 def options() -> tuple:
     """`pytrace tunnelmon simulate`'s options (spec/options.Option), for the
     tool's SPEC (tools/tunnelmon.py)."""
-    from ..core.cliutil import MAX_SECONDS, int_range, port, positive_int
+    from ..cli.cliutil import MAX_SECONDS, int_range, port, positive_int
     from ..spec.options import Option, allow_host
     return (
         Option("--hosts", type=int_range(2, MAX_CLIENTS), default=3, metavar="N", help="hosts (default 3)"),

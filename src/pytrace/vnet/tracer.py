@@ -420,7 +420,7 @@ class VnetTracer:
     def prepare_replay(self) -> None:
         """Replay's stand-in (an unopened tracer): the recording's record clock
         (event_source's epoch, which replay shares)."""
-        from ..core import cliutil
+        from ..cli import cliutil
         epoch = cliutil.epoch()
         if epoch is not None:
             self._wall, self._start = epoch

@@ -1,5 +1,5 @@
 """The timing of every tool that prints on an interval (tcprtt, tcptop, softirqs...);
-core/aggregate.print_loop is the loop they run on it.
+cli/aggregate.print_loop is the loop they run on it.
 
     for last in ticks(interval=1, count=5, duration=None):
         print_snapshot()

@@ -19,7 +19,7 @@ with the size and time of every pytrace module the parsing run had
 imported (whatever shaped the parser: the tool, the spec, cliutil, the
 modules their argument types live in...), and used only while all are
 unchanged.  Nothing on that path
-imports them (see core/argparser.py, core/jsonfile.py, net.TcpState).
+imports them (see cli/argparser.py, core/jsonfile.py, net.TcpState).
 
 Only plain loads are speculated: the default attach (no tc, XDP or uprobe
 set-up, nothing that changes the system beyond the BPF links), no classic
@@ -36,11 +36,11 @@ import _thread
 import marshal
 import posix    # not os, nor ctypes: see barelibbpf
 
-from . import barelibbpf, cachefile
+from ..core import barelibbpf, cachefile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .bpfobject import BpfObject
+    from ..core.bpfobject import BpfObject
 
 MAX_COMMANDS = 16          # remembered argument lists per tool
 UNSTABLE = "unstable"      # remembered instead of a specification that changed between runs
@@ -59,7 +59,7 @@ _noted: tuple | None = None    # this run's, to remember with its load
 # this installation's objects (core/objects.BPF_DIR, without importing os):
 # a cache directory is shared by every pytrace a user runs, and an object
 # remembered by another one may have other record layouts than ours
-_BPF_DIR = __file__.rpartition("/core/")[0] + "/bpf"
+_BPF_DIR = __file__.rpartition("/cli/")[0] + "/bpf"
 
 
 def start(tool: str, argv: list[str]) -> None:
@@ -226,9 +226,9 @@ def take(spec: tuple, name: str, rodata: dict, map_sizes: dict | None) -> "BpfOb
     _claimed = spec
     if _done is None:                             # nothing remembered for this command
         return None
-    from . import libbpf
-    from .bpfobject import BpfObject
-    from .loader import Variant
+    from ..core import libbpf
+    from ..core.bpfobject import BpfObject
+    from ..core.loader import Variant
     loaded, variant, ptr, _, bare, lib_path = _pending
     # made (the object's checks, its BTF layouts read) while the load runs
     obj = BpfObject(name, programs=variant[1], rodata=rodata, map_sizes=map_sizes)
@@ -263,8 +263,8 @@ def remember(spec: tuple, obj: "BpfObject") -> None:
     previous = known.get(_argv)
     if previous == UNSTABLE:
         return
-    from . import libbpf
-    from .errors import PytraceError
+    from ..core import libbpf
+    from ..core.errors import PytraceError
     # the files barelibbpf opens, in order: what this process's binding loaded
     libs = tuple(f"{libbpf.LIB_DIR}/{dep}" for dep in libbpf.deps_bundled) + (libbpf.lib_path,)
     try:

@@ -11,10 +11,10 @@ import os
 import sys
 import time
 
-from .errors import PytraceError, UsageError
-from .net import AF_INET, AF_INET6, parse_addr, parse_ports
+from ..core.errors import PytraceError, UsageError
+from ..core.net import AF_INET, AF_INET6, parse_addr, parse_ports
 # The stop machinery lives in core/stops; its names stay importable from here
-from .stops import Terminate, hold_stops, install_signal_handlers, release_stops  # noqa: F401
+from ..core.stops import Terminate, hold_stops, install_signal_handlers, release_stops  # noqa: F401
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type checkers only
@@ -26,7 +26,7 @@ if TYPE_CHECKING:   # typing costs ~3 ms of start-up: its names are for type che
 def bad_value(message: str) -> Exception:
     """What an argparse type converter raises.  argparse is imported here, not
     at the top: it is loaded whenever a converter runs, and a tool whose
-    arguments were parsed before (core/prefetch) never loads it at all."""
+    arguments were parsed before (cli/prefetch) never loads it at all."""
     import argparse
     return argparse.ArgumentTypeError(message)
 
@@ -205,7 +205,7 @@ def netns_ref(text: str) -> str:
             raise bad_value(f"'{text}' is not a namespace inode (1-{NETNS_INODE_MAX})")
         if not checking_host():
             return text
-        from .netattach import netns_path
+        from ..core.netattach import netns_path
         try:
             netns_path(text)
         except UsageError as exc:
@@ -237,7 +237,7 @@ def netns_ref(text: str) -> str:
 
 # Whether an argument's validity depended on this host (a PID limit, a
 # file): then the CLI parses it again next run instead of remembering it
-# (core/prefetch.note_args)
+# (cli/prefetch.note_args)
 _host_dependent = False
 # Off for flags that are data, not a command to run here (pytrace replay
 # parses a recording's flags, which were checked on the host that ran them)
@@ -271,7 +271,7 @@ def add_allow_host(p: Any) -> None:
 
 
 def _allow_host(text: str) -> str:
-    from .httpserve import allow_host_value     # only when the flag is used
+    from ..core.httpserve import allow_host_value     # only when the flag is used
     try:
         return allow_host_value(text)
     except ValueError as exc:
@@ -344,7 +344,7 @@ def cgroup_ref(text: str) -> str:
         raise bad_value(f"'{text}' is not a cgroup id")
     if not checking_host():
         return text
-    from .containers import resolve_cgroup
+    from ..core.containers import resolve_cgroup
     try:
         resolve_cgroup(text)
     except PytraceError as exc:
@@ -663,16 +663,17 @@ class SpreadReader:
 
 
 def stream_events(tracer: Any, out: Output, render: Callable[[list[tuple]], str],
-                  duration: float | None = None) -> int:
+                  duration: float | None = None, schedule: bool = True) -> int:
     """The CLI loop of every event tool: drain, render in bulk, write, report loss.
 
     Ctrl-C and SIGTERM end it after a final drain, so nothing already queued
     in the kernel is left unprinted.  Attached sinks (--record, --influx) get
     every batch of raw records and every lost count before the terminal does,
-    so whatever was printed has been recorded.
+    so whatever was printed has been recorded.  schedule=False leaves the
+    reader's priority and CPU alone (--no-reader-sched: no CatchUp, no SpreadReader).
     """
     sinks = _sinks
-    ring = getattr(tracer, "ring", None)
+    ring = getattr(tracer, "ring", None) if schedule else None
     catch_up, spread = CatchUp(ring), SpreadReader(ring)
     if sinks is not None:
         sinks.begin(tracer)
@@ -807,10 +808,10 @@ def run_stream(tracer: Any, args: Any, renderer: Callable[[Any, Any, Output], Ca
     with tracer:
         if intro is not None:
             out.write(intro(args))
-        duration = getattr(args, "duration", None)
+        duration, schedule = getattr(args, "duration", None), not getattr(args, "no_reader_sched", False)
         if getattr(args, "show_container", False) and not args.json:
-            return stream_events(tracer, out, container_column(tracer, renderer, args, out), duration)
-        return stream_events(tracer, out, renderer(tracer, args, out), duration)
+            return stream_events(tracer, out, container_column(tracer, renderer, args, out), duration, schedule)
+        return stream_events(tracer, out, renderer(tracer, args, out), duration, schedule)
 
 
 _epoch: list | None = None   # [offset, start_ns] shared by every Clock, once share_epoch() ran

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import __version__
+from .. import __version__
 
 USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's options)
        pytrace list | doctor | --version
@@ -19,13 +19,13 @@ USAGE = """usage: pytrace <tool> [options]      (pytrace <tool> -h for a tool's 
 
 
 def _help() -> str:
-    from . import tools as registry
+    from .. import tools as registry
     return USAGE + "\ntools: " + ", ".join(registry.names()) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from .core import stops     # built-ins only: ~0.1 ms
+    from ..core import stops     # built-ins only: ~0.1 ms
     tool = bool(argv) and argv[0] not in _COMMANDS
     if tool:
         # Before anything is loaded (the prefetch thread below loads and
@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         rc = 0 if tool else 130
     except BrokenPipeError:
         # reader went away (e.g. `| head`): quiet exit, and no flush error at shutdown
-        from .core.stdout import drop_stdout
+        from .stdout import drop_stdout
         drop_stdout()
         return 0
     except BaseException:
-        from .core.stdout import settle_stdout
+        from .stdout import settle_stdout
         settle_stdout()         # the exception is the message; the output's failure would add a traceback
         raise
-    from .core.stdout import settle_stdout
+    from .stdout import settle_stdout
     failure = settle_stdout()
     if failure is not None:     # what was printed last did not reach the file: say so
         sys.stderr.write(f"pytrace {argv[0] if argv else ''}: cannot write the output: {failure}\n")
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str], tool: bool) -> int:
     if tool and not _NO_SPECULATION.intersection(a.split("=")[0] for a in argv[1:]):
-        # First of all, so that the load overlaps every import (core/prefetch)
-        from .core import prefetch
+        # First of all, so that the load overlaps every import (cli/prefetch)
+        from . import prefetch
         prefetch.start(argv[0], argv[1:])
-    from . import tools as registry
-    from .core.errors import PytraceError
+    from .. import tools as registry
+    from ..core.errors import PytraceError
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_help())
         return 0 if argv else 2
@@ -75,16 +75,16 @@ def _dispatch(argv: list[str], tool: bool) -> int:
     verbose = "--libbpf-log" in rest or "-v" in rest or "--verbose" in rest
     try:
         if cmd == "list":
-            from .commands import listing
+            from ..commands import listing
             return listing.run(rest)
         if cmd == "doctor":
-            from .commands import doctor
+            from ..commands import doctor
             return doctor.run(rest)
         if cmd == "replay":
-            from .commands import replay
+            from ..commands import replay
             return replay.run(rest)
         if cmd == "exporter":
-            from .commands import exporter
+            from ..commands import exporter
             return exporter.run(rest)
         if not registry.exists(cmd):
             sys.stderr.write(f"pytrace: unknown tool or command '{cmd}' (pytrace list shows the tools)\n")
@@ -100,14 +100,14 @@ def _dispatch(argv: list[str], tool: bool) -> int:
     except OSError as exc:
         if verbose:
             _show_traceback()
-        from .core.stdout import output_failure
+        from .stdout import output_failure
         why = output_failure(exc)
         sys.stderr.write(f"pytrace {cmd}: {f'cannot write the output: {why}' if why else exc}\n")
         return 1
 
 
 # Flags with which a speculative load would be wasted (help, --ebpf) or
-# wrong (libbpf's log for -v, another kernel BTF for --btf): see core/prefetch.
+# wrong (libbpf's log for -v, another kernel BTF for --btf): see cli/prefetch.
 _NO_SPECULATION = frozenset(("-h", "--help", "-v", "--verbose", "--libbpf-log", "--ebpf", "--btf"))
 # What is not a tool (a tool's name is checked once the registry is imported)
 _COMMANDS = frozenset(("-h", "--help", "help", "--version", "list", "doctor", "replay", "exporter"))
@@ -119,8 +119,11 @@ def _show_traceback() -> None:
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    from . import tools as registry
-    from .core import cliutil, objects, prefetch
+    from .. import tools as registry
+    from ..core import objects
+    from ..core.tracer import Tracer
+    from . import cliutil, prefetch
+    Tracer.preloads = prefetch      # this run's loads may take the speculative one, and are remembered
 
     tool = registry.command(name)       # its SPEC (pytrace.spec)
     values = prefetch.parsed_args()
@@ -128,7 +131,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
         from types import SimpleNamespace
         args = SimpleNamespace(**values)
     else:
-        from .core.argparser import ArgParser
+        from .argparser import ArgParser
         parser = ArgParser(prog=f"pytrace {name}")
         tool.add_arguments(parser)
         args = parser.parse_args(argv)
@@ -153,8 +156,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
     try:
         try:
             if getattr(args, "record", None) or getattr(args, "influx", None):
-                from . import sinks as sinkmod
-                from .core.stream import EventTracer
+                from .. import sinks as sinkmod
+                from ..core.stream import EventTracer
                 cliutil.share_epoch()       # so a recording replays -T/-t columns exactly
                 EventTracer.projection_allowed = False     # sinks store and decode whole records
                 sinks = sinkmod.from_args(name, argv, args)
@@ -182,10 +185,6 @@ def entry() -> None:
     try:
         rc = main()
     finally:
-        from .core import stops
+        from ..core import stops
         stops.ignore_stops()    # Python's finalization must not die of a late stop
     sys.exit(rc)
-
-
-if __name__ == "__main__":
-    entry()

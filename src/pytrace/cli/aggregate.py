@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..sinks.snapshot import Series, Snapshot
 from .cliutil import intervals, publish, seconds, wall_iso
-from .errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError
 from .periodic import each_tick
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+if TYPE_CHECKING:   # annotations only (start-up time: see cli/argparser.py)
     import argparse
 
 

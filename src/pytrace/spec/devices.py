@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from .cliutil import bad_value, netns_inode, netns_ref
+from ..cli.cliutil import bad_value, netns_inode, netns_ref
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # annotations only (start-up time: see core/argparser.py)
+if TYPE_CHECKING:   # annotations only (start-up time: see cli/argparser.py)
     import argparse
 
 IFNAMSIZ = 16
@@ -40,7 +40,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 def device_options() -> tuple:
     """-D/--dev NAME and --netns-id INODE as SPEC options (tracer keywords dev,
     netns); the command line checks that the device exists (check_device_args)."""
-    from ..spec import Option
+    from .options import Option
 
     def checked_dev(args: argparse.Namespace) -> str | None:
         check_device_args(args)
@@ -61,8 +61,8 @@ def check_device_args(args: argparse.Namespace) -> None:
     matches the name in every one).  A filter on a name that exists nowhere
     would show nothing, never saying why.  (The library takes any name: a
     device may be made after the tracer starts.)"""
-    from .errors import UsageError
-    from .netattach import ifindex, netns_inode as inode_of, netns_path
+    from ..core.errors import UsageError
+    from ..core.netattach import ifindex, netns_inode as inode_of, netns_path
     if getattr(args, "netns_ref", None):          # --netns NS: the same filter as --netns-id
         args.netns_id = inode_of(args.netns_ref)
     dev, netns = args.dev, args.netns_id
@@ -98,7 +98,7 @@ def _names_anywhere() -> set[str]:
         kept = os.listdir("/run/netns")
     except OSError:
         kept = []
-    from .netattach import in_netns
+    from ..core.netattach import in_netns
     for name in kept:
         path = f"/run/netns/{name}"
         try:

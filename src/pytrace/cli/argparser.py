@@ -2,7 +2,7 @@
 
 Apart from cliutil because argparse (with re, enum and gettext, ~7 ms) is only
 imported where a parser is built: a tool's module and cliutil's argument
-types need none of it, and core/prefetch lets a repeated command skip parsing.
+types need none of it, and cli/prefetch lets a repeated command skip parsing.
 """
 
 from __future__ import annotations

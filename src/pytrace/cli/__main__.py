@@ -1,0 +1,5 @@
+"""python -m pytrace.cli: what the pytrace command runs."""
+
+from . import entry
+
+entry()
