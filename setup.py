@@ -27,11 +27,10 @@ except ImportError:
 class BuildPy(build_py):
     def run(self):
         # build/lib outlives a build and build_py only adds to it: drop the
-        # generated package data copied there before, so that what the tree no
-        # longer builds (a removed object, the tests' programs that moved to
-        # tests/bpf) leaves the wheel too
-        for generated in ("bpf", "btf", "lib"):
-            shutil.rmtree(Path(self.build_lib) / "pytrace" / generated, ignore_errors=True)
+        # package copied there before, so that what the tree no longer has (a
+        # removed object, a module moved to another package: core/cliutil.py
+        # once shipped beside cli/cliutil.py) leaves the wheel too
+        shutil.rmtree(Path(self.build_lib) / "pytrace", ignore_errors=True)
         try:
             bpf_build.build()
             __import__("build_web").build()  # the web views' npm bundle (build_web.py)
