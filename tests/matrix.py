@@ -46,17 +46,19 @@ def tool_of(cls) -> str:
 
 
 def variants(cls, *, tool: str | None = None, hooks: tuple[str, ...] | None = None,
-             each: list | None = None) -> list:
+             each: list | None = None, matrix: bool = True) -> list:
     """pytest parameters for every hook variant of a tracer class (or those
     named); with `each`, every hook combined with every value of it
-    (parametrize "hook,value")."""
+    (parametrize "hook,value").  matrix=False: cases of the host only (they
+    neither run in the guests nor count as a variant's matrix case)."""
     name = tool or tool_of(cls)
     params = []
     for v in cls.VARIANTS:
         if hooks is not None and v.hook not in hooks:
             continue
-        COVERED.add((name, v.hook))
-        marks = [pytest.mark.matrix, pytest.mark.variant(name, v.hook)]
+        if matrix:
+            COVERED.add((name, v.hook))
+        marks = [pytest.mark.matrix, pytest.mark.variant(name, v.hook)] if matrix else []
         if each is None:
             params.append(pytest.param(v.hook, id=v.hook, marks=marks))
         else:
