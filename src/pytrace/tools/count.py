@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes as C
 import errno
 import struct
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -317,7 +316,6 @@ def errno_note(field: str, v: KeyValue) -> str:
 # the key's positions) so replay gives each key value back its type.  The
 # snapshot's own values: "tracepoints", how many the specs resolved to live,
 # and "missed", the hits not counted because the key table was full.
-# (series_of, count_of, probes, render_json and print_loop are stackcount's too.)
 
 def series_of(pc: ProbeCount, extra: dict[str, str] | None = None) -> Series:
     labels: dict[str, Any] = {"tracepoint": pc.tracepoint}
@@ -348,32 +346,6 @@ def hit_of(pc: ProbeCount) -> Any:
 
 def probes(snap: Snapshot) -> int:
     return int(snap.value("tracepoints", 0))
-
-
-def render_json(snap: Snapshot, to_json) -> str:
-    """stackcount's JSON (count's own is its SPEC's)."""
-    import json
-    ts = aggregate.local_time(snap, "%Y-%m-%dT%H:%M:%S")
-    return "".join(json.dumps({"ts": ts, **to_json(s)}) + "\n" for s in snap.series)
-
-
-def print_loop(tool: str, tracer: TracepointCount, args: argparse.Namespace, series, render_snapshot,
-               header: str = "") -> int:
-    """stackcount's run: the header, then the counts (reset each interval) on
-    every tick: interval, duration or Ctrl-C; each interval is a Snapshot of
-    series(pc) handed to the sinks and printed by render_snapshot(snap, args)."""
-    reported = 0
-
-    def snapshot() -> Snapshot:
-        nonlocal reported
-        snap = interval_snapshot(tool, tracer, args, series)
-        dropped = int(snap.value("missed", 0))
-        if dropped > reported:
-            sys.stderr.write(f"{dropped - reported} hits not counted: the key table is full\n")
-            reported = dropped
-        return snap
-
-    return aggregate.print_loop(args, snapshot, render_snapshot, lambda a: header + "\n" if header else "")
 
 
 def interval_snapshot(tool: str, tracer: TracepointCount, args: Any, series=series_of) -> Snapshot:
