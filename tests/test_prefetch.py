@@ -108,9 +108,9 @@ def test_another_load_is_not_taken_and_the_command_stops_speculating(cli_state):
 
     cli_state()
     prefetch.start("tcpstates", argv)
-    ptr = prefetch._pending[2]
     with TcpStates(lports=[other]) as tracer:          # the same command now means another load
-        assert tracer.obj.ptr != ptr
+        # the events tell which load is attached (object pointers do not: the
+        # speculative object is freed first and malloc may reuse its address)
         tcp_roundtrip("127.0.0.1", port)
         conn = tcp_roundtrip("127.0.0.1", other)
         events = list(tracer.events(duration=0.3))
