@@ -190,13 +190,13 @@ def test_an_object_opened_by_another_libbpf_is_closed_not_taken(cli_state):
     cli_state()
     before = bpf_prog_ids()
     prefetch.start("tcpstates", argv)
-    ptr = prefetch._pending[2]
     with prefetch._done:
         pass
     speculative = bpf_prog_ids(os.getpid()) - before
     assert speculative
     with TcpStates(lports=[port]) as tracer:
-        assert tracer.obj.ptr != ptr and prefetch._pending is None
+        # its programs released, so not taken (an object pointer would not
+        # tell: malloc may give the new object the freed one's address)
         assert released(speculative)                   # closed through the library that opened it
         conn = tcp_roundtrip("127.0.0.1", port)
         events = list(tracer.events(duration=0.3))
