@@ -70,7 +70,7 @@ pytestmark = pytest.mark.timeout(600)
 
 PORTS = {"A": 41101, "B": 41102, "H": 41103, "LATE": 41104, "N": 41105}
 NAMES = {"A": "pytrace-a", "B": "pytrace-b", "LATE": "pytrace-late", "N": "pytrace-n"}
-DURATION = 2.5          # seconds each tool traces; each participant connects every 50 ms
+DURATION = 1.2          # seconds each tool traces; each participant connects every 50 ms (~24 times)
 
 
 @pytest.fixture(scope="module")
