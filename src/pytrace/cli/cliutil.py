@@ -154,6 +154,11 @@ def output_file(text: str) -> str:
         return text
     if os.path.isdir(text):
         raise bad_value(f"'{text}' is a directory")
+    return _in_a_directory(text)
+
+
+def _in_a_directory(text: str) -> str:
+    """text, if the directory it names a file in exists."""
     parent = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(parent):
         raise bad_value(f"'{text}': directory {parent} does not exist")
@@ -451,10 +456,7 @@ def _new_file(text: str) -> str:
         raise bad_value("an empty file name")
     if os.path.lexists(text):
         raise bad_value(f"{text} exists: a recording is never overwritten, choose a new name")
-    parent = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(parent):
-        raise bad_value(f"{text}: directory {parent} does not exist")
-    return text
+    return _in_a_directory(text)
 
 
 def _influx_url(text: str) -> str:
