@@ -10,9 +10,10 @@ Each tool with a SPEC (pytrace.spec) must:
     then the fields of its event type (a histogram: its label and the
     histogram's);
   - stop on SIGINT and on SIGTERM with status 0, leaving nothing in the
-    kernel (tests/kernelstate.py);
+    kernel (tests/kernelstate.py): here the tools take the two in turn,
+    and test_stop_matrix stops every tool with each (and SIGHUP, SIGKILL);
   - replay a recording (--record) byte for byte as it printed live, text
-    and JSON;
+    and JSON (the JSON case records while its stop is checked);
   - run with each hook variant this kernel allows forced (--hook), on that
     variant's programs (a kernel matrix case: tests/matrix.py).
 Tools without a SPEC are skipped, naming what is missing: converting a tool
@@ -454,7 +455,7 @@ def run_tool(name: str, setups, *args: str, sig: int = signal.SIGINT,
                                               f"{proc.stderr.read()}"
         traffic = TRAFFIC.get(name, tcp_traffic)
         traffic(made) if made is not None else traffic()
-        time.sleep(0.3)
+        time.sleep(0.1)             # the stop drains what the ring still holds
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -464,16 +465,24 @@ def run_tool(name: str, setups, *args: str, sig: int = signal.SIGINT,
     return proc.returncode, out, err
 
 
-# SIGINT: every other way to stop every tool is test_stop_matrix's
-@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
-@pytest.mark.parametrize("name,words", RUNNABLE)
-def test_json_records_and_a_clean_stop(name, words, sig, setups):
+# SIGINT and SIGTERM in turn over the registry (test_stop_matrix stops every
+# tool with each of SIGINT, SIGTERM and SIGHUP, and by SIGKILL)
+STOPS = [pytest.param(*p.values, (signal.SIGINT, signal.SIGTERM)[i % 2], id=f"{p.id}-{('SIGINT', 'SIGTERM')[i % 2]}")
+         for i, p in enumerate(RUNNABLE)]
+
+
+@pytest.mark.parametrize("name,words,sig", STOPS)
+def test_json_records_a_clean_stop_and_a_byte_identical_replay(name, words, sig, setups, tmp_path):
     declared = streaming_or_skip(name, words)
     setups(name)                # what the tool needs (tunnelmon's namespace) is there before
     before = kernelstate.snapshot()
-    rc, out, err = run_tool(name, setups, "--json", sig=sig)
+    path = str(tmp_path / f"{name}.db")
+    rc, out, err = run_tool(name, setups, "--json", "--record", path, sig=sig)
     assert rc == 0, err
     assert kernelstate.left_since(before) == {}
+    replayed = run_cli("replay", path, "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == out
     records = [json.loads(line) for line in out.splitlines()]
     records = [r for r in records if r.get("type") != "lost"]
     assert records, f"{name} --json printed nothing for the traffic"
@@ -490,15 +499,15 @@ def test_json_records_and_a_clean_stop(name, words, sig, setups):
             assert isinstance(r["ts_ns"], int) and 0 < r["ts_ns"] <= time.monotonic_ns()
 
 
-@pytest.mark.parametrize("mode", ["text", "json"])
 @pytest.mark.parametrize("name,words", RUNNABLE)
-def test_replay_is_byte_identical(name, words, mode, tmp_path, setups):
+def test_replay_is_byte_identical_text(name, words, tmp_path, setups):
+    """(--json's replay: test_json_records_a_clean_stop_and_a_byte_identical_replay)"""
     streaming_or_skip(name, words)
     path = str(tmp_path / f"{name}.db")
-    rc, live, err = run_tool(name, setups, "--record", path, *(["--json"] if mode == "json" else []))
+    rc, live, err = run_tool(name, setups, "--record", path)
     assert rc == 0, err
     assert live.strip(), f"{name} printed nothing for the traffic"
-    replayed = run_cli("replay", path, *(["--json"] if mode == "json" else []))
+    replayed = run_cli("replay", path)
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout == live
 

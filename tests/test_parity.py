@@ -257,7 +257,7 @@ def traffic() -> None:
     socket_drop()
 
 
-def run(tool: str, args: list[str], wait: float = 0.2, limit: float = 30,
+def run(tool: str, args: list[str], wait: float = 0.1, limit: float = 30,
         env: dict | None = None) -> tuple[int, str, str, bool]:
     """pytrace <tool> <args>: (status, stdout, stderr, stopped by us).  Exits by
     itself, or is stopped by SIGINT once attached and after traffic."""
