@@ -267,8 +267,10 @@ def _write_if_changed(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_manifest() -> None:
-    """What the objects in OUT were built for; checked at load by core/objects.py."""
+def write_manifest(core_roots: bool = False) -> None:
+    """What the objects in OUT were built for; checked at load by core/objects.py.
+    With core_roots (once every object is built): the root types of all their
+    CO-RE relocations, from which core/corebtf cuts the kernel's BTF down."""
     info = {
         "format": MANIFEST_FORMAT,
         "package": "pytrace",
@@ -276,6 +278,10 @@ def write_manifest() -> None:
         "arch": platform.machine(),
         "objects": sorted(p.name for p in OUT.glob("*.bpf.o")),
     }
+    if core_roots:
+        from pytrace.core import btf  # noqa: E402  (write_layouts put src/ on the path)
+        roots = {tuple(r) for p in OUT.glob("*.bpf.o") for r in btf.ObjectTypes(p).core["roots"]}
+        info["core_roots"] = [list(r) for r in sorted(roots)]
     _write_if_changed(MANIFEST, json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
@@ -380,7 +386,9 @@ def build(force: bool = False, quiet: bool = False, workers: int | None = None) 
                 obj.unlink()
                 Path(str(obj) + ".layout.json").unlink(missing_ok=True)
     copy_sources()
-    write_manifest()
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
+    write_manifest(core_roots=True)
     # the tools' event classes, from the objects' BTF (src/pytrace/gen/, spec/gentypes.py)
     sys.path.insert(0, str(ROOT / "src"))
     from pytrace.spec import gentypes  # noqa: E402  (imports the tools for their declarations)

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import Cli, bpf_prog_ids, free_port, released, tcp_roundtrip, wait_until
 from test_tcpstates import CHILD, LISTENER, by_socket
-from pytrace.core import cachefile, libbpf
+from pytrace.core import cachefile, corebtf, libbpf
 from pytrace.cli import prefetch
 from pytrace.core.tracer import Tracer
 from pytrace.tools.tcpstates import TcpStates
@@ -61,6 +61,43 @@ def test_a_remembered_command_is_loaded_ahead_and_taken(cli_state):
     ptr = prefetch._pending[2]
     with TcpStates(lports=[port]) as tracer:
         assert tracer.obj.ptr == ptr and tracer.variant.hook == hook
+        conn = tcp_roundtrip("127.0.0.1", port)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)
+
+
+def test_the_speculative_load_relocates_against_the_reduced_btf(cli_state):
+    """What the first run relocated against (core/corebtf's file of this boot)
+    is remembered and used ahead; another boot's file is not: the kernel's
+    own BTF serves then, as right and slower."""
+    port = free_port()
+    argv = ["-L", str(port)]
+    prefetch.start("tcpstates", argv)
+    with TcpStates(lports=[port]) as first:
+        reduced = first.obj.relocation_btf
+    assert reduced and corebtf.of_this_boot(reduced)
+    known = cachefile.read_dict(prefetch._name("tcpstates"))
+    assert known[tuple(argv)][6] == reduced
+
+    cli_state()
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with TcpStates(lports=[port]) as tracer:
+        assert tracer.obj.ptr == ptr and tracer.obj.relocation_btf == reduced
+        conn = tcp_roundtrip("127.0.0.1", port)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)
+
+    stale = reduced.replace(f"-{corebtf._boot_id()}-", "-0123456789abcdef-")
+    os.link(reduced, stale)
+    entry = known[tuple(argv)]
+    known[tuple(argv)] = (*entry[:6], stale, entry[7])
+    cachefile.write_dict(prefetch._name("tcpstates"), known)
+    cli_state()
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with TcpStates(lports=[port]) as tracer:
+        assert tracer.obj.ptr == ptr and tracer.obj.relocation_btf is None
         conn = tcp_roundtrip("127.0.0.1", port)
         events = list(tracer.events(duration=0.3))
     check_server_side(events, conn)

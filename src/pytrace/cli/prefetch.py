@@ -32,11 +32,12 @@ starts is one more before the first event.
 
 from __future__ import annotations
 
+import _ctypes
 import _thread
 import marshal
 import posix    # not os, nor ctypes: see barelibbpf
 
-from ..core import barelibbpf, cachefile
+from ..core import barelibbpf, cachefile, corebtf
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def start(tool: str, argv: list[str]) -> None:
     _tool, _argv = tool, tuple(argv)
     entry = _remembered(tool).get(_argv)
     try:
-        spec, variant, path, stamp, image, args, libs = entry
+        spec, variant, path, stamp, image, args, relocation_btf, libs = entry
         if path.rpartition("/")[0] != _BPF_DIR:   # another installation's object (the cache is shared)
             return
         st = posix.stat(path)
@@ -88,13 +89,16 @@ def start(tool: str, argv: list[str]) -> None:
         _args = args
         if spec[6]:             # another kernel BTF (--btf, never speculated)
             return
+        if relocation_btf is not None and not (corebtf.of_this_boot(relocation_btf)
+                                                and _safe_file(relocation_btf)):
+            relocation_btf = None       # the kernel's own BTF: slower, as right
         lb = barelibbpf.Library(libs[-1], libs[:-1])
-        ptr = _open(lb, path, spec, variant[1], image)
+        ptr = _open(lb, path, spec, variant[1], image, relocation_btf)
     except Exception:       # nothing (usable) remembered; speculation never fails a command
         return
     if not ptr:
         return
-    _pending = [spec, variant, ptr, -1, lb, libs[-1]]
+    _pending = [spec, variant, ptr, -1, lb, libs[-1], relocation_btf]
     _done = _thread.allocate_lock()
     _done.acquire()
     import atexit
@@ -124,10 +128,13 @@ def _safe_file(path: str) -> bool:
     return True
 
 
-def _open(lb, path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None) -> int:
+def _open(lb, path: str, spec: tuple, programs: tuple[str, ...], image: bytes | None,
+          relocation_btf: str | None) -> int:
     """The object opened as BpfObject.open() would (libbpf.open_object), with
-    the remembered .rodata image in place of its settings; 0 if it does not fit."""
-    ptr = lb.bpf_object__open_file(path.encode(), None)
+    the remembered .rodata image in place of its settings and the reduced
+    kernel BTF it relocated against (core/corebtf); 0 if it does not fit."""
+    opts = barelibbpf.open_opts(relocation_btf) if relocation_btf else None
+    ptr = lb.bpf_object__open_file(path.encode(), _ctypes.addressof(opts) if opts is not None else None)
     if not ptr:
         return 0
 
@@ -229,7 +236,7 @@ def take(spec: tuple, name: str, rodata: dict, map_sizes: dict | None) -> "BpfOb
     from ..core import libbpf
     from ..core.bpfobject import BpfObject
     from ..core.loader import Variant
-    loaded, variant, ptr, _, bare, lib_path = _pending
+    loaded, variant, ptr, _, bare, lib_path, relocation_btf = _pending
     # made (the object's checks, its BTF layouts read) while the load runs
     obj = BpfObject(name, programs=variant[1], rodata=rodata, map_sizes=map_sizes)
     libbpf.lib()
@@ -240,6 +247,7 @@ def take(spec: tuple, name: str, rodata: dict, map_sizes: dict | None) -> "BpfOb
         bare.bpf_object__close(ptr)
         return None
     obj.ptr = ptr               # closing obj now closes the speculative object
+    obj.relocation_btf = relocation_btf
     if rc != 0 or loaded != spec:
         obj.close()
         return None
@@ -270,7 +278,7 @@ def remember(spec: tuple, obj: "BpfObject") -> None:
     try:
         st = posix.stat(obj.path)
         entry = (spec, variant, str(obj.path), (st.st_size, st.st_mtime_ns), obj.section_image(".rodata"),
-                 _noted, libs)
+                 _noted, obj.relocation_btf, libs)
     except (OSError, PytraceError):
         return
     # a specification that differs from the last run's (a PID, a time...)

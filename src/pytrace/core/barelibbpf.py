@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import _ctypes
 
-from .libbpf_protos import BARE, PROTOTYPES
+from .libbpf_protos import BARE, OPEN_OPTS, PROTOTYPES
 
 
 class _Ptr(_ctypes._SimpleCData):
@@ -53,6 +53,16 @@ class _Function(_ctypes.CFuncPtr):
 # core/libbpf_protos' kinds as _ctypes types (a struct pointer is passed as an address)
 KINDS = {"int": _Int, "u32": _UInt, "bool": _Bool, "size": _Size, "str": _Str, "ptr": _Ptr, "void": None,
          "print_fn": _Ptr}
+
+
+class _OpenOpts(_ctypes.Structure):
+    _fields_ = [(name, KINDS[kind]) for name, kind in OPEN_OPTS]
+
+
+def open_opts(btf_custom_path: str) -> _OpenOpts:
+    """bpf_object_open_opts naming the BTF to relocate against; pass
+    _ctypes.addressof() of it, and keep it until the open returns."""
+    return _OpenOpts(sz=_ctypes.sizeof(_OpenOpts), btf_custom_path=btf_custom_path.encode())
 
 
 def _kind(name: str):

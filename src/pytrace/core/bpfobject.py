@@ -18,7 +18,7 @@ import mmap
 import os
 import struct
 
-from . import libbpf, objects
+from . import corebtf, libbpf, objects
 from .btf import ObjectTypes, Var
 from .errors import PytraceError, UsageError
 from .stops import releasing
@@ -210,14 +210,21 @@ class BpfObject:
         self.rodata = dict(rodata or {})
         self.map_sizes = dict(map_sizes or {})
         self.ptr: int | None = None
+        # the reduced kernel BTF it relocates against (core/corebtf), if any
+        self.relocation_btf: str | None = None
+        self._own_btf = False           # after a refused load with it: the kernel's own
+        self._prepares: list[Callable[["BpfObject"], None]] = []
         self.links: list[int] = []
         self._cleanups: list[Callable[[], None]] = []
         self._mmaps: dict[str, mmap.mmap] = {}
 
     # -- life cycle ---------------------------------------------------------
     def open(self) -> "BpfObject":
-        self.ptr, known = libbpf.open_object(str(self.path), self.programs, self.map_sizes.items(),
-                                             objects.custom_btf())
+        btf = objects.custom_btf()
+        if btf is None and not self._own_btf:
+            btf = self.relocation_btf = corebtf.load_path(self.types.core, objects.core_roots(),
+                                                          os.path.basename(self.path))
+        self.ptr, known = libbpf.open_object(str(self.path), self.programs, self.map_sizes.items(), btf)
         missing = (self.programs or set()) - known
         if missing:
             raise PytraceError(f"{os.path.basename(self.path)} has no program {', '.join(sorted(missing))}")
@@ -225,10 +232,28 @@ class BpfObject:
             self._write_section(".rodata", self.rodata)
         return self
 
+    def prepare(self, step: Callable[["BpfObject"], None]) -> None:
+        """Run step(self) between open and load (e.g. bpf_map__reuse_fd), now
+        and again if load() has to open the object afresh."""
+        self._prepares.append(step)
+        step(self)
+
     def load(self) -> "BpfObject":
         if self.ptr is None:
             self.open()
-        libbpf.check(libbpf.lib().bpf_object__load(self.ptr), f"load {os.path.basename(self.path)}")
+        rc = libbpf.lib().bpf_object__load(self.ptr)
+        if rc < 0 and self.relocation_btf is not None:
+            # relocated against the reduced BTF: try the kernel's own once, and
+            # if that loads, this boot's later loads of the object use it too
+            libbpf.lib().bpf_object__close(self.ptr)
+            self.ptr, self.relocation_btf, self._own_btf = None, None, True
+            self.open()
+            for step in self._prepares:
+                step(self)
+            rc = libbpf.lib().bpf_object__load(self.ptr)
+            if rc == 0:
+                corebtf.refused(objects.core_roots(), os.path.basename(self.path))
+        libbpf.check(rc, f"load {os.path.basename(self.path)}")
         return self
 
     def close(self) -> None:

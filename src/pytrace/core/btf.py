@@ -26,7 +26,7 @@ FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20
 _MODIFIERS = {TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG}
 _INT_FMT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
             (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class BTFError(Exception):
@@ -225,8 +225,8 @@ class _Types:
         return Layout(name, self.size(tid), tuple(self.fields(tid)))
 
 
-def _elf_sections(path: str | os.PathLike) -> tuple[bytes, dict[str, dict[str, int]]]:
-    """(.BTF bytes, {section: {symbol: offset}}) for the global data sections."""
+def _elf_sections(path: str | os.PathLike) -> tuple[bytes, bytes, dict[str, dict[str, int]]]:
+    """(.BTF bytes, .BTF.ext bytes, {section: {symbol: offset}}) for the global data sections."""
     from elftools.elf.elffile import ELFFile  # heavy import: only when no cache
 
     with open(path, "rb") as fh:
@@ -235,6 +235,8 @@ def _elf_sections(path: str | os.PathLike) -> tuple[bytes, dict[str, dict[str, i
         if sec is None:
             raise BTFError(f"{os.path.basename(path)} has no .BTF section (built without -g?)")
         data = sec.data()
+        ext = elf.get_section_by_name(".BTF.ext")
+        ext_data = ext.data() if ext is not None else b""
         names = {i: s.name for i, s in enumerate(elf.iter_sections())}
         symoffs: dict[str, dict[str, int]] = {}
         symtab = elf.get_section_by_name(".symtab")
@@ -242,7 +244,40 @@ def _elf_sections(path: str | os.PathLike) -> tuple[bytes, dict[str, dict[str, i
             shndx = sym["st_shndx"]
             if isinstance(shndx, int) and names.get(shndx, "").startswith((".rodata", ".bss", ".data")):
                 symoffs.setdefault(names[shndx], {})[sym.name] = sym["st_value"]
-    return data, symoffs
+    return data, ext_data, symoffs
+
+
+# enum bpf_core_relo_kind: the two that are not about the kernel's types' layout
+_TYPE_ID_LOCAL, _TYPE_ID_TARGET = 6, 7
+
+
+def _core_needs(t: _Types, ext: bytes) -> dict:
+    """What the object's CO-RE relocations (.BTF.ext) ask of the kernel's BTF:
+    the essential names of their root types, and whether one wants a kernel
+    type id (core/corebtf cannot serve that one)."""
+    from .btfreduce import essential_name
+    roots, target_ids = set(), False     # roots: (essential name, kind)
+    if len(ext) >= 32:
+        _magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", ext, 0)
+        if hdr_len >= 32:
+            relo_off, relo_len = struct.unpack_from("<II", ext, 24)
+            pos = hdr_len + relo_off
+            end = pos + relo_len
+            rec_size = struct.unpack_from("<I", ext, pos)[0] if relo_len else 16
+            pos += 4
+            while pos < end:
+                _sec, count = struct.unpack_from("<II", ext, pos)
+                pos += 8
+                for k in range(count):
+                    _insn, type_id, _access, kind = struct.unpack_from("<IIII", ext, pos + k * rec_size)
+                    if kind == _TYPE_ID_LOCAL:
+                        continue
+                    target_ids |= kind == _TYPE_ID_TARGET
+                    kind, name = t.types[type_id][0], essential_name(t.types[type_id][1])
+                    if name:
+                        roots.add((name, kind))
+                pos += count * rec_size
+    return {"roots": [list(r) for r in sorted(roots)], "target_ids": target_ids}
 
 
 def parse_object(path: str | os.PathLike) -> dict:
@@ -251,9 +286,10 @@ def parse_object(path: str | os.PathLike) -> dict:
     - structs: every struct reachable from a map key/value or a global
       variable, by C name;
     - maps: map name -> {"key": type, "value": type} (struct name or code);
-    - vars: section -> {variable: [offset, size, code, count]}.
+    - vars: section -> {variable: [offset, size, code, count]};
+    - core: what its CO-RE relocations need of the kernel's BTF (core/corebtf).
     """
-    data, symoffs = _elf_sections(path)
+    data, ext, symoffs = _elf_sections(path)
     t = _Types(data)
     structs: dict[str, dict] = {}
     maps: dict[str, dict] = {}
@@ -294,7 +330,7 @@ def parse_object(path: str | os.PathLike) -> dict:
                     f = t.fields(r, var_name)[0]
                     code, count = f.fmt, f.count
                 vars_.setdefault(sec_name, {})[var_name] = [off, var_size, code, count]
-    return {"structs": structs, "maps": maps, "vars": vars_}
+    return {"structs": structs, "maps": maps, "vars": vars_, "core": _core_needs(t, ext)}
 
 
 def _digest(path: str | os.PathLike) -> str:
@@ -362,6 +398,11 @@ class ObjectTypes:
         except KeyError:
             raise BTFError(f"{os.path.basename(self.path)}: no variable {name} in {section}") from None
         return Var(name, off, size, code, count)
+
+    @property
+    def core(self) -> dict:
+        """{"roots": [[essential name, BTF kind] of each CO-RE root type], "target_ids": bool}."""
+        return self._info.get("core") or {}
 
     def vars(self, section: str) -> dict[str, Var]:
         return {n: Var(n, *v) for n, v in self._info["vars"].get(section, {}).items()}

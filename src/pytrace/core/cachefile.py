@@ -1,9 +1,10 @@
 """Files pytrace keeps between runs, under /run/pytrace ($PYTRACE_CACHE):
-the kernel feature probes, the remembered loads and arguments of cli/prefetch
-and the compiled row code of core/rows.  Nothing there outlives a reboot.
-PYTRACE_NO_CACHE=1 turns the cache off: nothing is read, nothing written.
+the kernel feature probes, the remembered loads and arguments of cli/prefetch,
+the compiled row code of core/rows and the reduced kernel BTF of
+core/corebtf.  Nothing there outlives a reboot.  PYTRACE_NO_CACHE=1 turns
+the cache off: nothing is read, nothing written.
 
-Three of them steer what a root process loads, runs or dlopens, so nobody
+Four of them steer what a root process loads, runs or dlopens, so nobody
 else may be able to plant or replace them:
 
 - the directory is created 0700, and before anything in it is read it is
@@ -123,6 +124,22 @@ def read(name: str) -> bytes | None:
         return None
     finally:
         posix.close(fd)
+
+
+def trusted_path(name: str) -> str | None:
+    """DIR/name for a library that opens it by name (libbpf's btf_custom_path),
+    if it is a file read() would trust; else None.  Nobody else can replace
+    it afterwards: the directory is ours and writable by no one else."""
+    dfd = _dir_fd()
+    if dfd < 0:
+        return None
+    try:
+        st = posix.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return None
+    if st.st_mode & _S_IFMT != _S_IFREG or st.st_uid != posix.geteuid() or st.st_mode & 0o022:
+        return None
+    return f"{DIR}/{name}"
 
 
 def read_dict(name: str) -> dict:

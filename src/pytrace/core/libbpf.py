@@ -22,7 +22,7 @@ import sys
 
 from . import barelibbpf
 from .errors import PytraceError
-from .libbpf_protos import PROTOTYPES
+from .libbpf_protos import OPEN_OPTS, PROTOTYPES
 
 MIN_VERSION = (1, 1)
 LOGGER = "pytrace.libbpf"
@@ -59,20 +59,14 @@ LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 _PRINT_FN = C.CFUNCTYPE(C.c_int, C.c_int, C.c_char_p, C.c_void_p)
 
 
+# the scalar kinds of core/libbpf_protos as ctypes types
+_SCALARS = {"int": C.c_int, "u32": C.c_uint32, "u64": C.c_uint64, "bool": C.c_bool, "size": C.c_size_t,
+            "str": C.c_char_p, "ptr": C.c_void_p}
+
+
 class OpenOpts(C.Structure):
-    """struct bpf_object_open_opts as of libbpf 1.1 (sz lets newer libbpfs accept it)."""
-    _fields_ = [
-        ("sz", C.c_size_t),
-        ("object_name", C.c_char_p),
-        ("relaxed_maps", C.c_bool),
-        ("pin_root_path", C.c_char_p),
-        ("_attach_prog_fd", C.c_uint32),
-        ("kconfig", C.c_char_p),
-        ("btf_custom_path", C.c_char_p),
-        ("kernel_log_buf", C.c_char_p),
-        ("kernel_log_size", C.c_size_t),
-        ("kernel_log_level", C.c_uint32),
-    ]
+    """struct bpf_object_open_opts (libbpf_protos.OPEN_OPTS)."""
+    _fields_ = [(name, _SCALARS[kind]) for name, kind in OPEN_OPTS]
 
 
 class TcHook(C.Structure):
@@ -110,8 +104,7 @@ class TestRunOpts(C.Structure):
 
 # core/libbpf_protos' kinds as ctypes types
 KINDS: dict[str, object] = {
-    "int": C.c_int, "u32": C.c_uint32, "u64": C.c_uint64, "bool": C.c_bool, "size": C.c_size_t,
-    "str": C.c_char_p, "ptr": C.c_void_p, "void": None, "print_fn": _PRINT_FN, "size*": C.POINTER(C.c_size_t),
+    **_SCALARS, "void": None, "print_fn": _PRINT_FN, "size*": C.POINTER(C.c_size_t),
     "OpenOpts*": C.POINTER(OpenOpts), "TracepointOpts*": C.POINTER(TracepointOpts),
     "UprobeOpts*": C.POINTER(UprobeOpts), "TcHook*": C.POINTER(TcHook), "TcOpts*": C.POINTER(TcOpts),
 }

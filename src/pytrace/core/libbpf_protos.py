@@ -67,11 +67,21 @@ PROTOTYPES = {
     "bpf_xdp_detach": ("int", ("int", "u32", "ptr")),
     "btf__load_vmlinux_btf": ("ptr", ()),
     "btf__parse": ("ptr", ("str", "ptr")),
+    "btf__parse_split": ("ptr", ("str", "ptr")),
     "btf__free": ("void", ("ptr",)),
+    "btf__type_cnt": ("u32", ("ptr",)),
+    "bpf_program__insns": ("ptr", ("ptr",)),
+    "bpf_program__insn_cnt": ("size", ("ptr",)),
     "btf__find_by_name_kind": ("int", ("ptr", "str", "u32")),
     "btf__type_by_id": ("ptr", ("ptr", "u32")),
     "btf__name_by_offset": ("str", ("ptr", "u32")),
 }
+
+# struct bpf_object_open_opts as of libbpf 1.1 (sz lets newer libbpfs accept
+# it): both bindings build it from this, the bare one to pass btf_custom_path
+OPEN_OPTS = (("sz", "size"), ("object_name", "str"), ("relaxed_maps", "bool"), ("pin_root_path", "str"),
+             ("_attach_prog_fd", "u32"), ("kconfig", "str"), ("btf_custom_path", "str"),
+             ("kernel_log_buf", "str"), ("kernel_log_size", "size"), ("kernel_log_level", "u32"))
 
 # what the speculative load calls before the CLI has imported anything (cli/prefetch)
 BARE = ("libbpf_set_print", "bpf_object__open_file", "bpf_object__load", "bpf_object__close",

@@ -96,7 +96,7 @@ def load(tool: str, obj_name: str, variants: Sequence[Variant], *, rodata: dict[
             if variant.hook == "tracepoint" and tracefs.ensure():
                 obj.on_close(tracefs.unmount)
             if before_load is not None:
-                before_load(obj)
+                obj.prepare(before_load)
             obj.load()
             attach(obj, variant)
         except OSError as exc:

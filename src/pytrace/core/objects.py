@@ -62,6 +62,12 @@ def manifest() -> dict:
     return info
 
 
+def core_roots() -> frozenset:
+    """The root types, (name, BTF kind), of every CO-RE relocation of the
+    shipped objects (build.py): what core/corebtf keeps of the kernel's BTF."""
+    return frozenset(tuple(r) for r in manifest().get("core_roots", ()))
+
+
 def path(name: str) -> str:
     """The checked file name of a tool's object.
 
