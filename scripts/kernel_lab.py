@@ -24,8 +24,9 @@ each guest, then checks the union over the kernels: every variant a tool
 ships must have been attached and checked on at least one kernel that allows
 it (the host's own run counts too: scripts/test.sh writes results/host.json).
 The results land in $PYTRACE_LAB/results/<kernel>.json; `matrix` prints the
-README's table from them.  A guest runs its whole matrix in 5-10 minutes on
-this kind of machine (2 cores, TCG), so CI runs all of it on every kernel.
+README's table from them.  A guest runs its whole matrix in 5-13 minutes on
+this kind of machine (2 cores, TCG; 5.10 is the slowest), so CI runs all of it
+on every kernel.
 """
 
 from __future__ import annotations

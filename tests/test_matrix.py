@@ -98,6 +98,29 @@ def test_the_default_choice_is_the_predicted_one(name):
     assert planned is not None and loaded == planned.hook, (name, loaded, reasons)
 
 
+# what a tool's command line needs to start at all (REQUIRED's, as arguments)
+REQUIRED_ARGS = {"count": ["syscalls:sys_enter_connect"], "stackcount": ["t:syscalls:sys_enter_connect"],
+                 "tunnelmon": ["lo"]}
+
+
+@pytest.mark.matrix
+def test_a_kernel_below_every_floor_is_told_in_one_line():
+    """A tool with no variant this kernel allows: its command says so in one
+    line, naming each variant's missing feature, and exits 1."""
+    below = {name: reasons for name, variants in shipped().items() if name not in PER_POINT
+             for planned, reasons in [loader.planned(variants)] if planned is None}
+    if not below:
+        pytest.skip("every tool has a hook variant this kernel allows: no kernel below a floor here")
+    for name, reasons in below.items():
+        r = run_cli(name, *REQUIRED_ARGS.get(name, ()), timeout=60)
+        lines = r.stderr.splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and r.stdout == "", (name, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr
+        for reason in reasons:
+            assert reason.split(": ", 1)[1] in lines[0], (name, reason, lines[0])
+
+
+@pytest.mark.matrix
 def test_pytrace_list_names_the_planned_hook():
     out = run_cli("list").stdout
     for name, variants in shipped().items():

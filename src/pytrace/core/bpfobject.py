@@ -199,6 +199,10 @@ def _add(a: Any, b: Any) -> Any:
     return a
 
 
+# libbpf's mark of an unresolved CO-RE relocation: call 0xbad2310 (BPF_JMP|BPF_CALL)
+_POISON = bytes((0x85, 0, 0, 0)) + (0xBAD2310).to_bytes(4, "little")
+
+
 class BpfObject:
     def __init__(self, name: str, programs: Iterable[str] | None = None,
                  rodata: dict[str, Any] | None = None,
@@ -242,9 +246,10 @@ class BpfObject:
         if self.ptr is None:
             self.open()
         rc = libbpf.lib().bpf_object__load(self.ptr)
-        if rc < 0 and self.relocation_btf is not None:
-            # relocated against the reduced BTF: try the kernel's own once, and
-            # if that loads, this boot's later loads of the object use it too
+        if rc < 0 and self.relocation_btf is not None and self._poisoned():
+            # a relocation the reduced BTF could not resolve: try the kernel's
+            # own once, and if that loads, this boot's later loads of the
+            # object use it too (a refusal of anything else is not paid twice)
             libbpf.lib().bpf_object__close(self.ptr)
             self.ptr, self.relocation_btf, self._own_btf = None, None, True
             self.open()
@@ -255,6 +260,21 @@ class BpfObject:
                 corebtf.refused(objects.core_roots(), os.path.basename(self.path))
         libbpf.check(rc, f"load {os.path.basename(self.path)}")
         return self
+
+    def _poisoned(self) -> bool:
+        """Whether libbpf left a failed CO-RE relocation's mark in a program
+        it was to load: a call of the impossible helper 0xbad2310."""
+        lb = libbpf.lib()
+        prog = lb.bpf_object__next_program(self.ptr, None)
+        while prog:
+            count = lb.bpf_program__insn_cnt(prog)
+            insns = lb.bpf_program__insns(prog)
+            if insns and count and lb.bpf_program__autoload(prog):
+                code = C.string_at(insns, count * 8)
+                if _POISON in code and any(code[i:i + 8] == _POISON for i in range(0, len(code), 8)):
+                    return True
+            prog = lb.bpf_object__next_program(self.ptr, prog)
+        return False
 
     def close(self) -> None:
         # One step after another (links, tc hooks, mounts): a stop that lands
