@@ -248,6 +248,52 @@ def test_kubelet_cgroup_layout_labels_and_follow(lab):
                                               uid)}
 
 
+@pytest.fixture
+def rootless_user(tmp_path):
+    """A user of the test's own (uid, home), with its home in tmp_path; removed after."""
+    name = f"ptrl{os.getpid() % 100000}"
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)
+    try:
+        uid = int(subprocess.run(["id", "-u", name], check=True, capture_output=True, text=True).stdout)
+        yield uid, home
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_rootless_podman_container_is_named_from_its_users_storage(lab, rootless_user):
+    """A rootless podman's container (its cgroup under the user's systemd,
+    user@UID.service) is named from that user's storage
+    (~/.local/share/containers/storage, as podman writes it): --container
+    takes the name, followed from its start, and labels carry it.  Rootless
+    podman itself needs a user systemd this machine has not: its cgroup and
+    state are laid out as it lays them."""
+    uid, home = rootless_user
+    cid = "beef" + "0123456789abcdef" * 3 + "0123456789ab"
+    storage = home / ".local/share/containers/storage/overlay-containers"
+    storage.mkdir(parents=True)
+    (storage / "containers.json").write_text(json.dumps(
+        [{"id": "1" * 64, "names": ["someone-else"]}, {"id": cid, "names": ["rootless-web"], "image": "x"}]))
+    parts = ("user.slice", f"user-{uid}.slice", f"user@{uid}.service", "user.slice", f"libpod-{cid}.scope")
+    with _usable(TcpConnect, container="rootless-web", labels=True) as t:
+        box = lab.in_cgroup(parts, PORTS["LATE"])
+        try:
+            got = []
+            deadline = time.monotonic() + 30
+            for batch in t.batches():
+                got.extend(t.make_event(r) for r in batch)
+                if len(got) >= 5 or time.monotonic() > deadline:
+                    break
+        finally:
+            lab.stop(box)
+    assert len(got) >= 5 and {owner_of_ports({e.rport}) for e in got} == {"LATE"}
+    path = "/" + "/".join(parts)
+    assert {e.labels for e in got} == {Labels(box.leaf.id, path, box.netns, "podman", cid, "rootless-web",
+                                              None, None, None)}
+
+
 # -- interval tools: activity under A's filter (its PIDs and ports only), none under an idle cgroup ----
 
 INTERVAL_TOOLS = {

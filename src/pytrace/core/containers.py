@@ -42,7 +42,9 @@ import ctypes
 import json
 import os
 import re
+import pwd
 import select
+import stat
 import struct
 import sys
 import threading
@@ -65,6 +67,7 @@ RESCAN = 5.0                    # seconds between the watcher's full scans
 WATCH_DEPTH = 6                 # cgroup directories watched below the root
 
 STORAGE = ("/var/lib/containers/storage", "/run/containers/storage")
+MAX_STATE_FILE = 64 << 20       # a runtime's JSON state file read whole: at most this
 DOCKER = "/var/lib/docker/containers"
 CONTAINERD = "/run/containerd/io.containerd.runtime.v2.task"
 
@@ -282,9 +285,15 @@ class _JsonCache:
         hit = self._files.get(path)
         if hit is not None and hit[0] == stamp:
             return hit[1]
+        data = None
         try:
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read())
+            # a user's own file (rootless podman's state): not through a link,
+            # not a FIFO that would hang the reader, not without end
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_STATE_FILE:
+                    data = json.loads(fh.read(MAX_STATE_FILE + 1))
         except (OSError, ValueError):
             data = None
         self._files[path] = (stamp, data)
@@ -301,8 +310,27 @@ def _annotations(path: str) -> dict[str, str]:
     return ann if isinstance(ann, dict) else {}
 
 
-def _storage_name(cid: str) -> str | None:
-    for base in STORAGE:
+_USER_MANAGER = re.compile(r"user@(\d+)\.service")
+
+
+def podman_storage(path: str) -> tuple[str, ...]:
+    """Where the podman that made the container of this cgroup path keeps
+    its state: root's, or a rootless podman's (its containers live under
+    the user's systemd, user@UID.service), that user's, where podman puts it
+    by default (~/.local/share/containers/storage)."""
+    for part in path.strip("/").split("/"):
+        m = _USER_MANAGER.fullmatch(part)
+        if m:
+            try:
+                home = pwd.getpwuid(int(m.group(1))).pw_dir
+            except (KeyError, OverflowError):
+                return ()
+            return (f"{home}/.local/share/containers/storage",)
+    return STORAGE
+
+
+def _storage_name(cid: str, storage: tuple[str, ...] = STORAGE) -> str | None:
+    for base in storage:
         data = _json.get(f"{base}/overlay-containers/containers.json")
         if isinstance(data, list):
             for entry in data:
@@ -338,7 +366,7 @@ def _describe(runtime: str, ident: str, cg: Cgroup, pod_uid: str | None) -> Cont
         if runtime == "nspawn":
             name = ident
         elif runtime == "podman":
-            name = _storage_name(ident)
+            name = _storage_name(ident, podman_storage(cg.path or ""))
         elif runtime == "cri-o":
             ann = _storage_annotations(ident)
             name = ann.get("io.kubernetes.container.name") or _storage_name(ident)
