@@ -7,21 +7,18 @@ and compared there."""
 
 from __future__ import annotations
 
-import ctypes as C
 import os
 import socket
 
 import pytest
 
 from helpers import tcp_roundtrip
-from pytrace.core import cachefile, corebtf, libbpf, objects
+from relocation import SHIPPED, programs_of, relocated
+from pytrace.core import cachefile, corebtf
 from pytrace.core.bpfobject import BpfObject
 from pytrace.core.net import TcpState as S
 from pytrace.tools.tcpstates import TcpStates
 
-LD_IMM64 = 0x18
-# ld_imm64 source registers whose immediate is a map's fd: another fd each load
-PSEUDO_MAP = {1, 2, 5, 6}       # MAP_FD, MAP_VALUE, MAP_IDX, MAP_IDX_VALUE
 CLIENT = [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1),
           (S.FIN_WAIT1, S.FIN_WAIT2), (S.FIN_WAIT2, S.CLOSE)]
 
@@ -34,62 +31,20 @@ def own_cache(tmp_path, monkeypatch):
     return path
 
 
-def programs_of(name: str) -> list[str]:
-    lb = libbpf.lib()
-    ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
-    try:
-        out, prog = [], lb.bpf_object__next_program(ptr, None)
-        while prog:
-            out.append(lb.bpf_program__name(prog).decode())
-            prog = lb.bpf_object__next_program(ptr, prog)
-        return out
-    finally:
-        lb.bpf_object__close(ptr)
-
-
-def relocated(name: str, program: str, reduced: bool) -> tuple[bytes | None, str | None]:
-    """(the program's instructions as libbpf loaded them, map fds blanked, or
-    None if the load was refused; the reduced BTF used, if any)."""
-    obj = BpfObject(name, programs=[program])
-    obj._own_btf = not reduced
-    try:
-        obj.open()
-        used = obj.relocation_btf
-        if reduced and used is None:
-            return None, None
-        try:
-            # no retry against the kernel's own BTF here: the reduced one must do
-            obj.relocation_btf = None
-            obj.load()
-        except OSError:
-            return None, used
-        lb = libbpf.lib()
-        prog = lb.bpf_object__find_program_by_name(obj.ptr, program.encode())
-        count = lb.bpf_program__insn_cnt(prog)
-        code = bytearray(C.string_at(lb.bpf_program__insns(prog), count * 8))
-        for at in range(0, len(code), 8):
-            if code[at] == LD_IMM64 and code[at + 1] >> 4 in PSEUDO_MAP:
-                code[at + 4:at + 8] = bytes(4)
-        return bytes(code), used
-    finally:
-        obj.close()
-
-
-SHIPPED = [n[:-len(".bpf.o")] for n in objects.manifest()["objects"]]
-
-
 @pytest.mark.matrix
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_program_relocates_as_against_the_whole_btf(name, own_cache):
     compared = 0
     for program in programs_of(name):
-        whole, _ = relocated(name, program, reduced=False)
+        whole, _ = relocated(name, program, "own")
         if whole is None:
             continue            # this kernel refuses the program whatever the BTF (its floor, fentry here)
-        cut, used = relocated(name, program, reduced=True)
+        cut, used = relocated(name, program, "reduced")
         if used is None:
             core = BpfObject(name).types.core
-            assert core.get("target_ids") or not core.get("roots"), \
+            info = next((cachefile.read_dict(p.name) for p in own_cache.glob("corebtf-*.info")), {})
+            in_modules = {r for r, _kind in core.get("roots", ())} & set(info.get("in_modules", ()))
+            assert core.get("target_ids") or not core.get("roots") or in_modules, \
                 f"{name} has relocations and yet no reduced BTF"
             return
         assert cut is not None, f"{program}: refused when relocated against {used}"

@@ -9,13 +9,17 @@ matrix: on the lab's Debian kernels the carried BTF is the one used."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+import relocation
 from helpers import Cli, run_cli, tcp_roundtrip, wait_until
-from pytrace.core import objects
+from pytrace.core import libbpf, objects
 
 HIDE = 'mount -t tmpfs -o size=64k,mode=0755 pytrace-nobtf /sys/kernel/btf; exec "$@"'
 NO_BTF = ["unshare", "--mount", "--propagation", "private", "sh", "-euc", HIDE, "sh"]
@@ -65,6 +69,47 @@ def test_the_carried_btf_of_this_release(own_cache):
     assert f"kernel BTF     MISSING; the one pytrace carries for this release is used: " \
            f"{objects.shipped_btf()}" in doctor.stdout, doctor.stdout + doctor.stderr
     check_connection(traced_transitions())
+
+
+@pytest.mark.matrix
+def test_every_program_relocates_against_the_carried_btf_as_against_the_kernels(own_cache):
+    """build.py's carried BTF (bpftool gen min_core_btf) for this release
+    relocates every program of every object exactly as the kernel's own BTF
+    does, instruction for instruction; a program that needs the kernel's BTF
+    beyond relocation (tp_btf, fentry: their attach target) is refused
+    without it, as it must be."""
+    if objects.shipped_btf() is None:
+        pytest.skip(f"pytrace carries no BTF for {RELEASE} (only for the lab's kernels: vmlinux/x86/btf/)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([*NO_BTF, sys.executable, os.path.join(here, "relocation.py"), "default"],
+                       capture_output=True, text=True, timeout=600, cwd=here)
+    assert r.returncode == 0, r.stderr
+    carried = json.loads(r.stdout)
+    own = relocation.every_program("own")
+    compared = 0
+    for name, programs in own.items():
+        for program, code in programs.items():
+            if code is None:
+                continue
+            if carried[name][program] is None:
+                assert needs_kernel_btf(name, program), f"{name} {program}: refused with the carried BTF"
+                continue
+            assert carried[name][program] == code, f"{name} {program}: relocated differently"
+            compared += 1
+    assert compared > 50, compared
+
+
+def needs_kernel_btf(name: str, program: str) -> bool:
+    """A program whose attach target is found in the kernel's BTF (tp_btf,
+    fentry/fexit, iterators): it cannot load without it, whatever relocates."""
+    lb = libbpf.lib()
+    ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
+    try:
+        prog = lb.bpf_object__find_program_by_name(ptr, program.encode())
+        return lb.bpf_program__section_name(prog).decode().split("/")[0] in ("tp_btf", "fentry", "fexit",
+                                                                             "fmod_ret", "iter", "lsm")
+    finally:
+        lb.bpf_object__close(ptr)
 
 
 @pytest.mark.matrix
