@@ -101,3 +101,13 @@ def test_a_load_it_makes_fail_falls_back_once(own_cache):
         assert obj.relocation_btf is None
     finally:
         obj.close()
+
+
+def test_without_a_cache_to_keep_it_the_kernels_own_serves(own_cache):
+    """PYTRACE_NO_CACHE, or a directory another user could write: nothing is
+    made (it would be made again at every load), the kernel's BTF serves."""
+    own_cache.mkdir(mode=0o700)
+    os.chmod(own_cache, 0o777)
+    with TcpStates() as tracer:
+        assert tracer.obj.relocation_btf is None
+    assert not list(own_cache.glob("corebtf-*"))

@@ -126,6 +126,11 @@ def read(name: str) -> bytes | None:
         posix.close(fd)
 
 
+def usable() -> bool:
+    """Whether files can be kept: DIR is (or now is) a trustworthy directory."""
+    return _dir_fd(create=True) >= 0
+
+
 def trusted_path(name: str) -> str | None:
     """DIR/name for a library that opens it by name (libbpf's btf_custom_path),
     if it is a file read() would trust; else None.  Nobody else can replace

@@ -75,7 +75,8 @@ def load_path(core: dict, all_roots: frozenset, obj_name: str) -> str | None:
     now if this boot has none yet; None where the object must relocate
     against the kernel's own BTF.  all_roots: every shipped object's roots
     (one file serves them all)."""
-    if not cachefile.ENABLED or not core.get("roots") or core.get("target_ids"):
+    # without a cache to keep it in, making it at every load would cost more than it saves
+    if not core.get("roots") or core.get("target_ids") or not cachefile.usable():
         return None
     mine = frozenset(map(tuple, core["roots"]))
     files = _files(all_roots) if mine <= all_roots else None
