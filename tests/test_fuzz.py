@@ -9,9 +9,10 @@ empty, a path that does not exist, a file of the wrong kind (/etc/passwd as a
 network namespace, a BTF file, a libc...), unknown names.
 
 Expected, for every case: no traceback, ever; exit status 2 and exactly one
-line on stderr (bad input is a usage error); the bad value never runs (a
-case still running after its time is an accepted bad value); and nothing is
-left in the kernel.
+line on stderr (bad input is a usage error), which does not blame another
+file of the command line for it; the bad value never runs (a case still
+running after its time is an accepted bad value); and nothing is left in the
+kernel.
 
 Most values are refused by the parser itself: those run through the parser
 in this process (the CLI builds the same parser from the same add_arguments,
@@ -109,6 +110,12 @@ BY_TYPE = {
     "_new_file": lambda a, env: ["", "/nonexistent/x.db", "/etc/passwd", "/tmp"],
     "_influx_url": lambda a, env: ["", "ftp://x/db", "http://", "abc", "http://127.0.0.1:99999/db"],
     "_allow_host": lambda a, env: ["", "http://x", "a b", "x:80", "a..b", "[::1]:80"],
+    # replay --since/--until: every form, malformed and past what a recording's
+    # int64 nanoseconds hold (as +SECONDS, Unix seconds and date-times)
+    "recording_time": lambda a, env: ["abc", "99:99", "25:00", "", "+1e400", "-5", *HUGE,
+                                      "99999999999999999999", "+99999999999999999999", "+" + "9" * 400,
+                                      "9" * 400, "9223372037", "+9223372037", "+2562047789h",
+                                      "9999-12-31", "0001-01-01", "1969-12-31T00:00:00+00:00"],
 }
 
 # ... and for plain strings, by the option's destination
@@ -121,8 +128,6 @@ BY_DEST = {
     "db": lambda a, env: ["/nonexistent/x.db", "/", env["garbage"]],
     "ctl": lambda a, env: ["/nonexistent/x.sock", ""],
     "socket": lambda a, env: ["/nonexistent/x.sock", ""],
-    "since": lambda a, env: ["abc", "99:99", "", "+1e400"],
-    "until": lambda a, env: ["abc", "99:99", "", "+1e400"],
     "where": lambda a, env: ["nofield=1", "=", "", "a"],
     "listen": lambda a, env: ["abc", "127.0.0.1:99999", "", "999.0.0.1:80"],
     "filter": lambda a, env: ["(((", "a <", "", "nosuchfield == 1"],
@@ -272,8 +277,11 @@ def run_real(case: Case, cache: str) -> tuple[int | None, str, str]:
         return None, out, err
 
 
-def verdict(status: int | None, out: str, err: str) -> str | None:
-    """What is wrong with one refusal, or None."""
+def verdict(status: int | None, out: str, err: str, case: Case | None = None) -> str | None:
+    """What is wrong with one refusal, or None.  With the case, the line must
+    not blame another file of the command line instead of the option (replay
+    once called a bad --since a damaged recording): one that names such a
+    file names the option or quotes (the start of) its value too."""
     if "Traceback" in err or "Traceback" in out:
         return f"traceback: {err.strip().splitlines()[-1] if err.strip() else out[-200:]}"
     if status is None or status == 0:
@@ -283,6 +291,11 @@ def verdict(status: int | None, out: str, err: str) -> str | None:
         return f"status {status}, not 2: {err.strip()[:200]!r}"
     if len(lines) != 1:
         return f"{len(lines)} lines on stderr: {err.strip()[:300]!r}"
+    if case is not None:
+        others = [a for a in case.argv[1:] if "/" in a and case.value not in a]
+        blamed = [a for a in others if a in lines[0]]
+        if blamed and case.option not in lines[0] and case.value[:30] not in lines[0]:
+            return f"blames {blamed[0]}, not {case.option}: {lines[0][:300]!r}"
     return None
 
 
@@ -346,6 +359,7 @@ def test_every_option_is_known_to_the_fuzzer(env):
 def test_every_number_shows_its_bounds_in_help(env):
     missing = []
     parsers = [((name,), tool_parser(name)) for name in registry.names()]
+    parsers += [((name,), command_parser(name)) for name in ("replay", "exporter")]
     for command, parser in parsers:
         for cmd, sub, action in walk(parser, command):
             limits = getattr(action.type, "range_text", None)
@@ -367,7 +381,7 @@ def test_bad_values_are_refused_in_one_line_and_leave_nothing(env):
         if status is None:
             at_run_time.append(case)
             continue
-        problem = verdict(status, "", err)
+        problem = verdict(status, "", err, case)
         if problem:
             problems.append(f"{case}: {problem}")
         elif len(sampled.setdefault(case.command, [])) < CLI_SAMPLE:
@@ -375,7 +389,7 @@ def test_bad_values_are_refused_in_one_line_and_leave_nothing(env):
     parsed = time.monotonic() - started
     real = at_run_time + [c for group in sampled.values() for c in group]
     for case in real:
-        problem = verdict(*run_real(case, env["cache"]))
+        problem = verdict(*run_real(case, env["cache"]), case)
         if problem:
             problems.append(f"{case}: {problem}")
     left = leftovers(before)

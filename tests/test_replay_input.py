@@ -121,6 +121,40 @@ def test_flags_that_do_not_parse_are_replays_one_line(tmp_path, recordings):
         assert r.stdout == ""           # not the tool's help or usage
 
 
+TOO_LATE = ["99999999999999999999", "+99999999999999999999", "+" + "9" * 400, "9223372037", "+9223372037",
+            "+2562047789h", "9999-12-31T23:59:59", "0001-01-01"]
+
+
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+def test_a_time_past_what_a_recording_holds_is_the_flags_fault(recordings, flag):
+    """A recording's times are int64 nanoseconds (up to 2262-04-11): a time
+    beyond them is refused where the flag is parsed, naming the flag and its
+    bounds, not taken for a damaged recording when SQLite cannot bind it."""
+    for value in TOO_LATE:
+        r = run_cli("replay", recordings["events"], f"{flag}={value}")
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        assert one_line(r, 2) == (f"pytrace replay: error: argument {flag}: '{shown}' is out of range: "
+                                  "+SECONDS and Unix SECONDS 0-9223372036, a date-time from 1970-01-01 to "
+                                  "2262-04-11\n"), value
+        assert r.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["events", "snapshots"])
+def test_the_latest_times_a_recording_holds_are_taken(recordings, kind):
+    """At the bound, +SECONDS (added to the start) is held at the last time a
+    recording can hold: --until there is everything, --since nothing."""
+    everything = run_cli("replay", recordings[kind])
+    assert everything.returncode == 0 and everything.stderr == "", everything.stderr
+    nothing = run_cli("replay", recordings[kind], "--since", "+0", "--until", "+0")   # no event at the start
+    assert nothing.returncode == 0 and nothing.stdout != everything.stdout
+    for args, expected in ((["--until", "+9223372036"], everything.stdout),
+                           (["--until", "9223372036"], everything.stdout),
+                           (["--since", "+9223372036"], nothing.stdout),
+                           (["--since", "2262-04-11T23:47:16+00:00"], nothing.stdout)):
+        r = run_cli("replay", recordings[kind], *args)
+        assert (r.returncode, r.stderr, r.stdout) == (0, "", expected), args
+
+
 def test_not_a_recording(tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_text("not sqlite\n" * 10)

@@ -5,7 +5,9 @@ with --record and --influx at once: every connection is printed, in the
 recording and in InfluxDB (a real influxd, started here), exactly once; and
 the kernel lost nothing.  With InfluxDB unreachable (nothing listening, or a
 listener whose backlog is full so that connecting hangs), Ctrl-C ends the
-command within a second, and the points it could not write are counted."""
+command within a second, and the points it could not write are counted; with
+one that accepts the connection and never answers, InfluxDB delays the exit
+by less than a second too, and the points are counted in one line."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -121,8 +124,31 @@ def hanging() -> tuple[int, list[socket.socket]]:
     return port, held
 
 
-@pytest.mark.parametrize("server", [refusing, hanging], ids=["refused", "hanging-connect"])
-def test_ctrl_c_with_influxdb_unreachable_exits_within_a_second(server):
+def silent() -> tuple[int, list[socket.socket]]:
+    """A listener that accepts every connection and never reads from it nor
+    answers: the request is sent, and its answer never comes."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    held = [srv]
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:              # the test closed the listener
+                return
+            held.append(conn)
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1], held
+
+
+@pytest.mark.parametrize("server,limit", [(refusing, 1.0), (hanging, 1.0), (silent, 1.5)],
+                         ids=["refused", "hanging-connect", "accepts-never-answers"])
+def test_ctrl_c_with_influxdb_unreachable_exits_within_a_second(server, limit):
     influx_port, held = server()
     port = free_port()
     try:
@@ -134,7 +160,9 @@ def test_ctrl_c_with_influxdb_unreachable_exits_within_a_second(server):
         while len(cli.seen) < 3 * 7 and time.monotonic() < deadline:
             cli.read_until(lambda line: True, 0.2)
         assert len(cli.seen) == 21
-        time.sleep(0.5)                  # the writer has tried, and is waiting to retry
+        time.sleep(0.5)                  # the writer has tried, and is waiting to retry (or for an answer)
+        if server is silent:
+            assert len(held) == 2        # the request's connection was accepted, and waits
         start = time.monotonic()
         cli.proc.send_signal(signal.SIGINT)
         rc = cli.proc.wait(10)
@@ -144,6 +172,10 @@ def test_ctrl_c_with_influxdb_unreachable_exits_within_a_second(server):
         for s in held or ():
             s.close()
     assert rc == 0, err
-    assert took < 1.0, (took, err)
+    assert took < limit, (took, err)
     assert "Traceback" not in err
     assert "21 points dropped" in err, err
+    if server is silent:                 # nothing to say before the stop: one line, after it
+        assert err.splitlines() == [f"pytrace: influx http://127.0.0.1:{influx_port}/pt: 21 points dropped "
+                                    "(21 not written when the command ended (server did not answer)); "
+                                    "0 points written"], err

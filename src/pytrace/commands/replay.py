@@ -29,31 +29,75 @@ from ..core.errors import PytraceError, UsageError
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def parse_time(text: str, start_ns: int, flag: str) -> int:
-    """TIME -> wall-clock ns.  Forms: +SECONDS[s|m|h] (after the recording
-    started), HH:MM[:SS[.frac]] (on the day it started, local time), an ISO
-    8601 date-time (local unless it has an offset), or Unix seconds."""
+# A recording holds its times as nanoseconds in SQLite's signed 64-bit
+# INTEGER: the last it can hold is 2**63-1 ns, 2262-04-11T23:47:16Z.  So
+# --since/--until take SECONDS (after the start, or Unix) from 0 up to that,
+# and are refused beyond it when they are parsed: a time SQLite cannot bind
+# is the flag's fault, not the recording's.
+MAX_NS = 2**63 - 1
+MAX_SECONDS = MAX_NS // 1_000_000_000           # 9223372036
+TIME_RANGE = f"0-{MAX_SECONDS}"                 # shown in -h
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def recording_time(text: str) -> tuple:
+    """The argparse type of --since/--until: TIME, checked and bounded, to be
+    placed on a recording's time line by at().  Forms: +SECONDS[s|m|h] (after
+    the recording started), HH:MM[:SS[.frac]] (on the day it started, local
+    time), an ISO 8601 date-time (local unless it has an offset), or Unix
+    seconds (9 digits or more)."""
     t = text.strip()
+    shown = text if len(text) <= 40 else text[:40] + "..."
+
+    def out_of_range() -> Exception:
+        return cliutil.bad_value(f"'{shown}' is out of range: +SECONDS and Unix SECONDS {TIME_RANGE}, "
+                                 "a date-time from 1970-01-01 to 2262-04-11")
     m = re.fullmatch(r"\+(\d+(?:\.\d*)?)([smh]?)", t)
     if m:
-        return start_ns + int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] * 1e9)
+        secs = float(m.group(1)) * _UNITS[m.group(2)]      # hundreds of digits: inf, refused below
+        if secs > MAX_SECONDS:
+            raise out_of_range()
+        return ("after start", int(secs * 1e9))
     if re.fullmatch(r"\d{9,}(\.\d*)?", t):
-        return int(float(t) * 1e9)
+        secs = float(t)
+        if secs > MAX_SECONDS:
+            raise out_of_range()
+        return ("wall", int(secs * 1e9))
     m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2})(\.\d+)?)?", t)
     if m:
-        day = datetime.datetime.fromtimestamp(start_ns / 1e9).date()
         hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
         try:
-            moment = datetime.datetime.combine(day, datetime.time(hh, mm, ss))
+            datetime.time(hh, mm, ss)
         except ValueError:
-            raise UsageError(f"{flag} {text}: not a time of day") from None
-        return int(moment.timestamp()) * 1_000_000_000 + int(float(m.group(4) or 0) * 1e9)
+            raise cliutil.bad_value(f"'{shown}' is not a time of day") from None
+        return ("on the first day", (hh, mm, ss), int(float(m.group(4) or 0) * 1e9))
     try:
         moment = datetime.datetime.fromisoformat(t)
     except ValueError:
-        raise UsageError(f"{flag} {text}: expected +SECONDS, HH:MM[:SS], an ISO date-time "
-                         "or Unix seconds") from None
-    return int(moment.timestamp() * 1e6) * 1000
+        raise cliutil.bad_value(f"'{shown}': expected +SECONDS, HH:MM[:SS], an ISO date-time "
+                                "or Unix seconds") from None
+    try:
+        secs = moment.timestamp()
+    except (ValueError, OverflowError, OSError):    # year 1 in local time: year 0
+        raise out_of_range() from None
+    if not 0 <= secs <= MAX_SECONDS:
+        raise out_of_range()
+    return ("wall", int(secs * 1e6) * 1000)
+
+
+recording_time.range_text = TIME_RANGE    # type: ignore[attr-defined]
+
+
+def at(when: tuple, start_ns: int) -> int:
+    """A recording_time() on the time line of a recording that started at
+    start_ns: wall-clock ns, at most MAX_NS (a time after every event it can hold)."""
+    if when[0] == "after start":
+        return min(start_ns + when[1], MAX_NS)
+    if when[0] == "on the first day":
+        day = datetime.datetime.fromtimestamp(start_ns / 1e9).date()
+        moment = datetime.datetime.combine(day, datetime.time(*when[1]))
+        return int(moment.timestamp()) * 1_000_000_000 + when[2]
+    return when[1]
 
 
 def _plain(value: Any) -> Any:
@@ -103,8 +147,11 @@ def event_filter(source: Any, conds: list[tuple[str, bool, str]]) -> Callable[[t
 def add_arguments(p: ArgParser) -> None:
     p.description = DESCRIPTION
     p.add_argument("file", metavar="FILE", help="a recording made with --record FILE")
-    p.add_argument("--since", metavar="TIME", help="only from this time on (+SECONDS, HH:MM:SS, ISO, Unix)")
-    p.add_argument("--until", metavar="TIME", help="only up to this time")
+    p.add_argument("--since", metavar="TIME", type=recording_time,
+                   help="only from this time on: +SECONDS[s|m|h] after the recording started, HH:MM[:SS] on "
+                        f"its first day, an ISO date-time or Unix SECONDS; SECONDS {TIME_RANGE} (up to 2262-04-11)")
+    p.add_argument("--until", metavar="TIME", type=recording_time,
+                   help=f"only up to this time (the forms of --since; SECONDS {TIME_RANGE})")
     p.add_argument("--where", metavar="FIELD=VALUE", action="append", default=[],
                    help="only events whose FIELD equals (or, with !=, differs from) VALUE; repeatable")
     p.add_argument("--json", action="store_true", help="print the tool's JSON (one object per line)")
@@ -147,8 +194,8 @@ class _RecordedFlags(ArgParser):
 
 def _replay(rec: Any, args: Any, conds: list[tuple[str, bool, str]]) -> int:
     """Print rec as its tool did live (run() turns what a damaged row raises into one line)."""
-    since = parse_time(args.since, rec.start_ns, "--since") if args.since is not None else None
-    until = parse_time(args.until, rec.start_ns, "--until") if args.until is not None else None
+    since = at(args.since, rec.start_ns) if args.since is not None else None
+    until = at(args.until, rec.start_ns) if args.until is not None else None
     if not registry.exists(rec.tool):
         raise PytraceError(f"{args.file}: recorded by tool '{rec.tool}', which this pytrace does not have")
     tool = registry.command(rec.tool)   # its SPEC, or a legacy module alike (pytrace.spec)

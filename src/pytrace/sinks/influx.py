@@ -30,6 +30,7 @@ import http.client
 import json
 import math
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -157,23 +158,32 @@ class InfluxWriter:
     write() never blocks on the network.  At most `buffer` points wait (plus
     one batch in flight); beyond that the oldest are dropped and counted.
 
-    close() sends what is left as long as the server takes it, and gives up
-    once close_timeout seconds (0.5) pass without a batch written while the
-    server cannot be reached (refused, no route), or `timeout` seconds (10)
-    while a request waits for a server that accepted it (a slow one, busy
-    with a storm's points, or one that hangs).  An unreachable server never
-    delays a stop by more than half a second.
+    At a stop (stopping(), then close()) the writer sends what is left as
+    long as the server takes it, and waits for the server only so long: it
+    gives up once close_timeout seconds (0.5) pass while the server cannot be
+    reached (refused, no route, a connect that hangs), or answer_timeout
+    seconds (0.9) while a request waits for an answer from a server that
+    accepted it (a slow one, or one that never answers), counted from the
+    stop, or from the request if it was made later.  A request still waiting
+    then is cut short (its socket shut down), and one made while stopping
+    has its socket timeout lowered to what remains.  So an unreachable or
+    silent server never delays a stop by more than a second, and one that
+    answers each batch within that is given every point.  Outside a stop a
+    request may take `timeout` seconds (10: a busy influxd, taking a storm's
+    points, can be that slow).
     """
 
     def __init__(self, url: str | InfluxURL, *, username: str | None = None, password: str | None = None,
                  batch: int | None = None, buffer: int | None = None, flush: float | None = None,
                  timeout: float = 10.0, retry_max: float = 5.0, close_timeout: float = 0.5,
-                 create_database: bool = True, report: Callable[[str], None] | None = None):
+                 answer_timeout: float = 0.9, create_database: bool = True,
+                 report: Callable[[str], None] | None = None):
         self.url = parse_url(url) if isinstance(url, str) else url
         self.batch = batch or self.url.batch
         self.max_buffer = buffer or self.url.buffer
         self.flush_interval = flush or self.url.flush
         self.timeout, self.retry_max, self.close_timeout = timeout, retry_max, close_timeout
+        self.answer_timeout = answer_timeout
         self.create_database = create_database
         self.report = report or (lambda text: notice(text))
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
@@ -187,7 +197,10 @@ class InfluxWriter:
         self._buf: collections.deque[str] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._progress: float | None = None     # closing: when the last batch was written
+        self._stop_at: float | None = None      # when the stop began (stopping(), or close())
+        self._waiting: float | None = None      # since when the server owes an answer (a batch unanswered)
+        self._given_up = False                  # closing: the rest is not sent
+        self._silent = False                    # closing: a request was left unanswered
         self._flushing = False
         self._outage = False
         self._outage_dropped = 0
@@ -235,7 +248,7 @@ class InfluxWriter:
         only stall the caller)."""
         with self._cond:
             while (len(self._buf) + n > self.max_buffer and self._buf and not self._outage
-                   and not self._closing):
+                   and not self._closing and not (self._stop_at and self._give_up_in() <= 0)):
                 self._cond.wait(0.1)
 
     def point(self, measurement: str, tags: Mapping[str, Any], fields: Mapping[str, Any], time_ns: int) -> None:
@@ -254,20 +267,36 @@ class InfluxWriter:
             self._flushing = False
             return not self._buf and not self._inflight
 
+    def stopping(self) -> None:
+        """The command is stopping: from now on the server is waited for only
+        so long (see the class).  close() says it too; a caller with more to
+        write first (InfluxSink, through give_up) says it at the stop."""
+        with self._cond:
+            if self._stop_at is None:
+                self._stop_at = time.monotonic()
+
+    def stalled(self) -> bool:
+        """Stopping: the server cannot be reached, or has not answered for as
+        long as a stop waits for it (points still to write are not worth making)."""
+        self.stopping()
+        with self._cond:
+            return self._outage or self._give_up_in() <= 0
+
     def close(self, dropped: int = 0) -> None:
-        """Send what is left while the server takes it; once close_timeout
-        seconds pass without a batch written, count the rest as dropped.
-        dropped: points the caller could not even queue (reported with these)."""
+        """Send what is left while the server takes it; once it has been
+        unreachable or silent for as long as a stop waits (see the class),
+        count the rest as dropped.  dropped: points the caller could not even
+        queue (reported with these)."""
+        self.stopping()
         with self._cond:
             if self._closing:
                 return
             self._closing = True
             self.dropped += dropped
-            self._progress = time.monotonic()       # moved on by every batch written
             self._cond.notify_all()
         try:
             # The thread ends by itself once it gives up, unless it is stuck in a
-            # request (a server that accepts and never answers): not waited for.
+            # request: that one is cut short below.
             while self._thread.is_alive():
                 with self._cond:
                     left = self._give_up_in()
@@ -276,10 +305,30 @@ class InfluxWriter:
                 self._thread.join(min(left, 0.05))
         finally:
             with self._cond:
-                self._progress = 0.0                # the thread stops at its next look
+                self._given_up = True               # the thread stops at its next look
+                stuck = self._thread.is_alive() and self._inflight and not self._connecting
+                if stuck:
+                    self._silent = True
+            if stuck:
+                # A server that took the request and does not answer: shut the socket
+                # down, and the request ends now (its batch goes back to the buffer,
+                # counted below).  A connect() that hangs has no socket to shut
+                # down yet: the thread is left to it, and its batch counted as not sent.
+                self._cut_request()
+                self._thread.join(0.2)
+            with self._cond:
                 if self._thread.is_alive():
                     self._buf.extendleft([""] * self._inflight)   # the batch in flight counts as not sent
             self._finish_report()
+
+    def _cut_request(self) -> None:
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _finish_report(self) -> None:
         with self._cond:
@@ -298,8 +347,9 @@ class InfluxWriter:
                     parts.append(f"{full} while the server could not take them and the buffer of "
                                  f"{self.max_buffer} was full")
                 if self.dropped - full:
-                    parts.append(f"{self.dropped - full} not written when the command ended"
-                                 f"{' (server unreachable)' if self._outage else ''}")
+                    why_not = (" (server unreachable)" if self._outage else
+                               " (server did not answer)" if self._silent else "")
+                    parts.append(f"{self.dropped - full} not written when the command ended{why_not}")
                 why.append(f"{self.dropped} points dropped ({', '.join(parts)})")
             if self.rejected:
                 why.append(f"{self.rejected} points rejected by the server")
@@ -344,15 +394,17 @@ class InfluxWriter:
                 n = min(self.batch, len(self._buf))
                 chunk = [self._buf.popleft() for _ in range(n)]
                 self._inflight = n
+                if self._waiting is None:
+                    self._waiting = time.monotonic()
             status, detail = self._send(chunk)
             with self._cond:
                 self._inflight = 0
+                if status != "retry":
+                    self._waiting = None        # the server answered
                 if status == "ok":
                     self.sent += n - detail_count(detail)
                     self.rejected += detail_count(detail)
                     backoff = 0.0
-                    if self._closing and self._progress:
-                        self._progress = time.monotonic()      # progress: keep sending
                     if self._outage:
                         self._outage = False
                         self.report(f"influx {self.url.display}: reachable again"
@@ -365,13 +417,14 @@ class InfluxWriter:
                 else:  # retry: put the batch back in front, oldest first out if full
                     self._buf.extendleft(reversed(chunk))
                     over = len(self._buf) - self.max_buffer
-                    if over > 0:
+                    if over > 0 and not self._given_up:     # given up: all of it is "not written", at close
                         self._drop(over)
                     self.last_error = detail
-                    if not self._outage:
+                    if not self._outage and not self._silent:
                         self._outage = True
-                        self.report(f"influx {self.url.display}: cannot write ({detail}); holding up to "
-                                    f"{self.max_buffer} points and retrying")
+                        if not self._closing:       # closing, the report at the end says it
+                            self.report(f"influx {self.url.display}: cannot write ({detail}); holding up to "
+                                        f"{self.max_buffer} points and retrying")
                     backoff = min(self.retry_max, max(0.25, backoff * 2))
                 self._cond.notify_all()
 
@@ -380,17 +433,21 @@ class InfluxWriter:
         end = time.monotonic() + seconds
         while not self._closing and time.monotonic() < end:
             self._cond.wait(end - time.monotonic())
-        if self._closing and self._progress is not None:
+        if self._closing and not self._given_up:
             # retry during the close grace period, but not in a hot loop
             self._cond.wait(min(0.1, max(0.0, self._give_up_in())))
 
     def _give_up_in(self) -> float:
-        """Closing: seconds left before the rest is given up (lock held)."""
-        if not self._progress:
+        """Stopping: seconds left before the rest is given up (lock held).  The
+        patience runs while the server owes an answer (a batch in flight or
+        failed), from the stop at the earliest."""
+        if self._given_up:
             return 0.0
+        if self._stop_at is None or self._waiting is None:
+            return self.answer_timeout          # the server owes nothing: not waiting for it
         answering = self._inflight and not self._outage and not self._connecting
-        patience = self.timeout if answering else self.close_timeout
-        return self._progress + patience - time.monotonic()
+        patience = self.answer_timeout if answering else self.close_timeout
+        return max(self._waiting, self._stop_at) + patience - time.monotonic()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -402,6 +459,14 @@ class InfluxWriter:
 
     def _request(self, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
         conn = self._connection()
+        if self._closing:
+            # what remains of the stop's patience, not the 10 s of a busy server
+            with self._cond:
+                limit = max(0.01, self._give_up_in())
+            conn.timeout = limit
+            if conn.sock is not None:
+                conn.sock.settimeout(limit)
+        connected = False
         try:
             if conn.sock is None:
                 self._connecting = True
@@ -409,10 +474,13 @@ class InfluxWriter:
                     conn.connect()
                 finally:
                     self._connecting = False
+            connected = True
             conn.request("POST", path, body, headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException):
+            if connected and self._closing:
+                self._silent = True     # it took the request, and no answer came in time
             conn.close()
             self._conn = None
             raise
@@ -518,9 +586,10 @@ class InfluxSink(Sink):
         self.writer.write(snapshot_lines(snap))
 
     def give_up(self) -> bool:
-        """At close: the server is unreachable, so converting the events still
-        queued would only fill a buffer that is dropped a second later."""
-        return self.writer.outage
+        """At close: the server is unreachable, or has not answered since the
+        stop for as long as a stop waits for it, so converting the events
+        still queued would only fill a buffer that is dropped a moment later."""
+        return self.writer.stalled()
 
     def close(self, failed: bool = False, dropped: int = 0) -> None:
         self.writer.close(dropped)
