@@ -221,16 +221,11 @@ def test_container_started_later_is_followed(lab):
     assert {e.labels for e in got} == {expected_labels(late)}
 
 
-def test_kubelet_cgroup_layout_labels_and_follow(lab):
-    """Traffic in cgroups laid out as a kubelet (systemd driver) and
-    containerd lay a pod's container, made after the tool started: followed
-    by the container id's prefix, labelled with the pod UID and runtime from
-    the path (no Kubernetes here: the pod's name needs the runtime's state)."""
-    uid = "0b6f1f2e-4a59-4c3e-9d7c-1234567890ab"
-    cid = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
-    parts = ("kubepods.slice", "kubepods-burstable.slice", f"kubepods-burstable-pod{uid.replace('-', '_')}.slice",
-             f"cri-containerd-{cid}.scope")
-    with _usable(TcpConnect, container=cid[:12], labels=True) as t:
+def late_connects(lab, parts: tuple[str, ...], container: str) -> tuple[list, object]:
+    """tcpconnect's labelled events (5, or what 30 s bring) filtered on
+    `container`, of the traffic of a cgroup at `parts` made after the tool
+    started; and that traffic's box (stopped)."""
+    with _usable(TcpConnect, container=container, labels=True) as t:
         assert not t.scope.followed
         box = lab.in_cgroup(parts, PORTS["LATE"])
         try:
@@ -242,6 +237,19 @@ def test_kubelet_cgroup_layout_labels_and_follow(lab):
                     break
         finally:
             lab.stop(box)
+    return got, box
+
+
+def test_kubelet_cgroup_layout_labels_and_follow(lab):
+    """Traffic in cgroups laid out as a kubelet (systemd driver) and
+    containerd lay a pod's container, made after the tool started: followed
+    by the container id's prefix, labelled with the pod UID and runtime from
+    the path (no Kubernetes here: the pod's name needs the runtime's state)."""
+    uid = "0b6f1f2e-4a59-4c3e-9d7c-1234567890ab"
+    cid = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
+    parts = ("kubepods.slice", "kubepods-burstable.slice", f"kubepods-burstable-pod{uid.replace('-', '_')}.slice",
+             f"cri-containerd-{cid}.scope")
+    got, box = late_connects(lab, parts, container=cid[:12])
     assert len(got) >= 5 and {owner_of_ports({e.rport}) for e in got} == {"LATE"}
     path = "/" + "/".join(parts)
     assert {e.labels for e in got} == {Labels(box.leaf.id, path, box.netns, "containerd", cid, None, None, None,
@@ -277,17 +285,7 @@ def test_rootless_podman_container_is_named_from_its_users_storage(lab, rootless
     (storage / "containers.json").write_text(json.dumps(
         [{"id": "1" * 64, "names": ["someone-else"]}, {"id": cid, "names": ["rootless-web"], "image": "x"}]))
     parts = ("user.slice", f"user-{uid}.slice", f"user@{uid}.service", "user.slice", f"libpod-{cid}.scope")
-    with _usable(TcpConnect, container="rootless-web", labels=True) as t:
-        box = lab.in_cgroup(parts, PORTS["LATE"])
-        try:
-            got = []
-            deadline = time.monotonic() + 30
-            for batch in t.batches():
-                got.extend(t.make_event(r) for r in batch)
-                if len(got) >= 5 or time.monotonic() > deadline:
-                    break
-        finally:
-            lab.stop(box)
+    got, box = late_connects(lab, parts, container="rootless-web")
     assert len(got) >= 5 and {owner_of_ports({e.rport}) for e in got} == {"LATE"}
     path = "/" + "/".join(parts)
     assert {e.labels for e in got} == {Labels(box.leaf.id, path, box.netns, "podman", cid, "rootless-web",

@@ -31,6 +31,21 @@ def check_server_side(events, conn) -> None:
     assert {e.rport for e in events} == {0, conn.client_port}
 
 
+def speculated_and_traced(argv: list[str], port: int) -> tuple[str, str | None]:
+    """`tcpstates ARGV` started as the CLI starts it (speculated), the
+    speculative object taken by the tracer, and a connection to port traced
+    exactly: (the variant's hook, the BTF the object was relocated against)."""
+    prefetch.start("tcpstates", argv)
+    ptr = prefetch._pending[2]
+    with TcpStates(lports=[port]) as tracer:
+        assert tracer.obj.ptr == ptr
+        used = tracer.variant.hook, tracer.obj.relocation_btf
+        conn = tcp_roundtrip("127.0.0.1", port)
+        events = list(tracer.events(duration=0.3))
+    check_server_side(events, conn)
+    return used
+
+
 @pytest.fixture
 def cli_state(tmp_path, monkeypatch):
     """prefetch as a fresh CLI process has it, remembering under tmp_path."""
@@ -57,13 +72,7 @@ def test_a_remembered_command_is_loaded_ahead_and_taken(cli_state):
     assert os.path.exists(os.path.join(cachefile.DIR, prefetch._name("tcpstates")))
 
     cli_state()                                        # the same command again
-    prefetch.start("tcpstates", argv)
-    ptr = prefetch._pending[2]
-    with TcpStates(lports=[port]) as tracer:
-        assert tracer.obj.ptr == ptr and tracer.variant.hook == hook
-        conn = tcp_roundtrip("127.0.0.1", port)
-        events = list(tracer.events(duration=0.3))
-    check_server_side(events, conn)
+    assert speculated_and_traced(argv, port)[0] == hook
 
 
 def test_the_speculative_load_relocates_against_the_reduced_btf(cli_state):
@@ -80,13 +89,7 @@ def test_the_speculative_load_relocates_against_the_reduced_btf(cli_state):
     assert known[tuple(argv)][6] == reduced
 
     cli_state()
-    prefetch.start("tcpstates", argv)
-    ptr = prefetch._pending[2]
-    with TcpStates(lports=[port]) as tracer:
-        assert tracer.obj.ptr == ptr and tracer.obj.relocation_btf == reduced
-        conn = tcp_roundtrip("127.0.0.1", port)
-        events = list(tracer.events(duration=0.3))
-    check_server_side(events, conn)
+    assert speculated_and_traced(argv, port)[1] == reduced
 
     stale = reduced.replace(f"-{corebtf._boot_id()}-", "-0123456789abcdef-")
     os.link(reduced, stale)
@@ -94,13 +97,7 @@ def test_the_speculative_load_relocates_against_the_reduced_btf(cli_state):
     known[tuple(argv)] = (*entry[:6], stale, entry[7])
     cachefile.write_dict(prefetch._name("tcpstates"), known)
     cli_state()
-    prefetch.start("tcpstates", argv)
-    ptr = prefetch._pending[2]
-    with TcpStates(lports=[port]) as tracer:
-        assert tracer.obj.ptr == ptr and tracer.obj.relocation_btf is None
-        conn = tcp_roundtrip("127.0.0.1", port)
-        events = list(tracer.events(duration=0.3))
-    check_server_side(events, conn)
+    assert speculated_and_traced(argv, port)[1] is None
 
 
 def test_an_object_remembered_by_another_installation_is_not_loaded(cli_state, tmp_path):
