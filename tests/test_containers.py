@@ -337,6 +337,36 @@ def test_interval_tool_container_filter_exact(lab, tool):
     assert idle_amount == 0 and not idle_pids, f"{tool}: {idle_amount} counted in an idle cgroup"
 
 
+def test_top_rows_labelled_in_the_library_the_cli_and_a_replay(lab, tmp_path):
+    """tcptop's rows, per task and connection, each with its container: the
+    library's rows carry A's labels exactly; the CLI's CONTAINER column and
+    --json name A; a recording replays them."""
+    with _usable(TcpTop, container=NAMES["A"], labels=True) as top:
+        time.sleep(DURATION)
+        flows = top.read()
+    assert flows and {f.pid for f in flows} <= lab.a.pids()
+    assert {f.labels for f in flows} == {expected_labels(lab.a)}
+    assert {(f.cgroup_id, f.netns) for f in flows} == {(lab.a.leaf.id, lab.a.netns)}
+
+    path = tmp_path / "tcptop.db"
+    r = run_cli("tcptop", "--container", NAMES["A"], "--show-container", "-C", "--record", str(path), "1", "2")
+    assert r.returncode == 0, r.stderr
+    for out in (r.stdout, run_cli("replay", str(path)).stdout):
+        lines = out.splitlines()
+        heads = [i for i, line in enumerate(lines) if line.startswith("CONTAINER")]
+        assert heads and lines[heads[0]].split()[:3] == ["CONTAINER", "PID", "COMM"], out
+        rows = [line for i in heads for line in lines[i + 1:] if line.strip() and not line.startswith("CONTAINER")
+                and "loadavg" not in line]
+        assert rows and {row.split()[0] for row in rows} == {NAMES["A"]}, out
+    want = expected_labels(lab.a).to_dict()
+    for args in (("tcptop", "--container", NAMES["A"], "--show-container", "--json", "1", "1"),
+                 ("replay", "--json", str(path))):
+        js = run_cli(*args)
+        recs = [json.loads(line) for line in js.stdout.splitlines()]
+        assert js.returncode == 0 and recs, js.stderr
+        assert all({k: rec[k] for k in want} == want and rec["pid"] in lab.a.pids() for rec in recs), recs
+
+
 # -- BCC's pinned maps -------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -261,7 +261,8 @@ def test_cli_json_exact_bytes():
     wall = datetime.fromisoformat(recs[0]["time"]).timestamp()
     assert abs(wall * 1e9 - recs[0]["ts_ns"] - (time.time_ns() - time.monotonic_ns())) < 1e6
     assert list(recs[0]) == ["time", "ts_ns", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
-                             "rx_bytes", "tx_bytes"]
+                             "rx_bytes", "tx_bytes", "cgroup_id", "netns"]
+    assert all(r["cgroup_id"] == r["netns"] == 0 for r in recs)      # filled with --show-container only
 
 
 def run_on_tty(*args: str, traffic: bool = True) -> bytes:

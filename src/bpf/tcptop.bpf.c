@@ -28,6 +28,8 @@ struct tcptop_key {
 	__u16 lport;
 	__u16 dport;
 	__u16 pad;
+	__u32 netns;		/* the socket's, with labels (filter.h pt_labels); else 0 */
+	__u64 cgroup_id;	/* the task's, with labels; else 0 (a flow is not split by it then) */
 };
 
 struct tcptop_val {
@@ -70,6 +72,8 @@ static __always_inline int account(const struct sock *sk, __s64 bytes, bool rx)
 
 	key.pid = pid;
 	key.family = family;
+	key.cgroup_id = pt_task_cgroup_label();
+	key.netns = pt_sk_netns_label(sk);
 	key.lport = sk_sport(sk);
 	key.dport = sk_dport(sk);
 	sk_read_addrs(sk, family, key.saddr, key.daddr);

@@ -429,6 +429,12 @@ class Labels:
     # what a sink that tells tags from fields (InfluxDB) takes as tags: the names, not the ids
     TAGS = ("cgroup", "runtime", "container_id", "container", "pod", "namespace", "pod_uid")
 
+    @classmethod
+    def from_text(cls, d: dict[str, str]) -> Labels:
+        """The labels again from to_dict()'s values as text (a snapshot's labels)."""
+        return cls(int(d.get("cgroup_id") or 0), d.get("cgroup"), int(d.get("netns") or 0),
+                   *(d.get(n) for n in ("runtime", "container_id", "container", "pod", "namespace", "pod_uid")))
+
     def to_dict(self) -> dict[str, Any]:
         return {"cgroup_id": self.cgroup_id, "cgroup": self.cgroup, "netns": self.netns,
                 "runtime": self.runtime, "container_id": self.container_id, "container": self.container,

@@ -141,6 +141,14 @@ class Tracer:
         """cgroup id -> core/containers.Labels, when labels were asked for; else None."""
         return self.scope.labeler if self.scope is not None else None
 
+    def labelled_rows(self, rows: list) -> list:
+        """Rows of a table whose key holds cgroup_id and netns (filter.h fills
+        them with labels), each with its Labels when labels were asked for."""
+        labeler = self.labeler
+        if labeler is None:
+            return rows
+        return [r.labelled(labeler.labels(r.cgroup_id, r.netns)) for r in rows]
+
 
 SCOPE_KEYWORDS = frozenset({"cgroup", "netns", "container", "cgroupmap", "mntnsmap", "labels"})
 # A tool's SCOPE, by whose its events are (src/bpf/filter.h), plus LABELS where it streams events:

@@ -67,8 +67,10 @@ def snapshot_head(snap: Snapshot) -> dict[str, Any]:
 
 
 def rows_json(snap: Snapshot, rows: list[Any]) -> str:
+    """A row per line; a labelled row's labels after its fields, as an event's."""
     head = snapshot_head(snap)
-    return "".join(_encode({**head, **r.to_dict()}) + "\n" for r in rows)
+    return "".join(_encode({**head, **r.to_dict(), **(r.labels.to_dict() if getattr(r, "labels", None) is not None else {})}) + "\n"
+                   for r in rows)
 
 
 def histograms_json(snap: Snapshot, spec: Any = None) -> str:

@@ -23,11 +23,16 @@ if TYPE_CHECKING:
 
 
 def rows_snapshot(spec: ToolSpec, rows: list[Any], args: Any, values: dict | None = None) -> Snapshot:
+    """A table or top tool's rows: the spec's labels and values, and a labelled
+    row's core/containers.Labels (cgroup, container, pod...) as labels too."""
     series = []
     for row in rows:
         d = row.to_dict()
-        series.append(Series.of({n: label_text(d[n]) for n in spec.labels if d[n] is not None},
-                                {n: d[n] for n in spec.values}))
+        labels = {n: label_text(d[n]) for n in spec.labels if d[n] is not None}
+        if getattr(row, "labels", None) is not None:
+            labels.update((n, str(v)) for n, v in row.labels.to_dict().items()
+                          if v is not None and n not in spec.values)     # the ids are values already
+        series.append(Series.of(labels, {n: d[n] for n in spec.values}))
     return Snapshot.now(spec.name, series, getattr(args, "interval", None), values)
 
 
@@ -45,7 +50,16 @@ def label_text(value: Any) -> str:
 
 def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
     make = spec.event.cls.from_dict
-    return [make({**dict(s.labels), **dict(s.values)}) for s in snap.series]
+    out = []
+    for s in snap.series:
+        fields = {**dict(s.labels), **dict(s.values)}
+        row = make(fields)
+        # a labelled row (rows_snapshot): its cgroup known, or its cgroup id (filled only with labels)
+        if "cgroup" in fields or "runtime" in fields or fields.get("cgroup_id") not in (None, 0, "0"):
+            from ..core.containers import Labels
+            row = row.labelled(Labels.from_text(fields))
+        out.append(row)
+    return out
 
 
 def histograms_snapshot(spec: ToolSpec, hists: dict, args: Any, values: dict | None = None) -> Snapshot:

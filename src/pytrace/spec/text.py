@@ -223,11 +223,18 @@ def cell(c: Column, row: dict, args: Any) -> str:
     return f"{text:{c.align}{width}}"
 
 
+# --show-container of a table or top tool: the row's container (its labels' short name)
+CONTAINER = Column("CONTAINER", lambda d: d.get("container") or "-", width=16, clip=True, when="show_container")
+
+
 def table(columns: tuple[Column, ...] | list[Column], rows: list[Any], args: Any) -> str:
-    """A header and a line per row (rows: events/rows with to_dict(), or dicts)."""
+    """A header and a line per row (rows: events/rows with to_dict(), or dicts;
+    a labelled row's container is its "container", for the CONTAINER column)."""
     shown = [c for c in columns if c.shown(args)]
     lines = [header_line(shown, args)]
     for r in rows:
         d = r if isinstance(r, dict) else r.to_dict()
+        if getattr(r, "labels", None) is not None:
+            d = {**d, "container": r.labels.short}
         lines.append(" ".join(cell(c, d, args) for c in shown) + "\n")
     return "".join(lines)

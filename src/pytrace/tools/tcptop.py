@@ -9,6 +9,10 @@ Library:
             print(f.pid, f.comm, f.laddr, f.lport, f.raddr, f.rport, f.rx_bytes, f.tx_bytes)
         print("not counted (table full):", top.missed)
 
+With TcpTop(labels=True) (the CLI's --show-container) each flow also
+carries its task's cgroup and its socket's network namespace (cgroup_id,
+netns) and f.labels, its container and pod (core/containers.Labels).
+
 A flow is (pid, local address and port, remote address and port); bytes are
 those the process sent and read (a peek reads nothing).  COMM is the task's
 name when it first moved bytes in the period.
@@ -23,10 +27,10 @@ from ..cli.aggregate import local_time
 from ..cli.cliutil import int_range
 from ..core.loader import Variant
 from ..core.net import AF_INET, AF_INET6
-from ..core.tracer import TASK_SCOPE, Tracer
+from ..core.tracer import LABELS, TASK_SCOPE, Tracer
 from ..sinks.snapshot import Snapshot
 from ..spec import TOP, Column, EventType, Option, ToolSpec, family, interval_positionals, pid, public_classes
-from ..spec.text import table
+from ..spec.text import CONTAINER, table
 
 SORTS = ("all", "sent", "received")
 MAX_ROWS = 10240       # the flow table's size
@@ -44,6 +48,8 @@ TCP_FLOW = EventType("TcpFlow", map="flows", doc="The bytes one process moved on
     rport <- dport
     rx_bytes <- received        # bytes read (a peek reads nothing)
     tx_bytes <- sent            # bytes sent
+    cgroup_id                   # labels=True: the task's cgroup (0 otherwise)
+    netns                       # labels=True: the socket's network namespace (0 otherwise)
     -pad
 """)
 
@@ -59,7 +65,7 @@ def sort_key(sort: str):
 
 class TcpTop(Tracer):
     OBJECT = "tcptop"
-    SCOPE = TASK_SCOPE
+    SCOPE = TASK_SCOPE | LABELS
     VARIANTS = (
         Variant("kprobe", ("tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv")),
         Variant("tp_btf", ("tcptop_tp_btf_send", "tcptop_tp_btf_recv"), needs="tracepoints sock_send/recv_length"),
@@ -89,9 +95,10 @@ class TcpTop(Tracer):
 
     def read(self, sort: str = "all") -> list:
         """The flows (TcpFlow) that moved bytes since the last read (or the start),
-        busiest first; each is taken out of the kernel's table as it is read."""
+        busiest first; each is taken out of the kernel's table as it is read.
+        With labels=True each has its container's labels (f.labels)."""
         decode = self._decode
-        out = [decode(row) for row in self._flows.pop_rows()]
+        out = self.labelled_rows([decode(row) for row in self._flows.pop_rows()])
         out.sort(key=sort_key(sort))
         return out
 
@@ -110,6 +117,7 @@ def _pid_width(args: Any = None) -> int:
 
 
 COLUMNS = (
+    CONTAINER,
     Column("PID", "pid", width=_pid_width),
     Column("COMM", "comm", width=12, clip=True),
     Column("LADDR", lambda d: f"{d['laddr']}:{d['lport']}", width=21),
@@ -164,7 +172,8 @@ SPEC = ToolSpec(
     "tcptop", "TCP send/receive throughput per process and connection", TcpTop, TOP,
     description="Summarize TCP send/recv throughput by host (and process).",
     event=TCP_FLOW,
-    labels=("pid", "comm", "family", "laddr", "lport", "raddr", "rport"), values=("rx_bytes", "tx_bytes"),
+    labels=("pid", "comm", "family", "laddr", "lport", "raddr", "rport"),
+    values=("rx_bytes", "tx_bytes", "cgroup_id", "netns"),
     options=(
         Option("-C", "--noclear", action="store_true", help="don't clear the screen"),
         Option("-S", "--nosummary", action="store_true", help="skip system summary line"),
