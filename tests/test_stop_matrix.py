@@ -4,6 +4,8 @@ stopped, must end as documented and leave nothing in the kernel.
   SIGINT, SIGTERM, SIGHUP   status 0, stderr free of tracebacks and noise
                             (vnet record: SIGHUP re-reads its config, as
                             documented; it must go on and stop on SIGINT)
+  two stops 0-40 ms apart   status 0, nothing on stderr, and what was traced
+                            printed: one pair and one gap a tool, in turn
   closed stdout             the read end of its pipe closed while it runs
                             (`| head`): status 0, nothing on stderr
   full disk                 stdout a file on a tmpfs that is full: one line
@@ -20,7 +22,8 @@ programs of their own meanwhile), read from its fdinfo when it was ready and
 again right before the stop, and by the tracefs mounts and probe events of
 kernelstate.left_since().
 
-Bounded: one run is ~0.3 s; the whole file, ~240 runs, stays under ~3 min.
+Bounded: one run is ~0.3 s; the whole file, ~290 runs, stays under ~3.5 min
+(the double stops, one run a tool: ~18 s).
 """
 
 from __future__ import annotations
@@ -244,6 +247,43 @@ def test_a_signal_ends_it_cleanly(tool, sig, lab):
         sig = signal.SIGINT
     rc, _, err = run.stop(sig)
     assert (rc, noise(err)) == (0, []), err
+    assert run.left() == {}
+
+
+# -- two stops ----------------------------------------------------------------------------------------------
+
+# Two stops 0-40 ms apart, so the second lands anywhere on the way out (the
+# final drain, the release, Python's finalization).  test_stops runs tcplife
+# with each pair at each gap; here every tool gets one pair and one gap, in
+# turn over the registry (6 pairs, 5 gaps: 30 combinations over the tools).
+PAIRS = ((signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM),
+         (signal.SIGTERM, signal.SIGINT), (signal.SIGHUP, signal.SIGINT), (signal.SIGTERM, signal.SIGHUP))
+GAPS_MS = (0, 3, 10, 20, 40)
+DOUBLE_STOPS = [(tool, *PAIRS[i % len(PAIRS)], GAPS_MS[i % len(GAPS_MS)]) for i, tool in enumerate(TOOLS)]
+
+
+@pytest.mark.parametrize("tool,first,second,gap_ms", DOUBLE_STOPS,
+                         ids=[f"{t}-{signal.Signals(a).name[3:]}-{signal.Signals(b).name[3:]}-{g}ms"
+                              for t, a, b, g in DOUBLE_STOPS])
+def test_a_double_stop_ends_it_with_status_0(tool, first, second, gap_ms, lab):
+    """Status 0, not a line on stderr, nothing left, and (the second stop
+    absorbed, not cutting the final drain short) the traced connection
+    printed.  vnet record: SIGHUP first re-reads its config and the SIGINT
+    stops it; SIGHUP second lands on its way out."""
+    run = Run(tool, lab)
+    run.ready()
+    port = traffic()
+    if tool in PRINTS_PORT:
+        time.sleep(0.1)     # the event of the connection's last ACK: in the kernel before the stops
+    run._note_held()
+    run.proc.send_signal(first)
+    time.sleep(gap_ms / 1000)
+    if run.proc.poll() is None:
+        run.proc.send_signal(second)
+    rc, out, err = run.stop(None)
+    assert (rc, messages(tool, err)) == (0, []), err
+    if tool in PRINTS_PORT:
+        assert str(port) in out, out
     assert run.left() == {}
 
 
