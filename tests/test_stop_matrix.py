@@ -23,7 +23,8 @@ again right before the stop, and by the tracefs mounts and probe events of
 kernelstate.left_since().
 
 Bounded: one run is ~0.3 s; the whole file, ~290 runs, stays under ~3.5 min
-(the double stops, one run a tool: ~18 s).
+(the double stops, one run a tool: ~18 s).  The commands that are not
+registry tools, or run otherwise, are test_stop_commands's.
 """
 
 from __future__ import annotations
@@ -140,27 +141,36 @@ class Run:
 
     started: list["Run"] = []       # killed after each test if still running (a failed case)
 
-    def __init__(self, tool: str, lab: Lab, stdout=subprocess.PIPE):
+    def __init__(self, tool: str, lab: Lab | None, stdout=subprocess.PIPE, argv: list[str] | None = None):
+        """argv: the command line after `pytrace` (default: TOOL and its minimal arguments)."""
         Run.started.append(self)
         self.tool = tool
         self.before = kernelstate.snapshot()
-        self.proc = subprocess.Popen([*PYTRACE, tool, *lab.args(tool)], stdout=stdout,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([*PYTRACE, *(argv if argv is not None else [tool, *lab.args(tool)])],
+                                     stdout=stdout, stderr=subprocess.PIPE, text=True)
         self.held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
 
     def _note_held(self) -> None:
         for kind, ids in held_ids(self.proc.pid).items():
             self.held[kind] |= ids
 
+    def sleeping(self) -> bool:
+        """Its main thread sleeps where its loop waits."""
+        return wchan(self.proc.pid) in LOOP_WAITS
+
+    def holds_all(self) -> bool:
+        """It holds the BPF objects it runs with (called once it sleeps, its fdinfo read)."""
+        return self.tool in NO_BPF or bool(self.held["prog"])
+
     def ready(self) -> None:
         """Until the tool sleeps in its loop holding its objects (or ended: a failure)."""
         def looping() -> bool:
             if self.proc.poll() is not None:
                 return True
-            if wchan(self.proc.pid) not in LOOP_WAITS:
+            if not self.sleeping():
                 return False
             self._note_held()
-            return self.tool in NO_BPF or bool(self.held["prog"])
+            return self.holds_all()
         assert wait_until(looping, 20, 0.005), f"{self.tool} did not reach its loop"
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.tool} ended at start-up: {self.proc.returncode} "
