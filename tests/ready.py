@@ -37,3 +37,18 @@ def started(*args: str, links: int, env: dict | None = None) -> Cli:
 def n_programs(cls, hook: str) -> int:
     """How many programs (links) the hook variant of a tool class attaches."""
     return len(next(v for v in cls.VARIANTS if v.hook == hook).programs)
+
+
+def udp_connects_recorded(path: str, n: int) -> None:
+    """A recording at path (udpconnect --record) of n UDP connects of this
+    process, to distinct ports: `pytrace replay path` prints n + 1 lines
+    (the header, a line a connect), ~57 bytes each."""
+    import signal
+    import socket
+    from pytrace.tools.udpconnect import UdpConnect
+    cli = started("udpconnect", "-p", str(os.getpid()), "--record", path, links=n_programs(UdpConnect, "tracepoint"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        for i in range(n):
+            u.connect(("127.0.0.1", 1024 + i))
+    rc, _, err = cli.stop(signal.SIGINT)
+    assert rc == 0, err

@@ -4,6 +4,8 @@ stopped, must end as documented and leave nothing in the kernel.
   SIGINT, SIGTERM, SIGHUP   status 0, stderr free of tracebacks and noise
                             (vnet record: SIGHUP re-reads its config, as
                             documented; it must go on and stop on SIGINT)
+  two stops 0-40 ms apart   status 0, nothing on stderr, and what was traced
+                            printed: one pair and one gap a tool, in turn
   closed stdout             the read end of its pipe closed while it runs
                             (`| head`): status 0, nothing on stderr
   full disk                 stdout a file on a tmpfs that is full: one line
@@ -20,7 +22,9 @@ programs of their own meanwhile), read from its fdinfo when it was ready and
 again right before the stop, and by the tracefs mounts and probe events of
 kernelstate.left_since().
 
-Bounded: one run is ~0.3 s; the whole file, ~240 runs, stays under ~3 min.
+Bounded: one run is ~0.3 s; the whole file, ~290 runs, stays under ~3.5 min
+(the double stops, one run a tool: ~18 s).  The commands that are not
+registry tools, or run otherwise, are test_stop_commands's.
 """
 
 from __future__ import annotations
@@ -137,27 +141,36 @@ class Run:
 
     started: list["Run"] = []       # killed after each test if still running (a failed case)
 
-    def __init__(self, tool: str, lab: Lab, stdout=subprocess.PIPE):
+    def __init__(self, tool: str, lab: Lab | None, stdout=subprocess.PIPE, argv: list[str] | None = None):
+        """argv: the command line after `pytrace` (default: TOOL and its minimal arguments)."""
         Run.started.append(self)
         self.tool = tool
         self.before = kernelstate.snapshot()
-        self.proc = subprocess.Popen([*PYTRACE, tool, *lab.args(tool)], stdout=stdout,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([*PYTRACE, *(argv if argv is not None else [tool, *lab.args(tool)])],
+                                     stdout=stdout, stderr=subprocess.PIPE, text=True)
         self.held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
 
     def _note_held(self) -> None:
         for kind, ids in held_ids(self.proc.pid).items():
             self.held[kind] |= ids
 
+    def sleeping(self) -> bool:
+        """Its main thread sleeps where its loop waits."""
+        return wchan(self.proc.pid) in LOOP_WAITS
+
+    def holds_all(self) -> bool:
+        """It holds the BPF objects it runs with (called once it sleeps, its fdinfo read)."""
+        return self.tool in NO_BPF or bool(self.held["prog"])
+
     def ready(self) -> None:
         """Until the tool sleeps in its loop holding its objects (or ended: a failure)."""
         def looping() -> bool:
             if self.proc.poll() is not None:
                 return True
-            if wchan(self.proc.pid) not in LOOP_WAITS:
+            if not self.sleeping():
                 return False
             self._note_held()
-            return self.tool in NO_BPF or bool(self.held["prog"])
+            return self.holds_all()
         assert wait_until(looping, 20, 0.005), f"{self.tool} did not reach its loop"
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.tool} ended at start-up: {self.proc.returncode} "
@@ -244,6 +257,43 @@ def test_a_signal_ends_it_cleanly(tool, sig, lab):
         sig = signal.SIGINT
     rc, _, err = run.stop(sig)
     assert (rc, noise(err)) == (0, []), err
+    assert run.left() == {}
+
+
+# -- two stops ----------------------------------------------------------------------------------------------
+
+# Two stops 0-40 ms apart, so the second lands anywhere on the way out (the
+# final drain, the release, Python's finalization).  test_stops runs tcplife
+# with each pair at each gap; here every tool gets one pair and one gap, in
+# turn over the registry (6 pairs, 5 gaps: 30 combinations over the tools).
+PAIRS = ((signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM),
+         (signal.SIGTERM, signal.SIGINT), (signal.SIGHUP, signal.SIGINT), (signal.SIGTERM, signal.SIGHUP))
+GAPS_MS = (0, 3, 10, 20, 40)
+DOUBLE_STOPS = [(tool, *PAIRS[i % len(PAIRS)], GAPS_MS[i % len(GAPS_MS)]) for i, tool in enumerate(TOOLS)]
+
+
+@pytest.mark.parametrize("tool,first,second,gap_ms", DOUBLE_STOPS,
+                         ids=[f"{t}-{signal.Signals(a).name[3:]}-{signal.Signals(b).name[3:]}-{g}ms"
+                              for t, a, b, g in DOUBLE_STOPS])
+def test_a_double_stop_ends_it_with_status_0(tool, first, second, gap_ms, lab):
+    """Status 0, not a line on stderr, nothing left, and (the second stop
+    absorbed, not cutting the final drain short) the traced connection
+    printed.  vnet record: SIGHUP first re-reads its config and the SIGINT
+    stops it; SIGHUP second lands on its way out."""
+    run = Run(tool, lab)
+    run.ready()
+    port = traffic()
+    if tool in PRINTS_PORT:
+        time.sleep(0.1)     # the event of the connection's last ACK: in the kernel before the stops
+    run._note_held()
+    run.proc.send_signal(first)
+    time.sleep(gap_ms / 1000)
+    if run.proc.poll() is None:
+        run.proc.send_signal(second)
+    rc, out, err = run.stop(None)
+    assert (rc, messages(tool, err)) == (0, []), err
+    if tool in PRINTS_PORT:
+        assert str(port) in out, out
     assert run.left() == {}
 
 

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         # Python's default handlers (KeyboardInterrupt out of an import:
         # status 130; SIGTERM: killed with nothing released).
         stops.install_signal_handlers(hold=True)
+    else:
+        stops.absorb_repeated_interrupts()     # one Ctrl-C: status 130, never a traceback
     try:
         rc = _dispatch(argv, tool)
     except (KeyboardInterrupt, stops.Terminate):

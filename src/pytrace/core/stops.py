@@ -29,7 +29,7 @@ first thing, before the prefetch thread loads anything a stop must release.
 
 from __future__ import annotations
 
-from _signal import SIG_DFL, SIG_IGN, SIGHUP, SIGINT, SIGTERM, getsignal, signal
+from _signal import SIG_DFL, SIG_IGN, SIGHUP, SIGINT, SIGTERM, default_int_handler, getsignal, signal
 from time import monotonic
 
 TYPE_CHECKING = False
@@ -81,6 +81,24 @@ def install_signal_handlers(hold: bool = False, final: bool = True) -> None:
     # ignored, and Python would keep it ignored.
     for sig in STOPS:
         signal(sig, _on_stop)
+
+
+def absorb_repeated_interrupts() -> None:
+    """The CLI's commands other than tools (replay, list, doctor; the
+    exporter installs the tools' handlers once its config is read): Ctrl-C
+    raises KeyboardInterrupt once, as Python's own handler does (main ends
+    the command with status 130), and further Ctrl-Cs while it exits are
+    absorbed, as a tool's are.  With Python's handler a second one that
+    landed in main's last steps (after its except clause, before
+    ignore_stops) ended the command with a traceback and status -2.
+
+    SIGTERM and SIGHUP keep their default disposition: these commands hold
+    nothing in the kernel.  A SIGINT ignored since the start (a shell's
+    background job) stays ignored."""
+    global _final
+    if getsignal(SIGINT) is default_int_handler:
+        _final = True
+        signal(SIGINT, _on_stop)
 
 
 def _on_stop(signum: int, frame: Any) -> None:
