@@ -20,6 +20,7 @@ import pytest
 import relocation
 from helpers import Cli, run_cli, tcp_roundtrip, wait_until
 from pytrace.core import libbpf, objects
+from pytrace.core.bpfobject import BpfObject
 
 HIDE = 'mount -t tmpfs -o size=64k,mode=0755 pytrace-nobtf /sys/kernel/btf; exec "$@"'
 NO_BTF = ["unshare", "--mount", "--propagation", "private", "sh", "-euc", HIDE, "sh"]
@@ -101,7 +102,11 @@ def test_every_program_relocates_against_the_carried_btf_as_against_the_kernels(
 
 def needs_kernel_btf(name: str, program: str) -> bool:
     """A program whose attach target is found in the kernel's BTF (tp_btf,
-    fentry/fexit, iterators): it cannot load without it, whatever relocates."""
+    fentry/fexit, iterators), or of an object with kfunc externs (libbpf
+    resolves them in the running kernel's BTF): it cannot load without it,
+    whatever relocates."""
+    if BpfObject(name).types.ksyms:
+        return True
     lb = libbpf.lib()
     ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
     try:
@@ -110,6 +115,18 @@ def needs_kernel_btf(name: str, program: str) -> bool:
                                                                              "fmod_ret", "iter", "lsm")
     finally:
         lb.bpf_object__close(ptr)
+
+
+@pytest.mark.matrix
+def test_kfuncs_without_the_kernels_btf_are_one_line(own_cache):
+    """tcpnagle's object names kfuncs (its sockops variant's), which libbpf
+    finds only in the running kernel's own BTF: without it, the carried BTF
+    cannot stand in, and the command says so in one line."""
+    if objects.shipped_btf() is None:
+        pytest.skip(f"pytrace carries no BTF for {RELEASE}: no tool gets as far as its kfuncs without one")
+    r = run_cli("tcpnagle", prefix=NO_BTF)
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "its kfunc references need the kernel's own BTF (/sys/kernel/btf/vmlinux)" in r.stderr, r.stderr
 
 
 @pytest.mark.matrix

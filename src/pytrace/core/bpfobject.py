@@ -224,6 +224,11 @@ class BpfObject:
 
     # -- life cycle ---------------------------------------------------------
     def open(self) -> "BpfObject":
+        if self.types.ksyms and not objects.kernel_has_btf():
+            # libbpf resolves kfuncs (even weak ones) in the running kernel's
+            # own BTF: neither a carried BTF nor --btf can stand in for it
+            raise OSError(errno.ENOENT, f"{os.path.basename(self.path)}: its kfunc references need the kernel's "
+                                        f"own BTF ({objects.KERNEL_BTF}), which this kernel does not show")
         btf = objects.custom_btf()
         if btf is None and not self._own_btf:
             btf = self.relocation_btf = corebtf.load_path(self.types.core, objects.core_roots(),

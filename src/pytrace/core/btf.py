@@ -26,7 +26,7 @@ FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20
 _MODIFIERS = {TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG}
 _INT_FMT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
             (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 class BTFError(Exception):
@@ -287,7 +287,9 @@ def parse_object(path: str | os.PathLike) -> dict:
       variable, by C name;
     - maps: map name -> {"key": type, "value": type} (struct name or code);
     - vars: section -> {variable: [offset, size, code, count]};
-    - core: what its CO-RE relocations need of the kernel's BTF (core/corebtf).
+    - core: what its CO-RE relocations need of the kernel's BTF (core/corebtf);
+    - ksyms: whether it has kernel symbol externs (kfuncs), which libbpf
+      resolves against the running kernel's own BTF only.
     """
     data, ext, symoffs = _elf_sections(path)
     t = _Types(data)
@@ -330,7 +332,8 @@ def parse_object(path: str | os.PathLike) -> dict:
                     f = t.fields(r, var_name)[0]
                     code, count = f.fmt, f.count
                 vars_.setdefault(sec_name, {})[var_name] = [off, var_size, code, count]
-    return {"structs": structs, "maps": maps, "vars": vars_, "core": _core_needs(t, ext)}
+    ksyms = any(kind == DATASEC and name == ".ksyms" for kind, name, _, _, _ in t.types)
+    return {"structs": structs, "maps": maps, "vars": vars_, "core": _core_needs(t, ext), "ksyms": ksyms}
 
 
 def _digest(path: str | os.PathLike) -> str:
@@ -398,6 +401,11 @@ class ObjectTypes:
         except KeyError:
             raise BTFError(f"{os.path.basename(self.path)}: no variable {name} in {section}") from None
         return Var(name, off, size, code, count)
+
+    @property
+    def ksyms(self) -> bool:
+        """Whether the object has kfunc/ksym externs (they need the kernel's own BTF)."""
+        return bool(self._info.get("ksyms"))
 
     @property
     def core(self) -> dict:
