@@ -37,7 +37,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..core.errors import UsageError
+from ..core.errors import UsageError, shown
 from . import EventSource, Session, Sink, notice
 from .snapshot import Snapshot
 
@@ -113,7 +113,7 @@ class InfluxURL:
 def parse_url(text: str) -> InfluxURL:
     u = urllib.parse.urlsplit(text)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise UsageError(f"--influx {text}: expected http[s]://HOST[:PORT]/DATABASE")
+        raise UsageError(f"--influx {shown(text)}: expected http[s]://HOST[:PORT]/DATABASE")
     if u.username or u.password:
         raise UsageError("--influx: no credentials in the URL; set INFLUX_USERNAME and INFLUX_PASSWORD")
     try:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..cli import cliutil
 from ..cli.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 from ..spec.devices import device_name
 from ..spec import EVENTS, Option
 from ..spec.commands import Command, CommandSpec, Records
@@ -432,7 +432,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.tbf is not None:
         role, _, dev = args.tbf.partition(":")
         if role not in ("hA", "hB", "cA", "cB") or dev not in ("ul0", "vx0", "veth0", "br0", "eth0"):
-            raise UsageError(f"--tbf {args.tbf}: HOST:DEV with HOST hA, hB, cA or cB and DEV ul0, vx0, "
+            raise UsageError(f"--tbf {shown(args.tbf)}: HOST:DEV with HOST hA, hB, cA or cB and DEV ul0, vx0, "
                              "veth0, br0 (hosts) or eth0 (containers)")
         tbf = (role, dev)
     sinks = getattr(cliutil, "active_sinks", lambda: None)()
