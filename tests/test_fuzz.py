@@ -137,7 +137,6 @@ BY_DEST = {
     "loud": lambda a, env: ["nosuch", ""],
     "sources": lambda a, env: ["nosuch", "", "h0c0,,"],
     "name": lambda a, env: ["", "a/b", "x" * 200, ".."],
-    "from_influx": lambda a, env: ["", "abc", "ftp://x/db"],
     "reference": lambda a, env: ["nosuchhost"],
 }
 

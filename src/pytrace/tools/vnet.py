@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from ..cli import cliutil
-from ..cli.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
+from ..cli.cliutil import bad_value, influx_url, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
 from ..core.errors import PytraceError, UsageError, shown
 from ..spec.devices import device_name
 from ..spec import EVENTS, Option
@@ -389,14 +389,14 @@ def _ctl(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from ..vnet import report, store
-    if not args.db and not args.from_influx:
+    if not args.db and args.from_influx is None:
         raise UsageError("name at least one store (DB) or --from-influx URL")
     rows: list = []
     points: list = []       # the points tables: which points are egress ones (the qdisc note)
     for path in args.db:
         rows.extend(store.read_sqlite(path))
         points.extend(store.read_points(path))
-    if args.from_influx:
+    if args.from_influx is not None:
         rows.extend(store.read_influx(args.from_influx))
     if not rows:
         raise PytraceError("no records in " + ", ".join(args.db + ([args.from_influx] if args.from_influx else [])))
@@ -510,7 +510,8 @@ REPORT = Command(
                 "segment holding most of it, and a plot.",
     options=(
         Option("db", nargs="*", metavar="DB", help="SQLite stores (one per agent, or shared)"),
-        Option("--from-influx", metavar="URL", help="read the records from InfluxDB 1.x (http://HOST:PORT/DATABASE)"),
+        Option("--from-influx", metavar="URL", type=influx_url("--from-influx"),
+               help="read the records from InfluxDB 1.x (http://HOST:PORT/DATABASE)"),
         Option("--offset", type=host_offset, action="append", default=[], metavar="HOST=DUR",
                help="use this clock offset for HOST (relative to the reference) instead of estimating it"),
         Option("--reference", metavar="HOST", help="the host whose clock the others are aligned to"),
