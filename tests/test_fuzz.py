@@ -110,6 +110,7 @@ BY_TYPE = {
     "_new_file": lambda a, env: ["", "/nonexistent/x.db", "/etc/passwd", "/tmp"],
     "_influx_url": lambda a, env: ["", "ftp://x/db", "http://", "abc", "http://127.0.0.1:99999/db"],
     "_allow_host": lambda a, env: ["", "http://x", "a b", "x:80", "a..b", "[::1]:80"],
+    "field_list": lambda a, env: ["nosuchfield", ",", "len,,rc", ",len", "len,len", "len,rc,name,skbaddr,len"],
     # replay --since/--until: every form, malformed and past what a recording's
     # int64 nanoseconds hold (as +SECONDS, Unix seconds and date-times)
     "recording_time": lambda a, env: ["abc", "99:99", "25:00", "", "+1e400", "-5", *HUGE,
@@ -131,7 +132,6 @@ BY_DEST = {
     "where": lambda a, env: ["nofield=1", "=", "", "a"],
     "listen": lambda a, env: ["abc", "127.0.0.1:99999", "", "999.0.0.1:80"],
     "filter": lambda a, env: ["(((", "a <", "", "nosuchfield == 1"],
-    "by": lambda a, env: ["nosuchfield", ","],
     "tracepoints": lambda a, env: ["nosuch:tp", "a", "../../x:y", ""],
     "tbf": lambda a, env: ["nosuch:dev", "abc", ""],
     "loud": lambda a, env: ["nosuch", ""],
