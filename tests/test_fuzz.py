@@ -111,6 +111,7 @@ BY_TYPE = {
     "_influx_url": lambda a, env: ["", "ftp://x/db", "http://", "abc", "http://127.0.0.1:99999/db"],
     "_allow_host": lambda a, env: ["", "http://x", "a b", "x:80", "a..b", "[::1]:80"],
     "field_list": lambda a, env: ["nosuchfield", ",", "len,,rc", ",len", "len,len", "len,rc,name,skbaddr,len"],
+    "_ctl_socket": lambda a, env: ["/nonexistent/x.sock", "", "/", env["garbage"], env["vnet_config"]],
     # replay --since/--until: every form, malformed and past what a recording's
     # int64 nanoseconds hold (as +SECONDS, Unix seconds and date-times)
     "recording_time": lambda a, env: ["abc", "99:99", "25:00", "", "+1e400", "-5", *HUGE,
@@ -128,7 +129,6 @@ BY_DEST = {
     "file": lambda a, env: path_values(env["garbage"]),
     "db": lambda a, env: ["/nonexistent/x.db", "/", env["garbage"]],
     "ctl": lambda a, env: ["/nonexistent/x.sock", ""],
-    "socket": lambda a, env: ["/nonexistent/x.sock", ""],
     "where": lambda a, env: ["nofield=1", "=", "", "a"],
     "listen": lambda a, env: ["abc", "127.0.0.1:99999", "", "999.0.0.1:80"],
     "filter": lambda a, env: ["(((", "a <", "", "nosuchfield == 1"],

@@ -73,6 +73,23 @@ def _label(text: str) -> str:
     return text
 
 
+def _ctl_socket(text: str) -> str:
+    """ctl's -s: the unix socket a recorder's --ctl made (a path that is no
+    socket is a mistyped one, refused here rather than as "no recorder")."""
+    if not text:
+        raise bad_value("an empty socket path")
+    if not cliutil.checking_host():
+        return text
+    import stat
+    try:
+        mode = os.stat(text).st_mode
+    except OSError as exc:
+        raise bad_value(f"'{text}': {exc.strerror} (the socket of a `pytrace vnet record --ctl SOCKET`)") from None
+    if not stat.S_ISSOCK(mode):
+        raise bad_value(f"'{text}' is not a socket (the socket of a `pytrace vnet record --ctl SOCKET`)")
+    return text
+
+
 _RATE = re.compile(r"(\d+(?:\.\d+)?)(?:[kmgt]i?)?(?:bit|bps)?", re.IGNORECASE)
 
 
@@ -547,7 +564,8 @@ CTL = Command(
     instead="talks to a running `vnet record` over its --ctl socket: it loads no BPF",
     description="Talk to a `pytrace vnet record --ctl SOCKET`.",
     options=(
-        Option("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket"),
+        Option("-s", "--socket", required=True, metavar="SOCKET", type=_ctl_socket,
+               help="the recorder's --ctl socket"),
         Option("--json", action="store_true", help="print the recorder's answer as JSON"),
         Option("-v", "--verbose", action="store_true", help="details on errors")),
     examples=CTL_EXAMPLES,
