@@ -39,6 +39,7 @@ from pytrace import tools as registry
 from pytrace.commands import exporter, replay
 from pytrace.cli import cliutil
 from pytrace.cli.argparser import ArgParser
+from pytrace.vnet.store import SqliteStore
 
 HUGE = ("99999999999", str(10**30))
 NOT_NUMBERS = ("abc", "", "1.5", "0x10", "1e3", " ")
@@ -137,7 +138,7 @@ BY_DEST = {
     "loud": lambda a, env: ["nosuch", ""],
     "sources": lambda a, env: ["nosuch", "", "h0c0,,"],
     "name": lambda a, env: ["", "a/b", "x" * 200, ".."],
-    "reference": lambda a, env: ["nosuchhost"],
+    "reference": lambda a, env: ["nosuchhost", ""],
 }
 
 # Plain strings where any value is a valid one: nothing to fuzz
@@ -189,12 +190,17 @@ def walk(parser: ArgParser, command: tuple[str, ...]):
 
 def base_args(command: tuple[str, ...], env: dict) -> dict[str, list[str]]:
     """What a command needs besides the fuzzed option to get as far as using
-    it (required options, a recording to replay), by the option it sets."""
+    it (required options, a recording to replay, a tracepoint to count, a
+    store with records to report on), by the option it sets.  Without them a
+    bad value was refused for the missing argument, never for itself."""
     return {
         ("replay",): {"file": [env["recording"]]},
         ("exporter",): {"config": ["--config", env["exporter_config"]]},
+        ("count",): {"tracepoints": ["net:net_dev_xmit"]},
+        ("stackcount",): {"pattern": ["t:net:net_dev_xmit"]},
         ("tunnelmon",): {"dev": ["--dev", "lo"]},
         ("vnet", "record"): {"config": ["-c", env["vnet_config"]], "db": ["-o", env["vnet_db"]]},
+        ("vnet", "report"): {"db": [env["vnet_store"]]},
         ("vnet", "ctl", "add"): {"label": ["x"], "device": ["--device", "lo"], "direction": ["--direction", "ingress"],
                                  "method": ["--method", "tc"]},
         ("vnet", "ctl", "remove"): {"label": ["x"]},
@@ -204,6 +210,12 @@ def base_args(command: tuple[str, ...], env: dict) -> dict[str, list[str]]:
 def parent_args(command: tuple[str, ...], env: dict) -> list[str]:
     """What a subcommand's parent needs before the subcommand's name."""
     return {("vnet", "ctl"): ["-s", env["ctl_socket"]]}.get(command, [])
+
+
+def trailing_args(command: tuple[str, ...]) -> list[str]:
+    """What a command with subcommands needs after its own fuzzed option: a
+    subcommand (one that changes nothing), or it stops at the missing one."""
+    return {("vnet", "ctl"): ["list"]}.get(command, [])
 
 
 def command_line(command: tuple[str, ...], action: argparse.Action, value: str, env: dict) -> list[str]:
@@ -218,7 +230,8 @@ def command_line(command: tuple[str, ...], action: argparse.Action, value: str, 
             argv += args
     if action.option_strings:
         long = [o for o in action.option_strings if o.startswith("--")]
-        return argv + ([f"{long[0]}={value}"] if long else [action.option_strings[0], value])
+        return argv + ([f"{long[0]}={value}"] if long else [action.option_strings[0], value]) + \
+            trailing_args(command)
     return argv + ([value] if not value.startswith("-") else ["--", value])
 
 
@@ -318,6 +331,14 @@ def env(tmp_path_factory):
     vnet_config = d / "vnet.toml"
     vnet_config.write_text('[[point]]\nlabel = "lo"\ndevice = "lo"\ndirection = "ingress"\n'
                            'method = "netif_receive_skb"\n')
+    # a store for `vnet report`, two hosts' records of one path (as `vnet
+    # record` writes them): without one, report refused every value for
+    # having no records
+    vnet_store = str(d / "store.db")
+    with SqliteStore(vnet_store) as st:
+        st.write([(host, 1_000_000 * i + 5_000 * (host == "h2"), point, 100 + i, 17, "192.0.2.1", 1000,
+                   "192.0.2.2", 2000, 100, 86, 1, 2, 0, 0)
+                  for i in range(10) for host, point in (("h1", "a"), ("h2", "b"))])
     # a recorder for `vnet ctl` to talk to: it checks what ctl asks of it
     ctl_socket = str(d / "ctl.sock")
     recorder = Cli("vnet", "record", "-q", "-c", str(vnet_config), "-o", str(d / "recorder.db"), "--ctl", ctl_socket,
@@ -325,7 +346,7 @@ def env(tmp_path_factory):
     assert wait_until(lambda: os.path.exists(ctl_socket), 10)
     yield {"garbage": str(garbage), "cache": str(cache), "recording": str(recording),
            "exporter_config": str(exporter_config), "vnet_config": str(vnet_config),
-           "vnet_db": str(d / "vnet.db"), "ctl_socket": ctl_socket}
+           "vnet_db": str(d / "vnet.db"), "vnet_store": vnet_store, "ctl_socket": ctl_socket}
     rc, _, err = recorder.stop()
     assert rc == 0, err
 
