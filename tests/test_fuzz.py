@@ -9,10 +9,13 @@ empty, a path that does not exist, a file of the wrong kind (/etc/passwd as a
 network namespace, a BTF file, a libc...), unknown names.
 
 Expected, for every case: no traceback, ever; exit status 2 and exactly one
-line on stderr (bad input is a usage error), which does not blame another
+line on stderr (bad input is a usage error), which names the option or its
+value, prints no empty name ("--tbf : ..."), and blames no other flag or
 file of the command line for it; the bad value never runs (a case still
 running after its time is an accepted bad value); and nothing is left in the
-kernel.
+kernel.  Each command gets what it needs besides the fuzzed option (a
+tracepoint to count, a subcommand, a store to report on: base_args), so
+that a bad value meets its own check, not the missing argument's.
 
 Most values are refused by the parser itself: those run through the parser
 in this process (the CLI builds the same parser from the same add_arguments,
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ from pytrace import tools as registry
 from pytrace.commands import exporter, replay
 from pytrace.cli import cliutil
 from pytrace.cli.argparser import ArgParser
+from pytrace.vnet.store import SqliteStore
 
 HUGE = ("99999999999", str(10**30))
 NOT_NUMBERS = ("abc", "", "1.5", "0x10", "1e3", " ")
@@ -52,6 +57,7 @@ class Case:
     option: str                     # "--hosts" (or a positional's name)
     value: str
     argv: list[str] = field(default_factory=list)   # the whole command line after `pytrace`
+    names: tuple[str, ...] = ()     # what a line may call the option: its flags, or a positional's names
 
     def __str__(self) -> str:
         return " ".join(self.argv)
@@ -110,6 +116,8 @@ BY_TYPE = {
     "_new_file": lambda a, env: ["", "/nonexistent/x.db", "/etc/passwd", "/tmp"],
     "_influx_url": lambda a, env: ["", "ftp://x/db", "http://", "abc", "http://127.0.0.1:99999/db"],
     "_allow_host": lambda a, env: ["", "http://x", "a b", "x:80", "a..b", "[::1]:80"],
+    "field_list": lambda a, env: ["nosuchfield", ",", "len,,rc", ",len", "len,len", "len,rc,name,skbaddr,len"],
+    "_ctl_socket": lambda a, env: ["/nonexistent/x.sock", "", "/", env["garbage"], env["vnet_config"]],
     # replay --since/--until: every form, malformed and past what a recording's
     # int64 nanoseconds hold (as +SECONDS, Unix seconds and date-times)
     "recording_time": lambda a, env: ["abc", "99:99", "25:00", "", "+1e400", "-5", *HUGE,
@@ -127,18 +135,15 @@ BY_DEST = {
     "file": lambda a, env: path_values(env["garbage"]),
     "db": lambda a, env: ["/nonexistent/x.db", "/", env["garbage"]],
     "ctl": lambda a, env: ["/nonexistent/x.sock", ""],
-    "socket": lambda a, env: ["/nonexistent/x.sock", ""],
     "where": lambda a, env: ["nofield=1", "=", "", "a"],
     "listen": lambda a, env: ["abc", "127.0.0.1:99999", "", "999.0.0.1:80"],
     "filter": lambda a, env: ["(((", "a <", "", "nosuchfield == 1"],
-    "by": lambda a, env: ["nosuchfield", ","],
     "tracepoints": lambda a, env: ["nosuch:tp", "a", "../../x:y", ""],
     "tbf": lambda a, env: ["nosuch:dev", "abc", ""],
     "loud": lambda a, env: ["nosuch", ""],
     "sources": lambda a, env: ["nosuch", "", "h0c0,,"],
     "name": lambda a, env: ["", "a/b", "x" * 200, ".."],
-    "from_influx": lambda a, env: ["", "abc", "ftp://x/db"],
-    "reference": lambda a, env: ["nosuchhost"],
+    "reference": lambda a, env: ["nosuchhost", ""],
 }
 
 # Plain strings where any value is a valid one: nothing to fuzz
@@ -190,12 +195,17 @@ def walk(parser: ArgParser, command: tuple[str, ...]):
 
 def base_args(command: tuple[str, ...], env: dict) -> dict[str, list[str]]:
     """What a command needs besides the fuzzed option to get as far as using
-    it (required options, a recording to replay), by the option it sets."""
+    it (required options, a recording to replay, a tracepoint to count, a
+    store with records to report on), by the option it sets.  Without them a
+    bad value was refused for the missing argument, never for itself."""
     return {
         ("replay",): {"file": [env["recording"]]},
         ("exporter",): {"config": ["--config", env["exporter_config"]]},
+        ("count",): {"tracepoints": ["net:net_dev_xmit"]},
+        ("stackcount",): {"pattern": ["t:net:net_dev_xmit"]},
         ("tunnelmon",): {"dev": ["--dev", "lo"]},
         ("vnet", "record"): {"config": ["-c", env["vnet_config"]], "db": ["-o", env["vnet_db"]]},
+        ("vnet", "report"): {"db": [env["vnet_store"]]},
         ("vnet", "ctl", "add"): {"label": ["x"], "device": ["--device", "lo"], "direction": ["--direction", "ingress"],
                                  "method": ["--method", "tc"]},
         ("vnet", "ctl", "remove"): {"label": ["x"]},
@@ -205,6 +215,12 @@ def base_args(command: tuple[str, ...], env: dict) -> dict[str, list[str]]:
 def parent_args(command: tuple[str, ...], env: dict) -> list[str]:
     """What a subcommand's parent needs before the subcommand's name."""
     return {("vnet", "ctl"): ["-s", env["ctl_socket"]]}.get(command, [])
+
+
+def trailing_args(command: tuple[str, ...]) -> list[str]:
+    """What a command with subcommands needs after its own fuzzed option: a
+    subcommand (one that changes nothing), or it stops at the missing one."""
+    return {("vnet", "ctl"): ["list"]}.get(command, [])
 
 
 def command_line(command: tuple[str, ...], action: argparse.Action, value: str, env: dict) -> list[str]:
@@ -219,8 +235,17 @@ def command_line(command: tuple[str, ...], action: argparse.Action, value: str, 
             argv += args
     if action.option_strings:
         long = [o for o in action.option_strings if o.startswith("--")]
-        return argv + ([f"{long[0]}={value}"] if long else [action.option_strings[0], value])
+        return argv + ([f"{long[0]}={value}"] if long else [action.option_strings[0], value]) + \
+            trailing_args(command)
     return argv + ([value] if not value.startswith("-") else ["--", value])
+
+
+def option_names(action: argparse.Action) -> tuple[str, ...]:
+    """What a refusal may call the option: its flags, or a positional's
+    destination and metavar (argparse says "argument TRACEPOINT")."""
+    if action.option_strings:
+        return tuple(action.option_strings)
+    return tuple(n for n in (action.dest, action.metavar) if isinstance(n, str))
 
 
 def cases(env: dict) -> tuple[list[Case], list[str]]:
@@ -237,7 +262,7 @@ def cases(env: dict) -> tuple[list[Case], list[str]]:
                 continue
             for value in values:
                 out.append(Case(cmd, (action.option_strings or [action.dest])[0], value,
-                                command_line(cmd, action, value, env)))
+                                command_line(cmd, action, value, env), option_names(action)))
     return out, unknown
 
 
@@ -277,11 +302,50 @@ def run_real(case: Case, cache: str) -> tuple[int | None, str, str]:
         return None, out, err
 
 
+def names_flag(line: str, case: Case) -> bool:
+    """Whether a line names the option: one of its flags (or a positional's
+    names) as a whole word (-c is not in --cgroup)."""
+    return any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", line) for name in case.names or (case.option,))
+
+
+def names_option(line: str, case: Case) -> bool:
+    """Whether a refusal's line names the option (names_flag) or the value:
+    quoted (the start of a long one), or as a word of its own ("device
+    nosuchdev0: no such device").  A line that does neither leaves the reader
+    to guess which value of the command line was wrong, and says nothing at
+    all of an empty one."""
+    if names_flag(line, case):
+        return True
+    v = case.value
+    quoted = [f"'{v}'", f'"{v}"', repr(v)] if len(v) <= 30 else [f"'{v[:30]}", f'"{v[:30]}']
+    if any(q in line for q in quoted):
+        return True
+    return bool(case.value.strip()) and re.search(rf"(?:^|\s){re.escape(case.value)}[:,)]?(?:\s|$)", line) is not None
+
+
+def garbled(line: str) -> bool:
+    """An empty name printed as if it were one: "no client  (clients are...)",
+    "--tbf : HOST:DEV ...", ": Invalid argument"."""
+    message = line.split(": ", 1)[1] if line.startswith("pytrace") and ": " in line else line
+    return re.search(r"(?:^|\s):(?:\s|$)", message) is not None or "  " in message
+
+
+def other_flag(line: str, case: Case) -> str | None:
+    """A flag the line names that is neither the option's nor on the command
+    line: in a line that does not name the option's own, it blames (or was
+    worded for) another option ("--influx abc" for --from-influx=abc)."""
+    for flag in re.findall(r"(?<![\w-])--?[a-zA-Z][\w-]*", line):
+        if flag not in case.names and not any(a == flag or a.startswith(flag + "=") for a in case.argv):
+            return flag
+    return None
+
+
 def verdict(status: int | None, out: str, err: str, case: Case | None = None) -> str | None:
     """What is wrong with one refusal, or None.  With the case, the line must
-    not blame another file of the command line instead of the option (replay
-    once called a bad --since a damaged recording): one that names such a
-    file names the option or quotes (the start of) its value too."""
+    name the option or its value (names_option) without an empty name in it
+    (garbled); one that names neither is worse when it names another flag or
+    another file of the command line instead (replay once called a bad
+    --since a damaged recording)."""
     if "Traceback" in err or "Traceback" in out:
         return f"traceback: {err.strip().splitlines()[-1] if err.strip() else out[-200:]}"
     if status is None or status == 0:
@@ -291,11 +355,19 @@ def verdict(status: int | None, out: str, err: str, case: Case | None = None) ->
         return f"status {status}, not 2: {err.strip()[:200]!r}"
     if len(lines) != 1:
         return f"{len(lines)} lines on stderr: {err.strip()[:300]!r}"
-    if case is not None:
-        others = [a for a in case.argv[1:] if "/" in a and case.value not in a]
-        blamed = [a for a in others if a in lines[0]]
-        if blamed and case.option not in lines[0] and case.value[:30] not in lines[0]:
-            return f"blames {blamed[0]}, not {case.option}: {lines[0][:300]!r}"
+    if case is None:
+        return None
+    line = lines[0]
+    if garbled(line):
+        return f"an empty name in the line: {line[:300]!r}"
+    other = None if names_flag(line, case) else other_flag(line, case)
+    if other:
+        return f"names {other}, not {case.option}: {line[:300]!r}"
+    if not names_option(line, case):
+        blamed = [a for a in case.argv[1:] if "/" in a and case.value not in a and a in line]
+        if blamed:
+            return f"blames {blamed[0]}, not {case.option}: {line[:300]!r}"
+        return f"names neither {case.option} nor {case.value!r}: {line[:300]!r}"
     return None
 
 
@@ -319,6 +391,14 @@ def env(tmp_path_factory):
     vnet_config = d / "vnet.toml"
     vnet_config.write_text('[[point]]\nlabel = "lo"\ndevice = "lo"\ndirection = "ingress"\n'
                            'method = "netif_receive_skb"\n')
+    # a store for `vnet report`, two hosts' records of one path (as `vnet
+    # record` writes them): without one, report refused every value for
+    # having no records
+    vnet_store = str(d / "store.db")
+    with SqliteStore(vnet_store) as st:
+        st.write([(host, 1_000_000 * i + 5_000 * (host == "h2"), point, 100 + i, 17, "192.0.2.1", 1000,
+                   "192.0.2.2", 2000, 100, 86, 1, 2, 0, 0)
+                  for i in range(10) for host, point in (("h1", "a"), ("h2", "b"))])
     # a recorder for `vnet ctl` to talk to: it checks what ctl asks of it
     ctl_socket = str(d / "ctl.sock")
     recorder = Cli("vnet", "record", "-q", "-c", str(vnet_config), "-o", str(d / "recorder.db"), "--ctl", ctl_socket,
@@ -326,7 +406,7 @@ def env(tmp_path_factory):
     assert wait_until(lambda: os.path.exists(ctl_socket), 10)
     yield {"garbage": str(garbage), "cache": str(cache), "recording": str(recording),
            "exporter_config": str(exporter_config), "vnet_config": str(vnet_config),
-           "vnet_db": str(d / "vnet.db"), "ctl_socket": ctl_socket}
+           "vnet_db": str(d / "vnet.db"), "vnet_store": vnet_store, "ctl_socket": ctl_socket}
     rc, _, err = recorder.stop()
     assert rc == 0, err
 

@@ -459,13 +459,20 @@ def _new_file(text: str) -> str:
     return _in_a_directory(text)
 
 
-def _influx_url(text: str) -> str:
-    from ..sinks.influx import parse_url  # only when the flag is used
-    try:
-        parse_url(text)
-    except UsageError as exc:
-        raise bad_value(str(exc)) from None
-    return text
+def influx_url(flag: str) -> Callable[[str], str]:
+    """An argparse type for an InfluxDB URL, its errors naming flag."""
+    def conv(text: str) -> str:
+        from ..sinks.influx import parse_url  # only when the flag is used
+        try:
+            parse_url(text, flag)
+        except UsageError as exc:
+            raise bad_value(str(exc)) from None
+        return text
+    conv.__name__ = "_influx_url"
+    return conv
+
+
+_influx_url = influx_url("--influx")
 
 
 # -- sinks of this process (set by cli.py from --record/--influx) ----------------

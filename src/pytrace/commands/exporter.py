@@ -72,7 +72,7 @@ from typing import Any
 from .. import tools as registry
 from ..cli import cliutil
 from ..cli.argparser import ArgParser
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 from ..core.httpserve import QuietServer, refused
 from ..core.httpserve import make_server as serve
 
@@ -153,7 +153,7 @@ def load_config(path: str) -> Config:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        raise UsageError(f"--config {path}: {exc.strerror}") from None
+        raise UsageError(f"--config {shown(path)}: {exc.strerror}") from None
     text = raw.decode(errors="replace")
     try:
         data = tomllib.loads(text)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from .. import tools as registry
 from ..cli import cliutil
 from ..cli.argparser import ArgParser
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
@@ -121,7 +121,7 @@ def parse_where(items: list[str]) -> list[tuple[str, bool, str]]:
     for item in items:
         m = re.fullmatch(r"([A-Za-z_][\w.\[\]]*)\s*(!=|=)(.*)", item)
         if not m:
-            raise UsageError(f"--where {item}: expected FIELD=VALUE or FIELD!=VALUE")
+            raise UsageError(f"--where {shown(item)}: expected FIELD=VALUE or FIELD!=VALUE")
         out.append((m.group(1), m.group(2) == "=", m.group(3)))
     return out
 

@@ -16,3 +16,12 @@ class PytraceError(Exception):
 class UsageError(PytraceError):
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+def shown(value: str) -> str:
+    """A value as a one-line message shows it: as typed, or quoted where
+    that would hide or blur it (empty, a space in it, a control character),
+    so that `--tbf ''` does not read `--tbf : ...`."""
+    if value and value.isprintable() and not any(c.isspace() or c in "'\"" for c in value):
+        return value
+    return repr(value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 # enums (and selectors), ~1.5 ms of start-up that formatting needs none of.
 from _socket import AF_INET, AF_INET6, inet_ntop
 
-from .errors import UsageError
+from .errors import UsageError, shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for the annotations; the functions import it when they run
@@ -148,7 +148,7 @@ def parse_ports(text: str, flag: str, limit: int = 16) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if not part.isdigit() or not 0 < int(part) < 65536:
-            raise UsageError(f"{flag} {text}: '{part}' is not a port number (1-65535)")
+            raise UsageError(f"{flag} {shown(text)}: '{part}' is not a port number (1-65535)")
         ports.append(int(part))
     if len(ports) > limit:
         raise UsageError(f"{flag}: at most {limit} ports")
@@ -161,7 +161,7 @@ def parse_addr(text: str, flag: str) -> tuple[int, bytes]:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
-        raise UsageError(f"{flag} {text}: not an IPv4 or IPv6 address") from None
+        raise UsageError(f"{flag} {shown(text)}: not an IPv4 or IPv6 address") from None
     if ip.version == 4:
         return AF_INET, ip.packed.ljust(16, b"\0")
     return AF_INET6, ip.packed

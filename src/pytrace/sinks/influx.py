@@ -37,7 +37,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..core.errors import UsageError
+from ..core.errors import UsageError, shown
 from . import EventSource, Session, Sink, notice
 from .snapshot import Snapshot
 
@@ -110,23 +110,24 @@ class InfluxURL:
         return f"{self.scheme}://{host}:{self.port}{self.prefix}/{self.database}"
 
 
-def parse_url(text: str) -> InfluxURL:
+def parse_url(text: str, flag: str = "--influx") -> InfluxURL:
+    """flag: the option the URL came from, which a bad one's message names."""
     u = urllib.parse.urlsplit(text)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise UsageError(f"--influx {text}: expected http[s]://HOST[:PORT]/DATABASE")
+        raise UsageError(f"{flag} {shown(text)}: expected http[s]://HOST[:PORT]/DATABASE")
     if u.username or u.password:
-        raise UsageError("--influx: no credentials in the URL; set INFLUX_USERNAME and INFLUX_PASSWORD")
+        raise UsageError(f"{flag}: no credentials in the URL; set INFLUX_USERNAME and INFLUX_PASSWORD")
     try:
         port = u.port or (443 if u.scheme == "https" else 8086)
     except ValueError:
-        raise UsageError(f"--influx {text}: bad port") from None
+        raise UsageError(f"{flag} {text}: bad port") from None
     parts = [p for p in u.path.split("/") if p]
     db = urllib.parse.unquote(parts[-1]) if parts else DEFAULT_DB
     prefix = "".join("/" + p for p in parts[:-1])
     q = urllib.parse.parse_qs(u.query)
     unknown = set(q) - {"db", "rp", "batch", "buffer", "flush"}
     if unknown:
-        raise UsageError(f"--influx {text}: unknown parameter {sorted(unknown)[0]}")
+        raise UsageError(f"{flag} {text}: unknown parameter {sorted(unknown)[0]}")
 
     def number(name: str, default: float, kind: type = int) -> Any:
         if name not in q:
@@ -136,7 +137,7 @@ def parse_url(text: str) -> InfluxURL:
         except ValueError:
             v = 0
         if v <= 0:
-            raise UsageError(f"--influx {text}: {name} must be a positive number")
+            raise UsageError(f"{flag} {text}: {name} must be a positive number")
         return v
     if "db" in q:
         db = q["db"][-1]

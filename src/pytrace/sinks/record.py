@@ -40,7 +40,7 @@ import time
 import urllib.parse
 from typing import Any, Iterator
 
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 from . import EventSource, Session, Sink, notice
 from .snapshot import Snapshot
 
@@ -293,7 +293,7 @@ class Recording:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
+            raise UsageError(f"{shown(path)}: no such file") from None
         except PermissionError:
             raise PytraceError(f"{path}: permission denied: uid {os.geteuid()} may not reach it "
                                "(a directory on its path is closed to it)") from None

@@ -112,7 +112,9 @@ class TracepointCount(Tracer):
         if not tracepoints:
             raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
         self.specs = list(tracepoints)
-        self.by = [b.strip() for b in by if b.strip()]
+        self.by = [b.strip() for b in by]
+        if not all(self.by):
+            raise UsageError("--by: an empty field name")
         if len(self.by) > MAX_KEYS:
             raise UsageError(f"--by: at most {MAX_KEYS} fields")
         if len(set(self.by)) != len(self.by):
@@ -391,6 +393,24 @@ def tracepoint_spec(text: str) -> str:
     return text
 
 
+def field_list(text: str) -> str:
+    """An argparse type for --by: a comma list of at most MAX_KEYS distinct
+    field names (blank: none, the default).  An empty name is refused: ","
+    and "len,,rc" were taken for fewer fields than written.  Whether the
+    tracepoints have the fields is known when they are resolved."""
+    from ..cli.cliutil import bad_value
+    if not text.strip():
+        return text
+    names = [b.strip() for b in text.split(",")]
+    if not all(names):
+        raise bad_value(f"'{text}': an empty field name (a comma list of record fields, e.g. len,name)")
+    if len(names) > MAX_KEYS:
+        raise bad_value(f"'{text}': at most {MAX_KEYS} fields")
+    if len(set(names)) != len(names):
+        raise bad_value(f"'{text}': a field is named twice")
+    return text
+
+
 def _by(args: Any) -> list[str]:
     return [b for b in args.by.split(",") if b.strip()]
 
@@ -412,7 +432,7 @@ SPEC = ToolSpec(
                help="count only hits whose fields satisfy EXPR, evaluated in the kernel: "
                     "FIELD OP VALUE joined by &&, OP one of == != < <= > >= & ; VALUE a number, "
                     "an errno name (-ECONNREFUSED) or a string (e.g. 'ret < 0', 'name == lo')"),
-        Option("--by", default="", metavar="FIELDS", kw="by", value=_by,
+        Option("--by", default="", metavar="FIELDS", kw="by", value=_by, type=field_list,
                help=f"also key the counts by these record fields (comma list, at most {MAX_KEYS})"),
         Option("-P", "--perpid", action="store_true", kw="per_process", help="count per process too"),
     ),

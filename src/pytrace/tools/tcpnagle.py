@@ -33,7 +33,7 @@ import os
 from ..core import libbpf
 from ..cli.aggregate import timestamp_line
 from ..core.bpfobject import BpfObject
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 from ..core.hist import Log2Histogram
 from ..core.loader import Variant
 from ..core.socklayer import counted, histograms
@@ -94,7 +94,7 @@ class TcpNagle(Tracer):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise UsageError(f"--cgroup {path}: {exc.strerror}") from None
+            raise UsageError(f"--cgroup {shown(path)}: {exc.strerror}") from None
         try:
             link = libbpf.lib().bpf_program__attach_cgroup(obj.program("tcpnagle_sockops"), fd)
             obj.keep_link(libbpf.check_ptr(link, f"attach sockops to cgroup {path}"))
@@ -153,7 +153,7 @@ def cgroup_path(args: Any) -> str | None:
     root = cgroup2_root()
     real = os.path.realpath(args.cgroup)
     if not os.path.isdir(real) or os.path.commonpath((real, root)) != root:
-        raise UsageError(f"--cgroup {args.cgroup}: not a cgroup v2 directory (under {root})")
+        raise UsageError(f"--cgroup {shown(args.cgroup)}: not a cgroup v2 directory (under {root})")
     return args.cgroup
 
 

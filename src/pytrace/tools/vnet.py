@@ -24,8 +24,8 @@ import time
 from typing import Any
 
 from ..cli import cliutil
-from ..cli.cliutil import bad_value, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
-from ..core.errors import PytraceError, UsageError
+from ..cli.cliutil import bad_value, influx_url, int_range, netns_ref, output_file, positive_int, seconds, sqlite_file
+from ..core.errors import PytraceError, UsageError, shown
 from ..spec.devices import device_name
 from ..spec import EVENTS, Option
 from ..spec.commands import Command, CommandSpec, Records
@@ -70,6 +70,23 @@ def _label(text: str) -> str:
     """A host label of the records: a word (records, reports and InfluxDB tags carry it)."""
     if not text or not text.isprintable() or any(c.isspace() for c in text):
         raise bad_value(f"'{text}' is not a host label (printable, no spaces)")
+    return text
+
+
+def _ctl_socket(text: str) -> str:
+    """ctl's -s: the unix socket a recorder's --ctl made (a path that is no
+    socket is a mistyped one, refused here rather than as "no recorder")."""
+    if not text:
+        raise bad_value("an empty socket path")
+    if not cliutil.checking_host():
+        return text
+    import stat
+    try:
+        mode = os.stat(text).st_mode
+    except OSError as exc:
+        raise bad_value(f"'{text}': {exc.strerror} (the socket of a `pytrace vnet record --ctl SOCKET`)") from None
+    if not stat.S_ISSOCK(mode):
+        raise bad_value(f"'{text}' is not a socket (the socket of a `pytrace vnet record --ctl SOCKET`)")
     return text
 
 
@@ -389,14 +406,14 @@ def _ctl(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from ..vnet import report, store
-    if not args.db and not args.from_influx:
+    if not args.db and args.from_influx is None:
         raise UsageError("name at least one store (DB) or --from-influx URL")
     rows: list = []
     points: list = []       # the points tables: which points are egress ones (the qdisc note)
     for path in args.db:
         rows.extend(store.read_sqlite(path))
         points.extend(store.read_points(path))
-    if args.from_influx:
+    if args.from_influx is not None:
         rows.extend(store.read_influx(args.from_influx))
     if not rows:
         raise PytraceError("no records in " + ", ".join(args.db + ([args.from_influx] if args.from_influx else [])))
@@ -432,7 +449,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.tbf is not None:
         role, _, dev = args.tbf.partition(":")
         if role not in ("hA", "hB", "cA", "cB") or dev not in ("ul0", "vx0", "veth0", "br0", "eth0"):
-            raise UsageError(f"--tbf {args.tbf}: HOST:DEV with HOST hA, hB, cA or cB and DEV ul0, vx0, "
+            raise UsageError(f"--tbf {shown(args.tbf)}: HOST:DEV with HOST hA, hB, cA or cB and DEV ul0, vx0, "
                              "veth0, br0 (hosts) or eth0 (containers)")
         tbf = (role, dev)
     sinks = getattr(cliutil, "active_sinks", lambda: None)()
@@ -510,7 +527,8 @@ REPORT = Command(
                 "segment holding most of it, and a plot.",
     options=(
         Option("db", nargs="*", metavar="DB", help="SQLite stores (one per agent, or shared)"),
-        Option("--from-influx", metavar="URL", help="read the records from InfluxDB 1.x (http://HOST:PORT/DATABASE)"),
+        Option("--from-influx", metavar="URL", type=influx_url("--from-influx"),
+               help="read the records from InfluxDB 1.x (http://HOST:PORT/DATABASE)"),
         Option("--offset", type=host_offset, action="append", default=[], metavar="HOST=DUR",
                help="use this clock offset for HOST (relative to the reference) instead of estimating it"),
         Option("--reference", metavar="HOST", help="the host whose clock the others are aligned to"),
@@ -546,7 +564,8 @@ CTL = Command(
     instead="talks to a running `vnet record` over its --ctl socket: it loads no BPF",
     description="Talk to a `pytrace vnet record --ctl SOCKET`.",
     options=(
-        Option("-s", "--socket", required=True, metavar="SOCKET", help="the recorder's --ctl socket"),
+        Option("-s", "--socket", required=True, metavar="SOCKET", type=_ctl_socket,
+               help="the recorder's --ctl socket"),
         Option("--json", action="store_true", help="print the recorder's answer as JSON"),
         Option("-v", "--verbose", action="store_true", help="details on errors")),
     examples=CTL_EXAMPLES,

@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from ..core.errors import PytraceError, UsageError
+from ..core.errors import PytraceError, UsageError, shown
 from ..core.netattach import create_netns, delete_netns, in_netns
 from ..core.stops import releasing
 
@@ -258,12 +258,14 @@ class Simulation:
             _ip(c.netns, cmds)
 
     # -- traffic ------------------------------------------------------------------------
-    def client(self, name: str) -> Client:
+    def client(self, name: str, what: str = "client") -> Client:
+        """The client of that name; what: where the name came from, which a
+        wrong one's message names (plan()'s parameter, or the CLI's flag)."""
         for c in self.clients:
             if c.name == name:
                 return c
-        raise UsageError(f"no client {name} (clients are h<host>c<n>: {self.clients[0].name}.."
-                         f"{self.clients[-1].name})")
+        raise UsageError(f"{what} {shown(name)}: no such client (clients are h<host>c<n>: "
+                         f"{self.clients[0].name}..{self.clients[-1].name})")
 
     def peers(self, client: Client) -> list[Client]:
         """Clients in the same VNI on other hosts (reached through the tunnels)."""
@@ -281,13 +283,13 @@ class Simulation:
             raise UsageError("IPv6 traffic needs a simulation with inner_ipv6=True (--inner-ipv6)")
         rates = dict(rates or {})
         for name in rates:
-            self.client(name)
+            self.client(name, "rates")
         if rate <= 0 or any(r <= 0 for r in rates.values()):
             raise UsageError("rate: must be greater than 0")
         if not 0 <= size <= CLIENT_MTU - 48:
             raise UsageError(f"size: 0 to {CLIENT_MTU - 48} bytes")
-        loud_client = self.client(loud) if loud is not None else None
-        srcs = [self.client(n) for n in sources] if sources is not None else self.clients
+        loud_client = self.client(loud, "loud") if loud is not None else None
+        srcs = [self.client(n, "sources") for n in sources] if sources is not None else self.clients
         flows: list[Flow] = []
         for src in srcs:
             factor = loud_factor if src is loud_client else 1
@@ -501,7 +503,14 @@ def run(args: argparse.Namespace) -> int:
                      inner_ipv6=args.inner_ipv6)
     sources = [s.strip() for s in args.sources.split(",")] if args.sources is not None else None
     rates = dict(args.client_rate)
-    # validate the traffic options before building anything
+    # validate the traffic options before building anything, each client name
+    # by the flag it came from (plan() knows only its parameters)
+    if sources is not None and not all(sources):
+        raise UsageError(f"--from {shown(args.sources)}: an empty client name (comma-separated, e.g. h0c0,h0c1)")
+    for flag, names in (("--loud", [args.loud] if args.loud is not None else []), ("--from", sources or []),
+                        ("--client-rate", rates)):
+        for name in names:
+            sim.client(name, flag)
     sim.plan(args.rate, args.count, args.size, args.loud, args.loud_factor, sources, rates, args.inner_ipv6)
     from ..core import leftovers
     for line in leftovers.sweep():

@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..core.errors import UsageError
+from ..core.errors import UsageError, shown
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def offsets(rows: Iterable, reference: str | None = None,
         return {}
     ref = reference or hosts[0]
     if reference is not None and reference not in hosts:
-        raise UsageError(f"--reference {reference}: no records from that host (hosts: {', '.join(hosts)})")
+        raise UsageError(f"--reference {shown(reference)}: no records from that host (hosts: {', '.join(hosts)})")
     manual = dict(manual or {})
     if manual.get(ref, 0) != 0:
         raise UsageError(f"host {ref} is the reference: its offset is 0 by definition")
