@@ -252,9 +252,10 @@ class BpfObject:
             self.open()
         rc = libbpf.lib().bpf_object__load(self.ptr)
         if rc < 0 and self.relocation_btf is not None and self._poisoned():
-            # a relocation the reduced BTF could not resolve: try the kernel's
-            # own once, and if that loads, this boot's later loads of the
-            # object use it too (a refusal of anything else is not paid twice)
+            # maybe a relocation the reduced BTF could not resolve: try the
+            # kernel's own once, and if that loads, this boot's later loads of
+            # the object use it too (a refused program without the mark is
+            # not loaded twice; one whose mark is in dead code may be)
             libbpf.lib().bpf_object__close(self.ptr)
             self.ptr, self.relocation_btf, self._own_btf = None, None, True
             self.open()
