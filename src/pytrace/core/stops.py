@@ -29,7 +29,8 @@ first thing, before the prefetch thread loads anything a stop must release.
 
 from __future__ import annotations
 
-from _signal import SIG_DFL, SIG_IGN, SIGHUP, SIGINT, SIGTERM, default_int_handler, getsignal, signal
+from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIGHUP, SIGINT, SIGTERM, default_int_handler, getsignal,
+                     pthread_sigmask, signal)
 from time import monotonic
 
 TYPE_CHECKING = False
@@ -182,10 +183,21 @@ def ignore_stops() -> None:
     own handlers back to the default disposition, and a stop in those last
     milliseconds would end the process by signal (status -2/-15 instead of
     the status main() returned); an ignored signal stays ignored.  Ours or
-    a command's own (vnet record sets flags): any handler set from Python."""
-    for sig in STOPS:
-        if callable(getsignal(sig)):
+    a command's own (vnet record sets flags): any handler set from Python.
+
+    The stops are blocked while their handlers change: a stop that landed
+    between two changes would otherwise be run by CPython at the next
+    change, find its handler gone and say so on stderr ("Signal 2 ignored
+    due to race condition").  One pending meanwhile is discarded by SIG_IGN."""
+    sigs = [sig for sig in STOPS if callable(getsignal(sig))]
+    if not sigs:
+        return
+    before = pthread_sigmask(SIG_BLOCK, sigs)
+    try:
+        for sig in sigs:
             signal(sig, SIG_IGN)
+    finally:
+        pthread_sigmask(SIG_SETMASK, before)
 
 
 class stop_on_signals:
