@@ -13,6 +13,9 @@ LD_IMM64 = 0x18
 # ld_imm64 source registers whose immediate is a map's fd: another fd each load
 PSEUDO_MAP = {1, 2, 5, 6}       # MAP_FD, MAP_VALUE, MAP_IDX, MAP_IDX_VALUE
 SHIPPED = [n[:-len(".bpf.o")] for n in objects.manifest()["objects"]]
+# relocated against the kernel's own BTF, by (object, program): the same in
+# every test of a session, and each load costs seconds under the lab's TCG
+_own: dict[tuple[str, str], bytes] = {}
 
 
 def programs_of(name: str) -> list[str]:
@@ -33,10 +36,15 @@ def relocated(name: str, program: str, btf: str) -> tuple[bytes | None, str | No
     if the load was refused; the reduced BTF used, if any).  btf: "own" (the
     kernel's, or the one given or carried where it has none), "reduced"
     (None, None if the object gets none), or "default" (what a tool would use)."""
+    if btf == "own" and (name, program) in _own:
+        return _own[name, program], None
     obj = BpfObject(name, programs=[program])
     obj._own_btf = btf == "own"
     try:
-        obj.open()
+        try:
+            obj.open()
+        except OSError:             # refused before libbpf (kfuncs without the kernel's BTF)
+            return None, None
         used = obj.relocation_btf
         if btf == "reduced" and used is None:
             return None, None
@@ -52,6 +60,8 @@ def relocated(name: str, program: str, btf: str) -> tuple[bytes | None, str | No
         for at in range(0, len(code), 8):
             if code[at] == LD_IMM64 and code[at + 1] >> 4 in PSEUDO_MAP:
                 code[at + 4:at + 8] = bytes(4)
+        if btf == "own":
+            _own[name, program] = bytes(code)
         return bytes(code), used
     finally:
         obj.close()
