@@ -52,7 +52,7 @@ from helpers import free_port, run_cli, sh, wait_until
 from ready import udp_connects_recorded
 from tcfilters import has_clsact, ours
 from test_leftovers import removal_lines
-from test_stop_matrix import LOOP_WAITS, Run, traffic, wchan
+from test_stop_matrix import LOOP_WAITS, Run, traffic, veth_namespace, wchan
 
 PID = os.getpid()
 NETNS = f"pt-stopcmd-{PID}"
@@ -78,13 +78,8 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    sh(f"ip netns add {NETNS}")
-    try:
-        sh(f"ip -n {NETNS} link add pt0 type veth peer name pt1 && ip -n {NETNS} link set pt0 up "
-           f"&& ip -n {NETNS} link set pt1 up")
+    with veth_namespace(NETNS):
         yield Ctx(str(tmp_path_factory.mktemp("stopcmd")))
-    finally:
-        sh(f"ip netns del {NETNS}", check=False)
 
 
 class Poller(threading.Thread):

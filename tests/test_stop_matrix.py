@@ -29,6 +29,7 @@ registry tools, or run otherwise, are test_stop_commands's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,16 +76,23 @@ class Lab:
         }.get(tool, [])
 
 
+@contextlib.contextmanager
+def veth_namespace(netns: str):
+    """A namespace of our own with a veth pair pt0/pt1 up in it (a veth: this
+    kernel has no dummy module), deleted afterwards."""
+    sh(f"ip netns add {netns}")
+    try:
+        sh(f"ip -n {netns} link add pt0 type veth peer name pt1 && ip -n {netns} link set pt0 up "
+           f"&& ip -n {netns} link set pt1 up")
+        yield
+    finally:
+        sh(f"ip netns del {netns}", check=False)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    sh(f"ip netns add {NETNS}")
-    try:
-        # a veth: this kernel has no dummy module
-        sh(f"ip -n {NETNS} link add pt0 type veth peer name pt1 && ip -n {NETNS} link set pt0 up "
-           f"&& ip -n {NETNS} link set pt1 up")
+    with veth_namespace(NETNS):
         yield Lab(str(tmp_path_factory.mktemp("stopmx")))
-    finally:
-        sh(f"ip netns del {NETNS}", check=False)
 
 
 @pytest.fixture(scope="module")
