@@ -44,7 +44,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -390,12 +389,7 @@ def test_a_double_stop_ends_it_as_one_does(name, first, second, gap_ms, ctx):
     run = COMMANDS[name](ctx)
     run.ready()
     run.exercise()
-    run._note_held()
-    run.proc.send_signal(first)
-    time.sleep(gap_ms / 1000)
-    if run.proc.poll() is None:
-        run.proc.send_signal(second)
-    rc, out, err = run.stop(None)
+    rc, out, err = run.double_stop(first, second, gap_ms)
     assert rc == run.statuses[first], err
     run.check(first, out, err)
     assert run.left() == {}

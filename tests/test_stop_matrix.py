@@ -158,6 +158,15 @@ class Run:
                                      stdout=stdout, stderr=subprocess.PIPE, text=True)
         self.held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
 
+    def double_stop(self, first: int, second: int, gap_ms: float) -> tuple[int, str, str]:
+        """Two stops gap_ms apart (the second only if it still runs): (status, out, err)."""
+        self._note_held()
+        self.proc.send_signal(first)
+        time.sleep(gap_ms / 1000)
+        if self.proc.poll() is None:
+            self.proc.send_signal(second)
+        return self.stop(None)
+
     def _note_held(self) -> None:
         for kind, ids in held_ids(self.proc.pid).items():
             self.held[kind] |= ids
@@ -293,12 +302,7 @@ def test_a_double_stop_ends_it_with_status_0(tool, first, second, gap_ms, lab):
     port = traffic()
     if tool in PRINTS_PORT:
         time.sleep(0.1)     # the event of the connection's last ACK: in the kernel before the stops
-    run._note_held()
-    run.proc.send_signal(first)
-    time.sleep(gap_ms / 1000)
-    if run.proc.poll() is None:
-        run.proc.send_signal(second)
-    rc, out, err = run.stop(None)
+    rc, out, err = run.double_stop(first, second, gap_ms)
     assert (rc, messages(tool, err)) == (0, []), err
     if tool in PRINTS_PORT:
         assert str(port) in out, out
