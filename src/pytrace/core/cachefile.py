@@ -126,6 +126,21 @@ def read(name: str) -> bytes | None:
         posix.close(fd)
 
 
+def boot_id() -> str:
+    """This boot's id (/proc/sys/kernel/random/boot_id), "" if unreadable:
+    what is kept for one boot only (probe results, the reduced BTF) says so."""
+    try:
+        fd = posix.open("/proc/sys/kernel/random/boot_id", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return posix.read(fd, 64).decode().strip()
+    except OSError:
+        return ""
+    finally:
+        posix.close(fd)
+
+
 def usable() -> bool:
     """Whether files can be kept: DIR is (or now is) a trustworthy directory."""
     return _dir_fd(create=True) >= 0

@@ -42,14 +42,8 @@ _FORMAT = 1             # of the cached files' names: a change here makes new on
 
 
 def _boot_id() -> str:
-    try:
-        fd = posix.open("/proc/sys/kernel/random/boot_id", posix.O_RDONLY | posix.O_CLOEXEC)
-        try:
-            return posix.read(fd, 64).decode().strip().replace("-", "")[:16]
-        finally:
-            posix.close(fd)
-    except OSError:
-        return ""
+    """This boot's id, short enough for a file name."""
+    return cachefile.boot_id().replace("-", "")[:16]
 
 
 def of_this_boot(path: str) -> bool:

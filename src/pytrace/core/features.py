@@ -145,11 +145,7 @@ def unmet(kind: str, needs: str = "") -> str | None:
 
 
 def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "unknown"
+    return cachefile.boot_id() or "unknown"
 
 
 def _libbpf_path() -> str:

@@ -50,14 +50,17 @@ def label_text(value: Any) -> str:
 
 def rows(spec: ToolSpec, snap: Snapshot) -> list[Any]:
     make = spec.event.cls.from_dict
+    labels_of = None
     out = []
     for s in snap.series:
         fields = {**dict(s.labels), **dict(s.values)}
         row = make(fields)
         # a labelled row (rows_snapshot): its cgroup known, or its cgroup id (filled only with labels)
         if "cgroup" in fields or "runtime" in fields or fields.get("cgroup_id") not in (None, 0, "0"):
-            from ..core.containers import Labels
-            row = row.labelled(Labels.from_text(fields))
+            if labels_of is None:
+                from ..core.containers import Labels
+                labels_of = Labels.from_text
+            row = row.labelled(labels_of(fields))
         out.append(row)
     return out
 
