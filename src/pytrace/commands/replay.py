@@ -47,10 +47,10 @@ def recording_time(text: str) -> tuple:
     time), an ISO 8601 date-time (local unless it has an offset), or Unix
     seconds (9 digits or more)."""
     t = text.strip()
-    shown = text if len(text) <= 40 else text[:40] + "..."
+    brief = text if len(text) <= 40 else text[:40] + "..."      # (errors.shown is another thing)
 
     def out_of_range() -> Exception:
-        return cliutil.bad_value(f"'{shown}' is out of range: +SECONDS and Unix SECONDS {TIME_RANGE}, "
+        return cliutil.bad_value(f"'{brief}' is out of range: +SECONDS and Unix SECONDS {TIME_RANGE}, "
                                  "a date-time from 1970-01-01 to 2262-04-11")
     m = re.fullmatch(r"\+(\d+(?:\.\d*)?)([smh]?)", t)
     if m:
@@ -69,12 +69,12 @@ def recording_time(text: str) -> tuple:
         try:
             datetime.time(hh, mm, ss)
         except ValueError:
-            raise cliutil.bad_value(f"'{shown}' is not a time of day") from None
+            raise cliutil.bad_value(f"'{brief}' is not a time of day") from None
         return ("on the first day", (hh, mm, ss), int(float(m.group(4) or 0) * 1e9))
     try:
         moment = datetime.datetime.fromisoformat(t)
     except ValueError:
-        raise cliutil.bad_value(f"'{shown}': expected +SECONDS, HH:MM[:SS], an ISO date-time "
+        raise cliutil.bad_value(f"'{brief}': expected +SECONDS, HH:MM[:SS], an ISO date-time "
                                 "or Unix seconds") from None
     try:
         secs = moment.timestamp()
