@@ -113,12 +113,9 @@ class TracepointCount(Tracer):
             raise UsageError("name at least one tracepoint (e.g. net:net_dev_xmit)")
         self.specs = list(tracepoints)
         self.by = [b.strip() for b in by]
-        if not all(self.by):
-            raise UsageError("--by: an empty field name")
-        if len(self.by) > MAX_KEYS:
-            raise UsageError(f"--by: at most {MAX_KEYS} fields")
-        if len(set(self.by)) != len(self.by):
-            raise UsageError("--by: a field is named twice")
+        wrong = by_fields_wrong(self.by)
+        if wrong:
+            raise UsageError(f"--by: {wrong}")
         self.conds: list[tp.Cond] = [c for f in filters for c in tp.parse_filter(f)]
         if len(self.conds) > MAX_CONDS:
             raise UsageError(f"--filter: at most {MAX_CONDS} conditions")
@@ -401,14 +398,21 @@ def field_list(text: str) -> str:
     from ..cli.cliutil import bad_value
     if not text.strip():
         return text
-    names = [b.strip() for b in text.split(",")]
-    if not all(names):
-        raise bad_value(f"'{text}': an empty field name (a comma list of record fields, e.g. len,name)")
-    if len(names) > MAX_KEYS:
-        raise bad_value(f"'{text}': at most {MAX_KEYS} fields")
-    if len(set(names)) != len(names):
-        raise bad_value(f"'{text}': a field is named twice")
+    wrong = by_fields_wrong([b.strip() for b in text.split(",")])
+    if wrong:
+        raise bad_value(f"'{text}': {wrong} (a comma list of record fields, e.g. len,name)")
     return text
+
+
+def by_fields_wrong(names: list[str]) -> str | None:
+    """What is wrong with --by's field names (TracepointCount's `by`), if anything."""
+    if not all(names):
+        return "an empty field name"
+    if len(names) > MAX_KEYS:
+        return f"at most {MAX_KEYS} fields"
+    if len(set(names)) != len(names):
+        return "a field is named twice"
+    return None
 
 
 def _by(args: Any) -> list[str]:
