@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src" / "bpf"
 OUT = ROOT / "src" / "pytrace" / "bpf"
 LIB = ROOT / "src" / "pytrace" / "lib"
+NATIVE_SRC = ROOT / "src" / "native"                  # user-space C (core/rowfmt.py's formatter)
+NATIVE_OUT = ROOT / "src" / "pytrace" / "native"
 MANIFEST = OUT / "manifest.json"
 TESTS = ROOT / "tests" / "bpf"   # the tests' programs: built beside their sources, never packaged
 MANIFEST_FORMAT = 1
@@ -397,6 +399,38 @@ def build(force: bool = False, quiet: bool = False, workers: int | None = None) 
     except gentypes.GenError as exc:
         raise BuildError(f"build.py: {exc}") from None
     ship_btfs(sorted(OUT.glob("*.bpf.o")), arch[0])   # the package's objects: the tests' are elsewhere
+    built += build_native(force, quiet)
+    return built
+
+
+def build_native(force: bool = False, quiet: bool = False) -> list[Path]:
+    """src/native/<name>.c -> src/pytrace/native/lib<name>.so: user-space C that
+    the package loads with ctypes (the text formatter, core/rowfmt.py), built
+    for this machine like the bundled libbpf.  Its only dependency is libc."""
+    NATIVE_OUT.mkdir(parents=True, exist_ok=True)
+    built = []
+    sources = sorted(NATIVE_SRC.glob("*.c"))
+    for src in sources:
+        lib = NATIVE_OUT / f"lib{src.stem}.so"
+        if not force and not _stale(lib, [src, Path(__file__).resolve()]):
+            continue
+        clang = _tool(["clang", "clang-14"], "CLANG")
+        tmp = lib.with_name(f"{lib.name}.{os.getpid()}.tmp")
+        cmd = [clang, "-O2", "-g0", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fPIC", "-shared",
+               "-fvisibility=hidden", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
+               "-Wl,-z,relro,-z,now,-z,noexecstack", "-o", str(tmp), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise BuildError(f"build.py: {src.relative_to(ROOT)}:\n{proc.stderr.rstrip()}")
+        os.replace(tmp, lib)
+        if not quiet:
+            print(f"  CC   {src.relative_to(ROOT)}", flush=True)
+        built.append(lib)
+    known = {f"lib{s.stem}.so" for s in sources}
+    for stale in NATIVE_OUT.glob("*.so"):
+        if stale.name not in known:
+            stale.unlink()
     return built
 
 
@@ -437,6 +471,7 @@ def clean() -> None:
     MANIFEST.unlink(missing_ok=True)
     shutil.rmtree(OUT / "src", ignore_errors=True)
     shutil.rmtree(LIB, ignore_errors=True)
+    shutil.rmtree(NATIVE_OUT, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,6 +407,7 @@ def test_one_platform_wheel_with_everything_needed_at_run_time(wheel):
         manifest = json.loads(zf.read("pytrace/bpf/manifest.json"))
         bundled = json.loads(zf.read("pytrace/lib/bundled.json"))
         libbpf_head = zf.read("pytrace/lib/libbpf.so.1")[:20]
+        rowfmt_head = zf.read("pytrace/native/librowfmt.so")[:20]     # the native text formatter
         wheel_meta = zf.read(f"pytrace-{pytrace.__version__}.dist-info/WHEEL").decode()
     assert "Tag: py3-none-linux_x86_64" in wheel_meta and "Root-Is-Purelib: false" in wheel_meta
     assert (manifest["package"], manifest["version"], manifest["arch"]) == ("pytrace", pytrace.__version__,
@@ -424,7 +425,8 @@ def test_one_platform_wheel_with_everything_needed_at_run_time(wheel):
     assert py and py <= names, py - names
     assert set(bundled) == {"libbpf.so.1", "libelf.so.1"}
     assert {"pytrace/lib/libbpf.so.1", "pytrace/lib/libelf.so.1"} <= names
-    assert libbpf_head[:4] == b"\x7fELF" and libbpf_head[18:20] == (62).to_bytes(2, "little")  # EM_X86_64
+    for head in (libbpf_head, rowfmt_head):
+        assert head[:4] == b"\x7fELF" and head[18:20] == (62).to_bytes(2, "little")  # EM_X86_64
     assert not any(n.endswith((".tmp", ".pyc")) for n in names)
     # the tests' own programs (tests/bpf/) are built outside the package: no object, layout or source of theirs
     scaffolding = {p.name[: -len(".bpf.c")] for p in (REPO / "tests" / "bpf").glob("*.bpf.c")}

@@ -87,6 +87,8 @@ def run(argv: list[str]) -> int:
     built = objects.manifest()
     w(f"objects        {objects.BPF_DIR} ({len(built.get('objects', ()))} built for pytrace "
       f"{built['version']} {built['arch']})\n")
+    from ..core import rowfmt
+    w(f"text lines     {rowfmt.status()}\n")
     if lacking:
         w("hook kinds     not probed: needs root (or CAP_BPF + CAP_PERFMON)\n")
         return 1

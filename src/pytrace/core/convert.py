@@ -11,6 +11,12 @@ person in three ways, and each conversion says all three once:
             the Python value at all (core/rows.py, spec/text.py): a printf code
             and an expression over the raw field's variable ({0}) and the
             variables of the raw fields it needs ({1}, ...)
+    native  the same text as an op of the native formatter (core/rowfmt.py),
+            which prints it from the ring's bytes: ("dec", div, shift),
+            ("hex",), ("fixed", add, div, fdiv, digits) for "%d.%0Nd" of
+            ((v + add) // div, (v + add) // fdiv % 10**N), ("text",), ("addr",),
+            ("names", value -> bytes or None, limit).  None: CPython prints it.
+            tests/test_rowfmt.py holds every native form to its text form.
 
 An event type names them (spec/eventtype.py): `laddr <- saddr: address`
 converts raw saddr, given raw family (the conversion's default needs), into
@@ -42,13 +48,15 @@ class Conversion:
     functions (generated code imports them by module and name); json and parse
     None mean the value is already JSON (an int, a str)."""
 
-    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind", "env")
+    __slots__ = ("name", "value", "json", "parse", "needs", "text", "kind", "env", "native")
 
     def __init__(self, name: str, value: Callable | None, json: Callable | None = None,
                  parse: Callable | None = None, needs: tuple[str, ...] = (),
-                 text: tuple | None = None, kind: str = "", env: dict | None = None):
+                 text: tuple | None = None, kind: str = "", env: dict | None = None,
+                 native: tuple | None = None):
         self.name, self.value, self.json, self.parse = name, value, json, parse
         self.needs, self.text, self.kind = tuple(needs), text, kind or name
+        self.native = native
         # names the text expression uses besides text_env()'s (a tool's own table);
         # they start with _ like those
         self.env = env or {}
@@ -110,7 +118,7 @@ def ints_parse(v: Any) -> tuple:
     return tuple(int(x) for x in v)
 
 
-register(Conversion("int", None, None, int_parse, text=("d", "{0}")))
+register(Conversion("int", None, None, int_parse, text=("d", "{0}"), native=("dec",)))
 register(Conversion("bool", None, None, bool_parse, text=("d", "{0}")))
 register(Conversion("float", None, None, float_parse, text=("f", "{0}")))
 register(Conversion("bytes", None, bytes_json, bytes_parse, text=("s", "{0}.hex().encode()")))
@@ -140,7 +148,7 @@ def hex_parse(v: Any) -> int:
     return v if isinstance(v, int) else int(v, 16)
 
 
-register(Conversion("hex", None, hex_json, hex_parse, text=("x", "{0}")))
+register(Conversion("hex", None, hex_json, hex_parse, text=("x", "{0}"), native=("hex",)))
 
 
 def us_to_ms_value(v: int) -> float:
@@ -153,7 +161,8 @@ def ms_json(v: float) -> float:
 
 # "%d.%03d" of the integer microseconds: exact, as the C tools print it
 register(Conversion("us_to_ms", us_to_ms_value, ms_json, float_parse,
-                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float"))
+                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float",
+                    native=("fixed", 0, 1000, 1, 3)))
 
 
 def ns_to_us_value(v: int) -> float:
@@ -161,7 +170,8 @@ def ns_to_us_value(v: int) -> float:
 
 
 register(Conversion("ns_to_us", ns_to_us_value, ms_json, float_parse,
-                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float"))
+                    text=("%d.%03d", ("{0} // 1000", "{0} % 1000")), kind="float",
+                    native=("fixed", 0, 1000, 1, 3)))
 
 
 def ns_to_ms_value(v: int) -> float:
@@ -169,7 +179,8 @@ def ns_to_ms_value(v: int) -> float:
 
 
 register(Conversion("ns_to_ms", ns_to_ms_value, ms_json, float_parse,
-                    text=("%d.%03d", ("{0} // 1000000", "{0} // 1000 % 1000")), kind="float"))
+                    text=("%d.%03d", ("{0} // 1000000", "{0} // 1000 % 1000")), kind="float",
+                    native=("fixed", 0, 1000000, 1000, 3)))
 
 
 def us_to_ms2_value(v: int) -> float:
@@ -178,7 +189,8 @@ def us_to_ms2_value(v: int) -> float:
 
 # "%.2f" of microseconds as milliseconds (BCC tcplife's MS), rounded half up in integers
 register(Conversion("us_to_ms2", us_to_ms2_value, None, float_parse,
-                    text=("%d.%02d", ("({0} + 5) // 1000", "({0} + 5) // 10 % 100")), kind="float"))
+                    text=("%d.%02d", ("({0} + 5) // 1000", "({0} + 5) // 10 % 100")), kind="float",
+                    native=("fixed", 5, 1000, 10, 2)))
 
 
 def ns_to_ms2_value(v: int) -> float:
@@ -187,7 +199,8 @@ def ns_to_ms2_value(v: int) -> float:
 
 # "%.2f" of nanoseconds as milliseconds (BCC tcpconnlat's LAT(ms))
 register(Conversion("ns_to_ms2", ns_to_ms2_value, None, float_parse,
-                    text=("%d.%02d", ("({0} + 5000) // 1000000", "({0} + 5000) // 10000 % 100")), kind="float"))
+                    text=("%d.%02d", ("({0} + 5000) // 1000000", "({0} + 5000) // 10000 % 100")), kind="float",
+                    native=("fixed", 5000, 1000000, 10000, 2)))
 
 
 def kbytes_value(v: int) -> int:
@@ -195,7 +208,8 @@ def kbytes_value(v: int) -> int:
 
 
 # bytes as whole KiB (BCC's TX_KB/RX_KB columns)
-register(Conversion("kbytes", kbytes_value, None, int_parse, text=("d", "{0} >> 10"), kind="int"))
+register(Conversion("kbytes", kbytes_value, None, int_parse, text=("d", "{0} >> 10"), kind="int",
+                    native=("dec", 1, 10)))
 
 
 def whole_us_value(v: int) -> int:
@@ -203,7 +217,8 @@ def whole_us_value(v: int) -> int:
 
 
 # ns shown as whole microseconds (the book's LAT(us) columns); mostly a Column's form=
-register(Conversion("whole_us", whole_us_value, None, int_parse, text=("d", "{0} // 1000"), kind="int"))
+register(Conversion("whole_us", whole_us_value, None, int_parse, text=("d", "{0} // 1000"), kind="int",
+                    native=("dec", 1000, 0)))
 
 
 def ipver_value(family: int) -> int:
@@ -213,7 +228,8 @@ def ipver_value(family: int) -> int:
 
 # a family as BCC's IP column shows it; mostly a Column's form=
 register(Conversion("ipver", ipver_value, None, int_parse,
-                    text=("d", "(4 if {0} == 2 else 6 if {0} == 10 else 0)"), kind="int"))
+                    text=("d", "(4 if {0} == 2 else 6 if {0} == 10 else 0)"), kind="int",
+                    native=("names", lambda v: str(ipver_value(v)).encode(), 256)))
 
 
 # -- text -----------------------------------------------------------------------------
@@ -227,7 +243,8 @@ def text_parse(v: Any) -> str:
 
 
 # the memo of core/net.ByteLabels: a command name is formatted once per run
-register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str"))
+register(Conversion("text", text_value, None, text_parse, text=("s", "(_cget({0}) or _comm_of({0}))"), kind="str",
+                    native=("text",)))
 
 
 # -- the fields of a standalone type (a tool without BPF: no raw bytes) ----------------------
@@ -305,7 +322,7 @@ def address_parse(v: Any):
 
 register(Conversion("address", address_value, address_json, address_parse, needs=("family",),
                     text=("s", "((_a4get({0}) if {1} == 2 else _a6get({0}) if {1} == 10 else None) "
-                               "or _addr({1}, {0}))")))
+                               "or _addr({1}, {0}))"), native=("addr",)))
 
 
 class _Memo(dict):
@@ -350,7 +367,8 @@ def family_parse(v: Any):
 
 
 register(Conversion("family", family_value, enum_json, family_parse,
-                    text=("s", "_family_names[{0}]"), kind="enum"))
+                    text=("s", "_family_names[{0}]"), kind="enum",
+                    native=("names", lambda v: _FAMILY_NAMES[v], 256)))
 
 
 _IP_PROTOCOL = None
@@ -417,7 +435,8 @@ def tcp_state_parse(v: Any):
 
 
 register(Conversion("TcpState", tcp_state_value, enum_json, tcp_state_parse,
-                    text=("s", "_tcp_state_names[{0}]"), kind="enum"))
+                    text=("s", "_tcp_state_names[{0}]"), kind="enum",
+                    native=("names", lambda v: _TCP_STATE_NAMES[v], 256)))
 
 
 # -- what the text expressions above refer to --------------------------------------------

@@ -107,8 +107,35 @@ def _bind_fences() -> None:
     _fences_bound = True
 
 
+class RawBatch:
+    """A drained batch still as the ring's bytes: n records of `stride` bytes
+    (header, record, padding), for a renderer that prints straight from them
+    (core/rowfmt.py).  Everyone else sees the list of tuples it stands for:
+    len(), iteration and tuple_at() decode with the ring's format of the
+    moment it was drained (a projection included)."""
+
+    __slots__ = ("buf", "n", "stride", "_struct")
+
+    def __init__(self, buf: bytes, n: int, stride: int, unpacker: struct.Struct):
+        self.buf, self.n, self.stride, self._struct = buf, n, stride, unpacker
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return self._struct.iter_unpack(self.buf)
+
+    def tuple_at(self, i: int) -> tuple:
+        return self._struct.unpack_from(self.buf, i * self.stride)
+
+
 class RingBuffer:
-    """Reader of one BPF_MAP_TYPE_RINGBUF map holding records of one fixed layout."""
+    """Reader of one BPF_MAP_TYPE_RINGBUF map holding records of one fixed layout.
+
+    raw: drain() returns a RawBatch (the records' bytes) where it would
+    return a list of tuples read in one piece."""
+
+    header = HDR
 
     def __init__(self, map_fd: int, size: int, record_format: str, interval_ms: int = DEFAULT_INTERVAL_MS,
                  spare: tuple[int, int] | None = None):
@@ -140,6 +167,7 @@ class RingBuffer:
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN | select.EPOLLET)
         self.records = 0
+        self.raw = False
         # spare records read but not yet placed: their main-ring position is
         # beyond what was drained (the last field of each tuple)
         self._pending: list[tuple] = []
@@ -194,7 +222,7 @@ class RingBuffer:
             return self._data_mm[off:end]
         return self._data_mm[off:limit] + self._data_mm[self._page:self._page + end - limit]
 
-    def drain(self, max_bytes: int = MAX_BATCH_BYTES) -> list[tuple]:
+    def drain(self, max_bytes: int = MAX_BATCH_BYTES) -> list[tuple] | RawBatch:
         """Decode every committed record (up to max_bytes) and release its space."""
         cons = self._u64.unpack_from(self._cons_mm, 0)[0]     # only we write it
         prod = self._u64.unpack_from(self._data_mm, 0)[0]
@@ -219,7 +247,7 @@ class RingBuffer:
         if self._u32.unpack_from(buf, 0)[0] != self.record_size:
             raise RuntimeError(f"ring record of {self._u32.unpack_from(buf, 0)[0]} bytes, "
                                f"expected {self.record_size}")
-        out = list(self._struct.iter_unpack(buf))
+        out = RawBatch(buf, n, stride, self._struct) if self.raw else list(self._struct.iter_unpack(buf))
         release_fence()     # the records are read before the kernel may reuse their space
         self._u64.pack_into(self._cons_mm, 0, cons + n * stride)
         self.records += n
@@ -253,8 +281,8 @@ class RingBuffer:
             return self._with_spares(out, start, cons, positions)
         return out
 
-    def _with_spares(self, out: list[tuple], start: int, end: int,
-                     positions: list[int] | None = None) -> list[tuple]:
+    def _with_spares(self, out: list[tuple] | RawBatch, start: int, end: int,
+                     positions: list[int] | None = None) -> list[tuple] | RawBatch:
         """out (main records from ring position start up to end) with the spare
         records that belong among them, each before the main record at its
         position; spare records whose position lies beyond end wait."""
@@ -268,6 +296,7 @@ class RingBuffer:
         while cut < len(self._pending) and self._pending[cut][-1] <= end:
             cut += 1
         ready, self._pending = self._pending[:cut], self._pending[cut:]
+        out = list(out)                              # a RawBatch: the tuples, to place the spares among
         stride = self.stride
         for rec in reversed(ready):                  # back to front: earlier indices stay valid
             pos = rec[-1]

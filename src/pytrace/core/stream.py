@@ -189,14 +189,19 @@ def ring_drain(ring: RingBuffer) -> list[tuple]:
     ring's worth.  Bounded, because it is what a stop runs last: under a
     storm that never pauses, draining until the ring is empty could go on
     for ever, and a stopping CLI absorbs further stops (core/stops)."""
-    out: list[tuple] = []
+    batches = []
     budget = ring.size
     while budget > 0:
         batch = ring.drain()
         if not batch:
             break
-        out.extend(batch)
+        batches.append(batch)
         budget -= len(batch) * ring.stride
+    if len(batches) == 1:
+        return batches[0]               # as drained: a raw ring's batch stays raw (core/rowfmt)
+    out: list[tuple] = []
+    for batch in batches:
+        out.extend(batch)
     return out
 
 
