@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -35,6 +36,7 @@ enum rf_kind {
 	RF_TEXT = 6,	/* char[size] up to its NUL, cut to `cut` bytes */
 	RF_ADDR = 7,	/* 16-byte address; family: the field at off2 (size2 bytes) */
 	RF_NAME = 8,	/* names[a + v] (an offset and length in pool) for v < b */
+	RF_HMS = 9,	/* unsigned ns field + a (the clock's offset): local HH:MM:SS */
 };
 
 /* One op; the layout is core/rowfmt.py's _Op (ctypes), field for field. */
@@ -51,7 +53,7 @@ struct rf_op {
 	uint16_t cut;		/* TEXT: at most this many bytes (0xffff: all) */
 	uint16_t pad_;
 	uint64_t a, b;		/* LIT: pool offset, length; NAME: first entry, entries;
-				   FIXED: add, div; UDEC: div */
+				   FIXED: add, div; UDEC: div; HMS: offset */
 	uint64_t c;		/* FIXED: fdiv */
 };
 
@@ -96,6 +98,8 @@ static int64_t get_s(const unsigned char *p, unsigned size)
  */
 struct scratch {
 	char buf[80];	/* text ends at buf + 64; 16 bytes of room behind for the chunked copy */
+	int64_t sec;	/* HMS: the second whose text is in hms (-1: none yet) */
+	char hms[16];
 };
 #define END 64
 
@@ -230,6 +234,27 @@ static int field(const char **text, struct scratch *s, const struct rf_op *op,
 			return (int)strlen(s->buf);
 		}
 		return DEFER;
+	case RF_HMS: {
+		struct tm tm;
+		time_t sec;
+
+		v = get_u(p, op->size);
+		if (v > UINT64_MAX - op->a)
+			return DEFER;
+		sec = (time_t)((v + op->a) / 1000000000u);
+		if (sec != s->sec) {	/* localtime_r() once a second, as cli/cliutil.Clock */
+			if (!localtime_r(&sec, &tm) || tm.tm_hour > 99)
+				return DEFER;
+			s->hms[0] = (char)('0' + tm.tm_hour / 10); s->hms[1] = (char)('0' + tm.tm_hour % 10);
+			s->hms[2] = ':';
+			s->hms[3] = (char)('0' + tm.tm_min / 10); s->hms[4] = (char)('0' + tm.tm_min % 10);
+			s->hms[5] = ':';
+			s->hms[6] = (char)('0' + tm.tm_sec / 10); s->hms[7] = (char)('0' + tm.tm_sec % 10);
+			s->sec = sec;
+		}
+		*text = s->hms;
+		return 8;
+	}
 	case RF_NAME:
 		v = get_u(p, op->size);
 		if (v >= op->b)
@@ -264,6 +289,7 @@ EXPORT size_t rowfmt_run(const struct rf_op *ops, uint32_t nops, const char *poo
 	uint32_t i;
 
 	*deferred = 0;
+	s.sec = -1;
 	for (i = first; i < n; i++) {
 		const unsigned char *rec = recs + (size_t)i * stride + hdr;
 		char *start = pos;

@@ -26,7 +26,7 @@ from pytrace.spec import EVENTS
 from test_tool_parsers import parser_of
 
 # The tools whose default lines must stay native: the storm benchmark's (bench/README.md)
-MUST_BE_NATIVE = {"tcpstates": ([], ["-w"], ["-s"]), "tcplife": ([], ["-w"], ["-s"])}
+MUST_BE_NATIVE = {"tcpstates": ([], ["-w"], ["-s"], ["-T"]), "tcplife": ([], ["-w"], ["-s"], ["-T"])}
 
 
 class RingStandIn:
@@ -63,7 +63,8 @@ def int_value(rng: random.Random, code: str) -> int:
     top = (1 << bits) - 1
     v = rng.choice([0, 1, 2, 9, 10, 17, 99, 100, 999, 1000, 1001, 4999, 5000, 9999, 10**6 - 1, 10**6,
                     top, top - 4, top - 4999, 1 << (bits - 1), (1 << (bits - 1)) - 1,
-                    rng.randrange(256), rng.randrange(1 << 16), rng.getrandbits(bits), rng.getrandbits(bits)])
+                    rng.randrange(256), rng.randrange(1 << 16), rng.getrandbits(bits), rng.getrandbits(bits),
+                    rng.randrange(1 << min(bits, 40)), rng.randrange(1 << min(bits, 50))])   # times: many seconds
     v &= top
     if code.islower() and v >> (bits - 1):
         v -= 1 << bits
@@ -116,7 +117,7 @@ def text_modes(name: str, spec) -> list[list[str]]:
     parser = parser_of(name)
     flags = {s for a in parser._actions for s in a.option_strings}
     modes = [[]]
-    for extra in (["-w"], ["-s"], ["-v"], ["-x"], ["-w", "-s"]):
+    for extra in (["-w"], ["-s"], ["-v"], ["-x"], ["-w", "-s"], ["-T"], ["-T", "-w"]):
         if set(extra) <= flags:
             modes.append(extra)
     return modes
@@ -143,7 +144,7 @@ def render_both(name: str, spec, argv: list[str], seed: int) -> tuple[bytes, byt
         for i in range(0, len(made), stride):
             try:
                 render([source.unpacker.unpack_from(made, i)])
-            except (IndexError, KeyError, ValueError):
+            except (IndexError, KeyError, ValueError, OverflowError, OSError):
                 continue
             kept.append(made[i:i + stride])
         if len(kept) >= 300:

@@ -32,7 +32,7 @@ LIBRARY = "librowfmt.so"
 OFF_ENV = "PYTRACE_ROWFMT"          # "python": never use the library
 
 # op kinds: rowfmt.c's enum rf_kind
-LIT, UDEC, SDEC, HEX, FIXED, TEXT, ADDR, NAME = range(1, 9)
+LIT, UDEC, SDEC, HEX, FIXED, TEXT, ADDR, NAME, HMS = range(1, 10)
 NO_CUT = 0xFFFF
 NO_NAME = 0xFFFFFFFF                 # a name table's hole: that value is printed by CPython
 MAX_CHUNK_BYTES = 4 << 20            # the output buffer's most, whatever the batch
@@ -154,6 +154,9 @@ class Program:
                 raise Unsupported(f"{field.name} is not a 16-byte address with a family")
             op.update(kind=ADDR, size=16, off2=other.offset, size2=self._unsigned(other))
             longest = 46                # INET6_ADDRSTRLEN: inet_ntop writes up to it
+        elif kind == "hms":         # a time form (spec/text.py), not a conversion: the Clock's offset
+            op.update(kind=HMS, size=self._unsigned(field), a=params[0])
+            longest = 8
         elif kind == "names":
             table, limit = params
             size = self._unsigned(field)

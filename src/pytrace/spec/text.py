@@ -179,7 +179,8 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
             precision = ""                  # a text is printed whole
         flags = ("-" if c.align == "<" and width else "") + (str(width) if width else "") + precision
         if native is not None:
-            native = _native_column(native, conv, layout, names, width, c.align == "<", precision)
+            form = ("hms", context["clock"].offset) if c.form == "hms" else conv.native if conv else None
+            native = _native_column(native, form, layout, names, width, c.align == "<", precision)
         if isinstance(template, tuple):     # several values, one format of its own ("%d.%03d")
             values = [t.format(*variables) for t in template]
             if width:
@@ -196,12 +197,13 @@ def compile_columns(columns: list[Column], et: EventType, args: Any, raw_names: 
     return CompiledText(header_line(columns, args, csv), separator.join(pieces) + "\n", exprs, raw, env, native)
 
 
-def _native_column(program: Any, conv: Any, layout: Any, names: list[str], width: int | None,
+def _native_column(program: Any, form: tuple | None, layout: Any, names: list[str], width: int | None,
                    left: bool, precision: str) -> Any:
     """program with this column's op added, or None when the column has no
-    native form (a time form, a conversion without one, a field it cannot read)."""
+    native form (form None: a time form other than hms, a conversion without
+    one) or a field the native formatter cannot read."""
     from ..core.rowfmt import Unsupported
-    if conv is None or conv.native is None:
+    if form is None:
         return None
     cut = None
     if precision:
@@ -210,7 +212,7 @@ def _native_column(program: Any, conv: Any, layout: Any, names: list[str], width
         cut = int(precision[1:])
     try:
         fields = [layout.field(n) for n in names]
-        program.field(conv.native, fields[0], fields[1] if len(fields) > 1 else None, width, left, cut)
+        program.field(form, fields[0], fields[1] if len(fields) > 1 else None, width, left, cut)
     except (KeyError, Unsupported):
         return None
     return program
