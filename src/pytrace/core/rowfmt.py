@@ -105,6 +105,7 @@ class Program:
         self.ops: list[dict] = []
         self.pool = bytearray()
         self.names: list[int] = []     # (offset, length) pairs into pool, flat
+        self._tables: dict[tuple, tuple[int, int]] = {}
         self.line_max = 0
 
     def literal(self, text: bytes) -> None:
@@ -161,16 +162,7 @@ class Program:
             table, limit = params
             size = self._unsigned(field)
             limit = min(limit, 1 << (8 * size))
-            first = len(self.names) // 2
-            longest = 0
-            for v in range(limit):
-                name = table(v)
-                if name is None:
-                    self.names += (0, NO_NAME)
-                    continue
-                self.names += (len(self.pool), len(name))
-                self.pool += name
-                longest = max(longest, len(name))
+            first, longest = self._table(table, limit)
             op.update(kind=NAME, size=size, a=first, b=limit)
         else:
             raise Unsupported(f"no native op {kind}")
@@ -178,6 +170,24 @@ class Program:
             raise Unsupported("a precision on a number")
         self.ops.append(op)
         self.line_max += max(width or 0, longest)
+
+    def _table(self, table: Callable[[int], bytes | None], limit: int) -> tuple[int, int]:
+        """(first entry, longest name) of the names of 0..limit-1, put in the
+        pool once per program (oldstate and newstate share theirs)."""
+        known = self._tables.get((table, limit))
+        if known is not None:
+            return known
+        first = len(self.names) // 2
+        texts = [table(v) for v in range(limit)]
+        entries = self.names
+        for text in texts:
+            if text is None:
+                entries += (0, NO_NAME)
+            else:
+                entries += (len(self.pool), len(text))
+                self.pool += text
+        known = self._tables[(table, limit)] = first, max((len(t) for t in texts if t is not None), default=0)
+        return known
 
     @staticmethod
     def _unsigned(field) -> int:
