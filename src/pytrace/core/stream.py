@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 
-from .ringbuf import DEFAULT_INTERVAL_MS, MAX_BATCH_BYTES, RingBuffer
+from .ringbuf import DEFAULT_INTERVAL_MS, MAX_BATCH_BYTES, RawBatch, RingBuffer
 from .tracer import Tracer
 
 TYPE_CHECKING = False
@@ -184,7 +184,7 @@ def ring_batches(ring: RingBuffer, duration: float | None = None) -> Iterator[li
             ring.wait(timeout)
 
 
-def ring_drain(ring: RingBuffer) -> list[tuple]:
+def ring_drain(ring: RingBuffer) -> list[tuple] | RawBatch:
     """EventTracer.drain() of this ring: what is queued now, at most one
     ring's worth.  Bounded, because it is what a stop runs last: under a
     storm that never pauses, draining until the ring is empty could go on
