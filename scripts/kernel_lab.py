@@ -229,8 +229,9 @@ def matrix(names: list[str], pytest_args: list[str]) -> int:
         result = results_dir / f"{info['name']}.json"
         result.unlink(missing_ok=True)
         # -v: each case's name as it ends (the log says where a guest stood);
-        # a case that hangs is failed after 10 minutes, not the whole run
-        args = ["-p", "no:cacheprovider", "-m", "matrix", "-v", "-rfs", "--timeout=600", "tests",
+        # a case that hangs is failed after 10 minutes, not the whole run;
+        # --durations: where a guest's time went (TCG makes every load count)
+        args = ["-p", "no:cacheprovider", "-m", "matrix", "-v", "-rfs", "--timeout=600", "--durations=30", "tests",
                 f"--matrix-results={out / 'matrix.json'}", *pytest_args]
         command = (f"PYTHONDONTWRITEBYTECODE=1 {shlex.quote(str(VENV / 'bin' / 'python'))} -m pytest "
                    + " ".join(shlex.quote(a) for a in args))
@@ -241,8 +242,8 @@ def matrix(names: list[str], pytest_args: list[str]) -> int:
             status = 1
             continue
         summary = (out / "stdout").read_text()
-        sys.stdout.write(summary[summary.find("short test summary"):][-20000:] if "short test summary" in summary
-                         else summary[-6000:])
+        start = next((summary.find(h) for h in ("slowest ", "short test summary") if h in summary), -1)
+        sys.stdout.write(summary[start:][-20000:] if start >= 0 else summary[-6000:])
         if (out / "matrix.json").exists():
             data = json.loads((out / "matrix.json").read_text())
             data["kernel"] = info
