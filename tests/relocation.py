@@ -109,21 +109,42 @@ def relocated(name: str, btf: str, programs: list[str] | None = None, *, alone: 
     return {p: codes[p] for p in names}, used
 
 
-def needs_kernel_btf(name: str, program: str) -> bool:
-    """A program whose attach target is found in the kernel's BTF (tp_btf,
-    fentry/fexit, iterators), or of an object with kfunc externs (libbpf
-    resolves them in the running kernel's BTF): it cannot load without it,
-    whatever relocates."""
-    if BpfObject(name).types.ksyms:
-        return True
-    lb = libbpf.lib()
-    ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
-    try:
-        prog = lb.bpf_object__find_program_by_name(ptr, program.encode())
-        return lb.bpf_program__section_name(prog).decode().split("/")[0] in ("tp_btf", "fentry", "fexit",
-                                                                             "fmod_ret", "iter", "lsm")
-    finally:
-        lb.bpf_object__close(ptr)
+def kernel_btf_programs(name: str) -> set[str]:
+    """The programs of an object that cannot load without the kernel's own
+    BTF, whatever relocates: those whose attach target is found in it
+    (tp_btf, fentry/fexit, iterators, LSM), or all of an object with kfunc
+    externs (libbpf resolves them in the running kernel's BTF).  One open
+    of the object for all its programs."""
+    if name not in _kernel_btf:
+        if BpfObject(name).types.ksyms:
+            _kernel_btf[name] = set(programs_of(name))
+        else:
+            lb = libbpf.lib()
+            ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
+            try:
+                found, prog = set(), lb.bpf_object__next_program(ptr, None)
+                while prog:
+                    if lb.bpf_program__section_name(prog).decode().split("/")[0] in _BY_KERNEL_BTF:
+                        found.add(lb.bpf_program__name(prog).decode())
+                    prog = lb.bpf_object__next_program(ptr, prog)
+            finally:
+                lb.bpf_object__close(ptr)
+            _kernel_btf[name] = found
+    return _kernel_btf[name]
+
+
+def below_floor_programs(name: str) -> set[str]:
+    """The programs of a tool's variants this kernel is below the floor of
+    (the kernel refuses them, whatever the BTF): relocated()'s `alone`."""
+    from pytrace import tools as registry
+    from pytrace.commands.listing import _variants
+    if name not in registry.names():
+        return set()
+    return {p for v in _variants(registry.load(name)) if v.unmet() is not None for p in v.programs}
+
+
+_BY_KERNEL_BTF = ("tp_btf", "fentry", "fexit", "fmod_ret", "iter", "lsm")
+_kernel_btf: dict[str, set[str]] = {}
 
 
 def every_program(btf: str) -> dict[str, dict[str, str | None]]:
@@ -131,7 +152,7 @@ def every_program(btf: str) -> dict[str, dict[str, str | None]]:
     hidden = not objects.kernel_has_btf()       # test_nobtf's run: those needing it are refused
     out = {}
     for name in SHIPPED:
-        alone = [p for p in programs_of(name) if needs_kernel_btf(name, p)] if hidden else []
+        alone = below_floor_programs(name) | (kernel_btf_programs(name) if hidden else set())
         codes, _ = relocated(name, btf, alone=alone)
         out[name] = {program: code.hex() if code is not None else None for program, code in codes.items()}
     return out

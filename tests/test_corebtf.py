@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from helpers import tcp_roundtrip
-from relocation import SHIPPED, relocated
+from relocation import SHIPPED, below_floor_programs, relocated
 from pytrace import tools as registry
 from pytrace.commands.listing import _variants
 from pytrace.core import cachefile, corebtf, loader
@@ -48,10 +48,8 @@ def sweep_cache(tmp_path_factory):
 @pytest.mark.matrix
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_program_relocates_as_against_the_whole_btf(name, sweep_cache):
-    variants = _variants(registry.load(name)) if name in registry.names() else []
-    # each by itself: a refusal costs one load, not the halvings of relocated()
-    below = [p for v in variants if v.unmet() is not None for p in v.programs]
-    whole, _ = relocated(name, "own", alone=below)
+    # those below this kernel's floor each by itself: a refusal costs one load, not relocated()'s halvings
+    whole, _ = relocated(name, "own", alone=below_floor_programs(name))
     # a program this kernel refuses whatever the BTF (its floor, fentry here) is not compared
     loadable = [program for program, code in whole.items() if code is not None]
     compared = 0
@@ -70,6 +68,7 @@ def test_every_program_relocates_as_against_the_whole_btf(name, sweep_cache):
             compared += 1
     if compared or name == "probe":
         return
+    variants = _variants(registry.load(name)) if name in registry.names() else []
     planned, reasons = loader.planned(variants)
     if variants and planned is None:
         pytest.skip(f"{name}: this kernel is below every variant's floor ({'; '.join(reasons)})")
