@@ -161,6 +161,19 @@ def opened(cls, hook: str, *args, tool: str | None = None, **kwargs) -> Iterator
         tracer.close()
 
 
+def refusal_first(cls, hook: str, *args, tool: str | None = None, **kwargs) -> None:
+    """For a case that builds something costly (test hosts in namespaces:
+    seconds under the lab's TCG) before it opens its tracer: where this
+    kernel lacks the hook kind or is below the variant's floor, judge that
+    now, as opened() does (the one-line refusal, then the skip; a load that
+    succeeds fails the case), and build nothing.  Elsewhere it does nothing."""
+    skip_unless_kind(hook)
+    if below_floor(variant_of(cls, hook)) is None:
+        return
+    with opened(cls, hook, *args, tool=tool, **kwargs):
+        pass            # not reached: below its floor, opened() skips or fails
+
+
 def cli_hook_or_skip(cls, hook: str, *, tool: str | None = None) -> None:
     """For matrix cases that drive the CLI with --hook: skip where the kernel
     lacks the kind or is below the variant's floor (the library case of the

@@ -7,21 +7,21 @@ cannot attach here still verify; nothing stays loaded after the CLI exits).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
 import subprocess
 import time
 
-from dropper import TwoHosts
+from dropper import SIOCGIFHWADDR, TwoHosts, ip_batch, ifreq
 from helpers import Cli, bpf_prog_ids, run_cli, wait_until
 from pytrace.core import netattach
 from pytrace.core.bpfobject import BpfObject
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+def _mac(ns: str, dev: str) -> str:
+    """A device's MAC address, aa:bb:..."""
+    return ":".join(f"{b:02x}" for b in ifreq(ns, dev, SIOCGIFHWADDR)[18:24])
 
 
 class QuietHosts(TwoHosts):
@@ -37,19 +37,19 @@ class QuietHosts(TwoHosts):
     def __enter__(self) -> "QuietHosts":
         super().__enter__()
         try:
-            macs = {}
-            for ns, dev in ((self.ns_a, self.dev_a), (self.ns_b, self.dev_b)):
-                out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev], check=True,
-                                     capture_output=True, text=True).stdout
-                macs[dev] = json.loads(out)[0]["address"]
+            macs = {dev: _mac(ns, dev) for ns, dev in ((self.ns_a, self.dev_a), (self.ns_b, self.dev_b))}
             for ns, dev, peer, i in ((self.ns_a, self.dev_a, self.dev_b, 1), (self.ns_b, self.dev_b, self.dev_a, 0)):
-                _ip("-n", ns, "neigh", "replace", self.V4[i], "lladdr", macs[peer], "dev", dev, "nud", "permanent")
+                # `link show` first, as when it read the MACs: asking for the device has the kernel
+                # settle its link state now (linkwatch), not up to a second later; till then the
+                # device is not operationally up (IPv6 there waits for it)
+                lines = [f"link show dev {dev}",
+                         f"neigh replace {self.V4[i]} lladdr {macs[peer]} dev {dev} nud permanent"]
                 if self.ipv6:
-                    _ip("-n", ns, "neigh", "replace", self.V6[i], "lladdr", macs[peer], "dev", dev,
-                        "nud", "permanent")
-                else:
-                    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                                    f"net.ipv6.conf.{dev}.disable_ipv6=1"], check=True, capture_output=True)
+                    lines.append(f"neigh replace {self.V6[i]} lladdr {macs[peer]} dev {dev} nud permanent")
+                ip_batch(lines, ns)
+                if not self.ipv6:       # sysctl -w net.ipv6.conf.DEV.disable_ipv6=1, in the namespace
+                    with netattach.in_netns(ns), open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6", "w") as fh:
+                        fh.write("1")
         except BaseException:
             self.__exit__()
             raise

@@ -19,8 +19,7 @@ import pytest
 
 import relocation
 from helpers import Cli, run_cli, tcp_roundtrip, wait_until
-from pytrace.core import libbpf, objects
-from pytrace.core.bpfobject import BpfObject
+from pytrace.core import objects
 
 HIDE = 'mount -t tmpfs -o size=64k,mode=0755 pytrace-nobtf /sys/kernel/btf; exec "$@"'
 NO_BTF = ["unshare", "--mount", "--propagation", "private", "sh", "-euc", HIDE, "sh"]
@@ -93,28 +92,11 @@ def test_every_program_relocates_against_the_carried_btf_as_against_the_kernels(
             if code is None:
                 continue
             if carried[name][program] is None:
-                assert needs_kernel_btf(name, program), f"{name} {program}: refused with the carried BTF"
+                assert program in relocation.kernel_btf_programs(name), f"{name} {program}: refused with the carried BTF"
                 continue
             assert carried[name][program] == code, f"{name} {program}: relocated differently"
             compared += 1
     assert compared > 50, compared
-
-
-def needs_kernel_btf(name: str, program: str) -> bool:
-    """A program whose attach target is found in the kernel's BTF (tp_btf,
-    fentry/fexit, iterators), or of an object with kfunc externs (libbpf
-    resolves them in the running kernel's BTF): it cannot load without it,
-    whatever relocates."""
-    if BpfObject(name).types.ksyms:
-        return True
-    lb = libbpf.lib()
-    ptr = libbpf.check_ptr(lb.bpf_object__open_file(objects.path(name).encode(), None), name)
-    try:
-        prog = lb.bpf_object__find_program_by_name(ptr, program.encode())
-        return lb.bpf_program__section_name(prog).decode().split("/")[0] in ("tp_btf", "fentry", "fexit",
-                                                                             "fmod_ret", "iter", "lsm")
-    finally:
-        lb.bpf_object__close(ptr)
 
 
 @pytest.mark.matrix

@@ -12,7 +12,7 @@ import pytest
 
 from netlab import QuietHosts, bad_input, released_after_exit
 from ready import started
-from matrix import opened, variants
+from matrix import opened, refusal_first, variants
 from pytrace.tools.qdisclat import QdiscLat, handle_text
 
 N, PAYLOAD = 10, 1000
@@ -47,6 +47,7 @@ def last_wait_us(n: int = N) -> float:
 
 @pytest.mark.parametrize("hook", variants(QdiscLat))
 def test_tbf_queueing(hook):
+    refusal_first(QdiscLat, hook)
     with QuietHosts("qlat", ipv6=False) as net:
         tbf(net)
         ino = net.inode(net.ns_a)

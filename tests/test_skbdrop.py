@@ -16,7 +16,7 @@ import pytest
 from dropper import Dropper
 from helpers import Cli
 from netlab import QuietHosts, bad_input, released_after_exit
-from matrix import opened, variants
+from matrix import opened, refusal_first, variants
 from pytrace.core import netattach
 from pytrace.tools.skbdrop import SkbDrop
 
@@ -71,6 +71,7 @@ def funcs(stack) -> list[str]:
 
 @pytest.mark.parametrize("hook", variants(SkbDrop))
 def test_udp_to_closed_port_is_no_socket(hook):
+    refusal_first(SkbDrop, hook)
     with QuietHosts("skbd") as net:
         with opened(SkbDrop, hook, netns=net.inode(net.ns_b)) as t:
             assert t.variant.hook == hook

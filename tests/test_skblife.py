@@ -20,7 +20,7 @@ import pytest
 from netlab import QuietHosts, bad_input, echo_request, released_after_exit
 from helpers import tcp_roundtrip
 from ready import started
-from matrix import opened, variants
+from matrix import opened, refusal_first, variants
 from pytrace.core import ksyms
 from pytrace.tools.skblife import SkbLife
 
@@ -53,6 +53,7 @@ def queued_pings(net: QuietHosts) -> None:
 
 @pytest.mark.parametrize("hook", variants(SkbLife))
 def test_lifespans_of_queued_requests(hook):
+    refusal_first(SkbLife, hook)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with QuietHosts("skbl", ipv6=False) as net:

@@ -16,7 +16,7 @@ import pytest
 
 from dropper import Dropper, TwoHosts
 from helpers import Cli, released_on, run_cli, usage_error, wait_until
-from matrix import opened, variants
+from matrix import opened, refusal_first, variants
 from pytrace.core.kernel_btf import drop_reasons
 from pytrace.core.net import TcpState
 from pytrace.tools.tcpdrop import TcpDrop
@@ -55,6 +55,7 @@ def functions(stack) -> list[str]:
 
 @pytest.mark.parametrize("hook,family", variants(TcpDrop, each=[socket.AF_INET, socket.AF_INET6]))
 def test_syn_to_closed_port_is_no_socket(family, hook):
+    refusal_first(TcpDrop, hook)
     with TwoHosts("drop") as net:
         ino = inode(net.ns_b)
         with opened(TcpDrop, hook, netns=ino, no_socket=True) as tracer:
