@@ -143,7 +143,7 @@ def socket_drop() -> tuple[int, int]:
 def syn_retransmit(host: str = "127.0.0.1") -> tuple[int, int]:
     """A loopback connect whose first SYN is dropped (the listener's accept
     queue is full) and resent after the initial RTO (1 s): a retransmission
-    (SYN_SENT) of this process, in about 1.2 s.  Returns (listener port,
+    (SYN_SENT) of this process, in about 1 s.  Returns (listener port,
     the resending client's port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     srv = socket.socket(family)
@@ -154,11 +154,22 @@ def syn_retransmit(host: str = "127.0.0.1") -> tuple[int, int]:
     second = socket.socket(family)
     second.setblocking(False)
     second.connect_ex((host, port))                 # its SYN is dropped: the queue is full
-    time.sleep(1.2)                                 # the SYN is resent at 1 s
+    # the SYN is resent at 1 s, later on a loaded machine: wait for the kernel to say it was
+    resent = wait_until(lambda: retransmissions(second) >= 1, timeout=10)
     client_port = second.getsockname()[1]
     for s in (first, second, srv):
         s.close()
+    assert resent, "the kernel did not resend the SYN within 10 s"
     return port, client_port
+
+
+TCPI_TOTAL_RETRANS = 100        # offset of tcpi_total_retrans in struct tcp_info (linux/tcp.h)
+
+
+def retransmissions(sock: socket.socket) -> int:
+    """The segments this socket has retransmitted (TCP_INFO's tcpi_total_retrans)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int.from_bytes(info[TCPI_TOTAL_RETRANS:TCPI_TOTAL_RETRANS + 4], "little")
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
