@@ -18,7 +18,7 @@ KERNELS=${PYTRACE_KERNELS:-5.10 6.1 6.12}
 status=0
 setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs \
 	env HOME=/tmp "$VENV/bin/python" -m pytest -p no:cacheprovider tests/unit "$@" || status=$?
-"$VENV/bin/python" -m pytest -p no:cacheprovider tests --ignore=tests/unit \
+"$VENV/bin/python" -m pytest -p no:cacheprovider tests --ignore=tests/unit --durations=25 \
 	--matrix-results="$LAB/results/host.json" "$@" || status=$?
 if [ "$KERNELS" != none ]; then
 	# shellcheck disable=SC2086  # a list of kernel names
