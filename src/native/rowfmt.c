@@ -78,16 +78,15 @@ static uint64_t get_u(const unsigned char *p, unsigned size)
 	}
 }
 
+/* A signed field: its bits, sign-extended from its size. */
 static int64_t get_s(const unsigned char *p, unsigned size)
 {
-	int8_t s8; int16_t s16; int32_t s32; int64_t s64;
+	uint64_t v = get_u(p, size);
+	unsigned bits = 8 * size;
 
-	switch (size) {
-	case 1: memcpy(&s8, p, 1); return s8;
-	case 2: memcpy(&s16, p, 2); return s16;
-	case 4: memcpy(&s32, p, 4); return s32;
-	default: memcpy(&s64, p, 8); return s64;
-	}
+	if (bits < 64 && (v >> (bits - 1)))
+		v |= ~(uint64_t)0 << bits;
+	return (int64_t)v;
 }
 
 /*

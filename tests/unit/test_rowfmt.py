@@ -184,3 +184,28 @@ def test_the_library_is_built_and_loads():
         pytest.skip(f"{rowfmt.OFF_ENV}=python turns the native formatter off")
     assert rowfmt.library() is not None, rowfmt.why_not
     assert rowfmt.status().startswith("native (")
+
+
+@pytest.mark.skipif(rowfmt.library() is None, reason=f"native formatter: {rowfmt.why_not}")
+@pytest.mark.parametrize("code", sorted(INTS))
+def test_every_integer_size_and_sign_in_decimal_and_hex(code):
+    """Each C integer field as "%d" (and, unsigned, "%x"), padded either way, at its boundaries."""
+    from pytrace.core.btf import Field
+    field = Field("v", 0, code, 1)
+    size = struct.calcsize(code)
+    stride = (HDR + size + 7) & ~7
+    rng = random.Random(code)
+    values = sorted({int_value(rng, code) for _ in range(400)})
+    buf = b"".join(struct.pack("<II", size, 0) + struct.pack("<" + code, v) + bytes(stride - HDR - size)
+                   for v in values)
+    forms = [(("dec",), "d")] + ([(("hex",), "x")] if code.isupper() else [])
+    for native, letter in forms:
+        for width, left in ((None, False), (6, True), (22, False)):
+            program = rowfmt.Program()
+            program.field(native, field, None, width, left, None)
+            program.literal(b"\n")
+            fmt = f"%{'-' if left else ''}{width or ''}{letter}\n".encode()
+            unpacker = struct.Struct(f"<{HDR}x{code}{stride - HDR - size}x")
+            formatter = program.formatter(stride, HDR, lambda rec: fmt % rec)
+            got = formatter.format(RawBatch(buf, len(values), stride, unpacker))
+            assert got == b"".join(fmt % v for v in values), (native, width, left)
