@@ -186,15 +186,14 @@ static int field(const char **text, struct scratch *s, const struct rf_op *op,
 		at = hex(end, get_u(p, op->size));
 		break;
 	case RF_FIXED: {
-		uint64_t scale = 1, frac;
+		static const uint64_t POW10[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+		uint64_t frac;
 
 		v = get_u(p, op->size);
-		if (v > UINT64_MAX - op->a)
+		if (v > UINT64_MAX - op->a || op->digits >= sizeof(POW10) / sizeof(POW10[0]))
 			return DEFER;	/* Python's integers do not wrap */
 		v += op->a;
-		for (int i = 0; i < op->digits; i++)
-			scale *= 10;
-		frac = (op->c == 1 ? v : v / op->c) % scale;
+		frac = (op->c == 1 ? v : v / op->c) % POW10[op->digits];
 		at = end;
 		for (int i = 0; i < op->digits; i++) {
 			*--at = (char)('0' + frac % 10);
